@@ -1,0 +1,45 @@
+# FlexPL: `make run` runs the main job on the default scenario, `make test` runs the tests.
+# Both set everything up on a fresh machine: .venv, the pinned CPU build of torch first,
+# then the project with its extras, and Fashion-MNIST from Debian when it is missing.
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+FLEXPL := $(VENV)/bin/flexpl
+STAMP  := $(VENV)/.flexpl-installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+OUT    ?= results/make-run
+# a few minutes on 2 cores: 3 rounds over a 12k-sample slice of Fashion-MNIST
+RUN_SETS ?= --set training.rounds=3 --set data.max_train=12000
+
+.PHONY: setup data run test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+data:
+	@if [ -z "$$FLEXPL_DATA" ] && [ ! -e $(FMNIST) ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	    || echo "warning: could not install dataset-fashion-mnist; FlexPL will look in FLEXPL_DATA or download it"; \
+	fi
+
+run: setup data
+	$(FLEXPL) compare edge-fmnist $(RUN_SETS) --out $(OUT)
+
+test: setup data
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: setup data
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

@@ -1,0 +1,314 @@
+"""Scenario schema (pydantic v2), YAML loading, ``--set`` overrides, and one-line errors.
+
+A scenario says which data, which model, which nodes and links, and which strategy or
+plan. Built-in scenarios ship in ``flexpl/scenarios/*.yaml``; a path to a YAML file works
+the same way. ``--set dotted.key=value`` changes one field before validation (the value
+is parsed as YAML, so ``--set training.rounds=3`` gives an integer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt,
+                      ValidationError, model_validator)
+
+from flexpl.errors import UserError
+
+DEFAULT_SCENARIO = "edge-fmnist"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OptimizerCfg(_Strict):
+    """Optimizer of every replica: SGD (with momentum) or Adam."""
+
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: PositiveFloat = 0.05
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    reset_on_sync: bool = True  # a replica that receives averaged weights starts a fresh optimizer (as Flower does)
+
+
+class TrainingCfg(_Strict):
+    """Rounds, local epochs, batch size, client sampling and optimizer."""
+
+    rounds: PositiveInt = 5
+    local_epochs: PositiveInt = 1
+    batch_size: PositiveInt = 32
+    clients_per_round: float = Field(1.0, gt=0.0, le=1.0)
+    max_steps_per_round: PositiveInt | None = None  # cap on local steps per node per round (quick runs)
+    eval_every: PositiveInt = 1
+    optimizer: OptimizerCfg = Field(default_factory=OptimizerCfg)
+
+
+class PartitionCfg(_Strict):
+    """How training samples are split over data nodes."""
+
+    kind: Literal["iid", "dirichlet", "shards"] = "iid"
+    alpha: PositiveFloat = 0.5
+    shards_per_node: PositiveInt = 2
+
+
+class DataCfg(_Strict):
+    """Dataset and partition."""
+
+    dataset: Literal["fashion-mnist", "digits"] = "digits"
+    partition: PartitionCfg = Field(default_factory=PartitionCfg)
+    max_train: PositiveInt | None = None
+    max_test: PositiveInt | None = None
+
+
+class NodeCfg(BaseModel):
+    """A node; any device-profile field given inline overrides the profile's value."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1)
+    profile: str
+    holds_data: bool = False
+    rank: NonNegativeInt | None = None  # for the distributed backend; default: position in the list
+
+    def overrides(self) -> dict[str, Any]:
+        """Inline profile fields."""
+        return dict(self.model_extra or {})
+
+
+class LinkCfg(BaseModel):
+    """A link between two nodes; 'up' is from the first to the second. Inline fields override the profile."""
+
+    model_config = ConfigDict(extra="allow")
+    between: tuple[str, str]
+    profile: str
+
+    def overrides(self) -> dict[str, Any]:
+        """Inline profile fields."""
+        return dict(self.model_extra or {})
+
+
+class SyncCfg(_Strict):
+    """Sync rule of a stage."""
+
+    kind: Literal["none", "fedavg", "relay"] = "none"
+    every: PositiveInt = 1
+    unit: Literal["round", "step"] = "round"
+    at: str | None = None
+
+
+class StageCfg(_Strict):
+    """One stage of an explicit plan (its blocks come from ``plan.cut``)."""
+
+    replication: Literal["per_node", "per_group", "single"] = "single"
+    host: str = "own"
+    sync: SyncCfg = Field(default_factory=SyncCfg)
+
+
+class PlanCfg(_Strict):
+    """Plan overrides for a preset (``cut``, ``junction``, ``schedule``, ``groups``) or a full plan (``stages``)."""
+
+    name: str | None = None
+    cut: int | list[int] | None = None
+    junction: Literal["batch", "features"] | None = None
+    schedule: Literal["lockstep", "sequential", "round_robin"] | None = None
+    collect_data: bool = False
+    groups: dict[str, list[str]] | None = None
+    stages: list[StageCfg] | None = None
+
+
+class EnergyCfg(_Strict):
+    """Energy accounting options."""
+
+    include_idle: bool = False  # add idle power x idle time of every node to energy_j_total
+
+
+class EngineCfg(_Strict):
+    """Engine options."""
+
+    backend: Literal["sim", "dist"] = "sim"
+    timeout_s: PositiveFloat = 60.0  # distributed backend: how long a rank waits for a peer
+
+
+class Scenario(_Strict):
+    """A whole scenario: data, model, training, topology, strategy or plan."""
+
+    name: str = "scenario"
+    seed: NonNegativeInt = 0
+    data: DataCfg = Field(default_factory=DataCfg)
+    model: str | dict[str, Any] = "mlp"
+    training: TrainingCfg = Field(default_factory=TrainingCfg)
+    nodes: list[NodeCfg]
+    links: list[LinkCfg] = Field(default_factory=list)
+    server: str | None = None  # aggregator / central node; default: first node that holds no data
+    strategy: str = "fl"
+    plan: PlanCfg | None = None
+    energy: EnergyCfg = Field(default_factory=EnergyCfg)
+    engine: EngineCfg = Field(default_factory=EngineCfg)
+
+    @model_validator(mode="after")
+    def _check_topology(self) -> Scenario:
+        names = [n.name for n in self.nodes]
+        seen: set[str] = set()
+        for i, n in enumerate(names):
+            if n in seen:
+                raise ValueError(f"nodes[{i}].name: duplicate node name '{n}'; names must be unique")
+            seen.add(n)
+        if not any(n.holds_data for n in self.nodes):
+            raise ValueError("nodes: no node holds data; set holds_data: true on at least one node")
+        for i, link in enumerate(self.links):
+            for end in link.between:
+                if end not in seen:
+                    raise ValueError(f"links[{i}].between: unknown node '{end}'; nodes are {', '.join(names)}")
+            if link.between[0] == link.between[1]:
+                raise ValueError(f"links[{i}].between: a link joins two different nodes")
+        if self.server is not None and self.server not in seen:
+            raise ValueError(f"server: unknown node '{self.server}'; nodes are {', '.join(names)}")
+        if self.server is None and all(n.holds_data for n in self.nodes):
+            raise ValueError("server: every node holds data; add a server node or name one with 'server:'")
+        return self
+
+    @property
+    def server_name(self) -> str:
+        """The aggregator/central node."""
+        return self.server or next(n.name for n in self.nodes if not n.holds_data)
+
+    @property
+    def data_nodes(self) -> list[str]:
+        """Names of nodes that hold training data, in scenario order."""
+        return [n.name for n in self.nodes if n.holds_data]
+
+    def resolved(self) -> dict[str, Any]:
+        """The scenario as plain data (what ``config.yaml`` holds)."""
+        return self.model_dump(mode="json")
+
+    def digest(self) -> str:
+        """SHA-256 of the resolved scenario (stable key order)."""
+        return hashlib.sha256(json.dumps(self.resolved(), sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- loading
+
+
+def builtin_scenarios() -> dict[str, str]:
+    """Built-in scenario names -> their first comment line (a one-line description)."""
+    out = {}
+    for f in sorted(resources.files("flexpl.scenarios").iterdir(), key=lambda p: p.name):
+        if f.name.endswith(".yaml"):
+            first = f.read_text().splitlines()[0] if f.read_text() else ""
+            out[f.name[:-5]] = first.lstrip("# ").strip()
+    return out
+
+
+def _read_scenario_text(name_or_path: str) -> tuple[str, str]:
+    p = Path(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")) or p.exists():
+        if p.is_dir():
+            raise UserError(f"scenario: '{name_or_path}' is a folder; give a YAML file or a built-in name")
+        try:
+            return p.read_text(), str(p)
+        except FileNotFoundError:
+            raise UserError(f"scenario: file '{name_or_path}' not found; give a YAML file or one of: "
+                            f"{', '.join(builtin_scenarios())}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"scenario: cannot read '{name_or_path}': {exc}") from None
+    names = builtin_scenarios()
+    if name_or_path not in names:
+        raise UserError(f"scenario: unknown scenario '{name_or_path}'; built-in: {', '.join(names)} "
+                        "(or a path to a .yaml file)")
+    return resources.files("flexpl.scenarios").joinpath(f"{name_or_path}.yaml").read_text(), name_or_path
+
+
+def parse_set(item: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into a key path and a YAML-parsed value."""
+    if "=" not in item:
+        raise UserError(f"--set: '{item}' is not KEY=VALUE (e.g. --set training.rounds=3)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set: bad key '{key}'; use dotted names such as training.rounds")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_set(data: dict[str, Any], item: str) -> None:
+    """Apply one ``--set`` override in place (list items by index: ``nodes.2.profile=rpi5``)."""
+    path, value = parse_set(item)
+    cur: Any = data
+    for i, part in enumerate(path[:-1]):
+        if isinstance(cur, list):
+            if not part.isdigit() or int(part) >= len(cur):
+                raise UserError(f"--set {'.'.join(path)}: '{part}' is not an index of "
+                                f"{'.'.join(path[:i]) or 'the scenario'} (0..{len(cur) - 1})")
+            cur = cur[int(part)]
+        else:
+            if not isinstance(cur, dict):
+                raise UserError(f"--set {'.'.join(path)}: {'.'.join(path[:i])} is not a mapping")
+            if cur.get(part) is None:
+                cur[part] = {}
+            cur = cur[part]
+    last = path[-1]
+    if isinstance(cur, list):
+        if not last.isdigit() or int(last) >= len(cur):
+            raise UserError(f"--set {'.'.join(path)}: '{last}' is not an index (0..{len(cur) - 1})")
+        cur[int(last)] = value
+    elif isinstance(cur, dict):
+        cur[last] = value
+    else:
+        raise UserError(f"--set {'.'.join(path)}: {'.'.join(path[:-1])} is not a mapping")
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field; check the spelling (see flexpl scenarios --show NAME for a full example)"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    elif err["type"] == "value_error":
+        return str(err.get("ctx", {}).get("error", msg))
+    elif err["type"] == "literal_error":
+        msg = f"{msg} (got {err.get('input')!r})"
+    else:
+        msg = f"{msg} (got {err.get('input')!r})"
+    extra = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+    return f"{loc or 'scenario'}: {msg}{extra}"
+
+
+def validate_scenario(data: Any) -> Scenario:
+    """Validate plain data into a :class:`Scenario`, turning errors into one-line ``UserError``s."""
+    if not isinstance(data, dict):
+        raise UserError("scenario: the YAML must be a mapping of fields (name, data, model, nodes, ...)")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_one_line(exc)) from None
+
+
+def load_scenario(name_or_path: str | None = None, sets: list[str] | None = None,
+                  strategy: str | None = None, seed: int | None = None) -> Scenario:
+    """Load a built-in or file scenario, apply ``--set`` overrides, strategy and seed, and validate."""
+    text, where = _read_scenario_text(name_or_path or DEFAULT_SCENARIO)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        pos = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"scenario: '{where}' is not valid YAML{pos}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"scenario: '{where}' must hold a mapping of fields (name, data, model, nodes, ...)")
+    for item in sets or []:
+        apply_set(data, item)
+    if strategy is not None:
+        data["strategy"] = strategy
+    if seed is not None:
+        data["seed"] = seed
+    return validate_scenario(data)

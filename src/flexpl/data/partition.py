@@ -1,0 +1,194 @@
+"""Split a dataset's samples across data nodes: iid, Dirichlet label skew, or label shards."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from flexpl.errors import UserError
+
+KINDS: tuple[str, ...] = ("iid", "dirichlet", "shards")
+DIRICHLET_TRIES = 100
+
+
+def _is_int(value: object) -> bool:
+    """True for Python or numpy integers (not bools)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _apportion(total: int, weights: np.ndarray, minimum: int = 1) -> np.ndarray:
+    """Split ``total`` into integer counts proportional to ``weights``, each >= ``minimum``.
+
+    Largest-remainder rounding; requires ``total >= minimum * len(weights)``.
+    """
+    n = len(weights)
+    spare = total - minimum * n
+    share = spare * weights / weights.sum()
+    counts = np.floor(share).astype(np.int64)
+    left = spare - int(counts.sum())
+    order = np.argsort(-(share - counts), kind="stable")
+    counts[order[:left]] += 1
+    return counts + minimum
+
+
+def _check_weights(sizes_weights: list[float] | None, n_nodes: int) -> np.ndarray | None:
+    """Validate ``sizes_weights`` and return them as a float array (or None)."""
+    if sizes_weights is None:
+        return None
+    w = np.asarray(sizes_weights, dtype=np.float64)
+    if w.ndim != 1 or len(w) != n_nodes:
+        raise UserError(
+            f"data.partition.sizes_weights: needs one weight per data node ({n_nodes}), got {len(w.ravel())}"
+        )
+    if not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise UserError("data.partition.sizes_weights: every weight must be a finite number > 0")
+    return w
+
+
+def _iid(n: int, n_nodes: int, rng: np.random.Generator, w: np.ndarray | None) -> list[np.ndarray]:
+    """Shuffle all indices and split them evenly (or proportionally to ``w``)."""
+    perm = rng.permutation(n)
+    if w is None:
+        return list(np.array_split(perm, n_nodes))
+    counts = _apportion(n, w)
+    return list(np.split(perm, np.cumsum(counts)[:-1]))
+
+
+def _dirichlet(
+    labels: np.ndarray,
+    n_nodes: int,
+    rng: np.random.Generator,
+    alpha: float,
+    min_size: int,
+    w: np.ndarray | None,
+) -> list[np.ndarray]:
+    """Per class, split the shuffled indices with Dirichlet(alpha) proportions across nodes."""
+    classes = np.unique(labels)
+    by_class = [np.flatnonzero(labels == c) for c in classes]
+    for _ in range(DIRICHLET_TRIES):
+        chunks: list[list[np.ndarray]] = [[] for _ in range(n_nodes)]
+        for idx in by_class:
+            idx = rng.permutation(idx)
+            p = rng.dirichlet(np.full(n_nodes, alpha))
+            if w is not None:
+                p = p * w
+            if not np.all(np.isfinite(p)) or p.sum() <= 0:  # underflow with tiny alpha
+                p = np.zeros(n_nodes)
+                p[rng.integers(n_nodes)] = 1.0
+            p = p / p.sum()
+            cuts = np.round(np.cumsum(p)[:-1] * len(idx)).astype(np.int64)
+            for node, part in enumerate(np.split(idx, cuts)):
+                chunks[node].append(part)
+        parts = [np.concatenate(c) for c in chunks]
+        if min(len(p) for p in parts) >= min_size:
+            return parts
+    raise UserError(
+        f"data.partition.alpha: could not give each of {n_nodes} data nodes at least "
+        f"{min_size} samples in {DIRICHLET_TRIES} tries with alpha={alpha:g}; use a larger alpha, "
+        "a smaller min_size, fewer data nodes or a larger dataset"
+    )
+
+
+def _shards(
+    labels: np.ndarray,
+    n_nodes: int,
+    rng: np.random.Generator,
+    shards_per_node: int,
+    w: np.ndarray | None,
+) -> list[np.ndarray]:
+    """Sort by label, cut into shards and deal ``shards_per_node`` random shards to each node."""
+    n = len(labels)
+    n_shards = n_nodes * shards_per_node
+    if n_shards > n:
+        raise UserError(
+            f"data.partition.shards_per_node: {n_nodes} nodes x {shards_per_node} shards = "
+            f"{n_shards} shards but only {n} samples; use fewer shards per node or fewer data nodes"
+        )
+    order = np.argsort(labels, kind="stable")
+    size = n // n_shards
+    shards = [order[i * size : (i + 1) * size] for i in range(n_shards - 1)]
+    shards.append(order[(n_shards - 1) * size :])  # leftover samples go to the last shard
+    perm = rng.permutation(n_shards)
+    counts = np.full(n_nodes, shards_per_node) if w is None else _apportion(n_shards, w)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return [
+        np.concatenate([shards[s] for s in perm[bounds[k] : bounds[k + 1]]]) for k in range(n_nodes)
+    ]
+
+
+def partition(
+    labels: np.ndarray,
+    n_nodes: int,
+    kind: str,
+    *,
+    seed: int,
+    alpha: float = 0.5,
+    shards_per_node: int = 2,
+    min_size: int = 1,
+    sizes_weights: list[float] | None = None,
+) -> list[np.ndarray]:
+    """Split sample indices across ``n_nodes`` data nodes; returns one sorted int64 array per node.
+
+    Every index ``0..len(labels)-1`` appears in exactly one node. ``kind`` is ``iid``
+    (even random split), ``dirichlet`` (per-class Dirichlet(``alpha``) proportions; each
+    node gets >= ``min_size`` samples) or ``shards`` (label-sorted shards,
+    ``shards_per_node`` per node). ``sizes_weights`` (one positive weight per node) makes
+    node sizes roughly proportional to the weights. Deterministic for a given ``seed``.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise UserError(f"data.partition: labels must be one-dimensional, got shape {labels.shape}")
+    if kind not in KINDS:
+        raise UserError(f"data.partition.kind: unknown kind {kind!r}; allowed: {', '.join(KINDS)}")
+    if not _is_int(n_nodes) or n_nodes < 1:
+        raise UserError(f"data.partition: need at least 1 data node, got {n_nodes!r}")
+    n_nodes = int(n_nodes)
+    n = len(labels)
+    if n_nodes > n:
+        raise UserError(
+            f"data.partition: {n_nodes} nodes but only {n} samples; "
+            "use fewer data nodes or a larger dataset"
+        )
+    if kind == "dirichlet":
+        if (
+            isinstance(alpha, (bool, np.bool_))
+            or not isinstance(alpha, (int, float, np.integer, np.floating))
+            or not math.isfinite(alpha)
+            or alpha <= 0
+        ):
+            raise UserError(f"data.partition.alpha: must be a number > 0, got {alpha!r}")
+        if not _is_int(min_size) or min_size < 0:
+            raise UserError(f"data.partition.min_size: must be an integer >= 0, got {min_size!r}")
+    if kind == "shards" and (not _is_int(shards_per_node) or shards_per_node < 1):
+        raise UserError(
+            f"data.partition.shards_per_node: must be an integer >= 1, got {shards_per_node!r}"
+        )
+    if not _is_int(seed) or seed < 0:
+        raise UserError(f"seed: must be an integer >= 0, got {seed!r}")
+    w = _check_weights(sizes_weights, n_nodes)
+    rng = np.random.default_rng(seed)
+    if kind == "iid":
+        parts = _iid(n, n_nodes, rng, w)
+    elif kind == "dirichlet":
+        parts = _dirichlet(labels, n_nodes, rng, float(alpha), int(min_size), w)
+    else:
+        parts = _shards(labels, n_nodes, rng, int(shards_per_node), w)
+    return [np.sort(p).astype(np.int64) for p in parts]
+
+
+def summarize(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> list[dict]:
+    """Describe each node's share: ``{"samples", "histogram" (per class), "entropy_bits"}``."""
+    labels = np.asarray(labels)
+    out: list[dict] = []
+    for part in parts:
+        hist = np.bincount(labels[np.asarray(part, dtype=np.int64)], minlength=num_classes)
+        if len(hist) > num_classes:
+            raise ValueError(f"label {len(hist) - 1} >= num_classes={num_classes}")
+        total = int(hist.sum())
+        entropy = 0.0
+        if total:
+            p = hist[hist > 0] / total
+            entropy = float(-(p * np.log2(p)).sum()) + 0.0
+        out.append({"samples": total, "histogram": [int(h) for h in hist], "entropy_bits": entropy})
+    return out

@@ -1,0 +1,389 @@
+"""The engine: stage replicas, the shared training step, syncs, and evaluation.
+
+One ``Engine`` holds the state of a run (replicas, optimizers, aggregated models) and
+offers the operations a round is made of: ``train_step`` (forward through the stages,
+loss, backward, optimizer steps), ``download``/``upload`` (FedAvg), ``relay`` (split
+learning) and ``collect_data`` (centralized). Tensors cross node boundaries only through
+the transport, so the same code serves the simulator and the distributed backend, and
+every crossing and every forward/backward is recorded for the cost model.
+
+[Note: stage boundaries] Each stage's input is detached and made a leaf, so a stage's
+backward stops at its input and the input's gradient is what travels back to the
+previous stage, exactly as it would over a network.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flexpl.aggregate import fedavg
+from flexpl.config import OptimizerCfg
+from flexpl.costs.flops import FlopCache
+from flexpl.costs.trace import Event, Recorder
+from flexpl.models import BlockModel, count_params
+from flexpl.plan import Layout, Replica
+
+
+def stage_module(full: BlockModel, start: int, end: int) -> BlockModel:
+    """A copy of blocks ``[start, end)``; state-dict keys stay those of the full model."""
+    names = full.block_names[start:end]
+    return BlockModel([(n, copy.deepcopy(full.blocks[n])) for n in names])
+
+
+def make_optimizer(module: nn.Module, cfg: OptimizerCfg) -> torch.optim.Optimizer | None:
+    """The configured optimizer over ``module``'s parameters (None if it has none)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        return None
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def mix_seed(*parts: int | str) -> int:
+    """A stable 63-bit seed from several parts (seed, round, epoch, node ...)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@dataclass
+class ReplicaState:
+    """A live stage replica: its module, optimizer, and the event after which its weights are current."""
+
+    spec: Replica
+    module: BlockModel
+    opt: torch.optim.Optimizer | None
+    last_update: Event = None
+
+    @property
+    def host(self) -> str:
+        """Node that holds this replica."""
+        return self.spec.host
+
+
+@dataclass
+class NodeData:
+    """Training samples held by one data node (already tensorized)."""
+
+    name: str
+    x: torch.Tensor
+    y: torch.Tensor
+    order_key: int  # which shuffling stream it follows (equal keys -> equal orders)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass
+class StepRecord:
+    """What one forward pass left for the backward pass, per replica."""
+
+    rep: ReplicaState
+    inp: torch.Tensor
+    out: torch.Tensor
+    members: list[str]
+    out_keys: list[str]
+    sizes: list[int]
+    dim: int
+    fwd_ev: int
+    bwd_flops: int
+    labels: list[tuple[torch.Tensor, Event]] = field(default_factory=list)
+
+
+class Engine:
+    """Run state of a plan on a topology, and the operations rounds are built from."""
+
+    def __init__(self, layout: Layout, full_model: BlockModel, opt_cfg: OptimizerCfg, transport,
+                 recorder: Recorder, patch_grid: tuple[int, int] | None = None) -> None:
+        self.layout = layout
+        self.plan = layout.plan
+        self.opt_cfg = opt_cfg
+        self.transport = transport
+        self.recorder = recorder
+        self.flops = FlopCache()
+        self.patch_grid = patch_grid
+        self.features = self.plan.junction == "features"
+        n_stages = len(self.plan.stages)
+        self.junction_stage = next((s for s in range(1, n_stages)
+                                    if len(layout.replicas[s]) < len(layout.replicas[s - 1])), None)
+        base = [stage_module(full_model, st.start, st.end) for st in self.plan.stages]
+        self.replicas: list[list[ReplicaState]] = []
+        for s, reps in enumerate(layout.replicas):
+            states = []
+            for spec in reps:
+                mod = copy.deepcopy(base[s])
+                states.append(ReplicaState(spec, mod, make_optimizer(mod, opt_cfg)))
+            self.replicas.append(states)
+        has_params = [count_params(m) > 0 for m in base]
+        self.input_grad = [any(has_params[:s]) for s in range(n_stages)]
+        # the aggregator's copy of every FedAvg stage (what is downloaded and evaluated)
+        self.global_: dict[int, BlockModel] = {s: copy.deepcopy(base[s]) for s in range(n_stages)
+                                               if layout.aggregators[s] is not None}
+        self.global_ev: dict[int, Event] = dict.fromkeys(self.global_)
+        self.relay_holder: str | None = None
+        self.stream_ready: dict[str, Event] = {}
+
+    # ------------------------------------------------------------ the training step
+
+    def train_step(self, batch: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, int]:
+        """One training step for the data nodes in ``batch`` (node -> (x, y)), through every stage.
+
+        Streams that meet at a replica are joined (batch: stacked; features: concatenated
+        on dimension 1), run once, and the input gradient is split back. Returns the summed
+        training loss and the number of samples.
+        """
+        stages = self.plan.stages
+        last = len(stages) - 1
+        carry: dict[str, tuple[torch.Tensor, str, Event]] = {
+            n: (x, n, self.stream_ready.get(n)) for n, (x, _) in batch.items()}
+        saved: list[list[StepRecord]] = [[] for _ in stages]
+        for s in range(len(stages)):
+            groups: dict[int, list[str]] = {}
+            for m in carry:
+                groups.setdefault(self.layout.serves[s][m], []).append(m)
+            join_features = self.features and s == self.junction_stage
+            dim = 1 if join_features else 0
+            new_carry: dict[str, tuple[torch.Tensor, str, Event]] = {}
+            for ridx, members in groups.items():
+                rep = self.replicas[s][ridx]
+                label = f"s{s}r{ridx}"
+                parts, evs = [], [rep.last_update]
+                for m in members:
+                    t, loc, ev = carry[m]
+                    t, ev = self.transport.move(t, loc, rep.host, "input" if s == 0 else "activation",
+                                                [ev], label)
+                    parts.append(t)
+                    evs.append(ev)
+                inp = parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+                inp = inp.detach().requires_grad_(self.input_grad[s])  # [Note: stage boundaries]
+                out = rep.module(inp)
+                f_fwd, f_bwd = self.flops.get(s, rep.module, tuple(inp.shape), self.input_grad[s])
+                fwd_ev = self.recorder.compute(rep.host, f_fwd, evs, "fwd", label)
+                out_keys = members[:1] if join_features else members
+                rec = StepRecord(rep, inp, out, members, out_keys, [p.shape[dim] for p in parts], dim,
+                                 fwd_ev, f_bwd)
+                if s == last:  # labels travel from their owner to the loss
+                    for m in out_keys:
+                        y = batch[m][1]
+                        rec.labels.append(self.transport.move(y, m, rep.host, "labels",
+                                                              [self.stream_ready.get(m)], label))
+                saved[s].append(rec)
+                if len(out_keys) == 1:
+                    new_carry[out_keys[0]] = (out, rep.host, fwd_ev)
+                else:
+                    for m, piece in zip(out_keys, out.split(rec.sizes, 0)):
+                        new_carry[m] = (piece, rep.host, fwd_ev)
+            carry = new_carry
+
+        loss_sum, n_samples = 0.0, 0
+        pending: dict[str, tuple[torch.Tensor, str, Event]] = {}
+        for s in range(last, -1, -1):
+            next_pending: dict[str, tuple[torch.Tensor, str, Event]] = {}
+            for rec in saved[s]:
+                rep = rec.rep
+                label = f"s{s}r{rep.spec.index}"
+                if s == last:
+                    ys = [y for y, _ in rec.labels]
+                    y = ys[0] if len(ys) == 1 else torch.cat(ys, 0)
+                    loss = F.cross_entropy(rec.out, y)
+                    loss.backward()
+                    evs = [rec.fwd_ev] + [ev for _, ev in rec.labels]
+                    if not loss.is_meta:
+                        loss_sum += float(loss.detach()) * int(y.shape[0])
+                        n_samples += int(y.shape[0])
+                elif rec.out.requires_grad:
+                    grads, evs = [], [rec.fwd_ev]
+                    for m in rec.out_keys:
+                        g, loc, gev = pending[m]
+                        g, ev = self.transport.move(g, loc, rep.host, "gradient", [gev], label)
+                        grads.append(g)
+                        evs.append(ev)
+                    rec.out.backward(grads[0] if len(grads) == 1 else torch.cat(grads, 0))
+                else:  # a stage with no parameters fed by raw data: nothing flows back
+                    for m in rec.members:
+                        self.stream_ready[m] = rec.fwd_ev
+                    continue
+                bwd_ev = self.recorder.compute(rep.host, rec.bwd_flops, evs, "bwd", label)
+                if rep.opt is not None:
+                    rep.opt.step()
+                    rep.opt.zero_grad(set_to_none=True)
+                rep.last_update = bwd_ev
+                if rec.inp.requires_grad:
+                    gi = rec.inp.grad
+                    pieces = [gi] if len(rec.members) == 1 else gi.split(rec.sizes, rec.dim)
+                    for m, piece in zip(rec.members, pieces):
+                        next_pending[m] = (piece, rep.host, bwd_ev)
+                else:
+                    for m in rec.members:
+                        self.stream_ready[m] = bwd_ev
+            pending = next_pending
+        return loss_sum, n_samples
+
+    # ------------------------------------------------------------ syncs
+
+    def _reset_opt(self, rep: ReplicaState) -> None:
+        if self.opt_cfg.reset_on_sync:
+            rep.opt = make_optimizer(rep.module, self.opt_cfg)
+
+    def download(self, s: int, reps: list[ReplicaState]) -> None:
+        """Send stage ``s``'s aggregated weights from its aggregator to ``reps`` (FedAvg, start of a round)."""
+        agg = self.layout.aggregators[s]
+        assert agg is not None
+        for rep in reps:
+            state, ev = self.transport.move_state(self.global_[s].state_dict(), agg, rep.host, "weights",
+                                                  [self.global_ev[s], rep.last_update], f"s{s}")
+            rep.module.load_state_dict(state)
+            self._reset_opt(rep)
+            rep.last_update = ev
+
+    def upload(self, s: int, reps: list[ReplicaState], weights: list[float]) -> None:
+        """Send ``reps``' weights to the aggregator and average them there, weighted by ``weights``."""
+        agg = self.layout.aggregators[s]
+        assert agg is not None
+        states, evs = [], []
+        for rep in reps:
+            state, ev = self.transport.move_state(rep.module.state_dict(), rep.host, agg, "weights",
+                                                  [rep.last_update], f"s{s}")
+            states.append(state)
+            evs.append(ev)
+        self.global_[s].load_state_dict(fedavg(states, weights))
+        self.global_ev[s] = self.recorder.compute(agg, 0, evs, "aggregate", f"s{s}")
+
+    def relay(self, to_node: str) -> None:
+        """Hand every relay stage's weights from the current holder to ``to_node`` (split learning)."""
+        holder = self.relay_holder
+        self.relay_holder = to_node
+        if holder is None or holder == to_node:
+            return
+        for s, st in enumerate(self.plan.stages):
+            if st.sync.kind != "relay":
+                continue
+            src = self.replicas[s][self.layout.serves[s][holder]]
+            dst = self.replicas[s][self.layout.serves[s][to_node]]
+            state, ev = self.transport.move_state(src.module.state_dict(), src.host, dst.host, "weights",
+                                                  [src.last_update, dst.last_update], f"s{s}")
+            dst.module.load_state_dict(state)
+            self._reset_opt(dst)
+            dst.last_update = ev
+
+    def collect(self, nodes: list[NodeData], dst: str) -> None:
+        """Ship every data node's raw samples and labels to ``dst`` (centralized training)."""
+        for nd in nodes:
+            self.transport.move(nd.x, nd.name, dst, "data", [], "data")
+            self.transport.move(nd.y, nd.name, dst, "data", [], "data")
+
+    # ------------------------------------------------------------ evaluation
+
+    def eval_module(self, s: int, ridx: int) -> nn.Module:
+        """The weights a test sample meets at stage ``s`` on replica ``ridx``'s path."""
+        st = self.plan.stages[s]
+        if st.sync.kind == "fedavg":
+            return self.global_[s]
+        if st.sync.kind == "relay" and self.relay_holder is not None:
+            return self.replicas[s][self.layout.serves[s][self.relay_holder]].module
+        return self.replicas[s][ridx].module
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, node_weights: dict[str, float],
+                 chunk: int = 2000) -> dict[str, float]:
+        """Test accuracy and loss of every data node's path; weighted mean, worst path and ensemble."""
+        layout = self.layout
+        nodes = list(node_weights)
+        if self.features:
+            paths = {"joint": None}
+            node_path = dict.fromkeys(nodes, "joint")
+        else:
+            paths, node_path = {}, {}
+            for n in nodes:
+                mods = tuple(self.eval_module(s, layout.serves[s][n]) for s in range(len(self.plan.stages)))
+                key = tuple(id(m) for m in mods)
+                paths.setdefault(key, mods)
+                node_path[n] = key
+        logits = {k: [] for k in paths}
+        for i in range(0, x.shape[0], chunk):
+            xb = x[i:i + chunk]
+            for k, mods in paths.items():
+                logits[k].append(self._forward_features(xb) if mods is None else _forward(mods, xb))
+        logits = {k: torch.cat(v) for k, v in logits.items()}
+        acc = {k: float((v.argmax(1) == y).float().mean()) for k, v in logits.items()}
+        loss = {k: float(F.cross_entropy(v, y)) for k, v in logits.items()}
+        total = sum(node_weights.values())
+        ens = torch.stack([logits[node_path[n]] for n in nodes]).mean(0)
+        return {
+            "accuracy": sum(acc[node_path[n]] * w for n, w in node_weights.items()) / total,
+            "loss": sum(loss[node_path[n]] * w for n, w in node_weights.items()) / total,
+            "accuracy_min": min(acc[node_path[n]] for n in nodes),
+            "accuracy_ensemble": float((ens.argmax(1) == y).float().mean()),
+            "paths": len(paths),
+        }
+
+    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        j = self.junction_stage or 1
+        nodes = list(self.layout.serves[0])
+        feats = []
+        for i, n in enumerate(nodes):
+            h = extract_patch(x, self.patch_grid or (1, 1), i)
+            for s in range(j):
+                h = self.eval_module(s, self.layout.serves[s][n])(h)
+            feats.append(h)
+        h = torch.cat(feats, 1)
+        for s in range(j, len(self.plan.stages)):
+            h = self.eval_module(s, 0)(h)
+        return h
+
+
+def _forward(mods: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor:
+    for m in mods:
+        x = m(x)
+    return x
+
+
+def patch_grid(n: int, h: int, w: int) -> tuple[int, int] | None:
+    """Split an ``h x w`` image into ``n`` equal patches: (rows, cols) closest to square, or None."""
+    best = None
+    for rows in range(1, n + 1):
+        if n % rows:
+            continue
+        cols = n // rows
+        if h % rows or w % cols:
+            continue
+        score = abs(h // rows - w // cols)
+        if best is None or score < best[0]:
+            best = (score, rows, cols)
+    return None if best is None else (best[1], best[2])
+
+
+def extract_patch(x: torch.Tensor, grid: tuple[int, int], i: int) -> torch.Tensor:
+    """Patch ``i`` (row-major) of images ``x`` [N, C, H, W] cut into a ``grid`` of equal patches."""
+    rows, cols = grid
+    ph, pw = x.shape[-2] // rows, x.shape[-1] // cols
+    r, c = divmod(i, cols)
+    return x[..., r * ph:(r + 1) * ph, c * pw:(c + 1) * pw]
+
+
+def batches(nd: NodeData, seed: int, rnd: int, epochs: int, batch_size: int,
+            max_steps: int | None = None) -> list[torch.Tensor]:
+    """Index batches of one node for one round: a fresh shuffle per epoch, drawn from (seed, round, epoch, key)."""
+    out: list[torch.Tensor] = []
+    for e in range(epochs):
+        g = torch.Generator().manual_seed(mix_seed(seed, rnd, e, nd.order_key))
+        perm = torch.randperm(len(nd), generator=g)
+        out.extend(perm.split(batch_size))
+    return out[:max_steps] if max_steps else out
+
+
+def select_clients(nodes: list[str], fraction: float, seed: int, rnd: int) -> list[str]:
+    """The data nodes taking part in round ``rnd`` (a seeded sample; all when fraction is 1)."""
+    k = max(1, round(fraction * len(nodes)))
+    if k >= len(nodes):
+        return list(nodes)
+    rng = np.random.default_rng(mix_seed(seed, rnd, "select"))
+    chosen = set(rng.choice(len(nodes), size=k, replace=False).tolist())
+    return [n for i, n in enumerate(nodes) if i in chosen]

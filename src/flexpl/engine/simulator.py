@@ -1,0 +1,257 @@
+"""The round loop: one readable page that runs any plan on the virtual clock.
+
+Setup (data, topology, model, plan, engine), then for every round: pick the clients,
+download averaged weights, run the schedule's training steps, upload and average,
+put the round's trace on the clock, evaluate. Strategies differ only in their plan.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from flexpl import __version__
+from flexpl.config import Scenario
+from flexpl.costs.profiles import device_profile, link_profile
+from flexpl.costs.trace import Recorder, Totals, Trace
+from flexpl.data import Dataset, load_dataset, partition, summarize
+from flexpl.engine.core import (Engine, NodeData, ReplicaState, batches, extract_patch, patch_grid,
+                                select_clients)
+from flexpl.engine.transport import SimTransport
+from flexpl.errors import UserError
+from flexpl.models import DEFAULT_CUTS, build_model, count_params, state_bytes
+from flexpl.plan import Plan, build_plan, place
+from flexpl.topology import Topology
+
+
+def build_topology(scn: Scenario) -> Topology:
+    """Profiles of every node and link, resolved with their inline overrides."""
+    nodes = {n.name: device_profile(n.profile, n.overrides(), field=f"nodes[{i}]")
+             for i, n in enumerate(scn.nodes)}
+    links = {}
+    for i, ln in enumerate(scn.links):
+        a, b = ln.between
+        name = f"{a}-{b}"
+        if name in links or f"{b}-{a}" in links:
+            raise UserError(f"links[{i}].between: a second link between '{a}' and '{b}'; keep one")
+        links[name] = (a, b, link_profile(ln.profile, ln.overrides(), field=f"links[{i}]"))
+    topo = Topology(nodes, links, scn.data_nodes, scn.server_name)
+    reach = topo.reachable(topo.server)
+    for n in scn.data_nodes:
+        if n not in reach:
+            raise UserError(f"links: data node '{n}' cannot reach the server '{topo.server}'; add a link")
+    return topo
+
+
+@dataclass
+class Setup:
+    """Everything a run needs before its first round."""
+
+    scn: Scenario
+    data: Dataset
+    topo: Topology
+    plan: Plan
+    engine: Engine
+    nodes: list[NodeData]
+    parts_summary: list[dict]
+    model_params: int
+    model_bytes: int
+    recorder: Recorder
+
+
+def _model_spec(scn: Scenario) -> tuple[str, Any]:
+    spec = scn.model
+    return (spec if isinstance(spec, str) else str(spec.get("name", ""))), spec
+
+
+def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTransport,
+          dataset: Dataset | None = None) -> Setup:
+    """Load data, resolve the topology and plan, build the model and the engine."""
+    data = dataset or load_dataset(scn.data.dataset, max_train=scn.data.max_train, max_test=scn.data.max_test)
+    topo = build_topology(scn)
+    name, spec = _model_spec(scn)
+    probe = build_model(spec, data.input_shape, data.num_classes, seed=scn.seed)
+    n_blocks = len(probe.block_names)
+    plan = build_plan(scn.strategy, scn.plan.model_dump(exclude_none=True) if scn.plan else None, topo,
+                      n_blocks, min(DEFAULT_CUTS.get(name, 1), n_blocks - 1))
+    data_nodes = scn.data_nodes
+    grid = None
+    if plan.junction == "features":
+        # every branch sees its own patch of every training sample
+        _, h, w = data.input_shape
+        grid = patch_grid(len(data_nodes), h, w)
+        if grid is None:
+            raise UserError(f"plan.junction: cannot cut {h}x{w} images into {len(data_nodes)} equal patches; "
+                            "use a number of data nodes that divides the image")
+        first = plan.stages[1].start
+        shape = (data.input_shape[0], h // grid[0], w // grid[1])
+        full = build_model(spec, shape, data.num_classes, seed=scn.seed, junction_block=first,
+                           branches=len(data_nodes))
+        nodes = [NodeData(n, extract_patch(data.train_x, grid, i).contiguous(), data.train_y, 0)
+                 for i, n in enumerate(data_nodes)]
+        parts = [torch.arange(len(data.train_y)).numpy() for _ in data_nodes]
+    else:
+        full = probe
+        parts = partition(data.train_y.numpy(), len(data_nodes), scn.data.partition.kind, seed=scn.seed,
+                          alpha=scn.data.partition.alpha, shards_per_node=scn.data.partition.shards_per_node)
+        nodes = [NodeData(n, data.train_x[idx], data.train_y[idx], i)
+                 for i, (n, idx) in enumerate(zip(data_nodes, parts))]
+    if plan.collect_data:
+        data_nodes = [topo.server]
+    layout = place(plan, topo, data_nodes)
+    recorder = Recorder(topo)
+    engine = Engine(layout, full, scn.training.optimizer, transport_factory(recorder), recorder, grid)
+    return Setup(scn, data, topo, plan, engine, nodes, summarize(data.train_y.numpy(), parts, data.num_classes),
+                 count_params(probe), state_bytes(probe), recorder)
+
+
+@dataclass
+class RunResult:
+    """Outcome of a run: the summary, one row per round, and each round's trace with its clock times."""
+
+    summary: dict[str, Any]
+    rounds: list[dict[str, Any]]
+    traces: list[tuple[Trace, list[float], list[float]]] = field(default_factory=list)
+
+
+def _participants(engine: Engine, s: int, selected: list[str]) -> list[ReplicaState]:
+    idx = sorted({engine.layout.serves[s][n] for n in selected})
+    return [engine.replicas[s][i] for i in idx]
+
+
+def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
+        st: Setup | None = None, keep_traces: bool = False) -> RunResult:
+    """Train ``scn`` on the simulator and return its costs and accuracy per round."""
+    t_wall = time.perf_counter()
+    st = st or setup(scn)
+    eng, topo, plan, tr = st.engine, st.topo, st.plan, scn.training
+    totals = Totals.empty(topo)
+    # centralized: the server holds the union of the data nodes' samples once they are uploaded
+    if plan.collect_data:
+        train = [NodeData(topo.server, torch.cat([n.x for n in st.nodes]), torch.cat([n.y for n in st.nodes]), 0)]
+    else:
+        train = st.nodes
+    by_name = {nd.name: nd for nd in train}
+    weights = {nd.name: float(len(nd)) for nd in train}
+    fed_round = [s for s, x in enumerate(plan.stages) if x.sync.kind == "fedavg" and x.sync.unit == "round"]
+    fed_step = [s for s, x in enumerate(plan.stages) if x.sync.kind == "fedavg" and x.sync.unit == "step"]
+    rows: list[dict[str, Any]] = []
+    traces = []
+    synced_last_round = True
+    ev: dict[str, float] = {}
+    for rnd in range(1, tr.rounds + 1):
+        selected = [n.name for n in train] if plan.collect_data else select_clients(
+            [n.name for n in train], tr.clients_per_round, scn.seed, rnd)
+        if plan.collect_data and rnd == 1:
+            eng.collect(st.nodes, topo.server)
+        if synced_last_round:
+            for s in fed_round + fed_step:
+                eng.download(s, _participants(eng, s, selected))
+        plan_batches = {n: batches(by_name[n], scn.seed, rnd, tr.local_epochs, tr.batch_size,
+                                   tr.max_steps_per_round) for n in selected}
+        seen = dict.fromkeys(selected, 0)
+        loss_sum, n_sum, joint = 0.0, 0, 0
+
+        def step(names: list[str], t: int) -> None:
+            nonlocal loss_sum, n_sum, joint
+            batch = {}
+            for n in names:
+                idx = plan_batches[n][t]
+                batch[n] = (by_name[n].x[idx], by_name[n].y[idx])
+                seen[n] += len(idx)
+            ls, ns = eng.train_step(batch)
+            loss_sum, n_sum, joint = loss_sum + ls, n_sum + ns, joint + 1
+            for s in fed_step:
+                if joint % plan.stages[s].sync.every == 0:
+                    reps = _participants(eng, s, names)
+                    eng.upload(s, reps, [sum(seen[m] for m in r.spec.members if m in seen) for r in reps])
+                    eng.download(s, reps)
+
+        if plan.schedule == "sequential":
+            for n in selected:
+                eng.relay(n)
+                for t in range(len(plan_batches[n])):
+                    step([n], t)
+        elif plan.schedule == "round_robin":
+            cursor = dict.fromkeys(selected, 0)
+            while any(cursor[n] < len(plan_batches[n]) for n in selected):
+                for n in selected:
+                    if cursor[n] < len(plan_batches[n]):
+                        step([n], cursor[n])
+                        cursor[n] += 1
+        else:
+            for t in range(max(len(b) for b in plan_batches.values())):
+                step([n for n in selected if t < len(plan_batches[n])], t)
+
+        synced_last_round = rnd % max([plan.stages[s].sync.every for s in fed_round] or [1]) == 0 \
+            or rnd == tr.rounds
+        if synced_last_round:
+            for s in fed_round:
+                reps = _participants(eng, s, selected)
+                eng.upload(s, reps, [sum(seen[m] for m in r.spec.members if m in seen) for r in reps])
+        trace = st.recorder.take()
+        starts, ends = totals.add_round(trace, topo)
+        if keep_traces:
+            traces.append((trace, starts, ends))
+        if rnd % tr.eval_every == 0 or rnd == tr.rounds:
+            ev = eng.evaluate(st.data.test_x, st.data.test_y, weights)
+        row = {"round": rnd, "accuracy": ev.get("accuracy", float("nan")), "loss": ev.get("loss", float("nan")),
+               "accuracy_min": ev.get("accuracy_min", float("nan")),
+               "accuracy_ensemble": ev.get("accuracy_ensemble", float("nan")),
+               "train_loss": loss_sum / max(n_sum, 1), "clients": len(selected),
+               "flops": totals.flops, "bytes": totals.bytes, "sim_time_s": totals.sim_time,
+               "energy_j": totals.energy, "energy_j_compute": totals.energy_compute,
+               "energy_j_comm": totals.energy_comm}
+        rows.append(row)
+        if on_round:
+            on_round(row)
+    summary = make_summary(st, totals, rows, ev, time.perf_counter() - t_wall)
+    return RunResult(summary, rows, traces)
+
+
+def make_summary(st: Setup, totals: Totals, rows: list[dict[str, Any]], ev: dict[str, float],
+                 wall_s: float) -> dict[str, Any]:
+    """The ``summary.json`` of a run (key names are part of FlexPL's interface)."""
+    scn, topo, eng = st.scn, st.topo, st.engine
+    idle: dict[str, float] = {n: (topo.nodes[n].idle_power_w * max(totals.sim_time - d["busy_s"], 0.0))
+                              for n, d in totals.node.items()}
+    energy_idle = sum(idle.values()) if scn.energy.include_idle else 0.0
+    per_node = {}
+    for n, d in totals.node.items():
+        per_node[n] = {"flops": int(d["flops"]), "bytes_sent": int(d["bytes_sent"]),
+                       "bytes_received": int(d["bytes_received"]),
+                       "energy_j": d["energy_j"] + (idle[n] if scn.energy.include_idle else 0.0),
+                       "energy_j_compute": d["energy_j_compute"], "energy_j_comm": d["energy_j_comm"],
+                       "energy_j_idle": idle[n], "busy_s": d["busy_s"],
+                       "params": sum(count_params(r.module) for reps in eng.replicas for r in reps
+                                     if r.host == n)}
+    per_link = {n: {"bytes": int(d["bytes"]), "busy_s": d["busy_s"], "energy_j": d["energy_j"]}
+                for n, d in totals.link.items()}
+    last = rows[-1] if rows else {}
+    return {
+        "scenario": scn.name, "strategy": st.plan.name, "seed": scn.seed, "rounds": len(rows),
+        "final_accuracy": last.get("accuracy"), "final_loss": last.get("loss"),
+        "accuracy_min": ev.get("accuracy_min"), "accuracy_ensemble": ev.get("accuracy_ensemble"),
+        "flops_total": int(totals.flops), "bytes_total": int(totals.bytes), "sim_time_s": totals.sim_time,
+        "energy_j_total": totals.energy + energy_idle, "energy_j_compute": totals.energy_compute,
+        "energy_j_comm": totals.energy_comm, "energy_j_idle": energy_idle,
+        "model_params": st.model_params, "model_bytes": st.model_bytes,
+        "params_total": sum(count_params(r.module) for reps in eng.replicas for r in reps),
+        "wall_s": wall_s,
+        "plan": plan_dict(st.plan),
+        "per_node": per_node, "per_link": per_link,
+        "flexpl_version": __version__, "torch_version": torch.__version__, "scenario_sha256": scn.digest(),
+    }
+
+
+def plan_dict(plan: Plan) -> dict[str, Any]:
+    """The plan as plain data (for summaries and reports)."""
+    return {"name": plan.name, "junction": plan.junction, "schedule": plan.schedule,
+            "collect_data": plan.collect_data,
+            "stages": [{"blocks": [s.start, s.end], "replication": s.replication, "host": s.host,
+                        "sync": {"kind": s.sync.kind, "every": s.sync.every, "unit": s.sync.unit,
+                                 "at": s.sync.at}} for s in plan.stages]}

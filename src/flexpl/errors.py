@@ -1,0 +1,14 @@
+"""User-facing errors: one line, exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the user's input (scenario, plan, command line, data files).
+
+    The message is one line that names the field and says what is allowed; the CLI
+    prints it on stderr and exits with code 2.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))

@@ -1,0 +1,300 @@
+"""Plans: cut a block model into stages, place their replicas, and say how they sync.
+
+A plan is data. Every classic strategy is a short preset function that returns one
+(see ``PRESETS``); the engine runs any plan with the same loop.
+
+- replication: ``per_node`` (one replica per data node), ``per_group`` (one per group of
+  data nodes, e.g. per edge server) or ``single``;
+- host: ``own`` (each replica on its data node or group head) or a node name;
+- sync: ``none``, ``fedavg`` every k rounds/steps at an aggregator, or ``relay``
+  (split learning: weights handed from one client to the next);
+- junction: where replicas feed a stage with fewer replicas, merge by ``batch``
+  (stack samples) or by ``features`` (concatenate along dimension 1; each branch sees
+  its own patch of the same sample).
+- schedule: ``lockstep`` (all data nodes step together), ``sequential`` (one data node
+  after another, each all its local steps: vanilla split learning) or ``round_robin``
+  (one data node's batch per step, nodes taking turns: model parallelism).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from flexpl.errors import UserError
+from flexpl.topology import Topology
+
+REPLICATIONS = ("per_node", "per_group", "single")
+SYNCS = ("none", "fedavg", "relay")
+JUNCTIONS = ("batch", "features")
+SCHEDULES = ("lockstep", "sequential", "round_robin")
+
+
+@dataclass(frozen=True)
+class Sync:
+    """How the replicas of a stage are kept alike."""
+
+    kind: str = "none"
+    every: int = 1
+    unit: str = "round"
+    at: str | None = None  # aggregator node; None means the scenario's server
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Blocks ``[start, end)`` of the model, replicated and hosted as the plan says."""
+
+    start: int
+    end: int
+    replication: str = "single"
+    host: str = "own"
+    sync: Sync = field(default_factory=Sync)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Stages, junction, schedule, and whether raw data is collected first (centralized)."""
+
+    name: str
+    stages: tuple[Stage, ...]
+    junction: str = "batch"
+    schedule: str = "lockstep"
+    collect_data: bool = False
+    groups: dict[str, tuple[str, ...]] | None = None  # head -> data nodes, for per_group
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One copy of a stage: where it lives and which data nodes' streams it serves."""
+
+    stage: int
+    index: int
+    host: str
+    members: tuple[str, ...]
+
+
+@dataclass
+class Layout:
+    """A plan placed on a topology: replicas of every stage, and who serves whom."""
+
+    plan: Plan
+    replicas: list[list[Replica]]
+    serves: list[dict[str, int]]  # stage -> data node -> replica index
+    aggregators: list[str | None]
+
+    def path(self, node: str) -> list[Replica]:
+        """The replicas a data node's samples go through, stage by stage."""
+        return [self.replicas[s][self.serves[s][node]] for s in range(len(self.replicas))]
+
+
+# ---------------------------------------------------------------- presets
+
+
+def _cut(cuts: list[int], default: int) -> int:
+    return cuts[0] if cuts else default
+
+
+def centralized(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -> Plan:
+    """All data uploaded once to the server, which trains the whole model."""
+    return Plan("centralized", (Stage(0, n_blocks, "single", topo.server),), collect_data=True)
+
+
+def fl(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -> Plan:
+    """FedAvg (McMahan et al., AISTATS 2017): whole model per device, averaged at the server every round."""
+    return Plan("fl", (Stage(0, n_blocks, "per_node", "own", Sync("fedavg")),))
+
+
+def sl(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -> Plan:
+    """Vanilla split learning (Gupta & Raskar 2018): fronts relayed client to client, one back on the server."""
+    c = _cut(cuts, default_cut)
+    return Plan("sl", (Stage(0, c, "per_node", "own", Sync("relay")),
+                       Stage(c, n_blocks, "single", topo.server)), schedule="sequential")
+
+
+def sfl(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -> Plan:
+    """SplitFed v1 (Thapa et al., AAAI 2022): per-client fronts and server-side backs, both averaged."""
+    c = _cut(cuts, default_cut)
+    return Plan("sfl", (Stage(0, c, "per_node", "own", Sync("fedavg")),
+                        Stage(c, n_blocks, "per_node", topo.server, Sync("fedavg"))))
+
+
+def mp(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -> Plan:
+    """Model parallelism over a chain (edge server -> server); data nodes stream raw batches in turn."""
+    chain = default_chain(topo)
+    if not cuts:
+        cuts = [default_cut] if len(chain) > 1 else []
+    chain = chain[-(len(cuts) + 1):] if len(cuts) + 1 <= len(chain) else [topo.server] * (len(cuts) + 1)
+    bounds = [0, *cuts, n_blocks]
+    stages = tuple(Stage(bounds[i], bounds[i + 1], "single", chain[i]) for i in range(len(chain)))
+    return Plan("mp", stages, schedule="round_robin")
+
+
+def fpl(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -> Plan:
+    """Flexible parallel learning (Malandrino & Chiasserini 2022): per-device fronts, batch junction at the edge.
+
+    One group: a single trunk on the group head. Several groups (edge servers): one trunk
+    per group, averaged at the server every round.
+    """
+    c = _cut(cuts, default_cut)
+    groups = topo.default_groups()
+    if len(groups) == 1:
+        trunk = Stage(c, n_blocks, "single", next(iter(groups)))
+    else:
+        trunk = Stage(c, n_blocks, "per_group", "own", Sync("fedavg"))
+    return Plan("fpl", (Stage(0, c, "per_node", "own"), trunk),
+                groups={h: tuple(m) for h, m in groups.items()})
+
+
+def fpl_features(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -> Plan:
+    """FPL with a feature junction: each device sees its own patch of every sample; the server joins them."""
+    c = _cut(cuts, default_cut)
+    return Plan("fpl-features", (Stage(0, c, "per_node", "own"), Stage(c, n_blocks, "single", topo.server)),
+                junction="features")
+
+
+PresetFn = Callable[[Topology, int, list[int], int], Plan]
+PRESETS: dict[str, PresetFn] = {
+    "centralized": centralized, "fl": fl, "sl": sl, "sfl": sfl, "mp": mp, "fpl": fpl,
+    "fpl-features": fpl_features,
+}
+
+
+def default_chain(topo: Topology) -> list[str]:
+    """Chain for model parallelism: the busiest intermediate node on the way to the server, then the server."""
+    heads = topo.default_groups()
+    inner = sorted((h for h in heads if h != topo.server), key=lambda h: (-len(heads[h]), h))
+    return [inner[0], topo.server] if inner else [topo.server]
+
+
+# ---------------------------------------------------------------- building and placing
+
+
+def build_plan(strategy: str | None, plan_cfg: dict | None, topo: Topology, n_blocks: int,
+               default_cut: int) -> Plan:
+    """Make the plan of a scenario: a preset (optionally with ``cut``/``junction`` overrides) or explicit stages."""
+    cfg = dict(plan_cfg or {})
+    raw_cut = cfg.get("cut")
+    cuts = [] if raw_cut is None else ([raw_cut] if isinstance(raw_cut, int) else list(raw_cut))
+    for c in cuts:
+        if not isinstance(c, int) or not 0 <= c <= n_blocks:
+            raise UserError(f"plan.cut: cut {c!r} out of range; the model has {n_blocks} blocks, "
+                            f"so a cut is an integer from 0 to {n_blocks}")
+    if sorted(cuts) != cuts:
+        raise UserError(f"plan.cut: cuts must be increasing, got {cuts}")
+    if cfg.get("stages"):
+        plan = _explicit_plan(cfg, cuts, topo, n_blocks, default_cut)
+    else:
+        if strategy not in PRESETS:
+            raise UserError(f"strategy: unknown strategy '{strategy}'; allowed: {', '.join(PRESETS)} "
+                            "(or give plan.stages)")
+        plan = PRESETS[strategy](topo, n_blocks, cuts, default_cut)
+        if len(cuts) > 1 and strategy != "mp":
+            raise UserError(f"plan.cut: preset '{strategy}' takes one cut; give plan.stages for more stages")
+        for key in ("junction", "schedule"):
+            if cfg.get(key) is not None:
+                plan = replace(plan, **{key: cfg[key]})
+        if cfg.get("groups"):
+            plan = replace(plan, groups={h: tuple(m) for h, m in cfg["groups"].items()})
+    validate_plan(plan, topo, n_blocks)
+    return plan
+
+
+def _explicit_plan(cfg: dict, cuts: list[int], topo: Topology, n_blocks: int, default_cut: int) -> Plan:
+    stages_cfg = cfg["stages"]
+    n = len(stages_cfg)
+    if not cuts:
+        cuts = [default_cut] if n == 2 else []
+    if len(cuts) != n - 1:
+        raise UserError(f"plan.cut: {n} stages need {n - 1} cut(s), got {len(cuts)}; "
+                        "set plan.cut to a list of block indices")
+    bounds = [0, *cuts, n_blocks]
+    stages = []
+    for i, s in enumerate(stages_cfg):
+        sync = s.get("sync") or {}
+        if isinstance(sync, str):
+            sync = {"kind": sync}
+        stages.append(Stage(bounds[i], bounds[i + 1], s.get("replication", "single"), s.get("host", "own"),
+                            Sync(sync.get("kind", "none"), int(sync.get("every", 1)),
+                                 sync.get("unit", "round"), sync.get("at"))))
+    groups = cfg.get("groups")
+    return Plan(cfg.get("name") or "custom", tuple(stages), cfg.get("junction") or "batch",
+                cfg.get("schedule") or "lockstep", bool(cfg.get("collect_data", False)),
+                {h: tuple(m) for h, m in groups.items()} if groups else None)
+
+
+def validate_plan(plan: Plan, topo: Topology, n_blocks: int) -> None:
+    """Reject plans that cannot run, with one line naming the field."""
+    if plan.junction not in JUNCTIONS:
+        raise UserError(f"plan.junction: unknown junction '{plan.junction}'; allowed: {', '.join(JUNCTIONS)}")
+    if plan.schedule not in SCHEDULES:
+        raise UserError(f"plan.schedule: unknown schedule '{plan.schedule}'; allowed: {', '.join(SCHEDULES)}")
+    for i, st in enumerate(plan.stages):
+        f = f"plan.stages[{i}]"
+        if st.replication not in REPLICATIONS:
+            raise UserError(f"{f}.replication: unknown '{st.replication}'; allowed: {', '.join(REPLICATIONS)}")
+        if st.sync.kind not in SYNCS:
+            raise UserError(f"{f}.sync.kind: unknown '{st.sync.kind}'; allowed: {', '.join(SYNCS)}")
+        if st.sync.unit not in ("round", "step"):
+            raise UserError(f"{f}.sync.unit: unknown '{st.sync.unit}'; allowed: round, step")
+        if st.sync.every < 1:
+            raise UserError(f"{f}.sync.every: must be a positive integer, got {st.sync.every}")
+        if st.host != "own" and st.host not in topo.nodes:
+            raise UserError(f"{f}.host: node '{st.host}' does not exist; allowed: own, {', '.join(topo.nodes)}")
+        if st.replication == "single" and st.host == "own" and not plan.collect_data:
+            raise UserError(f"{f}.host: a single stage needs a named host node, not 'own'")
+        if st.sync.at is not None and st.sync.at not in topo.nodes:
+            raise UserError(f"{f}.sync.at: node '{st.sync.at}' does not exist; allowed: {', '.join(topo.nodes)}")
+        if st.sync.kind == "relay" and (plan.schedule != "sequential" or st.replication != "per_node"):
+            raise UserError(f"{f}.sync: relay needs a per_node stage and plan.schedule 'sequential'")
+        if st.sync.kind != "none" and st.replication == "single":
+            raise UserError(f"{f}.sync: a single stage has nothing to sync; use sync 'none'")
+        if st.start > st.end or (st.start == st.end and i == len(plan.stages) - 1):
+            raise UserError(f"plan.cut: stage {i} would hold no blocks (blocks {st.start}..{st.end}); "
+                            "the last stage needs at least one block")
+    if plan.stages[-1].end != n_blocks or plan.stages[0].start != 0:
+        raise UserError("plan.cut: stages must cover every block of the model")
+    if plan.groups:
+        covered = [m for ms in plan.groups.values() for m in ms]
+        if sorted(covered) != sorted(topo.data_nodes):
+            raise UserError("plan.groups: every data node must be in exactly one group; "
+                            f"data nodes are {', '.join(topo.data_nodes)}")
+        for h in plan.groups:
+            if h not in topo.nodes:
+                raise UserError(f"plan.groups: group head '{h}' is not a node; allowed: {', '.join(topo.nodes)}")
+    for i in range(1, len(plan.stages)):
+        if plan.stages[i].start == plan.stages[i].end and plan.junction == "features":
+            raise UserError(f"plan.cut: with a features junction, stage {i} must hold at least one block")
+
+
+def place(plan: Plan, topo: Topology, data_nodes: list[str]) -> Layout:
+    """Create the replicas of every stage and map each data node to the replica that serves it."""
+    groups = plan.groups or {h: tuple(m) for h, m in topo.default_groups().items()}
+    replicas: list[list[Replica]] = []
+    serves: list[dict[str, int]] = []
+    aggregators: list[str | None] = []
+    for s, st in enumerate(plan.stages):
+        if st.replication == "per_node":
+            sets = [(n, (n,)) for n in data_nodes]
+        elif st.replication == "per_group":
+            sets = [(h, tuple(m for m in ms if m in data_nodes)) for h, ms in groups.items()]
+            sets = [x for x in sets if x[1]]
+        else:
+            sets = [(st.host if st.host != "own" else data_nodes[0], tuple(data_nodes))]
+        reps = [Replica(s, i, st.host if st.host != "own" else own, members)
+                for i, (own, members) in enumerate(sets)]
+        replicas.append(reps)
+        serves.append({m: r.index for r in reps for m in r.members})
+        agg = (st.sync.at or topo.server) if st.sync.kind == "fedavg" else None
+        aggregators.append(agg)
+        for r in reps:  # every replica must reach the previous stage and its aggregator
+            if agg is not None and agg not in topo.reachable(r.host):
+                raise UserError(f"plan.stages[{s}].sync.at: aggregator '{agg}' is unreachable from "
+                                f"'{r.host}' through the links")
+    for node in data_nodes:
+        reach = topo.reachable(node)
+        for s in range(len(plan.stages)):
+            host = replicas[s][serves[s][node]].host
+            if host not in reach:
+                raise UserError(f"plan.stages[{s}].host: node '{host}' is unreachable from data node "
+                                f"'{node}' through the links")
+    return Layout(plan, replicas, serves, aggregators)

@@ -1,0 +1,97 @@
+"""Nodes, links and routes of a scenario: who talks to whom, over which links."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from flexpl.costs.profiles import DeviceProfile, LinkProfile
+from flexpl.errors import UserError
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One link crossed in one direction."""
+
+    link: str
+    src: str
+    dst: str
+    bandwidth_bps: float
+    latency_s: float
+    tx_j_per_bit: float
+    rx_j_per_bit: float
+
+
+@dataclass
+class Topology:
+    """The scenario's graph: node profiles, link profiles and shortest routes between nodes."""
+
+    nodes: dict[str, DeviceProfile]
+    links: dict[str, tuple[str, str, LinkProfile]]
+    data_nodes: list[str]
+    server: str
+    _adj: dict[str, list[tuple[str, str]]] = field(default_factory=dict, repr=False)
+    _routes: dict[tuple[str, str], tuple[Hop, ...]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._adj = {n: [] for n in self.nodes}
+        for name, (a, b, _) in self.links.items():
+            self._adj[a].append((b, name))
+            self._adj[b].append((a, name))
+        for n in self._adj:
+            self._adj[n].sort()
+
+    def route(self, src: str, dst: str) -> tuple[Hop, ...]:
+        """Fewest-hop route from ``src`` to ``dst`` (ties broken by node name); empty if equal."""
+        key = (src, dst)
+        if key in self._routes:
+            return self._routes[key]
+        if src == dst:
+            return ()
+        prev: dict[str, tuple[str, str]] = {}
+        seen = {src}
+        queue = deque([src])
+        while queue:
+            u = queue.popleft()
+            if u == dst:
+                break
+            for v, link in self._adj[u]:
+                if v not in seen:
+                    seen.add(v)
+                    prev[v] = (u, link)
+                    queue.append(v)
+        if dst not in seen:
+            raise UserError(f"links: no route from node '{src}' to node '{dst}'; add a link that connects them")
+        hops: list[Hop] = []
+        v = dst
+        while v != src:
+            u, link = prev[v]
+            a, _b, prof = self.links[link]
+            up = u == a
+            hops.append(Hop(link, u, v, prof.bandwidth_up_bps if up else prof.bandwidth_down_bps,
+                            prof.latency_s, prof.tx_j_per_bit, prof.rx_j_per_bit))
+            v = u
+        self._routes[key] = tuple(reversed(hops))
+        return self._routes[key]
+
+    def reachable(self, src: str) -> set[str]:
+        """Nodes reachable from ``src`` through the links."""
+        seen, stack = {src}, [src]
+        while stack:
+            for v, _ in self._adj[stack.pop()]:
+                if v not in seen:
+                    seen.add(v)
+                    stack.append(v)
+        return seen
+
+    def first_hop_head(self, node: str) -> str:
+        """The node after ``node`` on its route to the server (its group head); the server itself if direct."""
+        hops = self.route(node, self.server)
+        return hops[0].dst if hops else node
+
+    def default_groups(self) -> dict[str, list[str]]:
+        """Data nodes grouped by the first node on their way to the server (e.g. their edge server)."""
+        groups: dict[str, list[str]] = {}
+        for n in self.data_nodes:
+            groups.setdefault(self.first_hop_head(n), []).append(n)
+        return groups

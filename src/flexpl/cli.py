@@ -27,7 +27,10 @@ class _Parser(argparse.ArgumentParser):
 def _console(quiet: bool = False):
     from rich.console import Console
 
-    return Console(stderr=True, quiet=quiet, highlight=False)
+    import os
+
+    width = None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", "150"))
+    return Console(stderr=True, quiet=quiet, highlight=False, width=width)
 
 
 def _fmt(v: Any) -> str:
@@ -82,9 +85,26 @@ def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, see
             progress.update(task, advance=1, info=f"acc {row['accuracy']:.4f}  bytes {row['bytes']:.3e}  "
                                                   f"t {row['sim_time_s']:.1f}s")
 
-        result = run(scn, on_round=on_round, st=st)
+        result = run(scn, on_round=on_round, st=st, keep_traces=True)
     write_run(out, result.summary, result.rounds, scn.resolved())
+    if result.traces:  # the last round on the virtual clock: what the report's timeline draws
+        write_csv(out / "timeline.csv", timeline_rows(*result.traces[-1], round_index=len(result.rounds)))
     return result.summary
+
+
+def timeline_rows(trace, starts: list[float], ends: list[float], round_index: int) -> list[dict[str, Any]]:
+    """One row per action of a round's trace: resource (node or link), kind, times, amount."""
+    from flexpl.costs.trace import COMPUTE
+
+    rows = []
+    for i in range(len(trace)):
+        compute = trace.kind[i] == COMPUTE
+        rows.append({"round": round_index, "resource": trace.resource[i],
+                     "resource_kind": "node" if compute else "link", "what": trace.what[i],
+                     "label": trace.label[i], "src": trace.src[i], "dst": trace.dst[i],
+                     "start_s": starts[i], "end_s": ends[i],
+                     "flops": trace.amount[i] if compute else 0, "bytes": 0 if compute else trace.amount[i]})
+    return rows
 
 
 def _summary_table(summaries: list[dict[str, Any]], title: str) -> Any:
@@ -165,6 +185,33 @@ def cmd_scenarios(a: argparse.Namespace) -> int:
     return 0
 
 
+# Subcommands that live in their own modules: each module defines
+# ``add_arguments(parser)`` and ``main(args) -> int``.
+PLUGINS: list[tuple[str, str, str]] = [
+    ("sweep", "flexpl.sweep", "run a grid of scenario variants (resumable)"),
+    ("report", "flexpl.report", "build report.html from a results folder"),
+    ("plan", "flexpl.planner", "predict the costs of many plans without training and recommend one"),
+    ("calibrate", "flexpl.calibrate", "measure this machine's FLOP/s and write a device profile"),
+    ("worker", "flexpl.engine.dist", "one rank of a distributed run (what torchrun starts)"),
+]
+
+
+def _add_plugin(sub, name: str, module: str, helptext: str) -> None:
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return
+    p = sub.add_parser(name, help=helptext)
+    if name in ("sweep", "plan"):
+        _common(p)
+    mod.add_arguments(p)
+    p.set_defaults(func=mod.main)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("scenario", nargs="?", default=None, help="built-in scenario name or YAML file (default: edge-fmnist)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -191,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strategies", default="centralized,fl,sl,sfl,mp,fpl",
                    help="comma-separated presets (default: centralized,fl,sl,sfl,mp,fpl)")
     c.set_defaults(func=cmd_compare)
+    for name, module, helptext in PLUGINS:
+        _add_plugin(sub, name, module, helptext)
     s = sub.add_parser("scenarios", help="list built-in scenarios")
     s.add_argument("--show", default=None, metavar="NAME", help="print one scenario's YAML")
     s.set_defaults(func=cmd_scenarios)

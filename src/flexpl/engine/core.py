@@ -387,3 +387,11 @@ def select_clients(nodes: list[str], fraction: float, seed: int, rnd: int) -> li
     rng = np.random.default_rng(mix_seed(seed, rnd, "select"))
     chosen = set(rng.choice(len(nodes), size=k, replace=False).tolist())
     return [n for i, n in enumerate(nodes) if i in chosen]
+
+
+def path_state(engine: Engine, node: str) -> dict[str, torch.Tensor]:
+    """The full model's state dict as a test sample on ``node``'s path sees it (keys of the full model)."""
+    out: dict[str, torch.Tensor] = {}
+    for s in range(len(engine.plan.stages)):
+        out.update(engine.eval_module(s, engine.layout.serves[s][node]).state_dict())
+    return out

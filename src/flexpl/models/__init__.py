@@ -153,3 +153,8 @@ def count_params(module: nn.Module) -> int:
 def state_bytes(module: nn.Module) -> int:
     """Bytes of ``module.state_dict()`` (parameters and buffers): what a sync moves."""
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+def stage_bytes_between(model: BlockModel, start: int, end: int) -> int:
+    """State-dict bytes of blocks ``[start, end)``: what syncing or relaying that stage moves."""
+    return sum(state_bytes(model.blocks[n]) for n in model.block_names[start:end])

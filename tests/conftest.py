@@ -1,0 +1,50 @@
+"""Shared helpers: small scenarios built from the built-in digits-star."""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from typing import Any
+
+import pytest
+import yaml
+
+from flexpl.config import Scenario, apply_set, validate_scenario
+
+
+def digits_star(sets: list[str] | None = None, **top: Any) -> Scenario:
+    """digits-star with ``--set`` style overrides and top-level fields replaced."""
+    data = yaml.safe_load(resources.files("flexpl.scenarios").joinpath("digits-star.yaml").read_text())
+    data.update(copy.deepcopy(top))
+    for s in sets or []:
+        apply_set(data, s)
+    return validate_scenario(data)
+
+
+def chain_scenario(sets: list[str] | None = None, n_dev: int = 2, **top: Any) -> Scenario:
+    """Devices -> edge -> cloud (multi-hop), digits data, small MLP."""
+    data: dict[str, Any] = {
+        "name": "chain", "seed": 0, "data": {"dataset": "digits", "partition": {"kind": "iid"}},
+        "model": {"name": "mlp", "hidden": [64, 32]},
+        "training": {"rounds": 1, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.05}},
+        "server": "cloud",
+        "nodes": [{"name": "cloud", "profile": "cloud-server"}, {"name": "edge", "profile": "edge-server"}]
+        + [{"name": f"dev{i}", "profile": "rpi4", "holds_data": True} for i in range(n_dev)],
+        "links": [{"between": [f"dev{i}", "edge"], "profile": "wifi"} for i in range(n_dev)]
+        + [{"between": ["edge", "cloud"], "profile": "fiber"}],
+        "strategy": "fl",
+    }
+    data.update(copy.deepcopy(top))
+    for s in sets or []:
+        apply_set(data, s)
+    return validate_scenario(data)
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """No test may reach the internet: downloads point at a path that does not exist."""
+    try:
+        from flexpl.data import fashion_mnist
+    except ImportError:
+        return
+    monkeypatch.setattr(fashion_mnist, "BASE_URLS", ["file:///nonexistent-flexpl-test"], raising=False)

@@ -1,0 +1,107 @@
+"""The spine: FedAvg bytes, FLOP counts, multi-hop routing, determinism, clock rules."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from flexpl.data import load_dataset
+from flexpl.engine.simulator import run, setup
+from flexpl.models import build_model, state_bytes
+
+from .conftest import chain_scenario, digits_star
+
+
+def test_fl_bytes_are_rounds_times_clients_times_two_models():
+    scn = digits_star(["training.rounds=3"])
+    s = run(scn).summary
+    model = build_model(scn.model, (1, 8, 8), 10, seed=0)
+    expected = 3 * 4 * 2 * state_bytes(model)
+    assert s["model_bytes"] == state_bytes(model)
+    assert s["bytes_total"] == expected
+    assert sum(v["bytes"] for v in s["per_link"].values()) == expected
+
+
+def test_fl_bytes_with_half_the_clients_per_round():
+    s = run(digits_star(["training.rounds=4", "training.clients_per_round=0.5"])).summary
+    assert s["bytes_total"] == 4 * 2 * 2 * s["model_bytes"]
+
+
+def test_step_flops_equal_an_independent_count_of_the_whole_model():
+    scn = digits_star(["training.rounds=1", "training.max_steps_per_round=1"])
+    s = run(scn).summary
+    model = build_model(scn.model, (1, 8, 8), 10, seed=0)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    with FlopCounterMode(display=False) as fc:
+        F.cross_entropy(model(x), y).backward()
+    assert fc.get_total_flops() > 0
+    assert s["flops_total"] == 4 * fc.get_total_flops()
+    for n in ("dev0", "dev1", "dev2", "dev3"):
+        assert s["per_node"][n]["flops"] == fc.get_total_flops()
+
+
+def test_bytes_count_on_every_link_crossed():
+    s = run(chain_scenario(["training.rounds=2"])).summary
+    mb = s["model_bytes"]
+    assert s["per_link"]["dev0-edge"]["bytes"] == 2 * 2 * mb
+    assert s["per_link"]["dev1-edge"]["bytes"] == 2 * 2 * mb
+    assert s["per_link"]["edge-cloud"]["bytes"] == 2 * 2 * 2 * mb  # both devices' models cross it
+    assert s["bytes_total"] == 4 * 2 * 2 * mb
+    assert s["per_node"]["edge"]["bytes_received"] == s["per_node"]["edge"]["bytes_sent"] == 2 * 2 * 2 * mb
+
+
+def test_same_seed_gives_identical_summary():
+    a = run(digits_star(["training.rounds=2"], strategy="fpl")).summary
+    b = run(digits_star(["training.rounds=2"], strategy="fpl")).summary
+    a.pop("wall_s"), b.pop("wall_s")
+    assert a == b
+
+
+def test_other_seed_changes_the_run():
+    a = run(digits_star(["training.rounds=1"], seed=0)).summary
+    b = run(digits_star(["training.rounds=1"], seed=1)).summary
+    assert a["final_accuracy"] != b["final_accuracy"] or a["final_loss"] != b["final_loss"]
+
+
+def test_fl_learns_digits():
+    s = run(digits_star(["training.rounds=5"])).summary
+    assert s["final_accuracy"] > 0.85
+
+
+def test_clock_rules_on_one_fl_step():
+    """Hand-computed virtual time: download, one step on the slowest device, upload."""
+    scn = digits_star(["training.rounds=1", "training.max_steps_per_round=1"])
+    st = setup(scn)
+    s = run(scn, st=st).summary
+    topo = st.topo
+    mb = s["model_bytes"]
+    flops = s["per_node"]["dev0"]["flops"]
+    wifi = topo.links["dev0-server"][2]
+    down = wifi.latency_s + 8 * mb / wifi.bandwidth_down_bps
+    up = wifi.latency_s + 8 * mb / wifi.bandwidth_up_bps
+    slowest = max(flops / topo.nodes[n].flops_per_s for n in scn.data_nodes)
+    assert abs(s["sim_time_s"] - (down + slowest + up)) < 1e-12
+    # energy: FLOPs x J/FLOP on every device, bits x (tx + rx) on every link
+    e_comp = sum(s["per_node"][n]["flops"] * topo.nodes[n].energy_per_flop() for n in scn.data_nodes)
+    e_comm = 4 * 2 * 8 * mb * (wifi.tx_j_per_bit + wifi.rx_j_per_bit)
+    assert abs(s["energy_j_compute"] - e_comp) < 1e-12 * e_comp
+    assert abs(s["energy_j_comm"] - e_comm) < 1e-9 * e_comm
+
+
+def test_shared_link_serialises_transfers():
+    """Two devices behind one edge: their uploads queue on the edge-cloud link (FIFO)."""
+    scn = chain_scenario(["training.rounds=1", "training.max_steps_per_round=1"])
+    res = run(scn, keep_traces=True)
+    trace, starts, ends = res.traces[0]
+    iv = sorted((starts[i], ends[i]) for i in range(len(trace)) if trace.resource[i] == "edge-cloud")
+    assert len(iv) == 4  # 2 downloads, 2 uploads
+    for (s0, e0), (s1, _e1) in zip(iv, iv[1:]):
+        assert s1 >= e0 - 1e-15
+
+
+def test_dataset_is_not_modified_by_training():
+    data = load_dataset("digits")
+    before = data.train_x.clone()
+    run(digits_star(["training.rounds=1"], strategy="fpl"))
+    assert torch.equal(before, data.train_x)

@@ -96,7 +96,7 @@ def test_shared_link_serialises_transfers():
     trace, starts, ends = res.traces[0]
     iv = sorted((starts[i], ends[i]) for i in range(len(trace)) if trace.resource[i] == "edge-cloud")
     assert len(iv) == 4  # 2 downloads, 2 uploads
-    for (s0, e0), (s1, _e1) in zip(iv, iv[1:]):
+    for (_s0, e0), (s1, _e1) in zip(iv, iv[1:]):
         assert s1 >= e0 - 1e-15
 
 
@@ -105,3 +105,17 @@ def test_dataset_is_not_modified_by_training():
     before = data.train_x.clone()
     run(digits_star(["training.rounds=1"], strategy="fpl"))
     assert torch.equal(before, data.train_x)
+
+
+def test_a_shape_only_run_records_exactly_the_same_costs():
+    """[Note: meta replicas] With no local node, nothing is computed but the trace is identical."""
+    from flexpl.plan import PRESETS
+
+    keys = ("flops_total", "bytes_total", "sim_time_s", "energy_j_total", "params_total", "per_link")
+    for strategy in PRESETS:
+        scn = digits_star(["training.rounds=2", "training.max_steps_per_round=3"], strategy=strategy)
+        real = run(scn).summary
+        st = setup(scn, is_local=lambda node: False)
+        meta = run(scn, st=st, evaluate=lambda s: {}).summary
+        for k in keys:
+            assert meta[k] == real[k], (strategy, k)

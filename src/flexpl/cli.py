@@ -25,9 +25,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _console(quiet: bool = False):
-    from rich.console import Console
-
     import os
+
+    from rich.console import Console
 
     width = None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", "150"))
     return Console(stderr=True, quiet=quiet, highlight=False, width=width)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,7 +102,8 @@ class Engine:
     """Run state of a plan on a topology, and the operations rounds are built from."""
 
     def __init__(self, layout: Layout, full_model: BlockModel, opt_cfg: OptimizerCfg, transport,
-                 recorder: Recorder, patch_grid: tuple[int, int] | None = None) -> None:
+                 recorder: Recorder, patch_grid: tuple[int, int] | None = None,
+                 is_local: Callable[[str], bool] | None = None) -> None:
         self.layout = layout
         self.plan = layout.plan
         self.opt_cfg = opt_cfg
@@ -109,6 +111,11 @@ class Engine:
         self.recorder = recorder
         self.flops = FlopCache()
         self.patch_grid = patch_grid
+        # [Note: meta replicas] A replica hosted on a node this process does not run lives on
+        # the meta device: the step code still runs it, on shapes only, so every process
+        # (and the planner, where no node is local) walks the same program and records the
+        # same trace, while real arithmetic happens only where the replica lives.
+        self.is_local = is_local or (lambda node: True)
         self.features = self.plan.junction == "features"
         n_stages = len(self.plan.stages)
         self.junction_stage = next((s for s in range(1, n_stages)
@@ -119,13 +126,16 @@ class Engine:
             states = []
             for spec in reps:
                 mod = copy.deepcopy(base[s])
+                if not self.is_local(spec.host):
+                    mod = mod.to("meta")
                 states.append(ReplicaState(spec, mod, make_optimizer(mod, opt_cfg)))
             self.replicas.append(states)
         has_params = [count_params(m) > 0 for m in base]
         self.input_grad = [any(has_params[:s]) for s in range(n_stages)]
         # the aggregator's copy of every FedAvg stage (what is downloaded and evaluated)
-        self.global_: dict[int, BlockModel] = {s: copy.deepcopy(base[s]) for s in range(n_stages)
-                                               if layout.aggregators[s] is not None}
+        self.global_: dict[int, BlockModel] = {
+            s: copy.deepcopy(base[s]) if self.is_local(layout.aggregators[s]) else copy.deepcopy(base[s]).to("meta")
+            for s in range(n_stages) if layout.aggregators[s] is not None}
         self.global_ev: dict[int, Event] = dict.fromkeys(self.global_)
         self.relay_holder: str | None = None
         self.stream_ready: dict[str, Event] = {}
@@ -273,11 +283,13 @@ class Engine:
             self._reset_opt(dst)
             dst.last_update = ev
 
-    def collect(self, nodes: list[NodeData], dst: str) -> None:
-        """Ship every data node's raw samples and labels to ``dst`` (centralized training)."""
+    def collect(self, nodes: list[NodeData], dst: str) -> NodeData:
+        """Ship every data node's raw samples and labels to ``dst`` (centralized training); returns the union there."""
+        xs, ys = [], []
         for nd in nodes:
-            self.transport.move(nd.x, nd.name, dst, "data", [], "data")
-            self.transport.move(nd.y, nd.name, dst, "data", [], "data")
+            xs.append(self.transport.move(nd.x, nd.name, dst, "data", [], "data")[0])
+            ys.append(self.transport.move(nd.y, nd.name, dst, "data", [], "data")[0])
+        return NodeData(dst, torch.cat(xs), torch.cat(ys), 0)
 
     # ------------------------------------------------------------ evaluation
 

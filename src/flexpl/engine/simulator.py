@@ -19,8 +19,15 @@ from flexpl.config import Scenario
 from flexpl.costs.profiles import device_profile, link_profile
 from flexpl.costs.trace import Recorder, Totals, Trace
 from flexpl.data import Dataset, load_dataset, partition, summarize
-from flexpl.engine.core import (Engine, NodeData, ReplicaState, batches, extract_patch, patch_grid,
-                                select_clients)
+from flexpl.engine.core import (
+    Engine,
+    NodeData,
+    ReplicaState,
+    batches,
+    extract_patch,
+    patch_grid,
+    select_clients,
+)
 from flexpl.engine.transport import SimTransport
 from flexpl.errors import UserError
 from flexpl.models import DEFAULT_CUTS, build_model, count_params, state_bytes
@@ -47,6 +54,10 @@ def build_topology(scn: Scenario) -> Topology:
     return topo
 
 
+def _place(t: torch.Tensor, local: bool) -> torch.Tensor:
+    return t if local else torch.empty(t.shape, dtype=t.dtype, device="meta")
+
+
 @dataclass
 class Setup:
     """Everything a run needs before its first round."""
@@ -69,8 +80,13 @@ def _model_spec(scn: Scenario) -> tuple[str, Any]:
 
 
 def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTransport,
-          dataset: Dataset | None = None) -> Setup:
-    """Load data, resolve the topology and plan, build the model and the engine."""
+          dataset: Dataset | None = None, is_local: Callable[[str], bool] | None = None) -> Setup:
+    """Load data, resolve the topology and plan, build the model and the engine.
+
+    ``is_local`` says which nodes this process runs for real; the others' replicas and
+    data live on the meta device (shapes only). Default: every node is local.
+    """
+    local = is_local or (lambda node: True)
     data = dataset or load_dataset(scn.data.dataset, max_train=scn.data.max_train, max_test=scn.data.max_test)
     topo = build_topology(scn)
     name, spec = _model_spec(scn)
@@ -91,20 +107,20 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         shape = (data.input_shape[0], h // grid[0], w // grid[1])
         full = build_model(spec, shape, data.num_classes, seed=scn.seed, junction_block=first,
                            branches=len(data_nodes))
-        nodes = [NodeData(n, extract_patch(data.train_x, grid, i).contiguous(), data.train_y, 0)
-                 for i, n in enumerate(data_nodes)]
+        nodes = [NodeData(n, _place(extract_patch(data.train_x, grid, i).contiguous(), local(n)),
+                          _place(data.train_y, local(n)), 0) for i, n in enumerate(data_nodes)]
         parts = [torch.arange(len(data.train_y)).numpy() for _ in data_nodes]
     else:
         full = probe
         parts = partition(data.train_y.numpy(), len(data_nodes), scn.data.partition.kind, seed=scn.seed,
                           alpha=scn.data.partition.alpha, shards_per_node=scn.data.partition.shards_per_node)
-        nodes = [NodeData(n, data.train_x[idx], data.train_y[idx], i)
+        nodes = [NodeData(n, _place(data.train_x[idx], local(n)), _place(data.train_y[idx], local(n)), i)
                  for i, (n, idx) in enumerate(zip(data_nodes, parts))]
     if plan.collect_data:
         data_nodes = [topo.server]
     layout = place(plan, topo, data_nodes)
     recorder = Recorder(topo)
-    engine = Engine(layout, full, scn.training.optimizer, transport_factory(recorder), recorder, grid)
+    engine = Engine(layout, full, scn.training.optimizer, transport_factory(recorder), recorder, grid, local)
     return Setup(scn, data, topo, plan, engine, nodes, summarize(data.train_y.numpy(), parts, data.num_classes),
                  count_params(probe), state_bytes(probe), recorder)
 
@@ -123,18 +139,66 @@ def _participants(engine: Engine, s: int, selected: list[str]) -> list[ReplicaSt
     return [engine.replicas[s][i] for i in idx]
 
 
+def train_round(eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[str, list[torch.Tensor]],
+                fed_step: list[int]) -> tuple[float, int, dict[str, int]]:
+    """Run one round's training steps in the plan's schedule order; returns loss sum, samples, samples per node.
+
+    lockstep: every node's t-th batch in joint step t; sequential: node after node, each
+    all its batches, with the relay between them; round_robin: one batch per step, nodes
+    taking turns. Step-level FedAvg happens every ``every`` steps.
+    """
+    plan = eng.plan
+    selected = list(plan_batches)
+    seen = dict.fromkeys(selected, 0)
+    loss_sum, n_sum, joint = 0.0, 0, 0
+
+    def step(names: list[str], t: int) -> None:
+        nonlocal loss_sum, n_sum, joint
+        batch = {}
+        for n in names:
+            idx = plan_batches[n][t]
+            batch[n] = (by_name[n].x[idx], by_name[n].y[idx])
+            seen[n] += len(idx)
+        ls, ns = eng.train_step(batch)
+        loss_sum, n_sum, joint = loss_sum + ls, n_sum + ns, joint + 1
+        for s in fed_step:
+            if joint % plan.stages[s].sync.every == 0:
+                reps = _participants(eng, s, names)
+                eng.upload(s, reps, [sum(seen[m] for m in r.spec.members if m in seen) for r in reps])
+                eng.download(s, reps)
+
+    if plan.schedule == "sequential":
+        for n in selected:
+            eng.relay(n)
+            for t in range(len(plan_batches[n])):
+                step([n], t)
+    elif plan.schedule == "round_robin":
+        cursor = dict.fromkeys(selected, 0)
+        while any(cursor[n] < len(plan_batches[n]) for n in selected):
+            for n in selected:
+                if cursor[n] < len(plan_batches[n]):
+                    step([n], cursor[n])
+                    cursor[n] += 1
+    else:
+        for t in range(max(len(b) for b in plan_batches.values())):
+            step([n for n in selected if t < len(plan_batches[n])], t)
+    return loss_sum, n_sum, seen
+
+
 def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
-        st: Setup | None = None, keep_traces: bool = False) -> RunResult:
-    """Train ``scn`` on the simulator and return its costs and accuracy per round."""
+        st: Setup | None = None, keep_traces: bool = False,
+        evaluate: Callable[[Setup], dict[str, float]] | None = None) -> RunResult:
+    """Train ``scn`` on the simulator and return its costs and accuracy per round.
+
+    ``evaluate`` replaces the test-set evaluation (the planner passes one that returns
+    nothing; the distributed backend evaluates on rank 0).
+    """
     t_wall = time.perf_counter()
     st = st or setup(scn)
     eng, topo, plan, tr = st.engine, st.topo, st.plan, scn.training
     totals = Totals.empty(topo)
-    # centralized: the server holds the union of the data nodes' samples once they are uploaded
-    if plan.collect_data:
-        train = [NodeData(topo.server, torch.cat([n.x for n in st.nodes]), torch.cat([n.y for n in st.nodes]), 0)]
-    else:
-        train = st.nodes
+    # centralized: the server holds the union of the data nodes' samples once they are uploaded (round 1)
+    train = [eng.collect(st.nodes, topo.server)] if plan.collect_data else st.nodes
     by_name = {nd.name: nd for nd in train}
     weights = {nd.name: float(len(nd)) for nd in train}
     fed_round = [s for s, x in enumerate(plan.stages) if x.sync.kind == "fedavg" and x.sync.unit == "round"]
@@ -146,46 +210,12 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
     for rnd in range(1, tr.rounds + 1):
         selected = [n.name for n in train] if plan.collect_data else select_clients(
             [n.name for n in train], tr.clients_per_round, scn.seed, rnd)
-        if plan.collect_data and rnd == 1:
-            eng.collect(st.nodes, topo.server)
         if synced_last_round:
             for s in fed_round + fed_step:
                 eng.download(s, _participants(eng, s, selected))
         plan_batches = {n: batches(by_name[n], scn.seed, rnd, tr.local_epochs, tr.batch_size,
                                    tr.max_steps_per_round) for n in selected}
-        seen = dict.fromkeys(selected, 0)
-        loss_sum, n_sum, joint = 0.0, 0, 0
-
-        def step(names: list[str], t: int) -> None:
-            nonlocal loss_sum, n_sum, joint
-            batch = {}
-            for n in names:
-                idx = plan_batches[n][t]
-                batch[n] = (by_name[n].x[idx], by_name[n].y[idx])
-                seen[n] += len(idx)
-            ls, ns = eng.train_step(batch)
-            loss_sum, n_sum, joint = loss_sum + ls, n_sum + ns, joint + 1
-            for s in fed_step:
-                if joint % plan.stages[s].sync.every == 0:
-                    reps = _participants(eng, s, names)
-                    eng.upload(s, reps, [sum(seen[m] for m in r.spec.members if m in seen) for r in reps])
-                    eng.download(s, reps)
-
-        if plan.schedule == "sequential":
-            for n in selected:
-                eng.relay(n)
-                for t in range(len(plan_batches[n])):
-                    step([n], t)
-        elif plan.schedule == "round_robin":
-            cursor = dict.fromkeys(selected, 0)
-            while any(cursor[n] < len(plan_batches[n]) for n in selected):
-                for n in selected:
-                    if cursor[n] < len(plan_batches[n]):
-                        step([n], cursor[n])
-                        cursor[n] += 1
-        else:
-            for t in range(max(len(b) for b in plan_batches.values())):
-                step([n for n in selected if t < len(plan_batches[n])], t)
+        loss_sum, n_sum, seen = train_round(eng, by_name, plan_batches, fed_step)
 
         synced_last_round = rnd % max([plan.stages[s].sync.every for s in fed_round] or [1]) == 0 \
             or rnd == tr.rounds
@@ -198,7 +228,7 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
         if keep_traces:
             traces.append((trace, starts, ends))
         if rnd % tr.eval_every == 0 or rnd == tr.rounds:
-            ev = eng.evaluate(st.data.test_x, st.data.test_y, weights)
+            ev = evaluate(st) if evaluate else eng.evaluate(st.data.test_x, st.data.test_y, weights)
         row = {"round": rnd, "accuracy": ev.get("accuracy", float("nan")), "loss": ev.get("loss", float("nan")),
                "accuracy_min": ev.get("accuracy_min", float("nan")),
                "accuracy_ensemble": ev.get("accuracy_ensemble", float("nan")),

@@ -1,0 +1,364 @@
+"""``flexpl sweep``: run a Cartesian grid of scenario variants, one folder per cell, resumably.
+
+    flexpl sweep digits-star --grid strategy=fl,fpl --grid data.partition.alpha=0.1,1.0
+
+Each ``--grid KEY=V1,V2,...`` adds one axis. ``strategy`` picks the preset; any other KEY
+is a ``--set`` dotted key whose values are parsed as YAML. Every cell runs into its own
+folder, named from its grid values (``strategy=fl__data.partition.alpha=0.1``), through the
+same :func:`flexpl.cli.run_one` as ``flexpl run``.
+
+Resuming: a cell counts as done when its ``summary.json`` exists (``run_one`` writes it
+last) *and* records the digest of the scenario this command would run, so rerunning the
+same command skips finished cells and redoes unfinished or changed ones. ``sweep.csv`` is
+rebuilt from the cells' ``summary.json`` files after every cell, so it never holds
+duplicate or stale rows. ``--jobs N`` runs cells in N worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flexpl.errors import UserError
+
+# Characters kept verbatim in a cell's folder name; anything else becomes "_" (plus a hash).
+_SAFE = re.compile(r"[^A-Za-z0-9._=+-]")
+_MAX_NAME = 180  # leaves room under the usual 255-byte file-name limit
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: its folder name, its (key, raw value) pairs and what to run."""
+
+    name: str
+    values: tuple[tuple[str, str], ...]
+    strategy: str | None
+    sets: tuple[str, ...]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Sweep options (the CLI has already added scenario, --set, --seed, --out, --quiet)."""
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="one axis of the grid (repeatable); KEY 'strategy' picks the preset, any "
+                             "other KEY is a --set dotted key, e.g. --grid data.partition.alpha=0.1,1.0")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="run cells in N worker processes (default 1)")
+
+
+def split_values(raw: str) -> list[str]:
+    """Split ``V1,V2,...`` on commas that are not inside ``[...]`` or ``{...}`` (YAML lists stay whole)."""
+    out, depth, cur = [], 0, []
+    for ch in raw:
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur).strip())
+    return out
+
+
+def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """Parse ``--grid KEY=V1,V2`` items into ``[(key, [raw values])]``; a bad item is a ``UserError``."""
+    if not specs:
+        raise UserError("--grid: no grid given; add at least one axis, e.g. --grid strategy=fl,fpl")
+    axes: list[tuple[str, list[str]]] = []
+    for spec in specs:
+        if "=" not in spec:
+            raise UserError(f"--grid: '{spec}' is not KEY=V1,V2,... (e.g. --grid strategy=fl,fpl)")
+        key, raw = spec.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise UserError(f"--grid: bad key '{key}' in '{spec}'; use 'strategy' or a dotted "
+                            "scenario field such as data.partition.alpha")
+        values = split_values(raw)
+        if any(v == "" for v in values):
+            raise UserError(f"--grid {key}: empty value in '{raw}'; give comma-separated values, "
+                            f"e.g. --grid {key}=1,2")
+        if len(set(values)) != len(values):
+            raise UserError(f"--grid {key}: repeated value in '{raw}'; list each value once")
+        if any(k == key for k, _ in axes):
+            raise UserError(f"--grid: key '{key}' given twice; put all its values in one --grid")
+        axes.append((key, values))
+    return axes
+
+
+def cell_name(values: Sequence[tuple[str, str]]) -> str:
+    """A stable, readable folder name such as ``strategy=fl__data.partition.alpha=0.1``.
+
+    Characters that are unsafe in a file name become ``_``; then a short hash of the exact
+    values is appended so that two cells never share a folder.
+    """
+    exact = "__".join(f"{k}={v}" for k, v in values)
+    name = _SAFE.sub("_", exact)
+    if name != exact or len(name) > _MAX_NAME:
+        digest = hashlib.sha1(exact.encode()).hexdigest()[:8]
+        name = f"{name[:_MAX_NAME]}__{digest}"
+    return name
+
+
+def make_cells(axes: Sequence[tuple[str, list[str]]]) -> list[Cell]:
+    """The Cartesian product of the axes, in the order given (first axis varies slowest)."""
+    cells = []
+    for combo in itertools.product(*(vals for _, vals in axes)):
+        values = tuple((k, v) for (k, _), v in zip(axes, combo))
+        strategy = next((v for k, v in values if k == "strategy"), None)
+        sets = tuple(f"{k}={v}" for k, v in values if k != "strategy")
+        cells.append(Cell(cell_name(values), values, strategy, sets))
+    return cells
+
+
+def _check_cells(scenario: str | None, sets: Sequence[str], seed: int | None,
+                 cells: Sequence[Cell]) -> dict[str, tuple[str, int, str]]:
+    """Load every cell's scenario before running any, so a bad value fails at once.
+
+    Returns cell name -> (scenario digest, rounds, scenario name).
+    """
+    from flexpl.config import load_scenario
+    from flexpl.plan import PRESETS
+
+    out = {}
+    for c in cells:
+        label = " ".join(f"{k}={v}" for k, v in c.values)
+        try:
+            scn = load_scenario(scenario, [*sets, *c.sets], c.strategy, seed)
+        except UserError as exc:
+            raise UserError(f"--grid {label}: {exc}") from None
+        if scn.strategy not in PRESETS and not (scn.plan and scn.plan.stages):
+            raise UserError(f"--grid {label}: unknown strategy '{scn.strategy}'; allowed: "
+                            f"{', '.join(PRESETS)} (or give plan.stages)")
+        out[c.name] = (scn.digest(), scn.training.rounds, scn.name)
+    return out
+
+
+def _finished(folder: Path, digest: str) -> bool:
+    """Whether ``folder`` holds a finished run of exactly this scenario."""
+    try:
+        s = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return s.get("scenario_sha256") == digest
+
+
+def _init_worker() -> None:
+    import torch
+
+    # N workers on N cores: one intra-op thread each avoids oversubscribing the CPU.
+    torch.set_num_threads(1)
+
+
+def _run_cell(scenario: str | None, sets: Sequence[str], strategy: str | None, seed: int | None,
+              out: Path) -> dict[str, Any]:
+    """Run one cell into ``out`` (in this process or a worker); returns its summary."""
+    from flexpl.cli import run_one
+
+    return run_one(scenario, list(sets), strategy, seed, out, quiet=True, label=out.name, show_data=False)
+
+
+def write_sweep_csv(out: Path, cells: Sequence[Cell]) -> list[dict[str, Any]]:
+    """Rebuild ``sweep.csv`` from the finished cells' summary.json (one row per cell, grid order)."""
+    from flexpl.results import write_csv
+
+    rows = []
+    for c in cells:
+        try:
+            s = json.loads((out / c.name / "summary.json").read_text())
+        except (OSError, ValueError):
+            continue
+        row: dict[str, Any] = {"cell": c.name, **dict(c.values)}
+        row.update({k: v for k, v in s.items() if not isinstance(v, dict) and k not in row})
+        rows.append(row)
+    columns = ["cell", *(k for k, _ in cells[0].values)] if cells else None
+    if columns:
+        for r in rows:
+            columns.extend(k for k in r if k not in columns)
+    write_csv(out / "sweep.csv", rows, columns)
+    return rows
+
+
+def _count_rounds(folder: Path) -> int:
+    try:
+        with open(folder / "rounds.csv") as f:
+            return max(sum(1 for _ in f) - 1, 0)
+    except OSError:
+        return 0
+
+
+class _RoundWatcher:
+    """Polls the running cells' rounds.csv so the progress bar can show rounds within a cell.
+
+    run_one writes rounds.csv after every round, in this process or a worker; reading it
+    from a thread keeps the runner itself unaware of the progress display.
+    """
+
+    def __init__(self, progress: Any, out: Path) -> None:
+        self.progress, self.out = progress, out
+        self.tasks: dict[str, Any] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def add(self, name: str, rounds: int) -> None:
+        with self.lock:
+            self.tasks[name] = self.progress.add_task(f"  {name}", total=rounds, info="")
+
+    def remove(self, name: str) -> None:
+        with self.lock:
+            task = self.tasks.pop(name, None)
+        if task is not None:
+            self.progress.remove_task(task)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(0.25):
+            with self.lock:
+                items = list(self.tasks.items())
+            for name, task in items:
+                self.progress.update(task, completed=_count_rounds(self.out / name))
+
+    def __enter__(self) -> _RoundWatcher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], seed: int | None,
+              out: Path | None, jobs: int = 1, quiet: bool = False,
+              on_cell: Callable[[Cell, dict[str, Any] | None], None] | None = None) -> Path:
+    """Run every unfinished cell of the grid into ``out``; return the sweep folder.
+
+    ``on_cell(cell, summary)`` is called after each cell (``summary`` is None for a skipped,
+    already finished cell).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flexpl.cli import _console
+    from flexpl.results import prepare_out_dir, write_yaml
+
+    if jobs < 1:
+        raise UserError(f"--jobs: must be at least 1, got {jobs}")
+    axes = parse_grid(grid)
+    cells = make_cells(axes)
+    checked = _check_cells(scenario, sets, seed, cells)
+    out = prepare_out_dir(out or f"results/{checked[cells[0].name][2]}-sweep")
+    write_yaml(out / "sweep.yaml", {"scenario": scenario, "set": list(sets), "seed": seed,
+                                    "grid": {k: v for k, v in axes}, "cells": [c.name for c in cells]})
+    todo = [c for c in cells if not _finished(out / c.name, checked[c.name][0])]
+    console = _console(quiet)
+    if len(todo) < len(cells):
+        console.print(f"sweep: {len(cells) - len(todo)} of {len(cells)} cells already finished in {out}/; "
+                      "running the rest")
+    write_sweep_csv(out, cells)
+    for c in cells:
+        if c not in todo and on_cell:
+            on_cell(c, None)
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                  disable=quiet) as progress, _RoundWatcher(progress, out) as watch:
+        overall = progress.add_task("cells", total=len(cells), completed=len(cells) - len(todo), info="")
+
+        def done(c: Cell, summary: dict[str, Any]) -> None:
+            watch.remove(c.name)
+            write_sweep_csv(out, cells)  # after every cell, so an interrupted sweep keeps its rows
+            acc = summary.get("final_accuracy")
+            progress.update(overall, advance=1,
+                            info=f"last: {c.name}" + (f"  acc {acc:.4f}" if isinstance(acc, float) else ""))
+            if on_cell:
+                on_cell(c, summary)
+
+        def failed(c: Cell, exc: UserError) -> UserError:
+            return UserError(f"sweep cell {c.name}: {exc}")
+
+        if jobs == 1:
+            for c in todo:
+                watch.add(c.name, checked[c.name][1])
+                try:
+                    summary = _run_cell(scenario, [*sets, *c.sets], c.strategy, seed, out / c.name)
+                except UserError as exc:
+                    raise failed(c, exc) from None
+                done(c, summary)
+        else:
+            _run_parallel(scenario, sets, seed, out, todo, jobs, checked, watch, done, failed)
+    if not quiet:
+        _print_table(console, out, cells)
+    return out
+
+
+def _run_parallel(scenario: str | None, sets: Sequence[str], seed: int | None, out: Path,
+                  todo: Sequence[Cell], jobs: int, checked: dict[str, tuple[str, int, str]],
+                  watch: _RoundWatcher, done: Callable, failed: Callable) -> None:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # spawn, not fork: forking a process that may already hold torch's thread pools can hang.
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)) or 1, mp_context=ctx,
+                               initializer=_init_worker)
+    try:
+        pending = {}
+        for c in todo:
+            pending[pool.submit(_run_cell, scenario, [*sets, *c.sets], c.strategy, seed, out / c.name)] = c
+            watch.add(c.name, checked[c.name][1])
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                c = pending.pop(fut)
+                try:
+                    summary = fut.result()
+                except UserError as exc:
+                    raise failed(c, exc) from None
+                done(c, summary)
+    finally:
+        # On an error or Ctrl-C, drop queued cells; running ones finish or die with the pool.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _print_table(console: Any, out: Path, cells: Sequence[Cell]) -> None:
+    from rich.table import Table
+
+    from flexpl.cli import _fmt
+
+    cols = ["final_accuracy", "bytes_total", "energy_j_total", "sim_time_s"]
+    t = Table(title=f"sweep: {len(cells)} cells", title_justify="left")
+    t.add_column("cell")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for c in cells:
+        try:
+            s = json.loads((out / c.name / "summary.json").read_text())
+        except (OSError, ValueError):
+            continue
+        t.add_row(c.name, *(_fmt(s.get(k)) for k in cols))
+    console.print(t)
+    console.print(f"sweep table in {out}/sweep.csv")
+
+
+def main(args: argparse.Namespace) -> int:
+    """flexpl sweep: run the grid, write sweep.csv, then build report.html in the sweep folder."""
+    out = run_sweep(args.scenario, args.set, args.grid, args.seed, Path(args.out) if args.out else None,
+                    jobs=args.jobs, quiet=args.quiet)
+    try:
+        from flexpl.report import build_report
+    except ImportError:
+        return 0
+    path = build_report(out)
+    if not args.quiet:
+        from flexpl.cli import _console
+
+        _console().print(f"report: {path}")
+    return 0

@@ -275,7 +275,12 @@ def apply_set(data: dict[str, Any], item: str) -> None:
 
 def _one_line(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    loc = ""
+    for part in err["loc"]:
+        if isinstance(part, int):
+            loc += f"[{part}]"
+        elif not str(part).startswith("function-after"):
+            loc += ("." if loc else "") + str(part)
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown field; check the spelling (see flexpl scenarios --show NAME for a full example)"

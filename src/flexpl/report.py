@@ -234,7 +234,7 @@ def _log_if_wide(ax: Any, values: list[float], axis: str = "x") -> None:
 
 def fig_accuracy_vs_round(runs: list[Run]) -> Any:
     """Test accuracy after every round, one line per run."""
-    fig = _figure(10.5, 3.9)
+    fig = _figure(10.5, 3.4)
     ax = fig.add_subplot()
     drawn = False
     for r in runs:
@@ -547,7 +547,7 @@ dl.common div { display:flex; gap:6px; } dl.common dt { color:var(--muted); } dl
 details { border:1px solid var(--line); border-radius:8px; margin:8px 0; padding:6px 12px; }
 details summary { cursor:pointer; font-weight:600; }
 pre { background:#f6f8fa; border-radius:6px; padding:10px 12px; overflow-x:auto; font-size:12px;
-      line-height:1.4; }
+      line-height:1.4; max-height:480px; }
 footer { color:var(--muted); font-size:12px; text-align:center; margin-top:24px; }
 """
 

@@ -37,14 +37,17 @@ from flexpl.topology import Topology
 
 def build_topology(scn: Scenario) -> Topology:
     """Profiles of every node and link, resolved with their inline overrides."""
-    nodes = {n.name: device_profile(n.profile, n.overrides(), field=f"nodes[{i}]")
-             for i, n in enumerate(scn.nodes)}
+    nodes = {}
+    for i, n in enumerate(scn.nodes):
+        device_profile(n.profile, field=f"nodes[{i}].profile")  # the name first, so its error names .profile
+        nodes[n.name] = device_profile(n.profile, n.overrides(), field=f"nodes[{i}]")
     links = {}
     for i, ln in enumerate(scn.links):
         a, b = ln.between
         name = f"{a}-{b}"
         if name in links or f"{b}-{a}" in links:
             raise UserError(f"links[{i}].between: a second link between '{a}' and '{b}'; keep one")
+        link_profile(ln.profile, field=f"links[{i}].profile")
         links[name] = (a, b, link_profile(ln.profile, ln.overrides(), field=f"links[{i}]"))
     topo = Topology(nodes, links, scn.data_nodes, scn.server_name)
     reach = topo.reachable(topo.server)

@@ -7,9 +7,14 @@ from importlib import resources
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from flexpl.config import Scenario, apply_set, validate_scenario
+
+# One thread: these tiny models run several times faster single-threaded on a busy 2-core
+# machine, and results do not depend on who else is running.
+torch.set_num_threads(1)
 
 
 def digits_star(sets: list[str] | None = None, **top: Any) -> Scenario:

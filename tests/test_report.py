@@ -25,9 +25,17 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def compare_dir(tmp_path_factory) -> Path:
     """A compare folder (the CLI builds its report.html at the end)."""
+    import torch
+
     out = tmp_path_factory.mktemp("report") / "cmp"
-    rc = cli.main(["compare", "digits-star", "--strategies", ",".join(STRATEGIES),
-                   "--set", "training.rounds=2", "--out", str(out), "--quiet"])
+    threads = torch.get_num_threads()
+    # The tiny MLP gains nothing from intra-op threads, and on a busy 2-core box they thrash (3-4x slower).
+    torch.set_num_threads(1)
+    try:
+        rc = cli.main(["compare", "digits-star", "--strategies", ",".join(STRATEGIES),
+                       "--set", "training.rounds=2", "--out", str(out), "--quiet"])
+    finally:
+        torch.set_num_threads(threads)
     assert rc == 0
     return out
 

@@ -17,6 +17,17 @@ CELLS = ["strategy=fl__data.partition.alpha=0.1", "strategy=fl__data.partition.a
          "strategy=fpl__data.partition.alpha=0.1", "strategy=fpl__data.partition.alpha=1.0"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The tiny MLP gains nothing from intra-op threads, and on a busy 2-core box they thrash."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
     """sweep.csv as a list of dicts."""
     with open(path, newline="") as f:

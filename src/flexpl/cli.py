@@ -86,9 +86,9 @@ def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, see
                                                   f"t {row['sim_time_s']:.1f}s")
 
         result = run(scn, on_round=on_round, st=st, keep_traces=True)
-    write_run(out, result.summary, result.rounds, scn.resolved())
     if result.traces:  # the last round on the virtual clock: what the report's timeline draws
         write_csv(out / "timeline.csv", timeline_rows(*result.traces[-1], round_index=len(result.rounds)))
+    write_run(out, result.summary, result.rounds, scn.resolved())  # summary.json last: marks a finished run
     return result.summary
 
 

@@ -286,6 +286,12 @@ def fig_pareto(runs: list[Run], key: str, unit: str, xlabel: str, title: str) ->
         _no_data(ax, key)
         return fig, front
     on = set(front)
+    finite = [c for c, a in pts if math.isfinite(c) and math.isfinite(a)]
+    lo, hi = min(finite), max(finite)
+
+    def left(c: float) -> bool:  # label on the left of points near the right edge, so it stays inside
+        return hi > lo and (c - lo) / (hi - lo) > 0.6
+
     fx = sorted((pts[i] for i in front), key=lambda p: (p[0], -p[1]))
     if len(fx) > 1:  # the attainment line: best accuracy reachable for a given budget
         ax.plot([p[0] for p in fx], [p[1] for p in fx], drawstyle="steps-post", color="#333", lw=1,
@@ -293,14 +299,15 @@ def fig_pareto(runs: list[Run], key: str, unit: str, xlabel: str, title: str) ->
     for i, (r, (c, a)) in enumerate(zip(runs, pts)):
         if not (math.isfinite(c) and math.isfinite(a)):
             continue
+        dx, ha = (-6, "right") if left(c) else (6, "left")
         if i in on:
             ax.scatter([c], [a], s=70, color=r.color, edgecolor="#222", lw=0.8, zorder=3)
-            ax.annotate(r.label, (c, a), xytext=(6, 5), textcoords="offset points", fontsize=8.5,
-                        color="#111", fontweight="bold")
+            ax.annotate(r.label, (c, a), xytext=(dx, 5), textcoords="offset points", fontsize=8.5,
+                        color="#111", fontweight="bold", ha=ha)
         else:
             ax.scatter([c], [a], s=45, color=GREY, edgecolor="#888", lw=0.6, zorder=2)
-            ax.annotate(r.label, (c, a), xytext=(6, -11), textcoords="offset points", fontsize=8,
-                        color="#999")
+            ax.annotate(r.label, (c, a), xytext=(dx, -11), textcoords="offset points", fontsize=8,
+                        color="#999", ha=ha)
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], marker="o", ls="", color="#666", mec="#222", label="non-dominated"),

@@ -221,6 +221,8 @@ class _RoundWatcher:
             self.progress.remove_task(task)
 
     def _loop(self) -> None:
+        if self.progress.disable:  # --quiet: nothing to show, so do not poll
+            return
         while not self.stop.wait(0.25):
             with self.lock:
                 items = list(self.tasks.items())

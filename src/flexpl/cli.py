@@ -58,8 +58,12 @@ def _data_table(st) -> Any:
 
 
 def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, seed: int | None,
-            out: Path, quiet: bool, label: str = "", show_data: bool = True) -> dict[str, Any]:
-    """Run one scenario on the simulator into ``out`` with a progress bar; returns the summary."""
+            out: Path, quiet: bool, label: str = "", show_data: bool = True,
+            resume: bool = False) -> dict[str, Any]:
+    """Run one scenario on the simulator into ``out`` with a progress bar; returns the summary.
+
+    The run state is checkpointed in ``out`` after every round; ``resume`` continues from it.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flexpl.config import load_scenario
@@ -85,7 +89,7 @@ def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, see
             progress.update(task, advance=1, info=f"acc {row['accuracy']:.4f}  bytes {row['bytes']:.3e}  "
                                                   f"t {row['sim_time_s']:.1f}s")
 
-        result = run(scn, on_round=on_round, st=st, keep_traces=True)
+        result = run(scn, on_round=on_round, st=st, keep_traces=True, checkpoint_dir=out, resume=resume)
     if result.traces:  # the last round on the virtual clock: what the report's timeline draws
         write_csv(out / "timeline.csv", timeline_rows(*result.traces[-1], round_index=len(result.rounds)))
     write_run(out, result.summary, result.rounds, scn.resolved())  # summary.json last: marks a finished run
@@ -122,9 +126,32 @@ def cmd_run(a: argparse.Namespace) -> int:
     """flexpl run: one scenario, one strategy."""
     from flexpl.config import DEFAULT_SCENARIO, load_scenario
 
-    scn = load_scenario(a.scenario, a.set, a.strategy, a.seed)
-    out = Path(a.out or f"results/{scn.name}-{scn.strategy}")
-    s = run_one(a.scenario or DEFAULT_SCENARIO, a.set, a.strategy, a.seed, out, a.quiet)
+    scenario = a.scenario
+    if a.resume:
+        out = Path(a.resume)
+        if a.out and Path(a.out) != out:
+            raise UserError("--resume: the run continues in its own folder; drop --out or give the same path")
+        if scenario is None:  # the stopped run's resolved scenario
+            if not (out / "config.yaml").exists():
+                raise UserError(f"--resume: '{out}' holds no config.yaml; give the scenario too")
+            scenario = str(out / "config.yaml")
+    scn = load_scenario(scenario, a.set, a.strategy, a.seed)
+    if not a.resume:
+        out = Path(a.out or f"results/{scn.name}-{scn.strategy}")
+    if (a.backend or scn.engine.backend) == "dist":  # one process per node: flexpl.engine.dist
+        from flexpl.engine.dist import WorkerFailure, run_dist
+
+        if getattr(a, "resume", None):
+            raise UserError("--resume: the dist backend cannot resume a run; use --backend sim")
+        if a.timeout is not None and a.timeout <= 0:
+            raise UserError(f"--timeout: must be a positive number of seconds, got {a.timeout:g}")
+        try:
+            s = run_dist(scn, out, a.timeout, a.quiet)
+        except WorkerFailure as exc:  # a worker died, hung or failed: one line, exit 3
+            print(f"flexpl: error: {exc}", file=sys.stderr)
+            return 3
+    else:
+        s = run_one(scenario or DEFAULT_SCENARIO, a.set, a.strategy, a.seed, out, a.quiet, resume=bool(a.resume))
     if not a.quiet:
         c = _console()
         c.print(_summary_table([s], f"{s['scenario']}: {s['rounds']} rounds"))
@@ -232,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train one scenario and report its costs")
     _common(r)
     r.add_argument("--strategy", default=None, help="preset: centralized, fl, sl, sfl, mp, fpl, fpl-features")
+    r.add_argument("--resume", default=None, metavar="DIR", help="continue a stopped run from DIR/checkpoint.pt")
+    r.add_argument("--backend", choices=["sim", "dist"], default=None,
+                   help="sim: in-process simulator; dist: one process per node over torch.distributed "
+                        "(default: the scenario's engine.backend)")
+    r.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="dist backend: how long a worker waits for a peer (default: engine.timeout_s)")
     r.set_defaults(func=cmd_run)
     c = sub.add_parser("compare", help="run several strategies on the same scenario")
     _common(c)

@@ -54,6 +54,7 @@ class TrainingCfg(_Strict):
     clients_per_round: float = Field(1.0, gt=0.0, le=1.0)
     max_steps_per_round: PositiveInt | None = None  # cap on local steps per node per round (quick runs)
     eval_every: PositiveInt = 1
+    checkpoint_every: NonNegativeInt = 1  # save the run state every k rounds (0: never)
     optimizer: OptimizerCfg = Field(default_factory=OptimizerCfg)
 
 

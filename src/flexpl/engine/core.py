@@ -283,8 +283,14 @@ class Engine:
             self._reset_opt(dst)
             dst.last_update = ev
 
-    def collect(self, nodes: list[NodeData], dst: str) -> NodeData:
-        """Ship every data node's raw samples and labels to ``dst`` (centralized training); returns the union there."""
+    def collect(self, nodes: list[NodeData], dst: str, record: bool = True) -> NodeData:
+        """Ship every data node's raw samples and labels to ``dst`` (centralized training); returns the union there.
+
+        ``record=False`` rebuilds the union without moving anything (a resumed run, whose
+        upload happened before the checkpoint).
+        """
+        if not record:
+            return NodeData(dst, torch.cat([nd.x for nd in nodes]), torch.cat([nd.y for nd in nodes]), 0)
         xs, ys = [], []
         for nd in nodes:
             xs.append(self.transport.move(nd.x, nd.name, dst, "data", [], "data")[0])

@@ -7,8 +7,11 @@ put the round's trace on the clock, evaluate. Strategies differ only in their pl
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +31,18 @@ from flexpl.engine.core import (
     patch_grid,
     select_clients,
 )
+from flexpl.engine import checkpoint
 from flexpl.engine.transport import SimTransport
 from flexpl.errors import UserError
 from flexpl.models import DEFAULT_CUTS, build_model, count_params, state_bytes
 from flexpl.plan import Plan, build_plan, place
 from flexpl.topology import Topology
+
+
+# FLEXPL_TEST_KILL_AT="ROUND:STEP" makes the process SIGKILL itself after that training step
+# (tests use it to interrupt a run mid-round at a reproducible point).
+_KILL_AT = tuple(int(v) for v in os.environ["FLEXPL_TEST_KILL_AT"].split(":")) \
+    if os.environ.get("FLEXPL_TEST_KILL_AT") else None
 
 
 def build_topology(scn: Scenario) -> Topology:
@@ -143,7 +153,7 @@ def _participants(engine: Engine, s: int, selected: list[str]) -> list[ReplicaSt
 
 
 def train_round(eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[str, list[torch.Tensor]],
-                fed_step: list[int]) -> tuple[float, int, dict[str, int]]:
+                fed_step: list[int], rnd: int = 0) -> tuple[float, int, dict[str, int]]:
     """Run one round's training steps in the plan's schedule order; returns loss sum, samples, samples per node.
 
     lockstep: every node's t-th batch in joint step t; sequential: node after node, each
@@ -164,6 +174,8 @@ def train_round(eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[st
             seen[n] += len(idx)
         ls, ns = eng.train_step(batch)
         loss_sum, n_sum, joint = loss_sum + ls, n_sum + ns, joint + 1
+        if _KILL_AT == (rnd, joint):  # test hook: die like a killed process, mid-round
+            os.kill(os.getpid(), signal.SIGKILL)
         for s in fed_step:
             if joint % plan.stages[s].sync.every == 0:
                 reps = _participants(eng, s, names)
@@ -190,27 +202,40 @@ def train_round(eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[st
 
 def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
         st: Setup | None = None, keep_traces: bool = False,
-        evaluate: Callable[[Setup], dict[str, float]] | None = None) -> RunResult:
+        evaluate: Callable[[Setup], dict[str, float]] | None = None,
+        checkpoint_dir: Path | None = None, resume: bool = False) -> RunResult:
     """Train ``scn`` on the simulator and return its costs and accuracy per round.
 
     ``evaluate`` replaces the test-set evaluation (the planner passes one that returns
-    nothing; the distributed backend evaluates on rank 0).
+    nothing; the distributed backend evaluates on rank 0). With ``checkpoint_dir``, the
+    run state is saved there every ``training.checkpoint_every`` rounds; with ``resume``,
+    the run continues from that checkpoint and ends bit-identical to an uninterrupted run.
     """
     t_wall = time.perf_counter()
     st = st or setup(scn)
     eng, topo, plan, tr = st.engine, st.topo, st.plan, scn.training
     totals = Totals.empty(topo)
+    rows: list[dict[str, Any]] = []
+    synced_last_round = True
+    ev: dict[str, float] = {}
+    first = 1
+    if resume and checkpoint_dir is not None:
+        blob = checkpoint.load(checkpoint_dir / checkpoint.FILENAME, scn.digest())
+        checkpoint.load_engine_state(eng, blob["engine"])
+        totals, rows, ev = checkpoint.totals_from(blob["totals"]), blob["rows"], blob["last_eval"]
+        synced_last_round, first = blob["synced"], blob["round"] + 1
+        torch.set_rng_state(blob["torch_rng"])
+        for row in rows:  # the caller sees every round, restored ones first
+            if on_round:
+                on_round(row)
     # centralized: the server holds the union of the data nodes' samples once they are uploaded (round 1)
-    train = [eng.collect(st.nodes, topo.server)] if plan.collect_data else st.nodes
+    train = [eng.collect(st.nodes, topo.server, record=first == 1)] if plan.collect_data else st.nodes
     by_name = {nd.name: nd for nd in train}
     weights = {nd.name: float(len(nd)) for nd in train}
     fed_round = [s for s, x in enumerate(plan.stages) if x.sync.kind == "fedavg" and x.sync.unit == "round"]
     fed_step = [s for s, x in enumerate(plan.stages) if x.sync.kind == "fedavg" and x.sync.unit == "step"]
-    rows: list[dict[str, Any]] = []
     traces = []
-    synced_last_round = True
-    ev: dict[str, float] = {}
-    for rnd in range(1, tr.rounds + 1):
+    for rnd in range(first, tr.rounds + 1):
         selected = [n.name for n in train] if plan.collect_data else select_clients(
             [n.name for n in train], tr.clients_per_round, scn.seed, rnd)
         if synced_last_round:
@@ -218,7 +243,7 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
                 eng.download(s, _participants(eng, s, selected))
         plan_batches = {n: batches(by_name[n], scn.seed, rnd, tr.local_epochs, tr.batch_size,
                                    tr.max_steps_per_round) for n in selected}
-        loss_sum, n_sum, seen = train_round(eng, by_name, plan_batches, fed_step)
+        loss_sum, n_sum, seen = train_round(eng, by_name, plan_batches, fed_step, rnd)
 
         synced_last_round = rnd % max([plan.stages[s].sync.every for s in fed_round] or [1]) == 0 \
             or rnd == tr.rounds
@@ -240,6 +265,10 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
                "energy_j": totals.energy, "energy_j_compute": totals.energy_compute,
                "energy_j_comm": totals.energy_comm}
         rows.append(row)
+        if checkpoint_dir is not None and tr.checkpoint_every and (rnd % tr.checkpoint_every == 0
+                                                                   or rnd == tr.rounds):
+            checkpoint.save(checkpoint_dir / checkpoint.FILENAME, scenario_sha256=scn.digest(), round_index=rnd,
+                            rows=rows, totals=totals, last_eval=ev, synced=synced_last_round, eng=eng)
         if on_round:
             on_round(row)
     summary = make_summary(st, totals, rows, ev, time.perf_counter() - t_wall)

@@ -11,8 +11,8 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from flexpl.config import Scenario
 from flexpl.costs.profiles import device_profile, link_profile
 from flexpl.costs.trace import Recorder, Totals, Trace
 from flexpl.data import Dataset, load_dataset, partition, summarize
+from flexpl.engine import checkpoint
 from flexpl.engine.core import (
     Engine,
     NodeData,
@@ -31,13 +32,11 @@ from flexpl.engine.core import (
     patch_grid,
     select_clients,
 )
-from flexpl.engine import checkpoint
 from flexpl.engine.transport import SimTransport
 from flexpl.errors import UserError
 from flexpl.models import DEFAULT_CUTS, build_model, count_params, state_bytes
 from flexpl.plan import Plan, build_plan, place
 from flexpl.topology import Topology
-
 
 # FLEXPL_TEST_KILL_AT="ROUND:STEP" makes the process SIGKILL itself after that training step
 # (tests use it to interrupt a run mid-round at a reproducible point).

@@ -143,6 +143,53 @@ class EngineCfg(_Strict):
     timeout_s: PositiveFloat = 60.0  # distributed backend: how long a rank waits for a peer
 
 
+Probability = Field(0.0, ge=0.0, le=1.0)
+
+
+class StragglerCfg(_Strict):
+    """Compute-time multiplier drawn per node and round: none, uniform(low, high), or exp(sigma*|N(0,1)|)."""
+
+    kind: Literal["none", "uniform", "lognormal"] = "none"
+    low: float = Field(1.0, ge=1.0)
+    high: float = Field(1.0, ge=1.0)
+    sigma: float = Field(0.5, ge=0.0)
+
+
+class NodeFailureCfg(_Strict):
+    """Per-node overrides of the failure model."""
+
+    dropout: float | None = Field(None, ge=0.0, le=1.0)
+    host_failure: float | None = Field(None, ge=0.0, le=1.0)
+    straggler: StragglerCfg | None = None
+
+
+class LinkFailureCfg(_Strict):
+    """Per-link overrides of the failure model."""
+
+    outage: float | None = Field(None, ge=0.0, le=1.0)
+    loss: float | None = Field(None, ge=0.0, lt=1.0)
+
+
+class FailuresCfg(_Strict):
+    """What goes wrong at the edge, drawn from the scenario's seed (all off by default)."""
+
+    dropout: float = Probability            # a data node misses a round (after receiving any weights)
+    host_failure: float = Probability       # a node holding a shared stage fails: the round is redone
+    link_outage: float = Probability        # a link is down for a round: nodes that need it sit it out
+    transfer_loss: float = Field(0.0, ge=0.0, lt=1.0)  # a transmission is lost and sent again
+    straggler: StragglerCfg = Field(default_factory=StragglerCfg)
+    deadline_s: PositiveFloat | None = None  # FedAvg aggregates only updates that arrive within it
+    max_redos: PositiveInt = 20
+    nodes: dict[str, NodeFailureCfg] = Field(default_factory=dict)
+    links: dict[str, LinkFailureCfg] = Field(default_factory=dict)  # keyed by link name "a-b"
+
+    @property
+    def active(self) -> bool:
+        """True when any failure can happen."""
+        return bool(self.dropout or self.host_failure or self.link_outage or self.transfer_loss
+                    or self.straggler.kind != "none" or self.deadline_s or self.nodes or self.links)
+
+
 class Scenario(_Strict):
     """A whole scenario: data, model, training, topology, strategy or plan."""
 
@@ -158,6 +205,7 @@ class Scenario(_Strict):
     plan: PlanCfg | None = None
     energy: EnergyCfg = Field(default_factory=EnergyCfg)
     engine: EngineCfg = Field(default_factory=EngineCfg)
+    failures: FailuresCfg = Field(default_factory=FailuresCfg)
 
     @model_validator(mode="after")
     def _check_topology(self) -> Scenario:
@@ -175,6 +223,13 @@ class Scenario(_Strict):
                     raise ValueError(f"links[{i}].between: unknown node '{end}'; nodes are {', '.join(names)}")
             if link.between[0] == link.between[1]:
                 raise ValueError(f"links[{i}].between: a link joins two different nodes")
+        for n in self.failures.nodes:
+            if n not in seen:
+                raise ValueError(f"failures.nodes.{n}: unknown node '{n}'; nodes are {', '.join(names)}")
+        link_names = {f"{a}-{b}" for a, b in (ln.between for ln in self.links)}
+        for n in self.failures.links:
+            if n not in link_names:
+                raise ValueError(f"failures.links.{n}: unknown link '{n}'; links are {', '.join(sorted(link_names))}")
         if self.server is not None and self.server not in seen:
             raise ValueError(f"server: unknown node '{self.server}'; nodes are {', '.join(names)}")
         if self.server is None and all(n.holds_data for n in self.nodes):

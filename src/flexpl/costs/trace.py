@@ -12,8 +12,11 @@ time, first come first served; independent work overlaps.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from flexpl.topology import Topology
 
@@ -33,6 +36,7 @@ class Trace:
     src: list[str] = field(default_factory=list)        # compute: node; hop: sender
     dst: list[str] = field(default_factory=list)        # compute: node; hop: receiver
     label: list[str] = field(default_factory=list)      # e.g. "s1r0" (stage, replica) or the payload
+    wasted: list[int] = field(default_factory=list)     # part of ``amount`` done and thrown away
 
     def __len__(self) -> int:
         return len(self.kind)
@@ -50,13 +54,39 @@ class Recorder:
         self.topo = topo
         self.trace = Trace()
         self.base = 0  # event ids are global; this round's trace holds ids base, base+1, ...
+        # failure model knobs, set per round by the engine (defaults: no failures)
+        self.slowdown: dict[str, float] = {}       # node -> compute-time multiplier (stragglers)
+        self.loss: dict[str, float] = {}           # link -> probability that one transmission is lost
+        self.loss_rng: np.random.Generator | None = None
+        self.wasting = False                       # actions recorded now are thrown away
+
+    @contextmanager
+    def thrown_away(self) -> Iterator[None]:
+        """Record the actions inside the block as wasted work (e.g. a model sent to a node that then drops out)."""
+        old, self.wasting = self.wasting, True
+        try:
+            yield
+        finally:
+            self.wasting = old
+
+    def mark_wasted(self, first: int, predicate: Callable[[int], bool]) -> None:
+        """Mark this round's actions from global id ``first`` on that satisfy ``predicate(local id)`` as wasted."""
+        t = self.trace
+        for i in range(max(first - self.base, 0), len(t)):
+            if predicate(i):
+                t.wasted[i] = t.amount[i]
+
+    @property
+    def next_id(self) -> int:
+        """Global id the next recorded action will get."""
+        return self.base + len(self.trace)
 
     def _deps(self, deps: Iterable[Event]) -> tuple[int, ...]:
         # events of earlier rounds are done before this round starts: drop them
         return tuple(sorted({d for d in deps if d is not None and d >= self.base}))
 
     def _add(self, kind: int, resource: str, duration: float, deps: tuple[int, ...], what: str,
-             amount: int, src: str, dst: str, label: str) -> int:
+             amount: int, src: str, dst: str, label: str, wasted: int = 0) -> int:
         t = self.trace
         t.kind.append(kind)
         t.resource.append(resource)
@@ -67,11 +97,12 @@ class Recorder:
         t.src.append(src)
         t.dst.append(dst)
         t.label.append(label)
+        t.wasted.append(amount if self.wasting else wasted)
         return self.base + len(t.kind) - 1
 
     def compute(self, node: str, flops: int, deps: Iterable[Event], what: str, label: str = "") -> int:
         """Record ``flops`` of work on ``node`` after ``deps``; returns the action id."""
-        duration = flops / self.topo.nodes[node].flops_per_s
+        duration = flops / self.topo.nodes[node].flops_per_s * self.slowdown.get(node, 1.0)
         return self._add(COMPUTE, node, duration, self._deps(deps), what, flops, node, node, label)
 
     def transfer(self, src: str, dst: str, nbytes: int, deps: Iterable[Event], what: str,
@@ -84,8 +115,13 @@ class Recorder:
         prev = self._deps(deps)
         ev: int = -1
         for h in hops:
-            duration = h.latency_s + 8.0 * nbytes / h.bandwidth_bps
-            ev = self._add(HOP, h.link, duration, prev, what, nbytes, h.src, h.dst, label)
+            tries = 1
+            p = self.loss.get(h.link, 0.0)
+            if p > 0 and self.loss_rng is not None:  # lost transmissions are resent until one arrives
+                tries = int(self.loss_rng.geometric(1.0 - p))
+            duration = tries * (h.latency_s + 8.0 * nbytes / h.bandwidth_bps)
+            ev = self._add(HOP, h.link, duration, prev, what, tries * nbytes, h.src, h.dst, label,
+                           wasted=(tries - 1) * nbytes)
             prev = (ev,)
         return ev
 
@@ -103,31 +139,48 @@ def schedule(trace: Trace, t0: float) -> tuple[list[float], list[float]]:
     each resource serves its queue first come, first served.
     """
     n = len(trace)
-    indeg = [len(d) for d in trace.deps]
-    succ: list[list[int]] = [[] for _ in range(n)]
-    for i, ds in enumerate(trace.deps):
-        for d in ds:
-            succ[d].append(i)
-    ready = [t0] * n
-    start = [0.0] * n
-    end = [0.0] * n
-    free: dict[str, float] = {}
-    heap = [(t0, i) for i in range(n) if indeg[i] == 0]
+    start, end, ready = [0.0] * n, [0.0] * n, [t0] * n
+    schedule_range(trace, 0, n, t0, start, end, ready, {})
+    return start, end
+
+
+def schedule_range(trace: Trace, lo: int, hi: int, t0: float, start: list[float], end: list[float],
+                   ready: list[float], free: dict[str, float]) -> None:
+    """Schedule actions ``lo .. hi-1`` in place, after the actions before ``lo`` (already in ``end``).
+
+    The clock of :func:`schedule`, for a slice of a trace: ``free`` (resource -> time it is
+    next free) carries over from the earlier actions and is updated; ``ready`` receives each
+    action's ready time. The planner calls it block by block (see ``flexpl.planner``).
+    """
+    m = hi - lo
+    indeg = [0] * m
+    succ: list[list[int]] = [[] for _ in range(m)]
+    deps = trace.deps
+    for i in range(lo, hi):
+        r = t0
+        for d in deps[i]:
+            if d >= lo:
+                indeg[i - lo] += 1
+                succ[d - lo].append(i)
+            elif end[d] > r:
+                r = end[d]
+        ready[i] = r
+    heap = [(ready[i], i) for i in range(lo, hi) if indeg[i - lo] == 0]
     heapq.heapify(heap)
+    resource, duration = trace.resource, trace.duration
     while heap:
         t, i = heapq.heappop(heap)
-        res = trace.resource[i]
+        res = resource[i]
         s = max(t, free.get(res, t0))
-        e = s + trace.duration[i]
+        e = s + duration[i]
         start[i], end[i] = s, e
         free[res] = e
-        for j in succ[i]:
+        for j in succ[i - lo]:
             if e > ready[j]:
                 ready[j] = e
-            indeg[j] -= 1
-            if indeg[j] == 0:
+            indeg[j - lo] -= 1
+            if indeg[j - lo] == 0:
                 heapq.heappush(heap, (ready[j], j))
-    return start, end
 
 
 @dataclass
@@ -139,6 +192,9 @@ class Totals:
     energy_compute: float = 0.0
     energy_comm: float = 0.0
     sim_time: float = 0.0
+    wasted_flops: int = 0
+    wasted_bytes: int = 0
+    wasted_energy: float = 0.0
     node: dict[str, dict[str, float]] = field(default_factory=dict)
     link: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -153,17 +209,33 @@ class Totals:
     def add_round(self, trace: Trace, topo: Topology) -> tuple[list[float], list[float]]:
         """Schedule a round's trace after the current clock and add its costs; returns starts and ends."""
         start, end = schedule(trace, self.sim_time)
+        self.add_actions(trace, topo)
+        if end:
+            self.sim_time = max(self.sim_time, max(end))
+        return start, end
+
+    def add_actions(self, trace: Trace, topo: Topology, repeat: list[int] | None = None) -> None:
+        """Add the FLOPs, bytes, busy time and energy of ``trace``'s actions; the clock is left alone.
+
+        ``repeat[i]`` counts action ``i`` that many times (the planner's compressed traces).
+        """
+        wasted = trace.wasted if len(trace.wasted) == len(trace) else [0] * len(trace)
         for i in range(len(trace)):
-            amount, dur = trace.amount[i], trace.duration[i]
+            k = repeat[i] if repeat is not None else 1
+            amount, dur, w = trace.amount[i] * k, trace.duration[i] * k, wasted[i] * k
             if trace.kind[i] == COMPUTE:
                 node = self.node[trace.src[i]]
-                ej = amount * topo.nodes[trace.src[i]].energy_per_flop()
+                epf = topo.nodes[trace.src[i]].energy_per_flop()
+                ej = amount * epf
                 node["flops"] += amount
                 node["busy_s"] += dur
                 node["energy_j"] += ej
                 node["energy_j_compute"] += ej
                 self.flops += amount
                 self.energy_compute += ej
+                if w:
+                    self.wasted_flops += w
+                    self.wasted_energy += w * epf
             else:
                 link = self.link[trace.resource[i]]
                 bits = 8.0 * amount
@@ -181,9 +253,9 @@ class Totals:
                 r["energy_j_comm"] += erx
                 self.bytes += amount
                 self.energy_comm += etx + erx
-        if end:
-            self.sim_time = max(self.sim_time, max(end))
-        return start, end
+                if w:
+                    self.wasted_bytes += w
+                    self.wasted_energy += 8.0 * w * (hop_prof.tx_j_per_bit + hop_prof.rx_j_per_bit)
 
     @property
     def energy(self) -> float:

@@ -253,18 +253,29 @@ class Engine:
             self._reset_opt(rep)
             rep.last_update = ev
 
-    def upload(self, s: int, reps: list[ReplicaState], weights: list[float]) -> None:
-        """Send ``reps``' weights to the aggregator and average them there, weighted by ``weights``."""
+    def upload(self, s: int, reps: list[ReplicaState], weights: list[float],
+               keep: Callable[[int, list[tuple[int, int, Event]]], list[bool]] | None = None) -> None:
+        """Send ``reps``' weights to the aggregator and average them there, weighted by ``weights``.
+
+        ``keep(stage, [(first action id, end action id, arrival event) per upload])`` may refuse late
+        uploads (a round deadline); refused ones were sent but are not averaged.
+        """
         agg = self.layout.aggregators[s]
         assert agg is not None
-        states, evs = [], []
+        states, evs, spans = [], [], []
         for rep in reps:
+            first = self.recorder.next_id
             state, ev = self.transport.move_state(rep.module.state_dict(), rep.host, agg, "weights",
                                                   [rep.last_update], f"s{s}")
             states.append(state)
             evs.append(ev)
-        self.global_[s].load_state_dict(fedavg(states, weights))
-        self.global_ev[s] = self.recorder.compute(agg, 0, evs, "aggregate", f"s{s}")
+            spans.append((first, self.recorder.next_id, ev))
+        ok = keep(s, spans) if keep else [True] * len(reps)
+        if not any(ok):
+            return
+        pick = [i for i, k in enumerate(ok) if k]
+        self.global_[s].load_state_dict(fedavg([states[i] for i in pick], [weights[i] for i in pick]))
+        self.global_ev[s] = self.recorder.compute(agg, 0, [evs[i] for i in pick], "aggregate", f"s{s}")
 
     def relay(self, to_node: str) -> None:
         """Hand every relay stage's weights from the current holder to ``to_node`` (split learning)."""

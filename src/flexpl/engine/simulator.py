@@ -7,6 +7,7 @@ put the round's trace on the clock, evaluate. Strategies differ only in their pl
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import time
@@ -15,20 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from flexpl import __version__
 from flexpl.config import Scenario
 from flexpl.costs.profiles import device_profile, link_profile
-from flexpl.costs.trace import Recorder, Totals, Trace
+from flexpl.costs.trace import COMPUTE, Event, Recorder, Totals, Trace, schedule
 from flexpl.data import Dataset, load_dataset, partition, summarize
-from flexpl.engine import checkpoint
+from flexpl.engine import checkpoint, failures
 from flexpl.engine.core import (
     Engine,
     NodeData,
     ReplicaState,
     batches,
     extract_patch,
+    mix_seed,
     patch_grid,
     select_clients,
 )
@@ -199,6 +202,54 @@ def train_round(eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[st
     return loss_sum, n_sum, seen
 
 
+def _play_round(st: Setup, totals: Totals, rnd: int, attempt: int, selected: list[str],
+                rf: failures.RoundFailures | None, synced_before: bool, by_name: dict[str, NodeData],
+                fed_round: list[int], fed_step: list[int]) -> tuple[float, int, list[str], bool]:
+    """One attempt at a round: downloads, training steps, uploads. Returns loss sum, samples, who took part, synced."""
+    scn, eng, plan, tr, rec = st.scn, st.engine, st.plan, st.scn.training, st.recorder
+    rec.slowdown = rf.slowdown if rf else {}
+    rec.loss = rf.loss if rf else {}
+    rec.loss_rng = np.random.default_rng(mix_seed(scn.seed, rnd, attempt, "loss")) if rf else None
+    absent = rf.absent if rf else set()
+    present = [n for n in selected if n not in absent]
+    reachable = [n for n in selected if not rf or n not in rf.cut_off]
+    if synced_before:
+        for s in fed_round + fed_step:
+            live = _participants(eng, s, present)
+            eng.download(s, live)
+            with rec.thrown_away():  # sent to nodes that then drop out of the round
+                eng.download(s, [r for r in _participants(eng, s, reachable) if r not in live])
+    loss_sum, n_sum, seen = 0.0, 0, {}
+    if present:
+        plan_batches = {n: batches(by_name[n], scn.seed, rnd, tr.local_epochs, tr.batch_size,
+                                   tr.max_steps_per_round) for n in present}
+        loss_sum, n_sum, seen = train_round(eng, by_name, plan_batches, fed_step, rnd)
+    synced = rnd % max([plan.stages[s].sync.every for s in fed_round] or [1]) == 0 or rnd == tr.rounds
+    if synced:
+        t0 = totals.sim_time
+
+        def on_time(s: int, spans: list[tuple[int, int, Event]]) -> list[bool]:
+            """Uploads that reach the aggregator within the round's deadline; the rest is wasted work."""
+            if not (rf and scn.failures.deadline_s):
+                return [True] * len(spans)
+            _, ends = schedule(rec.trace, t0)
+            ok = [ev is None or ends[ev - rec.base] - t0 <= scn.failures.deadline_s for _, _, ev in spans]
+            for (first, stop, _), good, rep in zip(spans, ok, _participants(eng, s, present)):
+                if not good:
+                    label = f"s{s}r{rep.spec.index}"
+                    rec.mark_wasted(first, lambda i, e=stop - rec.base: i < e)
+                    # its training in this round was for nothing too
+                    rec.mark_wasted(rec.base, lambda i, lab=label: rec.trace.kind[i] == COMPUTE
+                                    and rec.trace.label[i] == lab)
+            return ok
+
+        for s in fed_round:
+            reps = _participants(eng, s, present)
+            if reps:
+                eng.upload(s, reps, [sum(seen[m] for m in r.spec.members if m in seen) for r in reps], keep=on_time)
+    return loss_sum, n_sum, present, synced
+
+
 def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
         st: Setup | None = None, keep_traces: bool = False,
         evaluate: Callable[[Setup], dict[str, float]] | None = None,
@@ -234,22 +285,26 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
     fed_round = [s for s, x in enumerate(plan.stages) if x.sync.kind == "fedavg" and x.sync.unit == "round"]
     fed_step = [s for s, x in enumerate(plan.stages) if x.sync.kind == "fedavg" and x.sync.unit == "step"]
     traces = []
+    fail = scn.failures
     for rnd in range(first, tr.rounds + 1):
         selected = [n.name for n in train] if plan.collect_data else select_clients(
             [n.name for n in train], tr.clients_per_round, scn.seed, rnd)
-        if synced_last_round:
-            for s in fed_round + fed_step:
-                eng.download(s, _participants(eng, s, selected))
-        plan_batches = {n: batches(by_name[n], scn.seed, rnd, tr.local_epochs, tr.batch_size,
-                                   tr.max_steps_per_round) for n in selected}
-        loss_sum, n_sum, seen = train_round(eng, by_name, plan_batches, fed_step, rnd)
-
-        synced_last_round = rnd % max([plan.stages[s].sync.every for s in fed_round] or [1]) == 0 \
-            or rnd == tr.rounds
-        if synced_last_round:
-            for s in fed_round:
-                reps = _participants(eng, s, selected)
-                eng.upload(s, reps, [sum(seen[m] for m in r.spec.members if m in seen) for r in reps])
+        for attempt in range(fail.max_redos + 1):
+            rf = failures.draw(fail, topo, eng.layout, scn.seed, rnd, attempt) if fail.active else None
+            snapshot = copy.deepcopy(checkpoint.engine_state(eng)) if rf and rf.host_failed else None
+            round_start = st.recorder.next_id
+            loss_sum, n_sum, present, synced_now = _play_round(st, totals, rnd, attempt, selected, rf,
+                                                              synced_last_round, by_name, fed_round, fed_step)
+            if snapshot is None:
+                break
+            # the node holding a shared stage failed: the round is lost and redone from its start
+            st.recorder.mark_wasted(round_start, lambda i: True)
+            totals.add_round(st.recorder.take(), topo)
+            checkpoint.load_engine_state(eng, snapshot)
+        else:
+            raise UserError(f"failures.host_failure: round {rnd} failed {fail.max_redos + 1} times in a row; "
+                            "lower the probability or raise failures.max_redos")
+        synced_last_round = synced_now
         trace = st.recorder.take()
         starts, ends = totals.add_round(trace, topo)
         if keep_traces:
@@ -259,10 +314,11 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
         row = {"round": rnd, "accuracy": ev.get("accuracy", float("nan")), "loss": ev.get("loss", float("nan")),
                "accuracy_min": ev.get("accuracy_min", float("nan")),
                "accuracy_ensemble": ev.get("accuracy_ensemble", float("nan")),
-               "train_loss": loss_sum / max(n_sum, 1), "clients": len(selected),
+               "train_loss": loss_sum / max(n_sum, 1), "clients": len(present),
                "flops": totals.flops, "bytes": totals.bytes, "sim_time_s": totals.sim_time,
                "energy_j": totals.energy, "energy_j_compute": totals.energy_compute,
-               "energy_j_comm": totals.energy_comm}
+               "energy_j_comm": totals.energy_comm, "wasted_flops": totals.wasted_flops,
+               "wasted_bytes": totals.wasted_bytes, "wasted_energy_j": totals.wasted_energy}
         rows.append(row)
         if checkpoint_dir is not None and tr.checkpoint_every and (rnd % tr.checkpoint_every == 0
                                                                    or rnd == tr.rounds):
@@ -300,6 +356,8 @@ def make_summary(st: Setup, totals: Totals, rows: list[dict[str, Any]], ev: dict
         "flops_total": int(totals.flops), "bytes_total": int(totals.bytes), "sim_time_s": totals.sim_time,
         "energy_j_total": totals.energy + energy_idle, "energy_j_compute": totals.energy_compute,
         "energy_j_comm": totals.energy_comm, "energy_j_idle": energy_idle,
+        "wasted_flops": int(totals.wasted_flops), "wasted_bytes": int(totals.wasted_bytes),
+        "wasted_energy_j": totals.wasted_energy,
         "model_params": st.model_params, "model_bytes": st.model_bytes,
         "params_total": sum(count_params(r.module) for reps in eng.replicas for r in reps),
         "wall_s": wall_s,

@@ -15,6 +15,8 @@ import torch
 from flexpl.cli import main
 
 FLEXPL = str(Path(sys.executable).parent / "flexpl")
+# one thread in the subprocesses: same arithmetic in both runs, and fast on a busy machine
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
 SETS = ["--set", "training.rounds=4", "--set", "training.max_steps_per_round=6"]
 
 
@@ -33,15 +35,16 @@ def test_kill_9_mid_round_then_resume_is_bit_identical(tmp_path, strategy):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     # both runs in subprocesses: same thread count, so the same float arithmetic
     r = subprocess.run([FLEXPL, "run", "digits-star", *SETS, "--strategy", strategy, "--out", str(ref), "--quiet"],
-                       capture_output=True, text=True, timeout=300)
+                       env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    env = dict(os.environ, FLEXPL_TEST_KILL_AT="3:4")  # SIGKILL after step 4 of round 3
+    env = dict(ENV, FLEXPL_TEST_KILL_AT="3:4")  # SIGKILL after step 4 of round 3
     r = subprocess.run([FLEXPL, "run", "digits-star", *SETS, "--strategy", strategy, "--out", str(cut), "--quiet"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == -signal.SIGKILL
     assert not (cut / "summary.json").exists()
     assert len((cut / "rounds.csv").read_text().strip().splitlines()) == 1 + 2  # rounds 1-2 survived
-    r = subprocess.run([FLEXPL, "run", "--resume", str(cut), "--quiet"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([FLEXPL, "run", "--resume", str(cut), "--quiet"], env=ENV, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr
     assert _summary(cut) == _summary(ref)
     assert (cut / "rounds.csv").read_text() == (ref / "rounds.csv").read_text()

@@ -119,3 +119,19 @@ def test_a_shape_only_run_records_exactly_the_same_costs():
         meta = run(scn, st=st, evaluate=lambda s: {}).summary
         for k in keys:
             assert meta[k] == real[k], (strategy, k)
+
+
+def test_node_major_order_changes_nothing_but_speed():
+    """[Note: node-major order] FedAvg run node by node equals the lockstep interleaving exactly."""
+    from flexpl.engine.core import path_state
+
+    scn = digits_star(["training.rounds=2", "training.local_epochs=2"], strategy="fl")
+    fast = setup(scn)
+    a = run(scn, st=fast).summary
+    slow = setup(scn)
+    slow.engine.independent_paths = False
+    b = run(scn, st=slow).summary
+    a.pop("wall_s"), b.pop("wall_s")
+    assert a == b
+    sa, sb = path_state(fast.engine, "dev0"), path_state(slow.engine, "dev0")
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -256,6 +256,10 @@ class Totals:
                 if w:
                     self.wasted_bytes += w
                     self.wasted_energy += 8.0 * w * (hop_prof.tx_j_per_bit + hop_prof.rx_j_per_bit)
+        # totals as ordered sums of per-node / per-link counters, so that they do not depend on
+        # the order in which independent nodes' actions were recorded [Note: node-major order]
+        self.energy_compute = sum(d["energy_j_compute"] for d in self.node.values())
+        self.energy_comm = sum(d["energy_j"] for d in self.link.values())
 
     @property
     def energy(self) -> float:

@@ -137,6 +137,9 @@ class Engine:
             s: copy.deepcopy(base[s]) if self.is_local(layout.aggregators[s]) else copy.deepcopy(base[s]).to("meta")
             for s in range(n_stages) if layout.aggregators[s] is not None}
         self.global_ev: dict[int, Event] = dict.fromkeys(self.global_)
+        # every data node's path runs on replicas of its own, on its own node (e.g. FedAvg)
+        self.independent_paths = not self.features and all(
+            st.replication == "per_node" and st.host == "own" for st in self.plan.stages)
         self.relay_holder: str | None = None
         self.stream_ready: dict[str, Event] = {}
 

@@ -196,6 +196,13 @@ def train_round(eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[st
                 if cursor[n] < len(plan_batches[n]):
                     step([n], cursor[n])
                     cursor[n] += 1
+    elif eng.independent_paths and not fed_step:
+        # [Note: node-major order] No replica or node is shared between data nodes, so
+        # lockstep and node-by-node give the same arithmetic and the same clock; node by
+        # node keeps one model warm in the cache.
+        for n in selected:
+            for t in range(len(plan_batches[n])):
+                step([n], t)
     else:
         for t in range(max(len(b) for b in plan_batches.values())):
             step([n for n in selected if t < len(plan_batches[n])], t)

@@ -1,0 +1,322 @@
+"""The planner: predictions equal what the simulator counts, memory, constraints, best.yaml, calibrate."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flexpl import planner as P
+from flexpl.cli import main as cli
+from flexpl.config import validate_scenario
+from flexpl.costs.trace import schedule
+from flexpl.engine.core import stage_module
+from flexpl.engine.simulator import run, setup
+from flexpl.errors import UserError
+from flexpl.models import build_model
+from flexpl.plan import PRESETS
+
+from .conftest import chain_scenario, digits_star
+
+FIELDS = ("kind", "resource", "duration", "amount", "src", "dst", "label", "what")
+
+
+def edge_scenario(sets: list[str] | None = None, **top) -> object:
+    """Four phones behind two edge servers and a cloud (multi-hop, two groups), digits, small MLP."""
+    nodes = [{"name": "cloud", "profile": "cloud-server"}, {"name": "e0", "profile": "edge-server"},
+             {"name": "e1", "profile": "edge-server"}] + [
+        {"name": f"d{i}", "profile": p, "holds_data": True} for i, p in enumerate(("phone", "rpi4", "rpi5", "phone"))]
+    links = [{"between": [f"d{i}", f"e{i // 2}"], "profile": lk} for i, lk in enumerate(("wifi", "lte", "wifi", "5g"))]
+    links += [{"between": ["e0", "cloud"], "profile": "fiber"}, {"between": ["e1", "cloud"], "profile": "fiber"}]
+    return digits_star(sets, nodes=nodes, links=links, server="cloud", **top)
+
+
+def _own(scn) -> P.Candidate:
+    plan = scn.plan.model_dump(exclude_none=True) if scn.plan else None
+    return P.Candidate("own", scn.strategy, plan, "own")
+
+
+def _close(a: float, b: float, rel: float = 1e-9) -> bool:
+    return abs(a - b) <= rel * abs(b)
+
+
+def _check_against_simulator(scn) -> P.Prediction:
+    """Predict ``scn``'s own plan, run it, and compare every cost; returns the prediction."""
+    st = setup(scn)
+    res = run(scn, st=st, keep_traces=True)
+    s = res.summary
+    planner = P.Planner(scn, dataset=st.data)
+    pred = planner.predict(_own(scn))
+    r = pred.row
+    rounds = scn.training.rounds
+    assert r["flops_total"] == s["flops_total"]
+    assert r["bytes_total"] == s["bytes_total"]
+    assert r["flops_per_round"] * rounds == s["flops_total"]
+    assert r["bytes_per_round"] * rounds == s["bytes_total"]
+    assert _close(r["sim_time_s"], s["sim_time_s"])
+    assert _close(r["energy_j_total"], s["energy_j_total"])
+    assert r["params_total"] == s["params_total"]
+    for n, d in s["per_node"].items():
+        assert pred.per_node[n]["flops"] == d["flops"], n
+        assert pred.per_node[n]["bytes_sent"] == d["bytes_sent"], n
+        assert pred.per_node[n]["bytes_received"] == d["bytes_received"], n
+        assert _close(pred.per_node[n]["energy_j"], d["energy_j"]), n
+    for name, d in s["per_link"].items():
+        assert pred.per_link[name]["bytes"] == d["bytes"], name
+    # the walk records exactly the simulator's first round, action by action
+    ctx = planner.context(_own(scn))
+    kind = next(iter(planner.round_kinds(ctx)))
+    walk = P.ShapeWalk(ctx)
+    walk.relay_holder = kind[3]
+    ct = walk.walk(kind[0], kind[1], kind[4])
+    full, split = P.expand(ct)
+    sim = res.traces[0][0]
+    n = len(full) if (kind[2] or split == len(full)) else split
+    assert n == len(sim)
+    for name in FIELDS:
+        assert getattr(full, name)[:n] == getattr(sim, name), name
+    assert [tuple(sorted(d)) for d in full.deps[:n]] == sim.deps
+    return pred
+
+
+@pytest.mark.parametrize("strategy", list(PRESETS))
+def test_one_round_of_every_preset_is_predicted_exactly(strategy):
+    _check_against_simulator(digits_star(["training.rounds=1"], strategy=strategy))
+
+
+@pytest.mark.parametrize("strategy", ["fl", "sl", "sfl", "mp", "fpl", "fpl-features", "centralized"])
+def test_multi_hop_and_several_rounds_are_predicted_exactly(strategy):
+    """Devices behind an edge, then a cloud; three rounds (sl's relay wraps around, centralized uploads once)."""
+    _check_against_simulator(chain_scenario(["training.rounds=3"], n_dev=2, strategy=strategy))
+
+
+@pytest.mark.parametrize("plan", [
+    {"cut": 1, "stages": [{"replication": "per_node"}, {"replication": "per_group", "sync": {"kind": "fedavg", "every": 2}}]},
+    {"cut": [1, 2], "stages": [{"replication": "per_node"},
+                               {"replication": "per_group", "sync": {"kind": "fedavg", "every": 2}},
+                               {"replication": "single", "host": "cloud"}]},
+    {"stages": [{"replication": "per_node", "sync": {"kind": "fedavg", "every": 3, "unit": "step"}}]},
+])
+def test_groups_three_stages_sync_periods_and_sampled_clients(plan):
+    """Two edge groups, FedAvg every 2 rounds or every 3 steps, half the clients per round, 5 rounds."""
+    _check_against_simulator(edge_scenario(["training.rounds=5", "training.clients_per_round=0.5"], plan=plan))
+
+
+def test_the_fast_clock_equals_scheduling_the_whole_round():
+    """Long rounds (10 local epochs): the clock jumps over repeated steps and still equals ``schedule``."""
+    scn = edge_scenario(["training.local_epochs=10", "training.rounds=1"])
+    planner = P.Planner(scn)
+    jumped = 0
+    for cand in planner.candidates():
+        ctx = planner.context(cand)
+        for kind in planner.round_kinds(ctx):
+            walk = P.ShapeWalk(ctx)
+            walk.relay_holder = kind[3]
+            ct = walk.walk(kind[0], kind[1], kind[4])
+            got = P._Clock(ct).run()
+            if got is None:
+                continue
+            jumped += any(extra > 2 for _, _, extra in ct.blocks)
+            full, split = P.expand(ct)
+            assert _close(got[1], max(schedule(full, 0.0)[1])), cand.label
+            assert _close(got[0], max(schedule(P._slice(full, 0, split), 0.0)[1], default=0.0)), cand.label
+    assert jumped >= 10
+
+
+def test_every_candidate_is_a_complete_scenario_that_runs():
+    scn = edge_scenario(["training.rounds=1", "training.max_steps_per_round=2"])
+    planner = P.Planner(scn)
+    cands = planner.candidates()
+    families = {c.family for c in cands}
+    assert {"centralized", "fl", "sl", "sfl", "mp", "fpl", "fpl-features", "fpl3"} <= families
+    assert {c.sync_every for c in cands if c.family == "fl"} == {1, 2, 5}
+    for cand in cands[:: max(1, len(cands) // 12)]:  # a spread of them, to keep the test fast
+        sc = validate_scenario(P.candidate_data(scn, cand))
+        s = run(sc, st=setup(sc, dataset=planner.data)).summary
+        assert s["flops_total"] == planner.predict(cand).row["flops_total"], cand.label
+
+
+# ------------------------------------------------------------------ memory
+
+
+def _measured_peak(module: torch.nn.Module, x: torch.Tensor, momentum: float) -> int:
+    """Parameters, gradients, momentum buffers and the storages autograd saves, measured on a real CPU run."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            saved[st.data_ptr()] = st.nbytes()
+        return t
+
+    opt = torch.optim.SGD(module.parameters(), lr=0.01, momentum=momentum)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(x)
+    F.cross_entropy(out, torch.zeros(x.shape[0], dtype=torch.long)).backward()
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in module.parameters())
+    opt.step()
+    buffers = sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values()
+                  if torch.is_tensor(v))
+    weights = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    return weights + grads + buffers + sum(saved.values())
+
+
+def test_peak_memory_of_a_device_and_of_a_shared_trunk_match_a_measurement():
+    scn = digits_star(["training.rounds=1"], strategy="fpl", plan={"cut": 1})
+    planner = P.Planner(scn)
+    pred = planner.predict(_own(scn))
+    model = build_model(scn.model, (1, 8, 8), 10, seed=0)
+    front, trunk = stage_module(model, 0, 1), stage_module(model, 1, 3)
+    dev0 = _measured_peak(front, torch.randn(32, 1, 8, 8), 0.9)
+    h = front(torch.randn(4 * 32, 1, 8, 8)).detach().requires_grad_(True)  # the trunk joins 4 batches
+    server = _measured_peak(trunk, h, 0.9)
+    assert abs(pred.peak_memory["dev0"] - dev0) <= 0.1 * dev0
+    assert abs(pred.peak_memory["server"] - server) <= 0.1 * server
+
+
+def test_optimizer_state_counts_in_memory():
+    """Adam keeps two buffers per parameter, SGD with momentum one, plain SGD none."""
+    peaks = {}
+    for name, sets in (("sgd", ["training.optimizer.momentum=0"]), ("momentum", []),
+                       ("adam", ["training.optimizer.name=adam"])):
+        scn = digits_star(["training.rounds=1", *sets])
+        peaks[name] = P.Planner(scn).predict(_own(scn)).peak_memory["dev0"]
+    params = sum(p.numel() * 4 for p in build_model(digits_star().model, (1, 8, 8), 10, seed=0).parameters())
+    assert peaks["momentum"] - peaks["sgd"] == params
+    assert peaks["adam"] - peaks["sgd"] == 2 * params
+
+
+def test_memory_that_does_not_fit_makes_a_plan_infeasible():
+    nodes = [dict(n) for n in digits_star().model_dump()["nodes"]]
+    for n in nodes[1:]:
+        n["memory_bytes"] = 20_000  # too small for any replica of the MLP
+    scn = digits_star(["training.rounds=1"], nodes=nodes)
+    _, _, rows, best = P.plan_scenario(scn, [], "energy")
+    fl = next(r for r in rows if r["plan"] == "fl every=1")
+    assert fl["peak_memory_device_max"] > 20_000 and not fl["device_memory_fits"] and not fl["feasible"]
+    assert best["device_memory_fits"] and best["peak_memory_device_max"] <= 20_000  # e.g. centralized
+
+
+# ------------------------------------------------------------------ constraints and choice
+
+
+def test_parse_constraints():
+    c = P.parse_constraint("energy_j_per_round<=50")
+    assert (c.column, c.op, c.value) == ("energy_j_per_round", "<=", 50.0)
+    assert P.parse_constraint(" max_device_bytes_per_round >= 2e6 ").op == ">="
+    assert P.parse_constraint("device_memory_fits").value is True
+    assert P.parse_constraint("raw_data_moved==false").value is False
+    for bad, fragment in (("nope<=3", "unknown column 'nope'"), ("energy_j_per_round<=lots", "not a number"),
+                          ("energy_j_per_round", "compare it"), ("=<3", "write COLUMN<=VALUE"),
+                          ("device_memory_fits<=1", "true or false")):
+        with pytest.raises(UserError) as err:
+            P.parse_constraint(bad)
+        msg = str(err.value)
+        assert msg.startswith("--constraint") and fragment in msg and "allowed columns:" in msg
+        assert "sim_time_s_per_round" in msg and "\n" not in msg
+
+
+def test_pareto_front_and_recommendation_on_hand_made_rows():
+    def row(name, e, b, t):
+        return {"plan": name, "energy_j_per_round": e, "bytes_per_round": b, "sim_time_s_per_round": t,
+                "device_memory_fits": True}
+    rows = [row("a", 1, 10, 10), row("b", 2, 5, 10), row("c", 2, 10, 10), row("d", 3, 1, 1)]
+    best = P.choose(rows, [], "energy")
+    assert best["plan"] == "a"
+    assert [r["pareto"] for r in rows] == [True, True, False, True]
+    best = P.choose(rows, [P.parse_constraint("bytes_per_round<=5")], "energy")
+    assert best["plan"] == "b" and not rows[0]["feasible"]
+    with pytest.raises(UserError) as err:
+        P.choose(rows, [P.parse_constraint("energy_j_per_round<=0.5")], "energy")
+    assert "closest is 'a'" in str(err.value) and "energy_j_per_round<=0.5" in str(err.value)
+
+
+def test_a_constraint_only_one_plan_meets_returns_that_plan():
+    scn = edge_scenario(["training.rounds=5"])
+    _, _, rows, _ = P.plan_scenario(scn, [], "energy")
+    # a column whose smallest value only one plan reaches, bound just there
+    for col in ("sim_time_s_per_round", "energy_j_per_round", "bytes_per_round", "device_energy_j_per_round",
+                "max_device_bytes_per_round"):
+        low = min(r[col] for r in rows)
+        if sum(r[col] <= low for r in rows) == 1:
+            break
+    else:
+        pytest.fail("no column with a unique minimum")
+    only = next(r for r in rows if r[col] == low)
+    _, _, rows, best = P.plan_scenario(scn, [P.parse_constraint(f"{col}<={low!r}")], "energy")
+    assert best["plan"] == only["plan"]
+    assert [r["plan"] for r in rows if r["feasible"]] == [only["plan"]]
+
+
+# ------------------------------------------------------------------ command line
+
+
+def test_plan_writes_its_files_and_best_yaml_runs(tmp_path: Path, capsys):
+    out = tmp_path / "plan"
+    assert cli(["plan", "digits-star", "--out", str(out), "--objective", "time", "--quiet"]) == 0
+    for f in ("plans.csv", "pareto.png", "best.yaml"):
+        assert (out / f).stat().st_size > 0
+    header = (out / "plans.csv").read_text().splitlines()[0].split(",")
+    for col in ("plan", "flops_per_round", "bytes_per_round", "sim_time_s_per_round", "energy_j_per_round",
+                "max_device_bytes_per_round", "peak_memory_bytes_max", "feasible", "device_energy_j_per_round",
+                "params_total", "max_params_total", "flops_total", "energy_j_total", "strategy", "cut",
+                "sync_every"):
+        assert col in header, col
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli(["run", str(out / "best.yaml"), "--out", str(tmp_path / "run"), "--quiet",
+                "--set", "training.rounds=1"]) == 0
+    assert (tmp_path / "run" / "summary.json").exists()
+    capsys.readouterr()
+
+
+def test_infeasible_request_exits_2_with_one_line(capsys):
+    code = cli(["plan", "digits-star", "--out", "/nonexistent-never-written",
+                "--constraint", "energy_j_per_round<=1e-12", "--constraint", "bytes_per_round<=1e12"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    assert "no plan meets the constraints" in err and "energy_j_per_round<=1e-12" in err
+
+
+def test_bad_constraint_exits_2_naming_the_flag(capsys):
+    assert cli(["plan", "digits-star", "--constraint", "watts<5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--constraint" in err and "allowed columns" in err
+
+
+def test_validate_adds_measured_accuracy():
+    scn = digits_star(["training.rounds=2"])
+    planner, cands, rows, _ = P.plan_scenario(scn, [], "energy")
+
+    class Quiet:
+        def print(self, *a, **k) -> None:
+            pass
+
+    P.validate(scn, planner, {c.label: c for c in cands}, rows, 2, Quiet())
+    measured = [r for r in rows if r["accuracy"] is not None]
+    assert len(measured) == 2 and all(0.0 <= r["accuracy"] <= 1.0 for r in measured)
+    assert all(r["validated_rounds"] == 2 for r in measured)
+
+
+def test_calibrate_writes_a_loadable_profile(tmp_path: Path, capsys):
+    from flexpl.costs.profiles import device_profile
+
+    out = tmp_path / "me.yaml"
+    assert cli(["calibrate", "--profile-name", "me", "--out", str(out), "--repeats", "1", "--threads", "1",
+                "--quiet"]) == 0
+    prof = device_profile(str(out))
+    assert prof.flops_per_s > 0 and prof.memory_bytes > 0 and prof.active_power_w > 0
+    text = out.read_text()
+    assert text.startswith("# me: device profile measured by `flexpl calibrate`")
+    assert "measured:" in text and "count_fwd_bwd" in text
+    # a scenario can use it as a node profile
+    nodes = [dict(n) for n in digits_star().model_dump()["nodes"]]
+    nodes[1]["profile"] = str(out)
+    s = run(digits_star(["training.rounds=1", "training.max_steps_per_round=1"], nodes=nodes)).summary
+    assert math.isfinite(s["sim_time_s"])
+    assert cli(["calibrate", "--out", str(tmp_path / "x.txt")]) == 2
+    capsys.readouterr()

@@ -80,7 +80,7 @@ def test_multi_hop_routes_are_forwarded_by_the_intermediate_node(strategy, tmp_p
 
 
 def test_train_loss_gathers_every_ranks_share(tmp_path):
-    scn = digits_star(SMALL, strategy="fl")
+    scn = digits_star(SMALL + ["engine.executor=sequential"], strategy="fl")
     launch(scn, tmp_path / "out", timeout_s=60)
     sim_rows = run(scn).rounds
     rows = list(csv.DictReader((tmp_path / "out" / "rounds.csv").open()))

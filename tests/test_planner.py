@@ -45,6 +45,8 @@ def _close(a: float, b: float, rel: float = 1e-9) -> bool:
 
 def _check_against_simulator(scn) -> P.Prediction:
     """Predict ``scn``'s own plan, run it, and compare every cost; returns the prediction."""
+    # the sequential engine (vectorized FedAvg records the same actions step-major, not node-major)
+    scn = scn.model_copy(update={"engine": scn.engine.model_copy(update={"executor": "sequential"})})
     st = setup(scn)
     res = run(scn, st=st, keep_traces=True)
     s = res.summary

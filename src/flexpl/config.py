@@ -141,6 +141,10 @@ class EngineCfg(_Strict):
 
     backend: Literal["sim", "dist"] = "sim"
     timeout_s: PositiveFloat = 60.0  # distributed backend: how long a rank waits for a peer
+    # simulator: how replicas run (see flexpl.engine.executor); auto picks per plan and model
+    executor: Literal["auto", "sequential", "processes", "vectorized"] = "auto"
+    workers: PositiveInt | None = None  # processes: worker count (default: CPU cores, at most one per data node)
+    vector_chunk: PositiveInt = 32  # vectorized: replicas trained together in one vmapped call
 
 
 Probability = Field(0.0, ge=0.0, le=1.0)
@@ -206,6 +210,40 @@ class Scenario(_Strict):
     energy: EnergyCfg = Field(default_factory=EnergyCfg)
     engine: EngineCfg = Field(default_factory=EngineCfg)
     failures: FailuresCfg = Field(default_factory=FailuresCfg)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_counts(cls, data: Any) -> Any:
+        """Expand ``count: N`` on a node or link entry into N entries, ``{i}`` in names becoming 0..N-1."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key in ("nodes", "links"):
+            items = data.get(key)
+            if not isinstance(items, list) or not any(isinstance(x, dict) and "count" in x for x in items):
+                continue
+            out: list[Any] = []
+            for i, item in enumerate(items):
+                if not (isinstance(item, dict) and "count" in item):
+                    out.append(item)
+                    continue
+                n = item["count"]
+                if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                    raise ValueError(f"{key}[{i}].count: must be a positive integer (got {n!r})")
+                names = [item.get("name")] if key == "nodes" else list(item.get("between") or [])
+                if not any(isinstance(v, str) and "{i}" in v for v in names):
+                    what = "name" if key == "nodes" else "between"
+                    raise ValueError(f"{key}[{i}].{what}: with count, put '{{i}}' in the {what} "
+                                     "(e.g. dev{i}); it becomes 0..count-1")
+                for k in range(n):
+                    one = {f: v for f, v in item.items() if f != "count"}
+                    if key == "nodes":
+                        one["name"] = str(item["name"]).replace("{i}", str(k))
+                    else:
+                        one["between"] = [str(v).replace("{i}", str(k)) for v in item["between"]]
+                    out.append(one)
+            data[key] = out
+        return data
 
     @model_validator(mode="after")
     def _check_topology(self) -> Scenario:

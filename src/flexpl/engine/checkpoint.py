@@ -49,6 +49,7 @@ def load_engine_state(eng: Engine, state: dict[str, Any]) -> None:
         eng.global_ev[int(s)] = None
     eng.relay_holder = state["relay_holder"]
     eng.stream_ready = {}
+    eng.absorb_optimizer_state()
 
 
 def save(path: Path, *, scenario_sha256: str, round_index: int, rows: list[dict[str, Any]], totals: Totals,

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +29,7 @@ from flexpl.aggregate import fedavg
 from flexpl.config import OptimizerCfg
 from flexpl.costs.flops import FlopCache
 from flexpl.costs.trace import Event, Recorder
+from flexpl.engine.arena import Arena
 from flexpl.models import BlockModel, count_params
 from flexpl.plan import Layout, Replica
 
@@ -62,6 +64,11 @@ class ReplicaState:
     module: BlockModel
     opt: torch.optim.Optimizer | None
     last_update: Event = None
+    twin: tuple[BlockModel, None] | None = None  # a meta copy, for shape-only walks (see Engine.shadow)
+    shape_only: bool = False  # its module is on the meta device: the step code only tracks shapes
+
+    def __post_init__(self) -> None:
+        self.shape_only = any(p.is_meta for p in self.module.parameters())
 
     @property
     def host(self) -> str:
@@ -96,6 +103,22 @@ class StepRecord:
     fwd_ev: int
     bwd_flops: int
     labels: list[tuple[torch.Tensor, Event]] = field(default_factory=list)
+    vec: tuple[VecChunk, int] | None = None  # vectorized: the chunk this replica ran in, and its row there
+
+
+@dataclass
+class VecChunk:
+    """Replicas of one stage run together by ``vmap`` in one step: their stacked inputs, weights and outputs."""
+
+    stage: int
+    rows: list[int]        # replica indices
+    members: list[str]     # the data node each one serves in this step
+    x: torch.Tensor        # [k, B, ...] stacked inputs (a leaf; requires grad when the input's gradient is sent back)
+    params: dict[str, torch.Tensor]  # [k, ...] leaves: rows of the stage's arena
+    out: torch.Tensor      # [k, B, ...]
+    losses: torch.Tensor | None = None  # last stage: each replica's mean loss
+    done: bool = False     # backward and optimizer step already run
+    stepped: bool = False  # the optimizer step ran stacked (SGD); otherwise per replica
 
 
 class Engine:
@@ -103,7 +126,10 @@ class Engine:
 
     def __init__(self, layout: Layout, full_model: BlockModel, opt_cfg: OptimizerCfg, transport,
                  recorder: Recorder, patch_grid: tuple[int, int] | None = None,
-                 is_local: Callable[[str], bool] | None = None) -> None:
+                 is_local: Callable[[str], bool] | None = None, shared: bool = False,
+                 vector_chunk: int | None = None) -> None:
+        """``shared``: stacked replica state in shared memory (worker processes); ``vector_chunk``:
+        run up to that many replicas of a stage together with ``vmap`` (None: one by one)."""
         self.layout = layout
         self.plan = layout.plan
         self.opt_cfg = opt_cfg
@@ -130,6 +156,17 @@ class Engine:
                     mod = mod.to("meta")
                 states.append(ReplicaState(spec, mod, make_optimizer(mod, opt_cfg)))
             self.replicas.append(states)
+        # [Note: arenas] stages with several replicas, all here, keep them stacked (flexpl.engine.arena)
+        self.arenas: dict[int, Arena] = {}
+        for s, states in enumerate(self.replicas):
+            if (len(states) > 1 and all(self.is_local(r.host) for r in states) and count_params(base[s]) > 0
+                    and not any(True for _ in base[s].buffers())):
+                arena = self.arenas[s] = Arena([r.module for r in states], opt_cfg, shared)
+                for i, r in enumerate(states):
+                    r.opt = make_optimizer(r.module, opt_cfg)
+                    arena.bind(i, r.module, r.opt)
+        self.vector_chunk = vector_chunk
+        self._out_shapes: dict[tuple, tuple[tuple[int, ...], torch.dtype, bool]] = {}
         has_params = [count_params(m) > 0 for m in base]
         self.input_grad = [any(has_params[:s]) for s in range(n_stages)]
         # the aggregator's copy of every FedAvg stage (what is downloaded and evaluated)
@@ -163,6 +200,7 @@ class Engine:
                 groups.setdefault(self.layout.serves[s][m], []).append(m)
             join_features = self.features and s == self.junction_stage
             dim = 1 if join_features else 0
+            vec = self._vector_forward(s, groups, carry) if self.vector_chunk and not join_features else {}
             new_carry: dict[str, tuple[torch.Tensor, str, Event]] = {}
             for ridx, members in groups.items():
                 rep = self.replicas[s][ridx]
@@ -174,14 +212,18 @@ class Engine:
                                                 [ev], label)
                     parts.append(t)
                     evs.append(ev)
-                inp = parts[0] if len(parts) == 1 else torch.cat(parts, dim)
-                inp = inp.detach().requires_grad_(self.input_grad[s])  # [Note: stage boundaries]
-                out = rep.module(inp)
+                if ridx in vec:  # already run, stacked with its peers (same arithmetic per replica)
+                    chunk, i = vec[ridx]
+                    inp, out = chunk.x[i], chunk.out[i]
+                else:
+                    inp = parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+                    inp = inp.detach().requires_grad_(self.input_grad[s])  # [Note: stage boundaries]
+                    out = self._shape_out(s, rep.module, inp) if rep.shape_only else rep.module(inp)
                 f_fwd, f_bwd = self.flops.get(s, rep.module, tuple(inp.shape), self.input_grad[s])
                 fwd_ev = self.recorder.compute(rep.host, f_fwd, evs, "fwd", label)
                 out_keys = members[:1] if join_features else members
                 rec = StepRecord(rep, inp, out, members, out_keys, [p.shape[dim] for p in parts], dim,
-                                 fwd_ev, f_bwd)
+                                 fwd_ev, f_bwd, vec=vec.get(ridx))
                 if s == last:  # labels travel from their owner to the loss
                     for m in out_keys:
                         y = batch[m][1]
@@ -202,11 +244,19 @@ class Engine:
             for rec in saved[s]:
                 rep = rec.rep
                 label = f"s{s}r{rep.spec.index}"
+                chunk = rec.vec[0] if rec.vec else None
+                if chunk is not None and not chunk.done:
+                    self._vector_backward(chunk, last, pending, batch)
                 if s == last:
                     ys = [y for y, _ in rec.labels]
                     y = ys[0] if len(ys) == 1 else torch.cat(ys, 0)
-                    loss = F.cross_entropy(rec.out, y)
-                    loss.backward()
+                    if chunk is not None:
+                        loss = chunk.losses[rec.vec[1]]
+                    elif rep.shape_only:  # nothing to compute, nothing to count
+                        loss = rec.out
+                    else:
+                        loss = F.cross_entropy(rec.out, y)
+                        loss.backward()
                     evs = [rec.fwd_ev] + [ev for _, ev in rec.labels]
                     if not loss.is_meta:
                         loss_sum += float(loss.detach()) * int(y.shape[0])
@@ -218,18 +268,23 @@ class Engine:
                         g, ev = self.transport.move(g, loc, rep.host, "gradient", [gev], label)
                         grads.append(g)
                         evs.append(ev)
-                    rec.out.backward(grads[0] if len(grads) == 1 else torch.cat(grads, 0))
+                    if chunk is None and not rep.shape_only:
+                        rec.out.backward(grads[0] if len(grads) == 1 else torch.cat(grads, 0))
                 else:  # a stage with no parameters fed by raw data: nothing flows back
                     for m in rec.members:
                         self.stream_ready[m] = rec.fwd_ev
                     continue
                 bwd_ev = self.recorder.compute(rep.host, rec.bwd_flops, evs, "bwd", label)
-                if rep.opt is not None:
+                if rep.opt is not None and not rep.shape_only and not (chunk is not None and chunk.stepped):
                     rep.opt.step()
                     rep.opt.zero_grad(set_to_none=True)
                 rep.last_update = bwd_ev
-                if rec.inp.requires_grad:
-                    gi = rec.inp.grad
+                if chunk is not None and chunk.x.requires_grad:
+                    for m in rec.members:
+                        next_pending[m] = (chunk.x.grad[rec.vec[1]], rep.host, bwd_ev)
+                elif chunk is None and rec.inp.requires_grad:
+                    gi = torch.empty(rec.inp.shape, dtype=rec.inp.dtype, device="meta") if rep.shape_only \
+                        else rec.inp.grad
                     pieces = [gi] if len(rec.members) == 1 else gi.split(rec.sizes, rec.dim)
                     for m, piece in zip(rec.members, pieces):
                         next_pending[m] = (piece, rep.host, bwd_ev)
@@ -239,22 +294,145 @@ class Engine:
             pending = next_pending
         return loss_sum, n_samples
 
+    def _shape_out(self, s: int, module: nn.Module, inp: torch.Tensor) -> torch.Tensor:
+        """What stage ``s`` would output for ``inp``, as a meta tensor (output shapes cached per input shape)."""
+        key = (s, tuple(inp.shape), inp.dtype)
+        hit = self._out_shapes.get(key)
+        if hit is None:
+            with torch.no_grad():
+                y = module(torch.empty(inp.shape, dtype=inp.dtype, device="meta"))
+            needs = self.input_grad[s] or any(p.requires_grad for p in module.parameters())
+            hit = self._out_shapes[key] = (tuple(y.shape), y.dtype, needs)
+        return torch.empty(hit[0], dtype=hit[1], device="meta", requires_grad=hit[2])
+
+    # ------------------------------------------------------------ vectorized replicas
+
+    def _vector_forward(self, s: int, groups: dict[int, list[str]],
+                        carry: dict[str, tuple[torch.Tensor, str, Event]]) -> dict[int, tuple[VecChunk, int]]:
+        """Run stage ``s``'s replicas that take one stream each, stacked by input shape, in chunks with ``vmap``.
+
+        [Note: vectorized replicas] Replica ``r`` of a chunk computes ``functional_call(stage,
+        rows r of the arena, its input)``: the same function of the same numbers as running
+        its module, batched over replicas (``vmap`` turns each matmul into one batched matmul,
+        so results agree to float round-off, not bit for bit). The caller still records every
+        replica's transfers and computes one by one, in program order, so the trace is the
+        one of the sequential engine.
+        """
+        arena = self.arenas.get(s)
+        if arena is None:
+            return {}
+        buckets: dict[tuple, list[tuple[int, str]]] = {}
+        for ridx, members in groups.items():
+            if len(members) == 1:
+                x = carry[members[0]][0]
+                if not x.is_meta:
+                    buckets.setdefault((tuple(x.shape), x.dtype), []).append((ridx, members[0]))
+        out: dict[int, tuple[VecChunk, int]] = {}
+        template = self.replicas[s][0].module
+        size = max(int(self.vector_chunk or 1), 1)
+
+        def one(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(template, params, (x,))
+
+        for items in buckets.values():
+            if len(items) < 2:
+                continue
+            items.sort()
+            for c in range(0, len(items), size):
+                part = items[c:c + size]
+                rows = [r for r, _ in part]
+                x = torch.stack([carry[m][0].detach() for _, m in part]).requires_grad_(self.input_grad[s])
+                params = arena.take(rows)
+                y = torch.func.vmap(one)(params, x)
+                chunk = VecChunk(s, rows, [m for _, m in part], x, params, y)
+                for i, r in enumerate(rows):
+                    out[r] = (chunk, i)
+        return out
+
+    def _vector_backward(self, chunk: VecChunk, last: int, pending: dict[str, tuple[torch.Tensor, str, Event]],
+                         batch: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Backward of a whole chunk at once, then its optimizer step (stacked for SGD, per replica otherwise)."""
+        if chunk.stage == last:
+            y = torch.stack([batch[m][1] for m in chunk.members])
+            k, b = y.shape[0], y.shape[1]
+            losses = F.cross_entropy(chunk.out.reshape(k * b, -1), y.reshape(-1), reduction="none").view(k, b).mean(1)
+            losses.sum().backward()
+            chunk.losses = losses.detach()
+        else:
+            chunk.out.backward(torch.stack([pending[m][0] for m in chunk.members]))
+        arena = self.arenas[chunk.stage]
+        grads = {n: t.grad for n, t in chunk.params.items()}
+        if self.opt_cfg.name == "sgd":
+            arena.sgd_step(chunk.rows, grads)
+            chunk.stepped = True
+        else:
+            for i, r in enumerate(chunk.rows):
+                named = dict(self.replicas[chunk.stage][r].module.named_parameters())
+                for n, g in grads.items():
+                    named[n].grad = g[i]
+        chunk.params = {}
+        chunk.done = True
+
+    # ------------------------------------------------------------ shape-only walks
+
+    @contextmanager
+    def shadow(self, nodes: set[str]) -> Iterator[None]:
+        """Inside the block, the replicas serving ``nodes`` are meta copies without optimizers.
+
+        ``train_step`` then walks those nodes' steps on shapes only: it records the same
+        trace and changes no weights (the worker processes of ``flexpl.engine.executor`` do
+        the arithmetic). Each replica must serve only nodes in ``nodes`` or none of them.
+        """
+        swapped: list[tuple[ReplicaState, BlockModel, torch.optim.Optimizer | None, bool]] = []
+        try:
+            for s, reps in enumerate(self.replicas):
+                for ridx in sorted({self.layout.serves[s][n] for n in nodes if n in self.layout.serves[s]}):
+                    rep = reps[ridx]
+                    if rep.twin is None:
+                        rep.twin = (copy.deepcopy(rep.module).to("meta"), None)
+                    swapped.append((rep, rep.module, rep.opt, rep.shape_only))
+                    rep.module, rep.opt = rep.twin
+                    rep.shape_only = True
+            yield
+        finally:
+            for rep, mod, opt, flag in swapped:
+                rep.module, rep.opt, rep.shape_only = mod, opt, flag
+
+    def absorb_optimizer_state(self) -> None:
+        """After optimizers loaded a saved state (a checkpoint), move it back into the arenas."""
+        for s, arena in self.arenas.items():
+            for i, r in enumerate(self.replicas[s]):
+                arena.absorb(i, r.module, r.opt)
+
     # ------------------------------------------------------------ syncs
 
     def _reset_opt(self, rep: ReplicaState) -> None:
-        if self.opt_cfg.reset_on_sync:
+        if not self.opt_cfg.reset_on_sync:
+            return
+        arena = self.arenas.get(rep.spec.stage)
+        if arena is not None:  # zeroed in place [Note: pre-made optimizer state]
+            arena.reset([rep.spec.index])
+        else:
             rep.opt = make_optimizer(rep.module, self.opt_cfg)
 
     def download(self, s: int, reps: list[ReplicaState]) -> None:
         """Send stage ``s``'s aggregated weights from its aggregator to ``reps`` (FedAvg, start of a round)."""
         agg = self.layout.aggregators[s]
         assert agg is not None
+        arena = self.arenas.get(s) if getattr(self.transport, "zero_copy", False) else None
+        glob = self.global_[s].state_dict()
         for rep in reps:
-            state, ev = self.transport.move_state(self.global_[s].state_dict(), agg, rep.host, "weights",
+            state, ev = self.transport.move_state(glob, agg, rep.host, "weights",
                                                   [self.global_ev[s], rep.last_update], f"s{s}")
-            rep.module.load_state_dict(state)
-            self._reset_opt(rep)
+            if arena is None:
+                rep.module.load_state_dict(state)
+                self._reset_opt(rep)
             rep.last_update = ev
+        if arena is not None and reps:  # every row at once: the same copies
+            rows = [r.spec.index for r in reps]
+            arena.load_rows(rows, glob)
+            if self.opt_cfg.reset_on_sync:
+                arena.reset(rows)
 
     def upload(self, s: int, reps: list[ReplicaState], weights: list[float],
                keep: Callable[[int, list[tuple[int, int, Event]]], list[bool]] | None = None) -> None:
@@ -266,10 +444,11 @@ class Engine:
         agg = self.layout.aggregators[s]
         assert agg is not None
         states, evs, spans = [], [], []
+        arena = self.arenas.get(s)
         for rep in reps:
             first = self.recorder.next_id
-            state, ev = self.transport.move_state(rep.module.state_dict(), rep.host, agg, "weights",
-                                                  [rep.last_update], f"s{s}")
+            mine = arena.row_state(rep.spec.index) if arena is not None else rep.module.state_dict()
+            state, ev = self.transport.move_state(mine, rep.host, agg, "weights", [rep.last_update], f"s{s}")
             states.append(state)
             evs.append(ev)
             spans.append((first, self.recorder.next_id, ev))

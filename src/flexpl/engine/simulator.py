@@ -21,10 +21,11 @@ import torch
 
 from flexpl import __version__
 from flexpl.config import Scenario
+from flexpl.costs.flops import count_fwd_bwd
 from flexpl.costs.profiles import device_profile, link_profile
 from flexpl.costs.trace import COMPUTE, Event, Recorder, Totals, Trace, schedule
 from flexpl.data import Dataset, load_dataset, partition, summarize
-from flexpl.engine import checkpoint, failures
+from flexpl.engine import checkpoint, executor, failures
 from flexpl.engine.core import (
     Engine,
     NodeData,
@@ -87,6 +88,8 @@ class Setup:
     model_params: int
     model_bytes: int
     recorder: Recorder
+    executor: executor.Choice = field(default_factory=lambda: executor.Choice("sequential", "default"))
+    pool: executor.ProcessPool | None = None
 
 
 def _model_spec(scn: Scenario) -> tuple[str, Any]:
@@ -135,9 +138,20 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         data_nodes = [topo.server]
     layout = place(plan, topo, data_nodes)
     recorder = Recorder(topo)
-    engine = Engine(layout, full, scn.training.optimizer, transport_factory(recorder), recorder, grid, local)
+    if is_local is None and transport_factory is SimTransport:
+        stages = [full.blocks[full.block_names[st.start]] if st.end - st.start == 1 else
+                  torch.nn.Sequential(*[full.blocks[b] for b in full.block_names[st.start:st.end]])
+                  for st in plan.stages]
+        # work per sample of the whole model (only needed to weigh worker processes)
+        fwd = count_fwd_bwd(full, (1,) + tuple(data.input_shape), False)[0] if executor.separable(plan) else 0
+        choice = executor.choose(scn, plan, stages, [len(r) for r in layout.replicas], fwd, len(data.train_y))
+    else:  # the distributed backend and shape-only walks run replicas where they live
+        choice = executor.Choice("sequential", "distributed backend or shape-only walk")
+    engine = Engine(layout, full, scn.training.optimizer, transport_factory(recorder), recorder, grid, local,
+                    shared=choice.mode == "processes",
+                    vector_chunk=scn.engine.vector_chunk if choice.mode == "vectorized" else None)
     return Setup(scn, data, topo, plan, engine, nodes, summarize(data.train_y.numpy(), parts, data.num_classes),
-                 count_params(probe), state_bytes(probe), recorder)
+                 count_params(probe), state_bytes(probe), recorder, choice)
 
 
 @dataclass
@@ -155,12 +169,14 @@ def _participants(engine: Engine, s: int, selected: list[str]) -> list[ReplicaSt
 
 
 def train_round(eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[str, list[torch.Tensor]],
-                fed_step: list[int], rnd: int = 0) -> tuple[float, int, dict[str, int]]:
+                fed_step: list[int], rnd: int = 0,
+                log: list[tuple[list[str], int]] | None = None) -> tuple[float, int, dict[str, int]]:
     """Run one round's training steps in the plan's schedule order; returns loss sum, samples, samples per node.
 
     lockstep: every node's t-th batch in joint step t; sequential: node after node, each
     all its batches, with the relay between them; round_robin: one batch per step, nodes
-    taking turns. Step-level FedAvg happens every ``every`` steps.
+    taking turns. Step-level FedAvg happens every ``every`` steps. ``log`` receives the
+    (nodes, batch index) of every step, in order.
     """
     plan = eng.plan
     selected = list(plan_batches)
@@ -175,6 +191,8 @@ def train_round(eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[st
             batch[n] = (by_name[n].x[idx], by_name[n].y[idx])
             seen[n] += len(idx)
         ls, ns = eng.train_step(batch)
+        if log is not None:
+            log.append((names, t))
         loss_sum, n_sum, joint = loss_sum + ls, n_sum + ns, joint + 1
         if _KILL_AT == (rnd, joint):  # test hook: die like a killed process, mid-round
             os.kill(os.getpid(), signal.SIGKILL)
@@ -196,7 +214,7 @@ def train_round(eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[st
                 if cursor[n] < len(plan_batches[n]):
                     step([n], cursor[n])
                     cursor[n] += 1
-    elif eng.independent_paths and not fed_step:
+    elif eng.independent_paths and not fed_step and not eng.vector_chunk:
         # [Note: node-major order] No replica or node is shared between data nodes, so
         # lockstep and node-by-node give the same arithmetic and the same clock; node by
         # node keeps one model warm in the cache.
@@ -230,7 +248,13 @@ def _play_round(st: Setup, totals: Totals, rnd: int, attempt: int, selected: lis
     if present:
         plan_batches = {n: batches(by_name[n], scn.seed, rnd, tr.local_epochs, tr.batch_size,
                                    tr.max_steps_per_round) for n in present}
-        loss_sum, n_sum, seen = train_round(eng, by_name, plan_batches, fed_step, rnd)
+        if st.pool is not None:
+            loss_sum, n_sum, seen = st.pool.train_round(eng, plan_batches, train_round, fed_step, rnd)
+        elif eng.vector_chunk:  # batched small ops: one thread is faster (see flexpl.engine.executor)
+            with executor.threads(1):
+                loss_sum, n_sum, seen = train_round(eng, by_name, plan_batches, fed_step, rnd)
+        else:
+            loss_sum, n_sum, seen = train_round(eng, by_name, plan_batches, fed_step, rnd)
     synced = rnd % max([plan.stages[s].sync.every for s in fed_round] or [1]) == 0 or rnd == tr.rounds
     if synced:
         t0 = totals.sim_time
@@ -291,8 +315,29 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
     weights = {nd.name: float(len(nd)) for nd in train}
     fed_round = [s for s, x in enumerate(plan.stages) if x.sync.kind == "fedavg" and x.sync.unit == "round"]
     fed_step = [s for s, x in enumerate(plan.stages) if x.sync.kind == "fedavg" and x.sync.unit == "step"]
-    traces = []
+    if st.executor.mode == "processes" and first <= tr.rounds:
+        st.pool = executor.ProcessPool(eng, by_name, st.executor.workers)
+    try:
+        rows, totals, ev, traces = _rounds(st, first, totals, rows, ev, synced_last_round, by_name, weights,
+                                           fed_round, fed_step, on_round, keep_traces, evaluate, checkpoint_dir)
+    finally:
+        if st.pool is not None:
+            st.pool.close()
+            st.pool = None
+    summary = make_summary(st, totals, rows, ev, time.perf_counter() - t_wall)
+    return RunResult(summary, rows, traces)
+
+
+def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], ev: dict[str, float],
+            synced_last_round: bool, by_name: dict[str, NodeData], weights: dict[str, float],
+            fed_round: list[int], fed_step: list[int], on_round: Callable[[dict[str, Any]], None] | None,
+            keep_traces: bool, evaluate: Callable[[Setup], dict[str, float]] | None,
+            checkpoint_dir: Path | None) -> tuple[list[dict[str, Any]], Totals, dict[str, float], list]:
+    """Rounds ``first`` .. last of :func:`run`."""
+    scn, eng, topo, plan, tr = st.scn, st.engine, st.topo, st.plan, st.scn.training
+    train = list(by_name.values())
     fail = scn.failures
+    traces = []
     for rnd in range(first, tr.rounds + 1):
         selected = [n.name for n in train] if plan.collect_data else select_clients(
             [n.name for n in train], tr.clients_per_round, scn.seed, rnd)
@@ -333,8 +378,7 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
                             rows=rows, totals=totals, last_eval=ev, synced=synced_last_round, eng=eng)
         if on_round:
             on_round(row)
-    summary = make_summary(st, totals, rows, ev, time.perf_counter() - t_wall)
-    return RunResult(summary, rows, traces)
+    return rows, totals, ev, traces
 
 
 def make_summary(st: Setup, totals: Totals, rows: list[dict[str, Any]], ev: dict[str, float],
@@ -367,7 +411,7 @@ def make_summary(st: Setup, totals: Totals, rows: list[dict[str, Any]], ev: dict
         "wasted_energy_j": totals.wasted_energy,
         "model_params": st.model_params, "model_bytes": st.model_bytes,
         "params_total": sum(count_params(r.module) for reps in eng.replicas for r in reps),
-        "wall_s": wall_s,
+        "wall_s": wall_s, "executor": st.executor.mode,
         "plan": plan_dict(st.plan),
         "per_node": per_node, "per_link": per_link,
         "flexpl_version": __version__, "torch_version": torch.__version__, "scenario_sha256": scn.digest(),

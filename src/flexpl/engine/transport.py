@@ -21,6 +21,8 @@ def tensor_bytes(t: torch.Tensor) -> int:
 class SimTransport:
     """In-process transport: tensors stay where they are; each crossing is recorded."""
 
+    zero_copy = True  # what arrives is the very tensor sent (the engine may then copy in bulk)
+
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
 

@@ -1,0 +1,136 @@
+"""Simulator speed: one simulated round against one plain centralized epoch over the same samples.
+
+For FedAvg (``fl``) and FPL (``fpl``), with the CNN on 10 and 100 clients and the MLP on
+100 and 1,000 clients (Fashion-MNIST, IID for the CNN, Dirichlet 0.5 for the MLP, as in
+the built-in ``cnn-100`` and ``mlp-1000`` scenarios), it times one simulated round of one
+local epoch (training, syncs and cost accounting; the test-set evaluation is left out, as
+the centralized side has none) and one centralized epoch of a plain PyTorch loop over the
+same samples with the same batch size and optimizer, side by side in this process,
+``--repeats`` times, and prints medians and ratios. The engine picks its execution mode
+itself (``engine.executor: auto``); the table says which. Targets: ratio <= 0.95 for the
+CNN cases, <= 0.5 for the MLP cases.
+
+The centralized floor is timed twice per repeat: with torch's default thread count (what
+a plain script gets) and with one thread; ``ratio`` divides by the default-threads time,
+``ratio_best`` by the faster of the two (the stricter floor).
+
+    python benchmarks/simulator.py [--samples 60000] [--repeats 3] [--cases fl-cnn-10,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from flexpl.config import load_scenario
+from flexpl.data import Dataset, load_dataset
+from flexpl.engine.core import make_optimizer
+from flexpl.engine.simulator import run, setup
+from flexpl.models import build_model
+
+CASES = ["fl-cnn-10", "fpl-cnn-10", "fl-cnn-100", "fpl-cnn-100",
+         "fl-mlp-100", "fpl-mlp-100", "fl-mlp-1000", "fpl-mlp-1000"]
+TARGET = {"cnn": 0.95, "mlp": 0.5}
+
+
+def case_sets(case: str) -> tuple[str, str, list[str]]:
+    """Scenario name, model and ``--set`` items of a case such as ``fpl-mlp-100``."""
+    strategy, model, clients = case.split("-")
+    n = int(clients)
+    base = "cnn-100" if model == "cnn" else "mlp-1000"
+    sets = [f"strategy={strategy}", "training.rounds=1"]
+    if base == "cnn-100" and n != 100:
+        sets.append(f"nodes.1.count={n}")
+        sets.append(f"links.0.count={n}")
+    if base == "mlp-1000" and n != 1000:
+        sets.append(f"nodes.1.count={n}")
+        sets.append(f"links.0.count={n}")
+    return base, model, sets
+
+
+def centralized_epoch(model_name: str, data: Dataset, batch: int, threads: int, seed: int = 0) -> float:
+    """Wall time of one plain epoch over every training sample (shuffled), SGD lr 0.05 momentum 0.9."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        scn = load_scenario("cnn-100")
+        model = build_model(model_name, data.input_shape, data.num_classes, seed=seed)
+        opt = make_optimizer(model, scn.training.optimizer)
+        perm = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(seed))
+        x, y = data.train_x, data.train_y
+        t = time.perf_counter()
+        for idx in perm.split(batch):
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t
+    finally:
+        torch.set_num_threads(old)
+
+
+def simulated_round(case: str, data: Dataset) -> tuple[float, str, float]:
+    """Wall time of one simulated round of ``case`` (set-up excluded), the mode used, and set-up time."""
+    base, _, sets = case_sets(case)
+    scn = load_scenario(base, sets)
+    t = time.perf_counter()
+    st = setup(scn, dataset=data)
+    t_setup = time.perf_counter() - t
+    t = time.perf_counter()
+    run(scn, st=st, evaluate=lambda _st: {})
+    return time.perf_counter() - t, st.executor.mode, t_setup
+
+
+def main() -> None:
+    """Run every case and both centralized floors ``--repeats`` times; print medians and ratios."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=60000, help="training samples (the full 60k by default)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cases", default=",".join(CASES))
+    a = ap.parse_args()
+    cases = a.cases.split(",")
+    data = load_dataset("fashion-mnist", max_train=a.samples, max_test=100)
+    threads = torch.get_num_threads()
+    sim: dict[str, list[float]] = {c: [] for c in cases}
+    setups: dict[str, list[float]] = {c: [] for c in cases}
+    modes: dict[str, str] = {}
+    cen: dict[tuple[str, int], list[float]] = {}
+    models = sorted({case_sets(c)[1] for c in cases})
+    load0 = os.getloadavg()
+    for rep in range(a.repeats):
+        for m in models:
+            for th in sorted({threads, 1}):
+                cen.setdefault((m, th), []).append(centralized_epoch(m, data, 32, th))
+        for c in cases:
+            wall, mode, t_setup = simulated_round(c, data)
+            sim[c].append(wall)
+            setups[c].append(t_setup)
+            modes[c] = mode
+            print(f"  repeat {rep + 1}: {c:13s} {wall:7.2f} s ({mode})", flush=True)
+    load1 = os.getloadavg()
+    print(f"\n{len(data.train_y)} samples, batch 32, 1 local epoch, SGD lr 0.05 momentum 0.9; torch default threads "
+          f"{threads}; {a.repeats} repeats; load average before {load0[0]:.2f}, after {load1[0]:.2f} "
+          f"on {os.cpu_count()} cores")
+    for (m, th), v in sorted(cen.items()):
+        print(f"centralized {m} epoch, {th} thread(s): median {statistics.median(v):.2f} s  runs "
+              f"{[round(x, 2) for x in v]}")
+    print("\n| case | mode | round s (median) | runs | centralized s | ratio | ratio_best | target |")
+    print("|---|---|---|---|---|---|---|---|")
+    for c in cases:
+        m = case_sets(c)[1]
+        s = statistics.median(sim[c])
+        c_def = statistics.median(cen[(m, threads)])
+        c_best = min(statistics.median(cen[(m, th)]) for th in sorted({threads, 1}))
+        ok = "met" if s / c_def <= TARGET[m] else "NOT met"
+        print(f"| {c} | {modes[c]} | {s:.2f} | {[round(x, 2) for x in sim[c]]} | {c_def:.2f} | {s / c_def:.3f} | "
+              f"{s / c_best:.3f} | <= {TARGET[m]} ({ok}) |")
+    print("\nset-up (not in the round time), median s: "
+          + ", ".join(f"{c} {statistics.median(setups[c]):.2f}" for c in cases))
+
+
+if __name__ == "__main__":
+    main()

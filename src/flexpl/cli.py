@@ -51,9 +51,12 @@ def _data_table(st) -> Any:
     t = Table(title=f"data: {st.scn.data.dataset}, partition {st.scn.data.partition.kind}", title_justify="left")
     for c in ("node", "samples", "label entropy (bits)", "labels"):
         t.add_column(c)
-    for name, s in zip(st.scn.data_nodes, st.parts_summary):
+    shown = 16  # a thousand devices would fill the screen: the first ones, then a count
+    for name, s in list(zip(st.scn.data_nodes, st.parts_summary))[:shown]:
         hist = s["histogram"]
         t.add_row(name, str(s["samples"]), f"{s['entropy_bits']:.2f}", " ".join(str(h) for h in hist))
+    if len(st.parts_summary) > shown:
+        t.add_row(f"... {len(st.parts_summary) - shown} more", "", "", "")
     return t
 
 
@@ -76,6 +79,9 @@ def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, see
     st = setup(scn)
     if show_data:
         console.print(_data_table(st))
+        ex = st.executor
+        console.print(f"executor: {ex.mode}" + (f" ({ex.workers} workers)" if ex.mode == "processes" else "")
+                      + f" -- {ex.reason}")
     rows: list[dict[str, Any]] = []
     write_yaml(out / "config.yaml", scn.resolved())
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import os
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -155,8 +156,10 @@ def _finished(folder: Path, digest: str) -> bool:
 def _init_worker() -> None:
     import torch
 
-    # N workers on N cores: one intra-op thread each avoids oversubscribing the CPU.
+    # N workers on N cores: one intra-op thread each avoids oversubscribing the CPU, and no
+    # run forks worker processes of its own (see flexpl.engine.executor.WORKERS_ENV).
     torch.set_num_threads(1)
+    os.environ["FLEXPL_WORKERS"] = "1"
 
 
 def _run_cell(scenario: str | None, sets: Sequence[str], strategy: str | None, seed: int | None,

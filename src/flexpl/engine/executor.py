@@ -45,6 +45,9 @@ MODES = ("sequential", "processes", "vectorized")
 # which are slower on CPU than a loop (measured in the issue that asked for this), so
 # ``auto`` leaves them to processes.
 _VECTOR_FRIENDLY = (nn.Linear, nn.ReLU, nn.Flatten, nn.Tanh, nn.Sigmoid, nn.GELU, nn.Identity, nn.Sequential)
+# Caps the worker count of every run in this process (``flexpl sweep --jobs N`` sets 1 in
+# its cell workers: the cells already share the cores).
+WORKERS_ENV = "FLEXPL_WORKERS"
 # Below this much training work per round, forking workers costs more than it saves.
 _MIN_PROCESS_FLOPS = 2e9
 # vmap pays off where per-op overhead dominates: small Linear stages. On this project's
@@ -87,7 +90,7 @@ def choose(scn: Scenario, plan: Plan, stage_modules: list[nn.Module], n_replicas
     eng = scn.engine
     cores = os.cpu_count() or 1
     n_data = len(scn.data_nodes)
-    workers = min(eng.workers or cores, n_data)
+    workers = min(eng.workers or cores, n_data, int(os.environ.get(WORKERS_ENV) or n_data))
     asked = eng.executor
     if asked != "auto":
         if asked == "processes" and not separable(plan):

@@ -13,7 +13,7 @@ from flexpl.engine.simulator import run, setup
 from flexpl.errors import UserError
 from flexpl.models import build_model
 
-from .conftest import digits_star
+from .conftest import chain_scenario, digits_star
 
 COSTS = ("flops_total", "bytes_total", "wasted_bytes")
 CLOCK = ("sim_time_s", "energy_j_total", "energy_j_compute", "energy_j_comm")
@@ -36,10 +36,7 @@ def test_three_modes_give_the_same_weights_and_costs(strategy: str) -> None:
     assert mode == "sequential"
     for asked in ("processes", "vectorized"):
         summ, w, used, rows = _run(strategy, asked)
-        if asked == "processes" and strategy == "fpl":
-            assert used == "sequential"  # FPL's trunk couples the fronts step by step
-        else:
-            assert used == asked
+        assert used == asked
         for k in COSTS:
             assert summ[k] == base_sum[k], (asked, k)
         for k in CLOCK:
@@ -88,16 +85,17 @@ def test_auto_picks_a_mode_per_plan_and_model() -> None:
     for strategy, stages, flops, expected in [
         ("fl", [big], 1e6, "processes"),          # FedAvg of a large model: worker processes
         ("fl", [big], 1e2, "sequential"),         # ... unless a round is too little work to fork for
-        ("fpl", [big, big], 1e6, "sequential"),   # fronts coupled step by step through the trunk
+        ("fpl", [big, big], 1e6, "processes"),    # fronts side by side in workers, step by step
+        ("sl", [big, big], 1e6, "sequential"),    # one client at a time: nothing side by side
         ("fl", [conv], 1e6, "processes"),         # convolutions never vectorized by auto
     ]:
         scn = digits_star([f"strategy={strategy}", "engine.workers=2"])
         plan = setup(scn).plan
         ch = executor.choose(scn, plan, stages, [4] * len(plan.stages), flops, 60000)
         assert ch.mode == expected, (strategy, flops)
-    scn = digits_star(["engine.executor=processes", "strategy=fpl"])
+    scn = digits_star(["engine.executor=processes", "strategy=sl"])
     assert setup(scn).executor.mode == "sequential"  # asked, but not possible: said in the reason
-    assert "share replicas" in setup(scn).executor.reason
+    assert "side by side" in setup(scn).executor.reason
 
 
 def test_cached_flop_count_equals_a_fresh_count() -> None:
@@ -144,11 +142,30 @@ def test_bad_count_is_a_one_line_error(item: str, message: str) -> None:
         load_scenario("cnn-100", [item])
 
 
-def test_separable_plans() -> None:
-    for strategy, expected in [("fl", True), ("sfl", True), ("fpl", False), ("sl", False), ("mp", False),
-                               ("centralized", False)]:
+def test_separable_and_stepwise_plans() -> None:
+    for strategy, sep, step in [("fl", True, True), ("sfl", True, True), ("fpl", False, True),
+                                ("sl", False, False), ("mp", False, False), ("centralized", False, False)]:
         st = setup(digits_star([f"strategy={strategy}", "engine.executor=sequential"]))
-        assert executor.separable(st.plan) is expected, strategy
+        assert executor.separable(st.plan) is sep, strategy
+        assert executor.stepwise(st.plan) is step, strategy
+
+
+def test_fpl_step_workers_on_a_multi_hop_plan_with_synced_trunks() -> None:
+    """Fronts in workers, trunks per edge averaged at the cloud: same weights and costs as sequential."""
+    out = {}
+    for mode in ("sequential", "processes"):
+        scn = chain_scenario(["training.rounds=2", f"engine.executor={mode}", "training.max_steps_per_round=4"],
+                             n_dev=3, strategy="fpl")
+        st = setup(scn)
+        res = run(scn, st=st)
+        assert st.executor.mode == mode
+        out[mode] = (res.summary, {n: path_state(st.engine, n) for n in scn.data_nodes})
+    (a, wa), (b, wb) = out["sequential"], out["processes"]
+    assert a["bytes_total"] == b["bytes_total"] and a["flops_total"] == b["flops_total"]
+    assert a["sim_time_s"] == pytest.approx(b["sim_time_s"], rel=1e-12)
+    for n in wa:
+        for k in wa[n]:
+            assert torch.equal(wa[n][k], wb[n][k]), (n, k)
 
 
 def test_split_balances_work_and_keeps_order() -> None:

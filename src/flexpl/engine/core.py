@@ -19,6 +19,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,17 +109,25 @@ class StepRecord:
 
 @dataclass
 class VecChunk:
-    """Replicas of one stage run together by ``vmap`` in one step: their stacked inputs, weights and outputs."""
+    """Replicas of one stage run together in one step (by ``vmap`` here, or by worker processes).
+
+    The engine records each replica's actions one by one as usual and takes its input and
+    output from ``ins``/``outs``; the chunk's backward runs once, for all of them.
+    """
 
     stage: int
     rows: list[int]        # replica indices
     members: list[str]     # the data node each one serves in this step
-    x: torch.Tensor        # [k, B, ...] stacked inputs (a leaf; requires grad when the input's gradient is sent back)
-    params: dict[str, torch.Tensor]  # [k, ...] leaves: rows of the stage's arena
-    out: torch.Tensor      # [k, B, ...]
+    ins: list[torch.Tensor]
+    outs: list[torch.Tensor]
+    x: torch.Tensor | None = None  # vmap: [k, B, ...] stacked inputs (a leaf; requires grad if sent back)
+    params: dict[str, torch.Tensor] = field(default_factory=dict)  # vmap: [k, ...] leaves, rows of the arena
+    out: torch.Tensor | None = None  # vmap: [k, B, ...]
     losses: torch.Tensor | None = None  # last stage: each replica's mean loss
+    in_grads: list[torch.Tensor] | None = None  # after backward: each input's gradient, if it is sent back
     done: bool = False     # backward and optimizer step already run
-    stepped: bool = False  # the optimizer step ran stacked (SGD); otherwise per replica
+    stepped: bool = False  # the optimizer step already ran (stacked, or in a worker)
+    remote: Any = None     # the worker pool that runs it (flexpl.engine.executor.StepPool), or None
 
 
 class Engine:
@@ -166,6 +175,7 @@ class Engine:
                     r.opt = make_optimizer(r.module, opt_cfg)
                     arena.bind(i, r.module, r.opt)
         self.vector_chunk = vector_chunk
+        self.remote: Any = None  # a StepPool of worker processes, set by the simulator (processes mode)
         self._out_shapes: dict[tuple, tuple[tuple[int, ...], torch.dtype, bool]] = {}
         has_params = [count_params(m) > 0 for m in base]
         self.input_grad = [any(has_params[:s]) for s in range(n_stages)]
@@ -200,7 +210,13 @@ class Engine:
                 groups.setdefault(self.layout.serves[s][m], []).append(m)
             join_features = self.features and s == self.junction_stage
             dim = 1 if join_features else 0
-            vec = self._vector_forward(s, groups, carry) if self.vector_chunk and not join_features else {}
+            vec: dict[int, tuple[VecChunk, int]] = {}
+            if join_features:
+                pass
+            elif self.remote is not None:  # worker processes run them (flexpl.engine.executor.StepPool)
+                vec = self.remote.forward(self, s, groups, carry, batch, s == last)
+            elif self.vector_chunk:
+                vec = self._vector_forward(s, groups, carry)
             new_carry: dict[str, tuple[torch.Tensor, str, Event]] = {}
             for ridx, members in groups.items():
                 rep = self.replicas[s][ridx]
@@ -214,7 +230,7 @@ class Engine:
                     evs.append(ev)
                 if ridx in vec:  # already run, stacked with its peers (same arithmetic per replica)
                     chunk, i = vec[ridx]
-                    inp, out = chunk.x[i], chunk.out[i]
+                    inp, out = chunk.ins[i], chunk.outs[i]
                 else:
                     inp = parts[0] if len(parts) == 1 else torch.cat(parts, dim)
                     inp = inp.detach().requires_grad_(self.input_grad[s])  # [Note: stage boundaries]
@@ -246,7 +262,10 @@ class Engine:
                 label = f"s{s}r{rep.spec.index}"
                 chunk = rec.vec[0] if rec.vec else None
                 if chunk is not None and not chunk.done:
-                    self._vector_backward(chunk, last, pending, batch)
+                    if chunk.remote is not None:
+                        chunk.remote.backward(self, chunk, pending)
+                    else:
+                        self._vector_backward(chunk, last, pending, batch)
                 if s == last:
                     ys = [y for y, _ in rec.labels]
                     y = ys[0] if len(ys) == 1 else torch.cat(ys, 0)
@@ -261,7 +280,7 @@ class Engine:
                     if not loss.is_meta:
                         loss_sum += float(loss.detach()) * int(y.shape[0])
                         n_samples += int(y.shape[0])
-                elif rec.out.requires_grad:
+                elif chunk is not None or rec.out.requires_grad:  # (chunks only hold stages with weights)
                     grads, evs = [], [rec.fwd_ev]
                     for m in rec.out_keys:
                         g, loc, gev = pending[m]
@@ -279,9 +298,9 @@ class Engine:
                     rep.opt.step()
                     rep.opt.zero_grad(set_to_none=True)
                 rep.last_update = bwd_ev
-                if chunk is not None and chunk.x.requires_grad:
+                if chunk is not None and chunk.in_grads is not None:
                     for m in rec.members:
-                        next_pending[m] = (chunk.x.grad[rec.vec[1]], rep.host, bwd_ev)
+                        next_pending[m] = (chunk.in_grads[rec.vec[1]], rep.host, bwd_ev)
                 elif chunk is None and rec.inp.requires_grad:
                     gi = torch.empty(rec.inp.shape, dtype=rec.inp.dtype, device="meta") if rep.shape_only \
                         else rec.inp.grad
@@ -344,7 +363,7 @@ class Engine:
                 x = torch.stack([carry[m][0].detach() for _, m in part]).requires_grad_(self.input_grad[s])
                 params = arena.take(rows)
                 y = torch.func.vmap(one)(params, x)
-                chunk = VecChunk(s, rows, [m for _, m in part], x, params, y)
+                chunk = VecChunk(s, rows, [m for _, m in part], list(x.unbind(0)), list(y.unbind(0)), x, params, y)
                 for i, r in enumerate(rows):
                     out[r] = (chunk, i)
         return out
@@ -360,6 +379,8 @@ class Engine:
             chunk.losses = losses.detach()
         else:
             chunk.out.backward(torch.stack([pending[m][0] for m in chunk.members]))
+        if chunk.x.requires_grad:
+            chunk.in_grads = list(chunk.x.grad.unbind(0))
         arena = self.arenas[chunk.stage]
         grads = {n: t.grad for n, t in chunk.params.items()}
         if self.opt_cfg.name == "sgd":

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.multiprocessing  # noqa: F401  (shares tensors sent through pipes via shared memory)
 from torch import nn
 
 if TYPE_CHECKING:
@@ -78,6 +79,13 @@ def separable(plan: Plan) -> bool:
                     and not (st.sync.kind == "fedavg" and st.sync.unit == "step") for st in plan.stages))
 
 
+def stepwise(plan: Plan) -> bool:
+    """True when some stage has one replica per data node running side by side in each lockstep step
+    (e.g. FPL's fronts), so that worker processes can run them step by step (:class:`StepPool`)."""
+    return (plan.schedule == "lockstep" and plan.junction == "batch" and not plan.collect_data
+            and any(st.replication == "per_node" for st in plan.stages))
+
+
 def vector_friendly(module: nn.Module) -> bool:
     """True when every layer of ``module`` is one that vmap runs fast on a CPU (Linear and pointwise)."""
     return all(isinstance(m, _VECTOR_FRIENDLY) or type(m).__name__ == "BlockModel" or type(m).__name__ == "ModuleDict"
@@ -93,9 +101,9 @@ def choose(scn: Scenario, plan: Plan, stage_modules: list[nn.Module], n_replicas
     workers = min(eng.workers or cores, n_data, int(os.environ.get(WORKERS_ENV) or n_data))
     asked = eng.executor
     if asked != "auto":
-        if asked == "processes" and not separable(plan):
-            return Choice("sequential", "processes asked, but this plan's data-node paths share replicas "
-                          "(step by step coupling): sequential")
+        if asked == "processes" and not (separable(plan) or stepwise(plan)):
+            return Choice("sequential", "processes asked, but no stage of this plan has replicas that run "
+                          "side by side in a step: sequential")
         if asked == "processes" and workers < 2:
             return Choice("sequential", "processes asked with fewer than 2 workers: sequential")
         return Choice(asked, "asked", workers if asked == "processes" else 1)
@@ -106,9 +114,12 @@ def choose(scn: Scenario, plan: Plan, stage_modules: list[nn.Module], n_replicas
         return Choice("vectorized", f"{max(n_replicas)} replicas of small Linear-only stages run in lockstep")
     work = 3.0 * flops_per_sample * samples * scn.training.local_epochs
     if separable(plan) and workers >= 2 and work >= _MIN_PROCESS_FLOPS:
-        return Choice("processes", f"independent data-node paths, {workers} cores", workers)
-    if not separable(plan):
-        why = "data-node paths share replicas step by step"
+        return Choice("processes", f"independent data-node paths: a share of them per worker, {workers} cores",
+                      workers)
+    if stepwise(plan) and workers >= 2 and work >= _MIN_PROCESS_FLOPS:
+        return Choice("processes", f"per-node replicas run side by side every step, {workers} cores", workers)
+    if not (separable(plan) or stepwise(plan)):
+        why = "no stage has replicas that run side by side"
     elif workers < 2:
         why = "one core or one data node"
     else:
@@ -231,3 +242,202 @@ class ProcessPool:
             p.join(timeout=5)
             if p.is_alive():
                 p.kill()
+
+
+# ---------------------------------------------------------------- worker processes, step by step
+
+
+class _Buffers:
+    """Growable shared-memory float buffers, one per (stage, purpose); a grown one is sent to the peer once."""
+
+    def __init__(self) -> None:
+        self.bufs: dict[tuple, torch.Tensor] = {}
+
+    def get(self, key: tuple, numel: int, dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
+        """A buffer of at least ``numel`` elements for ``key``; True when it is new (the peer must get it)."""
+        buf = self.bufs.get(key)
+        if buf is not None and buf.numel() >= numel and buf.dtype == dtype:
+            return buf, False
+        buf = self.bufs[key] = torch.empty(max(numel, 1), dtype=dtype).share_memory_()
+        return buf, True
+
+
+def _pack(bufs: _Buffers, key: tuple, tensors: list[torch.Tensor]) -> tuple[list[tuple[int, tuple]], Any]:
+    """Copy ``tensors`` one after the other into the shared buffer ``key``; (offset, shape) of each, and
+    the buffer itself when it is new (else None)."""
+    total = sum(t.numel() for t in tensors)
+    dtype = tensors[0].dtype if tensors else torch.float32
+    buf, new = bufs.get(key, total, dtype)
+    where, off = [], 0
+    for t in tensors:
+        n = t.numel()
+        buf[off:off + n].view(t.shape).copy_(t)
+        where.append((off, tuple(t.shape)))
+        off += n
+    return where, (buf if new else None)
+
+
+def _unpack(buf: torch.Tensor, where: list[tuple[int, tuple]]) -> list[torch.Tensor]:
+    out = []
+    for off, shape in where:
+        n = 1
+        for d in shape:
+            n *= d
+        out.append(buf[off:off + n].view(shape))
+    return out
+
+
+def _serve_steps(conn: Any, eng: Engine) -> None:
+    """A step worker: runs forward and backward of its replicas of a stage on command (see StepPool)."""
+    import torch.nn.functional as F
+
+    torch.set_num_threads(1)
+    theirs: dict[tuple, torch.Tensor] = {}  # the parent's buffers: inputs and output gradients
+    mine = _Buffers()                        # outputs and input gradients
+    live: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        try:
+            if msg[0] == "stop":
+                return
+            if msg[0] == "fwd":
+                _, s, rows, where, new_buf, labels = msg
+                if new_buf is not None:
+                    theirs[(s, "in")] = new_buf
+                xs = _unpack(theirs[(s, "in")], where)
+                outs, losses = [], []
+                for r, x in zip(rows, xs):
+                    rep = eng.replicas[s][r]
+                    x = x.requires_grad_(eng.input_grad[s])
+                    out = rep.module(x)
+                    if labels is not None:  # the last stage: loss, backward and step right away
+                        loss = F.cross_entropy(out, torch.from_numpy(labels[r]))
+                        loss.backward()
+                        losses.append(float(loss.detach()))
+                        _step(rep)
+                    else:
+                        live[(s, r)] = (x, out)
+                    outs.append(out.detach())
+                where_out, buf = _pack(mine, (s, "out"), outs)
+                conn.send(("ok", where_out, buf, losses))
+            elif msg[0] == "bwd":
+                _, s, rows, where, new_buf = msg
+                if new_buf is not None:
+                    theirs[(s, "grad")] = new_buf
+                gs = _unpack(theirs[(s, "grad")], where)
+                grads = []
+                for r, g in zip(rows, gs):
+                    x, out = live.pop((s, r))
+                    out.backward(g)
+                    _step(eng.replicas[s][r])
+                    if x.requires_grad:
+                        grads.append(x.grad)
+                where_g, buf = _pack(mine, (s, "ingrad"), grads) if grads else ([], None)
+                conn.send(("ok", where_g, buf))
+        except BaseException as exc:  # report; the parent stops the run
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _step(rep: Any) -> None:
+    if rep.opt is not None:
+        rep.opt.step()
+        rep.opt.zero_grad(set_to_none=True)
+
+
+class StepPool:
+    """Worker processes that run a stage's one-stream replicas (e.g. FPL fronts) every step.
+
+    For plans whose replicas meet step by step (FPL: fronts feed a shared trunk), the
+    parent drives each step: it writes each worker's share of the inputs into shared
+    memory, the workers run their replicas' forward passes (each replica on the weights
+    and optimizer state of its rows in the stage's shared arena) and write the outputs
+    back; the parent runs the rest of the step (the trunk), then sends the output
+    gradients, and the workers run the backward passes and optimizer steps and return the
+    input gradients when an earlier stage needs them. The parent records every action
+    itself, in program order, as the sequential engine does.
+    """
+
+    def __init__(self, eng: Engine, workers: int) -> None:
+        ctx = mp.get_context("fork")
+        self.conns, self.procs = [], []
+        for _ in range(workers):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_serve_steps, args=(child, eng), daemon=True)
+            p.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(p)
+        self.mine = [_Buffers() for _ in range(workers)]     # inputs and output gradients, per worker
+        self.theirs: list[dict[tuple, torch.Tensor]] = [{} for _ in range(workers)]
+        self.chunks: dict[int, list[Any]] = {}  # stage -> this step's chunks, one per worker
+
+    def _recv(self, w: int) -> tuple:
+        try:
+            msg = self.conns[w].recv()
+        except EOFError:
+            raise RuntimeError("a worker process of engine.executor=processes died; "
+                               "run with --set engine.executor=sequential to see why") from None
+        if msg[0] != "ok":
+            raise RuntimeError(f"a worker process failed: {msg[1]}")
+        return msg
+
+    def forward(self, eng: Engine, s: int, groups: dict[int, list[str]], carry: dict[str, tuple],
+                batch: dict[str, tuple[torch.Tensor, torch.Tensor]], last: bool) -> dict[int, tuple]:
+        """Run stage ``s``'s one-stream replicas in the workers; returns replica -> (chunk, row) as vmap does."""
+        from flexpl.engine.core import VecChunk
+
+        if s not in eng.arenas:
+            return {}
+        solo = [(r, ms[0]) for r, ms in groups.items() if len(ms) == 1 and not carry[ms[0]][0].is_meta]
+        if len(solo) < 2:
+            return {}
+        n = min(len(self.conns), len(solo))
+        size = -(-len(solo) // n)
+        parts = [solo[i:i + size] for i in range(0, len(solo), size)]
+        sent = []
+        for w, part in enumerate(parts):
+            rows = [r for r, _ in part]
+            where, buf = _pack(self.mine[w], (s, "in"), [carry[m][0].detach() for _, m in part])
+            labels = {r: batch[m][1].numpy() for r, m in part} if last else None  # small: pickled
+            self.conns[w].send(("fwd", s, rows, where, buf, labels))
+            sent.append((w, part, where))
+        out: dict[int, tuple] = {}
+        self.chunks[s] = []
+        for w, part, where in sent:
+            _, where_out, buf, losses = self._recv(w)
+            if buf is not None:
+                self.theirs[w][(s, "out")] = buf
+            outs = _unpack(self.theirs[w][(s, "out")], where_out)
+            ins = _unpack(self.mine[w].bufs[(s, "in")], where)
+            chunk = VecChunk(s, [r for r, _ in part], [m for _, m in part], ins, outs, remote=self)
+            chunk.worker = w
+            self.chunks[s].append(chunk)
+            if last:
+                chunk.losses = torch.tensor(losses, dtype=torch.float32)
+                chunk.done = chunk.stepped = True
+            for i, (r, _) in enumerate(part):
+                out[r] = (chunk, i)
+        return out
+
+    def backward(self, eng: Engine, chunk: Any, pending: dict[str, tuple]) -> None:
+        """Send the output gradients of this step's chunks of ``chunk``'s stage to their workers (all at
+        once, so they work side by side); they run backward and the optimizer steps."""
+        s = chunk.stage
+        todo = [c for c in self.chunks.get(s, []) if not c.done]
+        for c in todo:
+            where, buf = _pack(self.mine[c.worker], (s, "grad"), [pending[m][0] for m in c.members])
+            self.conns[c.worker].send(("bwd", s, c.rows, where, buf))
+        for c in todo:
+            _, where_g, gbuf = self._recv(c.worker)
+            if gbuf is not None:
+                self.theirs[c.worker][(s, "ingrad")] = gbuf
+            if where_g:
+                c.in_grads = _unpack(self.theirs[c.worker][(s, "ingrad")], where_g)
+            c.done = c.stepped = True
+
+    def close(self) -> None:
+        """Stop the workers."""
+        ProcessPool.close(self)  # type: ignore[arg-type]

@@ -90,6 +90,7 @@ class Setup:
     recorder: Recorder
     executor: executor.Choice = field(default_factory=lambda: executor.Choice("sequential", "default"))
     pool: executor.ProcessPool | None = None
+    steps: executor.StepPool | None = None
 
 
 def _model_spec(scn: Scenario) -> tuple[str, Any]:
@@ -143,7 +144,7 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
                   torch.nn.Sequential(*[full.blocks[b] for b in full.block_names[st.start:st.end]])
                   for st in plan.stages]
         # work per sample of the whole model (only needed to weigh worker processes)
-        fwd = count_fwd_bwd(full, (1,) + tuple(data.input_shape), False)[0] if executor.separable(plan) else 0
+        fwd = count_fwd_bwd(full, (1,) + tuple(data.input_shape), False)[0] if plan.junction == "batch" else 0
         choice = executor.choose(scn, plan, stages, [len(r) for r in layout.replicas], fwd, len(data.train_y))
     else:  # the distributed backend and shape-only walks run replicas where they live
         choice = executor.Choice("sequential", "distributed backend or shape-only walk")
@@ -316,14 +317,18 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
     fed_round = [s for s, x in enumerate(plan.stages) if x.sync.kind == "fedavg" and x.sync.unit == "round"]
     fed_step = [s for s, x in enumerate(plan.stages) if x.sync.kind == "fedavg" and x.sync.unit == "step"]
     if st.executor.mode == "processes" and first <= tr.rounds:
-        st.pool = executor.ProcessPool(eng, by_name, st.executor.workers)
+        if executor.separable(plan):  # a share of the data nodes per worker, for a whole round
+            st.pool = executor.ProcessPool(eng, by_name, st.executor.workers)
+        else:  # the per-node replicas of each step, side by side
+            st.steps = eng.remote = executor.StepPool(eng, st.executor.workers)
     try:
         rows, totals, ev, traces = _rounds(st, first, totals, rows, ev, synced_last_round, by_name, weights,
                                            fed_round, fed_step, on_round, keep_traces, evaluate, checkpoint_dir)
     finally:
-        if st.pool is not None:
-            st.pool.close()
-            st.pool = None
+        for pool in (st.pool, st.steps):
+            if pool is not None:
+                pool.close()
+        st.pool = st.steps = eng.remote = None
     summary = make_summary(st, totals, rows, ev, time.perf_counter() - t_wall)
     return RunResult(summary, rows, traces)
 

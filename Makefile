@@ -40,6 +40,8 @@ lint: setup
 
 bench: setup data
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/simulator.py
+	$(PY) benchmarks/planner.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -30,9 +30,12 @@ def _weights(d: Path) -> dict:
     return torch.load(d / "checkpoint.pt", weights_only=True)["engine"]
 
 
-@pytest.mark.parametrize("strategy", ["fl", "fpl", "sl"])
-def test_kill_9_mid_round_then_resume_is_bit_identical(tmp_path, strategy):
+@pytest.mark.parametrize("strategy, executor", [("fl", "auto"), ("fpl", "auto"), ("sl", "auto"),
+                                                ("fl", "processes"), ("fpl", "processes")])
+def test_kill_9_mid_round_then_resume_is_bit_identical(tmp_path, strategy, executor):
+    """Also with worker processes: the killed run's workers exit with it; the resumed run forks new ones."""
     ref, cut = tmp_path / "ref", tmp_path / "cut"
+    SETS = [*globals()["SETS"], "--set", f"engine.executor={executor}"]
     # both runs in subprocesses: same thread count, so the same float arithmetic
     r = subprocess.run([FLEXPL, "run", "digits-star", *SETS, "--strategy", strategy, "--out", str(ref), "--quiet"],
                        env=ENV, capture_output=True, text=True, timeout=300)

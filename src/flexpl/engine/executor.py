@@ -152,9 +152,41 @@ def _split(work: dict[str, int], n: int) -> list[list[str]]:
     return [[name for name in work if owner[name] == w] for w in range(n)]
 
 
-def _serve(conn: Any, eng: Engine, by_name: dict[str, NodeData]) -> None:
-    """A worker: train the data nodes it is sent, node by node, on the shared weights; report losses."""
+def _start_worker(inherited: list[Any]) -> None:
+    """First thing in a forked worker: one thread, die with the parent, drop the parent's pipe ends.
+
+    Without closing the parent's ends of every pipe (inherited by the fork), a worker never
+    sees end-of-file when the parent dies; ``PR_SET_PDEATHSIG`` also kills it at once then.
+    """
     torch.set_num_threads(1)
+    for c in inherited:
+        c.close()
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: end-of-file on the pipe still ends the worker
+        pass
+
+
+def _fork_workers(target: Callable[..., None], args: tuple, workers: int) -> tuple[list[Any], list[Any]]:
+    """``workers`` forked processes running ``target(conn, *args)``; returns the parent's pipe ends and the processes."""
+    ctx = mp.get_context("fork")
+    conns, procs = [], []
+    for _ in range(workers):
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=target, args=(child, [*conns, parent], *args), daemon=True)
+        p.start()
+        child.close()
+        conns.append(parent)
+        procs.append(p)
+    return conns, procs
+
+
+def _serve(conn: Any, inherited: list[Any], eng: Engine, by_name: dict[str, NodeData]) -> None:
+    """A worker: train the data nodes it is sent, node by node, on the shared weights; report losses."""
+    _start_worker(inherited)
     while True:
         try:
             msg = conn.recv()
@@ -181,16 +213,7 @@ class ProcessPool:
     """Worker processes forked from a set-up engine; they share its stacked weights (see the module docstring)."""
 
     def __init__(self, eng: Engine, by_name: dict[str, NodeData], workers: int) -> None:
-        ctx = mp.get_context("fork")
-        self.conns = []
-        self.procs = []
-        for _ in range(workers):
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=_serve, args=(child, eng, by_name), daemon=True)
-            p.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(p)
+        self.conns, self.procs = _fork_workers(_serve, (eng, by_name), workers)
         self.meta = {n: type(nd)(nd.name, torch.empty(nd.x.shape, dtype=nd.x.dtype, device="meta"),
                                  torch.empty(nd.y.shape, dtype=nd.y.dtype, device="meta"), nd.order_key)
                      for n, nd in by_name.items()}
@@ -287,11 +310,11 @@ def _unpack(buf: torch.Tensor, where: list[tuple[int, tuple]]) -> list[torch.Ten
     return out
 
 
-def _serve_steps(conn: Any, eng: Engine) -> None:
+def _serve_steps(conn: Any, inherited: list[Any], eng: Engine) -> None:
     """A step worker: runs forward and backward of its replicas of a stage on command (see StepPool)."""
     import torch.nn.functional as F
 
-    torch.set_num_threads(1)
+    _start_worker(inherited)
     theirs: dict[tuple, torch.Tensor] = {}  # the parent's buffers: inputs and output gradients
     mine = _Buffers()                        # outputs and input gradients
     live: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -361,15 +384,7 @@ class StepPool:
     """
 
     def __init__(self, eng: Engine, workers: int) -> None:
-        ctx = mp.get_context("fork")
-        self.conns, self.procs = [], []
-        for _ in range(workers):
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=_serve_steps, args=(child, eng), daemon=True)
-            p.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(p)
+        self.conns, self.procs = _fork_workers(_serve_steps, (eng,), workers)
         self.mine = [_Buffers() for _ in range(workers)]     # inputs and output gradients, per worker
         self.theirs: list[dict[tuple, torch.Tensor]] = [{} for _ in range(workers)]
         self.chunks: dict[int, list[Any]] = {}  # stage -> this step's chunks, one per worker

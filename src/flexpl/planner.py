@@ -882,29 +882,126 @@ def _slice(t: Trace, lo: int, hi: int) -> Trace:
     return Trace(**{name: getattr(t, name)[lo:hi] for name in Trace.__dataclass_fields__})
 
 
+class _FlatRound:
+    """A compressed round unrolled into int-coded arrays, in :func:`expand`'s order, for the whole-round clock.
+
+    The same clock as ``schedule`` (``costs.trace.schedule_range`` from time 0): actions taken
+    in order of (ready time, place in the round), each resource first come first served,
+    with the same float operations, so the times are the simulator's to the last bit. Only
+    the representation differs: resources are numbered, successors are listed once, and
+    nothing but the end times is kept, which makes it about twice as fast on long rounds.
+    """
+
+    def __init__(self, ct: Compressed) -> None:
+        t = ct.trace
+        codes: dict[str, int] = {}
+        rcode = [codes.setdefault(r, len(codes)) for r in t.resource]
+        self.n_res = len(codes)
+        res: list[int] = []
+        dur: list[float] = []
+        succ: list[list[int]] = []
+        indeg: list[int] = []
+        id_map = [0] * len(t)
+        split = None
+        deps = t.deps
+        for lo, hi, extra in ct.blocks:
+            if lo >= ct.split and split is None:
+                split = len(res)
+            n = hi - lo
+            rs, ds = rcode[lo:hi], t.duration[lo:hi]
+            inner = [[d - lo for d in deps[i] if d >= lo] for i in range(lo, hi)]
+            first = [[id_map[d] for d in deps[i] if d < lo] for i in range(lo, hi)]
+            # later copies: a dependency on the block before is one on the copy before
+            back = [[d - lo + n for d in deps[i] if lo - n <= d < lo] for i in range(lo, hi)] if extra else []
+            fixed = [[id_map[d] for d in deps[i] if d < lo - n] for i in range(lo, hi)] if extra else []
+            prev = -1
+            for k in range(extra + 1):
+                base = len(res)
+                res.extend(rs)
+                dur.extend(ds)
+                succ.extend([] for _ in range(n))
+                for j in range(n):
+                    g = base + j
+                    for d in inner[j]:
+                        succ[base + d].append(g)
+                    if k:
+                        outer = [prev + d for d in back[j]] + fixed[j]
+                    else:
+                        outer = first[j]
+                    for d in outer:
+                        succ[d].append(g)
+                    indeg.append(len(inner[j]) + len(outer))
+                prev = base
+            for i in range(lo, hi):
+                id_map[i] = prev + i - lo
+        self.res, self.dur, self.succ, self.indeg = res, dur, succ, indeg
+        self.split = len(res) if split is None else split
+
+    def run(self, n: int) -> tuple[list[float], list[float]]:
+        """End and ready times of the first ``n`` actions scheduled on their own (``n`` = all or the split)."""
+        import heapq
+
+        res, dur = self.res, self.dur
+        succ = self.succ if n == len(res) else [s if not s or s[-1] < n else [j for j in s if j < n]
+                                                 for s in self.succ[:n]]
+        indeg = self.indeg[:n]
+        ready = [0.0] * n
+        end = [0.0] * n
+        free = [0.0] * self.n_res
+        heap = [(0.0, i) for i in range(n) if not indeg[i]]
+        pop, push = heapq.heappop, heapq.heappush
+        while heap:
+            t, i = pop(heap)
+            r = res[i]
+            f = free[r]
+            e = (t if t >= f else f) + dur[i]
+            free[r] = e
+            end[i] = e
+            for j in succ[i]:
+                if e > ready[j]:
+                    ready[j] = e
+                k = indeg[j] - 1
+                indeg[j] = k
+                if not k:
+                    push(heap, (ready[j], j))
+        return end, ready
+
+
 def makespans(ct: Compressed) -> tuple[float, float, bool]:
     """Makespan of the round without and with its upload, and whether the fast clock was exact alone."""
-    from flexpl.costs.trace import schedule, schedule_range
-
     got = _Clock(ct).run()
     if got is not None:
         return got[0], got[1], True
-    full, split = expand(ct)  # the simulator's way: the whole round on one clock
-    n = len(full)
-    start, end, ready = [0.0] * n, [0.0] * n, [0.0] * n
-    schedule_range(full, 0, n, 0.0, start, end, ready, {})
+    t_prefix, t_full = flat_makespans(_FlatRound(ct), (True, True))
+    assert t_prefix is not None and t_full is not None
+    return t_prefix, t_full, False
+
+
+def flat_makespans(flat: _FlatRound, need: tuple[bool, bool]) -> tuple[float | None, float | None]:
+    """Makespans of the round without and with its upload, each scheduled over the whole round.
+
+    ``need`` says which of the two are wanted; the other comes back as None unless it
+    costs nothing extra (the upload went behind every training action on its resources).
+    """
+    n, split = len(flat.res), flat.split
+    if not need[1]:
+        return max(flat.run(split)[0], default=0.0), None
+    end, ready = flat.run(n)
     t_full = max(end, default=0.0)
     if split == n:
-        return t_full, t_full, False
+        return t_full, t_full
     # without the upload the rest runs the same, unless an upload went ahead of a training
     # action on some node or link (then the round without it is scheduled on its own)
-    last: dict[str, float] = {}
+    res = flat.res
+    last = [-math.inf] * flat.n_res
     for i in range(split):
-        if ready[i] > last.get(full.resource[i], -math.inf):
-            last[full.resource[i]] = ready[i]
-    if all(ready[i] >= last.get(full.resource[i], -math.inf) for i in range(split, n)):
-        return max(end[:split], default=0.0), t_full, False
-    return max(schedule(_slice(full, 0, split), 0.0)[1], default=0.0), t_full, False
+        if ready[i] > last[res[i]]:
+            last[res[i]] = ready[i]
+    if all(ready[i] >= last[res[i]] for i in range(split, n)):
+        return max(end[:split], default=0.0), t_full
+    if not need[0]:
+        return None, t_full
+    return max(flat.run(split)[0], default=0.0), t_full
 
 
 # ---------------------------------------------------------------------------------- a plan in context
@@ -961,10 +1058,38 @@ class RoundCost:
 
 @dataclass
 class WalkedRound:
-    """A walked round: its costs without and with the end-of-round upload, and the activations seen."""
+    """A walked round: its costs without and with the end-of-round upload, and the activations seen.
+
+    The makespans are clocked on demand (:meth:`clock`): a plan that uploads every round never
+    needs the round without its upload, and where the whole round has to be scheduled in
+    full, each of the two is a separate schedule.
+    """
 
     cost: dict[bool, RoundCost]
     activations: dict[tuple[int, int], int]
+    compressed: Compressed | None = None
+    _flat: _FlatRound | None = None
+
+    def clock(self, uploads: set[bool]) -> None:
+        """Fill in the makespans of the rounds ``uploads`` asks for (False: without, True: with the upload)."""
+        if all(not math.isnan(self.cost[u].makespan) for u in uploads):
+            return
+        assert self.compressed is not None
+        if self._flat is None:
+            got = _Clock(self.compressed).run()
+            if got is not None:
+                self.cost[False].makespan, self.cost[True].makespan = got
+                self.compressed = None  # both known: the trace is no longer needed
+                return
+            self._flat = _FlatRound(self.compressed)
+            for u in (False, True):
+                self.cost[u].exact_fast = False
+        want = tuple(u in uploads and math.isnan(self.cost[u].makespan) for u in (False, True))
+        for u, t in zip((False, True), flat_makespans(self._flat, want)):  # type: ignore[arg-type]
+            if t is not None:
+                self.cost[u].makespan = t
+        if all(not math.isnan(self.cost[u].makespan) for u in (False, True)):
+            self.compressed = self._flat = None
 
 
 @dataclass
@@ -1105,7 +1230,6 @@ class Planner:
             walk = ShapeWalk(ctx)
             walk.relay_holder = holder
             ct = walk.walk(selected, download, collect)
-            t_prefix, t_full, fast = makespans(ct)
             repeat = ct.repeat()
             prefix = Totals.empty(self.topo)
             prefix.add_actions(_slice(ct.trace, 0, ct.split), self.topo, repeat[:ct.split])
@@ -1119,8 +1243,8 @@ class Planner:
             raw = sum(t.amount[i] * repeat[i] for i in range(len(t))
                       if t.kind[i] != COMPUTE and t.src[i] in data
                       and (t.what[i] in ("data", "input") or (t.what[i] == "activation" and t.label[i] in raw_into)))
-            hit = self._walks[key] = WalkedRound({False: RoundCost(prefix, t_prefix, fast, raw),
-                                                  True: RoundCost(full, t_full, fast, raw)}, ct.activations)
+            hit = self._walks[key] = WalkedRound({False: RoundCost(prefix, math.nan, True, raw),
+                                                  True: RoundCost(full, math.nan, True, raw)}, ct.activations, ct)
         return hit
 
     def predict(self, cand: Candidate) -> Prediction:
@@ -1147,9 +1271,14 @@ class Planner:
         raw_bytes = 0
         fast = True
         activations: dict[tuple[int, int], int] = {}
-        for kind, count in kinds.items():
-            walked = self.round_cost(ctx, kind)
-            rc = walked.cost[kind[2] and bool(ctx.fed_round)]
+        walks = [(self.round_cost(ctx, kind), kind[2] and bool(ctx.fed_round), count) for kind, count in kinds.items()]
+        needs: dict[int, tuple[WalkedRound, set[bool]]] = {}
+        for walked, upload, _ in walks:
+            needs.setdefault(id(walked), (walked, set()))[1].add(upload)
+        for walked, uploads in needs.values():
+            walked.clock(uploads)
+        for walked, upload, count in walks:
+            rc = walked.cost[upload]
             _add_scaled(total, rc.totals, count)
             sim_time += rc.makespan * count
             raw_bytes += rc.raw_bytes * count

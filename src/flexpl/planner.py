@@ -668,10 +668,13 @@ class _Clock:
     TOL = 1e-13
     MAX_MERGE = 4  # blocks a late block may be merged back into before giving up on block-by-block
 
-    def __init__(self, ct: Compressed) -> None:
+    def __init__(self, ct: Compressed, max_unrolled: int | None = None) -> None:
         from flexpl.costs.trace import Trace
 
         self.ct = ct
+        # give up once this many actions are unrolled: the whole-round clock (_FlatRound) is
+        # then cheaper than jumping, which unrolls a round that never settles almost in full
+        self.max_unrolled = max_unrolled
         self.w = Trace()  # the unrolled trace (copies stamped as needed)
         self.start: list[float] = []
         self.end: list[float] = []
@@ -753,6 +756,8 @@ class _Clock:
         rescheduling a jumped block or more than ``MAX_MERGE`` blocks together."""
         from flexpl.costs.trace import schedule_range
 
+        if self.max_unrolled is not None and hi > self.max_unrolled:
+            return None
         self.units.append((lo, dict(self.free), dict(self.maxr), 1))
         first = len(self.units) - 1
         merged = 1
@@ -888,8 +893,11 @@ class _FlatRound:
     The same clock as ``schedule`` (``costs.trace.schedule_range`` from time 0): actions taken
     in order of (ready time, place in the round), each resource first come first served,
     with the same float operations, so the times are the simulator's to the last bit. Only
-    the representation differs: resources are numbered, successors are listed once, and
-    nothing but the end times is kept, which makes it about twice as fast on long rounds.
+    the representation differs: resources are numbered, and a copy of a repeated block
+    lists its successors as the block's offsets from the copy's start (``base[i] + o`` for
+    ``o`` in ``succ[i]``), so unrolling a copy allocates nothing per action. Actions of the
+    last copy and of blocks that do not repeat list theirs in full (``base[i] = 0``),
+    including those in later blocks.
     """
 
     def __init__(self, ct: Compressed) -> None:
@@ -900,6 +908,7 @@ class _FlatRound:
         res: list[int] = []
         dur: list[float] = []
         succ: list[list[int]] = []
+        bases: list[int] = []
         indeg: list[int] = []
         id_map = [0] * len(t)
         split = None
@@ -909,61 +918,85 @@ class _FlatRound:
                 split = len(res)
             n = hi - lo
             rs, ds = rcode[lo:hi], t.duration[lo:hi]
-            inner = [[d - lo for d in deps[i] if d >= lo] for i in range(lo, hi)]
-            first = [[id_map[d] for d in deps[i] if d < lo] for i in range(lo, hi)]
-            # later copies: a dependency on the block before is one on the copy before
-            back = [[d - lo + n for d in deps[i] if lo - n <= d < lo] for i in range(lo, hi)] if extra else []
-            fixed = [[id_map[d] for d in deps[i] if d < lo - n] for i in range(lo, hi)] if extra else []
-            prev = -1
+            # successors inside a copy, and in the next copy too (a dependency on the block
+            # before is one on the copy before), as offsets from the copy's start
+            inner: list[list[int]] = [[] for _ in range(n)]
+            both: list[list[int]] = [[] for _ in range(n)]
+            deg = [len(deps[i]) for i in range(lo, hi)]
+            ext0: list[tuple[int, int]] = []  # (offset, earlier action) the first copy depends on
+            extk: list[tuple[int, int]] = []  # the same for later copies: before the copy before
+            for j in range(n):
+                for d in deps[lo + j]:
+                    if d >= lo:
+                        inner[d - lo].append(j)
+                        both[d - lo].append(j)
+                    else:
+                        ext0.append((j, id_map[d]))
+                        if d >= lo - n:
+                            both[d - lo + n].append(n + j)
+                        else:
+                            extk.append((j, id_map[d]))
             for k in range(extra + 1):
                 base = len(res)
                 res.extend(rs)
                 dur.extend(ds)
-                succ.extend([] for _ in range(n))
-                for j in range(n):
-                    g = base + j
-                    for d in inner[j]:
-                        succ[base + d].append(g)
-                    if k:
-                        outer = [prev + d for d in back[j]] + fixed[j]
-                    else:
-                        outer = first[j]
-                    for d in outer:
-                        succ[d].append(g)
-                    indeg.append(len(inner[j]) + len(outer))
-                prev = base
+                indeg.extend(deg)
+                if k < extra:
+                    succ.extend(both)
+                    bases.extend([base] * n)
+                else:  # the last copy: absolute ids, so that later blocks can add theirs
+                    succ.extend([[base + o for o in tpl] for tpl in inner])
+                    bases.extend([0] * n)
+                for j, g in (extk if k else ext0):
+                    succ[g].append(base + j)  # g is in a last copy or a block that does not repeat
+            last = len(res) - n
             for i in range(lo, hi):
-                id_map[i] = prev + i - lo
-        self.res, self.dur, self.succ, self.indeg = res, dur, succ, indeg
+                id_map[i] = last + i - lo
+        self.res, self.dur, self.succ, self.base, self.indeg = res, dur, succ, bases, indeg
         self.split = len(res) if split is None else split
 
     def run(self, n: int) -> tuple[list[float], list[float]]:
         """End and ready times of the first ``n`` actions scheduled on their own (``n`` = all or the split)."""
         import heapq
 
-        res, dur = self.res, self.dur
-        succ = self.succ if n == len(res) else [s if not s or s[-1] < n else [j for j in s if j < n]
-                                                 for s in self.succ[:n]]
+        res, dur, base = self.res, self.dur, self.base
+        succ = self.succ if n == len(res) else [
+            s if not s or b or s[-1] < n else [j for j in s if j < n] for s, b in zip(self.succ[:n], base)]
         indeg = self.indeg[:n]
         ready = [0.0] * n
         end = [0.0] * n
         free = [0.0] * self.n_res
         heap = [(0.0, i) for i in range(n) if not indeg[i]]
-        pop, push = heapq.heappop, heapq.heappush
-        while heap:
-            t, i = pop(heap)
+        if not heap:
+            return end, ready
+        heapq.heapify(heap)
+        push, pushpop = heapq.heappush, heapq.heappushpop
+        item = heapq.heappop(heap)
+        while True:
+            t, i = item
             r = res[i]
             f = free[r]
             e = (t if t >= f else f) + dur[i]
             free[r] = e
             end[i] = e
-            for j in succ[i]:
+            nxt = -1
+            b = base[i]
+            for o in succ[i]:
+                j = b + o
                 if e > ready[j]:
                     ready[j] = e
                 k = indeg[j] - 1
                 indeg[j] = k
                 if not k:
-                    push(heap, (ready[j], j))
+                    if nxt >= 0:
+                        push(heap, (ready[nxt], nxt))
+                    nxt = j
+            if nxt >= 0:  # the next action is often the one just released: no trip through the heap
+                item = pushpop(heap, (ready[nxt], nxt))
+            elif heap:
+                item = heapq.heappop(heap)
+            else:
+                break
         return end, ready
 
 
@@ -1076,7 +1109,8 @@ class WalkedRound:
             return
         assert self.compressed is not None
         if self._flat is None:
-            got = _Clock(self.compressed).run()
+            ct = self.compressed
+            got = _Clock(ct, sum((hi - lo) * (1 + extra) for lo, hi, extra in ct.blocks) // 4).run()
             if got is not None:
                 self.cost[False].makespan, self.cost[True].makespan = got
                 self.compressed = None  # both known: the trace is no longer needed

@@ -588,6 +588,8 @@ def _step_blocks(schedule: str, selected: list[str], sizes: dict[str, list[int]]
     still training (round_robin); a step is ((node, batch size), ...) plus which step-level
     syncs fall due after it.
     """
+    if not sync_every:
+        return _step_runs(schedule, selected, sizes, node_major)
     joint = 0
 
     def due() -> tuple[bool, ...]:
@@ -626,6 +628,43 @@ def _step_blocks(schedule: str, selected: list[str], sizes: dict[str, list[int]]
             out[-1] = ("steps", out[-1][1] + 1, payload)
         else:
             out.append((kind, 1, payload))
+    return out
+
+
+def _step_runs(schedule: str, selected: list[str], sizes: dict[str, list[int]],
+               node_major: bool) -> list[tuple[str, int, Any]]:
+    """:func:`_step_blocks` without step-level syncs, from where batch sizes change instead of step by step."""
+    from itertools import groupby
+
+    out: list[tuple[str, int, Any]] = []
+
+    def add(count: int, payload: tuple) -> None:
+        if out and out[-1][0] == "steps" and out[-1][2] == payload:
+            out[-1] = ("steps", out[-1][1] + count, payload)
+        else:
+            out.append(("steps", count, payload))
+
+    if schedule == "sequential" or (schedule == "lockstep" and node_major):
+        for n in selected:
+            if schedule == "sequential":
+                out.append(("relay", 1, n))
+            for b, same in groupby(sizes[n]):
+                add(len(list(same)), ((((n, b),), ()),))
+        return out
+    # lockstep or round_robin: step (turn) t holds every node with more than t batches
+    cuts = {0}
+    for n in selected:
+        t = 0
+        for _, same in groupby(sizes[n]):
+            t += len(list(same))
+            cuts.add(t)
+    bounds = sorted(cuts)
+    for a, b in zip(bounds, bounds[1:]):
+        batch = tuple((n, sizes[n][a]) for n in selected if a < len(sizes[n]))
+        if schedule == "round_robin":
+            add(b - a, tuple(((x,), ()) for x in batch))
+        else:
+            add(b - a, ((batch, ()),))
     return out
 
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import heapq
 import math
 import operator
 import re
@@ -993,26 +994,52 @@ class _FlatRound:
                 id_map[i] = last + i - lo
         self.res, self.dur, self.succ, self.base, self.indeg = res, dur, succ, bases, indeg
         self.split = len(res) if split is None else split
+        self.fork: tuple | None = None  # see run()
 
-    def run(self, n: int) -> tuple[list[float], list[float]]:
-        """End and ready times of the first ``n`` actions scheduled on their own (``n`` = all or the split)."""
-        import heapq
+    def run(self, n: int, fork: int | None = None) -> tuple[list[float], list[float]]:
+        """End and ready times of the first ``n`` actions scheduled on their own (``n`` = all or the split).
 
-        res, dur, base = self.res, self.dur, self.base
-        succ = self.succ if n == len(res) else [
-            s if not s or b or s[-1] < n else [j for j in s if j < n] for s, b in zip(self.succ[:n], base)]
+        With ``fork``, the state just before the first action at or after ``fork`` is taken
+        is kept in ``self.fork``: up to there, the round without its upload runs the same
+        (see :meth:`resume`).
+        """
         indeg = self.indeg[:n]
         ready = [0.0] * n
         end = [0.0] * n
-        free = [0.0] * self.n_res
         heap = [(0.0, i) for i in range(n) if not indeg[i]]
-        if not heap:
-            return end, ready
         heapq.heapify(heap)
+        self._sweep(heap, ready, end, [0.0] * self.n_res, indeg, self._successors(n), n if fork is None else fork)
+        return end, ready
+
+    def resume(self) -> list[float]:
+        """End times of the actions before the split, scheduled without the upload, from ``self.fork``."""
+        assert self.fork is not None
+        heap, ready, end, free, indeg = self.fork
+        self.fork = None  # the sweep below uses it up
+        split = self.split
+        heap = [x for x in heap if x[1] < split]
+        heapq.heapify(heap)
+        self._sweep(heap, ready, end, free, indeg, self._successors(split), len(self.res))
+        return end[:split]
+
+    def _successors(self, n: int) -> list[list[int]]:
+        if n == len(self.res):
+            return self.succ
+        return [s if not s or b or s[-1] < n else [j for j in s if j < n] for s, b in zip(self.succ[:n], self.base)]
+
+    def _sweep(self, heap: list[tuple[float, int]], ready: list[float], end: list[float], free: list[float],
+               indeg: list[int], succ: list[list[int]], fork: int) -> None:
+        """The clock's loop: take the action ready first (then first in the round) until none is left."""
+        if not heap:
+            return
+        res, dur, base = self.res, self.dur, self.base
         push, pushpop = heapq.heappush, heapq.heappushpop
         item = heapq.heappop(heap)
         while True:
             t, i = item
+            if i >= fork:  # the first upload action: keep the state for resume()
+                self.fork = ([*heap, item], ready[:], end[:], free[:], indeg[:])
+                fork = len(res)
             r = res[i]
             f = free[r]
             e = (t if t >= f else f) + dur[i]
@@ -1036,7 +1063,6 @@ class _FlatRound:
                 item = heapq.heappop(heap)
             else:
                 break
-        return end, ready
 
 
 def makespans(ct: Compressed) -> tuple[float, float, bool]:
@@ -1057,8 +1083,10 @@ def flat_makespans(flat: _FlatRound, need: tuple[bool, bool]) -> tuple[float | N
     """
     n, split = len(flat.res), flat.split
     if not need[1]:
+        if flat.fork is not None:  # the round with its upload was clocked: go on from where they part
+            return max(flat.resume(), default=0.0), None
         return max(flat.run(split)[0], default=0.0), None
-    end, ready = flat.run(n)
+    end, ready = flat.run(n, fork=split)
     t_full = max(end, default=0.0)
     if split == n:
         return t_full, t_full
@@ -1073,7 +1101,7 @@ def flat_makespans(flat: _FlatRound, need: tuple[bool, bool]) -> tuple[float | N
         return max(end[:split], default=0.0), t_full
     if not need[0]:
         return None, t_full
-    return max(flat.run(split)[0], default=0.0), t_full
+    return max(flat.resume(), default=0.0), t_full
 
 
 # ---------------------------------------------------------------------------------- a plan in context
@@ -1142,14 +1170,20 @@ class WalkedRound:
     compressed: Compressed | None = None
     _flat: _FlatRound | None = None
 
-    def clock(self, uploads: set[bool]) -> None:
-        """Fill in the makespans of the rounds ``uploads`` asks for (False: without, True: with the upload)."""
+    def clock(self, uploads: set[bool], try_fast: bool = True) -> None:
+        """Fill in the makespans of the rounds ``uploads`` asks for (False: without, True: with the upload).
+
+        ``try_fast=False`` goes straight to the whole-round clock (the caller knows that the
+        block clock gave up on another round of the same plan).
+        """
         if all(not math.isnan(self.cost[u].makespan) for u in uploads):
             return
         assert self.compressed is not None
         if self._flat is None:
             ct = self.compressed
-            got = _Clock(ct, sum((hi - lo) * (1 + extra) for lo, hi, extra in ct.blocks) // 4).run()
+            got = None
+            if try_fast:
+                got = _Clock(ct, sum((hi - lo) * (1 + extra) for lo, hi, extra in ct.blocks) // 4).run()
             if got is not None:
                 self.cost[False].makespan, self.cost[True].makespan = got
                 self.compressed = None  # both known: the trace is no longer needed
@@ -1348,8 +1382,10 @@ class Planner:
         needs: dict[int, tuple[WalkedRound, set[bool]]] = {}
         for walked, upload, _ in walks:
             needs.setdefault(id(walked), (walked, set()))[1].add(upload)
+        fast_ok = True  # rounds of one plan differ little: once the block clock gives up, skip it
         for walked, uploads in needs.values():
-            walked.clock(uploads)
+            walked.clock(uploads, fast_ok)
+            fast_ok = fast_ok and walked.cost[True].exact_fast
         for walked, upload, count in walks:
             rc = walked.cost[upload]
             _add_scaled(total, rc.totals, count)

@@ -1033,8 +1033,8 @@ class _FlatRound:
         if not heap:
             return
         res, dur, base = self.res, self.dur, self.base
-        push, pushpop = heapq.heappush, heapq.heappushpop
-        item = heapq.heappop(heap)
+        push, pushpop, pop = heapq.heappush, heapq.heappushpop, heapq.heappop
+        item = pop(heap)
         while True:
             t, i = item
             if i >= fork:  # the first upload action: keep the state for resume()
@@ -1045,9 +1045,23 @@ class _FlatRound:
             e = (t if t >= f else f) + dur[i]
             free[r] = e
             end[i] = e
+            after = succ[i]
+            if len(after) == 1:  # most actions have one successor: the same as below, shorter
+                j = base[i] + after[0]
+                if e > ready[j]:
+                    ready[j] = e
+                k = indeg[j] - 1
+                indeg[j] = k
+                if not k:
+                    item = pushpop(heap, (ready[j], j))
+                elif heap:
+                    item = pop(heap)
+                else:
+                    break
+                continue
             nxt = -1
             b = base[i]
-            for o in succ[i]:
+            for o in after:
                 j = b + o
                 if e > ready[j]:
                     ready[j] = e
@@ -1060,7 +1074,7 @@ class _FlatRound:
             if nxt >= 0:  # the next action is often the one just released: no trip through the heap
                 item = pushpop(heap, (ready[nxt], nxt))
             elif heap:
-                item = heapq.heappop(heap)
+                item = pop(heap)
             else:
                 break
 
@@ -1135,6 +1149,7 @@ class PlanContext:
     junction_stage: int | None = None
     independent_paths: bool = False  # as Engine.independent_paths: no replica or node shared between data nodes
     _probes: dict[tuple, StageProbe] = field(default_factory=dict)
+    walk_key: str = ""  # the plan with round-level FedAvg every round (see Planner.round_cost)
 
     def probe(self, s: int, shape: tuple[int, ...]) -> StageProbe:
         """Stage ``s`` on an input of ``shape`` (cached per context for the walk's hot path)."""
@@ -1329,7 +1344,9 @@ class Planner:
         only in their FedAvg period share walks, since the period only decides which rounds sync.
         """
         selected, download, _upload, holder, collect = kind
-        key = (repr(_round_synced(ctx.plan)), selected, download, holder, collect)
+        if not ctx.walk_key:
+            ctx.walk_key = repr(_round_synced(ctx.plan))
+        key = (ctx.walk_key, selected, download, holder, collect)
         hit = self._walks.get(key)
         if hit is None:
             from flexpl.costs.trace import COMPUTE, Totals
@@ -1340,7 +1357,7 @@ class Planner:
             repeat = ct.repeat()
             prefix = Totals.empty(self.topo)
             prefix.add_actions(_slice(ct.trace, 0, ct.split), self.topo, repeat[:ct.split])
-            full = copy.deepcopy(prefix)
+            full = _copy_totals(prefix)
             full.add_actions(_slice(ct.trace, ct.split, len(ct.trace)), self.topo, repeat[ct.split:])
             # raw samples leave a data node as collected data, as a first stage's input, or as the
             # "activation" of an empty front stage (cut 0), i.e. into a stage that starts at block 0
@@ -1459,6 +1476,13 @@ def _round_synced(plan: Plan) -> Plan:
     return replace(plan, stages=tuple(
         replace(st, sync=replace(st.sync, every=1)) if st.sync.kind == "fedavg" and st.sync.unit == "round" else st
         for st in plan.stages))
+
+
+def _copy_totals(t: Totals) -> Totals:
+    """A copy of ``t`` (its counters are numbers in two levels of dicts: cheaper than ``deepcopy``)."""
+    from dataclasses import replace
+
+    return replace(t, node={n: dict(d) for n, d in t.node.items()}, link={n: dict(d) for n, d in t.link.items()})
 
 
 def _per(total: int, rounds: int) -> int | float:

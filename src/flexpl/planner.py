@@ -809,8 +809,9 @@ class _Clock:
             # the block-by-block clock equals the whole-round clock while every resource
             # still serves actions in the order they became ready
             hoisted, src_of = self.hoist_last, self.src_of
-            if all(ready[i] >= maxr0.get(res[i], -math.inf)
-                   and (ready[i], src_of[i]) > hoisted.get(res[i], (-math.inf, 0)) for i in range(ulo, hi)):
+            if all(ready[i] >= maxr0.get(res[i], -math.inf) for i in range(ulo, hi)) and (
+                    not hoisted or all((ready[i], src_of[i]) > hoisted.get(res[i], (-math.inf, 0))
+                                       for i in range(ulo, hi))):
                 break
             first -= 1
             # merging far back means the blocks interleave for good (devices lapping each
@@ -950,6 +951,7 @@ class _FlatRound:
         succ: list[list[int]] = []
         bases: list[int] = []
         indeg: list[int] = []
+        roots: list[int] = []
         id_map = [0] * len(t)
         split = None
         deps = t.deps
@@ -963,6 +965,7 @@ class _FlatRound:
             inner: list[list[int]] = [[] for _ in range(n)]
             both: list[list[int]] = [[] for _ in range(n)]
             deg = [len(deps[i]) for i in range(lo, hi)]
+            free = [j for j in range(n) if not deg[j]]
             ext0: list[tuple[int, int]] = []  # (offset, earlier action) the first copy depends on
             extk: list[tuple[int, int]] = []  # the same for later copies: before the copy before
             for j in range(n):
@@ -981,6 +984,7 @@ class _FlatRound:
                 res.extend(rs)
                 dur.extend(ds)
                 indeg.extend(deg)
+                roots.extend([base + j for j in free])
                 if k < extra:
                     succ.extend(both)
                     bases.extend([base] * n)
@@ -995,6 +999,7 @@ class _FlatRound:
         self.res, self.dur, self.succ, self.base, self.indeg = res, dur, succ, bases, indeg
         self.split = len(res) if split is None else split
         self.fork: tuple | None = None  # see run()
+        self.roots = roots  # actions that depend on nothing, in order
 
     def run(self, n: int, fork: int | None = None) -> tuple[list[float], list[float]]:
         """End and ready times of the first ``n`` actions scheduled on their own (``n`` = all or the split).
@@ -1006,8 +1011,7 @@ class _FlatRound:
         indeg = self.indeg[:n]
         ready = [0.0] * n
         end = [0.0] * n
-        heap = [(0.0, i) for i in range(n) if not indeg[i]]
-        heapq.heapify(heap)
+        heap = [(0.0, i) for i in self.roots if i < n]  # in order: already a heap
         self._sweep(heap, ready, end, [0.0] * self.n_res, indeg, self._successors(n), n if fork is None else fork)
         return end, ready
 
@@ -1106,12 +1110,11 @@ def flat_makespans(flat: _FlatRound, need: tuple[bool, bool]) -> tuple[float | N
         return t_full, t_full
     # without the upload the rest runs the same, unless an upload went ahead of a training
     # action on some node or link (then the round without it is scheduled on its own)
-    res = flat.res
-    last = [-math.inf] * flat.n_res
-    for i in range(split):
-        if ready[i] > last[res[i]]:
-            last[res[i]] = ready[i]
-    if all(ready[i] >= last[res[i]] for i in range(split, n)):
+    import numpy as np
+
+    res, rdy = np.asarray(flat.res[:split]), np.asarray(ready[:split])
+    last = {r: rdy[res == r].max(initial=-math.inf) for r in set(flat.res[split:])}
+    if all(ready[i] >= last[flat.res[i]] for i in range(split, n)):
         return max(end[:split], default=0.0), t_full
     if not need[0]:
         return None, t_full
@@ -1356,9 +1359,9 @@ class Planner:
             ct = walk.walk(selected, download, collect)
             repeat = ct.repeat()
             prefix = Totals.empty(self.topo)
-            prefix.add_actions(_slice(ct.trace, 0, ct.split), self.topo, repeat[:ct.split])
+            prefix.add_actions(_merged(ct.trace, 0, ct.split, repeat), self.topo)
             full = _copy_totals(prefix)
-            full.add_actions(_slice(ct.trace, ct.split, len(ct.trace)), self.topo, repeat[ct.split:])
+            full.add_actions(_merged(ct.trace, ct.split, len(ct.trace), repeat), self.topo)
             # raw samples leave a data node as collected data, as a first stage's input, or as the
             # "activation" of an empty front stage (cut 0), i.e. into a stage that starts at block 0
             t, data = ct.trace, set(ctx.data_nodes)
@@ -1476,6 +1479,42 @@ def _round_synced(plan: Plan) -> Plan:
     return replace(plan, stages=tuple(
         replace(st, sync=replace(st.sync, every=1)) if st.sync.kind == "fedavg" and st.sync.unit == "round" else st
         for st in plan.stages))
+
+
+def _merged(t: Trace, lo: int, hi: int, repeat: list[int]) -> Trace:
+    """Actions ``lo..hi-1`` of ``t``, each counted ``repeat[i]`` times, merged into one per (kind, node/link, sender, receiver).
+
+    ``Totals.add_actions`` adds FLOPs, bytes, busy time and energy per node and link, which
+    only depend on those four and on the summed amount and duration: the same totals (FLOPs
+    and bytes exactly, times and energy to rounding) from a few dozen actions.
+    """
+    from flexpl.costs.trace import Trace
+
+    acc: dict[tuple, list] = {}
+    kind, res, src, dst, amount, dur, wasted = t.kind, t.resource, t.src, t.dst, t.amount, t.duration, t.wasted
+    for i in range(lo, hi):
+        key = (kind[i], res[i], src[i], dst[i])
+        k = repeat[i]
+        a = acc.get(key)
+        if a is None:
+            acc[key] = [amount[i] * k, dur[i] * k, wasted[i] * k]
+        else:
+            a[0] += amount[i] * k
+            a[1] += dur[i] * k
+            a[2] += wasted[i] * k
+    out = Trace()
+    for (kd, r, s, d), (a, du, w) in acc.items():
+        out.kind.append(kd)
+        out.resource.append(r)
+        out.src.append(s)
+        out.dst.append(d)
+        out.amount.append(a)
+        out.duration.append(du)
+        out.wasted.append(w)
+        out.deps.append(())
+        out.what.append("")
+        out.label.append("")
+    return out
 
 
 def _copy_totals(t: Totals) -> Totals:

@@ -83,15 +83,18 @@ class Recorder:
 
     def _deps(self, deps: Iterable[Event]) -> tuple[int, ...]:
         # events of earlier rounds are done before this round starts: drop them
-        return tuple(sorted({d for d in deps if d is not None and d >= self.base}))
+        base = self.base
+        kept = {d for d in deps if d is not None and d >= base}
+        return tuple(sorted(kept)) if len(kept) > 1 else tuple(kept)
 
     def _add(self, kind: int, resource: str, duration: float, deps: tuple[int, ...], what: str,
              amount: int, src: str, dst: str, label: str, wasted: int = 0) -> int:
         t = self.trace
+        base = self.base
         t.kind.append(kind)
         t.resource.append(resource)
         t.duration.append(duration)
-        t.deps.append(tuple(d - self.base for d in deps))
+        t.deps.append(tuple([d - base for d in deps]) if base else tuple(deps))
         t.what.append(what)
         t.amount.append(amount)
         t.src.append(src)
@@ -114,9 +117,10 @@ class Recorder:
             return d[-1] if len(d) == 1 else (self.compute(src, 0, d, "join") if d else None)
         prev = self._deps(deps)
         ev: int = -1
+        loss = self.loss
         for h in hops:
             tries = 1
-            p = self.loss.get(h.link, 0.0)
+            p = loss.get(h.link, 0.0) if loss else 0.0
             if p > 0 and self.loss_rng is not None:  # lost transmissions are resent until one arrives
                 tries = int(self.loss_rng.geometric(1.0 - p))
             duration = tries * (h.latency_s + 8.0 * nbytes / h.bandwidth_bps)

@@ -1033,54 +1033,11 @@ class _FlatRound:
 
     def _sweep(self, heap: list[tuple[float, int]], ready: list[float], end: list[float], free: list[float],
                indeg: list[int], succ: list[list[int]], fork: int) -> None:
-        """The clock's loop: take the action ready first (then first in the round) until none is left."""
-        if not heap:
-            return
-        res, dur, base = self.res, self.dur, self.base
-        push, pushpop, pop = heapq.heappush, heapq.heappushpop, heapq.heappop
-        item = pop(heap)
-        while True:
-            t, i = item
-            if i >= fork:  # the first upload action: keep the state for resume()
-                self.fork = ([*heap, item], ready[:], end[:], free[:], indeg[:])
-                fork = len(res)
-            r = res[i]
-            f = free[r]
-            e = (t if t >= f else f) + dur[i]
-            free[r] = e
-            end[i] = e
-            after = succ[i]
-            if len(after) == 1:  # most actions have one successor: the same as below, shorter
-                j = base[i] + after[0]
-                if e > ready[j]:
-                    ready[j] = e
-                k = indeg[j] - 1
-                indeg[j] = k
-                if not k:
-                    item = pushpop(heap, (ready[j], j))
-                elif heap:
-                    item = pop(heap)
-                else:
-                    break
-                continue
-            nxt = -1
-            b = base[i]
-            for o in after:
-                j = b + o
-                if e > ready[j]:
-                    ready[j] = e
-                k = indeg[j] - 1
-                indeg[j] = k
-                if not k:
-                    if nxt >= 0:
-                        push(heap, (ready[nxt], nxt))
-                    nxt = j
-            if nxt >= 0:  # the next action is often the one just released: no trip through the heap
-                item = pushpop(heap, (ready[nxt], nxt))
-            elif heap:
-                item = pop(heap)
-            else:
-                break
+        from flexpl.costs.trace import sweep
+
+        kept = sweep(heap, self.res, self.dur, succ, self.base, indeg, ready, None, end, free, fork)
+        if kept is not None:  # the first upload action: keep the state for resume()
+            self.fork = kept
 
 
 def makespans(ct: Compressed) -> tuple[float, float, bool]:

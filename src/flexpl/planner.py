@@ -708,10 +708,15 @@ class _Clock:
     TOL = 1e-13
     MAX_MERGE = 4  # blocks a late block may be merged back into before giving up on block-by-block
 
-    def __init__(self, ct: Compressed, max_unrolled: int | None = None) -> None:
+    ALL_COLUMNS = ("kind", "resource", "duration", "what", "amount", "src", "dst", "label", "wasted")
+    CLOCK_COLUMNS = ("kind", "resource", "duration")  # what the clock reads (besides deps)
+
+    def __init__(self, ct: Compressed, max_unrolled: int | None = None, columns: tuple[str, ...] = CLOCK_COLUMNS
+                 ) -> None:
         from flexpl.costs.trace import Trace
 
         self.ct = ct
+        self.columns = columns  # the unrolled trace's columns that are filled in (expand() wants all)
         # give up once this many actions are unrolled: the whole-round clock (_FlatRound) is
         # then cheaper than jumping, which unrolls a round that never settles almost in full
         self.max_unrolled = max_unrolled
@@ -744,7 +749,7 @@ class _Clock:
                 else:
                     ds.append(id_map[d])
             w.deps.append(tuple(ds))
-        for name in ("kind", "resource", "duration", "what", "amount", "src", "dst", "label", "wasted"):
+        for name in self.columns:
             getattr(w, name).extend(getattr(src, name)[lo:hi])
         self.src_of.extend(range(lo, hi))
         pad = [0.0] * n
@@ -760,9 +765,10 @@ class _Clock:
         for j, i in enumerate(idx):
             w.deps.append(tuple(id_map[d] for d in src.deps[i]))
             id_map[i] = base + j
-        for name in ("kind", "resource", "duration", "what", "amount", "src", "dst", "label", "wasted"):
-            col = getattr(src, name)
-            getattr(w, name).extend(col[i] for i in idx)
+        pick = operator.itemgetter(*idx)
+        for name in self.columns:
+            got = pick(getattr(src, name))
+            getattr(w, name).extend(got if len(idx) > 1 else (got,))
         self.src_of.extend(idx)
         pad = [0.0] * len(idx)
         self.start.extend(pad)
@@ -908,7 +914,7 @@ class _Clock:
 
 def expand(ct: Compressed) -> tuple[Trace, int]:
     """The round's full trace (every copy stamped), and where its upload starts in it."""
-    clk = _Clock(ct)
+    clk = _Clock(ct, columns=_Clock.ALL_COLUMNS)
     split = None
     for lo, hi, extra in ct.blocks:
         if lo >= ct.split and split is None:

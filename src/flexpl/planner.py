@@ -1164,7 +1164,7 @@ class WalkedRound:
             ct = self.compressed
             got = None
             if try_fast:
-                got = _Clock(ct, sum((hi - lo) * (1 + extra) for lo, hi, extra in ct.blocks) // 4).run()
+                got = _Clock(ct, sum((hi - lo) * (1 + extra) for lo, hi, extra in ct.blocks) // 8).run()
             if got is not None:
                 self.cost[False].makespan, self.cost[True].makespan = got
                 self.compressed = None  # both known: the trace is no longer needed

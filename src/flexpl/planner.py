@@ -35,8 +35,13 @@ From then on it does so exactly, because the clock rules are invariant under a t
 shift, so the clock jumps over the remaining copies. Scheduling block by block equals
 scheduling the whole round only while no action overtakes an earlier block's action on
 the same resource: the clock checks this, merges the blocks when it happens, and where
-it cannot (SplitFed devices lapping each other at a shared server) it expands the round
-in full and schedules it with ``schedule``, exactly as the simulator does.
+it cannot (SplitFed devices lapping each other at a shared server, raw inputs streaming
+ahead of the model), or once it has unrolled an eighth of the round without settling, it
+schedules the whole round with the simulator's own loop (``costs.trace.sweep``, which
+``schedule`` runs), straight from the compressed form: the copies of a block share one
+list of successors, as offsets (``_FlatRound``). The round without its upload runs the
+same until the first upload action is taken; it goes on from there (``_FlatRound.resume``).
+Makespans are clocked only for the rounds a plan has (``WalkedRound.clock``).
 """
 
 from __future__ import annotations
@@ -937,9 +942,9 @@ def _slice(t: Trace, lo: int, hi: int) -> Trace:
 class _FlatRound:
     """A compressed round unrolled into int-coded arrays, in :func:`expand`'s order, for the whole-round clock.
 
-    The same clock as ``schedule`` (``costs.trace.schedule_range`` from time 0): actions taken
-    in order of (ready time, place in the round), each resource first come first served,
-    with the same float operations, so the times are the simulator's to the last bit. Only
+    The simulator's clock (``schedule`` from time 0): the same loop, ``costs.trace.sweep``,
+    takes actions in order of (ready time, place in the round), each resource first come
+    first served, so the times are the simulator's to the last bit (a test checks). Only
     the representation differs: resources are numbered, and a copy of a repeated block
     lists its successors as the block's offsets from the copy's start (``base[i] + o`` for
     ``o`` in ``succ[i]``), so unrolling a copy allocates nothing per action. Actions of the

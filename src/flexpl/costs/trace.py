@@ -195,13 +195,17 @@ def sweep(heap: list[tuple[float, int]], res: list[int], dur: list[float], succ:
         after = succ[i]
         if len(after) == 1:  # most actions have one successor: the same as below, shorter
             j = base[i] + after[0]
-            if e > ready[j]:
-                ready[j] = e
             k = indeg[j] - 1
             indeg[j] = k
-            if not k:
-                item = pushpop(heap, (ready[j], j))
-            elif heap:
+            if not k:  # released: its ready time is the latest end of its dependencies
+                rj = ready[j]
+                if e > rj:
+                    ready[j] = rj = e
+                item = pushpop(heap, (rj, j))
+                continue
+            if e > ready[j]:
+                ready[j] = e
+            if heap:
                 item = pop(heap)
             else:
                 break

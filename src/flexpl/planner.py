@@ -1071,7 +1071,8 @@ def flat_makespans(flat: _FlatRound, need: tuple[bool, bool]) -> tuple[float | N
     if not need[1]:
         if flat.fork is not None:  # the round with its upload was clocked: go on from where they part
             return max(flat.resume(), default=0.0), None
-        return max(flat.run(split)[0], default=0.0), None
+        t_prefix = max(flat.run(split)[0], default=0.0)
+        return t_prefix, (t_prefix if split == n else None)  # no upload: both are the same
     end, ready = flat.run(n, fork=split)
     t_full = max(end, default=0.0)
     if split == n:

@@ -128,6 +128,39 @@ def test_the_fast_clock_equals_scheduling_the_whole_round():
     assert jumped >= 10
 
 
+def test_the_whole_round_clock_equals_schedule_to_the_bit():
+    """Where the block clock gives up, the round is clocked whole from its compressed form (copies
+    of a block share their successor lists); it equals ``schedule`` on the expanded round exactly,
+    with and without the upload, also when the round without it goes on from where they part."""
+    from flexpl.costs.trace import schedule_range
+
+    scn = edge_scenario(["training.local_epochs=3", "training.rounds=1"])
+    planner = P.Planner(scn)
+    forked = 0
+    for cand in planner.candidates():
+        ctx = planner.context(cand)
+        for kind in planner.round_kinds(ctx):
+            walk = P.ShapeWalk(ctx)
+            walk.relay_holder = kind[3]
+            ct = walk.walk(kind[0], kind[1], kind[4])
+            full, split = P.expand(ct)
+            start, end = schedule(full, 0.0)
+            n = len(full)
+            s2, e2, r2 = [0.0] * n, [0.0] * n, [0.0] * n
+            schedule_range(full, 0, n, 0.0, s2, e2, r2, {})  # the block clock's slice clock
+            assert (start, end) == (s2, e2), cand.label
+            want = max(schedule(P._slice(full, 0, split), 0.0)[1], default=0.0)
+            flat = P._FlatRound(ct)
+            assert flat.run(n)[0] == end, cand.label
+            assert P.flat_makespans(flat, (True, True)) == (want, max(end, default=0.0)), cand.label
+            flat = P._FlatRound(ct)
+            flat.run(n, fork=flat.split)
+            if flat.fork is not None:
+                forked += 1
+                assert max(flat.resume()) == want, cand.label
+    assert forked >= 10
+
+
 def test_every_candidate_is_a_complete_scenario_that_runs():
     scn = edge_scenario(["training.rounds=1", "training.max_steps_per_round=2"])
     planner = P.Planner(scn)

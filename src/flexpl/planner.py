@@ -35,8 +35,13 @@ From then on it does so exactly, because the clock rules are invariant under a t
 shift, so the clock jumps over the remaining copies. Scheduling block by block equals
 scheduling the whole round only while no action overtakes an earlier block's action on
 the same resource: the clock checks this, merges the blocks when it happens, and where
-it cannot (SplitFed devices lapping each other at a shared server) it expands the round
-in full and schedules it with ``schedule``, exactly as the simulator does.
+it cannot (SplitFed devices lapping each other at a shared server, raw inputs streaming
+ahead of the model), or once it has unrolled an eighth of the round without settling, it
+schedules the whole round with the simulator's own loop (``costs.trace.sweep``, which
+``schedule`` runs), straight from the compressed form: the copies of a block share one
+list of successors, as offsets (``_FlatRound``). The round without its upload runs the
+same until the first upload action is taken; it goes on from there (``_FlatRound.resume``).
+Makespans are clocked only for the rounds a plan has (``WalkedRound.clock``).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import heapq
 import math
 import operator
 import re
@@ -588,6 +594,8 @@ def _step_blocks(schedule: str, selected: list[str], sizes: dict[str, list[int]]
     still training (round_robin); a step is ((node, batch size), ...) plus which step-level
     syncs fall due after it.
     """
+    if not sync_every:
+        return _step_runs(schedule, selected, sizes, node_major)
     joint = 0
 
     def due() -> tuple[bool, ...]:
@@ -626,6 +634,43 @@ def _step_blocks(schedule: str, selected: list[str], sizes: dict[str, list[int]]
             out[-1] = ("steps", out[-1][1] + 1, payload)
         else:
             out.append((kind, 1, payload))
+    return out
+
+
+def _step_runs(schedule: str, selected: list[str], sizes: dict[str, list[int]],
+               node_major: bool) -> list[tuple[str, int, Any]]:
+    """:func:`_step_blocks` without step-level syncs, from where batch sizes change instead of step by step."""
+    from itertools import groupby
+
+    out: list[tuple[str, int, Any]] = []
+
+    def add(count: int, payload: tuple) -> None:
+        if out and out[-1][0] == "steps" and out[-1][2] == payload:
+            out[-1] = ("steps", out[-1][1] + count, payload)
+        else:
+            out.append(("steps", count, payload))
+
+    if schedule == "sequential" or (schedule == "lockstep" and node_major):
+        for n in selected:
+            if schedule == "sequential":
+                out.append(("relay", 1, n))
+            for b, same in groupby(sizes[n]):
+                add(len(list(same)), ((((n, b),), ()),))
+        return out
+    # lockstep or round_robin: step (turn) t holds every node with more than t batches
+    cuts = {0}
+    for n in selected:
+        t = 0
+        for _, same in groupby(sizes[n]):
+            t += len(list(same))
+            cuts.add(t)
+    bounds = sorted(cuts)
+    for a, b in zip(bounds, bounds[1:]):
+        batch = tuple((n, sizes[n][a]) for n in selected if a < len(sizes[n]))
+        if schedule == "round_robin":
+            add(b - a, tuple(((x,), ()) for x in batch))
+        else:
+            add(b - a, ((batch, ()),))
     return out
 
 
@@ -668,10 +713,18 @@ class _Clock:
     TOL = 1e-13
     MAX_MERGE = 4  # blocks a late block may be merged back into before giving up on block-by-block
 
-    def __init__(self, ct: Compressed) -> None:
+    ALL_COLUMNS = ("kind", "resource", "duration", "what", "amount", "src", "dst", "label", "wasted")
+    CLOCK_COLUMNS = ("kind", "resource", "duration")  # what the clock reads (besides deps)
+
+    def __init__(self, ct: Compressed, max_unrolled: int | None = None, columns: tuple[str, ...] = CLOCK_COLUMNS
+                 ) -> None:
         from flexpl.costs.trace import Trace
 
         self.ct = ct
+        self.columns = columns  # the unrolled trace's columns that are filled in (expand() wants all)
+        # give up once this many actions are unrolled: the whole-round clock (_FlatRound) is
+        # then cheaper than jumping, which unrolls a round that never settles almost in full
+        self.max_unrolled = max_unrolled
         self.w = Trace()  # the unrolled trace (copies stamped as needed)
         self.start: list[float] = []
         self.end: list[float] = []
@@ -701,7 +754,7 @@ class _Clock:
                 else:
                     ds.append(id_map[d])
             w.deps.append(tuple(ds))
-        for name in ("kind", "resource", "duration", "what", "amount", "src", "dst", "label", "wasted"):
+        for name in self.columns:
             getattr(w, name).extend(getattr(src, name)[lo:hi])
         self.src_of.extend(range(lo, hi))
         pad = [0.0] * n
@@ -717,9 +770,10 @@ class _Clock:
         for j, i in enumerate(idx):
             w.deps.append(tuple(id_map[d] for d in src.deps[i]))
             id_map[i] = base + j
-        for name in ("kind", "resource", "duration", "what", "amount", "src", "dst", "label", "wasted"):
-            col = getattr(src, name)
-            getattr(w, name).extend(col[i] for i in idx)
+        pick = operator.itemgetter(*idx)
+        for name in self.columns:
+            got = pick(getattr(src, name))
+            getattr(w, name).extend(got if len(idx) > 1 else (got,))
         self.src_of.extend(idx)
         pad = [0.0] * len(idx)
         self.start.extend(pad)
@@ -753,6 +807,8 @@ class _Clock:
         rescheduling a jumped block or more than ``MAX_MERGE`` blocks together."""
         from flexpl.costs.trace import schedule_range
 
+        if self.max_unrolled is not None and hi > self.max_unrolled:
+            return None
         self.units.append((lo, dict(self.free), dict(self.maxr), 1))
         first = len(self.units) - 1
         merged = 1
@@ -764,8 +820,9 @@ class _Clock:
             # the block-by-block clock equals the whole-round clock while every resource
             # still serves actions in the order they became ready
             hoisted, src_of = self.hoist_last, self.src_of
-            if all(ready[i] >= maxr0.get(res[i], -math.inf)
-                   and (ready[i], src_of[i]) > hoisted.get(res[i], (-math.inf, 0)) for i in range(ulo, hi)):
+            if all(ready[i] >= maxr0.get(res[i], -math.inf) for i in range(ulo, hi)) and (
+                    not hoisted or all((ready[i], src_of[i]) > hoisted.get(res[i], (-math.inf, 0))
+                                       for i in range(ulo, hi))):
                 break
             first -= 1
             # merging far back means the blocks interleave for good (devices lapping each
@@ -862,7 +919,7 @@ class _Clock:
 
 def expand(ct: Compressed) -> tuple[Trace, int]:
     """The round's full trace (every copy stamped), and where its upload starts in it."""
-    clk = _Clock(ct)
+    clk = _Clock(ct, columns=_Clock.ALL_COLUMNS)
     split = None
     for lo, hi, extra in ct.blocks:
         if lo >= ct.split and split is None:
@@ -882,29 +939,155 @@ def _slice(t: Trace, lo: int, hi: int) -> Trace:
     return Trace(**{name: getattr(t, name)[lo:hi] for name in Trace.__dataclass_fields__})
 
 
+class _FlatRound:
+    """A compressed round unrolled into int-coded arrays, in :func:`expand`'s order, for the whole-round clock.
+
+    The simulator's clock (``schedule`` from time 0): the same loop, ``costs.trace.sweep``,
+    takes actions in order of (ready time, place in the round), each resource first come
+    first served, so the times are the simulator's to the last bit (a test checks). Only
+    the representation differs: resources are numbered, and a copy of a repeated block
+    lists its successors as the block's offsets from the copy's start (``base[i] + o`` for
+    ``o`` in ``succ[i]``), so unrolling a copy allocates nothing per action. Actions of the
+    last copy and of blocks that do not repeat list theirs in full (``base[i] = 0``),
+    including those in later blocks.
+    """
+
+    def __init__(self, ct: Compressed) -> None:
+        t = ct.trace
+        codes: dict[str, int] = {}
+        rcode = [codes.setdefault(r, len(codes)) for r in t.resource]
+        self.n_res = len(codes)
+        res: list[int] = []
+        dur: list[float] = []
+        succ: list[list[int]] = []
+        bases: list[int] = []
+        indeg: list[int] = []
+        roots: list[int] = []
+        id_map = [0] * len(t)
+        split = None
+        deps = t.deps
+        for lo, hi, extra in ct.blocks:
+            if lo >= ct.split and split is None:
+                split = len(res)
+            n = hi - lo
+            rs, ds = rcode[lo:hi], t.duration[lo:hi]
+            # successors inside a copy, and in the next copy too (a dependency on the block
+            # before is one on the copy before), as offsets from the copy's start
+            inner: list[list[int]] = [[] for _ in range(n)]
+            both: list[list[int]] = [[] for _ in range(n)]
+            deg = [len(deps[i]) for i in range(lo, hi)]
+            free = [j for j in range(n) if not deg[j]]
+            ext0: list[tuple[int, int]] = []  # (offset, earlier action) the first copy depends on
+            extk: list[tuple[int, int]] = []  # the same for later copies: before the copy before
+            for j in range(n):
+                for d in deps[lo + j]:
+                    if d >= lo:
+                        inner[d - lo].append(j)
+                        both[d - lo].append(j)
+                    else:
+                        ext0.append((j, id_map[d]))
+                        if d >= lo - n:
+                            both[d - lo + n].append(n + j)
+                        else:
+                            extk.append((j, id_map[d]))
+            for k in range(extra + 1):
+                base = len(res)
+                res.extend(rs)
+                dur.extend(ds)
+                indeg.extend(deg)
+                roots.extend([base + j for j in free])
+                if k < extra:
+                    succ.extend(both)
+                    bases.extend([base] * n)
+                else:  # the last copy: absolute ids, so that later blocks can add theirs
+                    succ.extend([[base + o for o in tpl] for tpl in inner])
+                    bases.extend([0] * n)
+                for j, g in (extk if k else ext0):
+                    succ[g].append(base + j)  # g is in a last copy or a block that does not repeat
+            last = len(res) - n
+            for i in range(lo, hi):
+                id_map[i] = last + i - lo
+        self.res, self.dur, self.succ, self.base, self.indeg = res, dur, succ, bases, indeg
+        self.split = len(res) if split is None else split
+        self.fork: tuple | None = None  # see run()
+        self.roots = roots  # actions that depend on nothing, in order
+
+    def run(self, n: int, fork: int | None = None) -> tuple[list[float], list[float]]:
+        """End and ready times of the first ``n`` actions scheduled on their own (``n`` = all or the split).
+
+        With ``fork``, the state just before the first action at or after ``fork`` is taken
+        is kept in ``self.fork``: up to there, the round without its upload runs the same
+        (see :meth:`resume`).
+        """
+        indeg = self.indeg[:n]
+        ready = [0.0] * n
+        end = [0.0] * n
+        heap = [(0.0, i) for i in self.roots if i < n]  # in order: already a heap
+        self._sweep(heap, ready, end, [0.0] * self.n_res, indeg, self._successors(n), n if fork is None else fork)
+        return end, ready
+
+    def resume(self) -> list[float]:
+        """End times of the actions before the split, scheduled without the upload, from ``self.fork``."""
+        assert self.fork is not None
+        heap, ready, end, free, indeg = self.fork
+        self.fork = None  # the sweep below uses it up
+        split = self.split
+        heap = [x for x in heap if x[1] < split]
+        heapq.heapify(heap)
+        self._sweep(heap, ready, end, free, indeg, self._successors(split), len(self.res))
+        return end[:split]
+
+    def _successors(self, n: int) -> list[list[int]]:
+        if n == len(self.res):
+            return self.succ
+        return [s if not s or b or s[-1] < n else [j for j in s if j < n] for s, b in zip(self.succ[:n], self.base)]
+
+    def _sweep(self, heap: list[tuple[float, int]], ready: list[float], end: list[float], free: list[float],
+               indeg: list[int], succ: list[list[int]], fork: int) -> None:
+        from flexpl.costs.trace import sweep
+
+        kept = sweep(heap, self.res, self.dur, succ, self.base, indeg, ready, None, end, free, fork)
+        if kept is not None:  # the first upload action: keep the state for resume()
+            self.fork = kept
+
+
 def makespans(ct: Compressed) -> tuple[float, float, bool]:
     """Makespan of the round without and with its upload, and whether the fast clock was exact alone."""
-    from flexpl.costs.trace import schedule, schedule_range
-
     got = _Clock(ct).run()
     if got is not None:
         return got[0], got[1], True
-    full, split = expand(ct)  # the simulator's way: the whole round on one clock
-    n = len(full)
-    start, end, ready = [0.0] * n, [0.0] * n, [0.0] * n
-    schedule_range(full, 0, n, 0.0, start, end, ready, {})
+    t_prefix, t_full = flat_makespans(_FlatRound(ct), (True, True))
+    assert t_prefix is not None and t_full is not None
+    return t_prefix, t_full, False
+
+
+def flat_makespans(flat: _FlatRound, need: tuple[bool, bool]) -> tuple[float | None, float | None]:
+    """Makespans of the round without and with its upload, each scheduled over the whole round.
+
+    ``need`` says which of the two are wanted; the other comes back as None unless it
+    costs nothing extra (the upload went behind every training action on its resources).
+    """
+    n, split = len(flat.res), flat.split
+    if not need[1]:
+        if flat.fork is not None:  # the round with its upload was clocked: go on from where they part
+            return max(flat.resume(), default=0.0), None
+        t_prefix = max(flat.run(split)[0], default=0.0)
+        return t_prefix, (t_prefix if split == n else None)  # no upload: both are the same
+    end, ready = flat.run(n, fork=split)
     t_full = max(end, default=0.0)
     if split == n:
-        return t_full, t_full, False
+        return t_full, t_full
     # without the upload the rest runs the same, unless an upload went ahead of a training
     # action on some node or link (then the round without it is scheduled on its own)
-    last: dict[str, float] = {}
-    for i in range(split):
-        if ready[i] > last.get(full.resource[i], -math.inf):
-            last[full.resource[i]] = ready[i]
-    if all(ready[i] >= last.get(full.resource[i], -math.inf) for i in range(split, n)):
-        return max(end[:split], default=0.0), t_full, False
-    return max(schedule(_slice(full, 0, split), 0.0)[1], default=0.0), t_full, False
+    import numpy as np
+
+    res, rdy = np.asarray(flat.res[:split]), np.asarray(ready[:split])
+    last = {r: rdy[res == r].max(initial=-math.inf) for r in set(flat.res[split:])}
+    if all(ready[i] >= last[flat.res[i]] for i in range(split, n)):
+        return max(end[:split], default=0.0), t_full
+    if not need[0]:
+        return None, t_full
+    return max(flat.resume(), default=0.0), t_full
 
 
 # ---------------------------------------------------------------------------------- a plan in context
@@ -938,6 +1121,7 @@ class PlanContext:
     junction_stage: int | None = None
     independent_paths: bool = False  # as Engine.independent_paths: no replica or node shared between data nodes
     _probes: dict[tuple, StageProbe] = field(default_factory=dict)
+    walk_key: str = ""  # the plan with round-level FedAvg every round (see Planner.round_cost)
 
     def probe(self, s: int, shape: tuple[int, ...]) -> StageProbe:
         """Stage ``s`` on an input of ``shape`` (cached per context for the walk's hot path)."""
@@ -961,10 +1145,45 @@ class RoundCost:
 
 @dataclass
 class WalkedRound:
-    """A walked round: its costs without and with the end-of-round upload, and the activations seen."""
+    """A walked round: its costs without and with the end-of-round upload, and the activations seen.
+
+    The makespans are clocked on demand (:meth:`clock`): a plan that uploads every round never
+    needs the round without its upload, and where the whole round has to be scheduled in
+    full, each of the two is a separate schedule.
+    """
 
     cost: dict[bool, RoundCost]
     activations: dict[tuple[int, int], int]
+    compressed: Compressed | None = None
+    _flat: _FlatRound | None = None
+
+    def clock(self, uploads: set[bool], try_fast: bool = True) -> None:
+        """Fill in the makespans of the rounds ``uploads`` asks for (False: without, True: with the upload).
+
+        ``try_fast=False`` goes straight to the whole-round clock (the caller knows that the
+        block clock gave up on another round of the same plan).
+        """
+        if all(not math.isnan(self.cost[u].makespan) for u in uploads):
+            return
+        assert self.compressed is not None
+        if self._flat is None:
+            ct = self.compressed
+            got = None
+            if try_fast:
+                got = _Clock(ct, sum((hi - lo) * (1 + extra) for lo, hi, extra in ct.blocks) // 8).run()
+            if got is not None:
+                self.cost[False].makespan, self.cost[True].makespan = got
+                self.compressed = None  # both known: the trace is no longer needed
+                return
+            self._flat = _FlatRound(self.compressed)
+            for u in (False, True):
+                self.cost[u].exact_fast = False
+        want = tuple(u in uploads and math.isnan(self.cost[u].makespan) for u in (False, True))
+        for u, t in zip((False, True), flat_makespans(self._flat, want)):  # type: ignore[arg-type]
+            if t is not None:
+                self.cost[u].makespan = t
+        if all(not math.isnan(self.cost[u].makespan) for u in (False, True)):
+            self.compressed = self._flat = None
 
 
 @dataclass
@@ -1097,7 +1316,9 @@ class Planner:
         only in their FedAvg period share walks, since the period only decides which rounds sync.
         """
         selected, download, _upload, holder, collect = kind
-        key = (repr(_round_synced(ctx.plan)), selected, download, holder, collect)
+        if not ctx.walk_key:
+            ctx.walk_key = repr(_round_synced(ctx.plan))
+        key = (ctx.walk_key, selected, download, holder, collect)
         hit = self._walks.get(key)
         if hit is None:
             from flexpl.costs.trace import COMPUTE, Totals
@@ -1105,12 +1326,11 @@ class Planner:
             walk = ShapeWalk(ctx)
             walk.relay_holder = holder
             ct = walk.walk(selected, download, collect)
-            t_prefix, t_full, fast = makespans(ct)
             repeat = ct.repeat()
             prefix = Totals.empty(self.topo)
-            prefix.add_actions(_slice(ct.trace, 0, ct.split), self.topo, repeat[:ct.split])
-            full = copy.deepcopy(prefix)
-            full.add_actions(_slice(ct.trace, ct.split, len(ct.trace)), self.topo, repeat[ct.split:])
+            prefix.add_actions(_merged(ct.trace, 0, ct.split, repeat), self.topo)
+            full = _copy_totals(prefix)
+            full.add_actions(_merged(ct.trace, ct.split, len(ct.trace), repeat), self.topo)
             # raw samples leave a data node as collected data, as a first stage's input, or as the
             # "activation" of an empty front stage (cut 0), i.e. into a stage that starts at block 0
             t, data = ct.trace, set(ctx.data_nodes)
@@ -1119,8 +1339,8 @@ class Planner:
             raw = sum(t.amount[i] * repeat[i] for i in range(len(t))
                       if t.kind[i] != COMPUTE and t.src[i] in data
                       and (t.what[i] in ("data", "input") or (t.what[i] == "activation" and t.label[i] in raw_into)))
-            hit = self._walks[key] = WalkedRound({False: RoundCost(prefix, t_prefix, fast, raw),
-                                                  True: RoundCost(full, t_full, fast, raw)}, ct.activations)
+            hit = self._walks[key] = WalkedRound({False: RoundCost(prefix, math.nan, True, raw),
+                                                  True: RoundCost(full, math.nan, True, raw)}, ct.activations, ct)
         return hit
 
     def predict(self, cand: Candidate) -> Prediction:
@@ -1147,9 +1367,16 @@ class Planner:
         raw_bytes = 0
         fast = True
         activations: dict[tuple[int, int], int] = {}
-        for kind, count in kinds.items():
-            walked = self.round_cost(ctx, kind)
-            rc = walked.cost[kind[2] and bool(ctx.fed_round)]
+        walks = [(self.round_cost(ctx, kind), kind[2] and bool(ctx.fed_round), count) for kind, count in kinds.items()]
+        needs: dict[int, tuple[WalkedRound, set[bool]]] = {}
+        for walked, upload, _ in walks:
+            needs.setdefault(id(walked), (walked, set()))[1].add(upload)
+        fast_ok = True  # rounds of one plan differ little: once the block clock gives up, skip it
+        for walked, uploads in needs.values():
+            walked.clock(uploads, fast_ok)
+            fast_ok = fast_ok and walked.cost[True].exact_fast
+        for walked, upload, count in walks:
+            rc = walked.cost[upload]
             _add_scaled(total, rc.totals, count)
             sim_time += rc.makespan * count
             raw_bytes += rc.raw_bytes * count
@@ -1221,6 +1448,49 @@ def _round_synced(plan: Plan) -> Plan:
     return replace(plan, stages=tuple(
         replace(st, sync=replace(st.sync, every=1)) if st.sync.kind == "fedavg" and st.sync.unit == "round" else st
         for st in plan.stages))
+
+
+def _merged(t: Trace, lo: int, hi: int, repeat: list[int]) -> Trace:
+    """Actions ``lo..hi-1`` of ``t``, each counted ``repeat[i]`` times, merged into one per (kind, node/link, sender, receiver).
+
+    ``Totals.add_actions`` adds FLOPs, bytes, busy time and energy per node and link, which
+    only depend on those four and on the summed amount and duration: the same totals (FLOPs
+    and bytes exactly, times and energy to rounding) from a few dozen actions.
+    """
+    from flexpl.costs.trace import Trace
+
+    acc: dict[tuple, list] = {}
+    kind, res, src, dst, amount, dur, wasted = t.kind, t.resource, t.src, t.dst, t.amount, t.duration, t.wasted
+    for i in range(lo, hi):
+        key = (kind[i], res[i], src[i], dst[i])
+        k = repeat[i]
+        a = acc.get(key)
+        if a is None:
+            acc[key] = [amount[i] * k, dur[i] * k, wasted[i] * k]
+        else:
+            a[0] += amount[i] * k
+            a[1] += dur[i] * k
+            a[2] += wasted[i] * k
+    out = Trace()
+    for (kd, r, s, d), (a, du, w) in acc.items():
+        out.kind.append(kd)
+        out.resource.append(r)
+        out.src.append(s)
+        out.dst.append(d)
+        out.amount.append(a)
+        out.duration.append(du)
+        out.wasted.append(w)
+        out.deps.append(())
+        out.what.append("")
+        out.label.append("")
+    return out
+
+
+def _copy_totals(t: Totals) -> Totals:
+    """A copy of ``t`` (its counters are numbers in two levels of dicts: cheaper than ``deepcopy``)."""
+    from dataclasses import replace
+
+    return replace(t, node={n: dict(d) for n, d in t.node.items()}, link={n: dict(d) for n, d in t.link.items()})
 
 
 def _per(total: int, rounds: int) -> int | float:

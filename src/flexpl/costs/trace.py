@@ -83,15 +83,18 @@ class Recorder:
 
     def _deps(self, deps: Iterable[Event]) -> tuple[int, ...]:
         # events of earlier rounds are done before this round starts: drop them
-        return tuple(sorted({d for d in deps if d is not None and d >= self.base}))
+        base = self.base
+        kept = {d for d in deps if d is not None and d >= base}
+        return tuple(sorted(kept)) if len(kept) > 1 else tuple(kept)
 
     def _add(self, kind: int, resource: str, duration: float, deps: tuple[int, ...], what: str,
              amount: int, src: str, dst: str, label: str, wasted: int = 0) -> int:
         t = self.trace
+        base = self.base
         t.kind.append(kind)
         t.resource.append(resource)
         t.duration.append(duration)
-        t.deps.append(tuple(d - self.base for d in deps))
+        t.deps.append(tuple([d - base for d in deps]) if base else tuple(deps))
         t.what.append(what)
         t.amount.append(amount)
         t.src.append(src)
@@ -114,9 +117,10 @@ class Recorder:
             return d[-1] if len(d) == 1 else (self.compute(src, 0, d, "join") if d else None)
         prev = self._deps(deps)
         ev: int = -1
+        loss = self.loss
         for h in hops:
             tries = 1
-            p = self.loss.get(h.link, 0.0)
+            p = loss.get(h.link, 0.0) if loss else 0.0
             if p > 0 and self.loss_rng is not None:  # lost transmissions are resent until one arrives
                 tries = int(self.loss_rng.geometric(1.0 - p))
             duration = tries * (h.latency_s + 8.0 * nbytes / h.bandwidth_bps)
@@ -136,12 +140,95 @@ def schedule(trace: Trace, t0: float) -> tuple[list[float], list[float]]:
     """Place every action on the virtual clock: start when its deps are done and its resource is free.
 
     Actions are taken in order of the time they become ready (ties by program order), so
-    each resource serves its queue first come, first served.
+    each resource serves its queue first come, first served (see :func:`sweep`).
     """
     n = len(trace)
+    codes: dict[str, int] = {}
+    res = [codes.setdefault(r, len(codes)) for r in trace.resource]
+    succ: list[list[int]] = [[] for _ in range(n)]
+    indeg = [0] * n
+    for i, ds in enumerate(trace.deps):
+        indeg[i] = len(ds)
+        for d in ds:
+            succ[d].append(i)
     start, end, ready = [0.0] * n, [0.0] * n, [t0] * n
-    schedule_range(trace, 0, n, t0, start, end, ready, {})
+    heap = [(t0, i) for i in range(n) if not indeg[i]]  # in order: already a heap
+    sweep(heap, res, trace.duration, succ, [0] * n, indeg, ready, start, end, [t0] * len(codes))
     return start, end
+
+
+def sweep(heap: list[tuple[float, int]], res: list[int], dur: list[float], succ: list[list[int]],
+          base: list[int], indeg: list[int], ready: list[float], start: list[float] | None, end: list[float],
+          free: list[float], fork: int | None = None) -> tuple | None:
+    """The clock's loop over actions numbered ``0..n-1``, from ``heap`` (the (ready time, id) of actions
+    that can start) until no action is left; fills ``start`` (unless None), ``end`` and ``ready``.
+
+    The action ready first (ties: the lower id, i.e. earlier in the program) is taken next;
+    it starts when its resource ``res[i]`` (numbered) is free and holds it for ``dur[i]``.
+    The successors of ``i`` are ``base[i] + o`` for ``o`` in ``succ[i]`` (the planner lists a
+    repeated block's successors once, as offsets); ``indeg`` counts unfinished dependencies.
+    :func:`schedule` (the simulator's clock) and the planner's whole-round clock both run it.
+
+    With ``fork``, returns (heap, ready, end, free, indeg) as they were just before the first
+    action with id ``>= fork`` was taken (copies), or None if there is none.
+    """
+    if not heap:
+        return None
+    push, pushpop, pop = heapq.heappush, heapq.heappushpop, heapq.heappop
+    kept = None
+    if fork is None:
+        fork = len(res)
+    item = pop(heap)
+    while True:
+        t, i = item
+        if i >= fork:
+            kept = ([*heap, item], ready[:], end[:], free[:], indeg[:])
+            fork = len(res)
+        r = res[i]
+        f = free[r]
+        s = t if t >= f else f
+        e = s + dur[i]
+        free[r] = e
+        if start is not None:
+            start[i] = s
+        end[i] = e
+        after = succ[i]
+        if len(after) == 1:  # most actions have one successor: the same as below, shorter
+            j = base[i] + after[0]
+            k = indeg[j] - 1
+            indeg[j] = k
+            if not k:  # released: its ready time is the latest end of its dependencies
+                rj = ready[j]
+                if e > rj:
+                    ready[j] = rj = e
+                item = pushpop(heap, (rj, j))
+                continue
+            if e > ready[j]:
+                ready[j] = e
+            if heap:
+                item = pop(heap)
+            else:
+                break
+            continue
+        nxt = -1
+        b = base[i]
+        for o in after:
+            j = b + o
+            if e > ready[j]:
+                ready[j] = e
+            k = indeg[j] - 1
+            indeg[j] = k
+            if not k:
+                if nxt >= 0:
+                    push(heap, (ready[nxt], nxt))
+                nxt = j
+        if nxt >= 0:  # the next action is often the one just released: no trip through the heap
+            item = pushpop(heap, (ready[nxt], nxt))
+        elif heap:
+            item = pop(heap)
+        else:
+            break
+    return kept
 
 
 def schedule_range(trace: Trace, lo: int, hi: int, t0: float, start: list[float], end: list[float],

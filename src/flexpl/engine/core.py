@@ -210,12 +210,11 @@ class Engine:
                 groups.setdefault(self.layout.serves[s][m], []).append(m)
             join_features = self.features and s == self.junction_stage
             dim = 1 if join_features else 0
+            # replicas that run side by side: in worker processes (flexpl.engine.executor.StepPool) or vmapped
             vec: dict[int, tuple[VecChunk, int]] = {}
-            if join_features:
-                pass
-            elif self.remote is not None:  # worker processes run them (flexpl.engine.executor.StepPool)
+            if not join_features and self.remote is not None:
                 vec = self.remote.forward(self, s, groups, carry, batch, s == last)
-            elif self.vector_chunk:
+            elif not join_features and self.vector_chunk:
                 vec = self._vector_forward(s, groups, carry)
             new_carry: dict[str, tuple[torch.Tensor, str, Event]] = {}
             for ridx, members in groups.items():

@@ -85,7 +85,8 @@ def test_auto_picks_a_mode_per_plan_and_model() -> None:
     for strategy, stages, flops, expected in [
         ("fl", [big], 1e6, "processes"),          # FedAvg of a large model: worker processes
         ("fl", [big], 1e2, "sequential"),         # ... unless a round is too little work to fork for
-        ("fpl", [big, big], 1e6, "sequential"),   # step workers measured no faster: asked for only
+        ("fpl", [big, big], 1e7, "processes"),    # heavy fronts side by side in workers, step by step
+        ("fpl", [big, big], 1e6, "sequential"),   # light fronts: a worker round trip per step does not pay
         ("sl", [big, big], 1e6, "sequential"),    # one client at a time: nothing side by side
         ("fl", [conv], 1e6, "processes"),         # convolutions never vectorized by auto
     ]:

@@ -46,6 +46,13 @@ MODES = ("sequential", "processes", "vectorized")
 # which are slower on CPU than a loop (measured in the issue that asked for this), so
 # ``auto`` leaves them to processes.
 _VECTOR_FRIENDLY = (nn.Linear, nn.ReLU, nn.Flatten, nn.Tanh, nn.Sigmoid, nn.GELU, nn.Identity, nn.Sequential)
+# [Note: step workers] FPL-style plans run their fronts in workers step by step (StepPool);
+# every step then waits for the slowest worker and for the trunk. Side by side on the
+# project's 2-core machine (60k Fashion-MNIST samples, one round against one centralized
+# epoch): the CNN (24.6 MFLOP per sample forward) ran at 0.79-0.89 of the epoch in workers
+# against 0.94-1.03 in one process; the MLP (0.4 MFLOP) at 1.04-1.31 in workers against
+# 0.96-1.05 in one process. So auto uses step workers only from this much work per sample.
+_MIN_STEP_FLOPS = 5e6
 # Caps the worker count of every run in this process (``flexpl sweep --jobs N`` sets 1 in
 # its cell workers: the cells already share the cores).
 WORKERS_ENV = "FLEXPL_WORKERS"
@@ -116,14 +123,11 @@ def choose(scn: Scenario, plan: Plan, stage_modules: list[nn.Module], n_replicas
     if separable(plan) and workers >= 2 and work >= _MIN_PROCESS_FLOPS:
         return Choice("processes", f"independent data-node paths: a share of them per worker, {workers} cores",
                       workers)
+    if stepwise(plan) and workers >= 2 and work >= _MIN_PROCESS_FLOPS and flops_per_sample >= _MIN_STEP_FLOPS:
+        return Choice("processes", f"per-node replicas run side by side every step, {workers} cores", workers)
     if stepwise(plan):
-        # [Note: step workers] FPL-style plans can run their fronts in workers step by step
-        # (StepPool), but measured side by side on the project's 2-core machine that was no
-        # faster than one process with torch's intra-op threads (FPL CNN, 10 clients, 12k
-        # samples: 7.1 s vs 6.3 s per round; MLP, 100 clients: 2.0 s vs 1.8 s): every step
-        # waits for the slowest worker, then for the trunk. So auto leaves them sequential.
-        return Choice("sequential", "per-node replicas meet a shared stage every step; worker processes "
-                      "measured no faster here (engine.executor=processes runs them anyway)")
+        return Choice("sequential", "per-node replicas meet a shared stage every step and a sample is too little "
+                      "work to pay for a worker round trip per step (engine.executor=processes runs them anyway)")
     if not separable(plan):
         why = "no stage has replicas that run side by side"
     elif workers < 2:

@@ -173,3 +173,34 @@ def test_split_balances_work_and_keeps_order() -> None:
     shares = executor._split({"a": 10, "b": 1, "c": 9, "d": 2}, 2)
     assert sorted(sum({"a": 10, "b": 1, "c": 9, "d": 2}[n] for n in s) for s in shares) == [11, 11]
     assert all(s == sorted(s) for s in shares)
+
+
+def test_fpl_step_workers_when_trunks_serve_one_front_per_step() -> None:
+    """Two edges, skewed data: late steps leave one device per edge, so the trunks themselves run in workers."""
+    out = {}
+    for mode in ("sequential", "processes"):
+        data = {
+            "name": "two-edges", "seed": 0, "data": {"dataset": "digits", "partition": {"kind": "dirichlet",
+                                                                                         "alpha": 0.3}},
+            "model": {"name": "mlp", "hidden": [64, 32]},
+            "training": {"rounds": 2, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}},
+            "server": "cloud", "strategy": "fpl", "engine": {"executor": mode},
+            "nodes": [{"name": "cloud", "profile": "cloud-server"}, {"name": "edge{i}", "count": 2,
+                                                                     "profile": "edge-server"}]
+            + [{"name": f"dev{i}", "profile": "rpi4", "holds_data": True} for i in range(4)],
+            "links": [{"between": [f"dev{i}", f"edge{i // 2}"], "profile": "wifi"} for i in range(4)]
+            + [{"between": ["edge{i}", "cloud"], "count": 2, "profile": "fiber"}],
+        }
+        from flexpl.config import validate_scenario
+
+        scn = validate_scenario(data)
+        st = setup(scn)
+        res = run(scn, st=st)
+        assert st.executor.mode == mode
+        out[mode] = (res.summary, res.rounds, {n: path_state(st.engine, n) for n in scn.data_nodes})
+    (a, ra, wa), (b, rb, wb) = out["sequential"], out["processes"]
+    assert a["bytes_total"] == b["bytes_total"] and a["flops_total"] == b["flops_total"]
+    assert [r["train_loss"] for r in ra] == [r["train_loss"] for r in rb]
+    for n in wa:
+        for k in wa[n]:
+            assert torch.equal(wa[n][k], wb[n][k]), (n, k)

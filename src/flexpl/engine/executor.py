@@ -341,7 +341,7 @@ def _serve_steps(conn: Any, inherited: list[Any], eng: Engine) -> None:
                 if new_buf is not None:
                     theirs[(s, "in")] = new_buf
                 xs = _unpack(theirs[(s, "in")], where)
-                outs, losses = [], []
+                outs, losses, grads = [], [], []
                 for r, x in zip(rows, xs):
                     rep = eng.replicas[s][r]
                     x = x.requires_grad_(eng.input_grad[s])
@@ -351,11 +351,14 @@ def _serve_steps(conn: Any, inherited: list[Any], eng: Engine) -> None:
                         loss.backward()
                         losses.append(float(loss.detach()))
                         _step(rep)
+                        if x.requires_grad:  # e.g. an FPL trunk serving one front in this step
+                            grads.append(x.grad)
                     else:
                         live[(s, r)] = (x, out)
                     outs.append(out.detach())
                 where_out, buf = _pack(mine, (s, "out"), outs)
-                conn.send(("ok", where_out, buf, losses))
+                where_g, gbuf = _pack(mine, (s, "ingrad"), grads) if grads else ([], None)
+                conn.send(("ok", where_out, buf, losses, where_g, gbuf))
             elif msg[0] == "bwd":
                 _, s, rows, where, new_buf = msg
                 if new_buf is not None:
@@ -432,9 +435,11 @@ class StepPool:
         out: dict[int, tuple] = {}
         self.chunks[s] = []
         for w, part, where in sent:
-            _, where_out, buf, losses = self._recv(w)
+            _, where_out, buf, losses, where_g, gbuf = self._recv(w)
             if buf is not None:
                 self.theirs[w][(s, "out")] = buf
+            if gbuf is not None:
+                self.theirs[w][(s, "ingrad")] = gbuf
             outs = _unpack(self.theirs[w][(s, "out")], where_out)
             ins = _unpack(self.mine[w].bufs[(s, "in")], where)
             chunk = VecChunk(s, [r for r, _ in part], [m for _, m in part], ins, outs, remote=self)
@@ -443,6 +448,8 @@ class StepPool:
             if last:
                 chunk.losses = torch.tensor(losses, dtype=torch.float32)
                 chunk.done = chunk.stepped = True
+                if where_g:
+                    chunk.in_grads = _unpack(self.theirs[w][(s, "ingrad")], where_g)
             for i, (r, _) in enumerate(part):
                 out[r] = (chunk, i)
         return out

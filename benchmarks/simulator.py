@@ -25,14 +25,13 @@ import os
 import statistics
 import time
 
+import overhead  # the plain centralized loop, shared with benchmarks/overhead.py
 import torch
-import torch.nn.functional as F
 
 from flexpl.config import load_scenario
 from flexpl.data import Dataset, load_dataset
-from flexpl.engine.core import make_optimizer
+from flexpl.engine.executor import threads as threads_ctx
 from flexpl.engine.simulator import run, setup
-from flexpl.models import build_model
 
 CASES = ["fl-cnn-10", "fpl-cnn-10", "fl-cnn-100", "fpl-cnn-100",
          "fl-mlp-100", "fpl-mlp-100", "fl-mlp-1000", "fpl-mlp-1000"]
@@ -55,23 +54,9 @@ def case_sets(case: str) -> tuple[str, str, list[str]]:
 
 
 def centralized_epoch(model_name: str, data: Dataset, batch: int, threads: int, seed: int = 0) -> float:
-    """Wall time of one plain epoch over every training sample (shuffled), SGD lr 0.05 momentum 0.9."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        scn = load_scenario("cnn-100")
-        model = build_model(model_name, data.input_shape, data.num_classes, seed=seed)
-        opt = make_optimizer(model, scn.training.optimizer)
-        perm = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(seed))
-        x, y = data.train_x, data.train_y
-        t = time.perf_counter()
-        for idx in perm.split(batch):
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return time.perf_counter() - t
-    finally:
-        torch.set_num_threads(old)
+    """Wall time of one plain epoch over every training sample (benchmarks/overhead.py's loop) on ``threads``."""
+    with threads_ctx(threads):
+        return overhead.centralized_epoch(model_name, data.train_x, data.train_y, batch, seed)
 
 
 def simulated_rounds(case: str, data: Dataset, rounds: int) -> tuple[list[float], str, float]:

@@ -107,24 +107,29 @@ def test_groups_three_stages_sync_periods_and_sampled_clients(plan):
     _check_against_simulator(edge_scenario(["training.rounds=5", "training.clients_per_round=0.5"], plan=plan))
 
 
-def test_the_fast_clock_equals_scheduling_the_whole_round():
-    """Long rounds (10 local epochs): the clock jumps over repeated steps and still equals ``schedule``."""
-    scn = edge_scenario(["training.local_epochs=10", "training.rounds=1"])
+def _walked_rounds(scn):
+    """(candidate, compressed round) for every kind of round of every candidate plan of ``scn``."""
     planner = P.Planner(scn)
-    jumped = 0
     for cand in planner.candidates():
         ctx = planner.context(cand)
         for kind in planner.round_kinds(ctx):
             walk = P.ShapeWalk(ctx)
             walk.relay_holder = kind[3]
-            ct = walk.walk(kind[0], kind[1], kind[4])
-            got = P._Clock(ct).run()
-            if got is None:
-                continue
-            jumped += any(extra > 2 for _, _, extra in ct.blocks)
-            full, split = P.expand(ct)
-            assert _close(got[1], max(schedule(full, 0.0)[1])), cand.label
-            assert _close(got[0], max(schedule(P._slice(full, 0, split), 0.0)[1], default=0.0)), cand.label
+            yield cand, walk.walk(kind[0], kind[1], kind[4])
+
+
+def test_the_fast_clock_equals_scheduling_the_whole_round():
+    """Long rounds (10 local epochs): the clock jumps over repeated steps and still equals ``schedule``."""
+    scn = edge_scenario(["training.local_epochs=10", "training.rounds=1"])
+    jumped = 0
+    for cand, ct in _walked_rounds(scn):
+        got = P._Clock(ct).run()
+        if got is None:
+            continue
+        jumped += any(extra > 2 for _, _, extra in ct.blocks)
+        full, split = P.expand(ct)
+        assert _close(got[1], max(schedule(full, 0.0)[1])), cand.label
+        assert _close(got[0], max(schedule(P._slice(full, 0, split), 0.0)[1], default=0.0)), cand.label
     assert jumped >= 10
 
 
@@ -135,29 +140,23 @@ def test_the_whole_round_clock_equals_schedule_to_the_bit():
     from flexpl.costs.trace import schedule_range
 
     scn = edge_scenario(["training.local_epochs=3", "training.rounds=1"])
-    planner = P.Planner(scn)
     forked = 0
-    for cand in planner.candidates():
-        ctx = planner.context(cand)
-        for kind in planner.round_kinds(ctx):
-            walk = P.ShapeWalk(ctx)
-            walk.relay_holder = kind[3]
-            ct = walk.walk(kind[0], kind[1], kind[4])
-            full, split = P.expand(ct)
-            start, end = schedule(full, 0.0)
-            n = len(full)
-            s2, e2, r2 = [0.0] * n, [0.0] * n, [0.0] * n
-            schedule_range(full, 0, n, 0.0, s2, e2, r2, {})  # the block clock's slice clock
-            assert (start, end) == (s2, e2), cand.label
-            want = max(schedule(P._slice(full, 0, split), 0.0)[1], default=0.0)
-            flat = P._FlatRound(ct)
-            assert flat.run(n)[0] == end, cand.label
-            assert P.flat_makespans(flat, (True, True)) == (want, max(end, default=0.0)), cand.label
-            flat = P._FlatRound(ct)
-            flat.run(n, fork=flat.split)
-            if flat.fork is not None:
-                forked += 1
-                assert max(flat.resume()) == want, cand.label
+    for cand, ct in _walked_rounds(scn):
+        full, split = P.expand(ct)
+        start, end = schedule(full, 0.0)
+        n = len(full)
+        s2, e2, r2 = [0.0] * n, [0.0] * n, [0.0] * n
+        schedule_range(full, 0, n, 0.0, s2, e2, r2, {})  # the block clock's slice clock
+        assert (start, end) == (s2, e2), cand.label
+        want = max(schedule(P._slice(full, 0, split), 0.0)[1], default=0.0)
+        flat = P._FlatRound(ct)
+        assert flat.run(n)[0] == end, cand.label
+        assert P.flat_makespans(flat, (True, True)) == (want, max(end, default=0.0)), cand.label
+        flat = P._FlatRound(ct)
+        flat.run(n, fork=flat.split)
+        if flat.fork is not None:
+            forked += 1
+            assert max(flat.resume()) == want, cand.label
     assert forked >= 10
 
 

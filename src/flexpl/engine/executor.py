@@ -95,8 +95,9 @@ def stepwise(plan: Plan) -> bool:
 
 def vector_friendly(module: nn.Module) -> bool:
     """True when every layer of ``module`` is one that vmap runs fast on a CPU (Linear and pointwise)."""
-    return all(isinstance(m, _VECTOR_FRIENDLY) or type(m).__name__ == "BlockModel" or type(m).__name__ == "ModuleDict"
-               for m in module.modules())
+    from flexpl.models import BlockModel
+
+    return all(isinstance(m, (*_VECTOR_FRIENDLY, BlockModel, nn.ModuleDict)) for m in module.modules())
 
 
 def choose(scn: Scenario, plan: Plan, stage_modules: list[nn.Module], n_replicas: list[int],
@@ -194,6 +195,36 @@ def _fork_workers(target: Callable[..., None], args: tuple, workers: int) -> tup
     return conns, procs
 
 
+class _Workers:
+    """Forked worker processes and the parent's pipe ends: receive a reply, stop them."""
+
+    def __init__(self, target: Callable[..., None], args: tuple, workers: int) -> None:
+        self.conns, self.procs = _fork_workers(target, args, workers)
+
+    def _recv(self, w: int) -> tuple:
+        """Worker ``w``'s next ``("ok", ...)`` reply; a dead or failed worker stops the run."""
+        try:
+            msg = self.conns[w].recv()
+        except EOFError:
+            raise RuntimeError("a worker process of engine.executor=processes died; "
+                               "run with --set engine.executor=sequential to see why") from None
+        if msg[0] != "ok":
+            raise RuntimeError(f"a worker process failed: {msg[1]}")
+        return msg
+
+    def close(self) -> None:
+        """Stop the workers."""
+        for conn in self.conns:
+            try:
+                conn.send(("stop",))
+            except OSError:
+                pass
+        for p in self.procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+
+
 def _serve(conn: Any, inherited: list[Any], eng: Engine, by_name: dict[str, NodeData]) -> None:
     """A worker: train the data nodes it is sent, node by node, on the shared weights; report losses."""
     _start_worker(inherited)
@@ -219,11 +250,11 @@ def _serve(conn: Any, inherited: list[Any], eng: Engine, by_name: dict[str, Node
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
-class ProcessPool:
+class ProcessPool(_Workers):
     """Worker processes forked from a set-up engine; they share its stacked weights (see the module docstring)."""
 
     def __init__(self, eng: Engine, by_name: dict[str, NodeData], workers: int) -> None:
-        self.conns, self.procs = _fork_workers(_serve, (eng, by_name), workers)
+        super().__init__(_serve, (eng, by_name), workers)
         self.meta = {n: type(nd)(nd.name, torch.empty(nd.x.shape, dtype=nd.x.dtype, device="meta"),
                                  torch.empty(nd.y.shape, dtype=nd.y.dtype, device="meta"), nd.order_key)
                      for n, nd in by_name.items()}
@@ -238,23 +269,16 @@ class ProcessPool:
         """
         shares = _split({n: sum(len(b) for b in bs) for n, bs in plan_batches.items()}, len(self.conns))
         busy = []
-        for conn, share in zip(self.conns, shares):
+        for w, share in enumerate(shares):
             if share:
-                conn.send(("train", {n: [b.numpy() for b in plan_batches[n]] for n in share}))
-                busy.append(conn)
+                self.conns[w].send(("train", {n: [b.numpy() for b in plan_batches[n]] for n in share}))
+                busy.append(w)
         log: list[tuple[list[str], int]] = []
         with eng.shadow(set(plan_batches)):
             _, _, seen = walk(eng, self.meta, plan_batches, fed_step, rnd, log)
         losses: dict[str, list[tuple[float, int]]] = {}
-        for conn in busy:
-            try:
-                status, payload = conn.recv()
-            except EOFError:
-                raise RuntimeError("a worker process of engine.executor=processes died; "
-                                   "run with --set engine.executor=sequential to see why") from None
-            if status != "ok":
-                raise RuntimeError(f"a worker process failed: {payload}")
-            losses.update(payload)
+        for w in busy:
+            losses.update(self._recv(w)[1])
         loss_sum, n_sum = 0.0, 0
         for names, t in log:
             ls, ns = 0.0, 0
@@ -263,18 +287,6 @@ class ProcessPool:
                 ns += losses[n][t][1]
             loss_sum, n_sum = loss_sum + ls, n_sum + ns
         return loss_sum, n_sum, seen
-
-    def close(self) -> None:
-        """Stop the workers."""
-        for conn in self.conns:
-            try:
-                conn.send(("stop",))
-            except OSError:
-                pass
-        for p in self.procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
 
 
 # ---------------------------------------------------------------- worker processes, step by step
@@ -383,7 +395,7 @@ def _step(rep: Any) -> None:
         rep.opt.zero_grad(set_to_none=True)
 
 
-class StepPool:
+class StepPool(_Workers):
     """Worker processes that run a stage's one-stream replicas (e.g. FPL fronts) every step.
 
     For plans whose replicas meet step by step (FPL: fronts feed a shared trunk), the
@@ -397,20 +409,10 @@ class StepPool:
     """
 
     def __init__(self, eng: Engine, workers: int) -> None:
-        self.conns, self.procs = _fork_workers(_serve_steps, (eng,), workers)
+        super().__init__(_serve_steps, (eng,), workers)
         self.mine = [_Buffers() for _ in range(workers)]     # inputs and output gradients, per worker
         self.theirs: list[dict[tuple, torch.Tensor]] = [{} for _ in range(workers)]
         self.chunks: dict[int, list[Any]] = {}  # stage -> this step's chunks, one per worker
-
-    def _recv(self, w: int) -> tuple:
-        try:
-            msg = self.conns[w].recv()
-        except EOFError:
-            raise RuntimeError("a worker process of engine.executor=processes died; "
-                               "run with --set engine.executor=sequential to see why") from None
-        if msg[0] != "ok":
-            raise RuntimeError(f"a worker process failed: {msg[1]}")
-        return msg
 
     def forward(self, eng: Engine, s: int, groups: dict[int, list[str]], carry: dict[str, tuple],
                 batch: dict[str, tuple[torch.Tensor, torch.Tensor]], last: bool) -> dict[int, tuple]:
@@ -469,7 +471,3 @@ class StepPool:
             if where_g:
                 c.in_grads = _unpack(self.theirs[c.worker][(s, "ingrad")], where_g)
             c.done = c.stepped = True
-
-    def close(self) -> None:
-        """Stop the workers."""
-        ProcessPool.close(self)  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -23,6 +23,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -194,6 +195,51 @@ class FailuresCfg(_Strict):
                     or self.straggler.kind != "none" or self.deadline_s or self.nodes or self.links)
 
 
+class MlpOptions(_Strict):
+    """Options of ``model: {name: mlp, ...}``."""
+
+    # widths of the hidden layers; strict: a YAML true or 1.5 is not a width
+    hidden: list[Annotated[int, Field(strict=True, gt=0)]] = Field(default_factory=lambda: [200, 200])
+
+
+class NoOptions(_Strict):
+    """A zoo model that takes no options (``cnn``, ``lenet5``)."""
+
+
+# Option schemas of the zoo models, by name: ``model: {name: NAME, **options}`` is checked
+# against it when the scenario loads (one line naming the field, exit 2), so a bad width
+# fails before any work instead of crashing in torch or training a zero-FLOP model.
+# Models without an entry here are checked by ``flexpl.models.build_model`` only.
+MODEL_OPTIONS: dict[str, type[BaseModel]] = {"mlp": MlpOptions, "cnn": NoOptions, "lenet5": NoOptions}
+
+
+def check_model_spec(spec: Any) -> None:
+    """Validate ``model:`` (a zoo name, or a mapping with ``name`` and that model's options).
+
+    Raises ``ValueError`` with one line naming the field, e.g. ``model.hidden[0]: ...``.
+    """
+    if isinstance(spec, str):
+        return
+    name = spec.get("name")
+    if name is None:
+        raise ValueError("model.name: required field is missing (e.g. model: {name: mlp, hidden: [64]})")
+    if not isinstance(name, str):
+        raise ValueError(f"model.name: must be a model name such as mlp, got {name!r}")
+    schema = MODEL_OPTIONS.get(name)
+    if schema is None:
+        return
+    options = {k: v for k, v in spec.items() if k != "name"}
+    try:
+        schema.model_validate(options)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(schema.model_fields) or "none"
+            raise ValueError(f"model{loc}: unknown option for '{name}'; its options: {allowed}") from None
+        raise ValueError(f"model{loc}: {err['msg']} (got {err.get('input')!r})") from None
+
+
 class Scenario(_Strict):
     """A whole scenario: data, model, training, topology, strategy or plan."""
 
@@ -210,6 +256,12 @@ class Scenario(_Strict):
     energy: EnergyCfg = Field(default_factory=EnergyCfg)
     engine: EngineCfg = Field(default_factory=EngineCfg)
     failures: FailuresCfg = Field(default_factory=FailuresCfg)
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, v: str | dict[str, Any]) -> str | dict[str, Any]:
+        check_model_spec(v)
+        return v
 
     @model_validator(mode="before")
     @classmethod

@@ -71,12 +71,17 @@ def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, see
 
     from flexpl.config import load_scenario
     from flexpl.engine.simulator import run, setup
-    from flexpl.results import prepare_out_dir, write_csv, write_run, write_yaml
+    from flexpl.results import begin_run, prepare_out_dir, write_csv, write_run, write_yaml
 
     scn = load_scenario(scenario, list(sets), strategy, seed)
     out = prepare_out_dir(out)
     console = _console(quiet)
     st = setup(scn)
+    if resume:  # a missing, corrupted or foreign checkpoint is an input error: the folder stays as it is
+        from flexpl.engine import checkpoint
+
+        checkpoint.load(out / checkpoint.FILENAME, scn.digest())
+    begin_run(out, scn.digest(), resume=resume)  # before anything is written (see [Note: stale results])
     if show_data:
         console.print(_data_table(st))
         ex = st.executor

@@ -151,13 +151,25 @@ def _short_labels(names: list[str]) -> list[str]:
 
 
 def load_runs(root: Path) -> list[Run]:
-    """Read every run under ``root`` (see :func:`discover_runs`) and give each a label and colour."""
+    """Read every run under ``root`` (see :func:`discover_runs`) and give each a label and colour.
+
+    A summary.json that is not the result of the config.yaml beside it (an earlier run's,
+    see ``flexpl.results.stale_reason``) is left out, with one warning line on stderr.
+    """
+    import sys
+
+    from flexpl.results import stale_reason
+
     runs = []
     for p in discover_runs(root):
         try:
             summary = json.loads((p / "summary.json").read_text())
         except (OSError, ValueError) as exc:
             raise UserError(f"report: cannot read {p / 'summary.json'}: {exc}; rerun that run") from None
+        why = stale_reason(p, summary)
+        if why:
+            print(f"flexpl: warning: report leaves out {p}: {why}", file=sys.stderr)
+            continue
         rounds = [{k: _float(v) for k, v in r.items()} for r in _read_csv(p / "rounds.csv")]
         timeline = [{**r, **{k: _float(r[k]) for k in ("round", "start_s", "end_s", "flops", "bytes")}}
                     for r in _read_csv(p / "timeline.csv")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -83,7 +84,66 @@ def write_yaml(path: str | Path, obj: Any) -> None:
 
 
 def write_run(out: Path, summary: dict[str, Any], rounds: list[dict[str, Any]], config: dict[str, Any]) -> None:
-    """The three files of a run: rounds.csv, config.yaml, then summary.json (written last: its presence marks a finished run)."""
+    """The three files of a run: rounds.csv, config.yaml, then summary.json (written last: its presence marks a finished run).
+
+    Then the ``IN_PROGRESS`` marker of :func:`begin_run` goes: the folder holds a finished run.
+    """
     write_csv(out / "rounds.csv", rounds)
     write_yaml(out / "config.yaml", config)
     write_json(out / "summary.json", summary)
+    (out / IN_PROGRESS).unlink(missing_ok=True)
+
+
+# [Note: stale results] A rerun into a folder that holds an earlier run's results must not
+# leave them beside its own config.yaml when it dies. So a run first writes IN_PROGRESS
+# (atomically), then removes the earlier run's results, and only then writes anything of its
+# own; summary.json comes last and IN_PROGRESS goes after it. Readers (report, sweep) also
+# check that a summary's scenario_sha256 is the digest of the config.yaml beside it.
+IN_PROGRESS = "IN_PROGRESS"
+# What a run (and a report built in its folder) writes; an earlier run's copies are removed.
+RUN_FILES = ("summary.json", "rounds.csv", "timeline.csv", "checkpoint.pt", "report.html")
+
+
+def begin_run(out: Path, scenario_sha256: str, resume: bool = False) -> None:
+    """Mark ``out`` as holding a run in progress, then remove an earlier run's results.
+
+    Call it after every input check and before the first write into ``out``. With
+    ``resume``, the checkpoint and rounds.csv stay (the run continues from them).
+    """
+    import datetime as _dt
+
+    write_json(out / IN_PROGRESS, {"scenario_sha256": scenario_sha256, "pid": os.getpid(),
+                                   "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    keep = ("checkpoint.pt", "rounds.csv") if resume else ()
+    for name in RUN_FILES:
+        if name not in keep:
+            (out / name).unlink(missing_ok=True)
+    for fig in out.glob("fig_*.png"):  # an earlier report's figures
+        fig.unlink()
+
+
+def config_digest(folder: Path) -> str | None:
+    """SHA-256 of the scenario in ``folder/config.yaml``, as ``Scenario.digest`` computes it (None if unreadable)."""
+    try:
+        data = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def stale_reason(folder: Path, summary: Mapping[str, Any]) -> str | None:
+    """Why ``summary`` (read from ``folder/summary.json``) is not the result of the run in ``folder``, or None.
+
+    A summary counts only when its ``scenario_sha256`` is the digest of the folder's
+    config.yaml (see [Note: stale results]).
+    """
+    recorded = summary.get("scenario_sha256")
+    if not recorded:
+        return "its summary.json records no scenario_sha256"
+    digest = config_digest(folder)
+    if digest is None:
+        return "it holds no readable config.yaml beside summary.json"
+    if digest != recorded:
+        return ("its summary.json is from another scenario than its config.yaml (an earlier run's "
+                "results beside a rerun that did not finish); rerun it")
+    return None

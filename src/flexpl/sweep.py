@@ -145,12 +145,14 @@ def _check_cells(scenario: str | None, sets: Sequence[str], seed: int | None,
 
 
 def _finished(folder: Path, digest: str) -> bool:
-    """Whether ``folder`` holds a finished run of exactly this scenario."""
+    """Whether ``folder`` holds a finished run of exactly this scenario (and of its config.yaml)."""
+    from flexpl.results import stale_reason
+
     try:
         s = json.loads((folder / "summary.json").read_text())
     except (OSError, ValueError):
         return False
-    return s.get("scenario_sha256") == digest
+    return s.get("scenario_sha256") == digest and stale_reason(folder, s) is None
 
 
 def _init_worker() -> None:
@@ -170,15 +172,22 @@ def _run_cell(scenario: str | None, sets: Sequence[str], strategy: str | None, s
     return run_one(scenario, list(sets), strategy, seed, out, quiet=True, label=out.name, show_data=False)
 
 
-def write_sweep_csv(out: Path, cells: Sequence[Cell]) -> list[dict[str, Any]]:
-    """Rebuild ``sweep.csv`` from the finished cells' summary.json (one row per cell, grid order)."""
-    from flexpl.results import write_csv
+def write_sweep_csv(out: Path, cells: Sequence[Cell], digests: dict[str, str] | None = None
+                    ) -> list[dict[str, Any]]:
+    """Rebuild ``sweep.csv`` from the finished cells' summary.json (one row per cell, grid order).
+
+    A summary counts only if it is the result of its folder's config.yaml and, with
+    ``digests`` (cell name -> scenario digest), of the scenario this sweep runs there.
+    """
+    from flexpl.results import stale_reason, write_csv
 
     rows = []
     for c in cells:
         try:
             s = json.loads((out / c.name / "summary.json").read_text())
         except (OSError, ValueError):
+            continue
+        if stale_reason(out / c.name, s) or (digests and s.get("scenario_sha256") != digests.get(c.name)):
             continue
         row: dict[str, Any] = {"cell": c.name, **dict(c.values)}
         row.update({k: v for k, v in s.items() if not isinstance(v, dict) and k not in row})
@@ -267,7 +276,8 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
     if len(todo) < len(cells):
         console.print(f"sweep: {len(cells) - len(todo)} of {len(cells)} cells already finished in {out}/; "
                       "running the rest")
-    write_sweep_csv(out, cells)
+    digests = {name: d for name, (d, _, _) in checked.items()}
+    write_sweep_csv(out, cells, digests)
     for c in cells:
         if c not in todo and on_cell:
             on_cell(c, None)
@@ -279,7 +289,7 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
 
         def done(c: Cell, summary: dict[str, Any]) -> None:
             watch.remove(c.name)
-            write_sweep_csv(out, cells)  # after every cell, so an interrupted sweep keeps its rows
+            write_sweep_csv(out, cells, digests)  # after every cell, so an interrupted sweep keeps its rows
             acc = summary.get("final_accuracy")
             progress.update(overall, advance=1,
                             info=f"last: {c.name}" + (f"  acc {acc:.4f}" if isinstance(acc, float) else ""))

@@ -320,7 +320,7 @@ def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], 
     from flexpl.cli import timeline_rows
     from flexpl.engine.dist_transport import DistTransport
     from flexpl.engine.simulator import run, setup
-    from flexpl.results import prepare_out_dir, write_csv, write_run, write_yaml
+    from flexpl.results import begin_run, prepare_out_dir, write_csv, write_run, write_yaml
 
     t0 = time.perf_counter()
     st = setup(scn, transport_factory=lambda rec: DistTransport(rec, me, ranks, comm),
@@ -328,6 +328,7 @@ def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], 
     eng = st.engine
     if rank == 0:
         out = prepare_out_dir(out)
+        begin_run(out, scn.digest())  # see [Note: stale results] in flexpl.results
         write_yaml(out / "config.yaml", scn.resolved())
     startup = max(comm.timeout.total_seconds(), STARTUP_TIMEOUT_S)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=startup))
@@ -563,19 +564,18 @@ def launch(scn: Scenario, out: Path, timeout_s: float | None = None,
     """
     import multiprocessing
 
-    from flexpl.results import prepare_out_dir, write_yaml
+    from flexpl.results import begin_run, prepare_out_dir, write_yaml
 
     out = prepare_out_dir(out).resolve()
     timeout = float(timeout_s if timeout_s is not None else scn.engine.timeout_s)
     ranks = node_ranks(scn)
     node_of = {r: n for n, r in ranks.items()}
     world = len(ranks)
+    begin_run(out, scn.digest())  # no stale results from an earlier run (see [Note: stale results])
     work = out / "workers"
     work.mkdir(exist_ok=True)
     for f in work.glob("rank*.json"):
         f.unlink()
-    for name in ("summary.json", "rounds.csv", "timeline.csv"):  # no stale results from an earlier run
-        (out / name).unlink(missing_ok=True)
     scn_file = work / "scenario.yaml"  # every rank loads exactly the same resolved scenario
     write_yaml(scn_file, scn.resolved())
     env = dict(os.environ)

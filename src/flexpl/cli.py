@@ -197,11 +197,15 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def _maybe_report(out: Path, quiet: bool) -> None:
+    """Build ``out/report.html``; if the report cannot be drawn here, say so in one warning line."""
     try:
         from flexpl.report import build_report
-    except ImportError:
+
+        path = build_report(out)
+    except ImportError as exc:  # e.g. matplotlib missing: the results stand, only the report is lost
+        print(f"flexpl: warning: no report.html in {out}/: {exc} (pip install matplotlib, then run "
+              f"flexpl report {out})", file=sys.stderr)
         return
-    path = build_report(out)
     if not quiet:
         _console().print(f"report: {path}")
 

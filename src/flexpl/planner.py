@@ -1223,6 +1223,8 @@ class Planner:
         self.y_esize = self.data.train_y.element_size()
         self._walks: dict[tuple, WalkedRound] = {}
         self._contexts: dict[str, PlanContext] = {}
+        # candidates cost_candidates could not cost here: {"plan", "family", "reason"} (skipped.csv)
+        self.skipped: list[dict[str, str]] = []
 
     def candidates(self) -> list[Candidate]:
         """Every candidate of :func:`enumerate_candidates`, plus the scenario's own plan if it is explicit."""
@@ -1739,7 +1741,10 @@ def plan_scenario(scn: Scenario, constraints: Sequence[Constraint], objective: s
 def cost_candidates(scn: Scenario, dataset: Dataset | None = None,
                     progress: Callable[[int, int], None] | None = None
                     ) -> tuple[Planner, list[Candidate], list[dict[str, Any]]]:
-    """Predict every candidate of ``scn`` (each distinct plan once); returns planner, candidates, rows."""
+    """Predict every candidate of ``scn`` (each distinct plan once); returns planner, candidates, rows.
+
+    Candidates that cannot run on this scenario are listed, with the reason, in ``planner.skipped``.
+    """
     planner = Planner(scn, dataset)
     cands, rows = [], []
     all_cands = planner.candidates()
@@ -1751,7 +1756,8 @@ def cost_candidates(scn: Scenario, dataset: Dataset | None = None,
                 continue
             seen.add(key)
             pred = planner.predict(cand)
-        except UserError:  # e.g. a feature junction the images cannot be cut for: not a candidate here
+        except UserError as exc:  # e.g. a feature junction the images cannot be cut for: not a candidate here
+            planner.skipped.append({"plan": cand.label, "family": cand.family, "reason": str(exc)})
             continue
         cands.append(cand)
         rows.append(pred.row)
@@ -1789,6 +1795,8 @@ def main(args: argparse.Namespace) -> int:
         validate(scn, planner, by_label, rows, args.validate, console)
     out = prepare_out_dir(out)
     write_csv(out / "plans.csv", rows, list(CSV_COLUMNS))
+    skipped_csv = out / "skipped.csv"
+    write_csv(skipped_csv, planner.skipped, ["plan", "family", "reason"])
     plot_pareto(rows, args.objective, out / "pareto.png")
     write_best(out / "best.yaml", scn, by_label[best["plan"]], best, args.objective)
     front = [r for r in rows if r["pareto"]]
@@ -1803,6 +1811,14 @@ def main(args: argparse.Namespace) -> int:
                          f"best feasible plan of each family, by {args.objective}"))
     if getattr(scn.failures, "active", False):
         console.print("note: predictions assume no failures (the scenario's failure model is not costed)")
+    if planner.skipped:  # said even with --quiet: a candidate that silently vanished would mislead
+        import sys
+
+        names = [s["plan"] for s in planner.skipped]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        reasons = "; ".join(dict.fromkeys(s["reason"] for s in planner.skipped[:5]))
+        print(f"flexpl: warning: plan skipped {len(names)} candidate(s) that cannot run here ({shown}): "
+              f"{reasons} -- every one and why in {skipped_csv}", file=sys.stderr)
     console.print(f"recommended ({args.objective}): {best['plan']} -> {out}/best.yaml")
     console.print(f"every plan in {out}/plans.csv, the front in {out}/pareto.png")
     return 0

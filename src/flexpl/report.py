@@ -170,6 +170,9 @@ def load_runs(root: Path) -> list[Run]:
         if why:
             print(f"flexpl: warning: report leaves out {p}: {why}", file=sys.stderr)
             continue
+        if not (p / "rounds.csv").is_file():  # a finished run always writes it: say so, do not draw nothing
+            raise UserError(f"report: {p / 'rounds.csv'} is missing beside {p / 'summary.json'}; "
+                            "rerun that run or remove its folder")
         rounds = [{k: _float(v) for k, v in r.items()} for r in _read_csv(p / "rounds.csv")]
         timeline = [{**r, **{k: _float(r[k]) for k in ("round", "start_s", "end_s", "flops", "bytes")}}
                     for r in _read_csv(p / "timeline.csv")]

@@ -367,13 +367,7 @@ def main(args: argparse.Namespace) -> int:
     """flexpl sweep: run the grid, write sweep.csv, then build report.html in the sweep folder."""
     out = run_sweep(args.scenario, args.set, args.grid, args.seed, Path(args.out) if args.out else None,
                     jobs=args.jobs, quiet=args.quiet)
-    try:
-        from flexpl.report import build_report
-    except ImportError:
-        return 0
-    path = build_report(out)
-    if not args.quiet:
-        from flexpl.cli import _console
+    from flexpl.cli import _maybe_report
 
-        _console().print(f"report: {path}")
+    _maybe_report(out, args.quiet)  # one warning line if the report cannot be drawn here
     return 0

@@ -104,6 +104,7 @@ class _Status:
         self.info: dict[str, Any] = {"rank": rank, "node": node, "pid": os.getpid(), "state": "setup",
                                      "round": 0, "rounds_done": 0, "progress": ""}
         self.lock = threading.Lock()  # the main thread updates info while the beat copies it
+        self.write_failed = False  # a failed write is reported once (see write)
         if self.path is not None:
             self.write()
             threading.Thread(target=self._beat, daemon=True).start()
@@ -123,8 +124,14 @@ class _Status:
         try:
             tmp.write_text(json.dumps(data))
             os.replace(tmp, self.path)
-        except OSError:
-            pass
+        except OSError as exc:
+            # Training goes on, but the launcher now sees stale progress and may blame the wrong
+            # node if something fails: say so once in this worker's log (rank<r>.log).
+            if not self.write_failed:
+                self.write_failed = True
+                _log(f"rank {data['rank']} ({data['node']}): warning: cannot write status file "
+                     f"{self.path}: {exc.strerror or exc}; the launcher's progress and failure reports "
+                     "for this rank may be stale")
 
     def set(self, **kw: Any) -> None:
         """Update fields and write them now."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from flexpl.engine import failures
 from flexpl.engine.simulator import run, setup
@@ -19,9 +20,37 @@ def test_no_failures_by_default_means_nothing_wasted():
 
 
 @pytest.mark.parametrize("strategy", ["fl", "sfl", "fpl", "sl"])
-def test_thirty_percent_dropout_completes_and_reports_accuracy(strategy):
-    s = run(digits_star(["training.rounds=4", "failures.dropout=0.3"], strategy=strategy)).summary
-    assert s["rounds"] == 4 and 0.0 < s["final_accuracy"] <= 1.0
+def test_thirty_percent_dropout_leaves_out_exactly_the_drawn_nodes(strategy):
+    """Each round, the nodes the failure model drops do no training: per-round client counts and
+    each device's FLOPs follow the draws (a device's FLOPs = rounds it took part x one round's)."""
+    steps = "training.max_steps_per_round=3"
+    one = run(digits_star(["training.rounds=1", steps], strategy=strategy)).summary
+    scn = digits_star(["training.rounds=4", steps, "failures.dropout=0.3"], strategy=strategy)
+    st = setup(scn)
+    dropped = [failures.draw(scn.failures, st.topo, st.engine.layout, scn.seed, rnd, 0).dropped
+               for rnd in range(1, 5)]
+    assert 0 < sum(map(len, dropped)) < 16  # the draw drops someone, but not everybody
+    res = run(scn, st=st)
+    assert [r["clients"] for r in res.rounds] == [4 - len(d) for d in dropped]
+    for n in ("dev0", "dev1", "dev2", "dev3"):
+        present = sum(n not in d for d in dropped)
+        assert res.summary["per_node"][n]["flops"] == present * one["per_node"][n]["flops"], n
+
+
+def test_a_dropped_clients_weights_do_not_enter_the_average():
+    """FedAvg after a round in which dev1 dropped out is the mean of the other three replicas only."""
+    scn = digits_star(ONE_ROUND, failures={"nodes": {"dev1": {"dropout": 1.0}}})
+    st = setup(scn)
+    run(scn, st=st)
+    eng = st.engine
+    reps = {r.spec.members[0]: r.module.state_dict() for r in eng.replicas[0]}
+    avg = eng.global_[0].state_dict()
+    for k, v in avg.items():
+        # every present node saw max_steps x batch samples, so the sample-weighted mean is the plain mean
+        three = sum(reps[n][k] for n in ("dev0", "dev2", "dev3")) / 3
+        assert torch.allclose(v, three, atol=1e-6), k
+    four = {k: sum(reps[n][k] for n in reps) / 4 for k in avg}
+    assert max(float((avg[k] - four[k]).abs().max()) for k in avg) > 1e-4  # dev1's weights would show
 
 
 def test_scripted_dropout_wastes_exactly_one_download():

@@ -78,10 +78,45 @@ def test_truncated_checkpoint_is_refused_in_one_line(tmp_path, capsys):
     assert (out / "summary.json").read_text() == before
 
 
-def test_checkpoint_is_written_atomically_and_loads_without_pickle(tmp_path):
+def test_checkpoint_loads_without_pickle_and_leaves_no_temporary_files(tmp_path):
     out = tmp_path / "run"
     assert main(["run", "digits-star", "--set", "training.rounds=2", "--out", str(out), "--quiet"]) == 0
     blob = torch.load(out / "checkpoint.pt", weights_only=True)
     assert blob["round"] == 2 and blob["scenario_sha256"] == json.loads((out / "summary.json").read_text())[
         "scenario_sha256"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+# Runs flexpl with os.fsync SIGKILLing the process while it writes a new checkpoint: the new
+# bytes are written (to wherever the writer puts them) but never renamed into place.
+_KILL_IN_CHECKPOINT_WRITE = """
+import os, signal, sys
+real_fsync = os.fsync
+def fsync(fd):
+    if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).lstrip(".").startswith("checkpoint.pt"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_fsync(fd)
+os.fsync = fsync
+from flexpl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one_whole(tmp_path):
+    out = tmp_path / "run"
+    sets = ["--set", "training.rounds=2", "--set", "training.max_steps_per_round=2"]
+    r = subprocess.run([FLEXPL, "run", "digits-star", *sets, "--out", str(out), "--quiet"],
+                       env=dict(ENV, FLEXPL_TEST_KILL_AT="2:1"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    before = (out / "checkpoint.pt").read_bytes()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["round"] == 1
+    # resume: round 2 runs, and the process dies in the middle of saving its checkpoint
+    r = subprocess.run([sys.executable, "-c", _KILL_IN_CHECKPOINT_WRITE, "run", "--resume", str(out), "--quiet"],
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert (out / "checkpoint.pt").read_bytes() == before  # the old checkpoint, byte for byte
+    assert not (out / "summary.json").exists()
+    # and the run still resumes from it and finishes
+    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["rounds"] == 2
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["round"] == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from flexpl.cli import main
-from flexpl.engine.dist import WorkerFailure, blame, launch, node_ranks
+from flexpl.engine.dist import blame, launch, node_ranks
 from flexpl.engine.simulator import run
 from flexpl.errors import UserError
 from flexpl.results import write_yaml
@@ -163,8 +164,27 @@ def test_node_ranks_default_to_list_position_and_follow_rank_fields():
         node_ranks(digits_star(["nodes.0.rank=7"]))
 
 
-def test_worker_failure_is_a_one_line_error():
-    assert issubclass(WorkerFailure, UserError)
+def test_a_worker_that_raises_stops_the_run_with_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    """dev2 raises in round 2: the launcher prints one line naming it, the round and the error, exit 3;
+    the ranks that lose a peer end with (at most) one error line naming it in their logs, no traceback."""
+    code, err, elapsed = _stalled_run(tmp_path, monkeypatch, capsys, "raise", ["--backend", "dist", "--timeout", "20"])
+    assert code == 3
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines == ["flexpl: error: node 'dev2' (rank 3) failed in round 2: injected fault (FLEXPL_DIST_FAULT)"], err
+    assert elapsed < 20
+    workers = tmp_path / "out" / "workers"
+    assert "RuntimeError: injected fault" in (workers / "rank3.log").read_text()  # its own log has the details
+    reported = 0
+    for r in (0, 1, 2, 4):
+        log = (workers / f"rank{r}.log").read_text()
+        assert "Traceback" not in log, log
+        errors = [ln for ln in log.splitlines() if ln.startswith("flexpl: error:")]
+        # a peer names the rank it lost (dev2, or one that stopped because of dev2): one line, exit 3
+        assert len(errors) <= 1 and all(re.fullmatch(r"flexpl: error: node '\w+' \(rank \d\) stopped responding "
+                                                      r"in round 2 \(.*\)", e) for e in errors), log
+        reported += len(errors)
+    assert reported >= 1, "no peer reported the failed node"
+    assert not (tmp_path / "out" / "summary.json").exists()
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,

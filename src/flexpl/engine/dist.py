@@ -212,6 +212,8 @@ def _fault_hook(rank: int, timeout_s: float) -> Callable[[int, str], None]:
             time.sleep(10**6)
         elif mode == "exit" and where == "train":
             os._exit(17)
+        elif mode == "raise" and where == "train":
+            raise RuntimeError("injected fault (FLEXPL_DIST_FAULT)")
     return hook
 
 

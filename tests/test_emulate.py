@@ -43,8 +43,9 @@ needs_root_linux = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 SHAPED = {"bandwidth_up_bps": 2.0e7, "bandwidth_down_bps": 5.0e7, "latency_s": 0.01}
 # transfers dominate every round: 1-3 MB per message against ~10 ms of compute per step;
 # more steps where a step moves little (fpl), fewer where clients take turns (sl, sfl)
-STEPS = {"fl": 2, "sl": 1, "sfl": 1, "mp": 2, "fpl": 4}
-WIDTH = {"fl": 6144}  # fl moves whole models only: a wider first layer (default 4096)
+# (round 1 also pays one-time costs the clock does not have, ~0.3-0.6 s on a loaded 2-core machine)
+STEPS = {"fl": 2, "sl": 1, "sfl": 1, "mp": 2, "fpl": 6}
+WIDTH = {"fl": 8192}  # fl moves whole models only: a wider first layer (default 4096)
 
 
 def shaped_chain(strategy: str, rounds: int = 1, steps: int = 2, width: int = 4096) -> Any:
@@ -113,10 +114,10 @@ def test_kill_9_of_the_launcher_leaves_no_namespace_behind(profile, tmp_path):
     prefix = f"flexpl-{proc.pid}-"
     try:
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:  # until the workers train inside their namespaces
+        while time.monotonic() < deadline:  # until every worker runs inside its namespace (status written)
             st = [json.loads(f.read_text()) for f in (out / "workers").glob("rank*.json")] \
                 if (out / "workers").exists() else []
-            if len(st) == 4 and all(s.get("state") == "running" for s in st):
+            if len(st) == 4:
                 break
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             time.sleep(0.2)

@@ -425,7 +425,7 @@ def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], 
         if hasattr(comm, "dump") and status.path is not None:  # --emulate-links: the clock's hops per round
             from flexpl.engine.emulate import predicted_links
 
-            (status.path.parent / "emu_predicted.json").write_text(json.dumps(predicted_links(result.traces)))
+            (status.path.parent / "emu_predicted.json").write_text(json.dumps(predicted_links(result.traces, st.topo)))
     if hasattr(comm, "dump") and status.path is not None:  # --emulate-links: what this rank measured
         comm.dump(status.path.parent / f"emu_measured_rank{rank}.json")
     _barrier(comm, world)  # nobody leaves while rank 0 may still be receiving

@@ -82,7 +82,8 @@ def check_host() -> None:
 def _ip(*args: str, stdin: str | None = None, check: bool = True) -> str:
     proc = subprocess.run(list(args), input=stdin, capture_output=True, text=True)
     if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)}: {proc.stderr.strip()}")
+        err = " ".join(proc.stderr.split())
+        raise UserError(f"--emulate-links: setting up the emulated network failed: `{' '.join(args[:4])}`: {err}")
     return proc.stdout
 
 
@@ -312,16 +313,24 @@ def write_reports(out: Path, work: Path, node_of: dict[int, str]) -> tuple[list[
     return rows, links
 
 
-def predicted_links(traces: list) -> list[dict[str, list]]:
-    """Per round, ``"link|src|dst"`` -> [hops, bytes, seconds] of the clock's hops (from the run's traces)."""
+def predicted_links(traces: list, topo: Any) -> list[dict[str, list]]:
+    """Per round, ``"link|src|dst"`` -> [hops, bytes, seconds] of the clock's hops (from the run's traces).
+
+    Hops are keyed by the link between their endpoints, whatever resource the clock booked
+    them on (one per link, or one per direction of a full-duplex link).
+    """
     from flexpl.costs.trace import HOP
 
+    link_of = {}
+    for name, (a, b, _prof) in topo.links.items():
+        link_of[(a, b)] = link_of[(b, a)] = name
     out = []
     for trace, _starts, _ends in traces:
         per: dict[str, list] = {}
         for i in range(len(trace)):
             if trace.kind[i] == HOP:
-                p = per.setdefault(f"{trace.resource[i]}|{trace.src[i]}|{trace.dst[i]}", [0, 0, 0.0])
+                link = link_of.get((trace.src[i], trace.dst[i]), trace.resource[i])
+                p = per.setdefault(f"{link}|{trace.src[i]}|{trace.dst[i]}", [0, 0, 0.0])
                 p[0] += 1
                 p[1] += trace.amount[i]
                 p[2] += trace.duration[i]

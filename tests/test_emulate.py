@@ -41,7 +41,7 @@ elif not (dist.is_available() and dist.is_gloo_available()):
 needs_root_linux = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 SHAPED = {"bandwidth_up_bps": 1.0e7, "bandwidth_down_bps": 2.5e7, "latency_s": 0.01}
-# transfers dominate every round (5-7 s of them): 2-4 MB per message against ~10 ms of
+# transfers dominate every round (6-12 s of them): 1-4 MB per message against ~10 ms of
 # compute per step, which on a crowded machine takes several times what the profile says;
 # round 1 also pays one-time costs the clock does not have (~0.3-1 s on a loaded 2-core machine)
 STEPS = {"fl": 2, "sl": 1, "sfl": 1, "mp": 2, "fpl": 5}

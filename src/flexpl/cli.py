@@ -149,6 +149,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     scn = load_scenario(scenario, a.set, a.strategy, a.seed)
     if not a.resume:
         out = Path(a.out or f"results/{scn.name}-{scn.strategy}")
+    if getattr(a, "emulate_links", False) and (a.backend or scn.engine.backend) != "dist":
+        raise UserError("--emulate-links: runs the dist backend only; add --backend dist")
+    if getattr(a, "emulate_profile", None) and not getattr(a, "emulate_links", False):
+        raise UserError("--emulate-profile: only used with --emulate-links; add --emulate-links")
     if (a.backend or scn.engine.backend) == "dist":  # one process per node: flexpl.engine.dist
         from flexpl.engine.dist import WorkerFailure, run_dist
 
@@ -157,7 +161,12 @@ def cmd_run(a: argparse.Namespace) -> int:
         if a.timeout is not None and a.timeout <= 0:
             raise UserError(f"--timeout: must be a positive number of seconds, got {a.timeout:g}")
         try:
-            s = run_dist(scn, out, a.timeout, a.quiet)
+            if getattr(a, "emulate_links", False):  # namespaces + HTB: flexpl.engine.emulate
+                from flexpl.engine.emulate import run_emulated
+
+                s = run_emulated(scn, out, a.timeout, a.quiet, a.emulate_profile)
+            else:
+                s = run_dist(scn, out, a.timeout, a.quiet)
         except WorkerFailure as exc:  # a worker died, hung or failed: one line, exit 3
             print(f"flexpl: error: {exc}", file=sys.stderr)
             return 3
@@ -280,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the scenario's engine.backend)")
     r.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="dist backend: how long a worker waits for a peer (default: engine.timeout_s)")
+    r.add_argument("--emulate-links", action="store_true",
+                   help="dist backend, Linux + root: each node in its own network namespace, links shaped by the "
+                        "kernel (HTB), compute profiles from flexpl calibrate; prints measured vs predicted times")
+    r.add_argument("--emulate-profile", default=None, metavar="FILE",
+                   help="with --emulate-links: device profile from `flexpl calibrate --threads 1` for every node "
+                        "(default: calibrate this machine once and cache it)")
     r.set_defaults(func=cmd_run)
     c = sub.add_parser("compare", help="run several strategies on the same scenario")
     _common(c)

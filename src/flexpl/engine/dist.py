@@ -302,7 +302,12 @@ def run_worker(scn: Scenario, rank: int, world: int, out: Path, timeout_s: float
         raise UserError(f"worker: RANK {rank} is out of range 0..{world - 1}")
     node_of = {r: n for n, r in ranks.items()}
     me = node_of[rank]
-    comm = Comm(rank, timeout_s)
+    if os.environ.get("FLEXPL_EMULATE"):  # --emulate-links: training hops over shaped TCP (emulate_comm.py)
+        from flexpl.engine.emulate_comm import EmuComm
+
+        comm: Comm = EmuComm(rank, timeout_s)
+    else:
+        comm = Comm(rank, timeout_s)
     status = _Status(status_dir, rank, me, comm)
     try:
         return _work(scn, rank, world, me, ranks, comm, status, out)
@@ -341,6 +346,11 @@ def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], 
         write_yaml(out / "config.yaml", scn.resolved())
     startup = max(comm.timeout.total_seconds(), STARTUP_TIMEOUT_S)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=startup))
+    if hasattr(comm, "connect"):  # EmuComm: one data connection per neighbour; first-step costs paid now
+        from flexpl.engine.emulate_comm import warm_up
+
+        comm.connect(st.topo, ranks)
+        warm_up()
     _barrier(comm, world)  # everyone is set up: the wall clock starts together
     _log(f"rank {rank} ({me}): set up and connected to {world - 1} peers in {time.perf_counter() - t0:.1f}s")
 
@@ -386,6 +396,7 @@ def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], 
             rows.append(row)
             write_csv(out / "rounds.csv", rows)  # rounds completed so far survive a crash
         local[0], local[1] = 0.0, 0
+        comm.round = row["round"] + 1  # EmuComm tags what it measures with the round
         status.set(round=row["round"] + 1, rounds_done=row["round"],
                    progress=f"acc {row['accuracy']:.4f}  bytes {row['bytes']:.3e}")
         clock["start"], clock["end"] = time.perf_counter(), None
@@ -421,6 +432,12 @@ def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], 
         write_run(out, summary, result.rounds, scn.resolved())
         if result.traces:
             write_csv(out / "timeline.csv", timeline_rows(*result.traces[-1], round_index=len(result.rounds)))
+        if hasattr(comm, "dump") and status.path is not None:  # --emulate-links: the clock's hops per round
+            from flexpl.engine.emulate import predicted_links
+
+            (status.path.parent / "emu_predicted.json").write_text(json.dumps(predicted_links(result.traces, st.topo)))
+    if hasattr(comm, "dump") and status.path is not None:  # --emulate-links: what this rank measured
+        comm.dump(status.path.parent / f"emu_measured_rank{rank}.json")
     _barrier(comm, world)  # nobody leaves while rank 0 may still be receiving
     status.set(state="done")
     dist.destroy_process_group()
@@ -551,6 +568,10 @@ def _worker_process(argv: list[str], env: dict[str, str], log: str) -> None:
     os.close(fd)
     os.environ.clear()
     os.environ.update(env)
+    if env.get("FLEXPL_NETNS"):  # --emulate-links: this node's own network namespace, before any socket
+        from flexpl.engine.emulate import enter_netns
+
+        enter_netns(env["FLEXPL_NETNS"])
     from flexpl.cli import main as cli_main
 
     code = cli_main(["worker", *argv])  # exits through os._exit on every path that gets that far
@@ -561,13 +582,15 @@ def _worker_process(argv: list[str], env: dict[str, str], log: str) -> None:
 
 def launch(scn: Scenario, out: Path, timeout_s: float | None = None,
            on_progress: Callable[[int, str], None] | None = None,
-           extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+           extra_env: dict[str, str] | None = None,
+           rank_env: Callable[[int], dict[str, str]] | None = None) -> dict[str, Any]:
     """Run ``scn`` with one worker process per node on this machine (gloo over 127.0.0.1); returns the summary.
 
     Workers are forked from a fork server that has imported torch once, and rendezvous
     through env:// on 127.0.0.1 and a free port. Their logs and status files go to
     ``out/workers/``. If a worker dies, hangs or fails, the others are killed (by pid) and
-    ``WorkerFailure`` names the node and the round. As with any ``multiprocessing`` code,
+    ``WorkerFailure`` names the node and the round. ``rank_env(rank)`` adds variables for
+    one rank (``--emulate-links``: its network namespace). As with any ``multiprocessing`` code,
     a script that calls this must do so under ``if __name__ == "__main__":`` (the fork
     server imports the caller's main module).
     """
@@ -599,7 +622,8 @@ def launch(scn: Scenario, out: Path, timeout_s: float | None = None,
     try:
         for r in range(world):
             p = ctx.Process(target=_worker_process, name=f"flexpl-worker-{r}",
-                            args=(argv, dict(env, RANK=str(r), LOCAL_RANK=str(r)), str(work / f"rank{r}.log")))
+                            args=(argv, dict(env, RANK=str(r), LOCAL_RANK=str(r), **(rank_env(r) if rank_env else {})),
+                                  str(work / f"rank{r}.log")))
             p.start()
             procs.append(p)
         _supervise(procs, work, node_of, timeout, on_progress)
@@ -644,7 +668,9 @@ def _supervise(procs: list, work: Path, node_of: dict[int, str], timeout_s: floa
         time.sleep(0.05)
 
 
-def run_dist(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool) -> dict[str, Any]:
+def run_dist(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
+             extra_env: dict[str, str] | None = None,
+             rank_env: Callable[[int], dict[str, str]] | None = None) -> dict[str, Any]:
     """``flexpl run --backend dist``: launch the workers with a progress bar; returns the summary."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -656,4 +682,5 @@ def run_dist(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool) -> 
         task = progress.add_task(f"{scn.name} / {scn.strategy} (dist, {len(scn.nodes)} processes)",
                                  total=scn.training.rounds, info="")
         return launch(scn, out, timeout_s,
-                      on_progress=lambda done, info: progress.update(task, completed=done, info=info))
+                      on_progress=lambda done, info: progress.update(task, completed=done, info=info),
+                      extra_env=extra_env, rank_env=rank_env)

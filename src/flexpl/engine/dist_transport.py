@@ -153,4 +153,21 @@ class DistTransport:
         """Send a whole state dict, tensor by tensor in key order (accounted as one message)."""
         nbytes = sum(tensor_bytes(v) for v in state.values())
         ev = self.recorder.transfer(src, dst, nbytes, deps, what, label)
+        if hasattr(self.comm, "send_bundle"):  # emulated links: one message, one latency (emulate_comm.py)
+            return self._carry_bundle(state, src, dst), ev
         return {k: self._carry(v, src, dst) for k, v in state.items()}, ev
+
+    def _carry_bundle(self, state: Mapping[str, torch.Tensor], src: str, dst: str) -> dict[str, torch.Tensor]:
+        """``_carry`` for a whole state dict sent as one message per hop (``EmuComm.send_bundle``)."""
+        if src == dst:
+            return dict(state)
+        cur = list(state.values())
+        for hop in self.topo.route(src, dst):
+            if hop.src == self.me:
+                self.comm.send_bundle(cur, self.rank_of[hop.dst], hop.link)
+            elif hop.dst == self.me:
+                cur = self.comm.recv_bundle([(v.shape, v.dtype) for v in state.values()],
+                                            self.rank_of[hop.src], hop.link)
+        if self.me == dst:
+            return dict(zip(state.keys(), cur))
+        return {k: meta_like(v) for k, v in state.items()}

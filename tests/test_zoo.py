@@ -61,8 +61,8 @@ def test_stems_follow_the_input_size():
     large = build_model("resnet18", (3, 224, 224), 10, seed=0)
     assert small.blocks["stem"][0].kernel_size == (3, 3) and len(small.blocks["stem"]) == 3
     assert large.blocks["stem"][0].kernel_size == (7, 7) and isinstance(large.blocks["stem"][3], torch.nn.MaxPool2d)
-    forced = build_model({"name": "resnet18", "stem": "imagenet"}, (3, 32, 32), 10, seed=0)
-    assert forced.blocks["stem"][0].kernel_size == (7, 7)
+    forced = build_model({"name": "resnet18", "stem": "cifar"}, (3, 64, 64), 10, seed=0)
+    assert forced.blocks["stem"][0].kernel_size == (3, 3)
     assert build_model("resnet18", (1, 28, 28), 10, seed=0)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 

@@ -77,6 +77,10 @@ def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, see
     out = prepare_out_dir(out)
     console = _console(quiet)
     st = setup(scn)
+    if not resume:  # a placement that does not fit a node's memory stops before training
+        from flexpl.memory import check_fits
+
+        check_fits(scn, st.data)
     if show_data:
         console.print(_data_table(st))
         ex = st.executor
@@ -151,6 +155,9 @@ def cmd_run(a: argparse.Namespace) -> int:
             raise UserError("--resume: the dist backend cannot resume a run; use --backend sim")
         if a.timeout is not None and a.timeout <= 0:
             raise UserError(f"--timeout: must be a positive number of seconds, got {a.timeout:g}")
+        from flexpl.memory import check_fits
+
+        check_fits(scn)
         try:
             s = run_dist(scn, out, a.timeout, a.quiet)
         except WorkerFailure as exc:  # a worker died, hung or failed: one line, exit 3

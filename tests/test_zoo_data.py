@@ -163,3 +163,32 @@ def test_a_resnet_trains_on_lazy_synthetic_data(tmp_path):
 
     s = run(scn).summary
     assert 0.0 <= s["final_accuracy"] <= 1.0 and s["bytes_total"] > 0
+
+
+def test_fog_cifar_falls_back_to_fashion_mnist_as_3x32x32(isolated, capsys):
+    from flexpl.config import load_scenario
+
+    scn = load_scenario("fog-cifar", ["data.max_train=100", "data.max_test=10"], None, None)
+    assert scn.model == {"name": "resnet18"} and len(scn.data_nodes) == 20
+    d = load_data(scn.data, scn.seed)
+    assert d.name == "fashion-mnist" and d.input_shape == (3, 32, 32) and len(d.train_y) == 100
+    assert "using fashion-mnist (data.fallback)" in capsys.readouterr().err
+
+
+def test_fog_cifar_uses_cifar10_where_present(isolated, monkeypatch, tmp_path):
+    from flexpl.config import load_scenario
+
+    tar = _write_tarball(tmp_path / "data" / "cifar-10-python.tar.gz", "cifar10")
+    _pin(monkeypatch, "cifar10", tar)
+    monkeypatch.setenv("FLEXPL_DATA", str(tmp_path / "data"))
+    d = load_data(load_scenario("fog-cifar", [], None, None).data)
+    assert d.name == "cifar10" and d.input_shape == (3, 32, 32)
+
+
+def test_fog_imagenet_is_resnet50_on_synthetic_imagenet_shapes():
+    from flexpl.config import load_scenario
+
+    scn = load_scenario("fog-imagenet", [], None, None)
+    d = load_data(scn.data, scn.seed)
+    assert d.input_shape == (3, 224, 224) and d.num_classes == 1000
+    assert len(d.train_y) // len(scn.data_nodes) == 300

@@ -73,6 +73,13 @@ class TransformCfg(_Strict):
     channels: Literal[1, 3] | None = None
 
 
+class DataFallbackCfg(_Strict):
+    """The dataset used instead when the scenario's is not found on this machine (e.g. CIFAR-10 offline)."""
+
+    dataset: Literal["fashion-mnist", "digits"] = "fashion-mnist"
+    transform: TransformCfg | None = None
+
+
 class DataCfg(_Strict):
     """Dataset and partition."""
 
@@ -86,6 +93,7 @@ class DataCfg(_Strict):
     train: PositiveInt | None = None
     test: PositiveInt | None = None
     transform: TransformCfg | None = None
+    fallback: DataFallbackCfg | None = None  # when the dataset's files are not found (never on a bad file)
 
 
 class NodeCfg(BaseModel):

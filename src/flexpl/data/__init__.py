@@ -11,9 +11,14 @@ import torch
 from flexpl.data.partition import partition, summarize
 from flexpl.errors import UserError
 
+
+class MissingData(UserError):
+    """A dataset's files are neither on this machine nor downloadable (a ``data.fallback`` may step in)."""
+
 DATASETS: tuple[str, ...] = ("fashion-mnist", "digits", "cifar10", "cifar100", "synthetic")
 
-__all__ = ["DATASETS", "Dataset", "clear_cache", "load_dataset", "partition", "summarize"]
+__all__ = ["DATASETS", "Dataset", "MissingData", "clear_cache", "load_data", "load_dataset", "partition", "summarize",
+           "synthetic_dataset", "transform"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,7 +166,20 @@ def load_data(cfg: object, seed: int = 0) -> Dataset:
         given = [k for k, v in syn.items() if v is not None]
         if given:
             raise UserError(f"data.{given[0]}: only dataset synthetic takes {given[0]}; remove it for {name}")
-        data = load_dataset(name, max_train=getattr(cfg, "max_train", None), max_test=getattr(cfg, "max_test", None))
+        limits = {"max_train": getattr(cfg, "max_train", None), "max_test": getattr(cfg, "max_test", None)}
+        fallback = getattr(cfg, "fallback", None)
+        try:
+            data = load_dataset(name, **limits)
+        except MissingData as exc:
+            if fallback is None:
+                raise
+            import sys
+
+            print(f"flexpl: note: {exc.args[0].split(';')[0]}; using {fallback.dataset} (data.fallback) instead",
+                  file=sys.stderr)
+            data = load_dataset(fallback.dataset, **limits)
+            if fallback.transform is not None:
+                data = transform(data, fallback.transform.resize, fallback.transform.channels)
     tf = getattr(cfg, "transform", None)
     if tf is not None:
         data = transform(data, tf.resize, tf.channels)

@@ -127,7 +127,9 @@ def locate(name: str, base_url: str | None = None) -> Path:
     try:
         return download(spec, cache_dir(name), base_url)
     except UserError as exc:
-        raise UserError(f"{name}: {spec.archive} not found in {', '.join(str(d) for d in dirs)} and the "
+        from flexpl.data import MissingData
+
+        raise MissingData(f"{name}: {spec.archive} not found in {', '.join(str(d) for d in dirs)} and the "
                         f"download failed ({exc}); set FLEXPL_DATA to a folder holding it") from None
 
 

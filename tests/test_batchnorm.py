@@ -76,3 +76,19 @@ def test_group_norm_model_has_nothing_but_weights_to_move():
     model = build_model(scn.model, (3, 16, 16), 10, seed=0)
     assert not list(model.buffers())
     assert s["bytes_total"] == 4 * 2 * sum(p.numel() * 4 for p in model.parameters())
+
+
+def test_splitfed_on_a_batch_norm_resnet_equals_fedavg():
+    """SplitFed runs FedAvg's arithmetic split in two: weights and BN buffers end the same."""
+    from flexpl.engine.core import path_state
+
+    sets = [BN_MODEL, IMAGES, "training.rounds=2", "training.max_steps_per_round=3"]
+    states = {}
+    for strategy, extra in (("fl", []), ("sfl", ["plan.cut=2"])):
+        scn = digits_star([*sets, *extra], strategy=strategy)
+        st = setup(scn)
+        run(scn, st=st)
+        states[strategy] = path_state(st.engine, "dev0")
+    assert states["fl"].keys() == states["sfl"].keys()
+    for k, v in states["fl"].items():
+        torch.testing.assert_close(states["sfl"][k], v, rtol=1e-5, atol=1e-6, msg=k)

@@ -48,7 +48,7 @@ def _fmt(v: Any) -> str:
 def _data_table(st) -> Any:
     from rich.table import Table
 
-    t = Table(title=f"data: {st.scn.data.dataset}, partition {st.scn.data.partition.kind}", title_justify="left")
+    t = Table(title=f"data: {st.data.name}, partition {st.scn.data.partition.kind}", title_justify="left")
     for c in ("node", "samples", "label entropy (bits)", "labels"):
         t.add_column(c)
     shown = 16  # a thousand devices would fill the screen: the first ones, then a count

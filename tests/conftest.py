@@ -53,3 +53,6 @@ def _no_network(monkeypatch):
     except ImportError:
         return
     monkeypatch.setattr(fashion_mnist, "BASE_URLS", ["file:///nonexistent-flexpl-test"], raising=False)
+    from flexpl.data import cifar
+
+    monkeypatch.setattr(cifar, "BASE_URL", "file:///nonexistent-flexpl-test")

@@ -236,7 +236,7 @@ def test_digits_shapes_and_determinism() -> None:
 
 def test_load_dataset_errors() -> None:
     with pytest.raises(UserError, match=r"data\.dataset.*fashion-mnist, digits"):
-        load_dataset("cifar10")
+        load_dataset("imagenet")
     with pytest.raises(UserError, match=r"data\.max_train"):
         load_dataset("digits", max_train=0)
 

@@ -48,7 +48,7 @@ def _fmt(v: Any) -> str:
 def _data_table(st) -> Any:
     from rich.table import Table
 
-    t = Table(title=f"data: {st.scn.data.dataset}, partition {st.scn.data.partition.kind}", title_justify="left")
+    t = Table(title=f"data: {st.data.name}, partition {st.scn.data.partition.kind}", title_justify="left")
     for c in ("node", "samples", "label entropy (bits)", "labels"):
         t.add_column(c)
     shown = 16  # a thousand devices would fill the screen: the first ones, then a count
@@ -77,6 +77,10 @@ def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, see
     out = prepare_out_dir(out)
     console = _console(quiet)
     st = setup(scn)
+    if not resume:  # a placement that does not fit a node's memory stops before training
+        from flexpl.memory import check_fits
+
+        check_fits(scn, st.data)
     if resume:  # a missing, corrupted or foreign checkpoint is an input error: the folder stays as it is
         from flexpl.engine import checkpoint
 
@@ -160,6 +164,9 @@ def cmd_run(a: argparse.Namespace) -> int:
             raise UserError("--resume: the dist backend cannot resume a run; use --backend sim")
         if a.timeout is not None and a.timeout <= 0:
             raise UserError(f"--timeout: must be a positive number of seconds, got {a.timeout:g}")
+        from flexpl.memory import check_fits
+
+        check_fits(scn)
         try:
             if getattr(a, "emulate_links", False):  # namespaces + HTB: flexpl.engine.emulate
                 from flexpl.engine.emulate import run_emulated

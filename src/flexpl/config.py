@@ -67,13 +67,34 @@ class PartitionCfg(_Strict):
     shards_per_node: PositiveInt = 2
 
 
+class TransformCfg(_Strict):
+    """Image transform at load time: bilinear resize to a square, grey to ``channels`` (a repeat)."""
+
+    resize: PositiveInt | None = None
+    channels: Literal[1, 3] | None = None
+
+
+class DataFallbackCfg(_Strict):
+    """The dataset used instead when the scenario's is not found on this machine (e.g. CIFAR-10 offline)."""
+
+    dataset: Literal["fashion-mnist", "digits"] = "fashion-mnist"
+    transform: TransformCfg | None = None
+
+
 class DataCfg(_Strict):
     """Dataset and partition."""
 
-    dataset: Literal["fashion-mnist", "digits"] = "digits"
+    dataset: Literal["fashion-mnist", "digits", "cifar10", "cifar100", "synthetic"] = "digits"
     partition: PartitionCfg = Field(default_factory=PartitionCfg)
     max_train: PositiveInt | None = None
     max_test: PositiveInt | None = None
+    # synthetic only (flexpl.data.synthetic): sample shape, classes, train/test sizes
+    shape: list[PositiveInt] | None = None
+    classes: PositiveInt | None = None
+    train: PositiveInt | None = None
+    test: PositiveInt | None = None
+    transform: TransformCfg | None = None
+    fallback: DataFallbackCfg | None = None  # when the dataset's files are not found (never on a bad file)
 
 
 class NodeCfg(BaseModel):

@@ -1201,13 +1201,12 @@ class Planner:
     """Predicts the costs of plan candidates for one scenario, sharing data sizes and stage costs."""
 
     def __init__(self, scn: Scenario, dataset: Dataset | None = None) -> None:
-        from flexpl.data import load_dataset, partition
+        from flexpl.data import load_data, partition
         from flexpl.engine.simulator import build_topology
         from flexpl.models import DEFAULT_CUTS
 
         self.scn = scn
-        self.data = dataset or load_dataset(scn.data.dataset, max_train=scn.data.max_train,
-                                            max_test=scn.data.max_test)
+        self.data = dataset or load_data(scn.data, scn.seed)
         self.topo = build_topology(scn)
         spec = scn.model
         self.model_name = spec if isinstance(spec, str) else str(spec.get("name", ""))

@@ -11,9 +11,14 @@ import torch
 from flexpl.data.partition import partition, summarize
 from flexpl.errors import UserError
 
-DATASETS: tuple[str, ...] = ("fashion-mnist", "digits")
 
-__all__ = ["DATASETS", "Dataset", "clear_cache", "load_dataset", "partition", "summarize"]
+class MissingData(UserError):
+    """A dataset's files are neither on this machine nor downloadable (a ``data.fallback`` may step in)."""
+
+DATASETS: tuple[str, ...] = ("fashion-mnist", "digits", "cifar10", "cifar100", "synthetic")
+
+__all__ = ["DATASETS", "Dataset", "MissingData", "clear_cache", "load_data", "load_dataset", "partition", "summarize",
+           "synthetic_dataset", "transform"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,6 +44,13 @@ class Dataset:
 @functools.lru_cache(maxsize=8)
 def _load_full(name: str, _env: tuple[str | None, ...]) -> Dataset:
     """Load the whole dataset ``name`` (cached per name and data-location environment)."""
+    if name in ("cifar10", "cifar100"):
+        from flexpl.data import cifar
+
+        tx, ty, vx, vy = cifar.load(name)
+        return Dataset(name=name, train_x=torch.from_numpy(tx), train_y=torch.from_numpy(ty),
+                       test_x=torch.from_numpy(vx), test_y=torch.from_numpy(vy),
+                       num_classes=cifar.SPECS[name].num_classes)
     if name == "fashion-mnist":
         from flexpl.data import fashion_mnist as module
     else:
@@ -80,8 +92,10 @@ def load_dataset(
         raise UserError(f"data.dataset: unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     _check_limit("max_train", max_train)
     _check_limit("max_test", max_test)
+    if key == "synthetic":
+        return synthetic_dataset(train=max_train or 1000, test=max_test or 200)
     env = tuple(os.environ.get(v) for v in ("FLEXPL_DATA", "XDG_CACHE_HOME", "HOME"))
-    full = _load_full(key, env if key == "fashion-mnist" else ())
+    full = _load_full(key, env if key in ("fashion-mnist", "cifar10", "cifar100") else ())
     if max_train is None and max_test is None:
         return full
     return Dataset(
@@ -92,3 +106,81 @@ def load_dataset(
         test_y=full.test_y[:max_test],
         num_classes=full.num_classes,
     )
+
+
+def synthetic_dataset(shape: tuple[int, ...] = (3, 32, 32), classes: int = 10, train: int = 1000, test: int = 200,
+                      seed: int = 0) -> Dataset:
+    """Seeded synthetic images generated lazily per index (:mod:`flexpl.data.synthetic`)."""
+    from flexpl.data.synthetic import LazyImages, labels
+
+    ty, vy = labels(train, classes, seed, 0), labels(test, classes, seed, 1)
+    return Dataset(name="synthetic", train_x=LazyImages(train, shape, ty, seed, 0, classes),  # type: ignore[arg-type]
+                   train_y=ty, test_x=LazyImages(test, shape, vy, seed, 1, classes),  # type: ignore[arg-type]
+                   test_y=vy, num_classes=classes)
+
+
+def transform(data: Dataset, resize: int | None = None, channels: int | None = None) -> Dataset:
+    """Resize images to ``resize`` x ``resize`` (bilinear) and/or repeat a grey channel to ``channels``.
+
+    This is how Fashion-MNIST (1x28x28) feeds networks built for 3x32x32 inputs:
+    ``data.transform: {resize: 32, channels: 3}``. The channel repeat is a view (no copy).
+    """
+    import torch.nn.functional as F
+
+    def one(x: torch.Tensor) -> torch.Tensor:
+        if resize is not None and tuple(x.shape[2:]) != (resize, resize):
+            x = F.interpolate(x, size=(resize, resize), mode="bilinear", align_corners=False)
+        if channels is not None and x.shape[1] != channels:
+            if x.shape[1] != 1:
+                raise UserError(f"data.transform.channels: only 1-channel images can be repeated to "
+                                f"{channels} channels; {data.name} has {x.shape[1]}")
+            x = x.expand(-1, channels, -1, -1)
+        return x
+
+    if resize is None and channels is None:
+        return data
+    if not isinstance(data.train_x, torch.Tensor):
+        raise UserError(f"data.transform: not available for {data.name}; give the shape you want instead")
+    return Dataset(name=data.name, train_x=one(data.train_x), train_y=data.train_y, test_x=one(data.test_x),
+                   test_y=data.test_y, num_classes=data.num_classes)
+
+
+def load_data(cfg: object, seed: int = 0) -> Dataset:
+    """The dataset a scenario's ``data`` section names: slices, synthetic options and transform applied.
+
+    ``cfg`` is a :class:`flexpl.config.DataCfg`. ``synthetic`` takes ``shape``, ``classes``,
+    ``train``, ``test`` (and the scenario's seed); other datasets refuse those fields.
+    """
+    name = cfg.dataset
+    syn = {k: getattr(cfg, k, None) for k in ("shape", "classes", "train", "test")}
+    if name == "synthetic":
+        shape = tuple(syn["shape"] or (3, 32, 32))
+        if len(shape) != 3:
+            raise UserError(f"data.shape: synthetic images need [C, H, W], got {list(shape)}")
+        data = synthetic_dataset(shape, syn["classes"] or 10, syn["train"] or 1000, syn["test"] or 200, seed)
+        mt, mv = getattr(cfg, "max_train", None), getattr(cfg, "max_test", None)
+        if mt is not None or mv is not None:
+            data = synthetic_dataset(shape, data.num_classes, min(mt or len(data.train_y), len(data.train_y)),
+                                     min(mv or len(data.test_y), len(data.test_y)), seed)
+    else:
+        given = [k for k, v in syn.items() if v is not None]
+        if given:
+            raise UserError(f"data.{given[0]}: only dataset synthetic takes {given[0]}; remove it for {name}")
+        limits = {"max_train": getattr(cfg, "max_train", None), "max_test": getattr(cfg, "max_test", None)}
+        fallback = getattr(cfg, "fallback", None)
+        try:
+            data = load_dataset(name, **limits)
+        except MissingData as exc:
+            if fallback is None:
+                raise
+            import sys
+
+            print(f"flexpl: note: {exc.args[0].split(';')[0]}; using {fallback.dataset} (data.fallback) instead",
+                  file=sys.stderr)
+            data = load_dataset(fallback.dataset, **limits)
+            if fallback.transform is not None:
+                data = transform(data, fallback.transform.resize, fallback.transform.channels)
+    tf = getattr(cfg, "transform", None)
+    if tf is not None:
+        data = transform(data, tf.resize, tf.channels)
+    return data

@@ -524,7 +524,23 @@ class Engine:
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, node_weights: dict[str, float],
                  chunk: int = 2000) -> dict[str, float]:
-        """Test accuracy and loss of every data node's path; weighted mean, worst path and ensemble."""
+        """Test accuracy and loss of every data node's path; weighted mean, worst path and ensemble.
+
+        Modules run in eval mode (batch norm uses its running statistics and does not update
+        them on test data; dropout is off) and go back to training mode afterwards.
+        """
+        mods = [r.module for reps in self.replicas for r in reps] + list(self.global_.values())
+        modes = [m.training for m in mods]
+        for m in mods:
+            m.eval()
+        try:
+            return self._evaluate(x, y, node_weights, chunk)
+        finally:
+            for m, mode in zip(mods, modes):
+                m.train(mode)
+
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, node_weights: dict[str, float],
+                  chunk: int) -> dict[str, float]:
         layout = self.layout
         nodes = list(node_weights)
         if self.features:

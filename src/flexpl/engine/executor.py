@@ -108,6 +108,12 @@ def choose(scn: Scenario, plan: Plan, stage_modules: list[nn.Module], n_replicas
     n_data = len(scn.data_nodes)
     workers = min(eng.workers or cores, n_data, int(os.environ.get(WORKERS_ENV) or n_data))
     asked = eng.executor
+    if asked in ("auto", "processes") and any(
+            n > 1 and any(True for _ in stage_modules[s].buffers()) for s, n in enumerate(n_replicas)):
+        # replicas with buffers (batch norm statistics) are not stacked in arenas, and worker
+        # processes train only stacked rows: their updates would not come back
+        return Choice("sequential", "replicated stages hold buffers (batch norm statistics), which worker "
+                      "processes cannot share: sequential")
     if asked != "auto":
         if asked == "processes" and not (separable(plan) or stepwise(plan)):
             return Choice("sequential", "processes asked, but no stage of this plan has replicas that run "

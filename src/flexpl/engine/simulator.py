@@ -24,7 +24,7 @@ from flexpl.config import Scenario
 from flexpl.costs.flops import count_fwd_bwd
 from flexpl.costs.profiles import device_profile, link_profile
 from flexpl.costs.trace import COMPUTE, Event, Recorder, Totals, Trace, schedule
-from flexpl.data import Dataset, load_dataset, partition, summarize
+from flexpl.data import Dataset, load_data, partition, summarize
 from flexpl.engine import checkpoint, executor, failures
 from flexpl.engine.core import (
     Engine,
@@ -106,7 +106,7 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
     data live on the meta device (shapes only). Default: every node is local.
     """
     local = is_local or (lambda node: True)
-    data = dataset or load_dataset(scn.data.dataset, max_train=scn.data.max_train, max_test=scn.data.max_test)
+    data = dataset or load_data(scn.data, scn.seed)
     topo = build_topology(scn)
     name, spec = _model_spec(scn)
     probe = build_model(spec, data.input_shape, data.num_classes, seed=scn.seed)

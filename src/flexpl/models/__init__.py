@@ -90,6 +90,22 @@ ZOO: dict[str, Callable[..., BlockModel]] = {"mlp": mlp, "cnn": cnn, "lenet5": l
 DEFAULT_CUTS: dict[str, int] = {"mlp": 1, "cnn": 2, "lenet5": 2}
 
 
+def _register_deep() -> None:
+    """Add the deep networks of :mod:`flexpl.models.deep` (ResNet, VGG, MobileNetV2, ViT) to the zoo."""
+    import functools
+
+    from flexpl.models import deep
+
+    for name, (builder, cut) in deep.DEEP.items():
+        def make(input_shape: tuple[int, ...], num_classes: int, _b: Callable = builder, **opts: Any) -> BlockModel:
+            return BlockModel(_b(input_shape, num_classes, **opts))
+        ZOO[name] = functools.wraps(builder)(make)
+        DEFAULT_CUTS[name] = cut
+
+
+_register_deep()
+
+
 def from_sequential(seq: nn.Sequential) -> BlockModel:
     """Wrap a user's ``nn.Sequential``: each child becomes one block (cut points between children)."""
     return BlockModel([(name if not name.isdigit() else f"b{name}", mod) for name, mod in seq.named_children()])

@@ -6,7 +6,8 @@ what the engine computes.
 
 Clock rules (see docs/background.md): a node computes ``FLOPs / flops_per_s``; a hop
 takes ``latency + 8 * bytes / bandwidth``; every node and every link does one thing at a
-time, first come first served; independent work overlaps.
+time, first come first served; independent work overlaps. A full-duplex link is two
+resources, one per direction (see ``Topology.hop_resource``); a half-duplex one is one.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class Recorder:
             if p > 0 and self.loss_rng is not None:  # lost transmissions are resent until one arrives
                 tries = int(self.loss_rng.geometric(1.0 - p))
             duration = tries * (h.latency_s + 8.0 * nbytes / h.bandwidth_bps)
-            ev = self._add(HOP, h.link, duration, prev, what, tries * nbytes, h.src, h.dst, label,
+            ev = self._add(HOP, h.resource or h.link, duration, prev, what, tries * nbytes, h.src, h.dst, label,
                            wasted=(tries - 1) * nbytes)
             prev = (ev,)
         return ev
@@ -324,9 +325,10 @@ class Totals:
                     self.wasted_flops += w
                     self.wasted_energy += w * epf
             else:
-                link = self.link[trace.resource[i]]
+                lname = topo.link_of.get(trace.resource[i], trace.resource[i])
+                link = self.link[lname]
                 bits = 8.0 * amount
-                hop_prof = topo.links[trace.resource[i]][2]
+                hop_prof = topo.links[lname][2]
                 etx, erx = bits * hop_prof.tx_j_per_bit, bits * hop_prof.rx_j_per_bit
                 link["bytes"] += amount
                 link["busy_s"] += dur

@@ -1378,7 +1378,7 @@ class Planner:
                 gc.enable()
 
     def _predict(self, cand: Candidate) -> Prediction:
-        from flexpl.costs.trace import Totals
+        from flexpl.costs.trace import Totals, bill
 
         t0 = time.perf_counter()
         scn, topo = self.scn, self.topo
@@ -1406,10 +1406,11 @@ class Planner:
             for k, v in walked.activations.items():
                 activations[k] = max(activations.get(k, 0), v)
         rounds = scn.training.rounds
-        idle = {n: topo.nodes[n].idle_power_w * max(sim_time - d["busy_s"], 0.0) for n, d in total.node.items()}
-        with_idle = scn.energy.include_idle
-        node_energy = {n: d["energy_j"] + (idle[n] if with_idle else 0.0) for n, d in total.node.items()}
-        energy = total.energy + (sum(idle.values()) if with_idle else 0.0)
+        # the simulator's definition (costs.trace.bill); evaluation is not predicted
+        b = bill(total, topo, sim_time, scn.energy.include_idle, False)
+        idle = b["idle_j"]
+        node_energy = {n: b["per_node"][n]["energy_j"] for n in total.node}
+        energy = b["energy_j"]
         device_energy = sum(node_energy[n] for n in scn.data_nodes)
         device_bytes = max(total.node[n]["bytes_sent"] + total.node[n]["bytes_received"] for n in scn.data_nodes)
         peak, params = self.memory(ctx, activations)

@@ -208,3 +208,19 @@ def test_rounds_csv_adds_up_to_the_summary_for_every_cost_column(tmp_path):
             assert abs(sum(steps) - s[key]) <= 1e-9 * max(abs(s[key]), 1e-30), (extra, col)
         assert s["energy_j_idle"] > 0 and s["wasted_bytes"] > 0
         assert (s["eval_flops"] > 0) and (s["flops_total"] > s["eval_flops"])
+
+
+def test_planner_bills_like_the_simulator_with_idle_energy_adam_and_a_half_duplex_link():
+    """The planner's costs (FLOPs with optimizer and FedAvg, per-direction clock, idle time) equal a run's."""
+    from .test_planner import _check_against_simulator
+
+    from .conftest import chain_scenario
+
+    for strategy in ("sfl", "mp", "fpl"):
+        for duplex in ("full", "half"):
+            links = [{"between": [f"dev{i}", "edge"], "profile": "wifi"} for i in range(2)]
+            links.append({"between": ["edge", "cloud"], "profile": "fiber", "duplex": duplex})
+            scn = chain_scenario(["training.rounds=2", "training.max_steps_per_round=3", "energy.include_idle=true",
+                                  "training.optimizer.name=adam", "training.optimizer.weight_decay=0.001"],
+                                 links=links, strategy=strategy)
+            _check_against_simulator(scn)

@@ -212,9 +212,8 @@ def test_rounds_csv_adds_up_to_the_summary_for_every_cost_column(tmp_path):
 
 def test_planner_bills_like_the_simulator_with_idle_energy_adam_and_a_half_duplex_link():
     """The planner's costs (FLOPs with optimizer and FedAvg, per-direction clock, idle time) equal a run's."""
-    from .test_planner import _check_against_simulator
-
     from .conftest import chain_scenario
+    from .test_planner import _check_against_simulator
 
     for strategy in ("sfl", "mp", "fpl"):
         for duplex in ("full", "half"):

@@ -6,7 +6,7 @@ Times one forward and backward pass (parameter gradients, as a training step doe
 each zoo model (``mlp``, ``cnn``, ``lenet5``) on 28x28 inputs with a batch of 32, takes the
 median wall time of several repetitions, and counts the FLOPs of the same passes with
 ``flexpl.costs.flops.count_fwd_bwd`` (the counter the simulator uses, 2 FLOPs per
-multiply-add). FLOPs over time gives the effective training throughput the virtual clock
+multiply-add and every other arithmetic op counted: [Note: FLOP convention]). FLOPs over time gives the effective training throughput the virtual clock
 needs. Power comes from the CPU's RAPL energy counter when Linux lets us read it, else from
 ``--active-power-w``/``--idle-power-w`` (marked as assumed); memory from ``os.sysconf``.
 
@@ -158,7 +158,7 @@ def profile_yaml(name: str, fields: dict[str, float], results: list[dict[str, An
              f"# ({platform.processor() or platform.machine()}, {platform.system()} {platform.release()}).",
              f"# flops_per_s: FLOPs of one forward+backward pass of each zoo model on {'x'.join(map(str, INPUT_SHAPE))} "
              f"inputs, batch {batch}",
-             "#   (counted with flexpl.costs.flops.count_fwd_bwd, 2 FLOPs per multiply-add), over the median "
+             "#   (counted with flexpl.costs.flops.count_fwd_bwd, 2 FLOPs per multiply-add, element-wise ops too), over the median "
              "wall time of the repetitions:"]
     for r in results:
         lines.append(f"#   {r['model']:7s} {r['flops']:.4g} FLOPs in {r['median_s'] * 1e3:.3f} ms (median of "

@@ -158,6 +158,12 @@ class EnergyCfg(_Strict):
     include_idle: bool = False  # add idle power x idle time of every node to energy_j_total
 
 
+class CostsCfg(_Strict):
+    """What the cost totals include."""
+
+    include_eval: bool = False  # add evaluation FLOPs and energy (eval_flops, eval_energy_j) to the totals
+
+
 class EngineCfg(_Strict):
     """Engine options."""
 
@@ -275,6 +281,7 @@ class Scenario(_Strict):
     strategy: str = "fl"
     plan: PlanCfg | None = None
     energy: EnergyCfg = Field(default_factory=EnergyCfg)
+    costs: CostsCfg = Field(default_factory=CostsCfg)
     engine: EngineCfg = Field(default_factory=EngineCfg)
     failures: FailuresCfg = Field(default_factory=FailuresCfg)
 

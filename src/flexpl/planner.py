@@ -263,46 +263,54 @@ class StageCosts:
             hit = self._stages[key] = stage_module(self.model(variant), start, end)
         return hit
 
-    def probe(self, variant: tuple, start: int, end: int, shape: tuple[int, ...], input_grad: bool) -> StageProbe:
-        """FLOPs (``count_fwd_bwd``, as the engine's FlopCache), output and saved bytes; cached.
+    def probe(self, variant: tuple, start: int, end: int, shape: tuple[int, ...], input_grad: bool,
+              loss: bool = False) -> StageProbe:
+        """FLOPs (``count_fwd_bwd``, as the engine's FlopCache; with the loss when ``loss``), output
+        and saved bytes; cached.
 
         A round meets many batch sizes (last batches, joined batches), so a stage is counted
-        at batch sizes 1, 2 and 3: where FLOPs are proportional to the batch and saved bytes
-        affine in it (true of every layer in the zoo: the counter counts matmuls and
-        convolutions, each linear in the batch), other sizes are scaled exactly from those
-        counts; otherwise the shape is counted directly.
+        at batch sizes 1, 2 and 3: where FLOPs and saved bytes are affine in the batch (true
+        of every layer in the zoo; the mean loss adds one division per batch), other sizes
+        are read off the line through those counts exactly; otherwise the shape is counted directly.
         """
-        key = (variant, start, end, shape, input_grad)
+        key = (variant, start, end, shape, input_grad, loss)
         hit = self._probes.get(key)
         if hit is None:
-            per = (variant, start, end, shape[1:], input_grad)
+            per = (variant, start, end, shape[1:], input_grad, loss)
             if per not in self._per_sample:
-                ones = [self._count(variant, start, end, (b, *shape[1:]), input_grad) for b in (1, 2, 3)]
-                linear = all(p.fwd == b * ones[0].fwd and p.bwd == b * ones[0].bwd and p.out_shape[0] == b
-                             and p.out_shape[1:] == ones[0].out_shape[1:] for b, p in zip((1, 2, 3), ones))
+                ones = [self._count(variant, start, end, (b, *shape[1:]), input_grad, loss) for b in (1, 2, 3)]
+                d = [ones[1].fwd - ones[0].fwd, ones[1].bwd - ones[0].bwd]
+                linear = all(p.fwd == ones[0].fwd + (b - 1) * d[0] and p.bwd == ones[0].bwd + (b - 1) * d[1]
+                             and p.out_shape[0] == b and p.out_shape[1:] == ones[0].out_shape[1:]
+                             for b, p in zip((1, 2, 3), ones))
                 affine = ones[2].saved_bytes - ones[1].saved_bytes == ones[1].saved_bytes - ones[0].saved_bytes
-                self._per_sample[per] = (ones[0], ones[1].saved_bytes - ones[0].saved_bytes) \
+                self._per_sample[per] = (ones[0], ones[1].saved_bytes - ones[0].saved_bytes, d) \
                     if linear and affine else None
             lin = self._per_sample[per]
             b = shape[0]
             if lin is None or not shape:
-                hit = self._count(variant, start, end, shape, input_grad)
+                hit = self._count(variant, start, end, shape, input_grad, loss)
             else:
-                one, saved_per = lin
-                hit = StageProbe(b * one.fwd, b * one.bwd, (b, *one.out_shape[1:]), one.out_esize,
-                                 one.saved_bytes + (b - 1) * saved_per)
+                one, saved_per, d = lin
+                hit = StageProbe(one.fwd + (b - 1) * d[0], one.bwd + (b - 1) * d[1], (b, *one.out_shape[1:]),
+                                 one.out_esize, one.saved_bytes + (b - 1) * saved_per)
             self._probes[key] = hit
         return hit
 
-    def _count(self, variant: tuple, start: int, end: int, shape: tuple[int, ...], input_grad: bool) -> StageProbe:
+    def _count(self, variant: tuple, start: int, end: int, shape: tuple[int, ...], input_grad: bool,
+               loss: bool = False) -> StageProbe:
         from flexpl.costs.flops import count_fwd_bwd
 
         mod = self.stage(variant, start, end)
-        fwd, bwd = count_fwd_bwd(mod, shape, input_grad)
+        fwd, bwd = count_fwd_bwd(mod, shape, input_grad, loss=loss)
         out_shape, esize, saved = saved_activation_bytes(mod, shape, input_grad)
         return StageProbe(fwd, bwd, out_shape, esize, saved)
 
-    def weights(self, variant: tuple, start: int, end: int) -> tuple[int, int, int]:
+    def float_elements(self, variant: tuple, start: int, end: int) -> int:
+        """Floating-point elements of a stage's state dict (what FedAvg averages)."""
+        return sum(t.numel() for t in self.stage(variant, start, end).state_dict().values() if t.is_floating_point())
+
+    def weights(self, variant: tuple, start: int, end: int, trainable_count: bool = False) -> tuple[int, int, int]:
         """(parameter count, trainable parameter bytes, state-dict bytes) of a stage."""
         key = (variant, start, end)
         hit = self._weights.get(key)
@@ -312,6 +320,9 @@ class StageCosts:
             trainable = sum(p.numel() * p.element_size() for p in mod.parameters() if p.requires_grad)
             state = sum(t.numel() * t.element_size() for t in mod.state_dict().values())
             hit = self._weights[key] = (params, trainable, state)
+        if trainable_count:  # trainable parameters, as the optimizer sees them
+            mod = self.stage(variant, start, end)
+            return sum(p.numel() for p in mod.parameters() if p.requires_grad), hit[1], hit[2]
         return hit
 
 
@@ -442,7 +453,7 @@ class ShapeWalk:
                     for m in members:
                         self.stream_ready[m] = fwd_ev
                     continue
-                bwd_ev = rec.compute(rep.host, f_bwd, evs, "bwd", label)
+                bwd_ev = rec.compute(rep.host, f_bwd + c.opt_flops[s], evs, "bwd", label)
                 rep.last_update = bwd_ev
                 if c.input_grad[s]:
                     for m, n in zip(members, sizes):
@@ -463,12 +474,15 @@ class ShapeWalk:
 
     def upload(self, s: int, names: Sequence[str]) -> None:
         """``Engine.upload`` of stage ``s`` from the replicas serving ``names``, then the average."""
+        from flexpl.costs.flops import fedavg_flops
+
         agg = self.ctx.layout.aggregators[s]
         evs = [self.rec.transfer(self.reps[s][ridx].host, agg, self.ctx.state_bytes[s],
                                  [self.reps[s][ridx].last_update], "weights", f"s{s}")
                for ridx in self._participants(s, names)]
         if evs:
-            self.global_ev[s] = self.rec.compute(agg, 0, evs, "aggregate", f"s{s}")
+            self.global_ev[s] = self.rec.compute(agg, fedavg_flops(len(evs), self.ctx.float_elements[s]), evs,
+                                                 "aggregate", f"s{s}")
 
     def relay(self, to_node: str) -> None:
         """``Engine.relay``: hand every relay stage's weights from the holder to ``to_node``."""
@@ -1117,6 +1131,8 @@ class PlanContext:
     input_grad: list[bool] = field(default_factory=list)
     out_grad: list[bool] = field(default_factory=list)
     state_bytes: list[int] = field(default_factory=list)
+    opt_flops: list[int] = field(default_factory=list)       # one optimizer step of a replica, per stage
+    float_elements: list[int] = field(default_factory=list)  # floats a FedAvg averages, per stage
     features: bool = False
     junction_stage: int | None = None
     independent_paths: bool = False  # as Engine.independent_paths: no replica or node shared between data nodes
@@ -1129,7 +1145,8 @@ class PlanContext:
         hit = self._probes.get(key)
         if hit is None:
             st = self.stages[s]
-            hit = self._probes[key] = self.costs.probe(self.variant, st.start, st.end, shape, self.input_grad[s])
+            hit = self._probes[key] = self.costs.probe(self.variant, st.start, st.end, shape, self.input_grad[s],
+                                                       s == len(self.stages) - 1)
         return hit
 
 
@@ -1236,6 +1253,7 @@ class Planner:
     def context(self, cand: Candidate) -> PlanContext:
         """Build and place the candidate's plan exactly as ``simulator.setup`` does."""
         from flexpl.config import PlanCfg
+        from flexpl.costs.flops import optimizer_flops
         from flexpl.engine.core import patch_grid
         from flexpl.plan import build_plan, place
 
@@ -1283,6 +1301,10 @@ class Planner:
             stages=plan.stages, input_grad=input_grad,
             out_grad=[has_params[s] or input_grad[s] for s in range(n_stages)],
             state_bytes=[w[2] for w in weights], features=plan.junction == "features", junction_stage=junction,
+            opt_flops=[optimizer_flops(self.costs.weights(variant, st.start, st.end, trainable_count=True)[0],
+                                       tr.optimizer.name, tr.optimizer.momentum, tr.optimizer.weight_decay)
+                       for st in plan.stages],
+            float_elements=[self.costs.float_elements(variant, st.start, st.end) for st in plan.stages],
             independent_paths=plan.junction != "features" and all(
                 st.replication == "per_node" and st.host == "own" for st in plan.stages))
         # gradients travel in the dtype of the activations they belong to (float32 in the zoo)
@@ -1357,7 +1379,7 @@ class Planner:
                 gc.enable()
 
     def _predict(self, cand: Candidate) -> Prediction:
-        from flexpl.costs.trace import Totals
+        from flexpl.costs.trace import Totals, bill
 
         t0 = time.perf_counter()
         scn, topo = self.scn, self.topo
@@ -1385,10 +1407,11 @@ class Planner:
             for k, v in walked.activations.items():
                 activations[k] = max(activations.get(k, 0), v)
         rounds = scn.training.rounds
-        idle = {n: topo.nodes[n].idle_power_w * max(sim_time - d["busy_s"], 0.0) for n, d in total.node.items()}
-        with_idle = scn.energy.include_idle
-        node_energy = {n: d["energy_j"] + (idle[n] if with_idle else 0.0) for n, d in total.node.items()}
-        energy = total.energy + (sum(idle.values()) if with_idle else 0.0)
+        # the simulator's definition (costs.trace.bill); evaluation is not predicted
+        b = bill(total, topo, sim_time, scn.energy.include_idle, False)
+        idle = b["idle_j"]
+        node_energy = {n: b["per_node"][n]["energy_j"] for n in total.node}
+        energy = b["energy_j"]
         device_energy = sum(node_energy[n] for n in scn.data_nodes)
         device_bytes = max(total.node[n]["bytes_sent"] + total.node[n]["bytes_received"] for n in scn.data_nodes)
         peak, params = self.memory(ctx, activations)

@@ -459,6 +459,9 @@ def fig_timeline(runs: list[Run]) -> Any:
             lst = nodes if a["resource_kind"] == "node" else links
             if a["resource"] not in lst:
                 lst.append(a["resource"])
+        # a full-duplex link shows as its two directions ("<link> <from>><to>"), not as the bare link
+        used = {a["resource"] for a in r.timeline}
+        links = [ln for ln in links if ln in used or not any(u.startswith(ln + " ") for u in used)]
         rows_of[r.name] = (nodes, links)
     heights = [0.9 + 0.24 * sum(map(len, rows_of[r.name])) for r in shown]
     fig = _figure(10.5, sum(heights) + 0.5)

@@ -20,6 +20,16 @@ class Hop:
     latency_s: float
     tx_j_per_bit: float
     rx_j_per_bit: float
+    resource: str = ""  # what the clock queues on: the link (half duplex) or its direction (full duplex)
+
+
+def hop_resource(link: str, src: str, dst: str, duplex: str) -> str:
+    """The clock resource of a hop over ``link`` from ``src`` to ``dst``.
+
+    A half-duplex link is one resource (both directions queue on it); a full-duplex link
+    is one resource per direction, named ``"<link> <src>><dst>"``.
+    """
+    return link if duplex == "half" else f"{link} {src}>{dst}"
 
 
 @dataclass
@@ -32,6 +42,7 @@ class Topology:
     server: str
     _adj: dict[str, list[tuple[str, str]]] = field(default_factory=dict, repr=False)
     _routes: dict[tuple[str, str], tuple[Hop, ...]] = field(default_factory=dict, repr=False)
+    link_of: dict[str, str] = field(default_factory=dict, repr=False)  # clock resource -> link name
 
     def __post_init__(self) -> None:
         self._adj = {n: [] for n in self.nodes}
@@ -40,6 +51,11 @@ class Topology:
             self._adj[b].append((a, name))
         for n in self._adj:
             self._adj[n].sort()
+        for name, (a, b, prof) in self.links.items():
+            self.link_of[name] = name
+            if prof.duplex == "full":
+                self.link_of[hop_resource(name, a, b, "full")] = name
+                self.link_of[hop_resource(name, b, a, "full")] = name
 
     def route(self, src: str, dst: str) -> tuple[Hop, ...]:
         """Fewest-hop route from ``src`` to ``dst`` (ties broken by node name); empty if equal."""
@@ -69,7 +85,8 @@ class Topology:
             a, _b, prof = self.links[link]
             up = u == a
             hops.append(Hop(link, u, v, prof.bandwidth_up_bps if up else prof.bandwidth_down_bps,
-                            prof.latency_s, prof.tx_j_per_bit, prof.rx_j_per_bit))
+                            prof.latency_s, prof.tx_j_per_bit, prof.rx_j_per_bit,
+                            hop_resource(link, u, v, prof.duplex)))
             v = u
         self._routes[key] = tuple(reversed(hops))
         return self._routes[key]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -65,6 +65,8 @@ class LinkProfile(BaseModel):
     "Up" is the direction from the link's first listed endpoint to its second (by
     convention the device / lower tier is listed first); "down" is the reverse.
     ``tx_j_per_bit`` is spent by the sender, ``rx_j_per_bit`` by the receiver.
+    ``duplex``: ``full`` (each direction is its own resource on the clock: an upload and a
+    download overlap) or ``half`` (one shared medium: they queue, first come first served).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -74,6 +76,7 @@ class LinkProfile(BaseModel):
     latency_s: NonNegativeFloat = 0
     tx_j_per_bit: NonNegativeFloat = 0
     rx_j_per_bit: NonNegativeFloat = 0
+    duplex: Literal["full", "half"] = "full"
 
 
 _M = TypeVar("_M", DeviceProfile, LinkProfile)
@@ -94,6 +97,8 @@ def _what_is_allowed(err: dict[str, Any], model: type[BaseModel]) -> str:
         return f"must be a number > {ctx.get('gt', 0):g} (got {err.get('input')!r})"
     if kind == "greater_than_equal":
         return f"must be a number >= {ctx.get('ge', 0):g} (got {err.get('input')!r})"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')} (got {err.get('input')!r})"
     if kind.startswith("float") or kind.startswith("int"):
         return f"must be a number (got {err.get('input')!r})"
     return f"{err.get('msg', 'invalid value')} (got {err.get('input')!r})"

@@ -6,7 +6,8 @@ what the engine computes.
 
 Clock rules (see docs/background.md): a node computes ``FLOPs / flops_per_s``; a hop
 takes ``latency + 8 * bytes / bandwidth``; every node and every link does one thing at a
-time, first come first served; independent work overlaps.
+time, first come first served; independent work overlaps. A full-duplex link is two
+resources, one per direction (see ``Topology.hop_resource``); a half-duplex one is one.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import heapq
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from flexpl.costs.profiles import DeviceProfile
 from flexpl.topology import Topology
 
 COMPUTE, HOP = 0, 1
@@ -124,7 +127,7 @@ class Recorder:
             if p > 0 and self.loss_rng is not None:  # lost transmissions are resent until one arrives
                 tries = int(self.loss_rng.geometric(1.0 - p))
             duration = tries * (h.latency_s + 8.0 * nbytes / h.bandwidth_bps)
-            ev = self._add(HOP, h.link, duration, prev, what, tries * nbytes, h.src, h.dst, label,
+            ev = self._add(HOP, h.resource or h.link, duration, prev, what, tries * nbytes, h.src, h.dst, label,
                            wasted=(tries - 1) * nbytes)
             prev = (ev,)
         return ev
@@ -282,6 +285,8 @@ class Totals:
     wasted_flops: int = 0
     wasted_bytes: int = 0
     wasted_energy: float = 0.0
+    eval_flops: int = 0        # evaluation, billed apart from training (see ``bill``)
+    eval_energy: float = 0.0
     node: dict[str, dict[str, float]] = field(default_factory=dict)
     link: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -289,7 +294,8 @@ class Totals:
     def empty(cls, topo: Topology) -> Totals:
         """Zeroed counters for every node and link of ``topo``."""
         return cls(node={n: {"flops": 0, "bytes_sent": 0, "bytes_received": 0, "energy_j": 0.0,
-                             "energy_j_compute": 0.0, "energy_j_comm": 0.0, "busy_s": 0.0}
+                             "energy_j_compute": 0.0, "energy_j_comm": 0.0, "busy_s": 0.0, "comm_s": 0.0,
+                             "eval_flops": 0, "eval_energy_j": 0.0}
                          for n in topo.nodes},
                    link={n: {"bytes": 0, "busy_s": 0.0, "energy_j": 0.0} for n in topo.links})
 
@@ -312,8 +318,10 @@ class Totals:
             amount, dur, w = trace.amount[i] * k, trace.duration[i] * k, wasted[i] * k
             if trace.kind[i] == COMPUTE:
                 node = self.node[trace.src[i]]
-                epf = topo.nodes[trace.src[i]].energy_per_flop()
-                ej = amount * epf
+                prof = topo.nodes[trace.src[i]]
+                # [Note: compute energy] active power x busy time: a straggler slowed k-fold draws
+                # its active power k times as long (at full speed this is FLOPs x J/FLOP)
+                ej = dur * active_power(prof)
                 node["flops"] += amount
                 node["busy_s"] += dur
                 node["energy_j"] += ej
@@ -322,11 +330,12 @@ class Totals:
                 self.energy_compute += ej
                 if w:
                     self.wasted_flops += w
-                    self.wasted_energy += w * epf
+                    self.wasted_energy += ej * w / amount
             else:
-                link = self.link[trace.resource[i]]
+                lname = topo.link_of.get(trace.resource[i], trace.resource[i])
+                link = self.link[lname]
                 bits = 8.0 * amount
-                hop_prof = topo.links[trace.resource[i]][2]
+                hop_prof = topo.links[lname][2]
                 etx, erx = bits * hop_prof.tx_j_per_bit, bits * hop_prof.rx_j_per_bit
                 link["bytes"] += amount
                 link["busy_s"] += dur
@@ -338,6 +347,9 @@ class Totals:
                 s["energy_j_comm"] += etx
                 r["energy_j"] += erx
                 r["energy_j_comm"] += erx
+                # sender and receiver radios are busy for the hop, not idle [Note: idle time]
+                s["comm_s"] = s.get("comm_s", 0.0) + dur
+                r["comm_s"] = r.get("comm_s", 0.0) + dur
                 self.bytes += amount
                 self.energy_comm += etx + erx
                 if w:
@@ -352,3 +364,54 @@ class Totals:
     def energy(self) -> float:
         """Compute plus communication energy (idle is added by the caller when asked)."""
         return self.energy_compute + self.energy_comm
+
+    def add_eval(self, flops: dict[str, int], topo: Topology) -> None:
+        """Bill one evaluation: ``flops`` per node that runs it, at that node's J/FLOP (not on the clock)."""
+        for n, f in flops.items():
+            d = self.node[n]
+            e = f * topo.nodes[n].energy_per_flop()
+            d["eval_flops"] = d.get("eval_flops", 0) + f
+            d["eval_energy_j"] = d.get("eval_energy_j", 0.0) + e
+            self.eval_flops += f
+        self.eval_energy = sum(d.get("eval_energy_j", 0.0) for d in self.node.values())
+
+
+def active_power(prof: DeviceProfile) -> float:
+    """Watts a node draws while it computes: ``joules_per_flop x flops_per_s`` (= ``active_power_w`` by default)."""
+    return prof.energy_per_flop() * float(prof.flops_per_s)
+
+
+def idle_seconds(totals: Totals, sim_time: float) -> dict[str, float]:
+    """Time each node is truly idle: the clock's span minus its compute and its send/receive time.
+
+    [Note: idle time] A node computing, sending or receiving is not idle. Busy and
+    communication times are added, not merged: where a node computes while its radio
+    sends, that overlap is counted twice as active, so idle time is a lower bound there.
+    """
+    return {n: max(sim_time - d["busy_s"] - d.get("comm_s", 0.0), 0.0) for n, d in totals.node.items()}
+
+
+def bill(totals: Totals, topo: Topology, sim_time: float, include_idle: bool, include_eval: bool) -> dict[str, Any]:
+    """The one definition of a run's cost totals, used by summary.json, rounds.csv and the planner.
+
+    Returns ``flops``, ``energy_j`` (training compute + communication, plus idle energy when
+    ``include_idle`` and evaluation when ``include_eval``), ``energy_j_idle`` (0 unless
+    ``include_idle``), ``idle_j`` (every node's idle energy, whether included or not),
+    ``eval_flops``, ``eval_energy_j`` and ``per_node`` (``flops``, ``energy_j``, ``energy_j_idle``,
+    ``idle_s``) on the same terms.
+    """
+    idle_s = idle_seconds(totals, sim_time)
+    idle_j = {n: topo.nodes[n].idle_power_w * idle_s[n] for n in totals.node}
+    per_node = {}
+    for n, d in totals.node.items():
+        ev_f, ev_e = d.get("eval_flops", 0), d.get("eval_energy_j", 0.0)
+        per_node[n] = {"flops": int(d["flops"]) + (int(ev_f) if include_eval else 0),
+                       "energy_j": d["energy_j"] + (idle_j[n] if include_idle else 0.0)
+                       + (ev_e if include_eval else 0.0),
+                       "energy_j_idle": idle_j[n], "idle_s": idle_s[n],
+                       "eval_flops": int(ev_f), "eval_energy_j": ev_e}
+    energy_idle = sum(idle_j.values()) if include_idle else 0.0
+    return {"flops": int(totals.flops) + (int(totals.eval_flops) if include_eval else 0),
+            "energy_j": totals.energy + energy_idle + (totals.eval_energy if include_eval else 0.0),
+            "energy_j_idle": energy_idle, "idle_j": idle_j, "eval_flops": int(totals.eval_flops),
+            "eval_energy_j": totals.eval_energy, "per_node": per_node}

@@ -28,7 +28,7 @@ from torch import nn
 
 from flexpl.aggregate import fedavg
 from flexpl.config import OptimizerCfg
-from flexpl.costs.flops import FlopCache
+from flexpl.costs.flops import FlopCache, fedavg_flops, optimizer_flops
 from flexpl.costs.trace import Event, Recorder
 from flexpl.engine.arena import Arena
 from flexpl.models import BlockModel, count_params
@@ -178,6 +178,11 @@ class Engine:
         self.remote: Any = None  # a StepPool of worker processes, set by the simulator (processes mode)
         self._out_shapes: dict[tuple, tuple[tuple[int, ...], torch.dtype, bool]] = {}
         has_params = [count_params(m) > 0 for m in base]
+        # [Note: FLOP convention] a replica's optimizer step, billed with its backward pass
+        self.opt_flops = [optimizer_flops(sum(p.numel() for p in m.parameters() if p.requires_grad), opt_cfg.name,
+                                          opt_cfg.momentum, opt_cfg.weight_decay) for m in base]
+        self.float_elements = [sum(v.numel() for v in m.state_dict().values() if v.is_floating_point())
+                               for m in base]
         self.input_grad = [any(has_params[:s]) for s in range(n_stages)]
         # the aggregator's copy of every FedAvg stage (what is downloaded and evaluated)
         self.global_: dict[int, BlockModel] = {
@@ -234,7 +239,7 @@ class Engine:
                     inp = parts[0] if len(parts) == 1 else torch.cat(parts, dim)
                     inp = inp.detach().requires_grad_(self.input_grad[s])  # [Note: stage boundaries]
                     out = self._shape_out(s, rep.module, inp) if rep.shape_only else rep.module(inp)
-                f_fwd, f_bwd = self.flops.get(s, rep.module, tuple(inp.shape), self.input_grad[s])
+                f_fwd, f_bwd = self.flops.get(s, rep.module, tuple(inp.shape), self.input_grad[s], s == last)
                 fwd_ev = self.recorder.compute(rep.host, f_fwd, evs, "fwd", label)
                 out_keys = members[:1] if join_features else members
                 rec = StepRecord(rep, inp, out, members, out_keys, [p.shape[dim] for p in parts], dim,
@@ -292,7 +297,7 @@ class Engine:
                     for m in rec.members:
                         self.stream_ready[m] = rec.fwd_ev
                     continue
-                bwd_ev = self.recorder.compute(rep.host, rec.bwd_flops, evs, "bwd", label)
+                bwd_ev = self.recorder.compute(rep.host, rec.bwd_flops + self.opt_flops[s], evs, "bwd", label)
                 if rep.opt is not None and not rep.shape_only and not (chunk is not None and chunk.stepped):
                     rep.opt.step()
                     rep.opt.zero_grad(set_to_none=True)
@@ -477,7 +482,8 @@ class Engine:
             return
         pick = [i for i, k in enumerate(ok) if k]
         self.global_[s].load_state_dict(fedavg([states[i] for i in pick], [weights[i] for i in pick]))
-        self.global_ev[s] = self.recorder.compute(agg, 0, [evs[i] for i in pick], "aggregate", f"s{s}")
+        self.global_ev[s] = self.recorder.compute(agg, fedavg_flops(len(pick), self.float_elements[s]),
+                                                  [evs[i] for i in pick], "aggregate", f"s{s}")
 
     def relay(self, to_node: str) -> None:
         """Hand every relay stage's weights from the current holder to ``to_node`` (split learning)."""

@@ -21,9 +21,10 @@ import torch
 
 from flexpl import __version__
 from flexpl.config import Scenario
+from flexpl.costs.evaluation import eval_flops
 from flexpl.costs.flops import count_fwd_bwd
 from flexpl.costs.profiles import device_profile, link_profile
-from flexpl.costs.trace import COMPUTE, Event, Recorder, Totals, Trace, schedule
+from flexpl.costs.trace import COMPUTE, Event, Recorder, Totals, Trace, bill, schedule
 from flexpl.data import Dataset, load_data, partition, summarize
 from flexpl.engine import checkpoint, executor, failures
 from flexpl.engine.core import (
@@ -343,6 +344,7 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
     train = list(by_name.values())
     fail = scn.failures
     traces = []
+    eval_cache: dict[tuple, tuple[int, tuple[int, ...]]] = {}
     for rnd in range(first, tr.rounds + 1):
         selected = [n.name for n in train] if plan.collect_data else select_clients(
             [n.name for n in train], tr.clients_per_round, scn.seed, rnd)
@@ -368,13 +370,19 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
             traces.append((trace, starts, ends))
         if rnd % tr.eval_every == 0 or rnd == tr.rounds:
             ev = evaluate(st) if evaluate else eng.evaluate(st.data.test_x, st.data.test_y, weights)
+            if ev:  # billed apart from training (costs.include_eval adds it to the totals)
+                totals.add_eval(eval_flops(eng, len(st.data.test_y), tuple(st.data.input_shape), list(weights),
+                                           eval_cache), topo)
+        b = bill(totals, topo, totals.sim_time, scn.energy.include_idle, scn.costs.include_eval)
         row = {"round": rnd, "accuracy": ev.get("accuracy", float("nan")), "loss": ev.get("loss", float("nan")),
                "accuracy_min": ev.get("accuracy_min", float("nan")),
                "accuracy_ensemble": ev.get("accuracy_ensemble", float("nan")),
                "train_loss": loss_sum / max(n_sum, 1), "clients": len(present),
-               "flops": totals.flops, "bytes": totals.bytes, "sim_time_s": totals.sim_time,
-               "energy_j": totals.energy, "energy_j_compute": totals.energy_compute,
-               "energy_j_comm": totals.energy_comm, "wasted_flops": totals.wasted_flops,
+               "flops": b["flops"], "bytes": totals.bytes, "sim_time_s": totals.sim_time,
+               "energy_j": b["energy_j"], "energy_j_compute": totals.energy_compute,
+               "energy_j_comm": totals.energy_comm, "energy_j_idle": b["energy_j_idle"],
+               "eval_flops": b["eval_flops"], "eval_energy_j": b["eval_energy_j"],
+               "wasted_flops": totals.wasted_flops,
                "wasted_bytes": totals.wasted_bytes, "wasted_energy_j": totals.wasted_energy}
         rows.append(row)
         if checkpoint_dir is not None and tr.checkpoint_every and (rnd % tr.checkpoint_every == 0
@@ -390,16 +398,17 @@ def make_summary(st: Setup, totals: Totals, rows: list[dict[str, Any]], ev: dict
                  wall_s: float) -> dict[str, Any]:
     """The ``summary.json`` of a run (key names are part of FlexPL's interface)."""
     scn, topo, eng = st.scn, st.topo, st.engine
-    idle: dict[str, float] = {n: (topo.nodes[n].idle_power_w * max(totals.sim_time - d["busy_s"], 0.0))
-                              for n, d in totals.node.items()}
-    energy_idle = sum(idle.values()) if scn.energy.include_idle else 0.0
+    b = bill(totals, topo, totals.sim_time, scn.energy.include_idle, scn.costs.include_eval)
     per_node = {}
     for n, d in totals.node.items():
-        per_node[n] = {"flops": int(d["flops"]), "bytes_sent": int(d["bytes_sent"]),
+        bn = b["per_node"][n]
+        per_node[n] = {"flops": bn["flops"], "bytes_sent": int(d["bytes_sent"]),
                        "bytes_received": int(d["bytes_received"]),
-                       "energy_j": d["energy_j"] + (idle[n] if scn.energy.include_idle else 0.0),
+                       "energy_j": bn["energy_j"],
                        "energy_j_compute": d["energy_j_compute"], "energy_j_comm": d["energy_j_comm"],
-                       "energy_j_idle": idle[n], "busy_s": d["busy_s"],
+                       "energy_j_idle": bn["energy_j_idle"], "busy_s": d["busy_s"],
+                       "comm_s": d.get("comm_s", 0.0), "idle_s": bn["idle_s"],
+                       "eval_flops": bn["eval_flops"], "eval_energy_j": bn["eval_energy_j"],
                        "params": sum(count_params(r.module) for reps in eng.replicas for r in reps
                                      if r.host == n)}
     per_link = {n: {"bytes": int(d["bytes"]), "busy_s": d["busy_s"], "energy_j": d["energy_j"]}
@@ -409,9 +418,10 @@ def make_summary(st: Setup, totals: Totals, rows: list[dict[str, Any]], ev: dict
         "scenario": scn.name, "strategy": st.plan.name, "seed": scn.seed, "rounds": len(rows),
         "final_accuracy": last.get("accuracy"), "final_loss": last.get("loss"),
         "accuracy_min": ev.get("accuracy_min"), "accuracy_ensemble": ev.get("accuracy_ensemble"),
-        "flops_total": int(totals.flops), "bytes_total": int(totals.bytes), "sim_time_s": totals.sim_time,
-        "energy_j_total": totals.energy + energy_idle, "energy_j_compute": totals.energy_compute,
-        "energy_j_comm": totals.energy_comm, "energy_j_idle": energy_idle,
+        "flops_total": b["flops"], "bytes_total": int(totals.bytes), "sim_time_s": totals.sim_time,
+        "energy_j_total": b["energy_j"], "energy_j_compute": totals.energy_compute,
+        "energy_j_comm": totals.energy_comm, "energy_j_idle": b["energy_j_idle"],
+        "eval_flops": b["eval_flops"], "eval_energy_j": b["eval_energy_j"],
         "wasted_flops": int(totals.wasted_flops), "wasted_bytes": int(totals.wasted_bytes),
         "wasted_energy_j": totals.wasted_energy,
         "model_params": st.model_params, "model_bytes": st.model_bytes,

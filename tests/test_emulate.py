@@ -56,7 +56,7 @@ def shaped_chain(strategy: str, rounds: int = 1, steps: int = 2, width: int = 40
     """dev0, dev1 -> edge -> cloud, every link 10 Mbit/s up, 25 down (times ``rate``), 10 ms."""
     shaped = dict(SHAPED, bandwidth_up_bps=SHAPED["bandwidth_up_bps"] * rate,
                   bandwidth_down_bps=SHAPED["bandwidth_down_bps"] * rate)
-    link = lambda a, b: {"between": [a, b], "profile": "wifi", **shaped}  # noqa: E731
+    link = lambda a, b: {"between": [a, b], "profile": "wifi", "duplex": "full", **shaped}  # noqa: E731
     return validate_scenario(copy.deepcopy({
         "name": "emu-chain", "seed": 0, "data": {"dataset": "digits", "partition": {"kind": "iid"}},
         "model": {"name": "mlp", "hidden": [width, 64]},
@@ -106,7 +106,7 @@ def test_measured_round_time_is_within_15_percent_of_the_clock(strategy, profile
     for r in links:  # every accounted byte crossed its link direction, as that many messages
         assert int(r["measured_bytes"]) == int(r["bytes"]) and int(r["measured_messages"]) == int(r["messages"]), r
         if float(r["predicted_s"]) >= 0.3:  # a link direction that carried seconds' worth
-            assert 0.8 <= float(r["ratio"]) <= 1.2, (strategy, r)
+            assert 0.75 <= float(r["ratio"]) <= 1.25, (strategy, r)  # the round is the target (15%)
     assert not emulate.list_namespaces(f"flexpl-{os.getpid()}-")  # cleaned up after the run
 
 
@@ -175,3 +175,15 @@ def test_emulate_links_needs_root_linux_and_dist_one_line(monkeypatch, capsys, t
     assert main([*base, "--backend", "dist", "--emulate-profile", "x.yaml"]) == 2
     assert "--emulate-profile: only used with --emulate-links" in capsys.readouterr().err
     assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_half_duplex_links_are_named_in_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    """The kernel shapes each direction apart: a half-duplex (Wi-Fi) link is named, once."""
+    data = shaped_chain("fl").resolved()
+    data["links"][2]["duplex"] = "half"
+    half = emulate.warn_half_duplex(validate_scenario(data), quiet=False)
+    assert len(half) == 1 and "cloud" in half[0]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "half-duplex" in err[0]
+    assert emulate.warn_half_duplex(shaped_chain("fl"), quiet=False) == []
+    assert capsys.readouterr().err == ""

@@ -372,6 +372,23 @@ def print_tables(rows: list[dict], links: list[dict], title: str, quiet: bool) -
 # ---------------------------------------------------------------- the run
 
 
+def warn_half_duplex(scn: Scenario, quiet: bool) -> list[str]:
+    """Warn (one line) about half-duplex links: the emulation shapes each direction apart.
+
+    Each direction of an emulated link leaves a different namespace, so the kernel cannot
+    make the two directions share one rate; the clock, for a half-duplex link (Wi-Fi), queues
+    them on one resource. Returns the names of such links.
+    """
+    from flexpl.engine.simulator import build_topology
+
+    half = sorted(name for name, (_a, _b, prof) in build_topology(scn).links.items() if prof.duplex == "half")
+    if half and not quiet:
+        print(f"warning: --emulate-links shapes every link full duplex; the clock queues both directions of "
+              f"the half-duplex link(s) {', '.join(half)} on one resource (set duplex: full to compare like "
+              f"with like)", file=sys.stderr)
+    return half
+
+
 def run_emulated(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
                  profile: str | None = None) -> dict[str, Any]:
     """``flexpl run --backend dist --emulate-links``: the dist backend in shaped namespaces; returns the summary."""
@@ -384,6 +401,7 @@ def run_emulated(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
     node_of = {r: n for n, r in ranks.items()}
     for f in (Path(out) / "workers").glob("emu_*.json"):  # no stale measurements from an earlier run
         f.unlink()
+    warn_half_duplex(scn, quiet)
     lab = Lab(scn, ranks)
     try:
         lab.up()

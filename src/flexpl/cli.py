@@ -70,6 +70,7 @@ def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, see
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flexpl.config import load_scenario
+    from flexpl.engine.core import Diverged
     from flexpl.engine.simulator import run, setup
     from flexpl.results import prepare_out_dir, write_csv, write_run, write_yaml
 
@@ -95,7 +96,12 @@ def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, see
             progress.update(task, advance=1, info=f"acc {row['accuracy']:.4f}  bytes {row['bytes']:.3e}  "
                                                   f"t {row['sim_time_s']:.1f}s")
 
-        result = run(scn, on_round=on_round, st=st, keep_traces=True, checkpoint_dir=out, resume=resume)
+        try:
+            result = run(scn, on_round=on_round, st=st, keep_traces=True, checkpoint_dir=out, resume=resume)
+        except Diverged as exc:  # keep what was completed: rounds.csv is written; the summary of those rounds too
+            if exc.summary is not None:
+                write_run(out, exc.summary, exc.rows, scn.resolved())
+            raise
     if result.traces:  # the last round on the virtual clock: what the report's timeline draws
         write_csv(out / "timeline.csv", timeline_rows(*result.traces[-1], round_index=len(result.rounds)))
     write_run(out, result.summary, result.rounds, scn.resolved())  # summary.json last: marks a finished run
@@ -293,6 +299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"flexpl: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # training diverged (a non-finite loss): one line, exit 3, rounds so far kept
+        from flexpl.engine.core import Diverged
+
+        if not isinstance(exc, Diverged):
+            raise
+        print(f"flexpl: error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("flexpl: interrupted", file=sys.stderr)
         return 130

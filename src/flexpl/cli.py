@@ -177,6 +177,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
     from flexpl.plan import PRESETS
     from flexpl.results import prepare_out_dir, write_csv
 
+    if getattr(a, "tuned", None):  # each strategy's chosen values, as strategy_overrides (flexpl tune)
+        from flexpl.tune import tuned_sets
+
+        a.set = [*a.set, *tuned_sets(a.tuned)]
     strategies = [s.strip() for s in a.strategies.split(",") if s.strip()]
     for s in strategies:
         if s not in PRESETS:
@@ -229,6 +233,7 @@ def cmd_scenarios(a: argparse.Namespace) -> int:
 PLUGINS: list[tuple[str, str, str]] = [
     ("sweep", "flexpl.sweep", "run a grid of scenario variants (resumable)"),
     ("report", "flexpl.report", "build report.html from a results folder"),
+    ("tune", "flexpl.tune", "choose each strategy's hyper-parameters on validation data (writes tuned.yaml)"),
     ("plan", "flexpl.planner", "predict the costs of many plans without training and recommend one"),
     ("calibrate", "flexpl.calibrate", "measure this machine's FLOP/s and write a device profile"),
     ("worker", "flexpl.engine.dist", "one rank of a distributed run (what torchrun starts)"),
@@ -245,7 +250,7 @@ def _add_plugin(sub, name: str, module: str, helptext: str) -> None:
             raise
         return
     p = sub.add_parser(name, help=helptext)
-    if name in ("sweep", "plan"):
+    if name in ("sweep", "plan", "tune"):
         _common(p)
     mod.add_arguments(p)
     p.set_defaults(func=mod.main)
@@ -282,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(c)
     c.add_argument("--strategies", default="centralized,fl,sl,sfl,mp,fpl",
                    help="comma-separated presets (default: centralized,fl,sl,sfl,mp,fpl)")
+    c.add_argument("--tuned", default=None, metavar="TUNED_YAML",
+                   help="apply each strategy's values chosen by flexpl tune (its tuned.yaml)")
     c.set_defaults(func=cmd_compare)
     for name, module, helptext in PLUGINS:
         _add_plugin(sub, name, module, helptext)

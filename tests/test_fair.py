@@ -105,3 +105,11 @@ def test_nan_loss_exits_3_with_one_line_and_keeps_completed_rounds(tmp_path, mon
     assert len(rows) == 2  # header + round 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 1 and "round 2" in summary["diverged"]
+
+
+def test_feature_branches_hold_out_the_same_samples() -> None:
+    st = setup(digits_star(["data.validation_fraction=0.2", "strategy=fpl-features"]))
+    n = len(st.data.train_y)
+    assert len(st.val[1]) == round(0.2 * n)
+    assert all(len(nd) == n - len(st.val[1]) for nd in st.nodes)
+    assert all(torch.equal(nd.y, st.nodes[0].y) for nd in st.nodes)  # every branch: the same samples

@@ -441,7 +441,7 @@ def load_scenario(name_or_path: str | None = None, sets: list[str] | None = None
     try:
         return validate_scenario(data)
     except UserError as exc:
-        if not applied:
+        if not any(str(exc).startswith(k) for k in applied):
             raise
         raise UserError(f"{exc} (after strategy_overrides.{data.get('strategy')}: {', '.join(applied)})") from None
 

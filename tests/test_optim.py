@@ -91,3 +91,15 @@ def test_schedule_clipping_and_weight_decay_agree_in_every_executor(strategy: st
             torch.testing.assert_close(out["vectorized"][0][node][key], t, rtol=1e-5, atol=1e-6)
     assert [r["train_loss"] for r in out["processes"][1]] == [r["train_loss"] for r in ref_rows]
     assert all(math.isfinite(r["train_loss"]) for r in ref_rows)
+
+
+def test_sgd_weight_decay_shrinks_weights_by_hand() -> None:
+    from flexpl.engine.core import make_optimizer
+
+    lin = torch.nn.Linear(3, 2)
+    w0 = lin.weight.detach().clone()
+    opt = make_optimizer(lin, OptimizerCfg(lr=0.1, momentum=0.0, weight_decay=0.5))
+    for p in lin.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    torch.testing.assert_close(lin.weight.detach(), w0 * (1 - 0.1 * 0.5))  # w - lr * (grad + wd * w)

@@ -169,9 +169,9 @@ def _print_table(console: Any, rows: list[dict[str, Any]], keys: list[str]) -> N
 
 def main(args: argparse.Namespace) -> int:
     """flexpl tune: run the grid per strategy and seed, choose on validation accuracy, write tuned.yaml."""
-    seeds = parse_seeds(args.seeds, 0) if args.seeds is not None else None
-    if args.seed is not None:
-        raise UserError("--seed: tune averages over --seeds; use --seeds N for one seed")
+    if args.seed is not None and args.seeds is not None:
+        raise UserError("--seed: give either --seed N or --seeds S1,S2,... (tune averages over --seeds)")
+    seeds = parse_seeds(args.seeds, 0) if args.seeds is not None else ([args.seed] if args.seed is not None else None)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     run_tune(args.scenario, list(args.set), strategies, list(args.grid), seeds,
              Path(args.out) if args.out else None, jobs=args.jobs, quiet=args.quiet)

@@ -70,6 +70,7 @@ def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, see
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flexpl.config import load_scenario
+    from flexpl.engine.core import Diverged
     from flexpl.engine.simulator import run, setup
     from flexpl.results import begin_run, prepare_out_dir, write_csv, write_run, write_yaml
 
@@ -104,7 +105,12 @@ def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, see
             progress.update(task, advance=1, info=f"acc {row['accuracy']:.4f}  bytes {row['bytes']:.3e}  "
                                                   f"t {row['sim_time_s']:.1f}s")
 
-        result = run(scn, on_round=on_round, st=st, keep_traces=True, checkpoint_dir=out, resume=resume)
+        try:
+            result = run(scn, on_round=on_round, st=st, keep_traces=True, checkpoint_dir=out, resume=resume)
+        except Diverged as exc:  # keep what was completed: rounds.csv is written; the summary of those rounds too
+            if exc.summary is not None:
+                write_run(out, exc.summary, exc.rows, scn.resolved())
+            raise
     if result.traces:  # the last round on the virtual clock: what the report's timeline draws
         write_csv(out / "timeline.csv", timeline_rows(*result.traces[-1], round_index=len(result.rounds)))
     write_run(out, result.summary, result.rounds, scn.resolved())  # summary.json last: marks a finished run
@@ -192,6 +198,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
     from flexpl.plan import PRESETS
     from flexpl.results import prepare_out_dir, write_csv
 
+    if getattr(a, "tuned", None):  # each strategy's chosen values, as strategy_overrides (flexpl tune)
+        from flexpl.tune import tuned_sets
+
+        a.set = [*a.set, *tuned_sets(a.tuned)]
     strategies = [s.strip() for s in a.strategies.split(",") if s.strip()]
     for s in strategies:
         if s not in PRESETS:
@@ -248,6 +258,7 @@ def cmd_scenarios(a: argparse.Namespace) -> int:
 PLUGINS: list[tuple[str, str, str]] = [
     ("sweep", "flexpl.sweep", "run a grid of scenario variants (resumable)"),
     ("report", "flexpl.report", "build report.html from a results folder"),
+    ("tune", "flexpl.tune", "choose each strategy's hyper-parameters on validation data (writes tuned.yaml)"),
     ("plan", "flexpl.planner", "predict the costs of many plans without training and recommend one"),
     ("calibrate", "flexpl.calibrate", "measure this machine's FLOP/s and write a device profile"),
     ("worker", "flexpl.engine.dist", "one rank of a distributed run (what torchrun starts)"),
@@ -264,7 +275,7 @@ def _add_plugin(sub, name: str, module: str, helptext: str) -> None:
             raise
         return
     p = sub.add_parser(name, help=helptext)
-    if name in ("sweep", "plan"):
+    if name in ("sweep", "plan", "tune"):
         _common(p)
     mod.add_arguments(p)
     p.set_defaults(func=mod.main)
@@ -307,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(c)
     c.add_argument("--strategies", default="centralized,fl,sl,sfl,mp,fpl",
                    help="comma-separated presets (default: centralized,fl,sl,sfl,mp,fpl)")
+    c.add_argument("--tuned", default=None, metavar="TUNED_YAML",
+                   help="apply each strategy's values chosen by flexpl tune (its tuned.yaml)")
     c.set_defaults(func=cmd_compare)
     for name, module, helptext in PLUGINS:
         _add_plugin(sub, name, module, helptext)
@@ -324,6 +337,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"flexpl: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # training diverged (a non-finite loss): one line, exit 3, rounds so far kept
+        from flexpl.engine.core import Diverged
+
+        if not isinstance(exc, Diverged):
+            raise
+        print(f"flexpl: error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("flexpl: interrupted", file=sys.stderr)
         return 130

@@ -42,8 +42,22 @@ class OptimizerCfg(_Strict):
     name: Literal["sgd", "adam"] = "sgd"
     lr: PositiveFloat = 0.05
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)  # L2 penalty, SGD and Adam alike (torch.optim's weight_decay)
     reset_on_sync: bool = True  # a replica that receives averaged weights starts a fresh optimizer (as Flower does)
+    # learning rate per round (see flexpl.engine.core.lr_at): constant; step: lr * gamma ** ((round-1) // step_every);
+    # cosine: from lr down towards min_lr over training.rounds
+    schedule: Literal["constant", "step", "cosine"] = "constant"
+    step_every: PositiveInt = 1
+    gamma: float = Field(0.5, gt=0.0, le=1.0)
+    min_lr: float = Field(0.0, ge=0.0)
+    clip_norm: PositiveFloat | None = None  # clip each stage replica's gradient to this L2 norm before a step
+
+    @model_validator(mode="after")
+    def _check_min_lr(self) -> OptimizerCfg:
+        if self.schedule == "cosine" and self.min_lr > self.lr:
+            raise ValueError(f"training.optimizer.min_lr: {self.min_lr:g} is above lr {self.lr:g}; "
+                             "a cosine schedule decays from lr down to min_lr")
+        return self
 
 
 class TrainingCfg(_Strict):
@@ -56,6 +70,7 @@ class TrainingCfg(_Strict):
     max_steps_per_round: PositiveInt | None = None  # cap on local steps per node per round (quick runs)
     eval_every: PositiveInt = 1
     checkpoint_every: NonNegativeInt = 1  # save the run state every k rounds (0: never)
+    eval_test: bool = True  # evaluate on the test set (flexpl tune turns it off: it chooses on validation data)
     optimizer: OptimizerCfg = Field(default_factory=OptimizerCfg)
 
 
@@ -95,6 +110,8 @@ class DataCfg(_Strict):
     test: PositiveInt | None = None
     transform: TransformCfg | None = None
     fallback: DataFallbackCfg | None = None  # when the dataset's files are not found (never on a bad file)
+    # a seeded fraction of each data node's samples held out for validation (val_accuracy per round)
+    validation_fraction: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class NodeCfg(BaseModel):
@@ -284,6 +301,8 @@ class Scenario(_Strict):
     costs: CostsCfg = Field(default_factory=CostsCfg)
     engine: EngineCfg = Field(default_factory=EngineCfg)
     failures: FailuresCfg = Field(default_factory=FailuresCfg)
+    # dotted-key overrides applied only when that strategy runs (see apply_strategy_overrides)
+    strategy_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("model")
     @classmethod
@@ -498,4 +517,53 @@ def load_scenario(name_or_path: str | None = None, sets: list[str] | None = None
         data["strategy"] = strategy
     if seed is not None:
         data["seed"] = seed
-    return validate_scenario(data)
+    applied = apply_strategy_overrides(data, [".".join(parse_set(item)[0]) for item in sets or []])
+    try:
+        return validate_scenario(data)
+    except UserError as exc:
+        if not any(str(exc).startswith(k) for k in applied):
+            raise
+        raise UserError(f"{exc} (after strategy_overrides.{data.get('strategy')}: {', '.join(applied)})") from None
+
+
+def flatten_overrides(over: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``{training: {optimizer: {lr: 0.01}}}`` or ``{training.optimizer.lr: 0.01}`` -> ``[("training.optimizer.lr", 0.01)]``.
+
+    Mappings are walked down to their leaves (so an override merges into the scenario
+    rather than replacing a whole section); lists and scalars are leaves. Later entries win.
+    """
+    if not isinstance(over, dict):
+        return [(prefix, over)] if prefix else []
+    out: list[tuple[str, Any]] = []
+    for k, v in over.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.extend(flatten_overrides(v, key))
+        else:
+            out.append((key, v))
+    return out
+
+
+def apply_strategy_overrides(data: dict[str, Any], protected: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Apply ``data["strategy_overrides"][strategy]`` to ``data`` in place, for the strategy ``data`` runs.
+
+    Keys are dotted scenario fields (as for ``--set``). A key given on the command line
+    (``protected``, e.g. the ``--set`` keys of a sweep or tune cell) wins over an override of
+    the same field. The overrides stay in the scenario (``config.yaml`` shows them); applying
+    them twice changes nothing. Returns the keys applied.
+    """
+    table = data.get("strategy_overrides")
+    if not isinstance(table, dict):
+        return []  # validation reports the wrong type
+    mine = table.get(str(data.get("strategy", "fl")))
+    if not isinstance(mine, dict):
+        return []
+    applied = []
+    for key, value in flatten_overrides(mine):
+        if key == "strategy" or key.startswith("strategy_overrides"):
+            raise UserError(f"strategy_overrides.{data.get('strategy')}.{key}: cannot be overridden per strategy")
+        if any(key == p or key.startswith(p + ".") or p.startswith(key + ".") for p in protected):
+            continue
+        apply_set(data, f"{key}={json.dumps(value)}")
+        applied.append(key)
+    return applied

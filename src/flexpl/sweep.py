@@ -168,8 +168,12 @@ def _run_cell(scenario: str | None, sets: Sequence[str], strategy: str | None, s
               out: Path) -> dict[str, Any]:
     """Run one cell into ``out`` (in this process or a worker); returns its summary."""
     from flexpl.cli import run_one
+    from flexpl.engine.core import Diverged
 
-    return run_one(scenario, list(sets), strategy, seed, out, quiet=True, label=out.name, show_data=False)
+    try:
+        return run_one(scenario, list(sets), strategy, seed, out, quiet=True, label=out.name, show_data=False)
+    except Diverged as exc:  # a result of the grid, not a failure of the sweep: its summary says "diverged"
+        return dict(exc.summary or {"diverged": str(exc)})
 
 
 def write_sweep_csv(out: Path, cells: Sequence[Cell], digests: dict[str, str] | None = None

@@ -192,3 +192,30 @@ def summarize(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> 
             entropy = float(-(p * np.log2(p)).sum()) + 0.0
         out.append({"samples": total, "histogram": [int(h) for h in hist], "entropy_bits": entropy})
     return out
+
+
+def validation_split(parts: list[np.ndarray], fraction: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Hold out a seeded ``fraction`` of each node's samples for validation.
+
+    Returns ``(train_parts, val_parts)``: for node ``i``, ``round(fraction * len(parts[i]))``
+    of its samples (at least one, and never all of them), drawn from a generator seeded by
+    ``(seed, i)``, go to ``val_parts[i]``; the rest stay, in their original order, in
+    ``train_parts[i]``. With ``fraction == 0`` nothing is held out.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise UserError(f"data.validation_fraction: must be in [0, 1), got {fraction!r}")
+    if fraction == 0.0:
+        return [np.asarray(p) for p in parts], [np.asarray(p)[:0] for p in parts]
+    train, val = [], []
+    for i, p in enumerate(parts):
+        p = np.asarray(p)
+        if len(p) < 2:
+            raise UserError(f"data.validation_fraction: data node {i} holds {len(p)} sample(s), too few to hold "
+                            "any out; use more data or validation_fraction: 0")
+        k = min(max(1, round(fraction * len(p))), len(p) - 1)
+        rng = np.random.default_rng([int(seed), 0x56414C, i])  # "VAL": a stream of its own
+        held = np.zeros(len(p), dtype=bool)
+        held[rng.choice(len(p), size=k, replace=False)] = True
+        train.append(p[~held])
+        val.append(p[held])
+    return train, val

@@ -161,9 +161,11 @@ class Arena:
         return {n: t[idx].requires_grad_() for n, t in self.params.items()}
 
     @torch.no_grad()
-    def sgd_step(self, rows: Sequence[int], grads: dict[str, torch.Tensor]) -> None:
-        """torch.optim.SGD's step (single-tensor path, same operations in the same order) on ``rows`` at once."""
+    def sgd_step(self, rows: Sequence[int], grads: dict[str, torch.Tensor], lr: float | None = None) -> None:
+        """torch.optim.SGD's step (single-tensor path, same operations in the same order) on ``rows`` at once,
+        at learning rate ``lr`` (default: the configured one)."""
         cfg = self.opt_cfg
+        lr = cfg.lr if lr is None else lr
         sl = rows_slice(rows)
         idx = None if sl is not None else torch.as_tensor(list(rows))
         for n, t in self.params.items():
@@ -178,6 +180,6 @@ class Arena:
                 g = buf
                 if idx is not None:
                     buf_all.index_copy_(0, idx, buf)
-            p.add_(g, alpha=-cfg.lr)
+            p.add_(g, alpha=-lr)
             if idx is not None:
                 t.index_copy_(0, idx, p)

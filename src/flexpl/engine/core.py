@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +50,35 @@ def make_optimizer(module: nn.Module, cfg: OptimizerCfg) -> torch.optim.Optimize
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def lr_at(cfg: OptimizerCfg, rnd: int, rounds: int) -> float:
+    """The learning rate of round ``rnd`` (1-based) of ``rounds`` under ``cfg.schedule``.
+
+    ``constant``: ``lr``. ``step``: ``lr * gamma ** ((rnd - 1) // step_every)``.
+    ``cosine``: ``min_lr + (lr - min_lr) * (1 + cos(pi * (rnd - 1) / rounds)) / 2`` (round 1
+    trains at ``lr``; as torch's ``CosineAnnealingLR`` with ``T_max = rounds``, stepped once a round).
+    """
+    t = max(rnd - 1, 0)
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.gamma ** (t // cfg.step_every)
+    if cfg.schedule == "cosine":
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * t / max(rounds, 1))) / 2.0
+    return cfg.lr
+
+
+def clip_coefficients(norms: torch.Tensor, clip_norm: float) -> torch.Tensor:
+    """What each gradient is multiplied by to bring its L2 norm down to ``clip_norm`` (as ``clip_grad_norm_``)."""
+    return (clip_norm / (norms + 1e-6)).clamp(max=1.0)
+
+
+class Diverged(Exception):
+    """Training produced a non-finite loss: the run stops (exit 3), keeping the rounds completed so far."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.summary: dict[str, Any] | None = None  # set by the simulator: the summary of the rounds completed
+        self.rows: list[dict[str, Any]] = []
 
 
 def mix_seed(*parts: int | str) -> int:
@@ -175,6 +205,11 @@ class Engine:
                     r.opt = make_optimizer(r.module, opt_cfg)
                     arena.bind(i, r.module, r.opt)
         self.vector_chunk = vector_chunk
+        # the current round's learning rate (flexpl.engine.core.lr_at); in shared memory for worker processes,
+        # which are forked once and read it at every step
+        self.lr_now = torch.tensor([float(opt_cfg.lr)], dtype=torch.float64)
+        if shared:
+            self.lr_now.share_memory_()
         self.remote: Any = None  # a StepPool of worker processes, set by the simulator (processes mode)
         self._out_shapes: dict[tuple, tuple[tuple[int, ...], torch.dtype, bool]] = {}
         has_params = [count_params(m) > 0 for m in base]
@@ -193,6 +228,7 @@ class Engine:
         self.independent_paths = not self.features and all(
             st.replication == "per_node" and st.host == "own" for st in self.plan.stages)
         self.relay_holder: str | None = None
+        self.bad_stage: int | None = None  # after a step with a non-finite loss: the first stage that output one
         self.stream_ready: dict[str, Event] = {}
 
     # ------------------------------------------------------------ the training step
@@ -299,8 +335,7 @@ class Engine:
                     continue
                 bwd_ev = self.recorder.compute(rep.host, rec.bwd_flops + self.opt_flops[s], evs, "bwd", label)
                 if rep.opt is not None and not rep.shape_only and not (chunk is not None and chunk.stepped):
-                    rep.opt.step()
-                    rep.opt.zero_grad(set_to_none=True)
+                    self.opt_step(rep)
                 rep.last_update = bwd_ev
                 if chunk is not None and chunk.in_grads is not None:
                     for m in rec.members:
@@ -315,7 +350,30 @@ class Engine:
                     for m in rec.members:
                         self.stream_ready[m] = bwd_ev
             pending = next_pending
+        if not math.isfinite(loss_sum):  # where it started: the first stage whose output is not finite
+            self.bad_stage = next((s for s in range(len(stages)) for rec in saved[s]
+                                   if not rec.out.is_meta and not bool(torch.isfinite(rec.out.detach()).all())), last)
         return loss_sum, n_samples
+
+    def set_round(self, rnd: int, rounds: int) -> float:
+        """Set the learning rate every optimizer step of round ``rnd`` uses; returns it."""
+        lr = lr_at(self.opt_cfg, rnd, rounds)
+        self.lr_now.fill_(lr)
+        return lr
+
+    def opt_step(self, rep: ReplicaState) -> None:
+        """Replica ``rep``'s optimizer step at the current round's learning rate, its gradient clipped first
+        (``clip_norm``: the L2 norm over the replica's parameters, i.e. per stage), then zero its gradients."""
+        opt = rep.opt
+        if opt is None:
+            return
+        lr = float(self.lr_now[0])
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if self.opt_cfg.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.opt_cfg.clip_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
 
     def _shape_out(self, s: int, module: nn.Module, inp: torch.Tensor) -> torch.Tensor:
         """What stage ``s`` would output for ``inp``, as a meta tensor (output shapes cached per input shape)."""
@@ -387,8 +445,14 @@ class Engine:
             chunk.in_grads = list(chunk.x.grad.unbind(0))
         arena = self.arenas[chunk.stage]
         grads = {n: t.grad for n, t in chunk.params.items()}
+        if self.opt_cfg.clip_norm is not None and self.opt_cfg.name == "sgd":  # (Adam: in opt_step, per replica)
+            # each replica's own norm, as clip_grad_norm_ on each replica
+            k = len(chunk.rows)
+            sq = sum(g.reshape(k, -1).pow(2).sum(1) for g in grads.values())
+            coef = clip_coefficients(sq.sqrt(), self.opt_cfg.clip_norm)
+            grads = {n: g * coef.view((k,) + (1,) * (g.dim() - 1)) for n, g in grads.items()}
         if self.opt_cfg.name == "sgd":
-            arena.sgd_step(chunk.rows, grads)
+            arena.sgd_step(chunk.rows, grads, float(self.lr_now[0]))
             chunk.stepped = True
         else:
             for i, r in enumerate(chunk.rows):

@@ -368,7 +368,7 @@ def _serve_steps(conn: Any, inherited: list[Any], eng: Engine) -> None:
                         loss = F.cross_entropy(out, torch.from_numpy(labels[r]))
                         loss.backward()
                         losses.append(float(loss.detach()))
-                        _step(rep)
+                        eng.opt_step(rep)
                         if x.requires_grad:  # e.g. an FPL trunk serving one front in this step
                             grads.append(x.grad)
                     else:
@@ -386,19 +386,13 @@ def _serve_steps(conn: Any, inherited: list[Any], eng: Engine) -> None:
                 for r, g in zip(rows, gs):
                     x, out = live.pop((s, r))
                     out.backward(g)
-                    _step(eng.replicas[s][r])
+                    eng.opt_step(eng.replicas[s][r])
                     if x.requires_grad:
                         grads.append(x.grad)
                 where_g, buf = _pack(mine, (s, "ingrad"), grads) if grads else ([], None)
                 conn.send(("ok", where_g, buf))
         except BaseException as exc:  # report; the parent stops the run
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
-
-
-def _step(rep: Any) -> None:
-    if rep.opt is not None:
-        rep.opt.step()
-        rep.opt.zero_grad(set_to_none=True)
 
 
 class StepPool(_Workers):

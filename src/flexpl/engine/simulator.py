@@ -8,6 +8,7 @@ put the round's trace on the clock, evaluate. Strategies differ only in their pl
 from __future__ import annotations
 
 import copy
+import math
 import os
 import signal
 import time
@@ -26,8 +27,10 @@ from flexpl.costs.flops import count_fwd_bwd
 from flexpl.costs.profiles import device_profile, link_profile
 from flexpl.costs.trace import COMPUTE, Event, Recorder, Totals, Trace, bill, schedule
 from flexpl.data import Dataset, load_data, partition, summarize
+from flexpl.data.partition import validation_split
 from flexpl.engine import checkpoint, executor, failures
 from flexpl.engine.core import (
+    Diverged,
     Engine,
     NodeData,
     ReplicaState,
@@ -92,6 +95,7 @@ class Setup:
     executor: executor.Choice = field(default_factory=lambda: executor.Choice("sequential", "default"))
     pool: executor.ProcessPool | None = None
     steps: executor.StepPool | None = None
+    val: tuple[torch.Tensor, torch.Tensor] | None = None  # held-out training samples (data.validation_fraction)
 
 
 def _model_spec(scn: Scenario) -> tuple[str, Any]:
@@ -127,13 +131,18 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         shape = (data.input_shape[0], h // grid[0], w // grid[1])
         full = build_model(spec, shape, data.num_classes, seed=scn.seed, junction_block=first,
                            branches=len(data_nodes))
-        nodes = [NodeData(n, _place(extract_patch(data.train_x, grid, i).contiguous(), local(n)),
-                          _place(data.train_y, local(n)), 0) for i, n in enumerate(data_nodes)]
-        parts = [torch.arange(len(data.train_y)).numpy() for _ in data_nodes]
+        # every branch sees the same samples, so they are held out once, for all branches
+        keep, held = validation_split([torch.arange(len(data.train_y)).numpy()], scn.data.validation_fraction,
+                                      scn.seed)
+        idx = torch.from_numpy(keep[0])
+        nodes = [NodeData(n, _place(extract_patch(data.train_x[idx], grid, i).contiguous(), local(n)),
+                          _place(data.train_y[idx], local(n)), 0) for i, n in enumerate(data_nodes)]
+        parts = [keep[0] for _ in data_nodes]
     else:
         full = probe
         parts = partition(data.train_y.numpy(), len(data_nodes), scn.data.partition.kind, seed=scn.seed,
                           alpha=scn.data.partition.alpha, shards_per_node=scn.data.partition.shards_per_node)
+        parts, held = validation_split(parts, scn.data.validation_fraction, scn.seed)
         nodes = [NodeData(n, _place(data.train_x[idx], local(n)), _place(data.train_y[idx], local(n)), i)
                  for i, (n, idx) in enumerate(zip(data_nodes, parts))]
     if plan.collect_data:
@@ -152,8 +161,12 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
     engine = Engine(layout, full, scn.training.optimizer, transport_factory(recorder), recorder, grid, local,
                     shared=choice.mode == "processes",
                     vector_chunk=scn.engine.vector_chunk if choice.mode == "vectorized" else None)
+    val = None
+    if scn.data.validation_fraction > 0:  # evaluated like the test set, full images on every path
+        vidx = torch.from_numpy(np.concatenate(held))
+        val = (data.train_x[vidx], data.train_y[vidx])
     return Setup(scn, data, topo, plan, engine, nodes, summarize(data.train_y.numpy(), parts, data.num_classes),
-                 count_params(probe), state_bytes(probe), recorder, choice)
+                 count_params(probe), state_bytes(probe), recorder, choice, val=val)
 
 
 @dataclass
@@ -257,6 +270,8 @@ def _play_round(st: Setup, totals: Totals, rnd: int, attempt: int, selected: lis
                 loss_sum, n_sum, seen = train_round(eng, by_name, plan_batches, fed_step, rnd)
         else:
             loss_sum, n_sum, seen = train_round(eng, by_name, plan_batches, fed_step, rnd)
+        if not math.isfinite(loss_sum):
+            raise diverged(st, rnd, loss_sum)
     synced = rnd % max([plan.stages[s].sync.every for s in fed_round] or [1]) == 0 or rnd == tr.rounds
     if synced:
         t0 = totals.sim_time
@@ -281,6 +296,18 @@ def _play_round(st: Setup, totals: Totals, rnd: int, attempt: int, selected: lis
             if reps:
                 eng.upload(s, reps, [sum(seen[m] for m in r.spec.members if m in seen) for r in reps], keep=on_time)
     return loss_sum, n_sum, present, synced
+
+
+def diverged(st: Setup, rnd: int, loss: float) -> Diverged:
+    """The one-line error for a non-finite training loss in round ``rnd``, naming the stage where it began."""
+    eng = st.engine
+    s = eng.bad_stage if eng.bad_stage is not None else len(st.plan.stages) - 1
+    stage = st.plan.stages[s]
+    hosts = sorted({r.host for r in eng.replicas[s]})
+    where = hosts[0] if len(hosts) == 1 else f"{len(hosts)} nodes"
+    return Diverged(f"training diverged in round {rnd}: the training loss is {loss}, first non-finite output "
+                    f"at stage {s} (blocks {stage.start}-{stage.end - 1}, on {where}); lower "
+                    "training.optimizer.lr or set training.optimizer.clip_norm (rounds completed so far are kept)")
 
 
 def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
@@ -325,6 +352,13 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
     try:
         rows, totals, ev, traces = _rounds(st, first, totals, rows, ev, synced_last_round, by_name, weights,
                                            fed_round, fed_step, on_round, keep_traces, evaluate, checkpoint_dir)
+    except Diverged as exc:  # the rounds completed so far, summed up (rows and totals grow in place)
+        last = rows[-1] if rows else {}
+        exc.rows = list(rows)
+        exc.summary = make_summary(st, totals, rows, {k: last.get(k) for k in ("accuracy_min", "accuracy_ensemble")},
+                                   time.perf_counter() - t_wall)
+        exc.summary["diverged"] = str(exc)
+        raise
     finally:
         for pool in (st.pool, st.steps):
             if pool is not None:
@@ -348,6 +382,7 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
     for rnd in range(first, tr.rounds + 1):
         selected = [n.name for n in train] if plan.collect_data else select_clients(
             [n.name for n in train], tr.clients_per_round, scn.seed, rnd)
+        lr = eng.set_round(rnd, tr.rounds)
         for attempt in range(fail.max_redos + 1):
             rf = failures.draw(fail, topo, eng.layout, scn.seed, rnd, attempt) if fail.active else None
             snapshot = copy.deepcopy(checkpoint.engine_state(eng)) if rf and rf.host_failed else None
@@ -369,10 +404,19 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
         if keep_traces:
             traces.append((trace, starts, ends))
         if rnd % tr.eval_every == 0 or rnd == tr.rounds:
-            ev = evaluate(st) if evaluate else eng.evaluate(st.data.test_x, st.data.test_y, weights)
-            if ev:  # billed apart from training (costs.include_eval adds it to the totals)
-                totals.add_eval(eval_flops(eng, len(st.data.test_y), tuple(st.data.input_shape), list(weights),
-                                           eval_cache), topo)
+            n_eval = 0  # samples evaluated: billed apart from training (costs.include_eval adds it)
+            if evaluate:
+                ev = evaluate(st)
+                n_eval = len(st.data.test_y) if ev else 0
+            else:
+                ev = eng.evaluate(st.data.test_x, st.data.test_y, weights) if tr.eval_test else {}
+                n_eval = len(st.data.test_y) if tr.eval_test else 0
+                if st.val is not None:  # the held-out training samples (data.validation_fraction)
+                    val = eng.evaluate(st.val[0], st.val[1], weights)
+                    ev.update({"val_accuracy": val["accuracy"], "val_loss": val["loss"]})
+                    n_eval += len(st.val[1])
+            if n_eval:
+                totals.add_eval(eval_flops(eng, n_eval, tuple(st.data.input_shape), list(weights), eval_cache), topo)
         b = bill(totals, topo, totals.sim_time, scn.energy.include_idle, scn.costs.include_eval)
         row = {"round": rnd, "accuracy": ev.get("accuracy", float("nan")), "loss": ev.get("loss", float("nan")),
                "accuracy_min": ev.get("accuracy_min", float("nan")),
@@ -384,6 +428,10 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
                "eval_flops": b["eval_flops"], "eval_energy_j": b["eval_energy_j"],
                "wasted_flops": totals.wasted_flops,
                "wasted_bytes": totals.wasted_bytes, "wasted_energy_j": totals.wasted_energy}
+        if st.val is not None:
+            row["val_accuracy"] = ev.get("val_accuracy", float("nan"))
+            row["val_loss"] = ev.get("val_loss", float("nan"))
+        row["lr"] = lr
         rows.append(row)
         if checkpoint_dir is not None and tr.checkpoint_every and (rnd % tr.checkpoint_every == 0
                                                                    or rnd == tr.rounds):
@@ -414,9 +462,11 @@ def make_summary(st: Setup, totals: Totals, rows: list[dict[str, Any]], ev: dict
     per_link = {n: {"bytes": int(d["bytes"]), "busy_s": d["busy_s"], "energy_j": d["energy_j"]}
                 for n, d in totals.link.items()}
     last = rows[-1] if rows else {}
+    extra = {"final_val_accuracy": last.get("val_accuracy"), "final_val_loss": last.get("val_loss")} \
+        if st.val is not None else {}
     return {
         "scenario": scn.name, "strategy": st.plan.name, "seed": scn.seed, "rounds": len(rows),
-        "final_accuracy": last.get("accuracy"), "final_loss": last.get("loss"),
+        "final_accuracy": last.get("accuracy"), "final_loss": last.get("loss"), **extra,
         "accuracy_min": ev.get("accuracy_min"), "accuracy_ensemble": ev.get("accuracy_ensemble"),
         "flops_total": b["flops"], "bytes_total": int(totals.bytes), "sim_time_s": totals.sim_time,
         "energy_j_total": b["energy_j"], "energy_j_compute": totals.energy_compute,

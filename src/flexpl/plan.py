@@ -152,11 +152,57 @@ def fpl_features(topo: Topology, n_blocks: int, cuts: list[int], default_cut: in
                 junction="features")
 
 
+def fpl_sync(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -> Plan:
+    """FPL with the device fronts averaged at the server every round (``plan.front_sync: all``).
+
+    Under label skew a front that is never averaged only ever sees its device's few classes;
+    averaging the fronts (and, with several groups, the edge trunks, as ``fpl`` already does)
+    at the cloud every round lets every front learn from every class. Costs one front upload
+    and download per device per round on top of ``fpl``'s activations.
+    """
+    return with_front_sync(fpl(topo, n_blocks, cuts, default_cut), "all", 1, "fpl-sync")
+
+
 PresetFn = Callable[[Topology, int, list[int], int], Plan]
 PRESETS: dict[str, PresetFn] = {
     "centralized": centralized, "fl": fl, "sl": sl, "sfl": sfl, "mp": mp, "fpl": fpl,
     "fpl-features": fpl_features,
+    "fpl-sync": fpl_sync,
 }
+
+FRONT_SYNCS = ("none", "group", "all")
+
+
+def with_front_sync(plan: Plan, scope: str, every: int = 1, name: str | None = None) -> Plan:
+    """``plan`` with its device fronts (stage 0, ``per_node``) averaged ``scope``-wide every ``every`` rounds.
+
+    ``scope``: ``none`` (never averaged, as ``fpl``), ``all`` (FedAvg at the server). ``group``
+    (FedAvg at each group's head) is not supported yet: the engine keeps one aggregated model
+    per stage at one aggregator node, so per-group averaging needs one aggregated model per
+    group head in the engine, its checkpoints, the dist backend and the planner's walk.
+    """
+    if scope not in FRONT_SYNCS:
+        raise UserError(f"plan.front_sync: unknown '{scope}'; allowed: {', '.join(FRONT_SYNCS)}")
+    if scope == "group":
+        raise UserError("plan.front_sync: 'group' (fronts averaged at their group head) is not supported yet "
+                        "-- the engine holds one averaged model per stage at one aggregator; use 'all' "
+                        "(fronts averaged at the server) or 'none'")
+    if len(plan.stages) < 2 or plan.stages[0].replication != "per_node" or plan.stages[0].sync.kind == "relay":
+        raise UserError(f"plan.front_sync: plan '{plan.name}' has no per-device front to sync; "
+                        "front_sync applies to FPL-style plans (fpl, fpl-sync, fpl-features)")
+    sync = Sync("fedavg", every) if scope == "all" else Sync()
+    front = replace(plan.stages[0], sync=sync)
+    return replace(plan, name=name or plan.name, stages=(front, *plan.stages[1:]))
+
+
+def with_trunk_sync_every(plan: Plan, every: int) -> Plan:
+    """``plan`` with every FedAvg stage after the fronts (the edge trunks) averaged every ``every`` rounds."""
+    if not any(st.sync.kind == "fedavg" for st in plan.stages[1:]):
+        raise UserError(f"plan.trunk_sync_every: plan '{plan.name}' has no averaged trunk (a single trunk "
+                        "needs no averaging); it applies to FPL plans whose trunks sit on several edges")
+    stages = [plan.stages[0], *(replace(st, sync=replace(st.sync, every=every)) if st.sync.kind == "fedavg"
+                                else st for st in plan.stages[1:])]
+    return replace(plan, stages=tuple(stages))
 
 
 def default_chain(topo: Topology) -> list[str]:
@@ -182,6 +228,9 @@ def build_plan(strategy: str | None, plan_cfg: dict | None, topo: Topology, n_bl
     if sorted(cuts) != cuts:
         raise UserError(f"plan.cut: cuts must be increasing, got {cuts}")
     if cfg.get("stages"):
+        for key in ("front_sync", "front_sync_every", "trunk_sync_every"):
+            if cfg.get(key) is not None:
+                raise UserError(f"plan.{key}: applies to a preset; with plan.stages set each stage's sync instead")
         plan = _explicit_plan(cfg, cuts, topo, n_blocks, default_cut)
     else:
         if strategy not in PRESETS:
@@ -195,6 +244,17 @@ def build_plan(strategy: str | None, plan_cfg: dict | None, topo: Topology, n_bl
                 plan = replace(plan, **{key: cfg[key]})
         if cfg.get("groups"):
             plan = replace(plan, groups={h: tuple(m) for h, m in cfg["groups"].items()})
+        if cfg.get("front_sync") is not None or cfg.get("front_sync_every") is not None:
+            every = int(cfg.get("front_sync_every") or 1)
+            scope = cfg.get("front_sync")
+            if scope is None:  # only the period given: keep the preset's scope
+                scope = "all" if plan.stages[0].sync.kind == "fedavg" else "none"
+                if scope == "none":
+                    raise UserError("plan.front_sync_every: the fronts of this plan are never averaged; "
+                                    "set plan.front_sync: all as well")
+            plan = with_front_sync(plan, scope, every)
+        if cfg.get("trunk_sync_every") is not None:
+            plan = with_trunk_sync_every(plan, int(cfg["trunk_sync_every"]))
     validate_plan(plan, topo, n_blocks)
     return plan
 

@@ -233,7 +233,7 @@ def _compare_seeds(a: argparse.Namespace, strategies: list[str], seeds: list[int
     return 0
 
 
-def _seeds_table(aggs: list[dict[str, Any]], title: str) -> Any:
+def _seeds_table(aggs: list[dict[str, Any]], title: str, key: str = "strategy") -> Any:
     """The comparison table over seeds: mean ± std per column; "≈" where a gap is within the spread."""
     from rich.table import Table
 
@@ -246,7 +246,7 @@ def _seeds_table(aggs: list[dict[str, Any]], title: str) -> Any:
     cols = [c for c in SUMMARY_COLUMNS if c != "strategy"]
     if any("energy_j_devices_mean" in a for a in aggs):
         cols.insert(cols.index("energy_j_total") + 1, "energy_j_devices")
-    t.add_column("strategy")
+    t.add_column(key)
     for c in cols:
         t.add_column(c, justify="right")
     for agg, mark in zip(aggs, marks):
@@ -262,7 +262,7 @@ def _seeds_table(aggs: list[dict[str, Any]], title: str) -> Any:
             if c == "final_accuracy" and mark:
                 cell = "≈ " + cell
             cells.append(cell)
-        t.add_row(str(agg.get("strategy")), *cells)
+        t.add_row(str(agg.get(key)), *cells)
     return t
 
 

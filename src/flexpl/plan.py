@@ -255,6 +255,12 @@ def build_plan(strategy: str | None, plan_cfg: dict | None, topo: Topology, n_bl
             plan = with_front_sync(plan, scope, every)
         if cfg.get("trunk_sync_every") is not None:
             plan = with_trunk_sync_every(plan, int(cfg["trunk_sync_every"]))
+        periods = {st.sync.every for st in plan.stages if st.sync.kind == "fedavg" and st.sync.unit == "round"}
+        if len(periods) > 1 and (cfg.get("front_sync_every") or cfg.get("trunk_sync_every")):
+            # the simulator averages all round-synced stages in the same rounds (every max(k) rounds)
+            raise UserError(f"plan.front_sync_every: fronts and trunks would be averaged every "
+                            f"{' and '.join(map(str, sorted(periods)))} rounds, but all averaged stages sync "
+                            "in the same rounds; set plan.front_sync_every and plan.trunk_sync_every equal")
     validate_plan(plan, topo, n_blocks)
     return plan
 

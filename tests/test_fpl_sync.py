@@ -101,3 +101,19 @@ def test_front_sync_bytes_cross_the_edges_to_the_cloud():
         assert sync[f"d{i}-e{i // 2}"]["bytes"] - base[f"d{i}-e{i // 2}"]["bytes"] == 2 * fb
     for e in ("e0", "e1"):  # two devices' fronts go through each edge, down and up
         assert sync[f"{e}-cloud"]["bytes"] - base[f"{e}-cloud"]["bytes"] == 2 * 2 * fb
+
+
+def test_planner_predicts_fpl_sync_exactly_behind_two_edges():
+    """planner == simulator for fronts and trunks averaged at the cloud every 2 rounds, over 2 edges."""
+    from .test_planner import _check_against_simulator
+
+    _check_against_simulator(digits_star(["training.rounds=3", "plan.cut=1", "plan.front_sync_every=2",
+                                          "plan.trunk_sync_every=2"], strategy="fpl-sync", **TWO_EDGES))
+
+
+def test_planner_lists_fpl_sync_candidates():
+    from flexpl.planner import enumerate_candidates
+
+    topo = build_topology(load_scenario("edge-fmnist", [], "fpl"))
+    cands = [c for c in enumerate_candidates(topo, 4) if c.family == "fpl-sync"]
+    assert [c.label for c in cands] == [f"fpl-sync cut={c} trunk@edges" for c in range(4)]

@@ -79,7 +79,7 @@ def test_compare_with_two_seeds_writes_mean_and_std(tmp_path, capsys):
             a, b = summ[0][col], summ[1][col]
             assert float(r[f"{col}_mean"]) == pytest.approx((a + b) / 2)
             assert float(r[f"{col}_std"]) == pytest.approx(abs(a - b) / math.sqrt(2))
-        assert r["seeds"] == "2" and "energy_j_devices_mean" in r
+        assert r["seeds"] == "2" and "device_energy_j_total_mean" in r
     # the seeds really differ (initial weights, partition, batches)
     assert float(rows[0]["final_accuracy_std"]) > 0
     per_seed = list(csv.DictReader((out / "comparison_seeds.csv").open()))

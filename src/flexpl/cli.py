@@ -218,7 +218,7 @@ def _compare_seeds(a: argparse.Namespace, strategies: list[str], seeds: list[int
                            label=f"[{i * len(seeds) + j + 1}/{n}] {s} seed {k}", show_data=i == 0 and j == 0)
             row = {"strategy": s, "seed": k, **{c: v for c, v in summ.items()
                                                 if not isinstance(v, dict) and c not in ("strategy", "seed")}}
-            row["energy_j_devices"] = device_energy(summ, scn.data_nodes)
+            row["device_energy_j_total"] = device_energy(summ, scn.data_nodes)
             rows.append(row)
         per_seed.extend(rows)
         aggs.append({"strategy": s, **aggregate_seeds(rows)})
@@ -244,8 +244,8 @@ def _seeds_table(aggs: list[dict[str, Any]], title: str, key: str = "strategy") 
               caption="≈: final accuracy within the larger std of the best strategy's (not separable "
                       "by these seeds)" if any(marks) else None, caption_justify="left")
     cols = [c for c in SUMMARY_COLUMNS if c != "strategy"]
-    if any("energy_j_devices_mean" in a for a in aggs):
-        cols.insert(cols.index("energy_j_total") + 1, "energy_j_devices")
+    if any("device_energy_j_total_mean" in a for a in aggs):
+        cols.insert(cols.index("energy_j_total") + 1, "device_energy_j_total")
     t.add_column(key)
     for c in cols:
         t.add_column(c, justify="right")
@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("run", help="train one scenario and report its costs")
     _common(r)
-    r.add_argument("--strategy", default=None, help="preset: centralized, fl, sl, sfl, mp, fpl, fpl-features")
+    r.add_argument("--strategy", default=None, help="preset: centralized, fl, sl, sfl, mp, fpl, fpl-features, fpl-sync")
     r.add_argument("--resume", default=None, metavar="DIR", help="continue a stopped run from DIR/checkpoint.pt")
     r.add_argument("--backend", choices=["sim", "dist"], default=None,
                    help="sim: in-process simulator; dist: one process per node over torch.distributed "

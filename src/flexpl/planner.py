@@ -153,6 +153,9 @@ def enumerate_candidates(topo: Topology, n_blocks: int) -> list[Candidate]:
         if edges:  # one trunk for everybody, on the server
             out.append(Candidate(f"fpl cut={c} trunk@{server}", "fpl", {"name": "fpl", "cut": c, "stages": [
                 _stage("per_node"), _stage("single", server)]}, "fpl", str(c), server))
+    for c in cuts:  # fronts averaged at the server every round (the fpl-sync preset)
+        where = heads[0] if len(groups) == 1 else "edges"
+        out.append(Candidate(f"fpl-sync cut={c} trunk@{where}", "fpl-sync", {"cut": c}, "fpl-sync", str(c), where))
     for c in cuts:
         out.append(Candidate(f"fpl-features cut={c}", "fpl-features", {"cut": c}, "fpl-features", str(c), server))
     if edges:  # three stages: device front, middle on the edge heads, tail on the server

@@ -224,7 +224,7 @@ def write_sweep_seeds_csv(out: Path, cells: Sequence[Cell], seeds: Sequence[int]
             row.update({key: v for key, v in s.items() if not isinstance(v, dict) and key not in row})
             nodes = _data_nodes(out / c.name / SEED_DIR.format(k))
             if nodes:
-                row["energy_j_devices"] = device_energy(s, nodes)
+                row["device_energy_j_total"] = device_energy(s, nodes)
             mine.append(row)
         per_seed.extend(mine)
         if mine:

@@ -87,6 +87,14 @@ def test_compare_with_two_seeds_writes_mean_and_std(tmp_path, capsys):
                                                               ("fpl-sync", "0"), ("fpl-sync", "1")]
     html = (out / "report.html").read_text()
     assert "Over seeds" in html and (out / "fig_seeds_accuracy.png").is_file()
+    # one more seed: the finished seeds are reused, only seed 2 runs
+    before = (out / "fl" / "seed0" / "summary.json").stat().st_mtime_ns
+    assert main(["compare", "digits-star", "--strategies", "fl", "--seeds", "0,1,2",
+                 "--set", "training.rounds=1", "--set", "data.partition.kind=dirichlet",
+                 "--set", "data.partition.alpha=0.3", "--out", str(out), "--quiet"]) == 0
+    assert (out / "fl" / "seed0" / "summary.json").stat().st_mtime_ns == before
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    assert [(r["strategy"], r["seeds"]) for r in rows] == [("fl", "3")]
 
 
 def test_compare_seed_and_seeds_together_exit_2(tmp_path, capsys):

@@ -204,9 +204,17 @@ def _parse_seeds(raw: str | None, seed: int | None) -> list[int] | None:
 
 
 def _compare_seeds(a: argparse.Namespace, strategies: list[str], seeds: list[int], scn: Any, out: Path) -> int:
-    """compare --seeds: every strategy once per seed into ``out/<strategy>/seed<k>``, then mean +- std."""
+    """compare --seeds: every strategy once per seed into ``out/<strategy>/seed<k>``, then mean +- std.
+
+    A seed's run already finished in its folder (same scenario digest) is reused, so adding a
+    seed to the list runs only the new one.
+    """
+    import json
+
+    from flexpl.config import load_scenario
     from flexpl.results import write_csv
     from flexpl.seeds import SEED_DIR, aggregate_seeds, device_energy
+    from flexpl.sweep import _finished
 
     per_seed: list[dict[str, Any]] = []
     aggs: list[dict[str, Any]] = []
@@ -214,8 +222,12 @@ def _compare_seeds(a: argparse.Namespace, strategies: list[str], seeds: list[int
     for i, s in enumerate(strategies):
         rows = []
         for j, k in enumerate(seeds):
-            summ = run_one(a.scenario, a.set, s, k, out / s / SEED_DIR.format(k), a.quiet,
-                           label=f"[{i * len(seeds) + j + 1}/{n}] {s} seed {k}", show_data=i == 0 and j == 0)
+            folder = out / s / SEED_DIR.format(k)
+            if _finished(folder, load_scenario(a.scenario, a.set, s, k).digest()):  # resumable, as sweep
+                summ = json.loads((folder / "summary.json").read_text())
+            else:
+                summ = run_one(a.scenario, a.set, s, k, folder, a.quiet,
+                               label=f"[{i * len(seeds) + j + 1}/{n}] {s} seed {k}", show_data=i == 0 and j == 0)
             row = {"strategy": s, "seed": k, **{c: v for c, v in summ.items()
                                                 if not isinstance(v, dict) and c not in ("strategy", "seed")}}
             row["device_energy_j_total"] = device_energy(summ, scn.data_nodes)

@@ -59,7 +59,6 @@ def test_front_sync_options_reach_the_preset():
 
 
 @pytest.mark.parametrize("plan, fragment", [
-    ({"front_sync": "group"}, "plan.front_sync: 'group'"),
     ({"front_sync_every": 2}, "plan.front_sync_every: the fronts of this plan are never averaged"),
     ({"front_sync": "all", "front_sync_every": 2}, "set plan.front_sync_every and plan.trunk_sync_every equal"),
 ])
@@ -115,5 +114,76 @@ def test_planner_lists_fpl_sync_candidates():
     from flexpl.planner import enumerate_candidates
 
     topo = build_topology(load_scenario("edge-fmnist", [], "fpl"))
-    cands = [c for c in enumerate_candidates(topo, 4) if c.family == "fpl-sync"]
-    assert [c.label for c in cands] == [f"fpl-sync cut={c} trunk@edges" for c in range(4)]
+    cands = [c for c in enumerate_candidates(topo, 4) if c.family in ("fpl-sync", "fpl-group")]
+    assert [c.label for c in cands] == [f"{f} cut={c} trunk@edges" for c in range(4) for f in ("fpl-sync", "fpl-group")]
+
+
+def test_front_sync_group_averages_fronts_at_their_edge():
+    plan, layout = _layout("fpl-group")
+    assert plan.name == "fpl-group" and plan.stages[0].sync.scope == "group"
+    assert layout.aggregators == [None, "cloud"]
+    heads = {r.members[0]: layout.aggregator(0, r.index) for r in layout.replicas[0]}
+    assert heads == {f"dev{i}": "edge0" if i < 4 else "edge1" for i in range(8)}
+    plan, _ = _layout("fpl", {"front_sync": "group", "front_sync_every": 2, "trunk_sync_every": 2})
+    assert plan.stages[0].sync == plan.stages[0].sync.__class__("fedavg", 2, scope="group")
+
+
+def test_front_sync_group_bytes_stay_below_the_edges():
+    """Fronts go down from and up to their edge only: the edge-cloud links carry what fpl's do."""
+    base = run(digits_star(ONE_STEP, strategy="fpl", **TWO_EDGES)).summary
+    grp = run(digits_star(ONE_STEP, strategy="fpl-group", **TWO_EDGES)).summary
+    fb = _front_bytes()
+    for i in range(4):
+        assert grp["per_link"][f"d{i}-e{i // 2}"]["bytes"] - base["per_link"][f"d{i}-e{i // 2}"]["bytes"] == 2 * fb
+    for e in ("e0", "e1"):
+        assert grp["per_link"][f"{e}-cloud"]["bytes"] == base["per_link"][f"{e}-cloud"]["bytes"]
+    assert grp["plan"]["stages"][0]["sync"]["scope"] == "group"
+
+
+def test_front_sync_group_averages_within_groups_only():
+    """After a synced round the two devices of a group share one front; the groups' fronts differ."""
+    from flexpl.engine.simulator import setup
+
+    scn = digits_star(["training.rounds=1", "training.max_steps_per_round=2", "plan.cut=1"],
+                      strategy="fpl-group", **TWO_EDGES)
+    st = setup(scn)
+    run(scn, st=st)
+    eng = st.engine
+    fronts = {n: eng.eval_module(0, eng.layout.serves[0][n]) for n in ("d0", "d1", "d2", "d3")}
+    assert fronts["d0"] is fronts["d1"] and fronts["d2"] is fronts["d3"]
+    assert fronts["d0"] is not fronts["d2"]
+    w0, w2 = (next(iter(fronts[n].state_dict().values())) for n in ("d0", "d2"))
+    assert not w0.equal(w2)
+
+
+def test_planner_predicts_fpl_group_exactly_behind_two_edges():
+    from .test_planner import _check_against_simulator
+
+    _check_against_simulator(digits_star(["training.rounds=2", "plan.cut=1"], strategy="fpl-group", **TWO_EDGES))
+
+
+def test_fpl_group_killed_and_resumed_is_bit_identical(tmp_path):
+    """The group heads' averages are part of the checkpoint: a resumed fpl-group run ends as one never stopped."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    flexpl = str(Path(sys.executable).parent / "flexpl")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    sets = ["--set", "training.rounds=3", "--set", "training.max_steps_per_round=4", "--strategy", "fpl-group"]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    r = subprocess.run([flexpl, "run", "digits-star", *sets, "--out", str(ref), "--quiet"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([flexpl, "run", "digits-star", *sets, "--out", str(cut), "--quiet"],
+                       env=dict(env, FLEXPL_TEST_KILL_AT="3:2"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL
+    r = subprocess.run([flexpl, "run", "--resume", str(cut), "--quiet"], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (cut / "rounds.csv").read_text() == (ref / "rounds.csv").read_text()
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (ref, cut))
+    assert a["final_accuracy"] == b["final_accuracy"] and a["bytes_total"] == b["bytes_total"]

@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("run", help="train one scenario and report its costs")
     _common(r)
-    r.add_argument("--strategy", default=None, help="preset: centralized, fl, sl, sfl, mp, fpl, fpl-features, fpl-sync")
+    r.add_argument("--strategy", default=None, help="preset: centralized, fl, sl, sfl, mp, fpl, fpl-features, fpl-sync, fpl-group")
     r.add_argument("--resume", default=None, metavar="DIR", help="continue a stopped run from DIR/checkpoint.pt")
     r.add_argument("--backend", choices=["sim", "dist"], default=None,
                    help="sim: in-process simulator; dist: one process per node over torch.distributed "

@@ -108,6 +108,7 @@ class SyncCfg(_Strict):
     every: PositiveInt = 1
     unit: Literal["round", "step"] = "round"
     at: str | None = None
+    scope: Literal["all", "group"] = "all"  # fedavg at one aggregator, or per group at each group's head
 
 
 class StageCfg(_Strict):

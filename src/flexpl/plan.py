@@ -28,6 +28,7 @@ REPLICATIONS = ("per_node", "per_group", "single")
 SYNCS = ("none", "fedavg", "relay")
 JUNCTIONS = ("batch", "features")
 SCHEDULES = ("lockstep", "sequential", "round_robin")
+SYNC_SCOPES = ("all", "group")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Sync:
     every: int = 1
     unit: str = "round"
     at: str | None = None  # aggregator node; None means the scenario's server
+    scope: str = "all"  # fedavg: "all" replicas at one aggregator, or each "group" at its group head
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,20 @@ class Layout:
     replicas: list[list[Replica]]
     serves: list[dict[str, int]]  # stage -> data node -> replica index
     aggregators: list[str | None]
+    # stage -> replica index -> its FedAvg aggregator (the stage's aggregator, or its group head
+    # for sync scope "group", whose stage aggregator is then None)
+    agg_of: list[dict[int, str]] = field(default_factory=list)
+
+    def aggregator(self, s: int, ridx: int) -> str | None:
+        """The node that averages replica ``ridx`` of stage ``s`` (None: the stage is not averaged)."""
+        if self.agg_of and ridx in self.agg_of[s]:
+            return self.agg_of[s][ridx]
+        return self.aggregators[s]
+
+    def grouped(self, s: int) -> bool:
+        """Whether stage ``s`` is averaged per group, at each group's head (sync scope "group")."""
+        st = self.plan.stages[s]
+        return st.sync.kind == "fedavg" and st.sync.scope == "group"
 
     def path(self, node: str) -> list[Replica]:
         """The replicas a data node's samples go through, stage by stage."""
@@ -163,11 +179,21 @@ def fpl_sync(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -
     return with_front_sync(fpl(topo, n_blocks, cuts, default_cut), "all", 1, "fpl-sync")
 
 
+def fpl_group(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -> Plan:
+    """FPL with the device fronts averaged within their group, at the group head (``plan.front_sync: group``).
+
+    Behind edge servers the fronts' weights travel only to their edge and back, never to the
+    cloud; fronts in different groups stay apart (the edge trunks are averaged at the cloud, as
+    in ``fpl``). With one group this is ``fpl-sync`` with the group head as aggregator.
+    """
+    return with_front_sync(fpl(topo, n_blocks, cuts, default_cut), "group", 1, "fpl-group")
+
+
 PresetFn = Callable[[Topology, int, list[int], int], Plan]
 PRESETS: dict[str, PresetFn] = {
     "centralized": centralized, "fl": fl, "sl": sl, "sfl": sfl, "mp": mp, "fpl": fpl,
     "fpl-features": fpl_features,
-    "fpl-sync": fpl_sync,
+    "fpl-sync": fpl_sync, "fpl-group": fpl_group,
 }
 
 FRONT_SYNCS = ("none", "group", "all")
@@ -176,21 +202,15 @@ FRONT_SYNCS = ("none", "group", "all")
 def with_front_sync(plan: Plan, scope: str, every: int = 1, name: str | None = None) -> Plan:
     """``plan`` with its device fronts (stage 0, ``per_node``) averaged ``scope``-wide every ``every`` rounds.
 
-    ``scope``: ``none`` (never averaged, as ``fpl``), ``all`` (FedAvg at the server). ``group``
-    (FedAvg at each group's head) is not supported yet: the engine keeps one aggregated model
-    per stage at one aggregator node, so per-group averaging needs one aggregated model per
-    group head in the engine, its checkpoints, the dist backend and the planner's walk.
+    ``scope``: ``none`` (never averaged, as ``fpl``), ``all`` (FedAvg at the server) or ``group``
+    (FedAvg of the fronts of each group's devices at the group's head, e.g. their edge server).
     """
     if scope not in FRONT_SYNCS:
         raise UserError(f"plan.front_sync: unknown '{scope}'; allowed: {', '.join(FRONT_SYNCS)}")
-    if scope == "group":
-        raise UserError("plan.front_sync: 'group' (fronts averaged at their group head) is not supported yet "
-                        "-- the engine holds one averaged model per stage at one aggregator; use 'all' "
-                        "(fronts averaged at the server) or 'none'")
     if len(plan.stages) < 2 or plan.stages[0].replication != "per_node" or plan.stages[0].sync.kind == "relay":
         raise UserError(f"plan.front_sync: plan '{plan.name}' has no per-device front to sync; "
                         "front_sync applies to FPL-style plans (fpl, fpl-sync, fpl-features)")
-    sync = Sync("fedavg", every) if scope == "all" else Sync()
+    sync = Sync("fedavg", every, scope=scope) if scope != "none" else Sync()
     front = replace(plan.stages[0], sync=sync)
     return replace(plan, name=name or plan.name, stages=(front, *plan.stages[1:]))
 
@@ -248,7 +268,7 @@ def build_plan(strategy: str | None, plan_cfg: dict | None, topo: Topology, n_bl
             every = int(cfg.get("front_sync_every") or 1)
             scope = cfg.get("front_sync")
             if scope is None:  # only the period given: keep the preset's scope
-                scope = "all" if plan.stages[0].sync.kind == "fedavg" else "none"
+                scope = plan.stages[0].sync.scope if plan.stages[0].sync.kind == "fedavg" else "none"
                 if scope == "none":
                     raise UserError("plan.front_sync_every: the fronts of this plan are never averaged; "
                                     "set plan.front_sync: all as well")
@@ -281,7 +301,7 @@ def _explicit_plan(cfg: dict, cuts: list[int], topo: Topology, n_blocks: int, de
             sync = {"kind": sync}
         stages.append(Stage(bounds[i], bounds[i + 1], s.get("replication", "single"), s.get("host", "own"),
                             Sync(sync.get("kind", "none"), int(sync.get("every", 1)),
-                                 sync.get("unit", "round"), sync.get("at"))))
+                                 sync.get("unit", "round"), sync.get("at"), sync.get("scope", "all"))))
     groups = cfg.get("groups")
     return Plan(cfg.get("name") or "custom", tuple(stages), cfg.get("junction") or "batch",
                 cfg.get("schedule") or "lockstep", bool(cfg.get("collect_data", False)),
@@ -304,6 +324,12 @@ def validate_plan(plan: Plan, topo: Topology, n_blocks: int) -> None:
             raise UserError(f"{f}.sync.unit: unknown '{st.sync.unit}'; allowed: round, step")
         if st.sync.every < 1:
             raise UserError(f"{f}.sync.every: must be a positive integer, got {st.sync.every}")
+        if st.sync.scope not in SYNC_SCOPES:
+            raise UserError(f"{f}.sync.scope: unknown '{st.sync.scope}'; allowed: {', '.join(SYNC_SCOPES)}")
+        if st.sync.scope == "group" and (st.sync.kind != "fedavg" or st.replication != "per_node"
+                                         or st.sync.at is not None):
+            raise UserError(f"{f}.sync.scope: 'group' averages a per_node stage with fedavg at each group's "
+                            "head; it takes no sync.at")
         if st.host != "own" and st.host not in topo.nodes:
             raise UserError(f"{f}.host: node '{st.host}' does not exist; allowed: own, {', '.join(topo.nodes)}")
         if st.replication == "single" and st.host == "own" and not plan.collect_data:
@@ -338,6 +364,8 @@ def place(plan: Plan, topo: Topology, data_nodes: list[str]) -> Layout:
     replicas: list[list[Replica]] = []
     serves: list[dict[str, int]] = []
     aggregators: list[str | None] = []
+    agg_of: list[dict[int, str]] = []
+    head_of = {m: h for h, ms in groups.items() for m in ms}
     for s, st in enumerate(plan.stages):
         if st.replication == "per_node":
             sets = [(n, (n,)) for n in data_nodes]
@@ -351,8 +379,14 @@ def place(plan: Plan, topo: Topology, data_nodes: list[str]) -> Layout:
         replicas.append(reps)
         serves.append({m: r.index for r in reps for m in r.members})
         agg = (st.sync.at or topo.server) if st.sync.kind == "fedavg" else None
+        if agg is not None and st.sync.scope == "group":  # each replica averaged at its group's head
+            agg_of.append({r.index: head_of[r.members[0]] for r in reps})
+            agg = None
+        else:
+            agg_of.append({r.index: agg for r in reps} if agg is not None else {})
         aggregators.append(agg)
         for r in reps:  # every replica must reach the previous stage and its aggregator
+            agg = agg_of[s].get(r.index)
             if agg is not None and agg not in topo.reachable(r.host):
                 raise UserError(f"plan.stages[{s}].sync.at: aggregator '{agg}' is unreachable from "
                                 f"'{r.host}' through the links")
@@ -363,4 +397,4 @@ def place(plan: Plan, topo: Topology, data_nodes: list[str]) -> Layout:
             if host not in reach:
                 raise UserError(f"plan.stages[{s}].host: node '{host}' is unreachable from data node "
                                 f"'{node}' through the links")
-    return Layout(plan, replicas, serves, aggregators)
+    return Layout(plan, replicas, serves, aggregators, agg_of)

@@ -187,3 +187,14 @@ def test_fpl_group_killed_and_resumed_is_bit_identical(tmp_path):
     assert (cut / "rounds.csv").read_text() == (ref / "rounds.csv").read_text()
     a, b = (json.loads((d / "summary.json").read_text()) for d in (ref, cut))
     assert a["final_accuracy"] == b["final_accuracy"] and a["bytes_total"] == b["bytes_total"]
+
+
+def test_fpl_group_on_the_dist_backend_matches_the_simulator(tmp_path):
+    """Fronts averaged at the edge process (not the server): same bytes, costs and accuracy as the simulator."""
+    from .conftest import chain_scenario
+    from .test_dist import SMALL, _assert_same_as_simulator, _sim, launch
+
+    scn = chain_scenario(SMALL, strategy="fpl-group")
+    d = launch(scn, tmp_path / "out", timeout_s=60)
+    _assert_same_as_simulator(d, _sim(scn))
+    assert d["plan"]["stages"][0]["sync"]["scope"] == "group"

@@ -208,6 +208,9 @@ def cmd_compare(a: argparse.Namespace) -> int:
             raise UserError(f"--strategies: unknown strategy '{s}'; allowed: {', '.join(PRESETS)}")
     scn = load_scenario(a.scenario, a.set, None, a.seed)
     out = prepare_out_dir(a.out or f"results/{scn.name}-compare")
+    seeds = _parse_seeds(getattr(a, "seeds", None), a.seed)
+    if seeds is not None:  # several seeds: one folder per seed, mean +- std (flexpl.seeds)
+        return _compare_seeds(a, strategies, seeds, scn, out)
     summaries = []
     for i, s in enumerate(strategies):
         summaries.append(run_one(a.scenario, a.set, s, a.seed, out / s, a.quiet,
@@ -220,6 +223,90 @@ def cmd_compare(a: argparse.Namespace) -> int:
         c.print(f"comparison in {out}/comparison.csv")
     _maybe_report(out, a.quiet)
     return 0
+
+
+def _parse_seeds(raw: str | None, seed: int | None) -> list[int] | None:
+    from flexpl.seeds import parse_seeds
+
+    seeds = parse_seeds(raw)
+    if seeds is not None and seed is not None:
+        raise UserError("--seeds: give either --seed or --seeds, not both")
+    return seeds
+
+
+def _compare_seeds(a: argparse.Namespace, strategies: list[str], seeds: list[int], scn: Any, out: Path) -> int:
+    """compare --seeds: every strategy once per seed into ``out/<strategy>/seed<k>``, then mean +- std.
+
+    A seed's run already finished in its folder (same scenario digest) is reused, so adding a
+    seed to the list runs only the new one.
+    """
+    import json
+
+    from flexpl.config import load_scenario
+    from flexpl.results import write_csv
+    from flexpl.seeds import SEED_DIR, aggregate_seeds, device_energy
+    from flexpl.sweep import _finished
+
+    per_seed: list[dict[str, Any]] = []
+    aggs: list[dict[str, Any]] = []
+    n = len(strategies) * len(seeds)
+    for i, s in enumerate(strategies):
+        rows = []
+        for j, k in enumerate(seeds):
+            folder = out / s / SEED_DIR.format(k)
+            if _finished(folder, load_scenario(a.scenario, a.set, s, k).digest()):  # resumable, as sweep
+                summ = json.loads((folder / "summary.json").read_text())
+            else:
+                summ = run_one(a.scenario, a.set, s, k, folder, a.quiet,
+                               label=f"[{i * len(seeds) + j + 1}/{n}] {s} seed {k}", show_data=i == 0 and j == 0)
+            row = {"strategy": s, "seed": k, **{c: v for c, v in summ.items()
+                                                if not isinstance(v, dict) and c not in ("strategy", "seed")}}
+            row["device_energy_j_total"] = device_energy(summ, scn.data_nodes)
+            rows.append(row)
+        per_seed.extend(rows)
+        aggs.append({"strategy": s, **aggregate_seeds(rows)})
+    write_csv(out / "comparison_seeds.csv", per_seed)
+    write_csv(out / "comparison.csv", aggs)
+    if not a.quiet:
+        c = _console()
+        c.print(_seeds_table(aggs, f"{scn.name}: {scn.training.rounds} rounds, seeds "
+                                   f"{','.join(map(str, seeds))} (mean ± sample std)"))
+        c.print(f"comparison in {out}/comparison.csv (per seed: comparison_seeds.csv)")
+    _maybe_report(out, a.quiet)
+    return 0
+
+
+def _seeds_table(aggs: list[dict[str, Any]], title: str, key: str = "strategy") -> Any:
+    """The comparison table over seeds: mean ± std per column; "≈" where a gap is within the spread."""
+    from rich.table import Table
+
+    from flexpl.seeds import within_spread
+
+    marks = within_spread(aggs)
+    t = Table(title=title, title_justify="left",
+              caption="≈: final accuracy within the larger std of the best strategy's (not separable "
+                      "by these seeds)" if any(marks) else None, caption_justify="left")
+    cols = [c for c in SUMMARY_COLUMNS if c != "strategy"]
+    if any("device_energy_j_total_mean" in a for a in aggs):
+        cols.insert(cols.index("energy_j_total") + 1, "device_energy_j_total")
+    t.add_column(key)
+    for c in cols:
+        t.add_column(c, justify="right")
+    for agg, mark in zip(aggs, marks):
+        cells = []
+        for c in cols:
+            m, sd = agg.get(f"{c}_mean"), agg.get(f"{c}_std")
+            if m is None:
+                cells.append("-")
+                continue
+            cell = f"{_fmt(float(m))} ± {float(sd or 0.0):.2g}"
+            if f"{c}_n" in agg:
+                cell += f" (n={agg[f'{c}_n']})"
+            if c == "final_accuracy" and mark:
+                cell = "≈ " + cell
+            cells.append(cell)
+        t.add_row(str(agg.get(key)), *cells)
+    return t
 
 
 def _maybe_report(out: Path, quiet: bool) -> None:
@@ -300,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("run", help="train one scenario and report its costs")
     _common(r)
-    r.add_argument("--strategy", default=None, help="preset: centralized, fl, sl, sfl, mp, fpl, fpl-features")
+    r.add_argument("--strategy", default=None, help="preset: centralized, fl, sl, sfl, mp, fpl, fpl-features, fpl-sync, fpl-group")
     r.add_argument("--resume", default=None, metavar="DIR", help="continue a stopped run from DIR/checkpoint.pt")
     r.add_argument("--backend", choices=["sim", "dist"], default=None,
                    help="sim: in-process simulator; dist: one process per node over torch.distributed "
@@ -320,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated presets (default: centralized,fl,sl,sfl,mp,fpl)")
     c.add_argument("--tuned", default=None, metavar="TUNED_YAML",
                    help="apply each strategy's values chosen by flexpl tune (its tuned.yaml)")
+    c.add_argument("--seeds", default=None, metavar="K1,K2,...",
+                   help="run every strategy once per seed (into <strategy>/seed<k>) and report mean ± std")
     c.set_defaults(func=cmd_compare)
     for name, module, helptext in PLUGINS:
         _add_plugin(sub, name, module, helptext)

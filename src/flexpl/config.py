@@ -147,6 +147,7 @@ class SyncCfg(_Strict):
     every: PositiveInt = 1
     unit: Literal["round", "step"] = "round"
     at: str | None = None
+    scope: Literal["all", "group"] = "all"  # fedavg at one aggregator, or per group at each group's head
 
 
 class StageCfg(_Strict):
@@ -167,6 +168,10 @@ class PlanCfg(_Strict):
     collect_data: bool = False
     groups: dict[str, list[str]] | None = None
     stages: list[StageCfg] | None = None
+    # FPL presets: average the device fronts (none | group | all) every k rounds; the edge trunks every k rounds
+    front_sync: Literal["none", "group", "all"] | None = None
+    front_sync_every: PositiveInt | None = None
+    trunk_sync_every: PositiveInt | None = None
 
 
 class EnergyCfg(_Strict):

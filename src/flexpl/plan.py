@@ -28,6 +28,7 @@ REPLICATIONS = ("per_node", "per_group", "single")
 SYNCS = ("none", "fedavg", "relay")
 JUNCTIONS = ("batch", "features")
 SCHEDULES = ("lockstep", "sequential", "round_robin")
+SYNC_SCOPES = ("all", "group")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Sync:
     every: int = 1
     unit: str = "round"
     at: str | None = None  # aggregator node; None means the scenario's server
+    scope: str = "all"  # fedavg: "all" replicas at one aggregator, or each "group" at its group head
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,20 @@ class Layout:
     replicas: list[list[Replica]]
     serves: list[dict[str, int]]  # stage -> data node -> replica index
     aggregators: list[str | None]
+    # stage -> replica index -> its FedAvg aggregator (the stage's aggregator, or its group head
+    # for sync scope "group", whose stage aggregator is then None)
+    agg_of: list[dict[int, str]] = field(default_factory=list)
+
+    def aggregator(self, s: int, ridx: int) -> str | None:
+        """The node that averages replica ``ridx`` of stage ``s`` (None: the stage is not averaged)."""
+        if self.agg_of and ridx in self.agg_of[s]:
+            return self.agg_of[s][ridx]
+        return self.aggregators[s]
+
+    def grouped(self, s: int) -> bool:
+        """Whether stage ``s`` is averaged per group, at each group's head (sync scope "group")."""
+        st = self.plan.stages[s]
+        return st.sync.kind == "fedavg" and st.sync.scope == "group"
 
     def path(self, node: str) -> list[Replica]:
         """The replicas a data node's samples go through, stage by stage."""
@@ -152,11 +168,61 @@ def fpl_features(topo: Topology, n_blocks: int, cuts: list[int], default_cut: in
                 junction="features")
 
 
+def fpl_sync(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -> Plan:
+    """FPL with the device fronts averaged at the server every round (``plan.front_sync: all``).
+
+    Under label skew a front that is never averaged only ever sees its device's few classes;
+    averaging the fronts (and, with several groups, the edge trunks, as ``fpl`` already does)
+    at the cloud every round lets every front learn from every class. Costs one front upload
+    and download per device per round on top of ``fpl``'s activations.
+    """
+    return with_front_sync(fpl(topo, n_blocks, cuts, default_cut), "all", 1, "fpl-sync")
+
+
+def fpl_group(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -> Plan:
+    """FPL with the device fronts averaged within their group, at the group head (``plan.front_sync: group``).
+
+    Behind edge servers the fronts' weights travel only to their edge and back, never to the
+    cloud; fronts in different groups stay apart (the edge trunks are averaged at the cloud, as
+    in ``fpl``). With one group this is ``fpl-sync`` with the group head as aggregator.
+    """
+    return with_front_sync(fpl(topo, n_blocks, cuts, default_cut), "group", 1, "fpl-group")
+
+
 PresetFn = Callable[[Topology, int, list[int], int], Plan]
 PRESETS: dict[str, PresetFn] = {
     "centralized": centralized, "fl": fl, "sl": sl, "sfl": sfl, "mp": mp, "fpl": fpl,
     "fpl-features": fpl_features,
+    "fpl-sync": fpl_sync, "fpl-group": fpl_group,
 }
+
+FRONT_SYNCS = ("none", "group", "all")
+
+
+def with_front_sync(plan: Plan, scope: str, every: int = 1, name: str | None = None) -> Plan:
+    """``plan`` with its device fronts (stage 0, ``per_node``) averaged ``scope``-wide every ``every`` rounds.
+
+    ``scope``: ``none`` (never averaged, as ``fpl``), ``all`` (FedAvg at the server) or ``group``
+    (FedAvg of the fronts of each group's devices at the group's head, e.g. their edge server).
+    """
+    if scope not in FRONT_SYNCS:
+        raise UserError(f"plan.front_sync: unknown '{scope}'; allowed: {', '.join(FRONT_SYNCS)}")
+    if len(plan.stages) < 2 or plan.stages[0].replication != "per_node" or plan.stages[0].sync.kind == "relay":
+        raise UserError(f"plan.front_sync: plan '{plan.name}' has no per-device front to sync; "
+                        "front_sync applies to FPL-style plans (fpl, fpl-sync, fpl-features)")
+    sync = Sync("fedavg", every, scope=scope) if scope != "none" else Sync()
+    front = replace(plan.stages[0], sync=sync)
+    return replace(plan, name=name or plan.name, stages=(front, *plan.stages[1:]))
+
+
+def with_trunk_sync_every(plan: Plan, every: int) -> Plan:
+    """``plan`` with every FedAvg stage after the fronts (the edge trunks) averaged every ``every`` rounds."""
+    if not any(st.sync.kind == "fedavg" for st in plan.stages[1:]):
+        raise UserError(f"plan.trunk_sync_every: plan '{plan.name}' has no averaged trunk (a single trunk "
+                        "needs no averaging); it applies to FPL plans whose trunks sit on several edges")
+    stages = [plan.stages[0], *(replace(st, sync=replace(st.sync, every=every)) if st.sync.kind == "fedavg"
+                                else st for st in plan.stages[1:])]
+    return replace(plan, stages=tuple(stages))
 
 
 def default_chain(topo: Topology) -> list[str]:
@@ -182,6 +248,9 @@ def build_plan(strategy: str | None, plan_cfg: dict | None, topo: Topology, n_bl
     if sorted(cuts) != cuts:
         raise UserError(f"plan.cut: cuts must be increasing, got {cuts}")
     if cfg.get("stages"):
+        for key in ("front_sync", "front_sync_every", "trunk_sync_every"):
+            if cfg.get(key) is not None:
+                raise UserError(f"plan.{key}: applies to a preset; with plan.stages set each stage's sync instead")
         plan = _explicit_plan(cfg, cuts, topo, n_blocks, default_cut)
     else:
         if strategy not in PRESETS:
@@ -195,6 +264,23 @@ def build_plan(strategy: str | None, plan_cfg: dict | None, topo: Topology, n_bl
                 plan = replace(plan, **{key: cfg[key]})
         if cfg.get("groups"):
             plan = replace(plan, groups={h: tuple(m) for h, m in cfg["groups"].items()})
+        if cfg.get("front_sync") is not None or cfg.get("front_sync_every") is not None:
+            every = int(cfg.get("front_sync_every") or 1)
+            scope = cfg.get("front_sync")
+            if scope is None:  # only the period given: keep the preset's scope
+                scope = plan.stages[0].sync.scope if plan.stages[0].sync.kind == "fedavg" else "none"
+                if scope == "none":
+                    raise UserError("plan.front_sync_every: the fronts of this plan are never averaged; "
+                                    "set plan.front_sync: all as well")
+            plan = with_front_sync(plan, scope, every)
+        if cfg.get("trunk_sync_every") is not None:
+            plan = with_trunk_sync_every(plan, int(cfg["trunk_sync_every"]))
+        periods = {st.sync.every for st in plan.stages if st.sync.kind == "fedavg" and st.sync.unit == "round"}
+        if len(periods) > 1 and (cfg.get("front_sync_every") or cfg.get("trunk_sync_every")):
+            # the simulator averages all round-synced stages in the same rounds (every max(k) rounds)
+            raise UserError(f"plan.front_sync_every: fronts and trunks would be averaged every "
+                            f"{' and '.join(map(str, sorted(periods)))} rounds, but all averaged stages sync "
+                            "in the same rounds; set plan.front_sync_every and plan.trunk_sync_every equal")
     validate_plan(plan, topo, n_blocks)
     return plan
 
@@ -215,7 +301,7 @@ def _explicit_plan(cfg: dict, cuts: list[int], topo: Topology, n_blocks: int, de
             sync = {"kind": sync}
         stages.append(Stage(bounds[i], bounds[i + 1], s.get("replication", "single"), s.get("host", "own"),
                             Sync(sync.get("kind", "none"), int(sync.get("every", 1)),
-                                 sync.get("unit", "round"), sync.get("at"))))
+                                 sync.get("unit", "round"), sync.get("at"), sync.get("scope", "all"))))
     groups = cfg.get("groups")
     return Plan(cfg.get("name") or "custom", tuple(stages), cfg.get("junction") or "batch",
                 cfg.get("schedule") or "lockstep", bool(cfg.get("collect_data", False)),
@@ -238,6 +324,12 @@ def validate_plan(plan: Plan, topo: Topology, n_blocks: int) -> None:
             raise UserError(f"{f}.sync.unit: unknown '{st.sync.unit}'; allowed: round, step")
         if st.sync.every < 1:
             raise UserError(f"{f}.sync.every: must be a positive integer, got {st.sync.every}")
+        if st.sync.scope not in SYNC_SCOPES:
+            raise UserError(f"{f}.sync.scope: unknown '{st.sync.scope}'; allowed: {', '.join(SYNC_SCOPES)}")
+        if st.sync.scope == "group" and (st.sync.kind != "fedavg" or st.replication != "per_node"
+                                         or st.sync.at is not None):
+            raise UserError(f"{f}.sync.scope: 'group' averages a per_node stage with fedavg at each group's "
+                            "head; it takes no sync.at")
         if st.host != "own" and st.host not in topo.nodes:
             raise UserError(f"{f}.host: node '{st.host}' does not exist; allowed: own, {', '.join(topo.nodes)}")
         if st.replication == "single" and st.host == "own" and not plan.collect_data:
@@ -272,6 +364,8 @@ def place(plan: Plan, topo: Topology, data_nodes: list[str]) -> Layout:
     replicas: list[list[Replica]] = []
     serves: list[dict[str, int]] = []
     aggregators: list[str | None] = []
+    agg_of: list[dict[int, str]] = []
+    head_of = {m: h for h, ms in groups.items() for m in ms}
     for s, st in enumerate(plan.stages):
         if st.replication == "per_node":
             sets = [(n, (n,)) for n in data_nodes]
@@ -285,8 +379,14 @@ def place(plan: Plan, topo: Topology, data_nodes: list[str]) -> Layout:
         replicas.append(reps)
         serves.append({m: r.index for r in reps for m in r.members})
         agg = (st.sync.at or topo.server) if st.sync.kind == "fedavg" else None
+        if agg is not None and st.sync.scope == "group":  # each replica averaged at its group's head
+            agg_of.append({r.index: head_of[r.members[0]] for r in reps})
+            agg = None
+        else:
+            agg_of.append({r.index: agg for r in reps} if agg is not None else {})
         aggregators.append(agg)
         for r in reps:  # every replica must reach the previous stage and its aggregator
+            agg = agg_of[s].get(r.index)
             if agg is not None and agg not in topo.reachable(r.host):
                 raise UserError(f"plan.stages[{s}].sync.at: aggregator '{agg}' is unreachable from "
                                 f"'{r.host}' through the links")
@@ -297,4 +397,4 @@ def place(plan: Plan, topo: Topology, data_nodes: list[str]) -> Layout:
             if host not in reach:
                 raise UserError(f"plan.stages[{s}].host: node '{host}' is unreachable from data node "
                                 f"'{node}' through the links")
-    return Layout(plan, replicas, serves, aggregators)
+    return Layout(plan, replicas, serves, aggregators, agg_of)

@@ -153,6 +153,12 @@ def enumerate_candidates(topo: Topology, n_blocks: int) -> list[Candidate]:
         if edges:  # one trunk for everybody, on the server
             out.append(Candidate(f"fpl cut={c} trunk@{server}", "fpl", {"name": "fpl", "cut": c, "stages": [
                 _stage("per_node"), _stage("single", server)]}, "fpl", str(c), server))
+    for c in cuts:  # fronts averaged at the server every round (the fpl-sync preset)
+        where = heads[0] if len(groups) == 1 else "edges"
+        out.append(Candidate(f"fpl-sync cut={c} trunk@{where}", "fpl-sync", {"cut": c}, "fpl-sync", str(c), where))
+        if edges:  # fronts averaged at their edge (the fpl-group preset); with no edges it is fpl-sync
+            out.append(Candidate(f"fpl-group cut={c} trunk@{where}", "fpl-group", {"cut": c}, "fpl-group", str(c),
+                                 where))
     for c in cuts:
         out.append(Candidate(f"fpl-features cut={c}", "fpl-features", {"cut": c}, "fpl-features", str(c), server))
     if edges:  # three stages: device front, middle on the edge heads, tail on the server
@@ -383,7 +389,12 @@ class ShapeWalk:
         self.ctx = ctx
         self.rec: Recorder = Recorder(ctx.topo)
         self.reps = [[_Rep(r.host) for r in reps] for reps in ctx.layout.replicas]
-        self.global_ev: dict[int, int | None] = {s: None for s in ctx.fed_round + ctx.fed_step}
+        self.global_ev: dict[Any, int | None] = {}
+        for s in ctx.fed_round + ctx.fed_step:  # per stage, or per (stage, group head) for sync scope "group"
+            if ctx.layout.grouped(s):
+                self.global_ev.update({(s, a): None for a in ctx.layout.agg_of[s].values()})
+            else:
+                self.global_ev[s] = None
         self.stream_ready: dict[str, int | None] = {}
         self.relay_holder: str | None = None
         self.blocks: list[list[int]] = []
@@ -466,6 +477,15 @@ class ShapeWalk:
 
     def download(self, s: int, names: Sequence[str]) -> None:
         """``Engine.download`` of stage ``s`` to the replicas serving ``names``."""
+        layout = self.ctx.layout
+        if layout.grouped(s):  # Engine._download_group: by group head, in order of first appearance
+            ridxs = self._participants(s, names)
+            for a in dict.fromkeys(layout.agg_of[s][r] for r in ridxs):
+                for ridx in (r for r in ridxs if layout.agg_of[s][r] == a):
+                    rep = self.reps[s][ridx]
+                    rep.last_update = self.rec.transfer(a, rep.host, self.ctx.state_bytes[s],
+                                                        [self.global_ev[(s, a)], rep.last_update], "weights", f"s{s}")
+            return
         agg = self.ctx.layout.aggregators[s]
         for ridx in self._participants(s, names):
             rep = self.reps[s][ridx]
@@ -476,6 +496,16 @@ class ShapeWalk:
         """``Engine.upload`` of stage ``s`` from the replicas serving ``names``, then the average."""
         from flexpl.costs.flops import fedavg_flops
 
+        layout = self.ctx.layout
+        if layout.grouped(s):  # Engine._upload_group: each to its group head, then one average per head
+            ridxs = self._participants(s, names)
+            evs = {r: self.rec.transfer(self.reps[s][r].host, layout.agg_of[s][r], self.ctx.state_bytes[s],
+                                        [self.reps[s][r].last_update], "weights", f"s{s}") for r in ridxs}
+            for a in dict.fromkeys(layout.agg_of[s][r] for r in ridxs):
+                mine = [evs[r] for r in ridxs if layout.agg_of[s][r] == a]
+                self.global_ev[(s, a)] = self.rec.compute(a, fedavg_flops(len(mine), self.ctx.float_elements[s]),
+                                                          mine, "aggregate", f"s{s}")
+            return
         agg = self.ctx.layout.aggregators[s]
         evs = [self.rec.transfer(self.reps[s][ridx].host, agg, self.ctx.state_bytes[s],
                                  [self.reps[s][ridx].last_update], "weights", f"s{s}")
@@ -1462,6 +1492,8 @@ class Planner:
             agg = ctx.layout.aggregators[s]
             if agg is not None:
                 peak[agg] += state
+            for a in dict.fromkeys(ctx.layout.agg_of[s].values()) if ctx.layout.grouped(s) else ():
+                peak[a] += state  # each group head keeps its group's average
         return peak, params
 
 

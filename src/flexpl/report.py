@@ -130,8 +130,11 @@ def discover_runs(root: Path) -> list[Path]:
     order = [r.get("strategy", "") for r in _read_csv(root / "comparison.csv")]
     order += [r.get("cell", "") for r in _read_csv(root / "sweep.csv")]
     rank = {name: i for i, name in reversed(list(enumerate(order)))}
-    return sorted(found, key=lambda p: (rank.get(p.relative_to(root).as_posix(), len(rank)),
-                                        p.relative_to(root).as_posix()))
+
+    def rank_of(name: str) -> int:  # a seed's run (<strategy>/seed<k>) ranks as its strategy (cell)
+        return rank.get(name, rank.get(name.rsplit("/seed", 1)[0], len(rank)))
+
+    return sorted(found, key=lambda p: (rank_of(p.relative_to(root).as_posix()), p.relative_to(root).as_posix()))
 
 
 def _short_labels(names: list[str]) -> list[str]:
@@ -514,6 +517,113 @@ def fig_timeline(runs: list[Run]) -> Any:
     return fig
 
 
+# ---------------------------------------------------------------- several seeds (flexpl.seeds)
+
+
+@dataclass
+class SeedGroup:
+    """The runs of one strategy (sweep cell) over several seeds: ``<name>/seed<k>`` folders."""
+
+    name: str
+    runs: list[Run]
+    color: str = "C0"
+
+
+def seed_groups_of(runs: list[Run]) -> list[SeedGroup]:
+    """Runs grouped by strategy (cell) over seeds; empty unless some group has two seeds or more."""
+    from flexpl.seeds import seed_groups
+
+    groups = seed_groups([r.name for r in runs])
+    if not any(len(v) > 1 for v in groups.values()):
+        return []
+    out = []
+    for name, members in groups.items():
+        rs = [runs[i] for _, i in sorted(members)]
+        out.append(SeedGroup(name, rs, rs[0].color))
+    return out
+
+
+def _ms(values: Sequence[float]) -> tuple[float, float]:
+    from flexpl.seeds import mean_std
+
+    vals = [v for v in values if math.isfinite(v)]
+    m, sd = mean_std(vals)
+    return (math.nan, math.nan) if m is None else (m, sd or 0.0)
+
+
+def fig_seeds_accuracy(groups: list[SeedGroup]) -> Any:
+    """Mean test accuracy per round over seeds, error bars = sample std across seeds."""
+    fig = _figure(10.5, 3.4)
+    ax = fig.add_subplot()
+    for g in groups:
+        by_round: dict[float, list[float]] = {}
+        for r in g.runs:
+            for row in r.rounds:
+                x, y = row.get("round", math.nan), row.get("accuracy", math.nan)
+                if math.isfinite(x):
+                    by_round.setdefault(x, []).append(y)
+        xs = sorted(by_round)
+        ms = [_ms(by_round[x]) for x in xs]
+        ax.errorbar(xs, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", ms=3.5, lw=1.6, capsize=3,
+                    color=g.color, label=f"{g.name} (n={len(g.runs)})")
+    ax.set(xlabel="round", ylabel="test accuracy", title="Test accuracy per round, mean ± std over seeds")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _legend_right(ax, len(groups))
+    return fig
+
+
+def fig_seeds_costs(groups: list[SeedGroup]) -> Any:
+    """Final accuracy vs total bytes and vs total energy, mean ± std over seeds on both axes."""
+    fig = _figure(10.5, 3.9)
+    for j, (key, unit, xlabel) in enumerate([("bytes_total", "B", "total bytes"),
+                                             ("energy_j_total", "J", "total energy")]):
+        ax = fig.add_subplot(1, 2, j + 1)
+        xs_all = []
+        for g in groups:
+            cx, sx = _ms([_float(r.summary.get(key)) for r in g.runs])
+            ay, sy = _ms([_float(r.summary.get("final_accuracy")) for r in g.runs])
+            if not (math.isfinite(cx) and math.isfinite(ay)):
+                continue
+            xs_all.append(cx)
+            ax.errorbar([cx], [ay], xerr=[sx], yerr=[sy], fmt="o", ms=6, capsize=3, color=g.color,
+                        label=g.name)
+            ax.annotate(g.name, (cx, ay), xytext=(6, 5), textcoords="offset points", fontsize=8.5)
+        _log_if_wide(ax, xs_all)
+        ax.xaxis.set_major_formatter(_eng(unit))
+        ax.margins(x=0.18, y=0.12)
+        ax.set(xlabel=xlabel, ylabel="final test accuracy",
+               title=f"Accuracy vs {xlabel}, mean ± std over seeds")
+    return fig
+
+
+def _seeds_html_table(groups: list[SeedGroup]) -> str:
+    """Mean ± std over seeds of the headline columns; "≈" where a gap is within the spread."""
+    from flexpl.seeds import aggregate_seeds, within_spread
+
+    aggs = [aggregate_seeds([_flat(r.summary) for r in g.runs]) for g in groups]
+    marks = within_spread(aggs)
+    cols = ["final_accuracy", "accuracy_min", "bytes_total", "energy_j_total", "sim_time_s", "params_total"]
+    e = html.escape
+    head = "".join(f"<th>{e(c)}</th>" for c in ["run", "seeds", *cols])
+    body = []
+    for g, a, mark in zip(groups, aggs, marks):
+        cells = [f'<td><span class="swatch" style="background:{g.color}"></span>{e(g.name)}</td>',
+                 f"<td>{a.get('seeds', 0)}</td>"]
+        for c in cols:
+            m, sd = a.get(f"{c}_mean"), a.get(f"{c}_std")
+            txt = "–" if m is None else f"{_fmt(c, m)} ± {_fmt(c, sd or 0.0) if 'accuracy' not in c else f'{sd:.4f}'}"
+            if c == "final_accuracy" and mark:
+                txt = "≈ " + txt
+            cells.append(f"<td>{e(txt)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    note = ('<p class="note">Mean ± sample standard deviation (ddof = 1) over seeds. ≈: final accuracy '
+            "within the larger std of the best run's, a difference these seeds cannot separate.</p>")
+    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
+            f"</table></div>{note}")
+
+
 def make_figures(runs: list[Run]) -> tuple[dict[str, bytes], dict[str, list[int]]]:
     """Draw every figure; returns name -> PNG bytes and the Pareto fronts ("energy", "bytes")."""
     from matplotlib import rc_context
@@ -533,6 +643,10 @@ def make_figures(runs: list[Run]) -> tuple[dict[str, bytes], dict[str, list[int]
         figs["energy_per_node"] = fig_energy_per_node(runs)
         figs["bytes_per_link"] = fig_bytes_per_link(runs)
         figs["timeline"] = fig_timeline(runs)
+        groups = seed_groups_of(runs)
+        if groups:  # several seeds: error bars over seeds
+            figs["seeds_accuracy"] = fig_seeds_accuracy(groups)
+            figs["seeds_costs"] = fig_seeds_costs(groups)
         pngs = {name: _png(fig) for name, fig in figs.items()}
     return pngs, fronts
 
@@ -728,6 +842,13 @@ def render_html(root: Path, runs: list[Run], pngs: dict[str, bytes], fronts: dic
         ("timeline", "Timeline", fig("timeline") + tl_note),
         ("scenario", "Resolved scenario", _configs(runs)),
     ]
+    groups = seed_groups_of(runs)
+    if groups and "seeds_accuracy" in pngs:
+        cap["seeds_accuracy"] = "Mean over seeds after each round; error bars are one sample std across seeds."
+        cap["seeds_costs"] = ("Each point is a strategy (cell): mean over seeds, error bars one sample std on "
+                              "both axes (costs vary with the seed's partition).")
+        sections.insert(1, ("seeds", "Over seeds", _seeds_html_table(groups) + fig("seeds_accuracy")
+                            + fig("seeds_costs")))
     nav = "".join(f'<a href="#{sid}">{e(title)}</a>' for sid, title, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{e(title)}</h2>{content}</section>'
                    for sid, title, content in sections)

@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "other KEY is a --set dotted key, e.g. --grid data.partition.alpha=0.1,1.0")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="run cells in N worker processes (default 1)")
+    parser.add_argument("--seeds", default=None, metavar="K1,K2,...",
+                        help="run every cell once per seed (into <cell>/seed<k>); sweep.csv then holds "
+                             "mean ± std per cell (<column>_mean, <column>_std), sweep_seeds.csv every run")
 
 
 def split_values(raw: str) -> list[str]:
@@ -204,6 +207,68 @@ def write_sweep_csv(out: Path, cells: Sequence[Cell], digests: dict[str, str] | 
     return rows
 
 
+def seed_cells(cells: Sequence[Cell], seeds: Sequence[int]) -> list[Cell]:
+    """Every cell once per seed: folder ``<cell>/seed<k>``, the seed given as a ``seed=<k>`` override."""
+    from flexpl.seeds import SEED_DIR
+
+    return [Cell(f"{c.name}/{SEED_DIR.format(k)}", c.values, c.strategy, (*c.sets, f"seed={k}"))
+            for c in cells for k in seeds]
+
+
+def write_sweep_seeds_csv(out: Path, cells: Sequence[Cell], seeds: Sequence[int],
+                          digests: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Rebuild ``sweep_seeds.csv`` (one row per cell and seed) and ``sweep.csv`` (one row per cell, over seeds).
+
+    A cell's row in ``sweep.csv`` aggregates its finished seeds with
+    :func:`flexpl.seeds.aggregate_seeds` (``<column>_mean``, ``<column>_std``, ``seeds``). A seed's
+    summary counts only as :func:`write_sweep_csv` says (its folder's config, and ``digests``).
+    """
+    from flexpl.results import stale_reason, write_csv
+    from flexpl.seeds import SEED_DIR, aggregate_seeds, device_energy
+
+    per_seed: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for c in cells:
+        mine = []
+        for k in seeds:
+            try:
+                s = json.loads((out / c.name / SEED_DIR.format(k) / "summary.json").read_text())
+            except (OSError, ValueError):
+                continue
+            name = f"{c.name}/{SEED_DIR.format(k)}"
+            if stale_reason(out / name, s) or (digests and s.get("scenario_sha256") != digests.get(name)):
+                continue
+            row: dict[str, Any] = {"cell": c.name, **dict(c.values), "seed": k}
+            row.update({key: v for key, v in s.items() if not isinstance(v, dict) and key not in row})
+            nodes = _data_nodes(out / c.name / SEED_DIR.format(k))
+            if nodes:
+                row["device_energy_j_total"] = device_energy(s, nodes)
+            mine.append(row)
+        per_seed.extend(mine)
+        if mine:
+            agg = aggregate_seeds([{k: v for k, v in r.items() if k != "cell" and k not in dict(c.values)}
+                                   for r in mine])
+            rows.append({"cell": c.name, **dict(c.values), **agg})
+    write_csv(out / "sweep_seeds.csv", per_seed)
+    columns = ["cell", *(k for k, _ in cells[0].values)] if cells else None
+    if columns:
+        for r in rows:
+            columns.extend(k for k in r if k not in columns)
+    write_csv(out / "sweep.csv", rows, columns)
+    return rows
+
+
+def _data_nodes(folder: Path) -> list[str]:
+    """The data-holding nodes of the run in ``folder`` (from its config.yaml), or [] if unreadable."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+        return [n["name"] for n in cfg.get("nodes") or [] if n.get("holds_data")]
+    except (OSError, yaml.YAMLError, TypeError, KeyError, AttributeError):
+        return []
+
+
 def _count_rounds(folder: Path) -> int:
     try:
         with open(folder / "rounds.csv") as f:
@@ -256,11 +321,14 @@ class _RoundWatcher:
 
 def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], seed: int | None,
               out: Path | None, jobs: int = 1, quiet: bool = False,
-              on_cell: Callable[[Cell, dict[str, Any] | None], None] | None = None) -> Path:
+              on_cell: Callable[[Cell, dict[str, Any] | None], None] | None = None,
+              seeds: Sequence[int] | None = None) -> Path:
     """Run every unfinished cell of the grid into ``out``; return the sweep folder.
 
     ``on_cell(cell, summary)`` is called after each cell (``summary`` is None for a skipped,
-    already finished cell).
+    already finished cell). With ``seeds``, every cell runs once per seed into
+    ``<cell>/seed<k>`` (each such run is a resumable unit of its own) and ``sweep.csv``
+    holds mean ± std per cell.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -271,17 +339,34 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
         raise UserError(f"--jobs: must be at least 1, got {jobs}")
     axes = parse_grid(grid)
     cells = make_cells(axes)
+    base_cells = cells
+    if seeds is not None:
+        if seed is not None:
+            raise UserError("--seeds: give either --seed or --seeds, not both")
+        if any(k == "seed" for k, _ in axes):
+            raise UserError("--seeds: the grid already varies 'seed'; drop --grid seed=... or --seeds")
+        cells = seed_cells(cells, seeds)
     checked = _check_cells(scenario, sets, seed, cells)
     out = prepare_out_dir(out or f"results/{checked[cells[0].name][2]}-sweep")
-    write_yaml(out / "sweep.yaml", {"scenario": scenario, "set": list(sets), "seed": seed,
-                                    "grid": {k: v for k, v in axes}, "cells": [c.name for c in cells]})
+    meta = {"scenario": scenario, "set": list(sets), "seed": seed,
+            "grid": {k: v for k, v in axes}, "cells": [c.name for c in cells]}
+    if seeds is not None:
+        meta["seeds"] = list(seeds)
+    write_yaml(out / "sweep.yaml", meta)
+
+    digests = {name: d for name, (d, _, _) in checked.items()}
+
+    def rebuild_csv() -> None:  # one row per cell, or per cell over its seeds
+        if seeds is not None:
+            write_sweep_seeds_csv(out, base_cells, seeds, digests)
+        else:
+            write_sweep_csv(out, cells, digests)
     todo = [c for c in cells if not _finished(out / c.name, checked[c.name][0])]
     console = _console(quiet)
     if len(todo) < len(cells):
         console.print(f"sweep: {len(cells) - len(todo)} of {len(cells)} cells already finished in {out}/; "
                       "running the rest")
-    digests = {name: d for name, (d, _, _) in checked.items()}
-    write_sweep_csv(out, cells, digests)
+    rebuild_csv()
     for c in cells:
         if c not in todo and on_cell:
             on_cell(c, None)
@@ -293,7 +378,7 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
 
         def done(c: Cell, summary: dict[str, Any]) -> None:
             watch.remove(c.name)
-            write_sweep_csv(out, cells, digests)  # after every cell, so an interrupted sweep keeps its rows
+            rebuild_csv()  # after every cell, so an interrupted sweep keeps its rows
             acc = summary.get("final_accuracy")
             progress.update(overall, advance=1,
                             info=f"last: {c.name}" + (f"  acc {acc:.4f}" if isinstance(acc, float) else ""))
@@ -314,8 +399,20 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
         else:
             _run_parallel(scenario, sets, seed, out, todo, jobs, checked, watch, done, failed)
     if not quiet:
-        _print_table(console, out, cells)
+        if seeds is not None:
+            _print_seeds_table(console, out, base_cells, seeds)
+        else:
+            _print_table(console, out, cells)
     return out
+
+
+def _print_seeds_table(console: Any, out: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> None:
+    from flexpl.cli import _seeds_table
+
+    aggs = write_sweep_seeds_csv(out, cells, seeds)
+    console.print(_seeds_table(aggs, f"sweep: {len(cells)} cells x seeds {','.join(map(str, seeds))} "
+                                     "(mean ± sample std)", key="cell"))
+    console.print(f"sweep table in {out}/sweep.csv (per seed: sweep_seeds.csv)")
 
 
 def _run_parallel(scenario: str | None, sets: Sequence[str], seed: int | None, out: Path,
@@ -369,8 +466,10 @@ def _print_table(console: Any, out: Path, cells: Sequence[Cell]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """flexpl sweep: run the grid, write sweep.csv, then build report.html in the sweep folder."""
+    from flexpl.seeds import parse_seeds
+
     out = run_sweep(args.scenario, args.set, args.grid, args.seed, Path(args.out) if args.out else None,
-                    jobs=args.jobs, quiet=args.quiet)
+                    jobs=args.jobs, quiet=args.quiet, seeds=parse_seeds(getattr(args, "seeds", None)))
     from flexpl.cli import _maybe_report
 
     _maybe_report(out, args.quiet)  # one warning line if the report cannot be drawn here

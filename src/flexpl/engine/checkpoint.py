@@ -32,6 +32,7 @@ def engine_state(eng: Engine) -> dict[str, Any]:
                        "opt": r.opt.state_dict() if r.opt is not None else None} for r in reps]
                      for reps in eng.replicas],
         "global": {str(s): m.state_dict() for s, m in eng.global_.items()},
+        "group_global": {f"{s}@{agg}": m.state_dict() for (s, agg), m in eng.group_global.items()},
         "relay_holder": eng.relay_holder,
     }
 
@@ -47,6 +48,10 @@ def load_engine_state(eng: Engine, state: dict[str, Any]) -> None:
     for s, sd in state["global"].items():
         eng.global_[int(s)].load_state_dict(sd)
         eng.global_ev[int(s)] = None
+    for key, sd in state.get("group_global", {}).items():  # per-group averages (sync scope "group")
+        s, agg = key.split("@", 1)
+        eng.group_global[(int(s), agg)].load_state_dict(sd)
+        eng.group_ev[(int(s), agg)] = None
     eng.relay_holder = state["relay_holder"]
     eng.stream_ready = {}
     eng.absorb_optimizer_state()

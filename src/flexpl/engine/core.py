@@ -224,6 +224,14 @@ class Engine:
             s: copy.deepcopy(base[s]) if self.is_local(layout.aggregators[s]) else copy.deepcopy(base[s]).to("meta")
             for s in range(n_stages) if layout.aggregators[s] is not None}
         self.global_ev: dict[int, Event] = dict.fromkeys(self.global_)
+        # stages averaged per group (sync scope "group"): one averaged copy at every group head
+        self.group_global: dict[tuple[int, str], BlockModel] = {}
+        for s in range(n_stages):
+            if layout.grouped(s):
+                for agg in dict.fromkeys(layout.agg_of[s].values()):
+                    m = copy.deepcopy(base[s])
+                    self.group_global[(s, agg)] = m if self.is_local(agg) else m.to("meta")
+        self.group_ev: dict[tuple[int, str], Event] = dict.fromkeys(self.group_global)
         # every data node's path runs on replicas of its own, on its own node (e.g. FedAvg)
         self.independent_paths = not self.features and all(
             st.replication == "per_node" and st.host == "own" for st in self.plan.stages)
@@ -504,8 +512,56 @@ class Engine:
         else:
             rep.opt = make_optimizer(rep.module, self.opt_cfg)
 
+    def _by_aggregator(self, s: int, reps: list[ReplicaState]) -> dict[str, list[ReplicaState]]:
+        """``reps`` of a per-group averaged stage by their group head (in order of first appearance)."""
+        out: dict[str, list[ReplicaState]] = {}
+        for r in reps:
+            out.setdefault(self.layout.agg_of[s][r.spec.index], []).append(r)
+        return out
+
+    def _download_group(self, s: int, reps: list[ReplicaState]) -> None:
+        """``download`` for sync scope "group": each replica gets its group head's average."""
+        for agg, grp in self._by_aggregator(s, reps).items():
+            glob = self.group_global[(s, agg)].state_dict()
+            for rep in grp:
+                state, ev = self.transport.move_state(glob, agg, rep.host, "weights",
+                                                      [self.group_ev[(s, agg)], rep.last_update], f"s{s}")
+                arena = self.arenas.get(s) if getattr(self.transport, "zero_copy", False) else None
+                if arena is None:
+                    rep.module.load_state_dict(state)
+                    self._reset_opt(rep)
+                else:
+                    arena.load_rows([rep.spec.index], glob)
+                    if self.opt_cfg.reset_on_sync:
+                        arena.reset([rep.spec.index])
+                rep.last_update = ev
+
+    def _upload_group(self, s: int, reps: list[ReplicaState], weights: list[float],
+                      keep: Callable[[int, list[tuple[int, int, Event]]], list[bool]] | None) -> None:
+        """``upload`` for sync scope "group": every replica to its group head, averaged there per group."""
+        states, evs, spans = [], [], []
+        arena = self.arenas.get(s)
+        for rep in reps:
+            first = self.recorder.next_id
+            mine = arena.row_state(rep.spec.index) if arena is not None else rep.module.state_dict()
+            agg = self.layout.agg_of[s][rep.spec.index]
+            state, ev = self.transport.move_state(mine, rep.host, agg, "weights", [rep.last_update], f"s{s}")
+            states.append(state)
+            evs.append(ev)
+            spans.append((first, self.recorder.next_id, ev))
+        ok = keep(s, spans) if keep else [True] * len(reps)
+        for agg in self._by_aggregator(s, reps):
+            pick = [i for i, r in enumerate(reps) if ok[i] and self.layout.agg_of[s][r.spec.index] == agg]
+            if not pick:
+                continue
+            self.group_global[(s, agg)].load_state_dict(fedavg([states[i] for i in pick], [weights[i] for i in pick]))
+            self.group_ev[(s, agg)] = self.recorder.compute(agg, fedavg_flops(len(pick), self.float_elements[s]),
+                                                          [evs[i] for i in pick], "aggregate", f"s{s}")
+
     def download(self, s: int, reps: list[ReplicaState]) -> None:
         """Send stage ``s``'s aggregated weights from its aggregator to ``reps`` (FedAvg, start of a round)."""
+        if self.layout.grouped(s):
+            return self._download_group(s, reps)
         agg = self.layout.aggregators[s]
         assert agg is not None
         arena = self.arenas.get(s) if getattr(self.transport, "zero_copy", False) else None
@@ -530,6 +586,8 @@ class Engine:
         ``keep(stage, [(first action id, end action id, arrival event) per upload])`` may refuse late
         uploads (a round deadline); refused ones were sent but are not averaged.
         """
+        if self.layout.grouped(s):
+            return self._upload_group(s, reps, weights, keep)
         agg = self.layout.aggregators[s]
         assert agg is not None
         states, evs, spans = [], [], []
@@ -585,6 +643,8 @@ class Engine:
     def eval_module(self, s: int, ridx: int) -> nn.Module:
         """The weights a test sample meets at stage ``s`` on replica ``ridx``'s path."""
         st = self.plan.stages[s]
+        if self.layout.grouped(s):
+            return self.group_global[(s, self.layout.agg_of[s][ridx])]
         if st.sync.kind == "fedavg":
             return self.global_[s]
         if st.sync.kind == "relay" and self.relay_holder is not None:

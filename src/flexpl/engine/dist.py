@@ -154,6 +154,8 @@ def _eval_sources(eng: Engine) -> list[tuple[list[tuple[int, int]], str, nn.Modu
             if id(mod) not in index:
                 if eng.global_.get(s) is mod:
                     owner = eng.layout.aggregators[s]
+                elif eng.layout.grouped(s):  # a group head's average
+                    owner = eng.layout.agg_of[s][r]
                 else:
                     owner = next(rep.host for rep in eng.replicas[s] if rep.module is mod)
                 index[id(mod)] = len(out)

@@ -50,7 +50,7 @@ def needed_links(topo: Topology, layout: Layout, node: str) -> set[str]:
     prev = node
     for s, rep in enumerate(layout.path(node)):
         links.update(h.link for h in topo.route(prev, rep.host))
-        agg = layout.aggregators[s]
+        agg = layout.aggregator(s, rep.index)
         if agg is not None:
             links.update(h.link for h in topo.route(rep.host, agg))
         prev = rep.host

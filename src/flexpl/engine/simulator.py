@@ -489,4 +489,5 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
             "collect_data": plan.collect_data,
             "stages": [{"blocks": [s.start, s.end], "replication": s.replication, "host": s.host,
                         "sync": {"kind": s.sync.kind, "every": s.sync.every, "unit": s.sync.unit,
-                                 "at": s.sync.at}} for s in plan.stages]}
+                                 "at": s.sync.at, **({"scope": s.sync.scope} if s.sync.scope != "all" else {})}}
+                       for s in plan.stages]}

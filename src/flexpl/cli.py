@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from flexpl.errors import UserError
+from flexpl.targets import add_target_arguments, target_columns, target_sets
 
 SUMMARY_COLUMNS = ["strategy", "final_accuracy", "accuracy_min", "accuracy_ensemble", "bytes_total",
                    "energy_j_total", "sim_time_s", "flops_total", "params_total", "wall_s"]
@@ -133,6 +134,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from flexpl.config import DEFAULT_SCENARIO, load_scenario
 
     scenario = a.scenario
+    a.set = [*a.set, *target_sets(a)]
     if a.resume:
         out = Path(a.resume)
         if a.out and Path(a.out) != out:
@@ -149,6 +151,9 @@ def cmd_run(a: argparse.Namespace) -> int:
 
         if getattr(a, "resume", None):
             raise UserError("--resume: the dist backend cannot resume a run; use --backend sim")
+        if scn.evaluation.stop_at_target:
+            raise UserError("--stop-at-target: the dist backend cannot stop at a target; use --backend sim "
+                            "(--target-accuracy alone works)")
         if a.timeout is not None and a.timeout <= 0:
             raise UserError(f"--timeout: must be a positive number of seconds, got {a.timeout:g}")
         try:
@@ -171,6 +176,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     from flexpl.plan import PRESETS
     from flexpl.results import prepare_out_dir, write_csv
 
+    a.set = [*a.set, *target_sets(a)]
     strategies = [s.strip() for s in a.strategies.split(",") if s.strip()]
     for s in strategies:
         if s not in PRESETS:
@@ -182,6 +188,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
         summaries.append(run_one(a.scenario, a.set, s, a.seed, out / s, a.quiet,
                                  label=f"[{i + 1}/{len(strategies)}] {s}", show_data=i == 0))
     rows = [{k: v for k, v in s.items() if not isinstance(v, dict)} for s in summaries]
+    for row, s in zip(rows, summaries):  # bytes_to_0.7, ... (flexpl.targets)
+        row.update(target_columns(s.get("to_target")))
     write_csv(out / "comparison.csv", rows)
     if not a.quiet:
         c = _console()
@@ -271,11 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the scenario's engine.backend)")
     r.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="dist backend: how long a worker waits for a peer (default: engine.timeout_s)")
+    add_target_arguments(r)
     r.set_defaults(func=cmd_run)
     c = sub.add_parser("compare", help="run several strategies on the same scenario")
     _common(c)
     c.add_argument("--strategies", default="centralized,fl,sl,sfl,mp,fpl",
                    help="comma-separated presets (default: centralized,fl,sl,sfl,mp,fpl)")
+    add_target_arguments(c)
     c.set_defaults(func=cmd_compare)
     for name, module, helptext in PLUGINS:
         _add_plugin(sub, name, module, helptext)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from flexpl.errors import UserError
+from flexpl.targets import add_target_arguments, target_columns, target_sets
 
 # Characters kept verbatim in a cell's folder name; anything else becomes "_" (plus a hash).
 _SAFE = re.compile(r"[^A-Za-z0-9._=+-]")
@@ -52,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "other KEY is a --set dotted key, e.g. --grid data.partition.alpha=0.1,1.0")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="run cells in N worker processes (default 1)")
+    add_target_arguments(parser)
 
 
 def split_values(raw: str) -> list[str]:
@@ -182,6 +184,7 @@ def write_sweep_csv(out: Path, cells: Sequence[Cell]) -> list[dict[str, Any]]:
             continue
         row: dict[str, Any] = {"cell": c.name, **dict(c.values)}
         row.update({k: v for k, v in s.items() if not isinstance(v, dict) and k not in row})
+        row.update(target_columns(s.get("to_target")))  # bytes_to_0.7, ... (flexpl.targets)
         rows.append(row)
     columns = ["cell", *(k for k, _ in cells[0].values)] if cells else None
     if columns:
@@ -355,6 +358,7 @@ def _print_table(console: Any, out: Path, cells: Sequence[Cell]) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """flexpl sweep: run the grid, write sweep.csv, then build report.html in the sweep folder."""
+    args.set = [*args.set, *target_sets(args)]
     out = run_sweep(args.scenario, args.set, args.grid, args.seed, Path(args.out) if args.out else None,
                     jobs=args.jobs, quiet=args.quiet)
     try:

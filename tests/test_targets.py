@@ -152,3 +152,19 @@ def test_bad_target_input_is_one_line_exit_2(tmp_path, capsys, args, field):
     assert main(["run", "digits-star", "--out", str(tmp_path / "o"), "--quiet", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and field in err, err
+
+
+def test_console_table_one_row_per_run_and_target():
+    from rich.console import Console
+
+    from flexpl.targets import rich_table
+
+    s = {"strategy": "fl", "to_target": cost_to_targets(
+        [{"round": 3, "accuracy": 0.72, "bytes": 5, "energy_j": 1.5, "device_energy_j": 1.0,
+          "sim_time_s": 2.0, "flops": 7}], [0.7, 0.8])}
+    con = Console(record=True, width=200)
+    con.print(rich_table([s]))
+    lines = [ln for ln in con.export_text().splitlines() if ln.startswith("│ fl")]
+    assert len(lines) == 2
+    assert lines[0].split("│")[2:4] == [" 0.7 ".rjust(8), " 3 ".rjust(7)]
+    assert lines[1].split("│")[3].strip() == "-"

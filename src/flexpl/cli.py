@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from flexpl.errors import UserError
 from flexpl.targets import add_target_arguments, target_columns, target_sets
+from flexpl.targets import rich_table as targets_table
 
 SUMMARY_COLUMNS = ["strategy", "final_accuracy", "accuracy_min", "accuracy_ensemble", "bytes_total",
                    "energy_j_total", "sim_time_s", "flops_total", "params_total", "wall_s"]
@@ -166,6 +167,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     if not a.quiet:
         c = _console()
         c.print(_summary_table([s], f"{s['scenario']}: {s['rounds']} rounds"))
+        if s.get("to_target"):
+            c.print(targets_table([s]))
         c.print(f"results in {out}/ (summary.json, rounds.csv, config.yaml)")
     return 0
 
@@ -194,6 +197,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if not a.quiet:
         c = _console()
         c.print(_summary_table(summaries, f"{scn.name}: {scn.training.rounds} rounds, seed {scn.seed}"))
+        if any(s.get("to_target") for s in summaries):
+            c.print(targets_table(summaries))
         c.print(f"comparison in {out}/comparison.csv")
     _maybe_report(out, a.quiet)
     return 0

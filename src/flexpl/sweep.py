@@ -346,13 +346,20 @@ def _print_table(console: Any, out: Path, cells: Sequence[Cell]) -> None:
     t.add_column("cell")
     for c in cols:
         t.add_column(c, justify="right")
+    with_targets = []
     for c in cells:
         try:
             s = json.loads((out / c.name / "summary.json").read_text())
         except (OSError, ValueError):
             continue
         t.add_row(c.name, *(_fmt(s.get(k)) for k in cols))
+        if s.get("to_target"):
+            with_targets.append({**s, "strategy": c.name})
     console.print(t)
+    if with_targets:
+        from flexpl.targets import rich_table
+
+        console.print(rich_table(with_targets))
     console.print(f"sweep table in {out}/sweep.csv")
 
 

@@ -123,7 +123,7 @@ def rich_table(summaries: Sequence[Mapping[str, Any]], title: str = "cost to rea
     from flexpl.cli import _fmt
 
     t = Table(title=title, title_justify="left")
-    t.add_column("strategy")
+    t.add_column("run")  # a strategy, or a sweep cell
     t.add_column("target", justify="right")
     for f in FIELDS:
         t.add_column(f, justify="right")

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from flexpl.errors import UserError
+from flexpl.targets import add_target_arguments, target_columns, target_sets
+from flexpl.targets import rich_table as targets_table
 
 SUMMARY_COLUMNS = ["strategy", "final_accuracy", "accuracy_min", "accuracy_ensemble", "bytes_total",
                    "energy_j_total", "sim_time_s", "flops_total", "params_total", "wall_s"]
@@ -148,6 +150,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from flexpl.config import DEFAULT_SCENARIO, load_scenario
 
     scenario = a.scenario
+    a.set = [*a.set, *target_sets(a)]
     if a.resume:
         out = Path(a.resume)
         if a.out and Path(a.out) != out:
@@ -168,6 +171,9 @@ def cmd_run(a: argparse.Namespace) -> int:
 
         if getattr(a, "resume", None):
             raise UserError("--resume: the dist backend cannot resume a run; use --backend sim")
+        if scn.evaluation.stop_at_target:
+            raise UserError("--stop-at-target: the dist backend cannot stop at a target; use --backend sim "
+                            "(--target-accuracy alone works)")
         if a.timeout is not None and a.timeout <= 0:
             raise UserError(f"--timeout: must be a positive number of seconds, got {a.timeout:g}")
         from flexpl.memory import check_fits
@@ -188,6 +194,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     if not a.quiet:
         c = _console()
         c.print(_summary_table([s], f"{s['scenario']}: {s['rounds']} rounds"))
+        if s.get("to_target"):
+            c.print(targets_table([s]))
         c.print(f"results in {out}/ (summary.json, rounds.csv, config.yaml)")
     return 0
 
@@ -202,6 +210,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         from flexpl.tune import tuned_sets
 
         a.set = [*a.set, *tuned_sets(a.tuned)]
+    a.set = [*a.set, *target_sets(a)]
     strategies = [s.strip() for s in a.strategies.split(",") if s.strip()]
     for s in strategies:
         if s not in PRESETS:
@@ -216,10 +225,14 @@ def cmd_compare(a: argparse.Namespace) -> int:
         summaries.append(run_one(a.scenario, a.set, s, a.seed, out / s, a.quiet,
                                  label=f"[{i + 1}/{len(strategies)}] {s}", show_data=i == 0))
     rows = [{k: v for k, v in s.items() if not isinstance(v, dict)} for s in summaries]
+    for row, s in zip(rows, summaries):  # bytes_to_0.7, ... (flexpl.targets)
+        row.update(target_columns(s.get("to_target")))
     write_csv(out / "comparison.csv", rows)
     if not a.quiet:
         c = _console()
         c.print(_summary_table(summaries, f"{scn.name}: {scn.training.rounds} rounds, seed {scn.seed}"))
+        if any(s.get("to_target") for s in summaries):
+            c.print(targets_table(summaries))
         c.print(f"comparison in {out}/comparison.csv")
     _maybe_report(out, a.quiet)
     return 0
@@ -400,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--emulate-profile", default=None, metavar="FILE",
                    help="with --emulate-links: device profile from `flexpl calibrate --threads 1` for every node "
                         "(default: calibrate this machine once and cache it)")
+    add_target_arguments(r)
     r.set_defaults(func=cmd_run)
     c = sub.add_parser("compare", help="run several strategies on the same scenario")
     _common(c)
@@ -409,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply each strategy's values chosen by flexpl tune (its tuned.yaml)")
     c.add_argument("--seeds", default=None, metavar="K1,K2,...",
                    help="run every strategy once per seed (into <strategy>/seed<k>) and report mean ± std")
+    add_target_arguments(c)
     c.set_defaults(func=cmd_compare)
     for name, module, helptext in PLUGINS:
         _add_plugin(sub, name, module, helptext)

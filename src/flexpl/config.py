@@ -186,6 +186,25 @@ class CostsCfg(_Strict):
     include_eval: bool = False  # add evaluation FLOPs and energy (eval_flops, eval_energy_j) to the totals
 
 
+class EvaluationCfg(_Strict):
+    """Accuracy targets: the cost to reach each one is reported (see flexpl.targets)."""
+
+    targets: list[float] = Field(default_factory=list)  # test accuracies in (0, 1], e.g. [0.7, 0.75]
+    stop_at_target: bool = False  # stop after the round in which the highest target is reached
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> EvaluationCfg:
+        for i, a in enumerate(self.targets):
+            if not 0.0 < a <= 1.0:
+                raise ValueError(f"evaluation.targets[{i}]: a target accuracy is in (0, 1], got {a:g}")
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError("evaluation.targets: a target is listed twice; list each accuracy once")
+        if self.stop_at_target and not self.targets:
+            raise ValueError("evaluation.stop_at_target: no target to stop at; add evaluation.targets "
+                             "(or --target-accuracy A)")
+        return self
+
+
 class EngineCfg(_Strict):
     """Engine options."""
 
@@ -305,6 +324,7 @@ class Scenario(_Strict):
     energy: EnergyCfg = Field(default_factory=EnergyCfg)
     costs: CostsCfg = Field(default_factory=CostsCfg)
     engine: EngineCfg = Field(default_factory=EngineCfg)
+    evaluation: EvaluationCfg = Field(default_factory=EvaluationCfg)
     failures: FailuresCfg = Field(default_factory=FailuresCfg)
     # dotted-key overrides applied only when that strategy runs (see apply_strategy_overrides)
     strategy_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)

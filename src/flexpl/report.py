@@ -8,7 +8,9 @@ URIs, so the page needs no network, no JavaScript and no external CSS:
 1. accuracy vs round; 2. accuracy vs cumulative energy; 3. vs cumulative bytes;
 4. Pareto front of final accuracy vs total energy; 5. vs total bytes;
 6. energy per node (compute, communication, idle); 7. bytes per link;
-8. the last round on the virtual clock (one row per node and link, bars coloured by action).
+8. the last round on the virtual clock (one row per node and link, bars coloured by action);
+9. accuracy as step curves against cumulative bytes, energy and simulated time, with the
+   accuracy targets drawn, beside the table "cost to reach each target" (flexpl.report_targets).
 
 Runs are found as DIR itself when it holds summary.json, else every folder at most two
 levels below DIR that holds one (a compare folder's strategies, a sweep's cells).
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flexpl import report_targets
 from flexpl.errors import UserError
 
 # (name, title) of every figure, in page order; the name is the PNG's stem and the <img> alt.
@@ -41,6 +44,7 @@ FIGURES: list[tuple[str, str]] = [
     ("energy_per_node", "Energy per node"),
     ("bytes_per_link", "Bytes per link"),
     ("timeline", "One round on the virtual clock"),
+    ("accuracy_to_target", "Accuracy against cumulative bytes, energy and simulated time"),
 ]
 
 # Colours of the timeline's actions: compute in blues/purples, traffic in warm colours.
@@ -647,6 +651,7 @@ def make_figures(runs: list[Run]) -> tuple[dict[str, bytes], dict[str, list[int]
         if groups:  # several seeds: error bars over seeds
             figs["seeds_accuracy"] = fig_seeds_accuracy(groups)
             figs["seeds_costs"] = fig_seeds_costs(groups)
+        figs["accuracy_to_target"] = report_targets.fig_accuracy_to_target(runs)
         pngs = {name: _png(fig) for name, fig in figs.items()}
     return pngs, fronts
 
@@ -818,6 +823,7 @@ def render_html(root: Path, runs: list[Run], pngs: dict[str, bytes], fronts: dic
                     " coloured by action; empty stretches are waiting. The % on the right is how busy"
                     " each row is during the round. Very short actions are drawn slightly wider so"
                     " they stay visible.",
+        "accuracy_to_target": report_targets.caption(runs),
     }
     missing = [r.label for r in runs if not r.timeline]
     hidden = [r.label for r in runs if r.timeline][MAX_TIMELINES:]
@@ -836,6 +842,8 @@ def render_html(root: Path, runs: list[Run], pngs: dict[str, bytes], fronts: dic
            "virtual clock.</p>"),
         ("accuracy", "Accuracy", fig("accuracy_vs_round")
          + f'<div class="pair">{fig("accuracy_vs_energy")}{fig("accuracy_vs_bytes")}</div>'),
+        ("targets", "Cost to reach each target", report_targets.targets_table(runs)
+         + fig("accuracy_to_target")),
         ("pareto", "Trade-offs", f'<div class="pair">{fig("pareto_energy")}{fig("pareto_bytes")}</div>'),
         ("energy", "Energy per node", fig("energy_per_node")),
         ("network", "Network", fig("bytes_per_link")),

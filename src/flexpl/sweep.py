@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from flexpl.errors import UserError
+from flexpl.targets import add_target_arguments, target_columns, target_sets
 
 # Characters kept verbatim in a cell's folder name; anything else becomes "_" (plus a hash).
 _SAFE = re.compile(r"[^A-Za-z0-9._=+-]")
@@ -55,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default=None, metavar="K1,K2,...",
                         help="run every cell once per seed (into <cell>/seed<k>); sweep.csv then holds "
                              "mean ± std per cell (<column>_mean, <column>_std), sweep_seeds.csv every run")
+    add_target_arguments(parser)
 
 
 def split_values(raw: str) -> list[str]:
@@ -198,6 +200,7 @@ def write_sweep_csv(out: Path, cells: Sequence[Cell], digests: dict[str, str] | 
             continue
         row: dict[str, Any] = {"cell": c.name, **dict(c.values)}
         row.update({k: v for k, v in s.items() if not isinstance(v, dict) and k not in row})
+        row.update(target_columns(s.get("to_target")))  # bytes_to_0.7, ... (flexpl.targets)
         rows.append(row)
     columns = ["cell", *(k for k, _ in cells[0].values)] if cells else None
     if columns:
@@ -454,19 +457,28 @@ def _print_table(console: Any, out: Path, cells: Sequence[Cell]) -> None:
     t.add_column("cell")
     for c in cols:
         t.add_column(c, justify="right")
+    with_targets = []
     for c in cells:
         try:
             s = json.loads((out / c.name / "summary.json").read_text())
         except (OSError, ValueError):
             continue
         t.add_row(c.name, *(_fmt(s.get(k)) for k in cols))
+        if s.get("to_target"):
+            with_targets.append({**s, "strategy": c.name})
     console.print(t)
+    if with_targets:
+        from flexpl.targets import rich_table
+
+        console.print(rich_table(with_targets))
     console.print(f"sweep table in {out}/sweep.csv")
 
 
 def main(args: argparse.Namespace) -> int:
     """flexpl sweep: run the grid, write sweep.csv, then build report.html in the sweep folder."""
     from flexpl.seeds import parse_seeds
+
+    args.set = [*args.set, *target_sets(args)]
 
     out = run_sweep(args.scenario, args.set, args.grid, args.seed, Path(args.out) if args.out else None,
                     jobs=args.jobs, quiet=args.quiet, seeds=parse_seeds(getattr(args, "seeds", None)))

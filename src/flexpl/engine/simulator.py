@@ -44,6 +44,7 @@ from flexpl.engine.transport import SimTransport
 from flexpl.errors import UserError
 from flexpl.models import DEFAULT_CUTS, build_model, count_params, state_bytes
 from flexpl.plan import Plan, build_plan, place
+from flexpl.targets import cost_to_targets, reached_all
 from flexpl.topology import Topology
 
 # FLEXPL_TEST_KILL_AT="ROUND:STEP" makes the process SIGKILL itself after that training step
@@ -379,6 +380,8 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
     fail = scn.failures
     traces = []
     eval_cache: dict[tuple, tuple[int, tuple[int, ...]]] = {}
+    if scn.evaluation.stop_at_target and reached_all(rows, scn.evaluation.targets):
+        first = tr.rounds + 1  # a resumed run that had already stopped at its target
     for rnd in range(first, tr.rounds + 1):
         selected = [n.name for n in train] if plan.collect_data else select_clients(
             [n.name for n in train], tr.clients_per_round, scn.seed, rnd)
@@ -432,13 +435,19 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
             row["val_accuracy"] = ev.get("val_accuracy", float("nan"))
             row["val_loss"] = ev.get("val_loss", float("nan"))
         row["lr"] = lr
+        # energy spent on the data-holding devices so far (what cost-to-target reports as device_energy_j)
+        row["device_energy_j"] = sum(totals.node[n]["energy_j"] for n in scn.data_nodes)
         rows.append(row)
+        # evaluation.stop_at_target: this round reached the highest target, so it is the last one
+        stop = scn.evaluation.stop_at_target and reached_all(rows, scn.evaluation.targets)
         if checkpoint_dir is not None and tr.checkpoint_every and (rnd % tr.checkpoint_every == 0
-                                                                   or rnd == tr.rounds):
+                                                                   or rnd == tr.rounds or stop):
             checkpoint.save(checkpoint_dir / checkpoint.FILENAME, scenario_sha256=scn.digest(), round_index=rnd,
                             rows=rows, totals=totals, last_eval=ev, synced=synced_last_round, eng=eng)
         if on_round:
             on_round(row)
+        if stop:
+            break
     return rows, totals, ev, traces
 
 
@@ -477,6 +486,10 @@ def make_summary(st: Setup, totals: Totals, rows: list[dict[str, Any]], ev: dict
         "model_params": st.model_params, "model_bytes": st.model_bytes,
         "params_total": sum(count_params(r.module) for reps in eng.replicas for r in reps),
         "wall_s": wall_s, "executor": st.executor.mode,
+        "to_target": cost_to_targets(rows, scn.evaluation.targets),
+        "stopped_at_target": bool(scn.evaluation.stop_at_target and len(rows) < scn.training.rounds
+                                  and reached_all(rows, scn.evaluation.targets)),
+        "rounds_completed": len(rows),
         "plan": plan_dict(st.plan),
         "per_node": per_node, "per_link": per_link,
         "flexpl_version": __version__, "torch_version": torch.__version__, "scenario_sha256": scn.digest(),

@@ -168,3 +168,26 @@ def test_console_table_one_row_per_run_and_target():
     assert len(lines) == 2
     assert lines[0].split("│")[2:4] == [" 0.7 ".rjust(8), " 3 ".rjust(7)]
     assert lines[1].split("│")[3].strip() == "-"
+
+
+def test_compare_over_seeds_aggregates_cost_to_target_and_counts_the_seeds_that_reached_it(tmp_path):
+    """Per seed: the costs at the round of the target; over seeds: mean, and ``_n`` = seeds that reached it."""
+    import csv as _csv
+    import json as _json
+
+    from flexpl.cli import main as _main
+
+    out = tmp_path / "cmp"
+    assert _main(["compare", "digits-star", "--strategies", "fl", "--seeds", "0,1", "--set", "training.rounds=2",
+                  "--set", "training.max_steps_per_round=3", "--target-accuracy", "0.01",
+                  "--target-accuracy", "1.0", "--out", str(out), "--quiet"]) == 0
+    (row,) = list(_csv.DictReader((out / "comparison.csv").open()))
+    keys = list(_json.loads((out / "fl" / "seed0" / "summary.json").read_text())["to_target"])
+    low, high = sorted(keys, key=float)
+    firsts = [list(_csv.DictReader((out / "fl" / f"seed{k}" / "rounds.csv").open()))[0] for k in (0, 1)]
+    assert float(row[f"bytes_to_{low}_mean"]) == pytest.approx(sum(float(r["bytes"]) for r in firsts) / 2)
+    assert float(row[f"energy_j_to_{low}_mean"]) == pytest.approx(sum(float(r["energy_j"]) for r in firsts) / 2)
+    assert float(row[f"reached_{low}_mean"]) == 1.0 and f"bytes_to_{low}_n" not in row
+    # never reached by either seed (accuracy 1.0 on the whole test set): no mean, counted as 0 seeds
+    assert row[f"bytes_to_{high}_mean"] == "" and row[f"bytes_to_{high}_n"] == "0"
+    assert float(row[f"reached_{high}_mean"]) == 0.0

@@ -275,6 +275,7 @@ def _compare_seeds(a: argparse.Namespace, strategies: list[str], seeds: list[int
             row = {"strategy": s, "seed": k, **{c: v for c, v in summ.items()
                                                 if not isinstance(v, dict) and c not in ("strategy", "seed")}}
             row["device_energy_j_total"] = device_energy(summ, scn.data_nodes)
+            row.update(target_columns(summ.get("to_target")))  # bytes_to_0.7, ... (empty: not reached)
             rows.append(row)
         per_seed.extend(rows)
         aggs.append({"strategy": s, **aggregate_seeds(rows)})

@@ -246,6 +246,7 @@ def write_sweep_seeds_csv(out: Path, cells: Sequence[Cell], seeds: Sequence[int]
             nodes = _data_nodes(out / c.name / SEED_DIR.format(k))
             if nodes:
                 row["device_energy_j_total"] = device_energy(s, nodes)
+            row.update(target_columns(s.get("to_target")))  # bytes_to_0.7, ... (empty: not reached)
             mine.append(row)
         per_seed.extend(mine)
         if mine:

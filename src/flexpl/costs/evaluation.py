@@ -47,6 +47,8 @@ def eval_flops(eng: Any, n_test: int, sample_shape: tuple[int, ...], nodes: list
 
     def host(s: int, ridx: int) -> str:
         st = stages[s]
+        if layout.grouped(s):  # fronts averaged per group: the group's average lives at its head
+            return layout.agg_of[s][ridx]
         if st.sync.kind == "fedavg":
             return layout.aggregators[s]
         if st.sync.kind == "relay" and eng.relay_holder is not None:

@@ -659,7 +659,8 @@ class Engine:
         Modules run in eval mode (batch norm uses its running statistics and does not update
         them on test data; dropout is off) and go back to training mode afterwards.
         """
-        mods = [r.module for reps in self.replicas for r in reps] + list(self.global_.values())
+        mods = ([r.module for reps in self.replicas for r in reps] + list(self.global_.values())
+                + list(self.group_global.values()))
         modes = [m.training for m in mods]
         for m in mods:
             m.eval()

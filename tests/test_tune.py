@@ -45,7 +45,7 @@ def test_tune_chooses_per_strategy_on_validation_only(tmp_path, monkeypatch) -> 
     assert cfg["data"]["validation_fraction"] == 0.1 and cfg["training"]["eval_test"] is False
 
     # poison the test set (labels shifted, images noise): the chosen values do not change
-    load = simulator.load_dataset
+    load = simulator.load_data
 
     def poisoned(*a, **k):  # noqa: ANN002, ANN003
         d = load(*a, **k)
@@ -53,11 +53,11 @@ def test_tune_chooses_per_strategy_on_validation_only(tmp_path, monkeypatch) -> 
         return dataclasses.replace(d, test_x=torch.randn(d.test_x.shape, generator=g),
                                    test_y=(d.test_y + 3) % d.num_classes)
 
-    monkeypatch.setattr(simulator, "load_dataset", poisoned)
+    monkeypatch.setattr(simulator, "load_data", poisoned)
     tuned2, rows2 = _tune(tmp_path / "b")
     assert tuned2 == tuned
     assert [r["val_accuracy_mean"] for r in rows2] == [r["val_accuracy_mean"] for r in rows]
-    monkeypatch.setattr(simulator, "load_dataset", load)
+    monkeypatch.setattr(simulator, "load_data", load)
 
     # compare --tuned: each strategy gets its own chosen values, and only its own
     rc = main(["compare", "digits-star", "--quiet", "--strategies", "fl,sl", "--tuned", str(tmp_path / "a" / "tuned.yaml"),

@@ -51,11 +51,20 @@ def test_kill_9_mid_round_then_resume_is_bit_identical(tmp_path, strategy, execu
     assert r.returncode == 0, r.stderr
     assert _summary(cut) == _summary(ref)
     assert (cut / "rounds.csv").read_text() == (ref / "rounds.csv").read_text()
-    a, b = _weights(ref), _weights(cut)
-    for ra, rb in zip(a["replicas"], b["replicas"]):
-        for x, y in zip(ra, rb):
-            for k in x["module"]:
+    _assert_same_state(_weights(ref), _weights(cut))
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    """Two saved engine states hold the same tensors (replicas where saved, and the aggregators' models)."""
+    for ra, rb in zip(a["replicas"], b["replicas"], strict=True):
+        for x, y in zip(ra, rb, strict=True):
+            assert (x["module"] is None) == (y["module"] is None)
+            for k in x["module"] or {}:
                 assert torch.equal(x["module"][k], y["module"][k])
+    assert a["global"].keys() == b["global"].keys()
+    for s in a["global"]:
+        for k in a["global"][s]:
+            assert torch.equal(a["global"][s][k], b["global"][s][k])
 
 
 def test_resume_refuses_another_scenario(tmp_path, capsys):
@@ -120,3 +129,48 @@ def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one_whole(tmp_path
     assert main(["run", "--resume", str(out), "--quiet"]) == 0
     assert json.loads((out / "summary.json").read_text())["rounds"] == 2
     assert torch.load(out / "checkpoint.pt", weights_only=True)["round"] == 2
+
+
+def test_checkpoint_holds_only_the_state_the_next_round_reads(tmp_path):
+    """FedAvg clients are overwritten by the next download: their weights and (reset) optimizers are not saved;
+    unsynced FPL fronts, non-reset optimizers and syncs every 2 rounds keep theirs."""
+    one = ["--set", "training.rounds=1", "--set", "training.max_steps_per_round=2", "--quiet"]
+
+    def saved(name: str, *extra: str) -> list[list[dict]]:
+        assert main(["run", "digits-star", *one, *extra, "--out", str(tmp_path / name)]) == 0
+        return torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["engine"]["replicas"]
+
+    fl = saved("fl", "--strategy", "fl")
+    assert len(fl[0]) > 1 and all(r["module"] is None and r["opt"] is None for r in fl[0])
+    kept_opt = saved("fl-opt", "--strategy", "fl", "--set", "training.optimizer.reset_on_sync=false")
+    assert all(r["module"] is None and r["opt"] is not None for r in kept_opt[0])
+    fpl = saved("fpl", "--strategy", "fpl")
+    assert len(fpl[0]) > 1 and all(r["module"] is not None and r["opt"] is not None for r in fpl[0])
+    # fronts averaged every 2 rounds: a front that sits out a round still trains on its own weights later
+    every2 = saved("fpl-sync2", "--strategy", "fpl", "--set", "plan.front_sync=all", "--set",
+                   "plan.front_sync_every=2")
+    assert all(r["module"] is not None for r in every2[0])
+    every1 = saved("fpl-sync1", "--strategy", "fpl", "--set", "plan.front_sync=all")
+    assert all(r["module"] is None for r in every1[0])
+
+
+def test_mlp_1000_kill_9_after_round_1_then_resume_is_bit_identical(tmp_path):
+    """1,000 FedAvg clients: the checkpoint holds the global model only, and resuming from it is exact."""
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    sets = ["--set", "data.max_train=3000", "--set", "data.partition.kind=iid", "--set", "training.rounds=2"]
+    r = subprocess.run([FLEXPL, "run", "mlp-1000", *sets, "--out", str(ref), "--quiet"],
+                       env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([FLEXPL, "run", "mlp-1000", *sets, "--out", str(cut), "--quiet"],
+                       env=dict(ENV, FLEXPL_TEST_KILL_AT="2:1"), capture_output=True, text=True, timeout=600)
+    assert r.returncode == -signal.SIGKILL
+    assert torch.load(cut / "checkpoint.pt", weights_only=True)["round"] == 1
+    r = subprocess.run([FLEXPL, "run", "--resume", str(cut), "--quiet"], env=ENV, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert _summary(cut) == _summary(ref)
+    assert (cut / "rounds.csv").read_text() == (ref / "rounds.csv").read_text()
+    a, b = _weights(ref), _weights(cut)
+    assert len(a["replicas"][0]) == 1000 and all(r["module"] is None for r in a["replicas"][0])
+    _assert_same_state(a, b)
+    assert (ref / "checkpoint.pt").stat().st_size < 10_000_000  # the global MLP (~0.8 MB), not 1,000 replicas

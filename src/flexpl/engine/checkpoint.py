@@ -1,6 +1,8 @@
 """Checkpoints: the whole run state after a round, saved atomically, loaded without executing code.
 
-A checkpoint holds every replica's weights and optimizer state, the aggregators' models,
+A checkpoint holds the replicas' weights and optimizer state that the next round reads
+(see :func:`surviving_state`: a FedAvg client's weights and reset optimizer are overwritten
+by the next download before anything reads them, so they are not saved), the aggregators' models,
 the relay holder, the cost counters and virtual clock, the rows written so far, the
 round index, and torch's global RNG state (FlexPL draws its own randomness from
 (seed, round, ...) keyed generators, so nothing else is needed to continue bit for bit).
@@ -21,16 +23,45 @@ from flexpl.engine.core import Engine
 from flexpl.errors import UserError
 from flexpl.results import atomic_write
 
-FORMAT = 1
+FORMAT = 2  # 2: a replica's "module" or "opt" may be None (not needed to continue; see surviving_state)
+READABLE = (1, 2)
 FILENAME = "checkpoint.pt"
 
 
-def engine_state(eng: Engine) -> dict[str, Any]:
-    """Weights and optimizer state of every replica, and the aggregators' models."""
+def surviving_state(eng: Engine, synced: bool) -> list[tuple[bool, bool]]:
+    """Per stage: whether its replicas' (weights, optimizer state) are read again after a checkpoint.
+
+    A replica of a stage averaged over all replicas by FedAvg (not per group) gets the
+    aggregator's weights at the start of the next round it takes part in, before it trains,
+    provided the round just completed ended with a sync (``synced``) and every round does
+    (all round-unit FedAvg stages sync every round; with ``every > 1`` a replica that sits
+    out the round after a sync trains on its own weights in the round after that). Nothing
+    else reads a FedAvg replica's weights (evaluation uses the aggregator's copy). Its
+    optimizer state is overwritten too only if ``reset_on_sync``. Everything else (fronts
+    without sync, relay stages, group-averaged stages, optimizers not reset, periodic syncs)
+    survives and is saved: when in doubt, save.
+    """
+    stages = eng.plan.stages
+    every_round = all(st.sync.every == 1 for st in stages if st.sync.kind == "fedavg" and st.sync.unit == "round")
+    out = []
+    for s, st in enumerate(stages):
+        overwritten = (synced and every_round and st.sync.kind == "fedavg" and st.sync.unit in ("round", "step")
+                       and not eng.layout.grouped(s) and eng.layout.aggregators[s] is not None)
+        out.append((not overwritten, not (overwritten and eng.opt_cfg.reset_on_sync)))
+    return out
+
+
+def engine_state(eng: Engine, needed: list[tuple[bool, bool]] | None = None) -> dict[str, Any]:
+    """Weights and optimizer state of the replicas, and the aggregators' models.
+
+    ``needed`` (from :func:`surviving_state`): per stage, whether replica weights and optimizer
+    state are kept; what is not is stored as None. Default: everything.
+    """
+    needed = needed or [(True, True)] * len(eng.replicas)
     return {
-        "replicas": [[{"module": r.module.state_dict(),
-                       "opt": r.opt.state_dict() if r.opt is not None else None} for r in reps]
-                     for reps in eng.replicas],
+        "replicas": [[{"module": r.module.state_dict() if keep_w else None,
+                       "opt": r.opt.state_dict() if r.opt is not None and keep_o else None} for r in reps]
+                     for reps, (keep_w, keep_o) in zip(eng.replicas, needed)],
         "global": {str(s): m.state_dict() for s, m in eng.global_.items()},
         "group_global": {f"{s}@{agg}": m.state_dict() for (s, agg), m in eng.group_global.items()},
         "relay_holder": eng.relay_holder,
@@ -41,7 +72,8 @@ def load_engine_state(eng: Engine, state: dict[str, Any]) -> None:
     """Restore what :func:`engine_state` saved. Events of earlier rounds are dropped (they are done)."""
     for reps, saved in zip(eng.replicas, state["replicas"]):
         for r, sv in zip(reps, saved):
-            r.module.load_state_dict(sv["module"])
+            if sv["module"] is not None:  # None: overwritten by the next download (surviving_state)
+                r.module.load_state_dict(sv["module"])
             if r.opt is not None and sv["opt"] is not None:
                 r.opt.load_state_dict(sv["opt"])
             r.last_update = None
@@ -63,7 +95,7 @@ def save(path: Path, *, scenario_sha256: str, round_index: int, rows: list[dict[
     blob = {
         "format": FORMAT, "scenario_sha256": scenario_sha256, "round": round_index, "rows": rows,
         "totals": asdict(totals), "last_eval": last_eval, "synced": synced,
-        "engine": engine_state(eng), "torch_rng": torch.get_rng_state(),
+        "engine": engine_state(eng, surviving_state(eng, synced)), "torch_rng": torch.get_rng_state(),
     }
     buf = io.BytesIO()
     torch.save(blob, buf)
@@ -80,7 +112,7 @@ def load(path: Path, scenario_sha256: str) -> dict[str, Any]:
     except Exception as exc:  # truncated or foreign files fail in many ways inside torch
         raise UserError(f"--resume: checkpoint '{path}' is corrupted or not a FlexPL checkpoint "
                         f"({type(exc).__name__}); delete it and rerun from the start") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+    if not isinstance(blob, dict) or blob.get("format") not in READABLE:
         raise UserError(f"--resume: '{path}' is not a FlexPL checkpoint of format {FORMAT}")
     if blob["scenario_sha256"] != scenario_sha256:
         raise UserError(f"--resume: checkpoint '{path}' was written by a different scenario "

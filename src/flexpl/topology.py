@@ -43,6 +43,11 @@ class Topology:
     _adj: dict[str, list[tuple[str, str]]] = field(default_factory=dict, repr=False)
     _routes: dict[tuple[str, str], tuple[Hop, ...]] = field(default_factory=dict, repr=False)
     link_of: dict[str, str] = field(default_factory=dict, repr=False)  # clock resource -> link name
+    # [Note: route trees] a source asked for a second route gets its whole BFS tree once (O(nodes)),
+    # instead of a BFS per destination (O(nodes^2) for a server talking to every client)
+    _trees: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict, repr=False)
+    _asked: set[str] = field(default_factory=set, repr=False)
+    _component: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._adj = {n: [] for n in self.nodes}
@@ -64,18 +69,28 @@ class Topology:
             return self._routes[key]
         if src == dst:
             return ()
-        prev: dict[str, tuple[str, str]] = {}
-        seen = {src}
-        queue = deque([src])
-        while queue:
-            u = queue.popleft()
-            if u == dst:
-                break
-            for v, link in self._adj[u]:
-                if v not in seen:
-                    seen.add(v)
-                    prev[v] = (u, link)
-                    queue.append(v)
+        if src in self._trees:
+            prev = self._trees[src]
+            seen: set[str] | dict[str, tuple[str, str]] = prev
+        else:
+            # the same BFS either way: each node's predecessor is fixed when it is first seen, so
+            # stopping at ``dst`` or running to the end gives ``dst`` the same route
+            whole = src in self._asked
+            self._asked.add(src)
+            prev = {}
+            seen = {src}
+            queue = deque([src])
+            while queue:
+                u = queue.popleft()
+                if u == dst and not whole:
+                    break
+                for v, link in self._adj[u]:
+                    if v not in seen:
+                        seen.add(v)
+                        prev[v] = (u, link)
+                        queue.append(v)
+            if whole:
+                self._trees[src] = prev
         if dst not in seen:
             raise UserError(f"links: no route from node '{src}' to node '{dst}'; add a link that connects them")
         hops: list[Hop] = []
@@ -91,15 +106,22 @@ class Topology:
         self._routes[key] = tuple(reversed(hops))
         return self._routes[key]
 
-    def reachable(self, src: str) -> set[str]:
-        """Nodes reachable from ``src`` through the links."""
-        seen, stack = {src}, [src]
-        while stack:
-            for v, _ in self._adj[stack.pop()]:
-                if v not in seen:
-                    seen.add(v)
-                    stack.append(v)
-        return seen
+    def reachable(self, src: str) -> frozenset[str]:
+        """Nodes reachable from ``src`` through the links (links are undirected: ``src``'s component).
+
+        Computed once per component and shared by its nodes; do not modify the returned set.
+        """
+        if src not in self._component:
+            seen, stack = {src}, [src]
+            while stack:
+                for v, _ in self._adj[stack.pop()]:
+                    if v not in seen:
+                        seen.add(v)
+                        stack.append(v)
+            comp = frozenset(seen)
+            for v in comp:
+                self._component[v] = comp
+        return self._component[src]
 
     def first_hop_head(self, node: str) -> str:
         """The node after ``node`` on its route to the server (its group head); the server itself if direct."""

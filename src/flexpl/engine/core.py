@@ -42,6 +42,23 @@ def stage_module(full: BlockModel, start: int, end: int) -> BlockModel:
     return BlockModel([(n, copy.deepcopy(full.blocks[n])) for n in names])
 
 
+def meta_copy(module: nn.Module) -> nn.Module:
+    """``copy.deepcopy(module).to("meta")`` without copying the weights first (same structure, shapes, flags)."""
+    memo: dict[int, Any] = {}
+    for p in module.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    for b in module.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(module, memo).to("meta")
+
+
+def shell_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters are ``module``'s own (not copied): for replicas that an
+    arena gives rows of their own at once (flexpl.engine.arena), so copying the weights is wasted."""
+    memo: dict[int, Any] = {id(p): p for p in module.parameters()}
+    return copy.deepcopy(module, memo)
+
+
 def make_optimizer(module: nn.Module, cfg: OptimizerCfg) -> torch.optim.Optimizer | None:
     """The configured optimizer over ``module``'s parameters (None if it has none)."""
     params = [p for p in module.parameters() if p.requires_grad]
@@ -186,20 +203,29 @@ class Engine:
         self.junction_stage = next((s for s in range(1, n_stages)
                                     if len(layout.replicas[s]) < len(layout.replicas[s - 1])), None)
         base = [stage_module(full_model, st.start, st.end) for st in self.plan.stages]
+
+        def arena_stage(s: int) -> bool:  # [Note: arenas]
+            reps = layout.replicas[s]
+            return (len(reps) > 1 and all(self.is_local(r.host) for r in reps) and count_params(base[s]) > 0
+                    and not any(True for _ in base[s].buffers()))
+
         self.replicas: list[list[ReplicaState]] = []
         for s, reps in enumerate(layout.replicas):
             states = []
+            stacked = arena_stage(s)
             for spec in reps:
-                mod = copy.deepcopy(base[s])
-                if not self.is_local(spec.host):
-                    mod = mod.to("meta")
-                states.append(ReplicaState(spec, mod, make_optimizer(mod, opt_cfg)))
+                if stacked:  # the arena below stacks base's weights and gives each replica its own row
+                    mod = shell_copy(base[s])
+                elif self.is_local(spec.host):
+                    mod = copy.deepcopy(base[s])
+                else:
+                    mod = meta_copy(base[s])
+                states.append(ReplicaState(spec, mod, None if stacked else make_optimizer(mod, opt_cfg)))
             self.replicas.append(states)
         # [Note: arenas] stages with several replicas, all here, keep them stacked (flexpl.engine.arena)
         self.arenas: dict[int, Arena] = {}
         for s, states in enumerate(self.replicas):
-            if (len(states) > 1 and all(self.is_local(r.host) for r in states) and count_params(base[s]) > 0
-                    and not any(True for _ in base[s].buffers())):
+            if arena_stage(s):
                 arena = self.arenas[s] = Arena([r.module for r in states], opt_cfg, shared)
                 for i, r in enumerate(states):
                     r.opt = make_optimizer(r.module, opt_cfg)
@@ -486,7 +512,7 @@ class Engine:
                 for ridx in sorted({self.layout.serves[s][n] for n in nodes if n in self.layout.serves[s]}):
                     rep = reps[ridx]
                     if rep.twin is None:
-                        rep.twin = (copy.deepcopy(rep.module).to("meta"), None)
+                        rep.twin = (meta_copy(rep.module), None)
                     swapped.append((rep, rep.module, rep.opt, rep.shape_only))
                     rep.module, rep.opt = rep.twin
                     rep.shape_only = True

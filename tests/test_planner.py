@@ -386,3 +386,20 @@ def test_calibrate_writes_a_loadable_profile(tmp_path: Path, capsys):
     assert math.isfinite(s["sim_time_s"])
     assert cli(["calibrate", "--out", str(tmp_path / "x.txt")]) == 2
     capsys.readouterr()
+
+
+def test_a_strategys_overrides_reach_its_prediction():
+    """Planning from an fl scenario, the sl candidate is costed with sl's own optimizer (strategy_overrides)."""
+    from flexpl.config import load_scenario
+
+    sets = ["training.rounds=1", "training.max_steps_per_round=2", "engine.executor=sequential"]
+    override = ["strategy_overrides.sl.training.optimizer.momentum=0.0"]
+    cand = P.Candidate("sl", "sl", None, "sl")
+    pred = P.Planner(load_scenario("digits-star", sets + override, "fl", 0)).predict(cand)
+    ran = run(load_scenario("digits-star", sets + override, "sl", 0)).summary
+    assert ran["flops_total"] == pred.row["flops_total"]
+    assert _close(pred.row["energy_j_total"], ran["energy_j_total"])
+    # without the override, sl would be billed momentum FLOPs and a momentum buffer it does not have
+    plain = P.Planner(load_scenario("digits-star", sets, "fl", 0)).predict(cand)
+    assert plain.row["flops_total"] > pred.row["flops_total"]
+    assert sum(plain.peak_memory.values()) > sum(pred.peak_memory.values())

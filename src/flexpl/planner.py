@@ -1162,6 +1162,7 @@ class PlanContext:
     out_grad: list[bool] = field(default_factory=list)
     state_bytes: list[int] = field(default_factory=list)
     opt_flops: list[int] = field(default_factory=list)       # one optimizer step of a replica, per stage
+    opt_states: int = 0  # optimizer buffers per trainable parameter (SGD momentum 1, Adam 2)
     float_elements: list[int] = field(default_factory=list)  # floats a FedAvg averages, per stage
     features: bool = False
     junction_stage: int | None = None
@@ -1280,6 +1281,21 @@ class Planner:
             out.insert(0, Candidate(f"scenario: {self.scn.strategy} {own}", self.scn.strategy, own, "scenario"))
         return out
 
+    def optimizer_for(self, strategy: str | None) -> Any:
+        """The optimizer a run of ``strategy`` uses: the scenario's, with that strategy's ``strategy_overrides``.
+
+        The scenario's own strategy already has its overrides applied (``load_scenario``);
+        another strategy gets its own on top of the scenario's values, as ``flexpl compare`` does.
+        """
+        from flexpl.config import OptimizerCfg, apply_strategy_overrides
+
+        if strategy is None or strategy == self.scn.strategy:
+            return self.scn.training.optimizer
+        data = self.scn.resolved()
+        data["strategy"] = strategy
+        apply_strategy_overrides(data)
+        return OptimizerCfg.model_validate(data["training"]["optimizer"])
+
     def context(self, cand: Candidate) -> PlanContext:
         """Build and place the candidate's plan exactly as ``simulator.setup`` does."""
         from flexpl.config import PlanCfg
@@ -1297,6 +1313,7 @@ class Planner:
         if hit is not None:
             return hit
         scn, tr = self.scn, self.scn.training
+        opt = self.optimizer_for(cand.strategy)
         data_nodes = list(scn.data_nodes)
         in_shape = self.data.input_shape
         samples = dict(self.samples)
@@ -1332,8 +1349,9 @@ class Planner:
             out_grad=[has_params[s] or input_grad[s] for s in range(n_stages)],
             state_bytes=[w[2] for w in weights], features=plan.junction == "features", junction_stage=junction,
             opt_flops=[optimizer_flops(self.costs.weights(variant, st.start, st.end, trainable_count=True)[0],
-                                       tr.optimizer.name, tr.optimizer.momentum, tr.optimizer.weight_decay)
+                                       opt.name, opt.momentum, opt.weight_decay)
                        for st in plan.stages],
+            opt_states=2 if opt.name == "adam" else (1 if opt.momentum > 0 else 0),
             float_elements=[self.costs.float_elements(variant, st.start, st.end) for st in plan.stages],
             independent_paths=plan.junction != "features" and all(
                 st.replication == "per_node" and st.host == "own" for st in plan.stages))
@@ -1370,7 +1388,7 @@ class Planner:
         """
         selected, download, _upload, holder, collect = kind
         if not ctx.walk_key:
-            ctx.walk_key = repr(_round_synced(ctx.plan))
+            ctx.walk_key = repr((_round_synced(ctx.plan), ctx.opt_flops))
         key = (ctx.walk_key, selected, download, holder, collect)
         hit = self._walks.get(key)
         if hit is None:
@@ -1479,8 +1497,7 @@ class Planner:
         aggregator also keeps the averaged copy of every FedAvg stage. A joint step runs every
         forward before any backward, so the activations of all replicas on a node coexist.
         """
-        opt = self.scn.training.optimizer
-        states = 2 if opt.name == "adam" else (1 if opt.momentum > 0 else 0)
+        states = ctx.opt_states
         peak = dict.fromkeys(self.topo.nodes, 0)
         params = dict.fromkeys(self.topo.nodes, 0)
         for s, reps in enumerate(ctx.layout.replicas):
@@ -1749,7 +1766,7 @@ def write_best(path: Path, scn: Scenario, cand: Candidate, row: dict[str, Any], 
 def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows: list[dict[str, Any]], k: int,
              console: Any) -> None:
     """Train the ``k`` best feasible plans for min(rounds, 3) rounds; add their measured accuracy."""
-    from flexpl.config import validate_scenario
+    from flexpl.config import apply_strategy_overrides, validate_scenario
     from flexpl.engine.simulator import run, setup
 
     rounds = min(scn.training.rounds, 3)
@@ -1760,6 +1777,8 @@ def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows:
     for i, r in enumerate(chosen):
         data = candidate_data(scn, cands[r["plan"]])
         data["training"]["rounds"] = rounds
+        if data.get("strategy") != scn.strategy:  # the scenario's own strategy has them applied already
+            apply_strategy_overrides(data)
         sc = validate_scenario(data)
         console.print(f"validating [{i + 1}/{len(chosen)}] {r['plan']} ({rounds} rounds)")
         s = run(sc, st=setup(sc, dataset=planner.data)).summary

@@ -7,12 +7,12 @@ User errors print one line on stderr and exit 2; internal errors exit 1.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from flexpl.console import fmt, make_console
 from flexpl.errors import UserError
 from flexpl.targets import add_target_arguments, target_columns, target_sets
 from flexpl.targets import rich_table as targets_table
@@ -26,25 +26,8 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see --help)")
 
 
-def _console(quiet: bool = False):
-    import os
-
-    from rich.console import Console
-
-    width = None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", "150"))
-    return Console(stderr=True, quiet=quiet, highlight=False, width=width)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "-"
-        if v != 0 and (abs(v) >= 1e6 or abs(v) < 1e-3):
-            return f"{v:.3e}"
-        return f"{v:.4g}"
-    if isinstance(v, int) and abs(v) >= 10**6:
-        return f"{v:.3e}"
-    return str(v)
+_console = make_console  # kept for callers of the old names
+_fmt = fmt
 
 
 def _data_table(st) -> Any:

@@ -676,7 +676,7 @@ def run_dist(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
     """``flexpl run --backend dist``: launch the workers with a progress bar; returns the summary."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flexpl.cli import _console
+    from flexpl.console import make_console as _console
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=_console(quiet),

@@ -344,7 +344,7 @@ def print_tables(rows: list[dict], links: list[dict], title: str, quiet: bool) -
         return
     from rich.table import Table
 
-    from flexpl.cli import _console
+    from flexpl.console import make_console as _console
 
     c = _console(False)
     t = Table(title=f"{title}: round time, virtual clock vs measured")

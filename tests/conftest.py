@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
@@ -15,6 +17,22 @@ from flexpl.config import Scenario, apply_set, validate_scenario
 # One thread: these tiny models run several times faster single-threaded on a busy 2-core
 # machine, and results do not depend on who else is running.
 torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def saved_storages(module: torch.nn.Module) -> Iterator[dict[int, int]]:
+    """Record the distinct storages autograd saves for backward (pointer -> bytes), parameters excluded."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            saved[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield saved
 
 
 def digits_star(sets: list[str] | None = None, **top: Any) -> Scenario:

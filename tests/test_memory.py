@@ -13,7 +13,7 @@ from flexpl.memory import check_fits, node_peaks
 from flexpl.models import build_model, state_bytes
 from flexpl.planner import Candidate, Planner, saved_activation_bytes
 
-from .conftest import digits_star
+from .conftest import digits_star, saved_storages
 
 BN_MODEL = "model={name: resnet18, width: 0.125, depth: 0.5}"
 IMAGES = "data.transform={resize: 16, channels: 3}"
@@ -21,16 +21,7 @@ IMAGES = "data.transform={resize: 16, channels: 3}"
 
 def _measured_saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
     """Bytes of the distinct storages autograd saves for backward on real tensors, parameters excluded."""
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        if st.data_ptr() not in params:
-            saved[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_storages(module) as saved:
         out = module(x)
     F.cross_entropy(out, torch.zeros(len(x), dtype=torch.long)).backward() if out.ndim == 2 else out.sum().backward()
     return sum(saved.values())

@@ -19,7 +19,7 @@ from flexpl.errors import UserError
 from flexpl.models import build_model
 from flexpl.plan import PRESETS
 
-from .conftest import chain_scenario, digits_star
+from .conftest import chain_scenario, digits_star, saved_storages
 
 FIELDS = ("kind", "resource", "duration", "amount", "src", "dst", "label", "what")
 
@@ -178,17 +178,8 @@ def test_every_candidate_is_a_complete_scenario_that_runs():
 
 def _measured_peak(module: torch.nn.Module, x: torch.Tensor, momentum: float) -> int:
     """Parameters, gradients, momentum buffers and the storages autograd saves, measured on a real CPU run."""
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        if st.data_ptr() not in params:
-            saved[st.data_ptr()] = st.nbytes()
-        return t
-
     opt = torch.optim.SGD(module.parameters(), lr=0.01, momentum=momentum)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_storages(module) as saved:
         out = module(x)
     F.cross_entropy(out, torch.zeros(x.shape[0], dtype=torch.long)).backward()
     grads = sum(p.grad.numel() * p.grad.element_size() for p in module.parameters())

@@ -188,26 +188,46 @@ def write_sweep_csv(out: Path, cells: Sequence[Cell], digests: dict[str, str] | 
     A summary counts only if it is the result of its folder's config.yaml and, with
     ``digests`` (cell name -> scenario digest), of the scenario this sweep runs there.
     """
-    from flexpl.results import stale_reason, write_csv
 
     rows = []
     for c in cells:
-        try:
-            s = json.loads((out / c.name / "summary.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if stale_reason(out / c.name, s) or (digests and s.get("scenario_sha256") != digests.get(c.name)):
-            continue
-        row: dict[str, Any] = {"cell": c.name, **dict(c.values)}
-        row.update({k: v for k, v in s.items() if not isinstance(v, dict) and k not in row})
-        row.update(target_columns(s.get("to_target")))  # bytes_to_0.7, ... (flexpl.targets)
-        rows.append(row)
+        s = _valid_summary(out, c.name, digests)
+        if s is not None:
+            rows.append(_summary_row({"cell": c.name, **dict(c.values)}, s))
+    _write_cell_rows(out / "sweep.csv", rows, cells)
+    return rows
+
+
+def _valid_summary(out: Path, name: str, digests: dict[str, str] | None) -> dict[str, Any] | None:
+    """``out/name/summary.json`` if it is the result of its folder's config.yaml (and of ``digests[name]``)."""
+    from flexpl.results import stale_reason
+
+    try:
+        s = json.loads((out / name / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if stale_reason(out / name, s) or (digests and s.get("scenario_sha256") != digests.get(name)):
+        return None
+    return s
+
+
+def _summary_row(head: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
+    """``head``, then the summary's flat fields, then its cost-to-target columns (bytes_to_0.7, ...)."""
+    row = dict(head)
+    row.update({k: v for k, v in s.items() if not isinstance(v, dict) and k not in row})
+    row.update(target_columns(s.get("to_target")))  # empty where a target was not reached
+    return row
+
+
+def _write_cell_rows(path: Path, rows: list[dict[str, Any]], cells: Sequence[Cell]) -> None:
+    """Write ``rows`` with the cell and grid columns first, then every other column in order of appearance."""
+    from flexpl.results import write_csv
+
     columns = ["cell", *(k for k, _ in cells[0].values)] if cells else None
     if columns:
         for r in rows:
             columns.extend(k for k in r if k not in columns)
-    write_csv(out / "sweep.csv", rows, columns)
-    return rows
+    write_csv(path, rows, columns)
 
 
 def seed_cells(cells: Sequence[Cell], seeds: Sequence[int]) -> list[Cell]:
@@ -226,7 +246,7 @@ def write_sweep_seeds_csv(out: Path, cells: Sequence[Cell], seeds: Sequence[int]
     :func:`flexpl.seeds.aggregate_seeds` (``<column>_mean``, ``<column>_std``, ``seeds``). A seed's
     summary counts only as :func:`write_sweep_csv` says (its folder's config, and ``digests``).
     """
-    from flexpl.results import stale_reason, write_csv
+    from flexpl.results import write_csv
     from flexpl.seeds import SEED_DIR, aggregate_seeds, device_energy
 
     per_seed: list[dict[str, Any]] = []
@@ -234,19 +254,14 @@ def write_sweep_seeds_csv(out: Path, cells: Sequence[Cell], seeds: Sequence[int]
     for c in cells:
         mine = []
         for k in seeds:
-            try:
-                s = json.loads((out / c.name / SEED_DIR.format(k) / "summary.json").read_text())
-            except (OSError, ValueError):
-                continue
             name = f"{c.name}/{SEED_DIR.format(k)}"
-            if stale_reason(out / name, s) or (digests and s.get("scenario_sha256") != digests.get(name)):
+            s = _valid_summary(out, name, digests)
+            if s is None:
                 continue
-            row: dict[str, Any] = {"cell": c.name, **dict(c.values), "seed": k}
-            row.update({key: v for key, v in s.items() if not isinstance(v, dict) and key not in row})
-            nodes = _data_nodes(out / c.name / SEED_DIR.format(k))
+            row = _summary_row({"cell": c.name, **dict(c.values), "seed": k}, s)
+            nodes = _data_nodes(out / name)
             if nodes:
                 row["device_energy_j_total"] = device_energy(s, nodes)
-            row.update(target_columns(s.get("to_target")))  # bytes_to_0.7, ... (empty: not reached)
             mine.append(row)
         per_seed.extend(mine)
         if mine:
@@ -254,11 +269,7 @@ def write_sweep_seeds_csv(out: Path, cells: Sequence[Cell], seeds: Sequence[int]
                                    for r in mine])
             rows.append({"cell": c.name, **dict(c.values), **agg})
     write_csv(out / "sweep_seeds.csv", per_seed)
-    columns = ["cell", *(k for k, _ in cells[0].values)] if cells else None
-    if columns:
-        for r in rows:
-            columns.extend(k for k in r if k not in columns)
-    write_csv(out / "sweep.csv", rows, columns)
+    _write_cell_rows(out / "sweep.csv", rows, cells)
     return rows
 
 

@@ -3,7 +3,7 @@
     python benchmarks/cost_to_target.py --out results/cost-to-target --seeds 0 \
         --set data.max_train=6000 --set training.rounds=6 --target 0.7 --target 0.75
 
-Runs every variant (and seed) through the same ``flexpl.cli.run_one`` as ``flexpl run``,
+Runs every variant (and seed) through the same ``flexpl.runs.run_one`` as ``flexpl run``,
 writes ``comparison.csv`` (one row per variant and seed, with the ``*_to_A`` columns of
 ``flexpl.targets``), builds ``report.html`` when there is one seed, and prints the table:
 per target, mean over the seeds that reached it and how many did.
@@ -24,8 +24,8 @@ VARIANTS = {"fl": ("fl", []), "sfl": ("sfl", []), "fpl": ("fpl", []), "fpl-synce
 
 def main() -> None:
     """Run the variants, write comparison.csv, print the cost-to-target table."""
-    from flexpl.cli import run_one
     from flexpl.results import prepare_out_dir, write_csv
+    from flexpl.runs import run_one
     from flexpl.targets import COSTS, target_columns, target_key
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

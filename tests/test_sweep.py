@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flexpl import cli, sweep
+from flexpl import cli, runs, sweep
 from flexpl.errors import UserError
 
 SETS = ["--set", "training.rounds=2", "--set", "data.partition.kind=dirichlet"]
@@ -73,7 +73,7 @@ def test_no_grid_and_repeated_key_are_user_errors():
 def test_sweep_resumes_after_a_crash(tmp_path, monkeypatch):
     out = tmp_path / "sw"
     argv = ["sweep", "digits-star", *SETS, *GRID, "--out", str(out), "--quiet"]
-    real = cli.run_one
+    real = runs.run_one
     calls: list[str] = []
 
     def crash_in_second_cell(scenario, sets, strategy, seed, out_dir, quiet, label="", show_data=False):
@@ -84,7 +84,7 @@ def test_sweep_resumes_after_a_crash(tmp_path, monkeypatch):
             raise RuntimeError("killed")
         return real(scenario, sets, strategy, seed, out_dir, quiet, label, show_data)
 
-    monkeypatch.setattr(cli, "run_one", crash_in_second_cell)
+    monkeypatch.setattr(runs, "run_one", crash_in_second_cell)
     with pytest.raises(RuntimeError, match="killed"):
         cli.main(argv)
     assert calls == CELLS[:2]
@@ -97,7 +97,7 @@ def test_sweep_resumes_after_a_crash(tmp_path, monkeypatch):
         return real(scenario, sets, strategy, seed, out_dir, quiet, label, show_data)
 
     calls.clear()
-    monkeypatch.setattr(cli, "run_one", counting)
+    monkeypatch.setattr(runs, "run_one", counting)
     assert cli.main(argv) == 0
     assert calls == CELLS[1:]  # the finished cell is skipped, the unfinished one redone
     assert first.stat().st_mtime_ns == mtime
@@ -118,14 +118,14 @@ def test_sweep_resumes_after_a_crash(tmp_path, monkeypatch):
 
 def test_changed_scenario_reruns_the_cell(tmp_path, monkeypatch):
     out = tmp_path / "sw"
-    real = cli.run_one
+    real = runs.run_one
     calls: list[int] = []
 
     def counting(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(cli, "run_one", counting)
+    monkeypatch.setattr(runs, "run_one", counting)
     for rounds, expected_calls in ((1, 1), (1, 1), (2, 2)):
         sweep.run_sweep("digits-star", [f"training.rounds={rounds}"], ["strategy=fl"], None, out, quiet=True)
         assert len(calls) == expected_calls

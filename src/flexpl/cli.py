@@ -14,11 +14,16 @@ from typing import Any, NoReturn
 
 from flexpl.console import fmt, make_console
 from flexpl.errors import UserError
+from flexpl.report import maybe_report as _maybe_report
+from flexpl.results import SUMMARY_COLUMNS, timeline_rows
+from flexpl.runs import run_one
+from flexpl.runs import summary_table as _summary_table
+from flexpl.seeds import seeds_table as _seeds_table
 from flexpl.targets import add_target_arguments, target_columns, target_sets
 from flexpl.targets import rich_table as targets_table
 
-SUMMARY_COLUMNS = ["strategy", "final_accuracy", "accuracy_min", "accuracy_ensemble", "bytes_total",
-                   "energy_j_total", "sim_time_s", "flops_total", "params_total", "wall_s"]
+# Kept for callers of the old names (they moved out of the CLI: nothing below it imports it).
+__all__ = ["SUMMARY_COLUMNS", "build_parser", "main", "run_one", "timeline_rows"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,104 +33,6 @@ class _Parser(argparse.ArgumentParser):
 
 _console = make_console  # kept for callers of the old names
 _fmt = fmt
-
-
-def _data_table(st) -> Any:
-    from rich.table import Table
-
-    t = Table(title=f"data: {st.data.name}, partition {st.scn.data.partition.kind}", title_justify="left")
-    for c in ("node", "samples", "label entropy (bits)", "labels"):
-        t.add_column(c)
-    shown = 16  # a thousand devices would fill the screen: the first ones, then a count
-    for name, s in list(zip(st.scn.data_nodes, st.parts_summary))[:shown]:
-        hist = s["histogram"]
-        t.add_row(name, str(s["samples"]), f"{s['entropy_bits']:.2f}", " ".join(str(h) for h in hist))
-    if len(st.parts_summary) > shown:
-        t.add_row(f"... {len(st.parts_summary) - shown} more", "", "", "")
-    return t
-
-
-def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, seed: int | None,
-            out: Path, quiet: bool, label: str = "", show_data: bool = True,
-            resume: bool = False) -> dict[str, Any]:
-    """Run one scenario on the simulator into ``out`` with a progress bar; returns the summary.
-
-    The run state is checkpointed in ``out`` after every round; ``resume`` continues from it.
-    """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from flexpl.config import load_scenario
-    from flexpl.engine.core import Diverged
-    from flexpl.engine.simulator import run, setup
-    from flexpl.results import begin_run, prepare_out_dir, write_csv, write_run, write_yaml
-
-    scn = load_scenario(scenario, list(sets), strategy, seed)
-    out = prepare_out_dir(out)
-    console = _console(quiet)
-    st = setup(scn)
-    if not resume:  # a placement that does not fit a node's memory stops before training
-        from flexpl.memory import check_fits
-
-        check_fits(scn, st.data)
-    if resume:  # a missing, corrupted or foreign checkpoint is an input error: the folder stays as it is
-        from flexpl.engine import checkpoint
-
-        checkpoint.load(out / checkpoint.FILENAME, scn.digest())
-    begin_run(out, scn.digest(), resume=resume)  # before anything is written (see [Note: stale results])
-    if show_data:
-        console.print(_data_table(st))
-        ex = st.executor
-        console.print(f"executor: {ex.mode}" + (f" ({ex.workers} workers)" if ex.mode == "processes" else "")
-                      + f" -- {ex.reason}")
-    rows: list[dict[str, Any]] = []
-    write_yaml(out / "config.yaml", scn.resolved())
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
-                  disable=quiet, transient=False) as progress:
-        task = progress.add_task(label or f"{scn.name} / {st.plan.name}", total=scn.training.rounds, info="")
-
-        def on_round(row: dict[str, Any]) -> None:
-            rows.append(row)
-            write_csv(out / "rounds.csv", rows)  # rounds completed so far survive a crash
-            progress.update(task, advance=1, info=f"acc {row['accuracy']:.4f}  bytes {row['bytes']:.3e}  "
-                                                  f"t {row['sim_time_s']:.1f}s")
-
-        try:
-            result = run(scn, on_round=on_round, st=st, keep_traces=True, checkpoint_dir=out, resume=resume)
-        except Diverged as exc:  # keep what was completed: rounds.csv is written; the summary of those rounds too
-            if exc.summary is not None:
-                write_run(out, exc.summary, exc.rows, scn.resolved())
-            raise
-    if result.traces:  # the last round on the virtual clock: what the report's timeline draws
-        write_csv(out / "timeline.csv", timeline_rows(*result.traces[-1], round_index=len(result.rounds)))
-    write_run(out, result.summary, result.rounds, scn.resolved())  # summary.json last: marks a finished run
-    return result.summary
-
-
-def timeline_rows(trace, starts: list[float], ends: list[float], round_index: int) -> list[dict[str, Any]]:
-    """One row per action of a round's trace: resource (node or link), kind, times, amount."""
-    from flexpl.costs.trace import COMPUTE
-
-    rows = []
-    for i in range(len(trace)):
-        compute = trace.kind[i] == COMPUTE
-        rows.append({"round": round_index, "resource": trace.resource[i],
-                     "resource_kind": "node" if compute else "link", "what": trace.what[i],
-                     "label": trace.label[i], "src": trace.src[i], "dst": trace.dst[i],
-                     "start_s": starts[i], "end_s": ends[i],
-                     "flops": trace.amount[i] if compute else 0, "bytes": 0 if compute else trace.amount[i]})
-    return rows
-
-
-def _summary_table(summaries: list[dict[str, Any]], title: str) -> Any:
-    from rich.table import Table
-
-    t = Table(title=title, title_justify="left")
-    for c in SUMMARY_COLUMNS:
-        t.add_column(c, justify="right" if c != "strategy" else "left")
-    for s in summaries:
-        t.add_row(*(_fmt(s.get(c)) for c in SUMMARY_COLUMNS))
-    return t
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -271,53 +178,6 @@ def _compare_seeds(a: argparse.Namespace, strategies: list[str], seeds: list[int
         c.print(f"comparison in {out}/comparison.csv (per seed: comparison_seeds.csv)")
     _maybe_report(out, a.quiet)
     return 0
-
-
-def _seeds_table(aggs: list[dict[str, Any]], title: str, key: str = "strategy") -> Any:
-    """The comparison table over seeds: mean ± std per column; "≈" where a gap is within the spread."""
-    from rich.table import Table
-
-    from flexpl.seeds import within_spread
-
-    marks = within_spread(aggs)
-    t = Table(title=title, title_justify="left",
-              caption="≈: final accuracy within the larger std of the best strategy's (not separable "
-                      "by these seeds)" if any(marks) else None, caption_justify="left")
-    cols = [c for c in SUMMARY_COLUMNS if c != "strategy"]
-    if any("device_energy_j_total_mean" in a for a in aggs):
-        cols.insert(cols.index("energy_j_total") + 1, "device_energy_j_total")
-    t.add_column(key)
-    for c in cols:
-        t.add_column(c, justify="right")
-    for agg, mark in zip(aggs, marks):
-        cells = []
-        for c in cols:
-            m, sd = agg.get(f"{c}_mean"), agg.get(f"{c}_std")
-            if m is None:
-                cells.append("-")
-                continue
-            cell = f"{_fmt(float(m))} ± {float(sd or 0.0):.2g}"
-            if f"{c}_n" in agg:
-                cell += f" (n={agg[f'{c}_n']})"
-            if c == "final_accuracy" and mark:
-                cell = "≈ " + cell
-            cells.append(cell)
-        t.add_row(str(agg.get(key)), *cells)
-    return t
-
-
-def _maybe_report(out: Path, quiet: bool) -> None:
-    """Build ``out/report.html``; if the report cannot be drawn here, say so in one warning line."""
-    try:
-        from flexpl.report import build_report
-
-        path = build_report(out)
-    except ImportError as exc:  # e.g. matplotlib missing: the results stand, only the report is lost
-        print(f"flexpl: warning: no report.html in {out}/: {exc} (pip install matplotlib, then run "
-              f"flexpl report {out})", file=sys.stderr)
-        return
-    if not quiet:
-        _console().print(f"report: {path}")
 
 
 def cmd_scenarios(a: argparse.Namespace) -> int:

@@ -1688,7 +1688,7 @@ def _infeasible(rows: list[dict[str, Any]], constraints: Sequence[Constraint]) -
 def _table(rows: list[dict[str, Any]], objective: str, top: int, title: str) -> Any:
     from rich.table import Table
 
-    from flexpl.cli import _fmt
+    from flexpl.console import fmt as _fmt
 
     col = OBJECTIVES[objective]
     cols = list(dict.fromkeys((col, "bytes_per_round", "sim_time_s_per_round", "energy_j_per_round",
@@ -1841,8 +1841,8 @@ def cost_candidates(scn: Scenario, dataset: Dataset | None = None,
 
 def main(args: argparse.Namespace) -> int:
     """flexpl plan: cost every candidate plan, print the Pareto front, write plans.csv, pareto.png, best.yaml."""
-    from flexpl.cli import _console
     from flexpl.config import load_scenario
+    from flexpl.console import make_console as _console
     from flexpl.results import prepare_out_dir, write_csv
 
     if args.top < 1:

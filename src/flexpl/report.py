@@ -889,6 +889,22 @@ def build_report(root: str | Path) -> Path:
     return path
 
 
+def maybe_report(out: Path, quiet: bool) -> None:
+    """Build ``out/report.html`` after a compare or sweep; if it cannot be drawn here, say so in one warning line."""
+    import sys
+
+    try:
+        path = build_report(out)
+    except ImportError as exc:  # e.g. matplotlib missing: the results stand, only the report is lost
+        print(f"flexpl: warning: no report.html in {out}/: {exc} (pip install matplotlib, then run "
+              f"flexpl report {out})", file=sys.stderr)
+        return
+    if not quiet:
+        from flexpl.console import make_console
+
+        make_console().print(f"report: {path}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``flexpl report DIR``."""
     parser.add_argument("dir", metavar="DIR", help="a run, compare or sweep folder")

@@ -1,4 +1,9 @@
-"""Writing results atomically: summary.json, rounds.csv, config.yaml (and comparison.csv)."""
+"""Writing results atomically: summary.json, rounds.csv, config.yaml (and comparison.csv).
+
+:class:`RunWriter` is the one way a run folder is written, by the simulator path
+(:func:`flexpl.runs.run_one`) and the distributed backend (rank 0 of
+:mod:`flexpl.engine.dist`) alike.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,10 @@ from typing import Any
 import yaml
 
 from flexpl.errors import UserError
+
+# The summary.json fields the run, compare and sweep tables show, in order.
+SUMMARY_COLUMNS = ["strategy", "final_accuracy", "accuracy_min", "accuracy_ensemble", "bytes_total",
+                   "energy_j_total", "sim_time_s", "flops_total", "params_total", "wall_s"]
 
 
 def prepare_out_dir(path: str | Path) -> Path:
@@ -147,3 +156,59 @@ def stale_reason(folder: Path, summary: Mapping[str, Any]) -> str | None:
         return ("its summary.json is from another scenario than its config.yaml (an earlier run's "
                 "results beside a rerun that did not finish); rerun it")
     return None
+
+
+def timeline_rows(trace: Any, starts: list[float], ends: list[float], round_index: int) -> list[dict[str, Any]]:
+    """One row per action of a round's trace: resource (node or link), kind, times, amount (timeline.csv)."""
+    from flexpl.costs.trace import COMPUTE
+
+    rows = []
+    for i in range(len(trace)):
+        compute = trace.kind[i] == COMPUTE
+        rows.append({"round": round_index, "resource": trace.resource[i],
+                     "resource_kind": "node" if compute else "link", "what": trace.what[i],
+                     "label": trace.label[i], "src": trace.src[i], "dst": trace.dst[i],
+                     "start_s": starts[i], "end_s": ends[i],
+                     "flops": trace.amount[i] if compute else 0, "bytes": 0 if compute else trace.amount[i]})
+    return rows
+
+
+class RunWriter:
+    """The files of one run folder, written in one order by every backend.
+
+    1. :meth:`begin`: the ``IN_PROGRESS`` marker, an earlier run's results removed (see
+       [Note: stale results]), then ``config.yaml`` (the resolved scenario), once;
+    2. :meth:`round` after every finished round: the row is appended and ``rounds.csv``
+       rewritten atomically, so the rounds completed so far survive a crash;
+    3. :meth:`timeline`: ``timeline.csv``, the last round's actions on the virtual clock;
+    4. :meth:`finish`: ``rounds.csv``, ``config.yaml``, then ``summary.json`` last (its
+       presence marks a finished run), and the ``IN_PROGRESS`` marker goes.
+
+    Every file is written atomically (a temporary file renamed over it).
+    """
+
+    def __init__(self, out: str | Path, scenario_sha256: str, config: Mapping[str, Any]) -> None:
+        self.out = Path(out)
+        self.scenario_sha256 = scenario_sha256
+        self.config = config
+        self.rows: list[dict[str, Any]] = []
+
+    def begin(self, resume: bool = False) -> RunWriter:
+        """Create the folder, mark the run in progress, write config.yaml (``resume``: keep checkpoint and rounds)."""
+        self.out = prepare_out_dir(self.out)
+        begin_run(self.out, self.scenario_sha256, resume=resume)
+        write_yaml(self.out / "config.yaml", self.config)
+        return self
+
+    def round(self, row: dict[str, Any]) -> None:
+        """Append one finished round's row and rewrite rounds.csv with every row so far."""
+        self.rows.append(row)
+        write_csv(self.out / "rounds.csv", self.rows)
+
+    def timeline(self, trace: Any, starts: list[float], ends: list[float], round_index: int) -> None:
+        """Write timeline.csv: one row per action of a round's trace (see :func:`timeline_rows`)."""
+        write_csv(self.out / "timeline.csv", timeline_rows(trace, starts, ends, round_index=round_index))
+
+    def finish(self, summary: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> None:
+        """Write the finished run: rounds.csv (``rows``, default the rows seen), config.yaml, summary.json last."""
+        write_run(self.out, summary, self.rows if rows is None else rows, dict(self.config))

@@ -5,7 +5,7 @@
 Each ``--grid KEY=V1,V2,...`` adds one axis. ``strategy`` picks the preset; any other KEY
 is a ``--set`` dotted key whose values are parsed as YAML. Every cell runs into its own
 folder, named from its grid values (``strategy=fl__data.partition.alpha=0.1``), through the
-same :func:`flexpl.cli.run_one` as ``flexpl run``.
+same :func:`flexpl.runs.run_one` as ``flexpl run``.
 
 Resuming: a cell counts as done when its ``summary.json`` exists (``run_one`` writes it
 last) *and* records the digest of the scenario this command would run, so rerunning the
@@ -172,11 +172,11 @@ def _init_worker() -> None:
 def _run_cell(scenario: str | None, sets: Sequence[str], strategy: str | None, seed: int | None,
               out: Path) -> dict[str, Any]:
     """Run one cell into ``out`` (in this process or a worker); returns its summary."""
-    from flexpl.cli import run_one
+    from flexpl import runs
     from flexpl.engine.core import Diverged
 
     try:
-        return run_one(scenario, list(sets), strategy, seed, out, quiet=True, label=out.name, show_data=False)
+        return runs.run_one(scenario, list(sets), strategy, seed, out, quiet=True, label=out.name, show_data=False)
     except Diverged as exc:  # a result of the grid, not a failure of the sweep: its summary says "diverged"
         return dict(exc.summary or {"diverged": str(exc)})
 
@@ -345,9 +345,7 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
     ``<cell>/seed<k>`` (each such run is a resumable unit of its own) and ``sweep.csv``
     holds mean ± std per cell.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from flexpl.cli import _console
+    from flexpl.console import make_console, progress
     from flexpl.results import prepare_out_dir, write_yaml
 
     if jobs < 1:
@@ -377,7 +375,7 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
         else:
             write_sweep_csv(out, cells, digests)
     todo = [c for c in cells if not _finished(out / c.name, checked[c.name][0])]
-    console = _console(quiet)
+    console = make_console(quiet)
     if len(todo) < len(cells):
         console.print(f"sweep: {len(cells) - len(todo)} of {len(cells)} cells already finished in {out}/; "
                       "running the rest")
@@ -386,16 +384,14 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
         if c not in todo and on_cell:
             on_cell(c, None)
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
-                  disable=quiet) as progress, _RoundWatcher(progress, out) as watch:
-        overall = progress.add_task("cells", total=len(cells), completed=len(cells) - len(todo), info="")
+    with progress(quiet, console) as bar, _RoundWatcher(bar, out) as watch:
+        overall = bar.add_task("cells", total=len(cells), completed=len(cells) - len(todo), info="")
 
         def done(c: Cell, summary: dict[str, Any]) -> None:
             watch.remove(c.name)
             rebuild_csv()  # after every cell, so an interrupted sweep keeps its rows
             acc = summary.get("final_accuracy")
-            progress.update(overall, advance=1,
+            bar.update(overall, advance=1,
                             info=f"last: {c.name}" + (f"  acc {acc:.4f}" if isinstance(acc, float) else ""))
             if on_cell:
                 on_cell(c, summary)
@@ -422,10 +418,10 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
 
 
 def _print_seeds_table(console: Any, out: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> None:
-    from flexpl.cli import _seeds_table
+    from flexpl.seeds import seeds_table
 
     aggs = write_sweep_seeds_csv(out, cells, seeds)
-    console.print(_seeds_table(aggs, f"sweep: {len(cells)} cells x seeds {','.join(map(str, seeds))} "
+    console.print(seeds_table(aggs, f"sweep: {len(cells)} cells x seeds {','.join(map(str, seeds))} "
                                      "(mean ± sample std)", key="cell"))
     console.print(f"sweep table in {out}/sweep.csv (per seed: sweep_seeds.csv)")
 
@@ -462,7 +458,7 @@ def _run_parallel(scenario: str | None, sets: Sequence[str], seed: int | None, o
 def _print_table(console: Any, out: Path, cells: Sequence[Cell]) -> None:
     from rich.table import Table
 
-    from flexpl.cli import _fmt
+    from flexpl.console import fmt as _fmt
 
     cols = ["final_accuracy", "bytes_total", "energy_j_total", "sim_time_s"]
     t = Table(title=f"sweep: {len(cells)} cells", title_justify="left")
@@ -494,7 +490,7 @@ def main(args: argparse.Namespace) -> int:
 
     out = run_sweep(args.scenario, args.set, args.grid, args.seed, Path(args.out) if args.out else None,
                     jobs=args.jobs, quiet=args.quiet, seeds=parse_seeds(getattr(args, "seeds", None)))
-    from flexpl.cli import _maybe_report
+    from flexpl.report import maybe_report
 
-    _maybe_report(out, args.quiet)  # one warning line if the report cannot be drawn here
+    maybe_report(out, args.quiet)  # one warning line if the report cannot be drawn here
     return 0

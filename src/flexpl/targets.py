@@ -120,7 +120,7 @@ def rich_table(summaries: Sequence[Mapping[str, Any]], title: str = "cost to rea
     """A rich table, one row per run and target: the round and cumulative costs there ("-": never reached)."""
     from rich.table import Table
 
-    from flexpl.cli import _fmt
+    from flexpl.console import fmt as _fmt
 
     t = Table(title=title, title_justify="left")
     t.add_column("run")  # a strategy, or a sweep cell

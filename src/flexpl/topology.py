@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from flexpl.costs.profiles import DeviceProfile, LinkProfile
+from flexpl.costs.profiles import DeviceProfile, LinkProfile, device_profile, link_profile
 from flexpl.errors import UserError
+
+if TYPE_CHECKING:
+    from flexpl.config import Scenario
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,32 @@ class Topology:
             if prof.duplex == "full":
                 self.link_of[hop_resource(name, a, b, "full")] = name
                 self.link_of[hop_resource(name, b, a, "full")] = name
+
+    @classmethod
+    def from_scenario(cls, scn: Scenario) -> Topology:
+        """The scenario's topology: every node's and link's profile, resolved with its inline overrides.
+
+        A second link between the same two nodes, an unknown profile, or a data node that
+        cannot reach the server is a ``UserError`` naming the field.
+        """
+        nodes = {}
+        for i, n in enumerate(scn.nodes):
+            device_profile(n.profile, field=f"nodes[{i}].profile")  # the name first, so its error names .profile
+            nodes[n.name] = device_profile(n.profile, n.overrides(), field=f"nodes[{i}]")
+        links = {}
+        for i, ln in enumerate(scn.links):
+            a, b = ln.between
+            name = f"{a}-{b}"
+            if name in links or f"{b}-{a}" in links:
+                raise UserError(f"links[{i}].between: a second link between '{a}' and '{b}'; keep one")
+            link_profile(ln.profile, field=f"links[{i}].profile")
+            links[name] = (a, b, link_profile(ln.profile, ln.overrides(), field=f"links[{i}]"))
+        topo = cls(nodes, links, scn.data_nodes, scn.server_name)
+        reach = topo.reachable(topo.server)
+        for n in scn.data_nodes:
+            if n not in reach:
+                raise UserError(f"links: data node '{n}' cannot reach the server '{topo.server}'; add a link")
+        return topo
 
     def route(self, src: str, dst: str) -> tuple[Hop, ...]:
         """Fewest-hop route from ``src`` to ``dst`` (ties broken by node name); empty if equal."""

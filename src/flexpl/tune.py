@@ -108,8 +108,8 @@ def choose(cells: list[tuple[str, tuple[tuple[str, str], ...], int, dict[str, An
 def run_tune(scenario: str | None, sets: list[str], strategies: list[str], grid: list[str], seeds: list[int] | None,
              out: Path | None, jobs: int = 1, quiet: bool = False) -> tuple[Path, dict[str, dict[str, Any]]]:
     """Run the tuning grid (through :func:`flexpl.sweep.run_sweep`), write tuned.yaml and tune.csv."""
-    from flexpl.cli import _console
     from flexpl.config import load_scenario
+    from flexpl.console import make_console as _console
     from flexpl.plan import PRESETS
     from flexpl.results import write_csv, write_yaml
     from flexpl.sweep import make_cells, parse_grid, run_sweep
@@ -155,7 +155,7 @@ def run_tune(scenario: str | None, sets: list[str], strategies: list[str], grid:
 def _print_table(console: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
     from rich.table import Table
 
-    from flexpl.cli import _fmt
+    from flexpl.console import fmt as _fmt
 
     t = Table(title="tune: validation accuracy after the last round, mean over seeds (* = chosen)",
               title_justify="left")

@@ -15,14 +15,12 @@ previous stage, exactly as it would over a network.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,15 +29,15 @@ from flexpl.aggregate import fedavg
 from flexpl.config import OptimizerCfg
 from flexpl.costs.flops import FlopCache, fedavg_flops, optimizer_flops
 from flexpl.costs.trace import Event, Recorder
+from flexpl.data.batching import batches, mix_seed, select_clients  # noqa: F401 (re-exported: old home)
 from flexpl.engine.arena import Arena
 from flexpl.models import BlockModel, count_params
 from flexpl.plan import Layout, Replica
 
 
 def stage_module(full: BlockModel, start: int, end: int) -> BlockModel:
-    """A copy of blocks ``[start, end)``; state-dict keys stay those of the full model."""
-    names = full.block_names[start:end]
-    return BlockModel([(n, copy.deepcopy(full.blocks[n])) for n in names])
+    """A copy of blocks ``[start, end)``; state-dict keys stay those of the full model (``BlockModel.slice``)."""
+    return full.slice(start, end)
 
 
 def meta_copy(module: nn.Module) -> nn.Module:
@@ -96,12 +94,6 @@ class Diverged(Exception):
         super().__init__(message)
         self.summary: dict[str, Any] | None = None  # set by the simulator: the summary of the rounds completed
         self.rows: list[dict[str, Any]] = []
-
-
-def mix_seed(*parts: int | str) -> int:
-    """A stable 63-bit seed from several parts (seed, round, epoch, node ...)."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 @dataclass
@@ -770,27 +762,6 @@ def extract_patch(x: torch.Tensor, grid: tuple[int, int], i: int) -> torch.Tenso
     ph, pw = x.shape[-2] // rows, x.shape[-1] // cols
     r, c = divmod(i, cols)
     return x[..., r * ph:(r + 1) * ph, c * pw:(c + 1) * pw]
-
-
-def batches(nd: NodeData, seed: int, rnd: int, epochs: int, batch_size: int,
-            max_steps: int | None = None) -> list[torch.Tensor]:
-    """Index batches of one node for one round: a fresh shuffle per epoch, drawn from (seed, round, epoch, key)."""
-    out: list[torch.Tensor] = []
-    for e in range(epochs):
-        g = torch.Generator().manual_seed(mix_seed(seed, rnd, e, nd.order_key))
-        perm = torch.randperm(len(nd), generator=g)
-        out.extend(perm.split(batch_size))
-    return out[:max_steps] if max_steps else out
-
-
-def select_clients(nodes: list[str], fraction: float, seed: int, rnd: int) -> list[str]:
-    """The data nodes taking part in round ``rnd`` (a seeded sample; all when fraction is 1)."""
-    k = max(1, round(fraction * len(nodes)))
-    if k >= len(nodes):
-        return list(nodes)
-    rng = np.random.default_rng(mix_seed(seed, rnd, "select"))
-    chosen = set(rng.choice(len(nodes), size=k, replace=False).tolist())
-    return [n for i, n in enumerate(nodes) if i in chosen]
 
 
 def path_state(engine: Engine, node: str) -> dict[str, torch.Tensor]:

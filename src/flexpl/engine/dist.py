@@ -39,10 +39,11 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from flexpl import faults
 from flexpl.errors import UserError
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions: the CLI imports this module for its parser
@@ -56,10 +57,9 @@ if TYPE_CHECKING:  # heavy imports stay inside the functions: the CLI imports th
 # How long ranks wait for each other to start (loading data and building the engine can
 # take a while when many workers share a few cores); per-message waits use engine.timeout_s.
 STARTUP_TIMEOUT_S = 300.0
-# Hidden test hook, "RANK:ROUND:MODE": that rank os._exit(17)s ("exit") or hangs ("hang") at
-# its first training step of that round, or sleeps through 3 timeouts while evaluating
-# ("slow-eval", rank 0 only). tests/test_dist.py uses it to check fault handling.
-FAULT_ENV = "FLEXPL_DIST_FAULT"
+# Hidden test hook, "RANK:ROUND:MODE" (see flexpl.faults): tests/test_dist.py uses it to
+# check fault handling.
+FAULT_ENV = faults.DIST_ENV
 EXIT_PEER_FAILURE = 3
 
 
@@ -198,27 +198,6 @@ def _eval_engine(eng: Engine, comm: Comm, rank_of: dict[str, int]) -> Engine | N
 # ---------------------------------------------------------------- the worker
 
 
-def _fault_hook(rank: int, timeout_s: float) -> Callable[[int, str], None]:
-    """The hidden test hook of ``FLEXPL_DIST_FAULT`` for this rank: called with (round, "train" or "eval")."""
-    spec = os.environ.get(FAULT_ENV, "")
-    if not spec:
-        return lambda rnd, where: None
-    r, rnd_at, mode = spec.split(":")
-
-    def hook(rnd: int, where: str) -> None:
-        if int(r) != rank or rnd != int(rnd_at):
-            return
-        if mode == "slow-eval" and where == "eval":
-            time.sleep(3 * timeout_s)
-        elif mode == "hang" and where == "train":
-            time.sleep(10**6)
-        elif mode == "exit" and where == "train":
-            os._exit(17)
-        elif mode == "raise" and where == "train":
-            raise RuntimeError("injected fault (FLEXPL_DIST_FAULT)")
-    return hook
-
-
 def _log(msg: str) -> None:
     print(f"[flexpl worker {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -333,19 +312,17 @@ def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], 
     import torch
     import torch.distributed as dist
 
-    from flexpl.cli import timeline_rows
     from flexpl.engine.dist_transport import DistTransport
     from flexpl.engine.simulator import run, setup
-    from flexpl.results import begin_run, prepare_out_dir, write_csv, write_run, write_yaml
+    from flexpl.results import RunWriter
 
     t0 = time.perf_counter()
     st = setup(scn, transport_factory=lambda rec: DistTransport(rec, me, ranks, comm),
                is_local=lambda node: node == me)
     eng = st.engine
+    writer = RunWriter(out, scn.digest(), scn.resolved())
     if rank == 0:
-        out = prepare_out_dir(out)
-        begin_run(out, scn.digest())  # see [Note: stale results] in flexpl.results
-        write_yaml(out / "config.yaml", scn.resolved())
+        writer.begin()  # see [Note: stale results] in flexpl.results
     startup = max(comm.timeout.total_seconds(), STARTUP_TIMEOUT_S)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=startup))
     if hasattr(comm, "connect"):  # EmuComm: one data connection per neighbour; first-step costs paid now
@@ -356,11 +333,10 @@ def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], 
     _barrier(comm, world)  # everyone is set up: the wall clock starts together
     _log(f"rank {rank} ({me}): set up and connected to {world - 1} peers in {time.perf_counter() - t0:.1f}s")
 
-    fault = _fault_hook(rank, comm.timeout.total_seconds())
+    fault = faults.dist_fault(rank, comm.timeout.total_seconds())
     inner = eng.train_step
     local = [0.0, 0]  # this round's training loss and samples (only hosts of the last stage have any)
     clock: dict[str, Any] = {"start": time.perf_counter(), "end": None}
-    rows: list[dict[str, Any]] = []
 
     def train_step(batch):
         fault(status.info["round"], "train")
@@ -395,8 +371,7 @@ def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], 
         if rank == 0:
             row["train_loss"] = clock["loss"]  # every rank's share, not only rank 0's
             row["wall_s"] = clock["end"] - clock["start"]
-            rows.append(row)
-            write_csv(out / "rounds.csv", rows)  # rounds completed so far survive a crash
+            writer.round(row)  # rounds completed so far survive a crash
         local[0], local[1] = 0.0, 0
         comm.round = row["round"] + 1  # EmuComm tags what it measures with the round
         status.set(round=row["round"] + 1, rounds_done=row["round"],
@@ -431,9 +406,9 @@ def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], 
         summary["wall_s_per_round"] = sum(walls) / max(len(walls), 1)
         summary["backend"] = "dist"
         summary["world_size"] = world
-        write_run(out, summary, result.rounds, scn.resolved())
         if result.traces:
-            write_csv(out / "timeline.csv", timeline_rows(*result.traces[-1], round_index=len(result.rounds)))
+            writer.timeline(*result.traces[-1], round_index=len(result.rounds))
+        writer.finish(summary, result.rounds)  # summary.json last: marks a finished run
         if hasattr(comm, "dump") and status.path is not None:  # --emulate-links: the clock's hops per round
             from flexpl.engine.emulate import predicted_links
 
@@ -466,6 +441,27 @@ def _env_int(name: str) -> int:
         raise UserError(f"worker: environment variable {name} is not set; start workers with torchrun "
                         "(see the README) or use flexpl run --backend dist")
     return int(raw)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, as the CLI's parser
+        raise UserError(f"{self.prog}: {message} (see --help)")
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    """``flexpl worker ARGV`` without the CLI: what the launcher runs in each worker process.
+
+    Parses ``argv`` as the ``worker`` command does and calls :func:`main`; a user error
+    (bad argument, bad scenario) prints one line and returns 2. Other paths end in
+    ``os._exit`` inside :func:`main`.
+    """
+    p = _Parser(prog="flexpl worker", description="one rank of a distributed run")
+    add_arguments(p)
+    try:
+        return main(p.parse_args(list(argv)))
+    except UserError as exc:
+        print(f"flexpl: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(args: argparse.Namespace) -> int:
@@ -501,7 +497,7 @@ def main(args: argparse.Namespace) -> int:
 # What the fork server imports once, so that each worker forked from it starts in a
 # fraction of a second instead of importing torch (and torch._dynamo, which the first
 # optimizer pulls in) again: with many workers on few cores that dominates a short run.
-_PRELOAD = ["torch", "torch.distributed", "torch._dynamo", "flexpl.cli", "flexpl.engine.simulator",
+_PRELOAD = ["torch", "torch.distributed", "torch._dynamo", "flexpl.engine.dist", "flexpl.engine.simulator",
             "flexpl.engine.dist_transport", "sklearn.datasets"]
 
 
@@ -574,9 +570,7 @@ def _worker_process(argv: list[str], env: dict[str, str], log: str) -> None:
         from flexpl.engine.emulate import enter_netns
 
         enter_netns(env["FLEXPL_NETNS"])
-    from flexpl.cli import main as cli_main
-
-    code = cli_main(["worker", *argv])  # exits through os._exit on every path that gets that far
+    code = worker_main(argv)  # exits through os._exit on every path that gets that far
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -674,15 +668,11 @@ def run_dist(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
              extra_env: dict[str, str] | None = None,
              rank_env: Callable[[int], dict[str, str]] | None = None) -> dict[str, Any]:
     """``flexpl run --backend dist``: launch the workers with a progress bar; returns the summary."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from flexpl.console import progress
 
-    from flexpl.console import make_console as _console
-
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=_console(quiet),
-                  disable=quiet, transient=False) as progress:
-        task = progress.add_task(f"{scn.name} / {scn.strategy} (dist, {len(scn.nodes)} processes)",
-                                 total=scn.training.rounds, info="")
+    with progress(quiet) as bar:
+        task = bar.add_task(f"{scn.name} / {scn.strategy} (dist, {len(scn.nodes)} processes)",
+                            total=scn.training.rounds, info="")
         return launch(scn, out, timeout_s,
-                      on_progress=lambda done, info: progress.update(task, completed=done, info=info),
+                      on_progress=lambda done, info: bar.update(task, completed=done, info=info),
                       extra_env=extra_env, rank_env=rank_env)

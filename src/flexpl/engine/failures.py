@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flexpl.config import FailuresCfg, StragglerCfg
-from flexpl.engine.core import mix_seed
+from flexpl.data.batching import mix_seed
 from flexpl.plan import Layout
 from flexpl.topology import Topology
 

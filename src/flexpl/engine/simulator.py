@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,13 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from flexpl import __version__
+from flexpl import __version__, faults
 from flexpl.config import Scenario
 from flexpl.costs.evaluation import eval_flops
 from flexpl.costs.flops import count_fwd_bwd
-from flexpl.costs.profiles import device_profile, link_profile
 from flexpl.costs.trace import COMPUTE, Event, Recorder, Totals, Trace, bill, schedule
 from flexpl.data import Dataset, load_data, partition, summarize
+from flexpl.data.batching import batches, mix_seed, select_clients
 from flexpl.data.partition import validation_split
 from flexpl.engine import checkpoint, executor, failures
 from flexpl.engine.core import (
@@ -34,11 +32,8 @@ from flexpl.engine.core import (
     Engine,
     NodeData,
     ReplicaState,
-    batches,
     extract_patch,
-    mix_seed,
     patch_grid,
-    select_clients,
 )
 from flexpl.engine.transport import SimTransport
 from flexpl.errors import UserError
@@ -47,32 +42,10 @@ from flexpl.plan import Plan, build_plan, place
 from flexpl.targets import cost_to_targets, reached_all
 from flexpl.topology import Topology
 
-# FLEXPL_TEST_KILL_AT="ROUND:STEP" makes the process SIGKILL itself after that training step
-# (tests use it to interrupt a run mid-round at a reproducible point).
-_KILL_AT = tuple(int(v) for v in os.environ["FLEXPL_TEST_KILL_AT"].split(":")) \
-    if os.environ.get("FLEXPL_TEST_KILL_AT") else None
-
 
 def build_topology(scn: Scenario) -> Topology:
-    """Profiles of every node and link, resolved with their inline overrides."""
-    nodes = {}
-    for i, n in enumerate(scn.nodes):
-        device_profile(n.profile, field=f"nodes[{i}].profile")  # the name first, so its error names .profile
-        nodes[n.name] = device_profile(n.profile, n.overrides(), field=f"nodes[{i}]")
-    links = {}
-    for i, ln in enumerate(scn.links):
-        a, b = ln.between
-        name = f"{a}-{b}"
-        if name in links or f"{b}-{a}" in links:
-            raise UserError(f"links[{i}].between: a second link between '{a}' and '{b}'; keep one")
-        link_profile(ln.profile, field=f"links[{i}].profile")
-        links[name] = (a, b, link_profile(ln.profile, ln.overrides(), field=f"links[{i}]"))
-    topo = Topology(nodes, links, scn.data_nodes, scn.server_name)
-    reach = topo.reachable(topo.server)
-    for n in scn.data_nodes:
-        if n not in reach:
-            raise UserError(f"links: data node '{n}' cannot reach the server '{topo.server}'; add a link")
-    return topo
+    """Profiles of every node and link, resolved with their inline overrides (``Topology.from_scenario``)."""
+    return Topology.from_scenario(scn)
 
 
 def _place(t: torch.Tensor, local: bool) -> torch.Tensor:
@@ -210,8 +183,7 @@ def train_round(eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[st
         if log is not None:
             log.append((names, t))
         loss_sum, n_sum, joint = loss_sum + ls, n_sum + ns, joint + 1
-        if _KILL_AT == (rnd, joint):  # test hook: die like a killed process, mid-round
-            os.kill(os.getpid(), signal.SIGKILL)
+        faults.after_train_step(rnd, joint)  # test hook (FLEXPL_TEST_KILL_AT): killed mid-round
         for s in fed_step:
             if joint % plan.stages[s].sync.every == 0:
                 reps = _participants(eng, s, names)

@@ -7,6 +7,7 @@ parameters by name and a checkpoint does not depend on the plan.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +33,11 @@ class BlockModel(nn.Module):
     def block_names(self) -> list[str]:
         """Names of the blocks, in order."""
         return list(self.blocks.keys())
+
+    def slice(self, start: int, end: int) -> BlockModel:
+        """A copy of blocks ``[start, end)`` (a pipeline stage); state-dict keys stay those of this model."""
+        names = self.block_names[start:end]
+        return BlockModel([(n, copy.deepcopy(self.blocks[n])) for n in names])
 
 
 def _out_hw(h: int, k: int, pad: int, pool: int) -> int:

@@ -12,3 +12,10 @@ class UserError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+class MissingData(UserError):
+    """A dataset's files are neither on this machine nor downloadable (a ``data.fallback`` may step in).
+
+    Raised by the dataset loaders of ``flexpl.data`` (which re-exports it).
+    """

@@ -33,6 +33,12 @@ from typing import Any
 
 from flexpl import report_targets
 from flexpl.errors import UserError
+from flexpl.report_style import DPI  # noqa: F401 (kept under its old name)
+from flexpl.report_style import eng as _eng
+from flexpl.report_style import figure as _figure
+from flexpl.report_style import fmt_value as _fmt
+from flexpl.report_style import log_if_wide as _log_if_wide
+from flexpl.report_style import no_data as _no_data
 
 # (name, title) of every figure, in page order; the name is the PNG's stem and the <img> alt.
 FIGURES: list[tuple[str, str]] = [
@@ -60,7 +66,6 @@ BEST: dict[str, int] = {
     "energy_j_compute": -1, "energy_j_comm": -1, "params_total": -1,
 }
 MAX_TIMELINES = 12  # beyond this the Gantt chart gets too tall to read; the rest are listed
-DPI = 110
 GREY = "#b5b5b5"
 
 
@@ -215,43 +220,15 @@ _RC = {
 }
 
 
-def _figure(w: float, h: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)  # Agg explicitly: no display, same pixels everywhere
-    return fig
-
-
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="white")
     return buf.getvalue()
 
 
-def _eng(unit: str) -> Any:
-    from matplotlib.ticker import EngFormatter
-
-    return EngFormatter(unit=unit, places=None, sep=" ")
-
-
-def _no_data(ax: Any, what: str) -> None:
-    ax.text(0.5, 0.5, f"no {what} in these runs", ha="center", va="center", transform=ax.transAxes,
-            color="#888")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
 def _legend_right(ax: Any, n: int) -> None:
     if n > 1:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-
-
-def _log_if_wide(ax: Any, values: list[float], axis: str = "x") -> None:
-    pos = [v for v in values if v > 0 and math.isfinite(v)]
-    if pos and max(pos) / min(pos) >= 30:  # more than ~1.5 decades: linear would squash the small ones
-        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
 
 
 def fig_accuracy_vs_round(runs: list[Run]) -> Any:
@@ -694,25 +671,6 @@ pre { background:#f6f8fa; border-radius:6px; padding:10px 12px; overflow-x:auto;
       line-height:1.4; max-height:480px; }
 footer { color:var(--muted); font-size:12px; text-align:center; margin-top:24px; }
 """
-
-
-def _fmt(key: str, v: Any) -> str:
-    if isinstance(v, bool) or v is None:
-        return "–" if v is None else str(v)
-    if isinstance(v, int | float):
-        if isinstance(v, float) and not math.isfinite(v):
-            return "–"
-        if "bytes" in key:
-            return _eng("B")(v) if v else "0 B"
-        if key.startswith("energy_j"):
-            return _eng("J")(v) if v else "0 J"
-        if key == "sim_time_s" or key == "wall_s":
-            return _eng("s")(v) if v else "0 s"
-        if isinstance(v, int):
-            return f"{v:,}" if abs(v) < 10**7 else f"{v:.3e}"
-        return f"{v:.4f}" if abs(v) < 10 and key.startswith(("accuracy", "final_")) else f"{v:.4g}"
-    s = str(v)
-    return s if len(s) <= 20 else s[:12] + "…"
 
 
 def _flat(s: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,10 @@ def targets_of(runs: list[Any]) -> list[str]:
 
 def fig_accuracy_to_target(runs: list[Any]) -> Any:
     """Three panels: accuracy as a step curve against cumulative bytes, energy and time; targets as lines."""
-    from flexpl.report import _eng, _figure, _log_if_wide, _no_data
+    from flexpl.report_style import eng as _eng
+    from flexpl.report_style import figure as _figure
+    from flexpl.report_style import log_if_wide as _log_if_wide
+    from flexpl.report_style import no_data as _no_data
 
     fig = _figure(12.5, 3.8)
     axes = fig.subplots(1, len(PANELS))
@@ -82,7 +85,7 @@ def targets_table(runs: list[Any]) -> str:
 
     The cheapest run in every column is shaded; a target a run never reached reads "not reached".
     """
-    from flexpl.report import _fmt
+    from flexpl.report_style import fmt_value as _fmt
 
     targets = targets_of(runs)
     e = html.escape

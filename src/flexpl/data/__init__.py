@@ -9,11 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from flexpl.data.partition import partition, summarize
-from flexpl.errors import UserError
-
-
-class MissingData(UserError):
-    """A dataset's files are neither on this machine nor downloadable (a ``data.fallback`` may step in)."""
+from flexpl.errors import MissingData, UserError
 
 DATASETS: tuple[str, ...] = ("fashion-mnist", "digits", "cifar10", "cifar100", "synthetic")
 

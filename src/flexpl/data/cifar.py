@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flexpl.errors import UserError
+from flexpl.errors import MissingData, UserError
 
 
 @dataclass(frozen=True)
@@ -127,8 +127,6 @@ def locate(name: str, base_url: str | None = None) -> Path:
     try:
         return download(spec, cache_dir(name), base_url)
     except UserError as exc:
-        from flexpl.data import MissingData
-
         raise MissingData(f"{name}: {spec.archive} not found in {', '.join(str(d) for d in dirs)} and the "
                         f"download failed ({exc}); set FLEXPL_DATA to a folder holding it") from None
 

@@ -410,7 +410,7 @@ def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], 
             writer.timeline(*result.traces[-1], round_index=len(result.rounds))
         writer.finish(summary, result.rounds)  # summary.json last: marks a finished run
         if hasattr(comm, "dump") and status.path is not None:  # --emulate-links: the clock's hops per round
-            from flexpl.engine.emulate import predicted_links
+            from flexpl.engine.emulate_comm import predicted_links
 
             (status.path.parent / "emu_predicted.json").write_text(json.dumps(predicted_links(result.traces, st.topo)))
     if hasattr(comm, "dump") and status.path is not None:  # --emulate-links: what this rank measured
@@ -567,7 +567,7 @@ def _worker_process(argv: list[str], env: dict[str, str], log: str) -> None:
     os.environ.clear()
     os.environ.update(env)
     if env.get("FLEXPL_NETNS"):  # --emulate-links: this node's own network namespace, before any socket
-        from flexpl.engine.emulate import enter_netns
+        from flexpl.engine.emulate_comm import enter_netns
 
         enter_netns(env["FLEXPL_NETNS"])
     code = worker_main(argv)  # exits through os._exit on every path that gets that far

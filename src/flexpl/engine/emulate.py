@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 NS_PREFIX = "flexpl-"
 NETNS_ENV = "FLEXPL_NETNS"      # the worker enters this namespace first thing
 EMULATE_ENV = "FLEXPL_EMULATE"  # the worker carries training hops over EmuComm
-_CLONE_NEWNET = 0x40000000
 # The clock's bandwidth counts payload bytes; HTB counts whole frames. A full TCP segment
 # carries 1448 payload bytes (MSS of a 1500-byte MTU with TCP timestamps: 1500 - 20 IP -
 # 32 TCP) in a 1514-byte frame (+ 14 Ethernet), so classes get the payload rate x 1514/1448.
@@ -119,20 +118,6 @@ def cleanup_stale() -> None:
                        if (m := re.match(r"flexpl-(\d+)-", ns))}):
         if not _alive(pid):
             cleanup(f"{NS_PREFIX}{pid}")
-
-
-def enter_netns(name: str) -> None:
-    """Move this (single-threaded, just forked) process into network namespace ``name``."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------- the namespaces
@@ -311,31 +296,6 @@ def write_reports(out: Path, work: Path, node_of: dict[int, str]) -> tuple[list[
                           "ratio": m[2] / secs if secs > 0 else float("nan")})
     write_csv(out / "links_measured.csv", links)
     return rows, links
-
-
-def predicted_links(traces: list, topo: Any) -> list[dict[str, list]]:
-    """Per round, ``"link|src|dst"`` -> [hops, bytes, seconds] of the clock's hops (from the run's traces).
-
-    Hops are keyed by the link between their endpoints, whatever resource the clock booked
-    them on (one per link, or one per direction of a full-duplex link).
-    """
-    from flexpl.costs.trace import HOP
-
-    link_of = {}
-    for name, (a, b, _prof) in topo.links.items():
-        link_of[(a, b)] = link_of[(b, a)] = name
-    out = []
-    for trace, _starts, _ends in traces:
-        per: dict[str, list] = {}
-        for i in range(len(trace)):
-            if trace.kind[i] == HOP:
-                link = link_of.get((trace.src[i], trace.dst[i]), trace.resource[i])
-                p = per.setdefault(f"{link}|{trace.src[i]}|{trace.dst[i]}", [0, 0, 0.0])
-                p[0] += 1
-                p[1] += trace.amount[i]
-                p[2] += trace.duration[i]
-        out.append(per)
-    return out
 
 
 def print_tables(rows: list[dict], links: list[dict], title: str, quiet: bool) -> None:

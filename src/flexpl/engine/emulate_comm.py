@@ -30,6 +30,7 @@ arriving, to the moment its last byte arrived; both ends read the same ``CLOCK_M
 from __future__ import annotations
 
 import json
+import os
 import queue
 import socket
 import struct
@@ -38,6 +39,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -239,3 +241,47 @@ def _read(s: socket.socket, n: int) -> bytearray:
             raise ConnectionError("connection closed")
         got += k
     return buf
+
+
+# ---------------------------------------------------------------- worker side of the launcher
+
+_CLONE_NEWNET = 0x40000000
+
+
+def enter_netns(name: str) -> None:
+    """Move this (single-threaded, just forked) process into network namespace ``name``."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def predicted_links(traces: list, topo: Any) -> list[dict[str, list]]:
+    """Per round, ``"link|src|dst"`` -> [hops, bytes, seconds] of the clock's hops (from the run's traces).
+
+    Hops are keyed by the link between their endpoints, whatever resource the clock booked
+    them on (one per link, or one per direction of a full-duplex link).
+    """
+    from flexpl.costs.trace import HOP
+
+    link_of = {}
+    for name, (a, b, _prof) in topo.links.items():
+        link_of[(a, b)] = link_of[(b, a)] = name
+    out = []
+    for trace, _starts, _ends in traces:
+        per: dict[str, list] = {}
+        for i in range(len(trace)):
+            if trace.kind[i] == HOP:
+                link = link_of.get((trace.src[i], trace.dst[i]), trace.resource[i])
+                p = per.setdefault(f"{link}|{trace.src[i]}|{trace.dst[i]}", [0, 0, 0.0])
+                p[0] += 1
+                p[1] += trace.amount[i]
+                p[2] += trace.duration[i]
+        out.append(per)
+    return out

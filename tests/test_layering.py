@@ -1,0 +1,127 @@
+"""The package's layers: every module imports alone, nothing below the CLI imports it, no import circle."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import flexpl
+
+SRC = Path(flexpl.__file__).parent
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its ``__init__.py``)."""
+    out = {}
+    for p in sorted(SRC.rglob("*.py")):
+        parts = list(p.relative_to(SRC.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = p
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """Package modules ``name`` imports anywhere in its file (top level or inside a function).
+
+    ``from a.b import c`` counts as importing ``a.b`` and, if it is a module, ``a.b.c``;
+    a module named in a string passed to ``importlib.import_module`` counts too.
+    """
+    pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                head = pkg.split(".")[:len(pkg.split(".")) - node.level + 1]
+                base = ".".join(head + ([node.module] if node.module else []))
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant)):
+            found.add(str(node.args[0].value))
+    return {m for m in found if m in MODULES and m != name}
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def test_the_walk_finds_the_package():
+    assert {"flexpl.cli", "flexpl.engine.dist", "flexpl.engine.simulator", "flexpl.costs.trace",
+            "flexpl.results", "flexpl.faults", "flexpl.data.batching"} <= set(MODULES)
+    # top-level, deferred and relative imports are all seen
+    assert {"flexpl.runs", "flexpl.engine.dist", "flexpl.config"} <= GRAPH["flexpl.cli"]
+    assert "flexpl.data.batching" in GRAPH["flexpl.engine.core"]
+
+
+def test_nothing_below_the_cli_imports_it():
+    """engine/ and costs/ above all, but no module other than the CLI itself imports flexpl.cli."""
+    importers = sorted(m for m, deps in GRAPH.items() if "flexpl.cli" in deps)
+    assert importers == [], f"these modules import flexpl.cli: {importers}"
+
+
+def test_engine_and_costs_import_no_command_module():
+    """The engine and the cost model sit below every command (run, sweep, tune, plan, report)."""
+    commands = {"flexpl.cli", "flexpl.sweep", "flexpl.tune", "flexpl.planner", "flexpl.report", "flexpl.runs"}
+    bad = {m: sorted(GRAPH[m] & commands) for m in GRAPH
+           if m.startswith(("flexpl.engine", "flexpl.costs")) and GRAPH[m] & commands}
+    assert bad == {}, bad
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` (as a path that returns to its start), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(u: str) -> list[str] | None:
+        state[u] = 1
+        path.append(u)
+        for v in sorted(graph[u]):
+            if state.get(v) == 1:
+                return path[path.index(v):] + [v]
+            if v not in state and (found := visit(v)):
+                return found
+        path.pop()
+        state[u] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (found := visit(m)):
+            return found
+    return None
+
+
+def test_cycle_finder_finds_a_circle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_circle():
+    """No circle, even through imports deferred into functions: each module's dependencies sit below it."""
+    assert _cycle(GRAPH) is None
+
+
+def _import_alone(name: str) -> tuple[str, int, str]:
+    env = dict(os.environ, PYTHONWARNINGS="error::ImportWarning")
+    proc = subprocess.run([sys.executable, "-c", f"import {name}"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    return name, proc.returncode, lines[-1] if lines else ""
+
+
+def test_every_module_imports_alone_in_a_fresh_interpreter():
+    """``python -c "import flexpl.X"`` succeeds for every module: no module depends on another being imported first."""
+    with ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2))) as pool:
+        results = list(pool.map(_import_alone, sorted(MODULES)))
+    failed = [(name, err) for name, code, err in results if code != 0]
+    assert len(results) == len(MODULES) >= 40
+    assert failed == [], failed

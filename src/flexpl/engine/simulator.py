@@ -183,7 +183,7 @@ def train_round(eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[st
         if log is not None:
             log.append((names, t))
         loss_sum, n_sum, joint = loss_sum + ls, n_sum + ns, joint + 1
-        faults.after_train_step(rnd, joint)  # test hook (FLEXPL_TEST_KILL_AT): killed mid-round
+        faults.after_train_step(rnd, joint)  # test hook (flexpl.faults): killed mid-round
         for s in fed_step:
             if joint % plan.stages[s].sync.every == 0:
                 reps = _participants(eng, s, names)

@@ -1,0 +1,138 @@
+"""results.RunWriter: the one way a run folder is written (simulator and dist backends alike)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+import yaml
+
+from flexpl import results
+from flexpl.results import IN_PROGRESS, RunWriter, timeline_rows
+
+CONFIG = {"name": "toy", "seed": 3, "training": {"rounds": 3}}
+
+
+def _rows(path):
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _writes(monkeypatch) -> list[str]:
+    """Names of the files written through results.atomic_write, in order."""
+    order: list[str] = []
+    real = results.atomic_write
+
+    def recording(path, data):
+        order.append(os.path.basename(path))
+        real(path, data)
+    monkeypatch.setattr(results, "atomic_write", recording)
+    return order
+
+
+def test_config_once_rounds_as_they_finish_summary_last(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    order = _writes(monkeypatch)
+    w = RunWriter(out, "abc", CONFIG).begin()
+    assert yaml.safe_load((out / "config.yaml").read_text()) == CONFIG
+    assert json.loads((out / IN_PROGRESS).read_text())["scenario_sha256"] == "abc"
+    for r in (1, 2):
+        w.round({"round": r, "accuracy": 0.5 + r / 10, "bytes": 100 * r})
+        assert [int(x["round"]) for x in _rows(out / "rounds.csv")] == list(range(1, r + 1))  # survives a crash now
+        assert not (out / "summary.json").exists()
+    w.finish({"rounds": 2, "scenario_sha256": "abc"})
+    assert order == [IN_PROGRESS, "config.yaml", "rounds.csv", "rounds.csv", "rounds.csv", "config.yaml",
+                     "summary.json"]
+    assert not (out / IN_PROGRESS).exists()  # a finished run
+    assert _rows(out / "rounds.csv") == [{"round": "1", "accuracy": "0.6", "bytes": "100"},
+                                         {"round": "2", "accuracy": "0.7", "bytes": "200"}]
+
+
+def test_rounds_csv_takes_columns_that_appear_later(tmp_path):
+    w = RunWriter(tmp_path, "abc", CONFIG).begin()
+    w.round({"round": 1, "accuracy": 0.5})
+    w.round({"round": 2, "accuracy": 0.6, "val_accuracy": 0.4})
+    text = (tmp_path / "rounds.csv").read_text()
+    assert text == "round,accuracy,val_accuracy\n1,0.5,\n2,0.6,0.4\n"
+
+
+def test_begin_removes_an_earlier_runs_results_and_resume_keeps_its_rounds(tmp_path):
+    for name in ("summary.json", "timeline.csv", "rounds.csv", "checkpoint.pt", "report.html", "fig_a.png"):
+        (tmp_path / name).write_text("old")
+    RunWriter(tmp_path, "abc", CONFIG).begin(resume=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [IN_PROGRESS, "checkpoint.pt", "config.yaml",
+                                                          "rounds.csv"]
+    RunWriter(tmp_path, "abc", CONFIG).begin()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [IN_PROGRESS, "config.yaml"]
+
+
+def test_a_summary_that_cannot_be_written_leaves_no_summary_and_the_run_marked(tmp_path, monkeypatch):
+    w = RunWriter(tmp_path, "abc", CONFIG).begin()
+    w.round({"round": 1, "accuracy": 0.5})
+    real = os.replace
+
+    def full_disk(src, dst):
+        if os.path.basename(dst) == "summary.json":
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        w.finish({"rounds": 1})
+    assert not (tmp_path / "summary.json").exists()  # never half a summary
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+    assert (tmp_path / IN_PROGRESS).exists()  # readers see an unfinished run
+
+
+def test_finish_writes_the_rows_it_is_given(tmp_path):
+    w = RunWriter(tmp_path, "abc", CONFIG).begin()
+    w.round({"round": 1, "accuracy": 0.5})
+    w.finish({"rounds": 2}, [{"round": 1, "accuracy": 0.5}, {"round": 2, "accuracy": float("nan")}])
+    assert [r["round"] for r in _rows(tmp_path / "rounds.csv")] == ["1", "2"]
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"rounds": 2}
+
+
+def test_timeline_rows_one_per_action():
+    from flexpl.costs.trace import COMPUTE, HOP
+
+    class Trace:  # the columns of a costs.trace.Trace that the timeline reads
+        kind = [COMPUTE, HOP]
+        resource = ["dev0", "dev0-edge"]
+        what = ["fwd", "activation"]
+        label = ["s0r0", "s0r0"]
+        src = ["dev0", "dev0"]
+        dst = ["dev0", "edge"]
+        amount = [1000, 64]
+
+        def __len__(self):
+            return 2
+
+    rows = timeline_rows(Trace(), [0.0, 1.0], [1.0, 1.5], round_index=4)
+    assert rows == [
+        {"round": 4, "resource": "dev0", "resource_kind": "node", "what": "fwd", "label": "s0r0", "src": "dev0",
+         "dst": "dev0", "start_s": 0.0, "end_s": 1.0, "flops": 1000, "bytes": 0},
+        {"round": 4, "resource": "dev0-edge", "resource_kind": "link", "what": "activation", "label": "s0r0",
+         "src": "dev0", "dst": "edge", "start_s": 1.0, "end_s": 1.5, "flops": 0, "bytes": 64},
+    ]
+
+
+def test_a_simulator_run_writes_through_the_writer(tmp_path, monkeypatch):
+    """flexpl run (runs.run_one): config first, a rounds.csv per round, timeline, summary.json last."""
+    from flexpl.runs import run_one
+
+    order = _writes(monkeypatch)
+    s = run_one("digits-star", ["training.rounds=2", "training.max_steps_per_round=1"], "fl", None,
+                tmp_path / "run", quiet=True, show_data=False)
+    files = [n for n in order if n != "checkpoint.pt"]
+    assert files == [IN_PROGRESS, "config.yaml", "rounds.csv", "rounds.csv", "timeline.csv", "rounds.csv",
+                     "config.yaml", "summary.json"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["rounds"] == s["rounds"] == 2
+    assert len(_rows(tmp_path / "run" / "timeline.csv")) > 0
+
+
+def test_cli_keeps_the_old_names():
+    from flexpl import cli, runs
+
+    assert cli.timeline_rows is timeline_rows and cli.run_one is runs.run_one
+    assert cli.SUMMARY_COLUMNS is results.SUMMARY_COLUMNS

@@ -125,3 +125,17 @@ def test_every_module_imports_alone_in_a_fresh_interpreter():
     failed = [(name, err) for name, code, err in results if code != 0]
     assert len(results) == len(MODULES) >= 40
     assert failed == [], failed
+
+
+def test_the_launchers_worker_entry_needs_no_cli(monkeypatch, capsys):
+    """What each launched worker runs (engine.dist.worker_main): argument and environment errors are one line, exit 2."""
+    from flexpl.engine import dist
+
+    assert dist.worker_main(["--no-such-option"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("flexpl: error: flexpl worker: unrecognized arguments"), err
+    monkeypatch.delenv("RANK", raising=False)
+    assert dist.worker_main(["digits-star"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["flexpl: error: worker: environment variable RANK is not set; start workers with torchrun "
+                   "(see the README) or use flexpl run --backend dist"], err

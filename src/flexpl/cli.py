@@ -14,16 +14,24 @@ from typing import Any, NoReturn
 
 from flexpl.console import fmt, make_console
 from flexpl.errors import UserError
-from flexpl.report import maybe_report as _maybe_report
-from flexpl.results import SUMMARY_COLUMNS, timeline_rows
-from flexpl.runs import run_one
-from flexpl.runs import summary_table as _summary_table
-from flexpl.seeds import seeds_table as _seeds_table
 from flexpl.targets import add_target_arguments, target_columns, target_sets
 from flexpl.targets import rich_table as targets_table
 
-# Kept for callers of the old names (they moved out of the CLI: nothing below it imports it).
-__all__ = ["SUMMARY_COLUMNS", "build_parser", "main", "run_one", "timeline_rows"]
+# Names that moved out of the CLI (nothing below it imports it), still answered here for
+# old callers; imported on first use, so ``flexpl --help`` stays quick.
+_MOVED = {"run_one": ("flexpl.runs", "run_one"), "timeline_rows": ("flexpl.results", "timeline_rows"),
+          "SUMMARY_COLUMNS": ("flexpl.results", "SUMMARY_COLUMNS"),
+          "_summary_table": ("flexpl.runs", "summary_table"), "_data_table": ("flexpl.runs", "data_table"),
+          "_seeds_table": ("flexpl.seeds", "seeds_table"), "_maybe_report": ("flexpl.report", "maybe_report")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        module, attr = _MOVED[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'flexpl.cli' has no attribute '{name}'")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,10 +88,15 @@ def cmd_run(a: argparse.Namespace) -> int:
             print(f"flexpl: error: {exc}", file=sys.stderr)
             return 3
     else:
-        s = run_one(scenario or DEFAULT_SCENARIO, a.set, a.strategy, a.seed, out, a.quiet, resume=bool(a.resume))
+        from flexpl import runs
+
+        s = runs.run_one(scenario or DEFAULT_SCENARIO, a.set, a.strategy, a.seed, out, a.quiet,
+                         resume=bool(a.resume))
     if not a.quiet:
+        from flexpl.runs import summary_table
+
         c = _console()
-        c.print(_summary_table([s], f"{s['scenario']}: {s['rounds']} rounds"))
+        c.print(summary_table([s], f"{s['scenario']}: {s['rounds']} rounds"))
         if s.get("to_target"):
             c.print(targets_table([s]))
         c.print(f"results in {out}/ (summary.json, rounds.csv, config.yaml)")
@@ -92,8 +105,10 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 def cmd_compare(a: argparse.Namespace) -> int:
     """flexpl compare: several strategies on the same scenario, data and seed."""
+    from flexpl import runs
     from flexpl.config import load_scenario
     from flexpl.plan import PRESETS
+    from flexpl.report import maybe_report
     from flexpl.results import prepare_out_dir, write_csv
 
     if getattr(a, "tuned", None):  # each strategy's chosen values, as strategy_overrides (flexpl tune)
@@ -112,19 +127,19 @@ def cmd_compare(a: argparse.Namespace) -> int:
         return _compare_seeds(a, strategies, seeds, scn, out)
     summaries = []
     for i, s in enumerate(strategies):
-        summaries.append(run_one(a.scenario, a.set, s, a.seed, out / s, a.quiet,
-                                 label=f"[{i + 1}/{len(strategies)}] {s}", show_data=i == 0))
+        summaries.append(runs.run_one(a.scenario, a.set, s, a.seed, out / s, a.quiet,
+                                      label=f"[{i + 1}/{len(strategies)}] {s}", show_data=i == 0))
     rows = [{k: v for k, v in s.items() if not isinstance(v, dict)} for s in summaries]
     for row, s in zip(rows, summaries):  # bytes_to_0.7, ... (flexpl.targets)
         row.update(target_columns(s.get("to_target")))
     write_csv(out / "comparison.csv", rows)
     if not a.quiet:
         c = _console()
-        c.print(_summary_table(summaries, f"{scn.name}: {scn.training.rounds} rounds, seed {scn.seed}"))
+        c.print(runs.summary_table(summaries, f"{scn.name}: {scn.training.rounds} rounds, seed {scn.seed}"))
         if any(s.get("to_target") for s in summaries):
             c.print(targets_table(summaries))
         c.print(f"comparison in {out}/comparison.csv")
-    _maybe_report(out, a.quiet)
+    maybe_report(out, a.quiet)
     return 0
 
 
@@ -145,9 +160,11 @@ def _compare_seeds(a: argparse.Namespace, strategies: list[str], seeds: list[int
     """
     import json
 
+    from flexpl import runs
     from flexpl.config import load_scenario
+    from flexpl.report import maybe_report
     from flexpl.results import write_csv
-    from flexpl.seeds import SEED_DIR, aggregate_seeds, device_energy
+    from flexpl.seeds import SEED_DIR, aggregate_seeds, device_energy, seeds_table
     from flexpl.sweep import _finished
 
     per_seed: list[dict[str, Any]] = []
@@ -160,8 +177,8 @@ def _compare_seeds(a: argparse.Namespace, strategies: list[str], seeds: list[int
             if _finished(folder, load_scenario(a.scenario, a.set, s, k).digest()):  # resumable, as sweep
                 summ = json.loads((folder / "summary.json").read_text())
             else:
-                summ = run_one(a.scenario, a.set, s, k, folder, a.quiet,
-                               label=f"[{i * len(seeds) + j + 1}/{n}] {s} seed {k}", show_data=i == 0 and j == 0)
+                summ = runs.run_one(a.scenario, a.set, s, k, folder, a.quiet,
+                                    label=f"[{i * len(seeds) + j + 1}/{n}] {s} seed {k}", show_data=i == 0 and j == 0)
             row = {"strategy": s, "seed": k, **{c: v for c, v in summ.items()
                                                 if not isinstance(v, dict) and c not in ("strategy", "seed")}}
             row["device_energy_j_total"] = device_energy(summ, scn.data_nodes)
@@ -173,10 +190,10 @@ def _compare_seeds(a: argparse.Namespace, strategies: list[str], seeds: list[int
     write_csv(out / "comparison.csv", aggs)
     if not a.quiet:
         c = _console()
-        c.print(_seeds_table(aggs, f"{scn.name}: {scn.training.rounds} rounds, seeds "
+        c.print(seeds_table(aggs, f"{scn.name}: {scn.training.rounds} rounds, seeds "
                                    f"{','.join(map(str, seeds))} (mean ± sample std)"))
         c.print(f"comparison in {out}/comparison.csv (per seed: comparison_seeds.csv)")
-    _maybe_report(out, a.quiet)
+    maybe_report(out, a.quiet)
     return 0
 
 

@@ -139,3 +139,39 @@ def test_the_launchers_worker_entry_needs_no_cli(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["flexpl: error: worker: environment variable RANK is not set; start workers with torchrun "
                    "(see the README) or use flexpl run --backend dist"], err
+
+
+def test_moved_helpers_answer_at_their_old_homes():
+    """Other modules (and helpers) still import these from the engine."""
+    from flexpl.data import batching
+    from flexpl.engine import core
+
+    assert (core.batches, core.select_clients, core.mix_seed) == (batching.batches, batching.select_clients,
+                                                                    batching.mix_seed)
+
+
+def test_block_model_slice_is_a_copy_with_the_full_models_keys():
+    import torch
+
+    from flexpl.engine.core import stage_module
+    from flexpl.models import build_model
+
+    model = build_model("cnn", (1, 8, 8), 10, seed=0)
+    part = model.slice(1, 3)
+    assert part.block_names == model.block_names[1:3] == ["conv2", "fc1"]
+    assert all(k.startswith(("blocks.conv2.", "blocks.fc1.")) for k in part.state_dict())
+    full = model.state_dict()
+    for k, v in part.state_dict().items():
+        assert torch.equal(v, full[k]) and v.data_ptr() != full[k].data_ptr()  # the same values, its own copy
+    assert stage_module(model, 1, 3).state_dict().keys() == part.state_dict().keys()
+
+
+def test_topology_from_scenario_is_what_the_simulator_builds():
+    from flexpl.config import load_scenario
+    from flexpl.engine.simulator import build_topology
+    from flexpl.topology import Topology
+
+    scn = load_scenario("edge-fmnist", [], "fpl")
+    topo, old = Topology.from_scenario(scn), build_topology(scn)
+    assert topo.nodes == old.nodes and topo.links == old.links and topo.server == old.server
+    assert [topo.route(n, topo.server) for n in scn.data_nodes] == [old.route(n, old.server) for n in scn.data_nodes]

@@ -40,9 +40,10 @@ from flexpl.engine.core import (
     patch_grid,
     select_clients,
 )
+from flexpl.engine.extend import configure
 from flexpl.engine.transport import SimTransport
 from flexpl.errors import UserError
-from flexpl.models import DEFAULT_CUTS, build_model, count_params, state_bytes
+from flexpl.models import build_model, check_cuts, count_params, default_cut, state_bytes
 from flexpl.plan import Plan, build_plan, place
 from flexpl.targets import cost_to_targets, reached_all
 from flexpl.topology import Topology
@@ -118,7 +119,8 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
     probe = build_model(spec, data.input_shape, data.num_classes, seed=scn.seed)
     n_blocks = len(probe.block_names)
     plan = build_plan(scn.strategy, scn.plan.model_dump(exclude_none=True) if scn.plan else None, topo,
-                      n_blocks, min(DEFAULT_CUTS.get(name, 1), n_blocks - 1))
+                      n_blocks, default_cut(spec, probe))
+    check_cuts(spec, probe, [st.start for st in plan.stages])  # register_model(cuts=...)
     data_nodes = scn.data_nodes
     grid = None
     if plan.junction == "features":
@@ -162,6 +164,7 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
     engine = Engine(layout, full, scn.training.optimizer, transport_factory(recorder), recorder, grid, local,
                     shared=choice.mode == "processes",
                     vector_chunk=scn.engine.vector_chunk if choice.mode == "vectorized" else None)
+    configure(engine, scn)  # training.loss and training.aggregator (flexpl.engine.extend)
     val = None
     if scn.data.validation_fraction > 0:  # evaluated like the test set, full images on every path
         vidx = torch.from_numpy(np.concatenate(held))

@@ -310,3 +310,20 @@ def test_loss_is_used_for_evaluation_and_training(monkeypatch):
         "engine.executor": "sequential"}))
     # 4 nodes x 2 steps, one evaluation path per node, and counts on meta tensors (FLOPs)
     assert calls["n"] >= 8 + 4
+
+
+def test_dist_gets_import_paths_for_importable_registered_names_and_refuses_the_rest(tmp_path, monkeypatch):
+    from flexpl.api import _bound
+
+    mod = "flexpl_api_dist_names"
+    (tmp_path / f"{mod}.py").write_text(readme_example())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    __import__(mod)  # registers tiny-mlp and blobs from an importable module
+    scn = flexpl.load_scenario(sys.modules[mod].SCENARIO, overrides={"engine.backend": "dist"})
+    with _bound(scn, None, None) as (bound, local):
+        assert not local
+        assert bound.model == {"factory": f"{mod}:tiny_mlp"}
+        assert bound.data.dataset == {"factory": f"{mod}:blobs"}
+    flexpl.register_model("api-test-main-only", lambda input_shape, num_classes: _seq(input_shape, num_classes))
+    with pytest.raises(UserError, match="cannot reach the dist backend's worker processes"):
+        flexpl.simulate(flexpl.load_scenario(scn, overrides={"model": "api-test-main-only"}))

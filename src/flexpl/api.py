@@ -205,6 +205,16 @@ def _bound(scn: Scenario, model: Any, dataset: Any) -> Iterator[tuple[Scenario, 
                 D.REGISTERED[_OBJECT_DATA] = fn
                 spec, local = _OBJECT_DATA, True
             scn = scn.model_copy(update={"data": scn.data.model_copy(update={"dataset": spec})})
+        if scn.engine.backend == "dist":  # registered names exist here only: fresh processes need import paths
+            name = scn.model if isinstance(scn.model, str) else None
+            if name in M.REGISTERED and import_path_of(M.REGISTERED[name][0]):
+                scn = scn.model_copy(update={"model": {"factory": import_path_of(M.REGISTERED[name][0])}})
+            ds = scn.data.dataset
+            if isinstance(ds, str) and ds in D.REGISTERED and import_path_of(D.REGISTERED[ds]):
+                scn = scn.model_copy(update={"data": scn.data.model_copy(
+                    update={"dataset": {"factory": import_path_of(D.REGISTERED[ds])}})})
+            local = local or (isinstance(scn.model, str) and scn.model in M.REGISTERED) or \
+                (isinstance(scn.data.dataset, str) and scn.data.dataset in D.REGISTERED)
         yield scn, local
     finally:
         for reg, key, old in ((M.ZOO, _OBJECT_MODEL, saved[0]), (M.REGISTERED, _OBJECT_MODEL, saved[1]),
@@ -255,9 +265,9 @@ def simulate(scenario: str | Path | Mapping[str, Any] | Scenario, *, model: Any 
     with _bound(scn, model, dataset) as (scn, local):
         if scn.engine.backend == "dist":
             if local:
-                raise UserError("model/dataset: a Python object cannot reach the dist backend's worker processes; "
-                                "define it in an importable module and name it by import path "
-                                "(model: {factory: 'module:function'})")
+                raise UserError("model/dataset: a Python object or a name registered in __main__ cannot reach the "
+                                "dist backend's worker processes; define it in an importable module, or name it by "
+                                "import path (model: {factory: 'module:function'})")
             return _simulate_dist(scn, out, on_round, resume)
         return _simulate_sim(scn, out, on_round, resume)
 

@@ -112,6 +112,11 @@ def test_dataset_objects_and_registered_names(tmp_path):
     assert s2["plan"]["stages"][0]["blocks"] == [0, 2]  # cuts=["b2"]: the child named 2
     with pytest.raises(UserError, match=r"plan.cut: this model may be cut at blocks 2 only"):
         flexpl.simulate(flexpl.load_scenario(scn2, overrides={"plan.cut": 1}))
+    from flexpl.planner import cost_candidates
+
+    planner, cands, _ = cost_candidates(scn2)  # flexpl plan: only the allowed cut, and no noise about the rest
+    assert cands and all((c.plan or {}).get("cut") in (None, 2, [2]) for c in cands)
+    assert not any("plan.cut" in sk["reason"] for sk in planner.skipped)
 
 
 @pytest.mark.parametrize("field,value,match", [

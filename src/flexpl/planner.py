@@ -1283,6 +1283,14 @@ class Planner:
     def candidates(self) -> list[Candidate]:
         """Every candidate of :func:`enumerate_candidates`, plus the scenario's own plan if it is explicit."""
         out = enumerate_candidates(self.topo, self.n_blocks)
+        from flexpl.models import model_cuts
+
+        allowed = model_cuts(self.scn.model, self.costs.model(self.plain))[1]
+        if allowed is not None:  # register_model(cuts=...): only the cuts the model allows
+            def ok(c: Candidate) -> bool:
+                cut = (c.plan or {}).get("cut")
+                return cut is None or all(k in allowed for k in (cut if isinstance(cut, list) else [cut]))
+            out = [c for c in out if ok(c)]
         if self.scn.plan is not None:
             own = self.scn.plan.model_dump(exclude_none=True, exclude_defaults=True)
             out.insert(0, Candidate(f"scenario: {self.scn.strategy} {own}", self.scn.strategy, own, "scenario"))
@@ -1330,6 +1338,9 @@ class Planner:
         samples = dict(self.samples)
         variant = self.plain
         if plan.junction == "features":
+            if len(in_shape) != 3:  # e.g. a registered dataset of feature vectors
+                raise UserError(f"plan.junction: a features junction cuts images [C, H, W] into patches; "
+                                f"samples here have shape {tuple(in_shape)}")
             _, h, w = in_shape
             grid = patch_grid(len(data_nodes), h, w)
             if grid is None:

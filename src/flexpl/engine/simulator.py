@@ -125,6 +125,9 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
     grid = None
     if plan.junction == "features":
         # every branch sees its own patch of every training sample
+        if len(data.input_shape) != 3:  # e.g. a registered dataset of feature vectors
+            raise UserError(f"plan.junction: a features junction cuts images [C, H, W] into patches; "
+                            f"samples here have shape {tuple(data.input_shape)}")
         _, h, w = data.input_shape
         grid = patch_grid(len(data_nodes), h, w)
         if grid is None:

@@ -60,6 +60,26 @@ class OptimizerCfg(_Strict):
         return self
 
 
+class AggregatorCfg(_Strict):
+    """How FedAvg stages are aggregated (flexpl.aggregate): fedavg, fedprox (client proximal term), fedadam
+    (server Adam on the pseudo-gradient, Reddi et al. 2021), a register_aggregator name, or "module:Class"."""
+
+    kind: str = "fedavg"
+    mu: float | None = Field(None, ge=0.0)            # fedprox: proximal weight (default 0.01)
+    eta: PositiveFloat | None = None                  # fedadam: server learning rate (default 0.1)
+    beta1: float | None = Field(None, ge=0.0, lt=1.0)  # fedadam: first-moment decay (default 0.9)
+    beta2: float | None = Field(None, ge=0.0, lt=1.0)  # fedadam: second-moment decay (default 0.99)
+    tau: PositiveFloat | None = None                  # fedadam: adaptivity (default 1e-9, as Flower)
+    options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of a custom aggregator
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> AggregatorCfg:
+        from flexpl.aggregate import check_aggregator_cfg
+
+        check_aggregator_cfg(self)
+        return self
+
+
 class TrainingCfg(_Strict):
     """Rounds, local epochs, batch size, client sampling and optimizer."""
 
@@ -72,6 +92,18 @@ class TrainingCfg(_Strict):
     checkpoint_every: NonNegativeInt = 1  # save the run state every k rounds (0: never)
     eval_test: bool = True  # evaluate on the test set (flexpl tune turns it off: it chooses on validation data)
     optimizer: OptimizerCfg = Field(default_factory=OptimizerCfg)
+    # the training loss: a name (flexpl.aggregate.LOSSES, or register_loss) or an import path "module:function"
+    # taking (logits, labels) and returning the batch mean; billed in FLOPs like cross-entropy
+    loss: str = "cross_entropy"
+    aggregator: AggregatorCfg = Field(default_factory=lambda: AggregatorCfg())
+
+    @field_validator("loss")
+    @classmethod
+    def _check_loss(cls, v: str) -> str:
+        from flexpl.aggregate import resolve_loss
+
+        resolve_loss(v)  # a one-line UserError naming training.loss
+        return v
 
 
 class PartitionCfg(_Strict):
@@ -99,7 +131,9 @@ class DataFallbackCfg(_Strict):
 class DataCfg(_Strict):
     """Dataset and partition."""
 
-    dataset: Literal["fashion-mnist", "digits", "cifar10", "cifar100", "synthetic"] = "digits"
+    # a built-in name (fashion-mnist, digits, cifar10, cifar100, synthetic), a register_dataset name,
+    # or {factory: "module:function", **options}: an import path every process can load
+    dataset: str | dict[str, Any] = "digits"
     partition: PartitionCfg = Field(default_factory=PartitionCfg)
     max_train: PositiveInt | None = None
     max_test: PositiveInt | None = None
@@ -112,6 +146,25 @@ class DataCfg(_Strict):
     fallback: DataFallbackCfg | None = None  # when the dataset's files are not found (never on a bad file)
     # a seeded fraction of each data node's samples held out for validation (val_accuracy per round)
     validation_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("dataset")
+    @classmethod
+    def _check_dataset(cls, v: str | dict[str, Any]) -> str | dict[str, Any]:
+        from flexpl.data import DATASETS, REGISTERED
+
+        if isinstance(v, dict):
+            if "factory" not in v:
+                raise ValueError("data.dataset.factory: required field is missing (e.g. data.dataset: "
+                                 "{factory: 'mypkg.data:load'})")
+            from flexpl.imports import import_object
+
+            if not callable(import_object(v["factory"], "data.dataset.factory")):
+                raise ValueError(f"data.dataset.factory: '{v['factory']}' is not callable")
+            return v
+        if v not in DATASETS and v not in REGISTERED:
+            raise ValueError(f"data.dataset: unknown dataset {v!r}; allowed: {', '.join((*DATASETS, *REGISTERED))} "
+                             "(or flexpl.register_dataset, or data.dataset: {factory: 'module:function'})")
+        return v
 
 
 class NodeCfg(BaseModel):
@@ -287,6 +340,14 @@ def check_model_spec(spec: Any) -> None:
     Raises ``ValueError`` with one line naming the field, e.g. ``model.hidden[0]: ...``.
     """
     if isinstance(spec, str):
+        return
+    if "factory" in spec:  # an import path, e.g. model: {factory: "mypkg.models:build", width: 64}
+        if "name" in spec:
+            raise ValueError("model.factory: give either name or factory, not both")
+        from flexpl.imports import import_object
+
+        if not callable(import_object(spec["factory"], "model.factory")):
+            raise ValueError(f"model.factory: '{spec['factory']}' is not callable")
         return
     name = spec.get("name")
     if name is None:
@@ -536,6 +597,12 @@ def load_scenario(name_or_path: str | None = None, sets: list[str] | None = None
         raise UserError(f"scenario: '{where}' is not valid YAML{pos}; fix the syntax") from None
     if not isinstance(data, dict):
         raise UserError(f"scenario: '{where}' must hold a mapping of fields (name, data, model, nodes, ...)")
+    return scenario_from_data(data, sets, strategy, seed)
+
+
+def scenario_from_data(data: dict[str, Any], sets: list[str] | None = None, strategy: str | None = None,
+                       seed: int | None = None) -> Scenario:
+    """Validate a scenario given as plain data (changed in place) after ``--set`` overrides, strategy and seed."""
     for item in sets or []:
         apply_set(data, item)
     if strategy is not None:

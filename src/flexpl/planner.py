@@ -238,6 +238,7 @@ class StageCosts:
 
     def __init__(self, spec: Any, num_classes: int, seed: int) -> None:
         self.spec, self.num_classes, self.seed = spec, num_classes, seed
+        self.loss_fn: Any = None  # training.loss when not cross-entropy (counted like it)
         self._models: dict[tuple, BlockModel] = {}
         self._stages: dict[tuple, BlockModel] = {}
         self._probes: dict[tuple, StageProbe] = {}
@@ -308,7 +309,7 @@ class StageCosts:
         from flexpl.costs.flops import count_fwd_bwd
 
         mod = self.stage(variant, start, end)
-        fwd, bwd = count_fwd_bwd(mod, shape, input_grad, loss=loss)
+        fwd, bwd = count_fwd_bwd(mod, shape, input_grad, loss=(self.loss_fn or True) if loss else False)
         out_shape, esize, saved = saved_activation_bytes(mod, shape, input_grad)
         return StageProbe(fwd, bwd, out_shape, esize, saved)
 
@@ -494,8 +495,9 @@ class ShapeWalk:
 
     def upload(self, s: int, names: Sequence[str]) -> None:
         """``Engine.upload`` of stage ``s`` from the replicas serving ``names``, then the average."""
-        from flexpl.costs.flops import fedavg_flops
+        from flexpl.costs.flops import fedavg_flops as default_flops
 
+        agg_flops = self.ctx.agg_flops or default_flops  # training.aggregator's count (FedAvg by default)
         layout = self.ctx.layout
         if layout.grouped(s):  # Engine._upload_group: each to its group head, then one average per head
             ridxs = self._participants(s, names)
@@ -503,7 +505,7 @@ class ShapeWalk:
                                         [self.reps[s][r].last_update], "weights", f"s{s}") for r in ridxs}
             for a in dict.fromkeys(layout.agg_of[s][r] for r in ridxs):
                 mine = [evs[r] for r in ridxs if layout.agg_of[s][r] == a]
-                self.global_ev[(s, a)] = self.rec.compute(a, fedavg_flops(len(mine), self.ctx.float_elements[s]),
+                self.global_ev[(s, a)] = self.rec.compute(a, agg_flops(len(mine), self.ctx.float_elements[s]),
                                                           mine, "aggregate", f"s{s}")
             return
         agg = self.ctx.layout.aggregators[s]
@@ -511,7 +513,7 @@ class ShapeWalk:
                                  [self.reps[s][ridx].last_update], "weights", f"s{s}")
                for ridx in self._participants(s, names)]
         if evs:
-            self.global_ev[s] = self.rec.compute(agg, fedavg_flops(len(evs), self.ctx.float_elements[s]), evs,
+            self.global_ev[s] = self.rec.compute(agg, agg_flops(len(evs), self.ctx.float_elements[s]), evs,
                                                  "aggregate", f"s{s}")
 
     def relay(self, to_node: str) -> None:
@@ -1169,6 +1171,7 @@ class PlanContext:
     independent_paths: bool = False  # as Engine.independent_paths: no replica or node shared between data nodes
     _probes: dict[tuple, StageProbe] = field(default_factory=dict)
     walk_key: str = ""  # the plan with round-level FedAvg every round (see Planner.round_cost)
+    agg_flops: Any = None  # FLOPs of one aggregation (training.aggregator); None: FedAvg's
 
     def probe(self, s: int, shape: tuple[int, ...]) -> StageProbe:
         """Stage ``s`` on an input of ``shape`` (cached per context for the walk's hot path)."""
@@ -1249,9 +1252,10 @@ class Planner:
     """Predicts the costs of plan candidates for one scenario, sharing data sizes and stage costs."""
 
     def __init__(self, scn: Scenario, dataset: Dataset | None = None) -> None:
+        from flexpl.aggregate import make_aggregator, resolve_loss
         from flexpl.data import load_data, partition
         from flexpl.engine.simulator import build_topology
-        from flexpl.models import DEFAULT_CUTS
+        from flexpl.models import default_cut
 
         self.scn = scn
         self.data = dataset or load_data(scn.data, scn.seed)
@@ -1259,9 +1263,12 @@ class Planner:
         spec = scn.model
         self.model_name = spec if isinstance(spec, str) else str(spec.get("name", ""))
         self.costs = StageCosts(spec, self.data.num_classes, scn.seed)
+        loss = resolve_loss(scn.training.loss)
+        self.costs.loss_fn = None if loss.default else loss
+        self.aggregator = make_aggregator(scn.training.aggregator)
         self.plain = (self.data.input_shape, None, 1)
         self.n_blocks = len(self.costs.model(self.plain).block_names)
-        self.default_cut = min(DEFAULT_CUTS.get(self.model_name, 1), self.n_blocks - 1)
+        self.default_cut = default_cut(spec, self.costs.model(self.plain))
         d = scn.data
         parts = partition(self.data.train_y.numpy(), len(scn.data_nodes), d.partition.kind, seed=scn.seed,
                           alpha=d.partition.alpha, shards_per_node=d.partition.shards_per_node)
@@ -1276,6 +1283,14 @@ class Planner:
     def candidates(self) -> list[Candidate]:
         """Every candidate of :func:`enumerate_candidates`, plus the scenario's own plan if it is explicit."""
         out = enumerate_candidates(self.topo, self.n_blocks)
+        from flexpl.models import model_cuts
+
+        allowed = model_cuts(self.scn.model, self.costs.model(self.plain))[1]
+        if allowed is not None:  # register_model(cuts=...): only the cuts the model allows
+            def ok(c: Candidate) -> bool:
+                cut = (c.plan or {}).get("cut")
+                return cut is None or all(k in allowed for k in (cut if isinstance(cut, list) else [cut]))
+            out = [c for c in out if ok(c)]
         if self.scn.plan is not None:
             own = self.scn.plan.model_dump(exclude_none=True, exclude_defaults=True)
             out.insert(0, Candidate(f"scenario: {self.scn.strategy} {own}", self.scn.strategy, own, "scenario"))
@@ -1301,6 +1316,7 @@ class Planner:
         from flexpl.config import PlanCfg
         from flexpl.costs.flops import optimizer_flops
         from flexpl.engine.core import patch_grid
+        from flexpl.engine.extend import prox_flops
         from flexpl.plan import build_plan, place
 
         try:
@@ -1308,6 +1324,9 @@ class Planner:
         except Exception as exc:  # pydantic's error, as one line
             raise UserError(f"plan: {exc}".splitlines()[0]) from None
         plan = build_plan(cand.strategy, cfg, self.topo, self.n_blocks, self.default_cut)
+        from flexpl.models import check_cuts
+
+        check_cuts(self.scn.model, self.costs.model(self.plain), [st.start for st in plan.stages])
         key = repr(plan)
         hit = self._contexts.get(key)
         if hit is not None:
@@ -1319,6 +1338,9 @@ class Planner:
         samples = dict(self.samples)
         variant = self.plain
         if plan.junction == "features":
+            if len(in_shape) != 3:  # e.g. a registered dataset of feature vectors
+                raise UserError(f"plan.junction: a features junction cuts images [C, H, W] into patches; "
+                                f"samples here have shape {tuple(in_shape)}")
             _, h, w = in_shape
             grid = patch_grid(len(data_nodes), h, w)
             if grid is None:
@@ -1350,7 +1372,10 @@ class Planner:
             state_bytes=[w[2] for w in weights], features=plan.junction == "features", junction_stage=junction,
             opt_flops=[optimizer_flops(self.costs.weights(variant, st.start, st.end, trainable_count=True)[0],
                                        opt.name, opt.momentum, opt.weight_decay)
+                       + (prox_flops(st, self.costs.stage(variant, st.start, st.end))
+                          if self.aggregator.proximal else 0)
                        for st in plan.stages],
+            agg_flops=self.aggregator.flops,
             opt_states=2 if opt.name == "adam" else (1 if opt.momentum > 0 else 0),
             float_elements=[self.costs.float_elements(variant, st.start, st.end) for st in plan.stages],
             independent_paths=plan.junction != "features" and all(

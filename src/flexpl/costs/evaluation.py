@@ -15,25 +15,23 @@ from typing import Any
 
 import torch
 
-from flexpl.costs.flops import flop_counter
+from flexpl.costs.flops import flop_counter, loss_on_meta
 
 
 def forward_flops(cache: dict[tuple, tuple[int, tuple[int, ...]]], s: int, module: torch.nn.Module,
-                  shape: tuple[int, ...], loss: bool) -> tuple[int, tuple[int, ...]]:
+                  shape: tuple[int, ...], loss: bool, loss_fn: Any = None) -> tuple[int, tuple[int, ...]]:
     """FLOPs of one forward pass of stage ``s`` (and the loss when ``loss``) on ``shape``, and the output shape."""
     key = (s, shape, loss)
     hit = cache.get(key)
     if hit is None:
         import copy
 
-        import torch.nn.functional as F
-
         meta = copy.deepcopy(module).to("meta")
         with torch.no_grad(), flop_counter() as counter:
             out = meta(torch.empty(shape, device="meta"))
             out_shape = tuple(out.shape)
-            if loss:
-                F.cross_entropy(out, torch.empty(out.shape[:1], dtype=torch.long, device="meta"))
+            if loss:  # training.loss (cross-entropy by default)
+                loss_on_meta(loss_fn or True, out)
         hit = cache[key] = (int(counter.get_total_flops()), out_shape)
     return hit
 
@@ -56,7 +54,7 @@ def eval_flops(eng: Any, n_test: int, sample_shape: tuple[int, ...], nodes: list
         return eng.replicas[s][ridx].host
 
     def run(s: int, ridx: int, shape: tuple[int, ...]) -> tuple[int, ...]:
-        f, nxt = forward_flops(cache, s, eng.eval_module(s, ridx), shape, s == last)
+        f, nxt = forward_flops(cache, s, eng.eval_module(s, ridx), shape, s == last, eng.flops.loss_fn)
         h = host(s, ridx)
         out[h] = out.get(h, 0) + f
         return nxt

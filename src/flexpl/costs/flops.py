@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -123,13 +124,15 @@ def flop_counter(classic: bool = False) -> FlopCounterMode:
 
 
 def count_fwd_bwd(module: nn.Module, input_shape: tuple[int, ...], input_grad: bool,
-                  dtype: torch.dtype = torch.float32, loss: bool = False, classic: bool = False) -> tuple[int, int]:
+                  dtype: torch.dtype = torch.float32, loss: bool | Callable[..., torch.Tensor] = False,
+                  classic: bool = False) -> tuple[int, int]:
     """FLOPs of one forward and one backward pass of ``module`` on an input of ``input_shape``.
 
     The backward pass computes parameter gradients, and the input gradient only when
     ``input_grad`` (a stage fed by an earlier stage must send that gradient back). With
     ``loss``, the cross-entropy loss of the output (mean over the batch) is counted too,
-    and the backward starts from it. ``classic`` counts matmuls and convolutions only.
+    and the backward starts from it; a callable ``loss(logits, labels)`` is counted instead of
+    cross-entropy (``training.loss``). ``classic`` counts matmuls and convolutions only.
     """
     meta = copy.deepcopy(module).to("meta")
     has_params = any(p.requires_grad for p in meta.parameters())
@@ -137,13 +140,27 @@ def count_fwd_bwd(module: nn.Module, input_shape: tuple[int, ...], input_grad: b
     with flop_counter(classic) as counter:
         out = meta(x)
         if loss:
-            out = F.cross_entropy(out, torch.empty(out.shape[:1], dtype=torch.long, device="meta"))
+            out = loss_on_meta(loss, out)
     fwd = int(counter.get_total_flops())
     if not (has_params or input_grad) or not out.requires_grad:
         return fwd, 0
     with flop_counter(classic) as counter:
         out.backward(torch.empty_like(out))
     return fwd, int(counter.get_total_flops())
+
+
+def loss_on_meta(loss: bool | Callable[..., torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """The loss (cross-entropy when ``loss is True``) of meta logits ``out`` against meta labels, for counting."""
+    labels = torch.empty(out.shape[:1], dtype=torch.long, device="meta")
+    if loss is True:
+        return F.cross_entropy(out, labels)
+    try:
+        return loss(out, labels)
+    except Exception as exc:  # e.g. .item() on a meta tensor
+        from flexpl.errors import UserError
+
+        raise UserError(f"training.loss: cannot count its FLOPs on meta tensors ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}); use torch operations only") from None
 
 
 def optimizer_flops(n_params: int, name: str, momentum: float = 0.0, weight_decay: float = 0.0) -> int:
@@ -192,6 +209,7 @@ class FlopCache:
         self._seen: dict[tuple, list[tuple[int, tuple[int, int]]]] = {}  # (stage, sample shape, grad) -> counts
         self._line: dict[tuple, tuple[tuple[int, int], tuple[int, int]]] = {}  # -> (intercepts, slopes)
         self.counted = 0  # FlopCounterMode runs so far
+        self.loss_fn: Callable[..., torch.Tensor] | None = None  # training.loss when not cross-entropy
 
     def get(self, stage: int, module: nn.Module, shape: tuple[int, ...], input_grad: bool,
             loss: bool = False) -> tuple[int, int]:
@@ -206,7 +224,7 @@ class FlopCache:
             (a_f, a_b), (b_f, b_b) = line
             hit = (a_f + b_f * shape[0], a_b + b_b * shape[0])
         else:
-            hit = count_fwd_bwd(module, shape, input_grad, loss=loss)
+            hit = count_fwd_bwd(module, shape, input_grad, loss=(self.loss_fn or True) if loss else False)
             self.counted += 1
             if shape:
                 self._learn(fam, shape[0], hit)

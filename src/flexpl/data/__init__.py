@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -13,8 +15,8 @@ from flexpl.errors import MissingData, UserError
 
 DATASETS: tuple[str, ...] = ("fashion-mnist", "digits", "cifar10", "cifar100", "synthetic")
 
-__all__ = ["DATASETS", "Dataset", "MissingData", "clear_cache", "load_data", "load_dataset", "partition", "summarize",
-           "synthetic_dataset", "transform"]
+__all__ = ["DATASETS", "Dataset", "MissingData", "as_dataset", "clear_cache", "load_data", "load_dataset", "partition",
+           "register_dataset", "summarize", "synthetic_dataset", "transform"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,17 +77,102 @@ def _check_limit(field: str, value: int | None) -> None:
         raise UserError(f"data.{field}: must be a positive integer or null, got {value!r}")
 
 
+# Datasets added with :func:`register_dataset`: name -> loader
+REGISTERED: dict[str, Callable[..., Any]] = {}
+
+
+def register_dataset(name: str, fn: Callable[..., Any]) -> None:
+    """Make ``fn`` a dataset the scenario can name (``data.dataset: NAME``).
+
+    ``fn(**options)`` (given ``seed=`` too when it takes one) returns a :class:`Dataset`, or
+    ``(train_x, train_y, test_x, test_y)`` tensors or arrays (``num_classes`` = largest label + 1),
+    optionally with ``num_classes`` as a fifth item. ``data.max_train``/``max_test`` apply.
+    For the dist backend (fresh processes) name it by import path instead:
+    ``data.dataset: {factory: "module:function", **options}``.
+    """
+    if not isinstance(name, str) or not name or ":" in name:
+        raise UserError(f"register_dataset: name must be a non-empty string without ':', got {name!r}")
+    if name.strip().lower() in DATASETS:
+        raise UserError(f"register_dataset: '{name}' is a built-in dataset; choose another name")
+    if not callable(fn):
+        raise UserError(f"register_dataset: fn for '{name}' is not callable")
+    REGISTERED[name] = fn
+
+
+def as_dataset(obj: Any, name: str, where: str = "data.dataset") -> Dataset:
+    """A loader's result as a :class:`Dataset` (see :func:`register_dataset` for what it may return)."""
+    import numpy as np
+
+    if isinstance(obj, Dataset):
+        return obj
+    if isinstance(obj, dict):
+        obj = tuple(obj.get(k) for k in ("train_x", "train_y", "test_x", "test_y", "num_classes"))
+        obj = obj if obj[-1] is not None else obj[:4]
+    if not isinstance(obj, tuple | list) or len(obj) not in (4, 5):
+        raise UserError(f"{where}: the loader returned {type(obj).__name__}; return a flexpl Dataset or "
+                        "(train_x, train_y, test_x, test_y[, num_classes])")
+
+    def tensor(v: Any, dtype: torch.dtype) -> torch.Tensor:
+        return (v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))).to(dtype)
+
+    tx, vx = tensor(obj[0], torch.float32), tensor(obj[2], torch.float32)
+    ty, vy = tensor(obj[1], torch.int64), tensor(obj[3], torch.int64)
+    for a, b, what in ((tx, ty, "train"), (vx, vy, "test")):
+        if b.dim() != 1 or a.dim() < 2 or a.shape[0] != b.shape[0]:
+            raise UserError(f"{where}: {what} samples {tuple(a.shape)} and labels {tuple(b.shape)} do not match; "
+                            "give x [N, ...] and integer labels y [N]")
+    classes = int(obj[4]) if len(obj) == 5 else int(max(int(ty.max()), int(vy.max()) if len(vy) else 0)) + 1
+    return Dataset(name=name, train_x=tx, train_y=ty, test_x=vx, test_y=vy, num_classes=classes)
+
+
+def _load_custom(fn: Callable[..., Any], opts: dict[str, Any], seed: int, name: str, where: str) -> Dataset:
+    import inspect
+
+    try:
+        takes_seed = "seed" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes_seed = False
+    kwargs = dict(opts)
+    if takes_seed and "seed" not in kwargs:
+        kwargs["seed"] = seed
+    try:
+        inspect.signature(fn).bind(**kwargs)
+    except TypeError as exc:
+        raise UserError(f"{where}: bad options {sorted(opts)}: {exc}") from None
+    except ValueError:
+        pass
+    return as_dataset(fn(**kwargs), name, where)
+
+
 def load_dataset(
-    name: str, *, max_train: int | None = None, max_test: int | None = None
+    name: str | dict[str, Any], *, max_train: int | None = None, max_test: int | None = None, seed: int = 0
 ) -> Dataset:
     """Load dataset ``name`` ("fashion-mnist" or "digits"), optionally keeping the first N samples.
 
     ``max_train``/``max_test`` keep the first N train/test samples (deterministic).
-    Loaded datasets are cached in-process.
+    Loaded datasets are cached in-process. ``name`` may also be a :func:`register_dataset`
+    name or ``{"factory": "module:function", **options}`` (called with ``seed`` if it takes one).
     """
+    if isinstance(name, dict) or (isinstance(name, str) and name in REGISTERED):
+        _check_limit("max_train", max_train)
+        _check_limit("max_test", max_test)
+        if isinstance(name, dict):
+            from flexpl.imports import import_object
+
+            fn = import_object(name.get("factory"), "data.dataset.factory")
+            opts = {k: v for k, v in name.items() if k != "factory"}
+            label, where = str(name.get("factory")), "data.dataset.factory"
+        else:
+            fn, opts, label, where = REGISTERED[name], {}, name, f"data.dataset '{name}'"
+        full = _load_custom(fn, opts, seed, label, where)
+        if max_train is None and max_test is None:
+            return full
+        return Dataset(name=full.name, train_x=full.train_x[:max_train], train_y=full.train_y[:max_train],
+                       test_x=full.test_x[:max_test], test_y=full.test_y[:max_test], num_classes=full.num_classes)
     key = str(name).strip().lower() if isinstance(name, str) else name
     if key not in DATASETS:
-        raise UserError(f"data.dataset: unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+        raise UserError(f"data.dataset: unknown dataset {name!r}; allowed: {', '.join((*DATASETS, *REGISTERED))} "
+                        "(or register_dataset, or data.dataset: {factory: 'module:function'})")
     _check_limit("max_train", max_train)
     _check_limit("max_test", max_test)
     if key == "synthetic":
@@ -165,7 +252,7 @@ def load_data(cfg: object, seed: int = 0) -> Dataset:
         limits = {"max_train": getattr(cfg, "max_train", None), "max_test": getattr(cfg, "max_test", None)}
         fallback = getattr(cfg, "fallback", None)
         try:
-            data = load_dataset(name, **limits)
+            data = load_dataset(name, seed=seed, **limits)
         except MissingData as exc:
             if fallback is None:
                 raise

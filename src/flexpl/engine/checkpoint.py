@@ -65,6 +65,9 @@ def engine_state(eng: Engine, needed: list[tuple[bool, bool]] | None = None) -> 
         "global": {str(s): m.state_dict() for s, m in eng.global_.items()},
         "group_global": {f"{s}@{agg}": m.state_dict() for (s, agg), m in eng.group_global.items()},
         "relay_holder": eng.relay_holder,
+        # training.aggregator: server state across rounds (FedAdam's moments) and FedProx's anchors
+        "aggregator": eng.aggregator.state_dict(),
+        "anchors": {f"{s}/{i}": sd for (s, i), sd in eng.anchors.items()},
     }
 
 
@@ -85,6 +88,8 @@ def load_engine_state(eng: Engine, state: dict[str, Any]) -> None:
         eng.group_global[(int(s), agg)].load_state_dict(sd)
         eng.group_ev[(int(s), agg)] = None
     eng.relay_holder = state["relay_holder"]
+    eng.aggregator.load_state_dict(state.get("aggregator", {}))
+    eng.anchors = {(int(k.split("/")[0]), int(k.split("/")[1])): sd for k, sd in state.get("anchors", {}).items()}
     eng.stream_ready = {}
     eng.absorb_optimizer_state()
 

@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from flexpl.aggregate import fedavg
+from flexpl.aggregate import CROSS_ENTROPY, Aggregator, FedAvg, Loss, proximal_grad
 from flexpl.config import OptimizerCfg
-from flexpl.costs.flops import FlopCache, fedavg_flops, optimizer_flops
+from flexpl.costs.flops import FlopCache, optimizer_flops
 from flexpl.costs.trace import Event, Recorder
 from flexpl.data.batching import batches, mix_seed, select_clients  # noqa: F401 (re-exported: old home)
 from flexpl.engine.arena import Arena
@@ -171,6 +170,12 @@ class VecChunk:
 
 class Engine:
     """Run state of a plan on a topology, and the operations rounds are built from."""
+
+    # the training loss and the FedAvg stages' aggregation rule (set per run by flexpl.engine.configure)
+    loss_fn: Loss = CROSS_ENTROPY
+    aggregator: Aggregator = FedAvg()
+    # FedProx: (stage, replica) -> the weights it last downloaded (only when aggregator.proximal)
+    anchors: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
 
     def __init__(self, layout: Layout, full_model: BlockModel, opt_cfg: OptimizerCfg, transport,
                  recorder: Recorder, patch_grid: tuple[int, int] | None = None,
@@ -340,7 +345,7 @@ class Engine:
                     elif rep.shape_only:  # nothing to compute, nothing to count
                         loss = rec.out
                     else:
-                        loss = F.cross_entropy(rec.out, y)
+                        loss = self.loss_fn(rec.out, y)
                         loss.backward()
                     evs = [rec.fwd_ev] + [ev for _, ev in rec.labels]
                     if not loss.is_meta:
@@ -396,6 +401,9 @@ class Engine:
         lr = float(self.lr_now[0])
         for group in opt.param_groups:
             group["lr"] = lr
+        if self.aggregator.proximal and (rep.spec.stage, rep.spec.index) in self.anchors:  # FedProx
+            proximal_grad(rep.module.named_parameters(), self.anchors[(rep.spec.stage, rep.spec.index)],
+                          self.aggregator.proximal)
         if self.opt_cfg.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.opt_cfg.clip_norm)
         opt.step()
@@ -461,8 +469,7 @@ class Engine:
         """Backward of a whole chunk at once, then its optimizer step (stacked for SGD, per replica otherwise)."""
         if chunk.stage == last:
             y = torch.stack([batch[m][1] for m in chunk.members])
-            k, b = y.shape[0], y.shape[1]
-            losses = F.cross_entropy(chunk.out.reshape(k * b, -1), y.reshape(-1), reduction="none").view(k, b).mean(1)
+            losses = self.loss_fn.per_replica(chunk.out, y)
             losses.sum().backward()
             chunk.losses = losses.detach()
         else:
@@ -545,6 +552,7 @@ class Engine:
                 state, ev = self.transport.move_state(glob, agg, rep.host, "weights",
                                                       [self.group_ev[(s, agg)], rep.last_update], f"s{s}")
                 arena = self.arenas.get(s) if getattr(self.transport, "zero_copy", False) else None
+                self._anchor(rep, state)
                 if arena is None:
                     rep.module.load_state_dict(state)
                     self._reset_opt(rep)
@@ -572,9 +580,18 @@ class Engine:
             pick = [i for i, r in enumerate(reps) if ok[i] and self.layout.agg_of[s][r.spec.index] == agg]
             if not pick:
                 continue
-            self.group_global[(s, agg)].load_state_dict(fedavg([states[i] for i in pick], [weights[i] for i in pick]))
-            self.group_ev[(s, agg)] = self.recorder.compute(agg, fedavg_flops(len(pick), self.float_elements[s]),
+            self.group_global[(s, agg)].load_state_dict(self.aggregator.aggregate(
+                self.group_global[(s, agg)].state_dict(), [states[i] for i in pick], [weights[i] for i in pick],
+                f"s{s}@{agg}"))
+            self.group_ev[(s, agg)] = self.recorder.compute(agg, self.aggregator.flops(len(pick), self.float_elements[s]),
                                                           [evs[i] for i in pick], "aggregate", f"s{s}")
+
+    def _anchor(self, rep: ReplicaState, state: dict[str, torch.Tensor]) -> None:
+        """FedProx: remember the weights ``rep`` just downloaded (its proximal term's centre)."""
+        if self.aggregator.proximal and not rep.shape_only:
+            if not self.anchors:  # the class default is shared: this engine gets its own
+                self.anchors = {}
+            self.anchors[(rep.spec.stage, rep.spec.index)] = {k: v.detach().clone() for k, v in state.items()}
 
     def download(self, s: int, reps: list[ReplicaState]) -> None:
         """Send stage ``s``'s aggregated weights from its aggregator to ``reps`` (FedAvg, start of a round)."""
@@ -587,6 +604,7 @@ class Engine:
         for rep in reps:
             state, ev = self.transport.move_state(glob, agg, rep.host, "weights",
                                                   [self.global_ev[s], rep.last_update], f"s{s}")
+            self._anchor(rep, state)
             if arena is None:
                 rep.module.load_state_dict(state)
                 self._reset_opt(rep)
@@ -621,8 +639,9 @@ class Engine:
         if not any(ok):
             return
         pick = [i for i, k in enumerate(ok) if k]
-        self.global_[s].load_state_dict(fedavg([states[i] for i in pick], [weights[i] for i in pick]))
-        self.global_ev[s] = self.recorder.compute(agg, fedavg_flops(len(pick), self.float_elements[s]),
+        self.global_[s].load_state_dict(self.aggregator.aggregate(
+            self.global_[s].state_dict(), [states[i] for i in pick], [weights[i] for i in pick], f"s{s}"))
+        self.global_ev[s] = self.recorder.compute(agg, self.aggregator.flops(len(pick), self.float_elements[s]),
                                                   [evs[i] for i in pick], "aggregate", f"s{s}")
 
     def relay(self, to_node: str) -> None:
@@ -709,7 +728,7 @@ class Engine:
                 logits[k].append(self._forward_features(xb) if mods is None else _forward(mods, xb))
         logits = {k: torch.cat(v) for k, v in logits.items()}
         acc = {k: float((v.argmax(1) == y).float().mean()) for k, v in logits.items()}
-        loss = {k: float(F.cross_entropy(v, y)) for k, v in logits.items()}
+        loss = {k: float(self.loss_fn(v, y)) for k, v in logits.items()}
         total = sum(node_weights.values())
         ens = torch.stack([logits[node_path[n]] for n in nodes]).mean(0)
         return {

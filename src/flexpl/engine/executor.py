@@ -108,6 +108,10 @@ def choose(scn: Scenario, plan: Plan, stage_modules: list[nn.Module], n_replicas
     n_data = len(scn.data_nodes)
     workers = min(eng.workers or cores, n_data, int(os.environ.get(WORKERS_ENV) or n_data))
     asked = eng.executor
+    from flexpl.aggregate import make_aggregator
+
+    if make_aggregator(scn.training.aggregator).proximal:  # the client term lives in Engine.opt_step (one process)
+        return Choice("sequential", "the aggregator adds a proximal term to every local step (FedProx): sequential")
     if asked in ("auto", "processes") and any(
             n > 1 and any(True for _ in stage_modules[s].buffers()) for s, n in enumerate(n_replicas)):
         # replicas with buffers (batch norm statistics) are not stacked in arenas, and worker
@@ -340,8 +344,6 @@ def _unpack(buf: torch.Tensor, where: list[tuple[int, tuple]]) -> list[torch.Ten
 
 def _serve_steps(conn: Any, inherited: list[Any], eng: Engine) -> None:
     """A step worker: runs forward and backward of its replicas of a stage on command (see StepPool)."""
-    import torch.nn.functional as F
-
     _start_worker(inherited)
     theirs: dict[tuple, torch.Tensor] = {}  # the parent's buffers: inputs and output gradients
     mine = _Buffers()                        # outputs and input gradients
@@ -365,7 +367,7 @@ def _serve_steps(conn: Any, inherited: list[Any], eng: Engine) -> None:
                     x = x.requires_grad_(eng.input_grad[s])
                     out = rep.module(x)
                     if labels is not None:  # the last stage: loss, backward and step right away
-                        loss = F.cross_entropy(out, torch.from_numpy(labels[r]))
+                        loss = eng.loss_fn(out, torch.from_numpy(labels[r]))
                         loss.backward()
                         losses.append(float(loss.detach()))
                         eng.opt_step(rep)

@@ -35,9 +35,10 @@ from flexpl.engine.core import (
     extract_patch,
     patch_grid,
 )
+from flexpl.engine.extend import configure
 from flexpl.engine.transport import SimTransport
 from flexpl.errors import UserError
-from flexpl.models import DEFAULT_CUTS, build_model, count_params, state_bytes
+from flexpl.models import build_model, check_cuts, count_params, default_cut, state_bytes
 from flexpl.plan import Plan, build_plan, place
 from flexpl.targets import cost_to_targets, reached_all
 from flexpl.topology import Topology
@@ -91,11 +92,15 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
     probe = build_model(spec, data.input_shape, data.num_classes, seed=scn.seed)
     n_blocks = len(probe.block_names)
     plan = build_plan(scn.strategy, scn.plan.model_dump(exclude_none=True) if scn.plan else None, topo,
-                      n_blocks, min(DEFAULT_CUTS.get(name, 1), n_blocks - 1))
+                      n_blocks, default_cut(spec, probe))
+    check_cuts(spec, probe, [st.start for st in plan.stages])  # register_model(cuts=...)
     data_nodes = scn.data_nodes
     grid = None
     if plan.junction == "features":
         # every branch sees its own patch of every training sample
+        if len(data.input_shape) != 3:  # e.g. a registered dataset of feature vectors
+            raise UserError(f"plan.junction: a features junction cuts images [C, H, W] into patches; "
+                            f"samples here have shape {tuple(data.input_shape)}")
         _, h, w = data.input_shape
         grid = patch_grid(len(data_nodes), h, w)
         if grid is None:
@@ -135,6 +140,7 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
     engine = Engine(layout, full, scn.training.optimizer, transport_factory(recorder), recorder, grid, local,
                     shared=choice.mode == "processes",
                     vector_chunk=scn.engine.vector_chunk if choice.mode == "vectorized" else None)
+    configure(engine, scn)  # training.loss and training.aggregator (flexpl.engine.extend)
     val = None
     if scn.data.validation_fraction > 0:  # evaluated like the test set, full images on every path
         vidx = torch.from_numpy(np.concatenate(held))

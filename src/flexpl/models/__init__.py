@@ -117,6 +117,120 @@ def from_sequential(seq: nn.Sequential) -> BlockModel:
     return BlockModel([(name if not name.isdigit() else f"b{name}", mod) for name, mod in seq.named_children()])
 
 
+# Models added with :func:`register_model`: name -> (factory, allowed cuts or None, default cut)
+REGISTERED: dict[str, tuple[Callable[..., Any], tuple[int | str, ...] | None, int | str | None]] = {}
+
+
+def as_block_model(obj: Any, where: str) -> BlockModel:
+    """A factory's result as a :class:`BlockModel`: an ``nn.Sequential`` is cut at its children."""
+    if isinstance(obj, BlockModel):
+        return obj
+    if isinstance(obj, nn.Sequential):
+        if len(obj) == 0:
+            raise UserError(f"{where}: the nn.Sequential is empty; give it at least one child")
+        return from_sequential(obj)
+    raise UserError(f"{where}: returned {type(obj).__name__}; return an nn.Sequential (cuts go between its "
+                    "children) or a flexpl BlockModel")
+
+
+def call_factory(fn: Callable[..., Any], input_shape: tuple[int, ...], num_classes: int, opts: dict[str, Any],
+                 where: str) -> BlockModel:
+    """``fn(input_shape, num_classes, **opts)``, or ``fn(**opts)`` when ``fn`` takes no shape; as a BlockModel."""
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None
+    args: tuple[Any, ...] = (tuple(input_shape), num_classes)
+    if sig is not None:
+        try:
+            sig.bind(*args, **opts)
+        except TypeError:
+            try:
+                sig.bind(**opts)
+                args = ()
+            except TypeError as exc:
+                raise UserError(f"{where}: bad options {sorted(opts)}: {exc}") from None
+    return as_block_model(fn(*args, **opts), where)
+
+
+def register_model(name: str, fn: Callable[..., Any], *, cuts: Sequence[int | str] | None = None,
+                   default_cut: int | str | None = None) -> None:
+    """Make ``fn`` a model the scenario can name (``model: NAME`` or ``{name: NAME, **options}``).
+
+    ``fn(input_shape, num_classes, **options)`` (or ``fn(**options)``) returns an
+    ``nn.Sequential``, cut between its children, or a :class:`BlockModel`. ``cuts``: the
+    block indices (or child names) a plan may cut at, default every boundary; ``default_cut``:
+    where a two-stage preset cuts when the scenario gives no ``plan.cut`` (default: the first
+    allowed cut). Weights are drawn after ``torch.manual_seed(scenario seed)``, so every
+    process builds the same model. Registering a name again replaces it.
+    """
+    if not isinstance(name, str) or not name or ":" in name:
+        raise UserError(f"register_model: name must be a non-empty string without ':', got {name!r}")
+    if not callable(fn):
+        raise UserError(f"register_model: fn for '{name}' is not callable")
+    cut_list = tuple(cuts) if cuts is not None else None
+    if default_cut is None and cut_list:
+        default_cut = cut_list[0]
+    REGISTERED[name] = (fn, cut_list, default_cut)
+
+    def make(input_shape: tuple[int, ...], num_classes: int, **opts: Any) -> BlockModel:
+        return call_factory(fn, input_shape, num_classes, opts, f"model '{name}'")
+    ZOO[name] = make
+
+
+def _registered_by_fn(fn: Any) -> tuple[Callable[..., Any], tuple[int | str, ...] | None, int | str | None] | None:
+    return next((e for e in REGISTERED.values() if e[0] is fn), None)
+
+
+def _resolve_cut(cut: int | str, model: BlockModel, where: str) -> int:
+    if isinstance(cut, int) and not isinstance(cut, bool):
+        return cut
+    names = model.block_names
+    for cand in (str(cut), f"b{cut}"):
+        if cand in names:
+            return names.index(cand)
+    raise UserError(f"{where}: no block named {cut!r}; blocks are {', '.join(names)}")
+
+
+def model_cuts(spec: str | dict[str, Any], model: BlockModel) -> tuple[int | None, list[int] | None]:
+    """(default cut, allowed cuts or None for any) of the model ``spec`` names, as block indices."""
+    entry = None
+    if isinstance(spec, dict) and "factory" in spec:
+        from flexpl.imports import import_object
+
+        entry = _registered_by_fn(import_object(spec["factory"], "model.factory"))
+    else:
+        name = spec if isinstance(spec, str) else str(spec.get("name", ""))
+        entry = REGISTERED.get(name)
+        if entry is None:
+            return DEFAULT_CUTS.get(name), None
+    if entry is None:
+        return None, None
+    _, cuts, default = entry
+    allowed = None if cuts is None else [_resolve_cut(c, model, "register_model cuts") for c in cuts]
+    return (None if default is None else _resolve_cut(default, model, "register_model default_cut")), allowed
+
+
+def default_cut(spec: str | dict[str, Any], model: BlockModel) -> int:
+    """Where a two-stage preset cuts ``model`` when the plan gives no cut (at least 1, at most blocks - 1)."""
+    n = len(model.block_names)
+    cut = model_cuts(spec, model)[0]
+    return min(cut if cut is not None else 1, n - 1)
+
+
+def check_cuts(spec: str | dict[str, Any], model: BlockModel, starts: Sequence[int]) -> None:
+    """Refuse a plan whose stages start at blocks the model's ``register_model(cuts=...)`` does not allow."""
+    allowed = model_cuts(spec, model)[1]
+    if allowed is None:
+        return
+    bad = [s for s in starts if s and s not in allowed]
+    if bad:
+        raise UserError(f"plan.cut: this model may be cut at blocks {', '.join(map(str, allowed))} only "
+                        f"(register_model cuts), not {bad[0]}")
+
+
 def widen_junction(block: nn.Module, branches: int) -> None:
     """Multiply the input width of the first Linear/Conv2d in ``block`` by ``branches``.
 
@@ -145,21 +259,31 @@ def build_model(spec: str | dict[str, Any], input_shape: tuple[int, ...], num_cl
                 *, seed: int, junction_block: int | None = None, branches: int = 1) -> BlockModel:
     """Build a zoo model with weights drawn from ``seed`` (identical for every plan).
 
-    ``spec`` is a zoo name or ``{"name": ..., **kwargs}`` (e.g. ``{"name": "mlp", "hidden": [64]}``).
+    ``spec`` is a zoo (or :func:`register_model`) name, ``{"name": ..., **kwargs}`` (e.g.
+    ``{"name": "mlp", "hidden": [64]}``) or ``{"factory": "module:function", **kwargs}``.
     With a features junction, the model is built for one branch's input and the junction
     block's first layer is widened ``branches`` times.
     """
     kwargs: dict[str, Any] = {}
-    if isinstance(spec, dict):
-        kwargs = {k: v for k, v in spec.items() if k != "name"}
-        spec = spec.get("name", "")
-    if spec not in ZOO:
-        raise UserError(f"model: unknown model '{spec}'; allowed: {', '.join(sorted(ZOO))}")
-    torch.manual_seed(seed)
-    try:
-        model = ZOO[spec](tuple(input_shape), num_classes, **kwargs)
-    except TypeError as exc:
-        raise UserError(f"model: bad options for '{spec}': {exc}") from None
+    if isinstance(spec, dict) and "factory" in spec:  # an import path: every process builds the same model
+        from flexpl.imports import import_object
+
+        fn = import_object(spec["factory"], "model.factory")
+        torch.manual_seed(seed)
+        model = call_factory(fn, input_shape, num_classes, {k: v for k, v in spec.items() if k != "factory"},
+                             f"model.factory '{spec['factory']}'")
+    else:
+        if isinstance(spec, dict):
+            kwargs = {k: v for k, v in spec.items() if k != "name"}
+            spec = spec.get("name", "")
+        if spec not in ZOO:
+            raise UserError(f"model: unknown model '{spec}'; allowed: {', '.join(sorted(ZOO))} "
+                            "(or register_model, or model: {factory: 'module:function'})")
+        torch.manual_seed(seed)
+        try:
+            model = ZOO[spec](tuple(input_shape), num_classes, **kwargs)
+        except TypeError as exc:
+            raise UserError(f"model: bad options for '{spec}': {exc}") from None
     if junction_block is not None and branches > 1:
         block = list(model.blocks.values())[junction_block]
         torch.manual_seed(seed + 1)

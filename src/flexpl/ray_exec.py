@@ -62,11 +62,17 @@ def check_address(address: str | None) -> None:
                         "put --ray after the scenario, or write --ray=ADDRESS")
 
 
-def require(address: str | None) -> None:
-    """Fail at once, with one line, if ``--ray`` was given a bad address or Ray is not installed."""
-    if address is not None:
-        check_address(address)
-        _import_ray()
+def require(address: str | None, num_cpus: int | None = None) -> None:
+    """Fail at once, with one line, on a bad ``--ray`` address or ``--jobs``, or when Ray is not installed."""
+    if address is None:
+        return
+    check_address(address)
+    if address and num_cpus is not None:
+        raise UserError("--jobs: with --ray ADDRESS the cluster's CPUs decide how many tasks run at once; "
+                        "drop --jobs (or drop the address to start a local Ray with --jobs CPUs)")
+    if num_cpus is not None and num_cpus < 1:
+        raise UserError(f"--jobs: must be at least 1, got {num_cpus}")
+    _import_ray()
 
 
 def _import_ray() -> Any:
@@ -84,12 +90,7 @@ def session(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
     A Ray this process had already started (a notebook, a test) is used as it is and left
     running; one started here is shut down on the way out, also on an error or Ctrl-C.
     """
-    check_address(address)
-    if address and num_cpus is not None:
-        raise UserError("--jobs: with --ray ADDRESS the cluster's CPUs decide how many tasks run at once; "
-                        "drop --jobs (or drop the address to start a local Ray with --jobs CPUs)")
-    if num_cpus is not None and num_cpus < 1:
-        raise UserError(f"--jobs: must be at least 1, got {num_cpus}")
+    require(address or "", num_cpus)
     ray = _import_ray()
     if ray.is_initialized():
         yield ray

@@ -361,7 +361,7 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
     if ray is not None:
         from flexpl import ray_exec
 
-        ray_exec.require(ray)  # one line before any work: a bad address, or Ray not installed
+        ray_exec.require(ray, ray_cpus)  # one line before any work: a bad address, or Ray not installed
     axes = parse_grid(grid)
     cells = make_cells(axes)
     base_cells = cells

@@ -1829,7 +1829,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train the K best feasible plans for min(rounds, 3) rounds and add their accuracy")
     from flexpl import ray_exec
 
-    ray_exec.add_argument(parser, "--validate's K trainings")
+    ray_exec.add_argument(parser, "each of --validate's K trainings")
 
 
 def plan_scenario(scn: Scenario, constraints: Sequence[Constraint], objective: str,

@@ -50,7 +50,7 @@ class TaskError(UserError):
 def add_argument(parser: argparse.ArgumentParser, what: str) -> None:
     """Add ``--ray [ADDRESS]`` to ``parser``; ``what`` says what runs as Ray tasks (for --help)."""
     parser.add_argument("--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",
-                        help=f"run {what} as Ray tasks (pip install 'flexpl[ray]'): alone, on a local Ray "
+                        help=f"run {what} as a Ray task (pip install 'flexpl[ray]'): alone, on a local Ray "
                              "with --jobs CPUs (default every core); with ADDRESS (auto, HOST:PORT, "
                              "ray://HOST:PORT), on that cluster, which must see --out")
 

@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_arguments(parser)
     from flexpl import ray_exec
 
-    ray_exec.add_argument(parser, "every cell")
+    ray_exec.add_argument(parser, "each cell")
 
 
 def split_values(raw: str) -> list[str]:

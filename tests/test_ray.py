@@ -30,7 +30,7 @@ HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY and not os.environ.get("FLEXPL_REQUIRE_RAY"),
                                reason="Ray not installed (pip install 'flexpl[ray]'; make test-ray)")
 
-SETS = ["--set", "training.rounds=2", "--set", "data.partition.kind=dirichlet"]
+SETS = ["--set", "training.rounds=1", "--set", "data.partition.kind=dirichlet"]
 GRID = ["--grid", "strategy=fl,fpl", "--grid", "data.partition.alpha=0.1,1.0"]
 # wall_s is this run's wall-clock time: the only column that may differ between two runs
 VOLATILE = {"wall_s"}
@@ -98,9 +98,29 @@ def test_interrupted_ray_sweep_resumes_reusing_finished_cells(tmp_path):
     assert all(r["rounds_completed"] == "3" for r in rows)
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray with 2 CPUs for the tests below (flexpl uses a Ray already started, and leaves it)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.mark.ray
 @needs_ray
-def test_plan_validate_through_ray_matches_the_local_path():
+def test_a_cell_asking_more_cpus_than_any_node_has_is_a_user_error(local_ray, tmp_path):
+    """engine.workers is a cell's CPU request: 3 on a 2-CPU Ray would wait forever, so it is refused."""
+    with pytest.raises(UserError, match=r"sweep cell strategy=fl: asks for 3 CPUs .*largest Ray node has 2"):
+        sweep.run_sweep("digits-star", ["training.rounds=1", "engine.workers=3"], ["strategy=fl"], None,
+                        tmp_path / "sw", quiet=True, ray="")
+    assert local_ray.is_initialized()  # a Ray started by the caller is left running
+
+
+@pytest.mark.ray
+@needs_ray
+def test_plan_validate_through_ray_matches_the_local_path(local_ray):
     scn = digits_star(["training.rounds=2"])
 
     class Quiet:
@@ -118,6 +138,26 @@ def test_plan_validate_through_ray_matches_the_local_path():
 
 
 # ------------------------------------------------------------------ bad input: no Ray needed
+
+
+def test_a_task_runs_with_its_cpus_and_returns_user_errors_as_values(monkeypatch):
+    """What runs inside a Ray worker, called here: torch threads and the run-worker cap follow the request."""
+    import torch
+
+    from flexpl.engine.executor import WORKERS_ENV
+
+    monkeypatch.setenv(WORKERS_ENV, "7")
+    threads = torch.get_num_threads()
+    try:
+        assert ray_exec._in_worker(lambda x: (x, os.environ[WORKERS_ENV], torch.get_num_threads()), 2, "a") \
+            == ("ok", ("a", "2", 2))
+
+        def bad() -> None:
+            raise UserError("training.rounds: must be positive")
+
+        assert ray_exec._in_worker(bad, 1) == ("user_error", "training.rounds: must be positive")
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_ray_missing_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):

@@ -141,15 +141,15 @@ def run_tasks(ray: Any, tasks: Sequence[Task], on_done: Callable[[Hashable, Any]
 
     A task's ``UserError`` is raised here as a :class:`TaskError` (after which the remaining tasks
     are cancelled, as they are on Ctrl-C); a task asking for more CPUs than any node has is a
-    ``UserError`` before anything runs, since Ray would wait for such a node forever.
+    :class:`TaskError` before anything runs, since Ray would wait for such a node forever.
     """
     if not tasks:
         return
     most = largest_node_cpus(ray)
     for t in tasks:
         if t.cpus > most:
-            raise UserError(f"{t.key}: asks for {t.cpus} CPUs (engine.workers) but the largest Ray node has "
-                            f"{most:g}; lower engine.workers, or give the local Ray more with --jobs")
+            raise TaskError(t.key, f"asks for {t.cpus} CPUs (engine.workers) but the largest Ray node has "
+                                   f"{most:g}; lower engine.workers, or give the local Ray more with --jobs")
     remote = ray.remote(_in_worker)
     pending = {remote.options(num_cpus=t.cpus).remote(t.fn, t.cpus, *t.args): t for t in tasks}
     try:

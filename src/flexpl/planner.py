@@ -1789,8 +1789,12 @@ def write_best(path: Path, scn: Scenario, cand: Candidate, row: dict[str, Any], 
 
 
 def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows: list[dict[str, Any]], k: int,
-             console: Any) -> None:
-    """Train the ``k`` best feasible plans for min(rounds, 3) rounds; add their measured accuracy."""
+             console: Any, ray: str | None = None, ray_cpus: int | None = None) -> None:
+    """Train the ``k`` best feasible plans for min(rounds, 3) rounds; add their measured accuracy.
+
+    With ``ray`` (an address, or "" for a local Ray with ``ray_cpus`` CPUs) each plan trains
+    as a Ray task (:mod:`flexpl.ray_exec`) on the planner's dataset, shipped once.
+    """
     from flexpl.config import apply_strategy_overrides, validate_scenario
     from flexpl.engine.simulator import run, setup
 
@@ -1799,12 +1803,37 @@ def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows:
         r.setdefault("accuracy", None)
         r.setdefault("validated_rounds", None)
     chosen = [r for r in rows if r["feasible"]][:k]
-    for i, r in enumerate(chosen):
+    scns = []
+    for r in chosen:
         data = candidate_data(scn, cands[r["plan"]])
         data["training"]["rounds"] = rounds
         if data.get("strategy") != scn.strategy:  # the scenario's own strategy has them applied already
             apply_strategy_overrides(data)
-        sc = validate_scenario(data)
+        scns.append(validate_scenario(data))
+    if ray is not None:
+        from flexpl import ray_exec
+
+        def accuracy(sc: Scenario, dataset: Any) -> float:  # runs in a Ray worker
+            return run(sc, st=setup(sc, dataset=dataset)).summary["final_accuracy"]
+
+        ray_exec.require(ray)
+        console.print(f"validating {len(chosen)} plans ({rounds} rounds) as Ray tasks")
+        with ray_exec.session(ray, ray_cpus) as rt:
+            ref = rt.put(planner.data)
+            by_plan = {r["plan"]: r for r in chosen}
+
+            def done(plan: Any, acc: float) -> None:
+                by_plan[plan]["accuracy"], by_plan[plan]["validated_rounds"] = acc, rounds
+                n = sum(r["validated_rounds"] is not None for r in chosen)
+                console.print(f"validated [{n}/{len(chosen)}] {plan}: accuracy {acc:.4f}")
+
+            try:
+                ray_exec.run_tasks(rt, [ray_exec.Task(r["plan"], accuracy, (sc, ref), sc.engine.workers or 1)
+                                        for r, sc in zip(chosen, scns)], done)
+            except ray_exec.TaskError as exc:
+                raise UserError(f"--validate {exc.key}: {exc}") from None
+        return
+    for i, (r, sc) in enumerate(zip(chosen, scns)):
         console.print(f"validating [{i + 1}/{len(chosen)}] {r['plan']} ({rounds} rounds)")
         s = run(sc, st=setup(sc, dataset=planner.data)).summary
         r["accuracy"], r["validated_rounds"] = s["final_accuracy"], rounds
@@ -1823,6 +1852,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top", type=int, default=10, metavar="N", help="rows of the Pareto table (default 10)")
     parser.add_argument("--validate", type=int, default=0, metavar="K",
                         help="train the K best feasible plans for min(rounds, 3) rounds and add their accuracy")
+    from flexpl import ray_exec
+
+    ray_exec.add_argument(parser, "each of --validate's K trainings")
 
 
 def plan_scenario(scn: Scenario, constraints: Sequence[Constraint], objective: str,
@@ -1874,6 +1906,12 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--top: must be a positive integer, got {args.top}")
     if args.validate < 0:
         raise UserError(f"--validate: must be 0 or a positive integer, got {args.validate}")
+    if getattr(args, "ray", None) is not None:  # fail before the costing, not after it
+        from flexpl import ray_exec
+
+        if not args.validate:
+            raise UserError("--ray: only --validate K trains (as Ray tasks); add --validate K or drop --ray")
+        ray_exec.require(args.ray)
     constraints = [parse_constraint(c) for c in args.constraint]  # bad input fails before any work
     scn = load_scenario(args.scenario, args.set, None, args.seed)
     console = _console(args.quiet)
@@ -1890,7 +1928,7 @@ def main(args: argparse.Namespace) -> int:
     rows.sort(key=lambda r: (not r["feasible"], r[OBJECTIVES[args.objective]], r["bytes_per_round"]))
     by_label = {c.label: c for c in cands}
     if args.validate:
-        validate(scn, planner, by_label, rows, args.validate, console)
+        validate(scn, planner, by_label, rows, args.validate, console, getattr(args, "ray", None))
     out = prepare_out_dir(out)
     write_csv(out / "plans.csv", rows, list(CSV_COLUMNS))
     skipped_csv = out / "skipped.csv"

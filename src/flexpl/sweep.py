@@ -11,7 +11,8 @@ Resuming: a cell counts as done when its ``summary.json`` exists (``run_one`` wr
 last) *and* records the digest of the scenario this command would run, so rerunning the
 same command skips finished cells and redoes unfinished or changed ones. ``sweep.csv`` is
 rebuilt from the cells' ``summary.json`` files after every cell, so it never holds
-duplicate or stale rows. ``--jobs N`` runs cells in N worker processes.
+duplicate or stale rows. ``--jobs N`` runs cells in N worker processes; ``--ray [ADDRESS]``
+runs each cell as a Ray task instead, on a local Ray or a cluster (see :mod:`flexpl.ray_exec`).
 """
 
 from __future__ import annotations
@@ -51,12 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="one axis of the grid (repeatable); KEY 'strategy' picks the preset, any "
                              "other KEY is a --set dotted key, e.g. --grid data.partition.alpha=0.1,1.0")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="run cells in N worker processes (default 1)")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="run cells in N worker processes (default 1); with --ray, the local Ray's CPUs")
     parser.add_argument("--seeds", default=None, metavar="K1,K2,...",
                         help="run every cell once per seed (into <cell>/seed<k>); sweep.csv then holds "
                              "mean ± std per cell (<column>_mean, <column>_std), sweep_seeds.csv every run")
     add_target_arguments(parser)
+    from flexpl import ray_exec
+
+    ray_exec.add_argument(parser, "each cell")
 
 
 def split_values(raw: str) -> list[str]:
@@ -337,19 +341,25 @@ class _RoundWatcher:
 def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], seed: int | None,
               out: Path | None, jobs: int = 1, quiet: bool = False,
               on_cell: Callable[[Cell, dict[str, Any] | None], None] | None = None,
-              seeds: Sequence[int] | None = None) -> Path:
+              seeds: Sequence[int] | None = None, ray: str | None = None,
+              ray_cpus: int | None = None) -> Path:
     """Run every unfinished cell of the grid into ``out``; return the sweep folder.
 
     ``on_cell(cell, summary)`` is called after each cell (``summary`` is None for a skipped,
     already finished cell). With ``seeds``, every cell runs once per seed into
     ``<cell>/seed<k>`` (each such run is a resumable unit of its own) and ``sweep.csv``
-    holds mean ± std per cell.
+    holds mean ± std per cell. With ``ray`` (an address, or "" for a local Ray with
+    ``ray_cpus`` CPUs, default every core) every cell runs as a Ray task; ``jobs`` is then unused.
     """
     from flexpl.console import make_console, progress
     from flexpl.results import prepare_out_dir, write_yaml
 
     if jobs < 1:
         raise UserError(f"--jobs: must be at least 1, got {jobs}")
+    if ray is not None:
+        from flexpl import ray_exec
+
+        ray_exec.require(ray, ray_cpus)  # one line before any work: a bad address, or Ray not installed
     axes = parse_grid(grid)
     cells = make_cells(axes)
     base_cells = cells
@@ -399,7 +409,9 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
         def failed(c: Cell, exc: UserError) -> UserError:
             return UserError(f"sweep cell {c.name}: {exc}")
 
-        if jobs == 1:
+        if ray is not None:
+            _run_ray(scenario, sets, seed, out, todo, checked, watch, done, failed, ray, ray_cpus)
+        elif jobs == 1:
             for c in todo:
                 watch.add(c.name, checked[c.name][1])
                 try:
@@ -455,6 +467,43 @@ def _run_parallel(scenario: str | None, sets: Sequence[str], seed: int | None, o
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _run_ray(scenario: str | None, sets: Sequence[str], seed: int | None, out: Path,
+             todo: Sequence[Cell], checked: dict[str, tuple[str, int, str]], watch: _RoundWatcher,
+             done: Callable, failed: Callable, address: str, num_cpus: int | None) -> None:
+    """Run the cells in ``todo`` as Ray tasks (each asks for its scenario's ``engine.workers`` CPUs, default 1).
+
+    A task runs :func:`_run_cell` into the cell's folder, as a ``--jobs`` worker does, so the
+    folder, its summary and the digest check are the same; ``done`` rebuilds sweep.csv and
+    advances the progress bar in this process as each task finishes.
+    """
+    from flexpl import ray_exec
+    from flexpl.config import load_scenario
+
+    if not todo:
+        return
+    # a Ray worker need not share this process's working directory: give it absolute paths
+    where = str(Path(scenario).resolve()) if scenario and Path(scenario).is_file() else scenario
+    root = out.resolve()
+    by_name = {c.name: c for c in todo}
+    tasks = [ray_exec.Task(c.name, _run_cell, (where, [*sets, *c.sets], c.strategy, seed, root / c.name),
+                           load_scenario(scenario, [*sets, *c.sets], c.strategy, seed).engine.workers or 1)
+             for c in todo]
+
+    def finished(name: Any, summary: dict[str, Any]) -> None:
+        if not (out / name).is_dir():  # ran on a node whose file system this machine does not see
+            raise UserError(f"--ray: cell {name} finished on a Ray node but {out / name} is not here; "
+                            "give --out a folder every node shares (e.g. on NFS)")
+        done(by_name[name], summary)
+
+    with ray_exec.session(address, num_cpus) as ray:
+        for c in todo:
+            watch.add(c.name, checked[c.name][1])
+        try:
+            ray_exec.run_tasks(ray, tasks, finished)
+        except ray_exec.TaskError as exc:
+            raise failed(by_name[exc.key], exc) from None
+
+
 def _print_table(console: Any, out: Path, cells: Sequence[Cell]) -> None:
     from rich.table import Table
 
@@ -488,8 +537,11 @@ def main(args: argparse.Namespace) -> int:
 
     args.set = [*args.set, *target_sets(args)]
 
+    ray = getattr(args, "ray", None)
+    jobs = 1 if args.jobs is None or ray is not None else args.jobs  # with --ray, --jobs sizes the local Ray
     out = run_sweep(args.scenario, args.set, args.grid, args.seed, Path(args.out) if args.out else None,
-                    jobs=args.jobs, quiet=args.quiet, seeds=parse_seeds(getattr(args, "seeds", None)))
+                    jobs=jobs, quiet=args.quiet, seeds=parse_seeds(getattr(args, "seeds", None)),
+                    ray=ray, ray_cpus=args.jobs if ray is not None else None)
     from flexpl.report import maybe_report
 
     maybe_report(out, args.quiet)  # one warning line if the report cannot be drawn here

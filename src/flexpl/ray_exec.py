@@ -1,0 +1,167 @@
+"""Run FlexPL work as Ray tasks: ``flexpl sweep --ray [ADDRESS]`` and ``flexpl plan --validate K --ray``.
+
+A study of a hundred cells of minutes each outgrows one machine. With ``--ray`` every unit
+of work (a sweep cell, a plan to validate) becomes one Ray task that asks for the CPUs its
+scenario uses (``engine.workers``, default 1) and runs the same function as the local path:
+a sweep cell still writes its own folder through ``run_one``, so resuming, the digest check
+and ``sweep.csv`` (rebuilt from the cells' summaries as each task finishes) stay exactly as
+they are without Ray.
+
+``--ray`` alone starts a local Ray on this machine (``--jobs N`` CPUs, default every core);
+``--ray ADDRESS`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``) joins a running cluster,
+whose nodes must have flexpl installed and see the ``--out`` folder (a shared file system).
+Ray is an optional extra: ``pip install 'flexpl[ray]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from flexpl.errors import UserError
+
+LOCAL = ""  # the value of ``--ray`` given without an address: start a local Ray
+_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9._-]+:\d+)$")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: ``fn(*args)`` in a Ray worker with ``cpus`` CPUs; ``key`` names it to the caller."""
+
+    key: Hashable
+    fn: Callable[..., Any]
+    args: tuple
+    cpus: int = 1
+
+
+class TaskError(UserError):
+    """A task's ``UserError``, raised in the driver; ``key`` is the task's."""
+
+    def __init__(self, key: Hashable, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def add_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--ray [ADDRESS]`` to ``parser``; ``what`` says what runs as Ray tasks (for --help)."""
+    parser.add_argument("--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",
+                        help=f"run {what} as a Ray task (pip install 'flexpl[ray]'): alone, on a local Ray "
+                             "with --jobs CPUs (default every core); with ADDRESS (auto, HOST:PORT, "
+                             "ray://HOST:PORT), on that cluster, which must see --out")
+
+
+def check_address(address: str | None) -> None:
+    """A ``UserError`` unless ``address`` is None, empty (local) or looks like a Ray address."""
+    if address and not _ADDRESS.match(address):
+        raise UserError(f"--ray: '{address}' is not a Ray address (auto, HOST:PORT or ray://HOST:PORT); "
+                        "put --ray after the scenario, or write --ray=ADDRESS")
+
+
+def require(address: str | None, num_cpus: int | None = None) -> None:
+    """Fail at once, with one line, on a bad ``--ray`` address or ``--jobs``, or when Ray is not installed."""
+    if address is None:
+        return
+    check_address(address)
+    if address and num_cpus is not None:
+        raise UserError("--jobs: with --ray ADDRESS the cluster's CPUs decide how many tasks run at once; "
+                        "drop --jobs (or drop the address to start a local Ray with --jobs CPUs)")
+    if num_cpus is not None and num_cpus < 1:
+        raise UserError(f"--jobs: must be at least 1, got {num_cpus}")
+    _import_ray()
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray: Ray is not installed; install flexpl[ray] (pip install 'flexpl[ray]')") from None
+    return ray
+
+
+@contextlib.contextmanager
+def session(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
+    """Yield the ``ray`` module connected to ``address`` (or a new local Ray with ``num_cpus``).
+
+    A Ray this process had already started (a notebook, a test) is used as it is and left
+    running; one started here is shut down on the way out, also on an error or Ctrl-C.
+    """
+    require(address or "", num_cpus)
+    ray = _import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    import logging
+
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR}
+    if address and address != "local":
+        kwargs["address"] = address
+    else:
+        kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as exc:  # no cluster at that address
+        raise UserError(f"--ray {address}: cannot connect ({str(exc).splitlines()[0]}); start the cluster "
+                        "(ray start --head) or drop the address for a local Ray") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def largest_node_cpus(ray: Any) -> float:
+    """The CPU count of the largest alive node of the cluster ``ray`` is connected to."""
+    return max((n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+
+
+def _in_worker(fn: Callable[..., Any], cpus: int, *args: Any) -> tuple[str, Any]:
+    """What a Ray task runs: ``fn(*args)`` with ``cpus`` torch threads and at most ``cpus`` run workers.
+
+    A ``UserError`` comes back as ``("user_error", message)`` so that the driver prints the
+    same one line as without Ray (a raised one would arrive wrapped in Ray's traceback).
+    """
+    import torch
+
+    from flexpl.engine.executor import WORKERS_ENV
+
+    torch.set_num_threads(cpus)  # a worker process serves many tasks: set both every time
+    os.environ[WORKERS_ENV] = str(cpus)
+    try:
+        return "ok", fn(*args)
+    except UserError as exc:
+        return "user_error", str(exc)
+
+
+def run_tasks(ray: Any, tasks: Sequence[Task], on_done: Callable[[Hashable, Any], None]) -> None:
+    """Submit every task at once; call ``on_done(key, result)`` in the driver as each one finishes.
+
+    A task's ``UserError`` is raised here as a :class:`TaskError` (after which the remaining tasks
+    are cancelled, as they are on Ctrl-C); a task asking for more CPUs than any node has is a
+    :class:`TaskError` before anything runs, since Ray would wait for such a node forever.
+    """
+    if not tasks:
+        return
+    most = largest_node_cpus(ray)
+    for t in tasks:
+        if t.cpus > most:
+            raise TaskError(t.key, f"asks for {t.cpus} CPUs (engine.workers) but the largest Ray node has "
+                                   f"{most:g}; lower engine.workers, or give the local Ray more with --jobs")
+    remote = ray.remote(_in_worker)
+    pending = {remote.options(num_cpus=t.cpus).remote(t.fn, t.cpus, *t.args): t for t in tasks}
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                t = pending.pop(ref)
+                status, value = ray.get(ref)
+                if status == "user_error":
+                    raise TaskError(t.key, value)
+                on_done(t.key, value)
+    finally:
+        for ref in pending:  # an error or Ctrl-C: drop what has not finished (cell folders stay resumable)
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)

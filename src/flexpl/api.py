@@ -285,21 +285,17 @@ def _simulate_sim(scn: Scenario, out: str | Path | None, on_round: Callable[[dic
             raise UserError("resume: give out, the folder of the stopped run")
         result = run(scn, on_round=on_round, st=st)
         return Result(result.rounds, result.summary, {}, scn)
-    from flexpl.cli import timeline_rows
     from flexpl.engine import checkpoint
     from flexpl.engine.core import Diverged
-    from flexpl.results import begin_run, prepare_out_dir, write_csv, write_run, write_yaml
+    from flexpl.results import RunWriter, prepare_out_dir
 
     folder = prepare_out_dir(out)
     if resume:
         checkpoint.load(folder / checkpoint.FILENAME, scn.digest())
-    begin_run(folder, scn.digest(), resume=resume)
-    write_yaml(folder / "config.yaml", scn.resolved())
-    rows: list[dict[str, Any]] = []
+    writer = RunWriter(folder, scn.digest(), scn.resolved()).begin(resume=resume)
 
     def each(row: dict[str, Any]) -> None:
-        rows.append(row)
-        write_csv(folder / "rounds.csv", rows)
+        writer.round(row)  # rounds completed so far survive a crash
         if on_round:
             on_round(row)
 
@@ -307,11 +303,11 @@ def _simulate_sim(scn: Scenario, out: str | Path | None, on_round: Callable[[dic
         result = run(scn, on_round=each, st=st, keep_traces=True, checkpoint_dir=folder, resume=resume)
     except Diverged as exc:
         if exc.summary is not None:
-            write_run(folder, exc.summary, exc.rows, scn.resolved())
+            writer.finish(exc.summary, exc.rows)
         raise
     if result.traces:
-        write_csv(folder / "timeline.csv", timeline_rows(*result.traces[-1], round_index=len(result.rounds)))
-    write_run(folder, result.summary, result.rounds, scn.resolved())
+        writer.timeline(*result.traces[-1], round_index=len(result.rounds))
+    writer.finish(result.summary, result.rounds)
     return Result(result.rounds, result.summary, _paths(folder), scn)
 
 

@@ -112,6 +112,8 @@ def test_dataset_objects_and_registered_names(tmp_path):
     assert s2["plan"]["stages"][0]["blocks"] == [0, 2]  # cuts=["b2"]: the child named 2
     with pytest.raises(UserError, match=r"plan.cut: this model may be cut at blocks 2 only"):
         flexpl.simulate(flexpl.load_scenario(scn2, overrides={"plan.cut": 1}))
+    with pytest.raises(UserError, match="register_model: 'mlp' is a built-in model"):
+        flexpl.register_model("mlp", _seq)
     from flexpl.planner import cost_candidates
 
     planner, cands, _ = cost_candidates(scn2)  # flexpl plan: only the allowed cut, and no noise about the rest

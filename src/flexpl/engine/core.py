@@ -171,7 +171,7 @@ class VecChunk:
 class Engine:
     """Run state of a plan on a topology, and the operations rounds are built from."""
 
-    # the training loss and the FedAvg stages' aggregation rule (set per run by flexpl.engine.configure)
+    # the training loss and the FedAvg stages' aggregation rule (set per run by flexpl.engine.extend.configure)
     loss_fn: Loss = CROSS_ENTROPY
     aggregator: Aggregator = FedAvg()
     # FedProx: (stage, replica) -> the weights it last downloaded (only when aggregator.proximal)

@@ -170,6 +170,8 @@ def register_model(name: str, fn: Callable[..., Any], *, cuts: Sequence[int | st
         raise UserError(f"register_model: name must be a non-empty string without ':', got {name!r}")
     if not callable(fn):
         raise UserError(f"register_model: fn for '{name}' is not callable")
+    if name in ZOO and name not in REGISTERED:
+        raise UserError(f"register_model: '{name}' is a built-in model; choose another name")
     cut_list = tuple(cuts) if cuts is not None else None
     if default_cut is None and cut_list:
         default_cut = cut_list[0]

@@ -1,0 +1,388 @@
+"""The shape walk: one round of a plan recorded action by action from shapes alone."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
+    from flexpl.costs.trace import Recorder, Trace
+    from flexpl.planner.context import PlanContext
+
+
+@dataclass
+class _Rep:
+    """A replica as the walk sees it: where it lives and the event after which its weights are current."""
+
+    host: str
+    last_update: int | None = None
+
+
+@dataclass
+class Compressed:
+    """A round's trace with runs of identical blocks kept once (see [Note: compressed rounds]).
+
+    ``blocks[b] = [lo, hi, extra]``: actions ``lo..hi-1`` form one block, followed by
+    ``extra`` copies of it; a copy depends on the copy before it where the block depends on
+    the block before it (``lo - (hi - lo) .. lo - 1``), and later actions see the last copy.
+    ``split`` is where the end-of-round upload starts (``len(trace)`` without one).
+    """
+
+    trace: Trace
+    blocks: list[list[int]]
+    split: int
+    activations: dict[tuple[int, int], int] = field(default_factory=dict)  # (stage, replica) -> max saved bytes
+
+    def repeat(self) -> list[int]:
+        """How many times each recorded action happens in the round."""
+        rep = [1] * len(self.trace)
+        for lo, hi, extra in self.blocks:
+            if extra:
+                rep[lo:hi] = [1 + extra] * (hi - lo)
+        return rep
+
+
+class ShapeWalk:
+    """Records, from shapes alone, the actions the engine records for one round of a plan.
+
+    Mirrors ``Engine.train_step``, ``download``, ``upload``, ``relay`` and ``collect`` and the
+    order of ``simulator.train_round``/``_play_round`` (without failures): the same
+    ``Recorder`` calls with the same FLOPs, bytes, dependencies and labels, so the trace
+    is the simulator's (tests compare them action by action). Only the tensors are gone.
+    """
+
+    def __init__(self, ctx: PlanContext) -> None:
+        from flexpl.costs.trace import Recorder
+
+        self.ctx = ctx
+        self.rec: Recorder = Recorder(ctx.topo)
+        self.reps = [[_Rep(r.host) for r in reps] for reps in ctx.layout.replicas]
+        self.global_ev: dict[Any, int | None] = {}
+        for s in ctx.fed_round + ctx.fed_step:  # per stage, or per (stage, group head) for sync scope "group"
+            if ctx.layout.grouped(s):
+                self.global_ev.update({(s, a): None for a in ctx.layout.agg_of[s].values()})
+            else:
+                self.global_ev[s] = None
+        self.stream_ready: dict[str, int | None] = {}
+        self.relay_holder: str | None = None
+        self.blocks: list[list[int]] = []
+        self.activations: dict[tuple[int, int], int] = {}
+
+    # -------------------------------------------------------------- engine operations
+
+    def step(self, batch: Sequence[tuple[str, int]]) -> None:
+        """``Engine.train_step`` for ``batch`` = [(node, batch size)], in batch order."""
+        c, rec = self.ctx, self.rec
+        serves = c.layout.serves
+        last = len(c.stages) - 1
+        sizes_of = dict(batch)
+        carry = {n: ((b, *c.in_shape), c.x_esize, n, self.stream_ready.get(n)) for n, b in batch}
+        saved: list[list[tuple]] = [[] for _ in c.stages]
+        for s in range(len(c.stages)):
+            groups: dict[int, list[str]] = {}
+            for m in carry:
+                groups.setdefault(serves[s][m], []).append(m)
+            dim = 1 if (c.features and s == c.junction_stage) else 0
+            new_carry = {}
+            for ridx, members in groups.items():
+                rep = self.reps[s][ridx]
+                label = f"s{s}r{ridx}"
+                evs = [rep.last_update]
+                parts = []
+                for m in members:
+                    shape, esize, loc, ev = carry[m]
+                    evs.append(rec.transfer(loc, rep.host, math.prod(shape) * esize, [ev],
+                                            "input" if s == 0 else "activation", label))
+                    parts.append(shape)
+                inp = parts[0] if len(parts) == 1 else _cat(parts, dim)
+                pr = c.probe(s, inp)
+                fwd_ev = rec.compute(rep.host, pr.fwd, evs, "fwd", label)
+                key = (s, ridx)
+                if pr.saved_bytes > self.activations.get(key, -1):
+                    self.activations[key] = pr.saved_bytes
+                out_keys = members[:1] if dim == 1 else members
+                sizes = [p[dim] for p in parts]
+                labels = []
+                if s == last:  # labels travel from their owner to the loss
+                    for m in out_keys:
+                        labels.append(rec.transfer(m, rep.host, sizes_of[m] * c.y_esize,
+                                                   [self.stream_ready.get(m)], "labels", label))
+                saved[s].append((rep, ridx, inp, members, out_keys, sizes, dim, fwd_ev, pr.bwd, labels))
+                if len(out_keys) == 1:
+                    new_carry[out_keys[0]] = (pr.out_shape, pr.out_esize, rep.host, fwd_ev)
+                else:
+                    for m, n in zip(out_keys, sizes):
+                        new_carry[m] = ((n, *pr.out_shape[1:]), pr.out_esize, rep.host, fwd_ev)
+            carry = new_carry
+
+        pending: dict[str, tuple] = {}
+        for s in range(last, -1, -1):
+            next_pending = {}
+            for rep, ridx, inp, members, out_keys, sizes, dim, fwd_ev, f_bwd, labels in saved[s]:
+                label = f"s{s}r{ridx}"
+                if s == last:
+                    evs = [fwd_ev, *labels]
+                elif c.out_grad[s]:
+                    evs = [fwd_ev]
+                    for m in out_keys:
+                        g_shape, g_esize, loc, gev = pending[m]
+                        evs.append(rec.transfer(loc, rep.host, math.prod(g_shape) * g_esize, [gev], "gradient",
+                                                label))
+                else:  # a stage with no parameters fed by raw data: nothing flows back
+                    for m in members:
+                        self.stream_ready[m] = fwd_ev
+                    continue
+                bwd_ev = rec.compute(rep.host, f_bwd + c.opt_flops[s], evs, "bwd", label)
+                rep.last_update = bwd_ev
+                if c.input_grad[s]:
+                    for m, n in zip(members, sizes):
+                        piece = inp if len(members) == 1 else _with(inp, dim, n)
+                        next_pending[m] = (piece, c.act_esize, rep.host, bwd_ev)
+                else:
+                    for m in members:
+                        self.stream_ready[m] = bwd_ev
+            pending = next_pending
+
+    def download(self, s: int, names: Sequence[str]) -> None:
+        """``Engine.download`` of stage ``s`` to the replicas serving ``names``."""
+        layout = self.ctx.layout
+        if layout.grouped(s):  # Engine._download_group: by group head, in order of first appearance
+            ridxs = self._participants(s, names)
+            for a in dict.fromkeys(layout.agg_of[s][r] for r in ridxs):
+                for ridx in (r for r in ridxs if layout.agg_of[s][r] == a):
+                    rep = self.reps[s][ridx]
+                    rep.last_update = self.rec.transfer(a, rep.host, self.ctx.state_bytes[s],
+                                                        [self.global_ev[(s, a)], rep.last_update], "weights", f"s{s}")
+            return
+        agg = self.ctx.layout.aggregators[s]
+        for ridx in self._participants(s, names):
+            rep = self.reps[s][ridx]
+            rep.last_update = self.rec.transfer(agg, rep.host, self.ctx.state_bytes[s],
+                                                [self.global_ev[s], rep.last_update], "weights", f"s{s}")
+
+    def upload(self, s: int, names: Sequence[str]) -> None:
+        """``Engine.upload`` of stage ``s`` from the replicas serving ``names``, then the average."""
+        from flexpl.costs.flops import fedavg_flops
+
+        layout = self.ctx.layout
+        if layout.grouped(s):  # Engine._upload_group: each to its group head, then one average per head
+            ridxs = self._participants(s, names)
+            evs = {r: self.rec.transfer(self.reps[s][r].host, layout.agg_of[s][r], self.ctx.state_bytes[s],
+                                        [self.reps[s][r].last_update], "weights", f"s{s}") for r in ridxs}
+            for a in dict.fromkeys(layout.agg_of[s][r] for r in ridxs):
+                mine = [evs[r] for r in ridxs if layout.agg_of[s][r] == a]
+                self.global_ev[(s, a)] = self.rec.compute(a, fedavg_flops(len(mine), self.ctx.float_elements[s]),
+                                                          mine, "aggregate", f"s{s}")
+            return
+        agg = self.ctx.layout.aggregators[s]
+        evs = [self.rec.transfer(self.reps[s][ridx].host, agg, self.ctx.state_bytes[s],
+                                 [self.reps[s][ridx].last_update], "weights", f"s{s}")
+               for ridx in self._participants(s, names)]
+        if evs:
+            self.global_ev[s] = self.rec.compute(agg, fedavg_flops(len(evs), self.ctx.float_elements[s]), evs,
+                                                 "aggregate", f"s{s}")
+
+    def relay(self, to_node: str) -> None:
+        """``Engine.relay``: hand every relay stage's weights from the holder to ``to_node``."""
+        holder, self.relay_holder = self.relay_holder, to_node
+        if holder is None or holder == to_node:
+            return
+        serves = self.ctx.layout.serves
+        for s, st in enumerate(self.ctx.stages):
+            if st.sync.kind != "relay":
+                continue
+            src, dst = self.reps[s][serves[s][holder]], self.reps[s][serves[s][to_node]]
+            dst.last_update = self.rec.transfer(src.host, dst.host, self.ctx.state_bytes[s],
+                                                [src.last_update, dst.last_update], "weights", f"s{s}")
+
+    def collect(self, dst: str) -> None:
+        """``Engine.collect``: every data node ships its raw samples, then its labels, to ``dst``."""
+        c = self.ctx
+        for n in c.data_nodes:
+            self.rec.transfer(n, dst, c.samples[n] * math.prod(c.in_shape) * c.x_esize, [], "data", "data")
+            self.rec.transfer(n, dst, c.samples[n] * c.y_esize, [], "data", "data")
+
+    def _participants(self, s: int, names: Sequence[str]) -> list[int]:
+        serves = self.ctx.layout.serves[s]
+        return sorted({serves[n] for n in names})
+
+    # -------------------------------------------------------------- one round, compressed
+
+    def _pattern(self) -> tuple[bool, ...]:
+        """Which engine events are unset: with the same blocks to walk, the same pattern means the same program."""
+        return (tuple(r.last_update is None for reps in self.reps for r in reps)
+                + tuple(v is None for v in self.global_ev.values())
+                + tuple(self.stream_ready.get(n) is None for n in self.ctx.train_nodes))
+
+    def _block(self, fn: Callable[[], None]) -> None:
+        lo = len(self.rec.trace)
+        fn()
+        if len(self.rec.trace) > lo:
+            self.blocks.append([lo, len(self.rec.trace), 0])
+
+    def _run(self, count: int, fn: Callable[[], None]) -> None:
+        """Walk ``count`` identical blocks; once one repeats the block before it, count the rest as copies."""
+        prev: tuple[int, int, tuple] | None = None
+        for i in range(count):
+            pattern = self._pattern()
+            lo = len(self.rec.trace)
+            fn()
+            hi = len(self.rec.trace)
+            if prev is not None and prev[2] == pattern and self._same(prev[0], lo, hi):
+                self.blocks.append([lo, hi, count - 1 - i])
+                return
+            self.blocks.append([lo, hi, 0])
+            prev = (lo, hi, pattern)
+
+    def _same(self, a: int, b: int, hi: int) -> bool:
+        """Blocks ``a..b-1`` and ``b..hi-1`` hold the same actions, and the second depends only on
+        itself, on the first, or on the same earlier events as the first."""
+        n = hi - b
+        if b - a != n:
+            return False
+        t = self.rec.trace
+        for col in (t.kind, t.resource, t.duration, t.amount, t.what, t.label, t.src, t.dst):
+            if col[a:b] != col[b:hi]:
+                return False
+        for j in range(n):
+            da, db = t.deps[a + j], t.deps[b + j]
+            if len(da) != len(db):
+                return False
+            inner_a = {d - a for d in da if d >= a}
+            inner_b = {d - b for d in db if d >= b}
+            if inner_a != inner_b or any(d < a and d not in da for d in db):
+                return False
+        return True
+
+    def walk(self, selected: Sequence[str], download: bool, collect: bool) -> Compressed:
+        """Record one round: collect (centralized, round 1), download, the steps, the upload."""
+        c = self.ctx
+        if collect:
+            self._block(lambda: self.collect(c.topo.server))
+        if download:
+            self._block(lambda: self._sync("download", c.fed_round + c.fed_step, selected))
+        sizes = {n: c.batches[n] for n in selected}
+        node_major = c.independent_paths and not c.fed_step
+        for kind, count, payload in _step_blocks(c.plan.schedule, list(selected), sizes, c.fed_step_every,
+                                                 node_major):
+            if kind == "relay":
+                self._block(lambda n=payload: self.relay(n))
+            else:
+                self._run(count, lambda steps=payload: self._steps(steps))
+        split = len(self.rec.trace)
+        self._block(lambda: self._sync("upload", c.fed_round, selected))
+        return Compressed(self.rec.trace, self.blocks, split, dict(self.activations))
+
+    def _sync(self, what: str, stages: list[int], names: Sequence[str]) -> None:
+        for s in stages:
+            getattr(self, what)(s, names)
+
+    def _steps(self, steps: tuple) -> None:
+        c = self.ctx
+        for batch, syncs in steps:
+            self.step(batch)
+            names = [n for n, _ in batch]
+            for s, due in zip(c.fed_step, syncs):
+                if due:  # step-level FedAvg, as train_round does it
+                    self.upload(s, names)
+                    self.download(s, names)
+
+
+def _cat(shapes: list[tuple[int, ...]], dim: int) -> tuple[int, ...]:
+    first = shapes[0]
+    return (*first[:dim], sum(s[dim] for s in shapes), *first[dim + 1:])
+
+
+def _with(shape: tuple[int, ...], dim: int, n: int) -> tuple[int, ...]:
+    return (*shape[:dim], n, *shape[dim + 1:])
+
+
+def _step_blocks(schedule: str, selected: list[str], sizes: dict[str, list[int]],
+                 sync_every: list[int], node_major: bool = False) -> list[tuple[str, int, Any]]:
+    """The round's blocks in program order, runs of equal ones merged: (``"steps"``, count, steps) or (``"relay"``, 1, node).
+
+    A block is one joint step (lockstep), one node's step (sequential, or lockstep in
+    ``train_round``'s node-major order when no replica is shared) or one turn of every node
+    still training (round_robin); a step is ((node, batch size), ...) plus which step-level
+    syncs fall due after it.
+    """
+    if not sync_every:
+        return _step_runs(schedule, selected, sizes, node_major)
+    joint = 0
+
+    def due() -> tuple[bool, ...]:
+        nonlocal joint
+        joint += 1
+        return tuple(joint % k == 0 for k in sync_every)
+
+    def one(batch: tuple[tuple[str, int], ...]) -> tuple:
+        return batch, due()
+
+    blocks: list[tuple[str, Any]] = []
+    if schedule == "sequential":
+        for n in selected:
+            blocks.append(("relay", n))
+            for b in sizes[n]:
+                blocks.append(("steps", (one(((n, b),)),)))
+    elif schedule == "lockstep" and node_major:  # [Note: node-major order] in engine/simulator.py
+        for n in selected:
+            for b in sizes[n]:
+                blocks.append(("steps", (one(((n, b),)),)))
+    elif schedule == "round_robin":
+        cursor = dict.fromkeys(selected, 0)
+        while any(cursor[n] < len(sizes[n]) for n in selected):
+            turn = []
+            for n in selected:
+                if cursor[n] < len(sizes[n]):
+                    turn.append(one(((n, sizes[n][cursor[n]]),)))
+                    cursor[n] += 1
+            blocks.append(("steps", tuple(turn)))
+    else:
+        for t in range(max(len(b) for b in sizes.values())):
+            blocks.append(("steps", (one(tuple((n, sizes[n][t]) for n in selected if t < len(sizes[n]))),)))
+    out: list[tuple[str, int, Any]] = []
+    for kind, payload in blocks:
+        if kind == "steps" and out and out[-1][0] == "steps" and out[-1][2] == payload:
+            out[-1] = ("steps", out[-1][1] + 1, payload)
+        else:
+            out.append((kind, 1, payload))
+    return out
+
+
+def _step_runs(schedule: str, selected: list[str], sizes: dict[str, list[int]],
+               node_major: bool) -> list[tuple[str, int, Any]]:
+    """:func:`_step_blocks` without step-level syncs, from where batch sizes change instead of step by step."""
+    from itertools import groupby
+
+    out: list[tuple[str, int, Any]] = []
+
+    def add(count: int, payload: tuple) -> None:
+        if out and out[-1][0] == "steps" and out[-1][2] == payload:
+            out[-1] = ("steps", out[-1][1] + count, payload)
+        else:
+            out.append(("steps", count, payload))
+
+    if schedule == "sequential" or (schedule == "lockstep" and node_major):
+        for n in selected:
+            if schedule == "sequential":
+                out.append(("relay", 1, n))
+            for b, same in groupby(sizes[n]):
+                add(len(list(same)), ((((n, b),), ()),))
+        return out
+    # lockstep or round_robin: step (turn) t holds every node with more than t batches
+    cuts = {0}
+    for n in selected:
+        t = 0
+        for _, same in groupby(sizes[n]):
+            t += len(list(same))
+            cuts.add(t)
+    bounds = sorted(cuts)
+    for a, b in zip(bounds, bounds[1:]):
+        batch = tuple((n, sizes[n][a]) for n in selected if a < len(sizes[n]))
+        if schedule == "round_robin":
+            add(b - a, tuple(((x,), ()) for x in batch))
+        else:
+            add(b - a, ((batch, ()),))
+    return out

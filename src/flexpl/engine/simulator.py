@@ -22,10 +22,11 @@ import torch
 
 from flexpl import __version__
 from flexpl.config import Scenario
+from flexpl.costs.clock import schedule
 from flexpl.costs.evaluation import eval_flops
 from flexpl.costs.flops import count_fwd_bwd
 from flexpl.costs.profiles import device_profile, link_profile
-from flexpl.costs.trace import COMPUTE, Event, Recorder, Totals, Trace, bill, schedule
+from flexpl.costs.trace import COMPUTE, Event, Recorder, Totals, Trace, bill
 from flexpl.data import Dataset, load_data, partition, summarize
 from flexpl.data.partition import validation_split
 from flexpl.engine import checkpoint, executor, failures

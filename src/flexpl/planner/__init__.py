@@ -37,7 +37,7 @@ scheduling the whole round only while no action overtakes an earlier block's act
 the same resource: the clock checks this, merges the blocks when it happens, and where
 it cannot (SplitFed devices lapping each other at a shared server, raw inputs streaming
 ahead of the model), or once it has unrolled an eighth of the round without settling, it
-schedules the whole round with the simulator's own loop (``costs.trace.sweep``, which
+schedules the whole round with the simulator's own loop (``costs.clock.sweep``, which
 ``schedule`` runs), straight from the compressed form: the copies of a block share one
 list of successors, as offsets (``_FlatRound``). The round without its upload runs the
 same until the first upload action is taken; it goes on from there (``_FlatRound.resume``).
@@ -45,6 +45,8 @@ Makespans are clocked only for the rounds a plan has (``WalkedRound.clock``).
 """
 
 
+from flexpl.costs.clock import _FlatRound, _slice, flat_makespans
+from flexpl.costs.clock_blocks import _Clock, _components, expand, makespans
 from flexpl.errors import UserError
 from flexpl.planner.candidates import SYNC_EVERY, Candidate, candidate_data, enumerate_candidates
 from flexpl.planner.choose import (
@@ -57,15 +59,6 @@ from flexpl.planner.choose import (
     Constraint,
     choose,
     parse_constraint,
-)
-from flexpl.planner.clock import (
-    _Clock,
-    _components,
-    _FlatRound,
-    _slice,
-    expand,
-    flat_makespans,
-    makespans,
 )
 from flexpl.planner.context import PlanContext, RoundCost, WalkedRound
 from flexpl.planner.output import (
@@ -80,13 +73,21 @@ from flexpl.planner.output import (
 )
 from flexpl.planner.predict import Planner, Prediction
 from flexpl.planner.shapes import StageCosts, StageProbe, batch_sizes, saved_activation_bytes
-from flexpl.planner.walk import Compressed, ShapeWalk, _step_blocks, _step_runs
+from flexpl.planner.walk import ShapeWalk, _step_blocks, _step_runs
 
 __all__ = [
     "BOOL_COLUMNS", "CSV_COLUMNS", "ID_COLUMNS", "MEMORY_FITS", "NUMERIC_COLUMNS", "OBJECTIVES", "SYNC_EVERY",
-    "Candidate", "Compressed", "Constraint", "PlanContext", "Planner", "Prediction", "RoundCost", "ShapeWalk",
+    "Candidate", "Constraint", "PlanContext", "Planner", "Prediction", "RoundCost", "ShapeWalk",
     "StageCosts", "StageProbe", "UserError", "WalkedRound", "_Clock", "_FlatRound", "_components", "_slice",
     "_step_blocks", "_step_runs", "_table", "add_arguments", "batch_sizes", "candidate_data", "choose",
     "cost_candidates", "enumerate_candidates", "expand", "flat_makespans", "main", "makespans", "parse_constraint",
     "plan_scenario", "plot_pareto", "saved_activation_bytes", "validate", "write_best",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "Compressed":  # moved to costs.trace (which imports numpy: kept out of ``flexpl --help``)
+        from flexpl.costs.trace import Compressed
+
+        return Compressed
+    raise AttributeError(f"module 'flexpl.planner' has no attribute {name!r}")

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
-    from flexpl.costs.trace import Totals, Trace
+    from flexpl.costs.trace import Compressed, Totals, Trace
     from flexpl.plan import Layout, Plan
     from flexpl.topology import Topology
-from flexpl.planner.clock import _Clock, _FlatRound, flat_makespans
+from flexpl.costs.clock import _FlatRound, flat_makespans
+from flexpl.costs.clock_blocks import _Clock
 from flexpl.planner.shapes import StageCosts, StageProbe
-from flexpl.planner.walk import Compressed
 
 
 @dataclass

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
-    from flexpl.costs.trace import Recorder, Trace
+    from flexpl.costs.trace import Compressed, Recorder
     from flexpl.planner.context import PlanContext
 
 
@@ -18,30 +18,6 @@ class _Rep:
 
     host: str
     last_update: int | None = None
-
-
-@dataclass
-class Compressed:
-    """A round's trace with runs of identical blocks kept once (see [Note: compressed rounds]).
-
-    ``blocks[b] = [lo, hi, extra]``: actions ``lo..hi-1`` form one block, followed by
-    ``extra`` copies of it; a copy depends on the copy before it where the block depends on
-    the block before it (``lo - (hi - lo) .. lo - 1``), and later actions see the last copy.
-    ``split`` is where the end-of-round upload starts (``len(trace)`` without one).
-    """
-
-    trace: Trace
-    blocks: list[list[int]]
-    split: int
-    activations: dict[tuple[int, int], int] = field(default_factory=dict)  # (stage, replica) -> max saved bytes
-
-    def repeat(self) -> list[int]:
-        """How many times each recorded action happens in the round."""
-        rep = [1] * len(self.trace)
-        for lo, hi, extra in self.blocks:
-            if extra:
-                rep[lo:hi] = [1 + extra] * (hi - lo)
-        return rep
 
 
 class ShapeWalk:
@@ -258,6 +234,8 @@ class ShapeWalk:
 
     def walk(self, selected: Sequence[str], download: bool, collect: bool) -> Compressed:
         """Record one round: collect (centralized, round 1), download, the steps, the upload."""
+        from flexpl.costs.trace import Compressed
+
         c = self.ctx
         if collect:
             self._block(lambda: self.collect(c.topo.server))

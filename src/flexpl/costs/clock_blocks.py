@@ -1,15 +1,20 @@
-"""The planner's clocks: block by block with jumps over periodic copies, or the whole round at once."""
+"""The planner's block clock: a compressed round scheduled block by block, jumping over periodic copies.
+
+See [Note: compressed rounds] in ``flexpl/planner/__init__.py``. Where the block clock
+cannot be exact it gives up (returns None) and the whole-round clock
+(:class:`flexpl.costs.clock._FlatRound`, the simulator's own loop) schedules the round.
+"""
 
 from __future__ import annotations
 
-import heapq
 import math
 import operator
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
-    from flexpl.costs.trace import Trace
-from flexpl.planner.walk import Compressed
+if TYPE_CHECKING:
+    from flexpl.costs.trace import Compressed, Trace
+
+from flexpl.costs.clock import _FlatRound, flat_makespans, schedule_range
 
 
 def _components(t: Trace, lo: int, hi: int) -> list[tuple[list[int], set[str]]]:
@@ -140,8 +145,6 @@ class _Clock:
         """Schedule actions ``lo..hi-1`` after the earlier ones; merge with earlier blocks an action
         overtakes. Returns the index of the unit they ended up in, or None when that would mean
         rescheduling a jumped block or more than ``MAX_MERGE`` blocks together."""
-        from flexpl.costs.trace import schedule_range
-
         if self.max_unrolled is not None and hi > self.max_unrolled:
             return None
         self.units.append((lo, dict(self.free), dict(self.maxr), 1))
@@ -268,124 +271,6 @@ def expand(ct: Compressed) -> tuple[Trace, int]:
     return clk.w, (len(clk.w) if split is None else split)
 
 
-def _slice(t: Trace, lo: int, hi: int) -> Trace:
-    from flexpl.costs.trace import Trace
-
-    return Trace(**{name: getattr(t, name)[lo:hi] for name in Trace.__dataclass_fields__})
-
-
-class _FlatRound:
-    """A compressed round unrolled into int-coded arrays, in :func:`expand`'s order, for the whole-round clock.
-
-    The simulator's clock (``schedule`` from time 0): the same loop, ``costs.trace.sweep``,
-    takes actions in order of (ready time, place in the round), each resource first come
-    first served, so the times are the simulator's to the last bit (a test checks). Only
-    the representation differs: resources are numbered, and a copy of a repeated block
-    lists its successors as the block's offsets from the copy's start (``base[i] + o`` for
-    ``o`` in ``succ[i]``), so unrolling a copy allocates nothing per action. Actions of the
-    last copy and of blocks that do not repeat list theirs in full (``base[i] = 0``),
-    including those in later blocks.
-    """
-
-    def __init__(self, ct: Compressed) -> None:
-        t = ct.trace
-        codes: dict[str, int] = {}
-        rcode = [codes.setdefault(r, len(codes)) for r in t.resource]
-        self.n_res = len(codes)
-        res: list[int] = []
-        dur: list[float] = []
-        succ: list[list[int]] = []
-        bases: list[int] = []
-        indeg: list[int] = []
-        roots: list[int] = []
-        id_map = [0] * len(t)
-        split = None
-        deps = t.deps
-        for lo, hi, extra in ct.blocks:
-            if lo >= ct.split and split is None:
-                split = len(res)
-            n = hi - lo
-            rs, ds = rcode[lo:hi], t.duration[lo:hi]
-            # successors inside a copy, and in the next copy too (a dependency on the block
-            # before is one on the copy before), as offsets from the copy's start
-            inner: list[list[int]] = [[] for _ in range(n)]
-            both: list[list[int]] = [[] for _ in range(n)]
-            deg = [len(deps[i]) for i in range(lo, hi)]
-            free = [j for j in range(n) if not deg[j]]
-            ext0: list[tuple[int, int]] = []  # (offset, earlier action) the first copy depends on
-            extk: list[tuple[int, int]] = []  # the same for later copies: before the copy before
-            for j in range(n):
-                for d in deps[lo + j]:
-                    if d >= lo:
-                        inner[d - lo].append(j)
-                        both[d - lo].append(j)
-                    else:
-                        ext0.append((j, id_map[d]))
-                        if d >= lo - n:
-                            both[d - lo + n].append(n + j)
-                        else:
-                            extk.append((j, id_map[d]))
-            for k in range(extra + 1):
-                base = len(res)
-                res.extend(rs)
-                dur.extend(ds)
-                indeg.extend(deg)
-                roots.extend([base + j for j in free])
-                if k < extra:
-                    succ.extend(both)
-                    bases.extend([base] * n)
-                else:  # the last copy: absolute ids, so that later blocks can add theirs
-                    succ.extend([[base + o for o in tpl] for tpl in inner])
-                    bases.extend([0] * n)
-                for j, g in (extk if k else ext0):
-                    succ[g].append(base + j)  # g is in a last copy or a block that does not repeat
-            last = len(res) - n
-            for i in range(lo, hi):
-                id_map[i] = last + i - lo
-        self.res, self.dur, self.succ, self.base, self.indeg = res, dur, succ, bases, indeg
-        self.split = len(res) if split is None else split
-        self.fork: tuple | None = None  # see run()
-        self.roots = roots  # actions that depend on nothing, in order
-
-    def run(self, n: int, fork: int | None = None) -> tuple[list[float], list[float]]:
-        """End and ready times of the first ``n`` actions scheduled on their own (``n`` = all or the split).
-
-        With ``fork``, the state just before the first action at or after ``fork`` is taken
-        is kept in ``self.fork``: up to there, the round without its upload runs the same
-        (see :meth:`resume`).
-        """
-        indeg = self.indeg[:n]
-        ready = [0.0] * n
-        end = [0.0] * n
-        heap = [(0.0, i) for i in self.roots if i < n]  # in order: already a heap
-        self._sweep(heap, ready, end, [0.0] * self.n_res, indeg, self._successors(n), n if fork is None else fork)
-        return end, ready
-
-    def resume(self) -> list[float]:
-        """End times of the actions before the split, scheduled without the upload, from ``self.fork``."""
-        assert self.fork is not None
-        heap, ready, end, free, indeg = self.fork
-        self.fork = None  # the sweep below uses it up
-        split = self.split
-        heap = [x for x in heap if x[1] < split]
-        heapq.heapify(heap)
-        self._sweep(heap, ready, end, free, indeg, self._successors(split), len(self.res))
-        return end[:split]
-
-    def _successors(self, n: int) -> list[list[int]]:
-        if n == len(self.res):
-            return self.succ
-        return [s if not s or b or s[-1] < n else [j for j in s if j < n] for s, b in zip(self.succ[:n], self.base)]
-
-    def _sweep(self, heap: list[tuple[float, int]], ready: list[float], end: list[float], free: list[float],
-               indeg: list[int], succ: list[list[int]], fork: int) -> None:
-        from flexpl.costs.trace import sweep
-
-        kept = sweep(heap, self.res, self.dur, succ, self.base, indeg, ready, None, end, free, fork)
-        if kept is not None:  # the first upload action: keep the state for resume()
-            self.fork = kept
-
-
 def makespans(ct: Compressed) -> tuple[float, float, bool]:
     """Makespan of the round without and with its upload, and whether the fast clock was exact alone."""
     got = _Clock(ct).run()
@@ -394,32 +279,3 @@ def makespans(ct: Compressed) -> tuple[float, float, bool]:
     t_prefix, t_full = flat_makespans(_FlatRound(ct), (True, True))
     assert t_prefix is not None and t_full is not None
     return t_prefix, t_full, False
-
-
-def flat_makespans(flat: _FlatRound, need: tuple[bool, bool]) -> tuple[float | None, float | None]:
-    """Makespans of the round without and with its upload, each scheduled over the whole round.
-
-    ``need`` says which of the two are wanted; the other comes back as None unless it
-    costs nothing extra (the upload went behind every training action on its resources).
-    """
-    n, split = len(flat.res), flat.split
-    if not need[1]:
-        if flat.fork is not None:  # the round with its upload was clocked: go on from where they part
-            return max(flat.resume(), default=0.0), None
-        t_prefix = max(flat.run(split)[0], default=0.0)
-        return t_prefix, (t_prefix if split == n else None)  # no upload: both are the same
-    end, ready = flat.run(n, fork=split)
-    t_full = max(end, default=0.0)
-    if split == n:
-        return t_full, t_full
-    # without the upload the rest runs the same, unless an upload went ahead of a training
-    # action on some node or link (then the round without it is scheduled on its own)
-    import numpy as np
-
-    res, rdy = np.asarray(flat.res[:split]), np.asarray(ready[:split])
-    last = {r: rdy[res == r].max(initial=-math.inf) for r in set(flat.res[split:])}
-    if all(ready[i] >= last[flat.res[i]] for i in range(split, n)):
-        return max(end[:split], default=0.0), t_full
-    if not need[0]:
-        return None, t_full
-    return max(flat.resume(), default=0.0), t_full

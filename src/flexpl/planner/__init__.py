@@ -73,13 +73,13 @@ from flexpl.planner.output import (
 )
 from flexpl.planner.predict import Planner, Prediction
 from flexpl.planner.shapes import StageCosts, StageProbe, batch_sizes, saved_activation_bytes
-from flexpl.planner.walk import ShapeWalk, _step_blocks, _step_runs
+from flexpl.planner.walk import ShapeWalk
 
 __all__ = [
     "BOOL_COLUMNS", "CSV_COLUMNS", "ID_COLUMNS", "MEMORY_FITS", "NUMERIC_COLUMNS", "OBJECTIVES", "SYNC_EVERY",
     "Candidate", "Constraint", "PlanContext", "Planner", "Prediction", "RoundCost", "ShapeWalk",
     "StageCosts", "StageProbe", "UserError", "WalkedRound", "_Clock", "_FlatRound", "_components", "_slice",
-    "_step_blocks", "_step_runs", "_table", "add_arguments", "batch_sizes", "candidate_data", "choose",
+    "_table", "add_arguments", "batch_sizes", "candidate_data", "choose",
     "cost_candidates", "enumerate_candidates", "expand", "flat_makespans", "main", "makespans", "parse_constraint",
     "plan_scenario", "plot_pareto", "saved_activation_bytes", "validate", "write_best",
 ]

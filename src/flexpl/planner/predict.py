@@ -157,22 +157,22 @@ class Planner:
         return ctx
 
     def round_kinds(self, ctx: PlanContext) -> Counter:
-        """How many rounds of each kind the scenario runs: (clients, download first, upload last, collect)."""
+        """How many rounds of each kind the scenario runs: (clients, download first, upload last, relay holder,
+        collect), by the simulator's client selection and the sync rules of ``flexpl.program``."""
         from flexpl.engine.core import select_clients
+        from flexpl.program import relay_holder_after, relays, uploads_after
 
         scn, tr, plan = self.scn, self.scn.training, ctx.plan
-        every = max([plan.stages[s].sync.every for s in ctx.fed_round] or [1])
-        relay = plan.schedule == "sequential" and any(st.sync.kind == "relay" for st in plan.stages)
+        relay = relays(plan)
         kinds: Counter = Counter()
         synced, holder = True, None
         for rnd in range(1, tr.rounds + 1):
             selected = tuple(ctx.train_nodes if plan.collect_data
                              else select_clients(ctx.train_nodes, tr.clients_per_round, scn.seed, rnd))
-            upload = rnd % every == 0 or rnd == tr.rounds
+            upload = uploads_after(plan, rnd, tr.rounds)
             kinds[(selected, synced, upload, holder if relay else None, plan.collect_data and rnd == 1)] += 1
             synced = upload
-            if plan.schedule == "sequential":
-                holder = selected[-1]
+            holder = relay_holder_after(plan, selected) or holder
         return kinds
 
     def round_cost(self, ctx: PlanContext, kind: tuple) -> WalkedRound:

@@ -23,8 +23,9 @@ class _Rep:
 class ShapeWalk:
     """Records, from shapes alone, the actions the engine records for one round of a plan.
 
-    Mirrors ``Engine.train_step``, ``download``, ``upload``, ``relay`` and ``collect`` and the
-    order of ``simulator.train_round``/``_play_round`` (without failures): the same
+    The shape runner of a round's program (``flexpl.program``): mirrors ``Engine.train_step``,
+    ``download``, ``upload``, ``relay`` and ``collect``, walked in the program's order as the
+    simulator walks it (without failures): the same
     ``Recorder`` calls with the same FLOPs, bytes, dependencies and labels, so the trace
     is the simulator's (tests compare them action by action). Only the tensors are gone.
     """
@@ -45,10 +46,21 @@ class ShapeWalk:
         self.relay_holder: str | None = None
         self.blocks: list[list[int]] = []
         self.activations: dict[tuple[int, int], int] = {}
+        self.sizes: dict[str, list[int]] = {}  # the round's batch sizes per node
 
     # -------------------------------------------------------------- engine operations
 
     def step(self, batch: Sequence[tuple[str, int]]) -> None:
+        """The program's ``Step``: ``batch`` = [(node, batch index)] (see :meth:`train_step`)."""
+        sizes = self.sizes
+        self.train_step([(n, sizes[n][t]) for n, t in batch])
+
+    def step_sync(self, s: int, names: Sequence[str]) -> None:
+        """The program's ``StepSync``: step-level FedAvg, as the simulator's runner does it."""
+        self.upload(s, names)
+        self.download(s, names)
+
+    def train_step(self, batch: Sequence[tuple[str, int]]) -> None:
         """``Engine.train_step`` for ``batch`` = [(node, batch size)], in batch order."""
         c, rec = self.ctx, self.rec
         serves = c.layout.serves
@@ -198,13 +210,21 @@ class ShapeWalk:
         if len(self.rec.trace) > lo:
             self.blocks.append([lo, len(self.rec.trace), 0])
 
-    def _run(self, count: int, fn: Callable[[], None]) -> None:
-        """Walk ``count`` identical blocks; once one repeats the block before it, count the rest as copies."""
+    def _repeat(self, count: int, fn: Callable[[int], None]) -> None:
+        """A program's ``Repeat`` block: one block, or :meth:`_run` for a run of copies."""
+        if count == 1:
+            self._block(lambda: fn(0))
+        else:
+            self._run(count, fn)
+
+    def _run(self, count: int, fn: Callable[[int], None]) -> None:
+        """Walk ``count`` identical blocks (``fn(i)``: copy ``i``); once one repeats the block before it,
+        count the rest as copies."""
         prev: tuple[int, int, tuple] | None = None
         for i in range(count):
             pattern = self._pattern()
             lo = len(self.rec.trace)
-            fn()
+            fn(i)
             hi = len(self.rec.trace)
             if prev is not None and prev[2] == pattern and self._same(prev[0], lo, hi):
                 self.blocks.append([lo, hi, count - 1 - i])
@@ -233,39 +253,20 @@ class ShapeWalk:
         return True
 
     def walk(self, selected: Sequence[str], download: bool, collect: bool) -> Compressed:
-        """Record one round: collect (centralized, round 1), download, the steps, the upload."""
+        """Record one round: the round's program (``flexpl.program``: collect in round 1 of a
+        centralized plan, download, the steps, the upload), its Repeat blocks compressed."""
         from flexpl.costs.trace import Compressed
+        from flexpl.program import end_blocks, start_blocks, step_blocks, walk
 
         c = self.ctx
-        if collect:
-            self._block(lambda: self.collect(c.topo.server))
-        if download:
-            self._block(lambda: self._sync("download", c.fed_round + c.fed_step, selected))
-        sizes = {n: c.batches[n] for n in selected}
+        plan = c.plan
+        self.sizes = {n: c.batches[n] for n in selected}
         node_major = c.independent_paths and not c.fed_step
-        for kind, count, payload in _step_blocks(c.plan.schedule, list(selected), sizes, c.fed_step_every,
-                                                 node_major):
-            if kind == "relay":
-                self._block(lambda n=payload: self.relay(n))
-            else:
-                self._run(count, lambda steps=payload: self._steps(steps))
+        walk(start_blocks(plan, selected, download, c.topo.server if collect else None)
+             + step_blocks(plan, selected, self.sizes, node_major), self, self._repeat)
         split = len(self.rec.trace)
-        self._block(lambda: self._sync("upload", c.fed_round, selected))
+        walk(end_blocks(plan, selected, True), self, self._repeat)
         return Compressed(self.rec.trace, self.blocks, split, dict(self.activations))
-
-    def _sync(self, what: str, stages: list[int], names: Sequence[str]) -> None:
-        for s in stages:
-            getattr(self, what)(s, names)
-
-    def _steps(self, steps: tuple) -> None:
-        c = self.ctx
-        for batch, syncs in steps:
-            self.step(batch)
-            names = [n for n, _ in batch]
-            for s, due in zip(c.fed_step, syncs):
-                if due:  # step-level FedAvg, as train_round does it
-                    self.upload(s, names)
-                    self.download(s, names)
 
 
 def _cat(shapes: list[tuple[int, ...]], dim: int) -> tuple[int, ...]:
@@ -275,92 +276,3 @@ def _cat(shapes: list[tuple[int, ...]], dim: int) -> tuple[int, ...]:
 
 def _with(shape: tuple[int, ...], dim: int, n: int) -> tuple[int, ...]:
     return (*shape[:dim], n, *shape[dim + 1:])
-
-
-def _step_blocks(schedule: str, selected: list[str], sizes: dict[str, list[int]],
-                 sync_every: list[int], node_major: bool = False) -> list[tuple[str, int, Any]]:
-    """The round's blocks in program order, runs of equal ones merged: (``"steps"``, count, steps) or (``"relay"``, 1, node).
-
-    A block is one joint step (lockstep), one node's step (sequential, or lockstep in
-    ``train_round``'s node-major order when no replica is shared) or one turn of every node
-    still training (round_robin); a step is ((node, batch size), ...) plus which step-level
-    syncs fall due after it.
-    """
-    if not sync_every:
-        return _step_runs(schedule, selected, sizes, node_major)
-    joint = 0
-
-    def due() -> tuple[bool, ...]:
-        nonlocal joint
-        joint += 1
-        return tuple(joint % k == 0 for k in sync_every)
-
-    def one(batch: tuple[tuple[str, int], ...]) -> tuple:
-        return batch, due()
-
-    blocks: list[tuple[str, Any]] = []
-    if schedule == "sequential":
-        for n in selected:
-            blocks.append(("relay", n))
-            for b in sizes[n]:
-                blocks.append(("steps", (one(((n, b),)),)))
-    elif schedule == "lockstep" and node_major:  # [Note: node-major order] in engine/simulator.py
-        for n in selected:
-            for b in sizes[n]:
-                blocks.append(("steps", (one(((n, b),)),)))
-    elif schedule == "round_robin":
-        cursor = dict.fromkeys(selected, 0)
-        while any(cursor[n] < len(sizes[n]) for n in selected):
-            turn = []
-            for n in selected:
-                if cursor[n] < len(sizes[n]):
-                    turn.append(one(((n, sizes[n][cursor[n]]),)))
-                    cursor[n] += 1
-            blocks.append(("steps", tuple(turn)))
-    else:
-        for t in range(max(len(b) for b in sizes.values())):
-            blocks.append(("steps", (one(tuple((n, sizes[n][t]) for n in selected if t < len(sizes[n]))),)))
-    out: list[tuple[str, int, Any]] = []
-    for kind, payload in blocks:
-        if kind == "steps" and out and out[-1][0] == "steps" and out[-1][2] == payload:
-            out[-1] = ("steps", out[-1][1] + 1, payload)
-        else:
-            out.append((kind, 1, payload))
-    return out
-
-
-def _step_runs(schedule: str, selected: list[str], sizes: dict[str, list[int]],
-               node_major: bool) -> list[tuple[str, int, Any]]:
-    """:func:`_step_blocks` without step-level syncs, from where batch sizes change instead of step by step."""
-    from itertools import groupby
-
-    out: list[tuple[str, int, Any]] = []
-
-    def add(count: int, payload: tuple) -> None:
-        if out and out[-1][0] == "steps" and out[-1][2] == payload:
-            out[-1] = ("steps", out[-1][1] + count, payload)
-        else:
-            out.append(("steps", count, payload))
-
-    if schedule == "sequential" or (schedule == "lockstep" and node_major):
-        for n in selected:
-            if schedule == "sequential":
-                out.append(("relay", 1, n))
-            for b, same in groupby(sizes[n]):
-                add(len(list(same)), ((((n, b),), ()),))
-        return out
-    # lockstep or round_robin: step (turn) t holds every node with more than t batches
-    cuts = {0}
-    for n in selected:
-        t = 0
-        for _, same in groupby(sizes[n]):
-            t += len(list(same))
-            cuts.add(t)
-    bounds = sorted(cuts)
-    for a, b in zip(bounds, bounds[1:]):
-        batch = tuple((n, sizes[n][a]) for n in selected if a < len(sizes[n]))
-        if schedule == "round_robin":
-            add(b - a, tuple(((x,), ()) for x in batch))
-        else:
-            add(b - a, ((batch, ()),))
-    return out

@@ -161,7 +161,7 @@ def _slice(t: Trace, lo: int, hi: int) -> Trace:
 class _FlatRound:
     """A compressed round unrolled into int-coded arrays, in :func:`expand`'s order, for the whole-round clock.
 
-    The simulator's clock (``schedule`` from time 0): the same loop, ``costs.trace.sweep``,
+    The simulator's clock (``schedule`` from time 0): the same loop, :func:`sweep`,
     takes actions in order of (ready time, place in the round), each resource first come
     first served, so the times are the simulator's to the last bit (a test checks). Only
     the representation differs: resources are numbered, and a copy of a repeated block

@@ -366,22 +366,21 @@ def _gather_summary(scn: Scenario, world: int, comm: Comm, st: Any, result: Any,
     return summary
 
 
-def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], comm: Comm,
-          status: _Status, out: Path) -> dict[str, Any] | None:
-    """The worker's run: set up, meet the others, the simulator's round loop, then the final gather."""
+def _set_up_and_meet(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], comm: Comm,
+                     out: Path) -> tuple[Any, Path]:
+    """Set up this rank's simulator state, start the results folder (rank 0), meet the others; returns
+    the state and the results folder."""
     from datetime import timedelta
 
-    import torch
     import torch.distributed as dist
 
     from flexpl.engine.dist_transport import DistTransport
-    from flexpl.engine.simulator import run, setup
-    from flexpl.results import begin_run, prepare_out_dir, write_csv, write_yaml
+    from flexpl.engine.simulator import setup
+    from flexpl.results import begin_run, prepare_out_dir, write_yaml
 
     t0 = time.perf_counter()
     st = setup(scn, transport_factory=lambda rec: DistTransport(rec, me, ranks, comm),
                is_local=lambda node: node == me)
-    eng = st.engine
     if rank == 0:
         out = prepare_out_dir(out)
         begin_run(out, scn.digest())  # see [Note: stale results] in flexpl.results
@@ -395,7 +394,20 @@ def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], 
         warm_up()
     _barrier(comm, world)  # everyone is set up: the wall clock starts together
     _log(f"rank {rank} ({me}): set up and connected to {world - 1} peers in {time.perf_counter() - t0:.1f}s")
+    return st, out
 
+
+def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], comm: Comm,
+          status: _Status, out: Path) -> dict[str, Any] | None:
+    """The worker's run: set up, meet the others, the simulator's round loop, then the final gather."""
+    import torch
+    import torch.distributed as dist
+
+    from flexpl.engine.simulator import run
+    from flexpl.results import write_csv
+
+    st, out = _set_up_and_meet(scn, rank, world, me, ranks, comm, out)
+    eng = st.engine
     fault = _fault_hook(rank, comm.timeout.total_seconds())
     inner = eng.train_step
     local = [0.0, 0]  # this round's training loss and samples (only hosts of the last stage have any)

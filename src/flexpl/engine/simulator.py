@@ -1,8 +1,9 @@
 """The round loop: one readable page that runs any plan on the virtual clock.
 
 Setup (data, topology, model, plan, engine), then for every round: pick the clients,
-download averaged weights, run the schedule's training steps, upload and average,
-put the round's trace on the clock, evaluate. Strategies differ only in their plan.
+download averaged weights, run the schedule's training steps, upload and average (the
+round's program, ``flexpl.program``, run by ``engine.runner``), put the round's trace on
+the clock, evaluate. Strategies differ only in their plan.
 """
 
 from __future__ import annotations

@@ -6,9 +6,11 @@
    per-device front, middle on the edge heads, tail on the server), the groupings the
    topology suggests, FedAvg every 1, 2 or 5 rounds. Each candidate is a scenario variant
    (``strategy`` + ``plan``) that ``flexpl run`` executes as is.
-2. **Prediction without training.** A shape walk records, action by action, the trace the
-   engine records for a round (the same ``Recorder``, FLOP counter, byte sizes and clock),
-   from shapes alone. Runs of identical steps are recorded twice and then counted, and the
+2. **Prediction without training.** A shape walk runs the round's program (``flexpl.program``,
+   the one the simulator runs) and records, action by action, the trace the engine records
+   for a round (the same ``Recorder``, FLOP counter, byte sizes and clock), from shapes
+   alone. The program's ``Repeat`` runs of identical steps are recorded until a copy repeats
+   the one before it and then counted, and the
    clock jumps over them once they repeat; see [Note: compressed rounds]. FLOPs and bytes
    equal what a simulated run counts, time and energy agree to rounding (the tests check).
 3. **Memory per node.** Parameters, gradients, optimizer state of every replica a node
@@ -24,6 +26,7 @@ time and memory constraints), restricted to costs: accuracy comes only from ``--
 
 [Note: compressed rounds] A round repeats itself. In lockstep, every joint step with the
 same nodes and batch sizes records the same actions; only their event ids move on. The
+round's program (``flexpl.program``) holds such a run as one ``Repeat`` block. The
 walk records a step, and when the next identical step records the same actions from the
 same state (the same engine events unset), every later identical step is a copy of it
 whose dependencies on the step before are shifted by one step's length. The walk keeps

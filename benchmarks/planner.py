@@ -4,7 +4,7 @@ Costs every candidate of the scenario twice in this process: a cold pass (the fi
 which also counts each stage's FLOPs with FlopCounterMode, as the engine does on first
 use) and warm passes (stage costs known, every round walked and clocked again). Prints
 both rates, the number of candidates, and per family how many needed the whole-round
-clock (see [Note: compressed rounds] in flexpl/planner.py). With ``--check K`` it also
+clock (see [Note: compressed rounds] in flexpl/planner/__init__.py). With ``--check K`` it also
 runs K candidates through the simulator (shape-only, no training) and prints both sides.
 
     python benchmarks/planner.py [--scenario edge-fmnist] [--repeats 3] [--check 0]

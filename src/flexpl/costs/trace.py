@@ -1,7 +1,7 @@
 """The trace of one round: every compute and every hop of every transfer, with dependencies.
 
-The engine records actions as it runs; this module then places them on the virtual
-clock and totals FLOPs, bytes, time and energy. It only observes: nothing here changes
+The engine records actions as it runs; ``costs/clock.py`` then places them on the virtual
+clock and this module totals FLOPs, bytes, time and energy. It only observes: nothing here changes
 what the engine computes.
 
 Clock rules (see docs/background.md): a node computes ``FLOPs / flops_per_s``; a hop
@@ -12,7 +12,6 @@ resources, one per direction (see ``Topology.hop_resource``); a half-duplex one 
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from flexpl.costs.clock import schedule, schedule_range, sweep  # noqa: F401  (moved; re-exported)
 from flexpl.costs.profiles import DeviceProfile
 from flexpl.topology import Topology
 
@@ -139,138 +139,28 @@ class Recorder:
         return t
 
 
-def schedule(trace: Trace, t0: float) -> tuple[list[float], list[float]]:
-    """Place every action on the virtual clock: start when its deps are done and its resource is free.
+@dataclass
+class Compressed:
+    """A round's trace with runs of identical blocks kept once (see [Note: compressed rounds]).
 
-    Actions are taken in order of the time they become ready (ties by program order), so
-    each resource serves its queue first come, first served (see :func:`sweep`).
+    ``blocks[b] = [lo, hi, extra]``: actions ``lo..hi-1`` form one block, followed by
+    ``extra`` copies of it; a copy depends on the copy before it where the block depends on
+    the block before it (``lo - (hi - lo) .. lo - 1``), and later actions see the last copy.
+    ``split`` is where the end-of-round upload starts (``len(trace)`` without one).
     """
-    n = len(trace)
-    codes: dict[str, int] = {}
-    res = [codes.setdefault(r, len(codes)) for r in trace.resource]
-    succ: list[list[int]] = [[] for _ in range(n)]
-    indeg = [0] * n
-    for i, ds in enumerate(trace.deps):
-        indeg[i] = len(ds)
-        for d in ds:
-            succ[d].append(i)
-    start, end, ready = [0.0] * n, [0.0] * n, [t0] * n
-    heap = [(t0, i) for i in range(n) if not indeg[i]]  # in order: already a heap
-    sweep(heap, res, trace.duration, succ, [0] * n, indeg, ready, start, end, [t0] * len(codes))
-    return start, end
 
+    trace: Trace
+    blocks: list[list[int]]
+    split: int
+    activations: dict[tuple[int, int], int] = field(default_factory=dict)  # (stage, replica) -> max saved bytes
 
-def sweep(heap: list[tuple[float, int]], res: list[int], dur: list[float], succ: list[list[int]],
-          base: list[int], indeg: list[int], ready: list[float], start: list[float] | None, end: list[float],
-          free: list[float], fork: int | None = None) -> tuple | None:
-    """The clock's loop over actions numbered ``0..n-1``, from ``heap`` (the (ready time, id) of actions
-    that can start) until no action is left; fills ``start`` (unless None), ``end`` and ``ready``.
-
-    The action ready first (ties: the lower id, i.e. earlier in the program) is taken next;
-    it starts when its resource ``res[i]`` (numbered) is free and holds it for ``dur[i]``.
-    The successors of ``i`` are ``base[i] + o`` for ``o`` in ``succ[i]`` (the planner lists a
-    repeated block's successors once, as offsets); ``indeg`` counts unfinished dependencies.
-    :func:`schedule` (the simulator's clock) and the planner's whole-round clock both run it.
-
-    With ``fork``, returns (heap, ready, end, free, indeg) as they were just before the first
-    action with id ``>= fork`` was taken (copies), or None if there is none.
-    """
-    if not heap:
-        return None
-    push, pushpop, pop = heapq.heappush, heapq.heappushpop, heapq.heappop
-    kept = None
-    if fork is None:
-        fork = len(res)
-    item = pop(heap)
-    while True:
-        t, i = item
-        if i >= fork:
-            kept = ([*heap, item], ready[:], end[:], free[:], indeg[:])
-            fork = len(res)
-        r = res[i]
-        f = free[r]
-        s = t if t >= f else f
-        e = s + dur[i]
-        free[r] = e
-        if start is not None:
-            start[i] = s
-        end[i] = e
-        after = succ[i]
-        if len(after) == 1:  # most actions have one successor: the same as below, shorter
-            j = base[i] + after[0]
-            k = indeg[j] - 1
-            indeg[j] = k
-            if not k:  # released: its ready time is the latest end of its dependencies
-                rj = ready[j]
-                if e > rj:
-                    ready[j] = rj = e
-                item = pushpop(heap, (rj, j))
-                continue
-            if e > ready[j]:
-                ready[j] = e
-            if heap:
-                item = pop(heap)
-            else:
-                break
-            continue
-        nxt = -1
-        b = base[i]
-        for o in after:
-            j = b + o
-            if e > ready[j]:
-                ready[j] = e
-            k = indeg[j] - 1
-            indeg[j] = k
-            if not k:
-                if nxt >= 0:
-                    push(heap, (ready[nxt], nxt))
-                nxt = j
-        if nxt >= 0:  # the next action is often the one just released: no trip through the heap
-            item = pushpop(heap, (ready[nxt], nxt))
-        elif heap:
-            item = pop(heap)
-        else:
-            break
-    return kept
-
-
-def schedule_range(trace: Trace, lo: int, hi: int, t0: float, start: list[float], end: list[float],
-                   ready: list[float], free: dict[str, float]) -> None:
-    """Schedule actions ``lo .. hi-1`` in place, after the actions before ``lo`` (already in ``end``).
-
-    The clock of :func:`schedule`, for a slice of a trace: ``free`` (resource -> time it is
-    next free) carries over from the earlier actions and is updated; ``ready`` receives each
-    action's ready time. The planner calls it block by block (see ``flexpl.planner``).
-    """
-    m = hi - lo
-    indeg = [0] * m
-    succ: list[list[int]] = [[] for _ in range(m)]
-    deps = trace.deps
-    for i in range(lo, hi):
-        r = t0
-        for d in deps[i]:
-            if d >= lo:
-                indeg[i - lo] += 1
-                succ[d - lo].append(i)
-            elif end[d] > r:
-                r = end[d]
-        ready[i] = r
-    heap = [(ready[i], i) for i in range(lo, hi) if indeg[i - lo] == 0]
-    heapq.heapify(heap)
-    resource, duration = trace.resource, trace.duration
-    while heap:
-        t, i = heapq.heappop(heap)
-        res = resource[i]
-        s = max(t, free.get(res, t0))
-        e = s + duration[i]
-        start[i], end[i] = s, e
-        free[res] = e
-        for j in succ[i - lo]:
-            if e > ready[j]:
-                ready[j] = e
-            indeg[j - lo] -= 1
-            if indeg[j - lo] == 0:
-                heapq.heappush(heap, (ready[j], j))
+    def repeat(self) -> list[int]:
+        """How many times each recorded action happens in the round."""
+        rep = [1] * len(self.trace)
+        for lo, hi, extra in self.blocks:
+            if extra:
+                rep[lo:hi] = [1 + extra] * (hi - lo)
+        return rep
 
 
 @dataclass

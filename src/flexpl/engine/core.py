@@ -200,33 +200,7 @@ class Engine:
         self.junction_stage = next((s for s in range(1, n_stages)
                                     if len(layout.replicas[s]) < len(layout.replicas[s - 1])), None)
         base = [stage_module(full_model, st.start, st.end) for st in self.plan.stages]
-
-        def arena_stage(s: int) -> bool:  # [Note: arenas]
-            reps = layout.replicas[s]
-            return (len(reps) > 1 and all(self.is_local(r.host) for r in reps) and count_params(base[s]) > 0
-                    and not any(True for _ in base[s].buffers()))
-
-        self.replicas: list[list[ReplicaState]] = []
-        for s, reps in enumerate(layout.replicas):
-            states = []
-            stacked = arena_stage(s)
-            for spec in reps:
-                if stacked:  # the arena below stacks base's weights and gives each replica its own row
-                    mod = shell_copy(base[s])
-                elif self.is_local(spec.host):
-                    mod = copy.deepcopy(base[s])
-                else:
-                    mod = meta_copy(base[s])
-                states.append(ReplicaState(spec, mod, None if stacked else make_optimizer(mod, opt_cfg)))
-            self.replicas.append(states)
-        # [Note: arenas] stages with several replicas, all here, keep them stacked (flexpl.engine.arena)
-        self.arenas: dict[int, Arena] = {}
-        for s, states in enumerate(self.replicas):
-            if arena_stage(s):
-                arena = self.arenas[s] = Arena([r.module for r in states], opt_cfg, shared)
-                for i, r in enumerate(states):
-                    r.opt = make_optimizer(r.module, opt_cfg)
-                    arena.bind(i, r.module, r.opt)
+        self._build_replicas(base, opt_cfg, shared)
         self.vector_chunk = vector_chunk
         # the current round's learning rate (flexpl.engine.core.lr_at); in shared memory for worker processes,
         # which are forked once and read it at every step
@@ -242,6 +216,49 @@ class Engine:
         self.float_elements = [sum(v.numel() for v in m.state_dict().values() if v.is_floating_point())
                                for m in base]
         self.input_grad = [any(has_params[:s]) for s in range(n_stages)]
+        self._build_globals(base)
+        # every data node's path runs on replicas of its own, on its own node (e.g. FedAvg)
+        self.independent_paths = not self.features and all(
+            st.replication == "per_node" and st.host == "own" for st in self.plan.stages)
+        self.relay_holder: str | None = None
+        self.bad_stage: int | None = None  # after a step with a non-finite loss: the first stage that output one
+        self.stream_ready: dict[str, Event] = {}
+
+    def _arena_stage(self, s: int, base: list[BlockModel]) -> bool:
+        """Whether stage ``s`` keeps its replicas stacked in an arena ([Note: arenas])."""
+        reps = self.layout.replicas[s]
+        return (len(reps) > 1 and all(self.is_local(r.host) for r in reps) and count_params(base[s]) > 0
+                and not any(True for _ in base[s].buffers()))
+
+    def _build_replicas(self, base: list[BlockModel], opt_cfg: OptimizerCfg, shared: bool) -> None:
+        """Every replica of every stage (own copy, arena row or meta shell) with its optimizer; the arenas."""
+        layout = self.layout
+        self.replicas: list[list[ReplicaState]] = []
+        for s, reps in enumerate(layout.replicas):
+            states = []
+            stacked = self._arena_stage(s, base)
+            for spec in reps:
+                if stacked:  # the arena below stacks base's weights and gives each replica its own row
+                    mod = shell_copy(base[s])
+                elif self.is_local(spec.host):
+                    mod = copy.deepcopy(base[s])
+                else:
+                    mod = meta_copy(base[s])
+                states.append(ReplicaState(spec, mod, None if stacked else make_optimizer(mod, opt_cfg)))
+            self.replicas.append(states)
+        # [Note: arenas] stages with several replicas, all here, keep them stacked (flexpl.engine.arena)
+        self.arenas: dict[int, Arena] = {}
+        for s, states in enumerate(self.replicas):
+            if self._arena_stage(s, base):
+                arena = self.arenas[s] = Arena([r.module for r in states], opt_cfg, shared)
+                for i, r in enumerate(states):
+                    r.opt = make_optimizer(r.module, opt_cfg)
+                    arena.bind(i, r.module, r.opt)
+
+    def _build_globals(self, base: list[BlockModel]) -> None:
+        """The aggregators' averaged copies: one per FedAvg stage, or one per group head (scope "group")."""
+        layout = self.layout
+        n_stages = len(self.plan.stages)
         # the aggregator's copy of every FedAvg stage (what is downloaded and evaluated)
         self.global_: dict[int, BlockModel] = {
             s: copy.deepcopy(base[s]) if self.is_local(layout.aggregators[s]) else copy.deepcopy(base[s]).to("meta")
@@ -255,12 +272,6 @@ class Engine:
                     m = copy.deepcopy(base[s])
                     self.group_global[(s, agg)] = m if self.is_local(agg) else m.to("meta")
         self.group_ev: dict[tuple[int, str], Event] = dict.fromkeys(self.group_global)
-        # every data node's path runs on replicas of its own, on its own node (e.g. FedAvg)
-        self.independent_paths = not self.features and all(
-            st.replication == "per_node" and st.host == "own" for st in self.plan.stages)
-        self.relay_holder: str | None = None
-        self.bad_stage: int | None = None  # after a step with a non-finite loss: the first stage that output one
-        self.stream_ready: dict[str, Event] = {}
 
     # ------------------------------------------------------------ the training step
 
@@ -277,114 +288,133 @@ class Engine:
             n: (x, n, self.stream_ready.get(n)) for n, (x, _) in batch.items()}
         saved: list[list[StepRecord]] = [[] for _ in stages]
         for s in range(len(stages)):
-            groups: dict[int, list[str]] = {}
-            for m in carry:
-                groups.setdefault(self.layout.serves[s][m], []).append(m)
-            join_features = self.features and s == self.junction_stage
-            dim = 1 if join_features else 0
-            # replicas that run side by side: in worker processes (flexpl.engine.executor.StepPool) or vmapped
-            vec: dict[int, tuple[VecChunk, int]] = {}
-            if not join_features and self.remote is not None:
-                vec = self.remote.forward(self, s, groups, carry, batch, s == last)
-            elif not join_features and self.vector_chunk:
-                vec = self._vector_forward(s, groups, carry)
-            new_carry: dict[str, tuple[torch.Tensor, str, Event]] = {}
-            for ridx, members in groups.items():
-                rep = self.replicas[s][ridx]
-                label = f"s{s}r{ridx}"
-                parts, evs = [], [rep.last_update]
-                for m in members:
-                    t, loc, ev = carry[m]
-                    t, ev = self.transport.move(t, loc, rep.host, "input" if s == 0 else "activation",
-                                                [ev], label)
-                    parts.append(t)
-                    evs.append(ev)
-                if ridx in vec:  # already run, stacked with its peers (same arithmetic per replica)
-                    chunk, i = vec[ridx]
-                    inp, out = chunk.ins[i], chunk.outs[i]
-                else:
-                    inp = parts[0] if len(parts) == 1 else torch.cat(parts, dim)
-                    inp = inp.detach().requires_grad_(self.input_grad[s])  # [Note: stage boundaries]
-                    out = self._shape_out(s, rep.module, inp) if rep.shape_only else rep.module(inp)
-                f_fwd, f_bwd = self.flops.get(s, rep.module, tuple(inp.shape), self.input_grad[s], s == last)
-                fwd_ev = self.recorder.compute(rep.host, f_fwd, evs, "fwd", label)
-                out_keys = members[:1] if join_features else members
-                rec = StepRecord(rep, inp, out, members, out_keys, [p.shape[dim] for p in parts], dim,
-                                 fwd_ev, f_bwd, vec=vec.get(ridx))
-                if s == last:  # labels travel from their owner to the loss
-                    for m in out_keys:
-                        y = batch[m][1]
-                        rec.labels.append(self.transport.move(y, m, rep.host, "labels",
-                                                              [self.stream_ready.get(m)], label))
-                saved[s].append(rec)
-                if len(out_keys) == 1:
-                    new_carry[out_keys[0]] = (out, rep.host, fwd_ev)
-                else:
-                    for m, piece in zip(out_keys, out.split(rec.sizes, 0)):
-                        new_carry[m] = (piece, rep.host, fwd_ev)
-            carry = new_carry
+            carry = self._forward_stage(s, last, carry, batch, saved[s])
 
         loss_sum, n_samples = 0.0, 0
         pending: dict[str, tuple[torch.Tensor, str, Event]] = {}
         for s in range(last, -1, -1):
-            next_pending: dict[str, tuple[torch.Tensor, str, Event]] = {}
-            for rec in saved[s]:
-                rep = rec.rep
-                label = f"s{s}r{rep.spec.index}"
-                chunk = rec.vec[0] if rec.vec else None
-                if chunk is not None and not chunk.done:
-                    if chunk.remote is not None:
-                        chunk.remote.backward(self, chunk, pending)
-                    else:
-                        self._vector_backward(chunk, last, pending, batch)
-                if s == last:
-                    ys = [y for y, _ in rec.labels]
-                    y = ys[0] if len(ys) == 1 else torch.cat(ys, 0)
-                    if chunk is not None:
-                        loss = chunk.losses[rec.vec[1]]
-                    elif rep.shape_only:  # nothing to compute, nothing to count
-                        loss = rec.out
-                    else:
-                        loss = self.loss_fn(rec.out, y)
-                        loss.backward()
-                    evs = [rec.fwd_ev] + [ev for _, ev in rec.labels]
-                    if not loss.is_meta:
-                        loss_sum += float(loss.detach()) * int(y.shape[0])
-                        n_samples += int(y.shape[0])
-                elif chunk is not None or rec.out.requires_grad:  # (chunks only hold stages with weights)
-                    grads, evs = [], [rec.fwd_ev]
-                    for m in rec.out_keys:
-                        g, loc, gev = pending[m]
-                        g, ev = self.transport.move(g, loc, rep.host, "gradient", [gev], label)
-                        grads.append(g)
-                        evs.append(ev)
-                    if chunk is None and not rep.shape_only:
-                        rec.out.backward(grads[0] if len(grads) == 1 else torch.cat(grads, 0))
-                else:  # a stage with no parameters fed by raw data: nothing flows back
-                    for m in rec.members:
-                        self.stream_ready[m] = rec.fwd_ev
-                    continue
-                bwd_ev = self.recorder.compute(rep.host, rec.bwd_flops + self.opt_flops[s], evs, "bwd", label)
-                if rep.opt is not None and not rep.shape_only and not (chunk is not None and chunk.stepped):
-                    self.opt_step(rep)
-                rep.last_update = bwd_ev
-                if chunk is not None and chunk.in_grads is not None:
-                    for m in rec.members:
-                        next_pending[m] = (chunk.in_grads[rec.vec[1]], rep.host, bwd_ev)
-                elif chunk is None and rec.inp.requires_grad:
-                    gi = torch.empty(rec.inp.shape, dtype=rec.inp.dtype, device="meta") if rep.shape_only \
-                        else rec.inp.grad
-                    pieces = [gi] if len(rec.members) == 1 else gi.split(rec.sizes, rec.dim)
-                    for m, piece in zip(rec.members, pieces):
-                        next_pending[m] = (piece, rep.host, bwd_ev)
-                else:
-                    for m in rec.members:
-                        self.stream_ready[m] = bwd_ev
-            pending = next_pending
+            pending, stage_loss, stage_n = self._backward_stage(s, last, saved[s], pending, batch)
+            loss_sum += stage_loss
+            n_samples += stage_n
         if not math.isfinite(loss_sum):  # where it started: the first stage whose output is not finite
             self.bad_stage = next((s for s in range(len(stages)) for rec in saved[s]
                                    if not rec.out.is_meta and not bool(torch.isfinite(rec.out.detach()).all())), last)
         return loss_sum, n_samples
+
+    def _forward_stage(self, s: int, last: int, carry: dict[str, tuple[torch.Tensor, str, Event]],
+                       batch: dict[str, tuple[torch.Tensor, torch.Tensor]], saved: list[StepRecord]
+                       ) -> dict[str, tuple[torch.Tensor, str, Event]]:
+        """Stage ``s`` of a step's forward pass: join the streams at each replica, run it, record it in
+        ``saved``; returns what flows on (node -> (output, where, event))."""
+        groups: dict[int, list[str]] = {}
+        for m in carry:
+            groups.setdefault(self.layout.serves[s][m], []).append(m)
+        join_features = self.features and s == self.junction_stage
+        dim = 1 if join_features else 0
+        # replicas that run side by side: in worker processes (flexpl.engine.executor.StepPool) or vmapped
+        vec: dict[int, tuple[VecChunk, int]] = {}
+        if not join_features and self.remote is not None:
+            vec = self.remote.forward(self, s, groups, carry, batch, s == last)
+        elif not join_features and self.vector_chunk:
+            vec = self._vector_forward(s, groups, carry)
+        new_carry: dict[str, tuple[torch.Tensor, str, Event]] = {}
+        for ridx, members in groups.items():
+            rep = self.replicas[s][ridx]
+            label = f"s{s}r{ridx}"
+            parts, evs = [], [rep.last_update]
+            for m in members:
+                t, loc, ev = carry[m]
+                t, ev = self.transport.move(t, loc, rep.host, "input" if s == 0 else "activation",
+                                            [ev], label)
+                parts.append(t)
+                evs.append(ev)
+            if ridx in vec:  # already run, stacked with its peers (same arithmetic per replica)
+                chunk, i = vec[ridx]
+                inp, out = chunk.ins[i], chunk.outs[i]
+            else:
+                inp = parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+                inp = inp.detach().requires_grad_(self.input_grad[s])  # [Note: stage boundaries]
+                out = self._shape_out(s, rep.module, inp) if rep.shape_only else rep.module(inp)
+            f_fwd, f_bwd = self.flops.get(s, rep.module, tuple(inp.shape), self.input_grad[s], s == last)
+            fwd_ev = self.recorder.compute(rep.host, f_fwd, evs, "fwd", label)
+            out_keys = members[:1] if join_features else members
+            rec = StepRecord(rep, inp, out, members, out_keys, [p.shape[dim] for p in parts], dim,
+                             fwd_ev, f_bwd, vec=vec.get(ridx))
+            if s == last:  # labels travel from their owner to the loss
+                for m in out_keys:
+                    y = batch[m][1]
+                    rec.labels.append(self.transport.move(y, m, rep.host, "labels",
+                                                          [self.stream_ready.get(m)], label))
+            saved.append(rec)
+            if len(out_keys) == 1:
+                new_carry[out_keys[0]] = (out, rep.host, fwd_ev)
+            else:
+                for m, piece in zip(out_keys, out.split(rec.sizes, 0)):
+                    new_carry[m] = (piece, rep.host, fwd_ev)
+        return new_carry
+
+    def _backward_stage(self, s: int, last: int, recs: list[StepRecord],
+                        pending: dict[str, tuple[torch.Tensor, str, Event]],
+                        batch: dict[str, tuple[torch.Tensor, torch.Tensor]]
+                        ) -> tuple[dict[str, tuple[torch.Tensor, str, Event]], float, int]:
+        """Stage ``s`` of a step's backward pass and optimizer steps, for the replicas in ``recs``;
+        returns the input gradients that flow back (node -> (gradient, where, event)), and the
+        summed loss and samples (last stage only)."""
+        loss_sum, n_samples = 0.0, 0
+        next_pending: dict[str, tuple[torch.Tensor, str, Event]] = {}
+        for rec in recs:
+            rep = rec.rep
+            label = f"s{s}r{rep.spec.index}"
+            chunk = rec.vec[0] if rec.vec else None
+            if chunk is not None and not chunk.done:
+                if chunk.remote is not None:
+                    chunk.remote.backward(self, chunk, pending)
+                else:
+                    self._vector_backward(chunk, last, pending, batch)
+            if s == last:
+                ys = [y for y, _ in rec.labels]
+                y = ys[0] if len(ys) == 1 else torch.cat(ys, 0)
+                if chunk is not None:
+                    loss = chunk.losses[rec.vec[1]]
+                elif rep.shape_only:  # nothing to compute, nothing to count
+                    loss = rec.out
+                else:
+                    loss = self.loss_fn(rec.out, y)
+                    loss.backward()
+                evs = [rec.fwd_ev] + [ev for _, ev in rec.labels]
+                if not loss.is_meta:
+                    loss_sum += float(loss.detach()) * int(y.shape[0])
+                    n_samples += int(y.shape[0])
+            elif chunk is not None or rec.out.requires_grad:  # (chunks only hold stages with weights)
+                grads, evs = [], [rec.fwd_ev]
+                for m in rec.out_keys:
+                    g, loc, gev = pending[m]
+                    g, ev = self.transport.move(g, loc, rep.host, "gradient", [gev], label)
+                    grads.append(g)
+                    evs.append(ev)
+                if chunk is None and not rep.shape_only:
+                    rec.out.backward(grads[0] if len(grads) == 1 else torch.cat(grads, 0))
+            else:  # a stage with no parameters fed by raw data: nothing flows back
+                for m in rec.members:
+                    self.stream_ready[m] = rec.fwd_ev
+                continue
+            bwd_ev = self.recorder.compute(rep.host, rec.bwd_flops + self.opt_flops[s], evs, "bwd", label)
+            if rep.opt is not None and not rep.shape_only and not (chunk is not None and chunk.stepped):
+                self.opt_step(rep)
+            rep.last_update = bwd_ev
+            if chunk is not None and chunk.in_grads is not None:
+                for m in rec.members:
+                    next_pending[m] = (chunk.in_grads[rec.vec[1]], rep.host, bwd_ev)
+            elif chunk is None and rec.inp.requires_grad:
+                gi = torch.empty(rec.inp.shape, dtype=rec.inp.dtype, device="meta") if rep.shape_only \
+                    else rec.inp.grad
+                pieces = [gi] if len(rec.members) == 1 else gi.split(rec.sizes, rec.dim)
+                for m, piece in zip(rec.members, pieces):
+                    next_pending[m] = (piece, rep.host, bwd_ev)
+            else:
+                for m in rec.members:
+                    self.stream_ready[m] = bwd_ev
+        return next_pending, loss_sum, n_samples
 
     def set_round(self, rnd: int, rounds: int) -> float:
         """Set the learning rate every optimizer step of round ``rnd`` uses; returns it."""

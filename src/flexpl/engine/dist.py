@@ -304,22 +304,59 @@ def run_worker(scn: Scenario, rank: int, world: int, out: Path, timeout_s: float
         raise
 
 
-def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], comm: Comm,
-          status: _Status, out: Path) -> dict[str, Any] | None:
-    """The worker's run: set up, meet the others, the simulator's round loop, then the final gather."""
+def _gather_summary(scn: Scenario, world: int, comm: Comm, st: Any, result: Any, writer: Any,
+                    status: _Status) -> dict[str, Any] | None:
+    """Every rank's byte counters to rank 0, checked against the trace; rank 0 writes the run (else None)."""
+    import torch
+
+    # every rank's byte counters to rank 0 (after measuring, and not measured themselves)
+    links = list(st.topo.links)
+    counts = torch.tensor([comm.sent.get(k, 0) for k in links] + [comm.received.get(k, 0) for k in links]
+                          + [result.summary["per_link"][k]["bytes"] for k in links], dtype=torch.int64)
+    got = _point_to_root(comm, world, counts)
+    summary = None
+    if got is not None:
+        n = len(links)
+        sent = torch.stack([g[:n] for g in got]).sum(0)
+        received = torch.stack([g[n:2 * n] for g in got]).sum(0)
+        for r, g in enumerate(got):  # [Note: meta replicas]: every rank recorded the same trace
+            if not torch.equal(g[2 * n:], got[0][2 * n:]):
+                raise RuntimeError(f"internal error: rank {r} accounted other bytes than rank 0")
+        if not torch.equal(sent, received):
+            raise RuntimeError("internal error: bytes sent and bytes received differ on some link")
+        summary = result.summary
+        for k, b in zip(links, sent.tolist()):
+            summary["per_link"][k]["measured_bytes"] = int(b)
+        summary["measured_bytes_total"] = int(sent.sum())
+        walls = [r["wall_s"] for r in result.rounds]
+        summary["wall_s_per_round"] = sum(walls) / max(len(walls), 1)
+        summary["backend"] = "dist"
+        summary["world_size"] = world
+        if result.traces:
+            writer.timeline(*result.traces[-1], round_index=len(result.rounds))
+        writer.finish(summary, result.rounds)  # summary.json last: marks a finished run
+        if hasattr(comm, "dump") and status.path is not None:  # --emulate-links: the clock's hops per round
+            from flexpl.engine.emulate_comm import predicted_links
+
+            (status.path.parent / "emu_predicted.json").write_text(json.dumps(predicted_links(result.traces, st.topo)))
+    return summary
+
+
+def _set_up_and_meet(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], comm: Comm,
+                     out: Path) -> tuple[Any, Any]:
+    """Set up this rank's simulator state, start the results folder (rank 0), meet the others; returns
+    the state and the run's writer (only rank 0 writes)."""
     from datetime import timedelta
 
-    import torch
     import torch.distributed as dist
 
     from flexpl.engine.dist_transport import DistTransport
-    from flexpl.engine.simulator import run, setup
+    from flexpl.engine.simulator import setup
     from flexpl.results import RunWriter
 
     t0 = time.perf_counter()
     st = setup(scn, transport_factory=lambda rec: DistTransport(rec, me, ranks, comm),
                is_local=lambda node: node == me)
-    eng = st.engine
     writer = RunWriter(out, scn.digest(), scn.resolved())
     if rank == 0:
         writer.begin()  # see [Note: stale results] in flexpl.results
@@ -332,7 +369,19 @@ def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], 
         warm_up()
     _barrier(comm, world)  # everyone is set up: the wall clock starts together
     _log(f"rank {rank} ({me}): set up and connected to {world - 1} peers in {time.perf_counter() - t0:.1f}s")
+    return st, writer
 
+
+def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], comm: Comm,
+          status: _Status, out: Path) -> dict[str, Any] | None:
+    """The worker's run: set up, meet the others, the simulator's round loop, then the final gather."""
+    import torch
+    import torch.distributed as dist
+
+    from flexpl.engine.simulator import run
+
+    st, writer = _set_up_and_meet(scn, rank, world, me, ranks, comm, out)
+    eng = st.engine
     fault = faults.dist_fault(rank, comm.timeout.total_seconds())
     inner = eng.train_step
     local = [0.0, 0]  # this round's training loss and samples (only hosts of the last stage have any)
@@ -383,36 +432,7 @@ def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], 
     status.set(state="finishing")
     _log(f"rank {rank} ({me}): {len(result.rounds)} round(s) in {result.summary['wall_s']:.1f}s")
 
-    # every rank's byte counters to rank 0 (after measuring, and not measured themselves)
-    links = list(st.topo.links)
-    counts = torch.tensor([comm.sent.get(k, 0) for k in links] + [comm.received.get(k, 0) for k in links]
-                          + [result.summary["per_link"][k]["bytes"] for k in links], dtype=torch.int64)
-    got = _point_to_root(comm, world, counts)
-    summary = None
-    if got is not None:
-        n = len(links)
-        sent = torch.stack([g[:n] for g in got]).sum(0)
-        received = torch.stack([g[n:2 * n] for g in got]).sum(0)
-        for r, g in enumerate(got):  # [Note: meta replicas]: every rank recorded the same trace
-            if not torch.equal(g[2 * n:], got[0][2 * n:]):
-                raise RuntimeError(f"internal error: rank {r} accounted other bytes than rank 0")
-        if not torch.equal(sent, received):
-            raise RuntimeError("internal error: bytes sent and bytes received differ on some link")
-        summary = result.summary
-        for k, b in zip(links, sent.tolist()):
-            summary["per_link"][k]["measured_bytes"] = int(b)
-        summary["measured_bytes_total"] = int(sent.sum())
-        walls = [r["wall_s"] for r in result.rounds]
-        summary["wall_s_per_round"] = sum(walls) / max(len(walls), 1)
-        summary["backend"] = "dist"
-        summary["world_size"] = world
-        if result.traces:
-            writer.timeline(*result.traces[-1], round_index=len(result.rounds))
-        writer.finish(summary, result.rounds)  # summary.json last: marks a finished run
-        if hasattr(comm, "dump") and status.path is not None:  # --emulate-links: the clock's hops per round
-            from flexpl.engine.emulate_comm import predicted_links
-
-            (status.path.parent / "emu_predicted.json").write_text(json.dumps(predicted_links(result.traces, st.topo)))
+    summary = _gather_summary(scn, world, comm, st, result, writer, status)
     if hasattr(comm, "dump") and status.path is not None:  # --emulate-links: what this rank measured
         comm.dump(status.path.parent / f"emu_measured_rank{rank}.json")
     _barrier(comm, world)  # nobody leaves while rank 0 may still be receiving

@@ -1,8 +1,9 @@
 """The round loop: one readable page that runs any plan on the virtual clock.
 
 Setup (data, topology, model, plan, engine), then for every round: pick the clients,
-download averaged weights, run the schedule's training steps, upload and average,
-put the round's trace on the clock, evaluate. Strategies differ only in their plan.
+download averaged weights, run the schedule's training steps, upload and average (the
+round's program, ``flexpl.program``, run by ``engine.runner``), put the round's trace on
+the clock, evaluate. Strategies differ only in their plan.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from flexpl import __version__, faults
+from flexpl import __version__
 from flexpl.config import Scenario
+from flexpl.costs.clock import schedule
 from flexpl.costs.evaluation import eval_flops
 from flexpl.costs.flops import count_fwd_bwd
-from flexpl.costs.trace import COMPUTE, Event, Recorder, Totals, Trace, bill, schedule
+from flexpl.costs.trace import COMPUTE, Event, Recorder, Totals, Trace, bill
 from flexpl.data import Dataset, load_data, partition, summarize
 from flexpl.data.batching import batches, mix_seed, select_clients
 from flexpl.data.partition import validation_split
@@ -36,10 +38,12 @@ from flexpl.engine.core import (
     patch_grid,
 )
 from flexpl.engine.extend import configure
+from flexpl.engine.runner import TensorRunner, participants
 from flexpl.engine.transport import SimTransport
 from flexpl.errors import UserError
 from flexpl.models import build_model, check_cuts, count_params, default_cut, state_bytes
 from flexpl.plan import Plan, build_plan, place
+from flexpl.program import end_blocks, start_blocks, step_blocks, uploads_after, walk
 from flexpl.targets import cost_to_targets, reached_all
 from flexpl.topology import Topology
 
@@ -159,8 +163,7 @@ class RunResult:
 
 
 def _participants(engine: Engine, s: int, selected: list[str]) -> list[ReplicaState]:
-    idx = sorted({engine.layout.serves[s][n] for n in selected})
-    return [engine.replicas[s][i] for i in idx]
+    return participants(engine, s, selected)
 
 
 def train_round(eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[str, list[torch.Tensor]],
@@ -168,57 +171,22 @@ def train_round(eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[st
                 log: list[tuple[list[str], int]] | None = None) -> tuple[float, int, dict[str, int]]:
     """Run one round's training steps in the plan's schedule order; returns loss sum, samples, samples per node.
 
-    lockstep: every node's t-th batch in joint step t; sequential: node after node, each
-    all its batches, with the relay between them; round_robin: one batch per step, nodes
-    taking turns. Step-level FedAvg happens every ``every`` steps. ``log`` receives the
-    (nodes, batch index) of every step, in order.
+    The steps are the round program's (``flexpl.program.step_blocks``: lockstep, sequential
+    with the relay between nodes, round_robin; step-level FedAvg every ``every`` steps), run
+    by the tensor runner (``engine.runner``). ``log`` receives the (nodes, batch index) of
+    every step, in order.
     """
     plan = eng.plan
     selected = list(plan_batches)
-    seen = dict.fromkeys(selected, 0)
-    loss_sum, n_sum, joint = 0.0, 0, 0
-
-    def step(names: list[str], t: int) -> None:
-        nonlocal loss_sum, n_sum, joint
-        batch = {}
-        for n in names:
-            idx = plan_batches[n][t]
-            batch[n] = (by_name[n].x[idx], by_name[n].y[idx])
-            seen[n] += len(idx)
-        ls, ns = eng.train_step(batch)
-        if log is not None:
-            log.append((names, t))
-        loss_sum, n_sum, joint = loss_sum + ls, n_sum + ns, joint + 1
-        faults.after_train_step(rnd, joint)  # test hook (flexpl.faults): killed mid-round
-        for s in fed_step:
-            if joint % plan.stages[s].sync.every == 0:
-                reps = _participants(eng, s, names)
-                eng.upload(s, reps, [sum(seen[m] for m in r.spec.members if m in seen) for r in reps])
-                eng.download(s, reps)
-
-    if plan.schedule == "sequential":
-        for n in selected:
-            eng.relay(n)
-            for t in range(len(plan_batches[n])):
-                step([n], t)
-    elif plan.schedule == "round_robin":
-        cursor = dict.fromkeys(selected, 0)
-        while any(cursor[n] < len(plan_batches[n]) for n in selected):
-            for n in selected:
-                if cursor[n] < len(plan_batches[n]):
-                    step([n], cursor[n])
-                    cursor[n] += 1
-    elif eng.independent_paths and not fed_step and not eng.vector_chunk:
-        # [Note: node-major order] No replica or node is shared between data nodes, so
-        # lockstep and node-by-node give the same arithmetic and the same clock; node by
-        # node keeps one model warm in the cache.
-        for n in selected:
-            for t in range(len(plan_batches[n])):
-                step([n], t)
-    else:
-        for t in range(max(len(b) for b in plan_batches.values())):
-            step([n for n in selected if t < len(plan_batches[n])], t)
-    return loss_sum, n_sum, seen
+    # [Note: node-major order] No replica or node is shared between data nodes, so
+    # lockstep and node-by-node give the same arithmetic and the same clock; node by
+    # node keeps one model warm in the cache.
+    node_major = eng.independent_paths and not fed_step and not eng.vector_chunk
+    sizes = {n: [len(idx) for idx in plan_batches[n]] for n in selected}
+    blocks = step_blocks(plan, selected, sizes, node_major, [(s, plan.stages[s].sync.every) for s in fed_step])
+    runner = TensorRunner(eng, by_name, plan_batches, rnd, log)
+    walk(blocks, runner)
+    return runner.loss_sum, runner.n_sum, runner.seen
 
 
 def _play_round(st: Setup, totals: Totals, rnd: int, attempt: int, selected: list[str],
@@ -232,12 +200,8 @@ def _play_round(st: Setup, totals: Totals, rnd: int, attempt: int, selected: lis
     absent = rf.absent if rf else set()
     present = [n for n in selected if n not in absent]
     reachable = [n for n in selected if not rf or n not in rf.cut_off]
-    if synced_before:
-        for s in fed_round + fed_step:
-            live = _participants(eng, s, present)
-            eng.download(s, live)
-            with rec.thrown_away():  # sent to nodes that then drop out of the round
-                eng.download(s, [r for r in _participants(eng, s, reachable) if r not in live])
+    # the round's program (flexpl.program): downloads, steps (train_round), uploads
+    walk(start_blocks(plan, present, synced_before), TensorRunner(eng, reachable=reachable))
     loss_sum, n_sum, seen = 0.0, 0, {}
     if present:
         plan_batches = {n: batches(by_name[n], scn.seed, rnd, tr.local_epochs, tr.batch_size,
@@ -251,7 +215,7 @@ def _play_round(st: Setup, totals: Totals, rnd: int, attempt: int, selected: lis
             loss_sum, n_sum, seen = train_round(eng, by_name, plan_batches, fed_step, rnd)
         if not math.isfinite(loss_sum):
             raise diverged(st, rnd, loss_sum)
-    synced = rnd % max([plan.stages[s].sync.every for s in fed_round] or [1]) == 0 or rnd == tr.rounds
+    synced = uploads_after(plan, rnd, tr.rounds)
     if synced:
         t0 = totals.sim_time
 
@@ -270,10 +234,7 @@ def _play_round(st: Setup, totals: Totals, rnd: int, attempt: int, selected: lis
                                     and rec.trace.label[i] == lab)
             return ok
 
-        for s in fed_round:
-            reps = _participants(eng, s, present)
-            if reps:
-                eng.upload(s, reps, [sum(seen[m] for m in r.spec.members if m in seen) for r in reps], keep=on_time)
+        walk(end_blocks(plan, present, True), TensorRunner(eng, keep=on_time, seen=seen))
     return loss_sum, n_sum, present, synced
 
 

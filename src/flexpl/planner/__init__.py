@@ -1,0 +1,96 @@
+"""``flexpl plan``: predict what many plans cost without training them, and recommend one.
+
+    flexpl plan edge-fmnist --objective energy --constraint "sim_time_s_per_round<=120"
+
+1. **Candidates.** Every preset, every cut point (pairs of cuts for three-stage plans:
+   per-device front, middle on the edge heads, tail on the server), the groupings the
+   topology suggests, FedAvg every 1, 2 or 5 rounds. Each candidate is a scenario variant
+   (``strategy`` + ``plan``) that ``flexpl run`` executes as is.
+2. **Prediction without training.** A shape walk runs the round's program (``flexpl.program``,
+   the one the simulator runs) and records, action by action, the trace the engine records
+   for a round (the same ``Recorder``, FLOP counter, byte sizes and clock), from shapes
+   alone. The program's ``Repeat`` runs of identical steps are recorded until a copy repeats
+   the one before it and then counted, and the
+   clock jumps over them once they repeat; see [Note: compressed rounds]. FLOPs and bytes
+   equal what a simulated run counts, time and energy agree to rounding (the tests check).
+3. **Memory per node.** Parameters, gradients, optimizer state of every replica a node
+   hosts (plus the aggregator's averaged copy), and the activations autograd saves for one
+   batch, against the node's ``memory_bytes``.
+4. **Choice.** Constraints (``COLUMN<=VALUE``), the Pareto front of the objective against
+   bytes and time, ``plans.csv``, ``pareto.png`` and ``best.yaml``. ``--validate K`` trains
+   the K best feasible plans for a few rounds and adds their accuracy.
+
+This is the planner the background asks for (RightTrain, Malandrino & Chiasserini,
+arXiv 2202.11349: choose data/model parallelism and layer placement jointly under energy,
+time and memory constraints), restricted to costs: accuracy comes only from ``--validate``.
+
+[Note: compressed rounds] A round repeats itself. In lockstep, every joint step with the
+same nodes and batch sizes records the same actions; only their event ids move on. The
+round's program (``flexpl.program``) holds such a run as one ``Repeat`` block. The
+walk records a step, and when the next identical step records the same actions from the
+same state (the same engine events unset), every later identical step is a copy of it
+whose dependencies on the step before are shifted by one step's length. The walk keeps
+that copy once with a repeat count, which is exact for FLOPs, bytes and energy. The clock
+then unrolls the copies one at a time through the simulator's own scheduler
+(``schedule_range``) until every independent part of the step (actions linked by
+dependencies or a shared node/link) advances by the same time from one copy to the next.
+From then on it does so exactly, because the clock rules are invariant under a time
+shift, so the clock jumps over the remaining copies. Scheduling block by block equals
+scheduling the whole round only while no action overtakes an earlier block's action on
+the same resource: the clock checks this, merges the blocks when it happens, and where
+it cannot (SplitFed devices lapping each other at a shared server, raw inputs streaming
+ahead of the model), or once it has unrolled an eighth of the round without settling, it
+schedules the whole round with the simulator's own loop (``costs.clock.sweep``, which
+``schedule`` runs), straight from the compressed form: the copies of a block share one
+list of successors, as offsets (``_FlatRound``). The round without its upload runs the
+same until the first upload action is taken; it goes on from there (``_FlatRound.resume``).
+Makespans are clocked only for the rounds a plan has (``WalkedRound.clock``).
+"""
+
+
+from flexpl.costs.clock import _FlatRound, _slice, flat_makespans
+from flexpl.costs.clock_blocks import _Clock, _components, expand, makespans
+from flexpl.errors import UserError
+from flexpl.planner.candidates import SYNC_EVERY, Candidate, candidate_data, enumerate_candidates
+from flexpl.planner.choose import (
+    BOOL_COLUMNS,
+    CSV_COLUMNS,
+    ID_COLUMNS,
+    MEMORY_FITS,
+    NUMERIC_COLUMNS,
+    OBJECTIVES,
+    Constraint,
+    choose,
+    parse_constraint,
+)
+from flexpl.planner.context import PlanContext, RoundCost, WalkedRound
+from flexpl.planner.output import (
+    _table,
+    add_arguments,
+    cost_candidates,
+    main,
+    plan_scenario,
+    plot_pareto,
+    validate,
+    write_best,
+)
+from flexpl.planner.predict import Planner, Prediction
+from flexpl.planner.shapes import StageCosts, StageProbe, batch_sizes, saved_activation_bytes
+from flexpl.planner.walk import ShapeWalk
+
+__all__ = [
+    "BOOL_COLUMNS", "CSV_COLUMNS", "ID_COLUMNS", "MEMORY_FITS", "NUMERIC_COLUMNS", "OBJECTIVES", "SYNC_EVERY",
+    "Candidate", "Constraint", "PlanContext", "Planner", "Prediction", "RoundCost", "ShapeWalk",
+    "StageCosts", "StageProbe", "UserError", "WalkedRound", "_Clock", "_FlatRound", "_components", "_slice",
+    "_table", "add_arguments", "batch_sizes", "candidate_data", "choose",
+    "cost_candidates", "enumerate_candidates", "expand", "flat_makespans", "main", "makespans", "parse_constraint",
+    "plan_scenario", "plot_pareto", "saved_activation_bytes", "validate", "write_best",
+]
+
+
+def __getattr__(name: str) -> object:
+    if name == "Compressed":  # moved to costs.trace (which imports numpy: kept out of ``flexpl --help``)
+        from flexpl.costs.trace import Compressed
+
+        return Compressed
+    raise AttributeError(f"module 'flexpl.planner' has no attribute {name!r}")

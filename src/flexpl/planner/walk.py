@@ -1,0 +1,279 @@
+"""The shape walk: one round of a plan recorded action by action from shapes alone."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
+    from flexpl.costs.trace import Compressed, Recorder
+    from flexpl.planner.context import PlanContext
+
+
+@dataclass
+class _Rep:
+    """A replica as the walk sees it: where it lives and the event after which its weights are current."""
+
+    host: str
+    last_update: int | None = None
+
+
+class ShapeWalk:
+    """Records, from shapes alone, the actions the engine records for one round of a plan.
+
+    The shape runner of a round's program (``flexpl.program``): mirrors ``Engine.train_step``,
+    ``download``, ``upload``, ``relay`` and ``collect``, walked in the program's order as the
+    simulator walks it (without failures): the same
+    ``Recorder`` calls with the same FLOPs, bytes, dependencies and labels, so the trace
+    is the simulator's (tests compare them action by action). Only the tensors are gone.
+    """
+
+    def __init__(self, ctx: PlanContext) -> None:
+        from flexpl.costs.trace import Recorder
+
+        self.ctx = ctx
+        self.rec: Recorder = Recorder(ctx.topo)
+        self.reps = [[_Rep(r.host) for r in reps] for reps in ctx.layout.replicas]
+        self.global_ev: dict[Any, int | None] = {}
+        for s in ctx.fed_round + ctx.fed_step:  # per stage, or per (stage, group head) for sync scope "group"
+            if ctx.layout.grouped(s):
+                self.global_ev.update({(s, a): None for a in ctx.layout.agg_of[s].values()})
+            else:
+                self.global_ev[s] = None
+        self.stream_ready: dict[str, int | None] = {}
+        self.relay_holder: str | None = None
+        self.blocks: list[list[int]] = []
+        self.activations: dict[tuple[int, int], int] = {}
+        self.sizes: dict[str, list[int]] = {}  # the round's batch sizes per node
+
+    # -------------------------------------------------------------- engine operations
+
+    def step(self, batch: Sequence[tuple[str, int]]) -> None:
+        """The program's ``Step``: ``batch`` = [(node, batch index)] (see :meth:`train_step`)."""
+        sizes = self.sizes
+        self.train_step([(n, sizes[n][t]) for n, t in batch])
+
+    def step_sync(self, s: int, names: Sequence[str]) -> None:
+        """The program's ``StepSync``: step-level FedAvg, as the simulator's runner does it."""
+        self.upload(s, names)
+        self.download(s, names)
+
+    def train_step(self, batch: Sequence[tuple[str, int]]) -> None:
+        """``Engine.train_step`` for ``batch`` = [(node, batch size)], in batch order."""
+        c, rec = self.ctx, self.rec
+        serves = c.layout.serves
+        last = len(c.stages) - 1
+        sizes_of = dict(batch)
+        carry = {n: ((b, *c.in_shape), c.x_esize, n, self.stream_ready.get(n)) for n, b in batch}
+        saved: list[list[tuple]] = [[] for _ in c.stages]
+        for s in range(len(c.stages)):
+            groups: dict[int, list[str]] = {}
+            for m in carry:
+                groups.setdefault(serves[s][m], []).append(m)
+            dim = 1 if (c.features and s == c.junction_stage) else 0
+            new_carry = {}
+            for ridx, members in groups.items():
+                rep = self.reps[s][ridx]
+                label = f"s{s}r{ridx}"
+                evs = [rep.last_update]
+                parts = []
+                for m in members:
+                    shape, esize, loc, ev = carry[m]
+                    evs.append(rec.transfer(loc, rep.host, math.prod(shape) * esize, [ev],
+                                            "input" if s == 0 else "activation", label))
+                    parts.append(shape)
+                inp = parts[0] if len(parts) == 1 else _cat(parts, dim)
+                pr = c.probe(s, inp)
+                fwd_ev = rec.compute(rep.host, pr.fwd, evs, "fwd", label)
+                key = (s, ridx)
+                if pr.saved_bytes > self.activations.get(key, -1):
+                    self.activations[key] = pr.saved_bytes
+                out_keys = members[:1] if dim == 1 else members
+                sizes = [p[dim] for p in parts]
+                labels = []
+                if s == last:  # labels travel from their owner to the loss
+                    for m in out_keys:
+                        labels.append(rec.transfer(m, rep.host, sizes_of[m] * c.y_esize,
+                                                   [self.stream_ready.get(m)], "labels", label))
+                saved[s].append((rep, ridx, inp, members, out_keys, sizes, dim, fwd_ev, pr.bwd, labels))
+                if len(out_keys) == 1:
+                    new_carry[out_keys[0]] = (pr.out_shape, pr.out_esize, rep.host, fwd_ev)
+                else:
+                    for m, n in zip(out_keys, sizes):
+                        new_carry[m] = ((n, *pr.out_shape[1:]), pr.out_esize, rep.host, fwd_ev)
+            carry = new_carry
+
+        pending: dict[str, tuple] = {}
+        for s in range(last, -1, -1):
+            next_pending = {}
+            for rep, ridx, inp, members, out_keys, sizes, dim, fwd_ev, f_bwd, labels in saved[s]:
+                label = f"s{s}r{ridx}"
+                if s == last:
+                    evs = [fwd_ev, *labels]
+                elif c.out_grad[s]:
+                    evs = [fwd_ev]
+                    for m in out_keys:
+                        g_shape, g_esize, loc, gev = pending[m]
+                        evs.append(rec.transfer(loc, rep.host, math.prod(g_shape) * g_esize, [gev], "gradient",
+                                                label))
+                else:  # a stage with no parameters fed by raw data: nothing flows back
+                    for m in members:
+                        self.stream_ready[m] = fwd_ev
+                    continue
+                bwd_ev = rec.compute(rep.host, f_bwd + c.opt_flops[s], evs, "bwd", label)
+                rep.last_update = bwd_ev
+                if c.input_grad[s]:
+                    for m, n in zip(members, sizes):
+                        piece = inp if len(members) == 1 else _with(inp, dim, n)
+                        next_pending[m] = (piece, c.act_esize, rep.host, bwd_ev)
+                else:
+                    for m in members:
+                        self.stream_ready[m] = bwd_ev
+            pending = next_pending
+
+    def download(self, s: int, names: Sequence[str]) -> None:
+        """``Engine.download`` of stage ``s`` to the replicas serving ``names``."""
+        layout = self.ctx.layout
+        if layout.grouped(s):  # Engine._download_group: by group head, in order of first appearance
+            ridxs = self._participants(s, names)
+            for a in dict.fromkeys(layout.agg_of[s][r] for r in ridxs):
+                for ridx in (r for r in ridxs if layout.agg_of[s][r] == a):
+                    rep = self.reps[s][ridx]
+                    rep.last_update = self.rec.transfer(a, rep.host, self.ctx.state_bytes[s],
+                                                        [self.global_ev[(s, a)], rep.last_update], "weights", f"s{s}")
+            return
+        agg = self.ctx.layout.aggregators[s]
+        for ridx in self._participants(s, names):
+            rep = self.reps[s][ridx]
+            rep.last_update = self.rec.transfer(agg, rep.host, self.ctx.state_bytes[s],
+                                                [self.global_ev[s], rep.last_update], "weights", f"s{s}")
+
+    def upload(self, s: int, names: Sequence[str]) -> None:
+        """``Engine.upload`` of stage ``s`` from the replicas serving ``names``, then the average."""
+        from flexpl.costs.flops import fedavg_flops as default_flops
+
+        agg_flops = self.ctx.agg_flops or default_flops  # training.aggregator's count (FedAvg by default)
+        layout = self.ctx.layout
+        if layout.grouped(s):  # Engine._upload_group: each to its group head, then one average per head
+            ridxs = self._participants(s, names)
+            evs = {r: self.rec.transfer(self.reps[s][r].host, layout.agg_of[s][r], self.ctx.state_bytes[s],
+                                        [self.reps[s][r].last_update], "weights", f"s{s}") for r in ridxs}
+            for a in dict.fromkeys(layout.agg_of[s][r] for r in ridxs):
+                mine = [evs[r] for r in ridxs if layout.agg_of[s][r] == a]
+                self.global_ev[(s, a)] = self.rec.compute(a, agg_flops(len(mine), self.ctx.float_elements[s]),
+                                                          mine, "aggregate", f"s{s}")
+            return
+        agg = self.ctx.layout.aggregators[s]
+        evs = [self.rec.transfer(self.reps[s][ridx].host, agg, self.ctx.state_bytes[s],
+                                 [self.reps[s][ridx].last_update], "weights", f"s{s}")
+               for ridx in self._participants(s, names)]
+        if evs:
+            self.global_ev[s] = self.rec.compute(agg, agg_flops(len(evs), self.ctx.float_elements[s]), evs,
+                                                 "aggregate", f"s{s}")
+
+    def relay(self, to_node: str) -> None:
+        """``Engine.relay``: hand every relay stage's weights from the holder to ``to_node``."""
+        holder, self.relay_holder = self.relay_holder, to_node
+        if holder is None or holder == to_node:
+            return
+        serves = self.ctx.layout.serves
+        for s, st in enumerate(self.ctx.stages):
+            if st.sync.kind != "relay":
+                continue
+            src, dst = self.reps[s][serves[s][holder]], self.reps[s][serves[s][to_node]]
+            dst.last_update = self.rec.transfer(src.host, dst.host, self.ctx.state_bytes[s],
+                                                [src.last_update, dst.last_update], "weights", f"s{s}")
+
+    def collect(self, dst: str) -> None:
+        """``Engine.collect``: every data node ships its raw samples, then its labels, to ``dst``."""
+        c = self.ctx
+        for n in c.data_nodes:
+            self.rec.transfer(n, dst, c.samples[n] * math.prod(c.in_shape) * c.x_esize, [], "data", "data")
+            self.rec.transfer(n, dst, c.samples[n] * c.y_esize, [], "data", "data")
+
+    def _participants(self, s: int, names: Sequence[str]) -> list[int]:
+        serves = self.ctx.layout.serves[s]
+        return sorted({serves[n] for n in names})
+
+    # -------------------------------------------------------------- one round, compressed
+
+    def _pattern(self) -> tuple[bool, ...]:
+        """Which engine events are unset: with the same blocks to walk, the same pattern means the same program."""
+        return (tuple(r.last_update is None for reps in self.reps for r in reps)
+                + tuple(v is None for v in self.global_ev.values())
+                + tuple(self.stream_ready.get(n) is None for n in self.ctx.train_nodes))
+
+    def _block(self, fn: Callable[[], None]) -> None:
+        lo = len(self.rec.trace)
+        fn()
+        if len(self.rec.trace) > lo:
+            self.blocks.append([lo, len(self.rec.trace), 0])
+
+    def _repeat(self, count: int, fn: Callable[[int], None]) -> None:
+        """A program's ``Repeat`` block: one block, or :meth:`_run` for a run of copies."""
+        if count == 1:
+            self._block(lambda: fn(0))
+        else:
+            self._run(count, fn)
+
+    def _run(self, count: int, fn: Callable[[int], None]) -> None:
+        """Walk ``count`` identical blocks (``fn(i)``: copy ``i``); once one repeats the block before it,
+        count the rest as copies."""
+        prev: tuple[int, int, tuple] | None = None
+        for i in range(count):
+            pattern = self._pattern()
+            lo = len(self.rec.trace)
+            fn(i)
+            hi = len(self.rec.trace)
+            if prev is not None and prev[2] == pattern and self._same(prev[0], lo, hi):
+                self.blocks.append([lo, hi, count - 1 - i])
+                return
+            self.blocks.append([lo, hi, 0])
+            prev = (lo, hi, pattern)
+
+    def _same(self, a: int, b: int, hi: int) -> bool:
+        """Blocks ``a..b-1`` and ``b..hi-1`` hold the same actions, and the second depends only on
+        itself, on the first, or on the same earlier events as the first."""
+        n = hi - b
+        if b - a != n:
+            return False
+        t = self.rec.trace
+        for col in (t.kind, t.resource, t.duration, t.amount, t.what, t.label, t.src, t.dst):
+            if col[a:b] != col[b:hi]:
+                return False
+        for j in range(n):
+            da, db = t.deps[a + j], t.deps[b + j]
+            if len(da) != len(db):
+                return False
+            inner_a = {d - a for d in da if d >= a}
+            inner_b = {d - b for d in db if d >= b}
+            if inner_a != inner_b or any(d < a and d not in da for d in db):
+                return False
+        return True
+
+    def walk(self, selected: Sequence[str], download: bool, collect: bool) -> Compressed:
+        """Record one round: the round's program (``flexpl.program``: collect in round 1 of a
+        centralized plan, download, the steps, the upload), its Repeat blocks compressed."""
+        from flexpl.costs.trace import Compressed
+        from flexpl.program import end_blocks, start_blocks, step_blocks, walk
+
+        c = self.ctx
+        plan = c.plan
+        self.sizes = {n: c.batches[n] for n in selected}
+        node_major = c.independent_paths and not c.fed_step
+        walk(start_blocks(plan, selected, download, c.topo.server if collect else None)
+             + step_blocks(plan, selected, self.sizes, node_major), self, self._repeat)
+        split = len(self.rec.trace)
+        walk(end_blocks(plan, selected, True), self, self._repeat)
+        return Compressed(self.rec.trace, self.blocks, split, dict(self.activations))
+
+
+def _cat(shapes: list[tuple[int, ...]], dim: int) -> tuple[int, ...]:
+    first = shapes[0]
+    return (*first[:dim], sum(s[dim] for s in shapes), *first[dim + 1:])
+
+
+def _with(shape: tuple[int, ...], dim: int, n: int) -> tuple[int, ...]:
+    return (*shape[:dim], n, *shape[dim + 1:])

@@ -184,6 +184,20 @@ def test_bad_ray_options_are_one_line_errors(argv, fragment, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.ray
+@needs_ray
+def test_unreachable_address_is_a_one_line_error_not_minutes_of_retries(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert cli.main(["sweep", "digits-star", *GRID, "--ray", f"127.0.0.1:{port}", "--out", str(tmp_path / "o"),
+                     "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--ray 127.0.0.1:{port}: cannot reach" in err
+
+
 def test_address_forms():
     for ok in ("", "auto", "local", "127.0.0.1:6379", "head-node:6379", "ray://head:10001"):
         ray_exec.check_address(ok)

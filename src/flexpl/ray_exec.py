@@ -101,8 +101,8 @@ def session(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
     if address and address != "local":
         _check_reachable(address)
         kwargs["address"] = address
-    else:
-        kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+    else:  # "local": always a new Ray, never one a `ray start` on this machine left (or a stale record of it)
+        kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1)
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:  # no cluster at that address

@@ -91,6 +91,8 @@ def session(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
     running; one started here is shut down on the way out, also on an error or Ctrl-C.
     """
     require(address or "", num_cpus)
+    if address and address != "local":
+        _check_reachable(address)
     ray = _import_ray()
     if ray.is_initialized():
         yield ray
@@ -99,7 +101,6 @@ def session(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
 
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR}
     if address and address != "local":
-        _check_reachable(address)
         kwargs["address"] = address
     else:  # "local": always a new Ray, never one a `ray start` on this machine left (or a stale record of it)
         kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1)

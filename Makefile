@@ -2,7 +2,7 @@
 # Both set everything up on a fresh machine: .venv, the pinned CPU build of torch first,
 # then the project with its extras, and Fashion-MNIST from Debian when it is missing.
 # The ray extra (flexpl sweep --ray) is part of setup: its wheel is 79 MB and installs in
-# about 15 s, and its tests (tests/test_ray.py, a local Ray) run in `make test` as in CI;
+# 15-30 s, and its tests (tests/test_ray.py, a local Ray) run in `make test` as in CI;
 # FLEXPL_REQUIRE_RAY makes them fail, not skip, where Ray is missing.
 
 VENV   ?= .venv

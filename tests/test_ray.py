@@ -66,7 +66,7 @@ def test_interrupted_ray_sweep_resumes_reusing_finished_cells(tmp_path):
     """Ctrl-C a Ray sweep after its first cell; the rerun keeps that cell and runs only the rest."""
     out = tmp_path / "sw"
     # one CPU: the cells run one after another, so the interrupt lands after some, before all
-    argv = [str(Path(sys.executable).parent / "flexpl"), "sweep", "digits-star", "--set", "training.rounds=3",
+    argv = [str(Path(sys.executable).parent / "flexpl"), "sweep", "digits-star", "--set", "training.rounds=2",
             "--grid", "strategy=fl,fpl,sfl", "--ray", "--jobs", "1", "--out", str(out), "--quiet"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -88,14 +88,14 @@ def test_interrupted_ray_sweep_resumes_reusing_finished_cells(tmp_path):
     assert interrupted, "every cell had finished: nothing left to resume"
 
     seen: dict[str, bool] = {}
-    sweep.run_sweep("digits-star", ["training.rounds=3"], ["strategy=fl,fpl,sfl"], None, out, quiet=True,
+    sweep.run_sweep("digits-star", ["training.rounds=2"], ["strategy=fl,fpl,sfl"], None, out, quiet=True,
                     ray="", ray_cpus=2, on_cell=lambda c, s: seen.__setitem__(c.name, s is not None))
     assert seen["strategy=fl"] is False  # reused, not rerun
     assert all(seen[n] for n in interrupted)  # the unfinished cells ran
     assert (first.stat().st_mtime_ns, first.read_text()) == kept
     rows = rows_of(out / "sweep.csv")
     assert [r["cell"] for r in rows] == ["strategy=fl", "strategy=fpl", "strategy=sfl"]
-    assert all(r["rounds_completed"] == "3" for r in rows)
+    assert all(r["rounds_completed"] == "2" for r in rows)
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +182,20 @@ def test_bad_ray_options_are_one_line_errors(argv, fragment, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and fragment in err, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.ray
+@needs_ray
+def test_unreachable_address_is_a_one_line_error_not_minutes_of_retries(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert cli.main(["sweep", "digits-star", *GRID, "--ray", f"127.0.0.1:{port}", "--out", str(tmp_path / "o"),
+                     "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--ray 127.0.0.1:{port}: cannot reach" in err
 
 
 def test_address_forms():

@@ -91,6 +91,8 @@ def session(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
     running; one started here is shut down on the way out, also on an error or Ctrl-C.
     """
     require(address or "", num_cpus)
+    if address and address != "local":
+        _check_reachable(address)
     ray = _import_ray()
     if ray.is_initialized():
         yield ray
@@ -100,8 +102,8 @@ def session(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR}
     if address and address != "local":
         kwargs["address"] = address
-    else:
-        kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+    else:  # "local": always a new Ray, never one a `ray start` on this machine left (or a stale record of it)
+        kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1)
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:  # no cluster at that address
@@ -111,6 +113,23 @@ def session(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A ``UserError`` if ``HOST:PORT`` (or ``ray://HOST:PORT``) does not accept a connection.
+
+    ``ray.init`` would retry an unreachable head node for minutes, logging as it goes.
+    """
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--ray {address}: cannot reach {host}:{port} ({exc}); start the cluster there "
+                        "(ray start --head) or fix the address") from None
 
 
 def largest_node_cpus(ray: Any) -> float:

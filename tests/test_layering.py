@@ -28,15 +28,29 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` except the bodies of ``if TYPE_CHECKING:`` (type-only imports never run)."""
+    out, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
 def _imports(name: str, path: Path) -> set[str]:
     """Package modules ``name`` imports anywhere in its file (top level or inside a function).
 
+    Imports under ``if TYPE_CHECKING:`` are left out: they never run, so they cannot close a circle.
     ``from a.b import c`` counts as importing ``a.b`` and, if it is a module, ``a.b.c``;
     a module named in a string passed to ``importlib.import_module`` counts too.
     """
     pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -175,3 +189,11 @@ def test_topology_from_scenario_is_what_the_simulator_builds():
     topo, old = Topology.from_scenario(scn), build_topology(scn)
     assert topo.nodes == old.nodes and topo.links == old.links and topo.server == old.server
     assert [topo.route(n, topo.server) for n in scn.data_nodes] == [old.route(n, old.server) for n in scn.data_nodes]
+
+
+def test_type_only_imports_are_not_edges(tmp_path: Path) -> None:
+    """An ``if TYPE_CHECKING:`` import is not an edge of the graph; a deferred one is."""
+    f = tmp_path / "m.py"
+    f.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from flexpl.cli import main\n"
+                 "def g():\n    from flexpl.console import fmt\n")
+    assert _imports("flexpl.m", f) == {"flexpl.console"}

@@ -153,9 +153,8 @@ def schedule_range(trace: Trace, lo: int, hi: int, t0: float, start: list[float]
 
 
 def _slice(t: Trace, lo: int, hi: int) -> Trace:
-    from flexpl.costs.trace import Trace
-
-    return Trace(**{name: getattr(t, name)[lo:hi] for name in Trace.__dataclass_fields__})
+    cls = type(t)  # a Trace: built from its own class, so the clock needs no import of costs.trace
+    return cls(**{name: getattr(t, name)[lo:hi] for name in cls.__dataclass_fields__})
 
 
 class _FlatRound:

@@ -181,7 +181,7 @@ class Planner:
     def round_kinds(self, ctx: PlanContext) -> Counter:
         """How many rounds of each kind the scenario runs: (clients, download first, upload last, relay holder,
         collect), by the simulator's client selection and the sync rules of ``flexpl.program``."""
-        from flexpl.engine.core import select_clients
+        from flexpl.data.batching import select_clients
         from flexpl.program import relay_holder_after, relays, uploads_after
 
         scn, tr, plan = self.scn, self.scn.training, ctx.plan

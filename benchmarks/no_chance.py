@@ -28,11 +28,11 @@ CHANCE = 0.15
 # scenario -> (slice and rounds as --set items); small enough to run on a laptop CPU
 SLICES: dict[str, list[str]] = {
     "digits-star": [],
-    "edge-fmnist": ["data.max_train=2000", "data.max_test=1000", "training.rounds=3"],
-    "fmnist-star10": ["data.max_train=2000", "data.max_test=1000", "training.rounds=3"],
-    "cnn-100": ["data.max_train=3000", "data.max_test=1000", "training.rounds=3"],
-    "mlp-1000": ["data.max_train=6000", "data.max_test=1000", "training.rounds=3"],
-    "fog-cifar": ["model.width=0.25", "data.max_train=1000", "data.max_test=500", "training.rounds=2"],
+    "edge-fmnist": ["data.max_train=1000", "data.max_test=500", "training.rounds=3"],
+    "fmnist-star10": ["data.max_train=1000", "data.max_test=500", "training.rounds=3"],
+    "mlp-1000": ["data.max_train=5000", "data.max_test=500", "training.rounds=3"],
+    "cnn-100": ["data.max_train=2000", "data.max_test=500", "training.rounds=3"],
+    "fog-cifar": ["model.width=0.25", "data.max_train=1000", "data.max_test=500", "training.rounds=3"],
 }
 SKEWED = ["data.partition.kind=dirichlet", "data.partition.alpha=0.1"]
 

@@ -299,6 +299,27 @@ def test_dirichlet_respects_min_size() -> None:
     assert min(len(p) for p in parts) >= 10 and covers_once(parts, len(LABELS))
 
 
+def test_dirichlet_min_samples_tops_up_when_no_draw_fits() -> None:
+    """1,000 nodes at alpha 0.1 (mlp-1000): redraws cannot give every node a sample; the top-up does, seeded."""
+    labels = np.random.default_rng(3).permutation(np.repeat(np.arange(10), 600))
+    for min_size in (1, 3):
+        parts = partition(labels, 1000, "dirichlet", seed=0, alpha=0.1, min_size=min_size)
+        assert min(len(p) for p in parts) >= min_size and covers_once(parts, len(labels))
+        again = partition(labels, 1000, "dirichlet", seed=0, alpha=0.1, min_size=min_size)
+        assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    # still label-skewed: topping up moves a few samples, not the draw
+    mean_bits = np.mean([s["entropy_bits"] for s in summarize(labels, parts, 10)])
+    assert mean_bits < 1.5
+
+
+def test_dirichlet_min_samples_keeps_a_draw_that_fits() -> None:
+    """When a draw already gives every node min_samples, the rule changes nothing (same as min_size 0)."""
+    a = partition(LABELS, 5, "dirichlet", seed=4, alpha=1.0, min_size=0)
+    b = partition(LABELS, 5, "dirichlet", seed=4, alpha=1.0, min_size=1)
+    assert min(len(p) for p in a) >= 1
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
 def test_partition_errors() -> None:
     with pytest.raises(UserError, match="data.partition: 5 nodes but only 4 samples"):
         partition(np.zeros(4, np.int64), 5, "iid", seed=0)
@@ -307,7 +328,7 @@ def test_partition_errors() -> None:
     for alpha in (0, -1.0, float("nan")):
         with pytest.raises(UserError, match=r"data\.partition\.alpha"):
             partition(LABELS, 2, "dirichlet", seed=0, alpha=alpha)
-    with pytest.raises(UserError, match=r"data\.partition\.alpha"):
+    with pytest.raises(UserError, match=r"data\.partition\.min_samples: 10 data nodes x 200 samples"):
         partition(LABELS, 10, "dirichlet", seed=0, alpha=0.5, min_size=200)
     with pytest.raises(UserError, match=r"data\.partition\.shards_per_node"):
         partition(np.arange(10) % 2, 4, "shards", seed=0, shards_per_node=3)

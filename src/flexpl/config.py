@@ -112,6 +112,8 @@ class PartitionCfg(_Strict):
     kind: Literal["iid", "dirichlet", "shards"] = "iid"
     alpha: PositiveFloat = 0.5
     shards_per_node: PositiveInt = 2
+    # dirichlet: every data node gets at least this many samples (redraw, then top up; see data/partition.py)
+    min_samples: PositiveInt = 1
 
 
 class TransformCfg(_Strict):

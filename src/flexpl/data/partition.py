@@ -55,6 +55,25 @@ def _iid(n: int, n_nodes: int, rng: np.random.Generator, w: np.ndarray | None) -
     return list(np.split(perm, np.cumsum(counts)[:-1]))
 
 
+def _top_up(parts: list[np.ndarray], min_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Give each node below ``min_size`` samples drawn at random from the node holding the most.
+
+    Nodes are filled in index order; a donor never drops below ``min_size`` itself. Requires
+    ``sum(len(p)) >= min_size * len(parts)`` (checked by the caller).
+    """
+    parts = [np.asarray(p, dtype=np.int64) for p in parts]
+    for node in range(len(parts)):
+        while len(parts[node]) < min_size:
+            donor = int(np.argmax([len(p) for p in parts]))
+            take = min(min_size - len(parts[node]), len(parts[donor]) - min_size)
+            moved = rng.choice(len(parts[donor]), size=take, replace=False)
+            keep = np.ones(len(parts[donor]), dtype=bool)
+            keep[moved] = False
+            parts[node] = np.concatenate([parts[node], parts[donor][moved]])
+            parts[donor] = parts[donor][keep]
+    return parts
+
+
 def _dirichlet(
     labels: np.ndarray,
     n_nodes: int,
@@ -63,9 +82,24 @@ def _dirichlet(
     min_size: int,
     w: np.ndarray | None,
 ) -> list[np.ndarray]:
-    """Per class, split the shuffled indices with Dirichlet(alpha) proportions across nodes."""
+    """Per class, split the shuffled indices with Dirichlet(alpha) proportions across nodes.
+
+    The rule for ``min_size`` (``data.partition.min_samples``): the whole draw is repeated (same
+    generator, so seeded) up to ``DIRICHLET_TRIES`` times until every node holds at least
+    ``min_size`` samples, as common FL code does (e.g. NIID-Bench's ``min_require_size``). If no
+    draw does (many nodes and a small alpha: with 1,000 nodes and alpha 0.1 a few nodes get no
+    sample in almost every draw), the draw with the fewest missing samples is kept and each short
+    node is topped up with random samples from the largest node (:func:`_top_up`).
+    """
+    if min_size * n_nodes > len(labels):
+        raise UserError(
+            f"data.partition.min_samples: {n_nodes} data nodes x {min_size} samples is more than the "
+            f"{len(labels)} training samples; lower min_samples, use fewer data nodes or more data"
+        )
     classes = np.unique(labels)
     by_class = [np.flatnonzero(labels == c) for c in classes]
+    best: list[np.ndarray] | None = None
+    best_short = -1
     for _ in range(DIRICHLET_TRIES):
         chunks: list[list[np.ndarray]] = [[] for _ in range(n_nodes)]
         for idx in by_class:
@@ -81,13 +115,13 @@ def _dirichlet(
             for node, part in enumerate(np.split(idx, cuts)):
                 chunks[node].append(part)
         parts = [np.concatenate(c) for c in chunks]
-        if min(len(p) for p in parts) >= min_size:
+        short = sum(max(0, min_size - len(p)) for p in parts)
+        if short == 0:
             return parts
-    raise UserError(
-        f"data.partition.alpha: could not give each of {n_nodes} data nodes at least "
-        f"{min_size} samples in {DIRICHLET_TRIES} tries with alpha={alpha:g}; use a larger alpha, "
-        "a smaller min_size, fewer data nodes or a larger dataset"
-    )
+        if best is None or short < best_short:
+            best, best_short = parts, short
+    assert best is not None
+    return _top_up(best, min_size, rng)
 
 
 def _shards(
@@ -132,7 +166,7 @@ def partition(
 
     Every index ``0..len(labels)-1`` appears in exactly one node. ``kind`` is ``iid``
     (even random split), ``dirichlet`` (per-class Dirichlet(``alpha``) proportions; each
-    node gets >= ``min_size`` samples) or ``shards`` (label-sorted shards,
+    node gets >= ``min_size`` samples, see :func:`_dirichlet` for the rule) or ``shards`` (label-sorted shards,
     ``shards_per_node`` per node). ``sizes_weights`` (one positive weight per node) makes
     node sizes roughly proportional to the weights. Deterministic for a given ``seed``.
     """
@@ -159,7 +193,7 @@ def partition(
         ):
             raise UserError(f"data.partition.alpha: must be a number > 0, got {alpha!r}")
         if not _is_int(min_size) or min_size < 0:
-            raise UserError(f"data.partition.min_size: must be an integer >= 0, got {min_size!r}")
+            raise UserError(f"data.partition.min_samples: must be an integer >= 0, got {min_size!r}")
     if kind == "shards" and (not _is_int(shards_per_node) or shards_per_node < 1):
         raise UserError(
             f"data.partition.shards_per_node: must be an integer >= 1, got {shards_per_node!r}"
@@ -211,7 +245,7 @@ def validation_split(parts: list[np.ndarray], fraction: float, seed: int) -> tup
         p = np.asarray(p)
         if len(p) < 2:
             raise UserError(f"data.validation_fraction: data node {i} holds {len(p)} sample(s), too few to hold "
-                            "any out; use more data or validation_fraction: 0")
+                            "any out; use more data, data.partition.min_samples: 2 or validation_fraction: 0")
         k = min(max(1, round(fraction * len(p))), len(p) - 1)
         rng = np.random.default_rng([int(seed), 0x56414C, i])  # "VAL": a stream of its own
         held = np.zeros(len(p), dtype=bool)

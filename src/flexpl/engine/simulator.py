@@ -124,7 +124,8 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
     else:
         full = probe
         parts = partition(data.train_y.numpy(), len(data_nodes), scn.data.partition.kind, seed=scn.seed,
-                          alpha=scn.data.partition.alpha, shards_per_node=scn.data.partition.shards_per_node)
+                          alpha=scn.data.partition.alpha, shards_per_node=scn.data.partition.shards_per_node,
+                          min_size=scn.data.partition.min_samples)
         parts, held = validation_split(parts, scn.data.validation_fraction, scn.seed)
         nodes = [NodeData(n, _place(data.train_x[idx], local(n)), _place(data.train_y[idx], local(n)), i)
                  for i, (n, idx) in enumerate(zip(data_nodes, parts))]

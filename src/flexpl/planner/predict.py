@@ -63,7 +63,8 @@ class Planner:
         self.default_cut = default_cut(spec, self.costs.model(self.plain))
         d = scn.data
         parts = partition(self.data.train_y.numpy(), len(scn.data_nodes), d.partition.kind, seed=scn.seed,
-                          alpha=d.partition.alpha, shards_per_node=d.partition.shards_per_node)
+                          alpha=d.partition.alpha, shards_per_node=d.partition.shards_per_node,
+                          min_size=d.partition.min_samples)
         self.samples = {n: len(p) for n, p in zip(scn.data_nodes, parts)}
         self.x_esize = self.data.train_x.element_size()
         self.y_esize = self.data.train_y.element_size()

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Fair comparison on edge-fmnist (issue 13): tune each strategy's learning rate on validation
+# data at Dirichlet alpha 0.1, then run every strategy with its tuned optimizer for ROUNDS
+# rounds and SEEDS seeds, at alpha 0.1 and IID, and print the table (benchmarks/fair_table.py).
+#
+#   bash benchmarks/fair_study.sh                                   # full size: 60k/10k, 20 rounds, 3 seeds
+#   SLICE="data.max_train=1000 data.max_test=1000" nice -n 15 bash benchmarks/fair_study.sh
+#
+# Resumable: rerunning the same command reuses every finished run (tune cells and seeds).
+# Seeds run one at a time over all strategies (0, then 0,1, then 0,1,2), so a study cut
+# short still has every strategy. The test set is never used to choose: flexpl tune reads
+# only final_val_accuracy (10% of each device's samples held out). IID reuses the values
+# tuned at alpha 0.1 unless TUNE_IID=1.
+set -euo pipefail
+FLEXPL=${FLEXPL:-flexpl}
+PY=${PY:-python}
+OUT=${OUT:-results/fair-study}
+SLICE=${SLICE:-}                       # --set items (space separated); empty: the full data set
+TUNE_SLICE=${TUNE_SLICE:-$SLICE}       # the tune's (its test set is never read: a smaller max_test is fine)
+ROUNDS=${ROUNDS:-20}
+SEEDS=${SEEDS:-0,1,2}
+TUNE_ROUNDS=${TUNE_ROUNDS:-4}
+TUNE_SEEDS=${TUNE_SEEDS:-0,1}
+LRS=${LRS:-0.01,0.02,0.05}
+TUNE_STRATS=${TUNE_STRATS:-centralized,fl,sl,sfl,mp,fpl,fpl-sync,fpl-group}
+PARTITIONS=${PARTITIONS:-alpha0.1 iid}
+TUNE_IID=${TUNE_IID:-0}
+# one torch thread per process: on a busy 2-core machine two intra-op threads ran a CNN step ~4x slower
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+slice=(); for s in $SLICE; do slice+=(--set "$s"); done
+tslice=(); for s in $TUNE_SLICE; do tslice+=(--set "$s"); done
+
+tune() {  # tune <folder> <partition --set items...>
+    local folder=$1; shift
+    $FLEXPL tune edge-fmnist --strategies "$TUNE_STRATS" --grid "training.optimizer.lr=$LRS" \
+        --seeds "$TUNE_SEEDS" "$@" "${tslice[@]}" --set "training.rounds=$TUNE_ROUNDS" \
+        --jobs 1 --quiet --out "$OUT/$folder"
+}
+
+tune tune-alpha0.1 --set data.partition.alpha=0.1
+for part in $PARTITIONS; do
+    case $part in
+        alpha0.1) pset=(--set data.partition.alpha=0.1); tuned=tune-alpha0.1 ;;
+        iid) pset=(--set data.partition.kind=iid); tuned=tune-alpha0.1
+             if [ "$TUNE_IID" = 1 ]; then tune tune-iid "${pset[@]}"; tuned=tune-iid; fi ;;
+        *) echo "PARTITIONS: unknown '$part' (alpha0.1, iid)" >&2; exit 2 ;;
+    esac
+    # the tuned values as --set items, and the FPL variant with the best tuned validation accuracy
+    mapfile -t tset < <($PY -c 'import sys; from flexpl.tune import tuned_sets
+print("\n".join(i for t in tuned_sets(sys.argv[1]) for i in ("--set", t)))' "$OUT/$tuned/tuned.yaml")
+    best=$($PY -c 'import csv, sys
+rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["chosen"] == "True" and r["strategy"] in ("fpl-sync", "fpl-group")]
+print(max(rows, key=lambda r: float(r["val_accuracy_mean"]))["strategy"] if rows else "fpl-sync")' "$OUT/$tuned/tune.csv")
+    strats=${STRATS:-centralized,fl,sl,sfl,mp,fpl,$best}
+    prefix=""
+    for k in ${SEEDS//,/ }; do
+        prefix=${prefix:+$prefix,}$k
+        $FLEXPL sweep edge-fmnist --grid "strategy=$strats" --seeds "$prefix" "${pset[@]}" "${slice[@]}" \
+            --set "training.rounds=$ROUNDS" "${tset[@]}" --jobs 1 --quiet --out "$OUT/$part"
+        $PY "$(dirname "$0")/fair_table.py" "$OUT/$part" || true
+    done
+done

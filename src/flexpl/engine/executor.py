@@ -242,13 +242,16 @@ def _serve(conn: Any, inherited: list[Any], eng: Engine, by_name: dict[str, Node
         if msg[0] == "stop":
             return
         try:
+            if msg[0] == "fold":
+                conn.send(("ok", _train_folding(eng, by_name, msg[1], msg[2])))
+                continue
             out: dict[str, list[tuple[float, int]]] = {}
             for name, idx_list in msg[1].items():
                 nd = by_name[name]
                 res = []
                 for idx in idx_list:
                     idx = torch.from_numpy(idx)
-                    res.append(eng.train_step({name: (nd.x[idx], nd.y[idx])}))
+                    res.append(eng.train_step({name: nd.batch(idx)}))
                 out[name] = res
                 eng.recorder.take()  # this process's own trace is not used (the parent records it)
             conn.send(("ok", out))
@@ -256,14 +259,32 @@ def _serve(conn: Any, inherited: list[Any], eng: Engine, by_name: dict[str, Node
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
+def _train_folding(eng: Engine, by_name: dict[str, NodeData], order: list[tuple[str, list[Any]]],
+                   samples: dict[str, int]) -> dict[str, list[tuple[float, int]]]:
+    """A worker's round on working models [Note: working models]: take the next client in FedAvg order
+    from the shared queue, train it, add it to the shared sum when its turn comes; until none is left."""
+    eng.expect_round(samples, reset=False)
+    queue = eng.working[next(iter(eng.working))].sum
+    out: dict[str, list[tuple[float, int]]] = {}
+    while (k := queue.claim()) < len(order):
+        name, idx_list = order[k]
+        nd = by_name[name]
+        res = []
+        for idx in idx_list:
+            idx = torch.from_numpy(idx)
+            res.append(eng.train_step({name: nd.batch(idx)}))
+        out[name] = res
+        eng.recorder.take()  # this process's own trace is not used (the parent records it)
+    eng.flush_working()
+    return out
+
+
 class ProcessPool(_Workers):
     """Worker processes forked from a set-up engine; they share its stacked weights (see the module docstring)."""
 
     def __init__(self, eng: Engine, by_name: dict[str, NodeData], workers: int) -> None:
         super().__init__(_serve, (eng, by_name), workers)
-        self.meta = {n: type(nd)(nd.name, torch.empty(nd.x.shape, dtype=nd.x.dtype, device="meta"),
-                                 torch.empty(nd.y.shape, dtype=nd.y.dtype, device="meta"), nd.order_key)
-                     for n, nd in by_name.items()}
+        self.meta = {n: nd.meta() for n, nd in by_name.items()}
 
     def train_round(self, eng: Engine, plan_batches: dict[str, list[torch.Tensor]],
                     walk: Callable[..., tuple[float, int, dict[str, int]]], fed_step: list[int],
@@ -273,12 +294,19 @@ class ProcessPool(_Workers):
         ``walk`` is the simulator's ``train_round``; the training loss is summed in the order
         it visits the steps, as the sequential engine sums it.
         """
-        shares = _split({n: sum(len(b) for b in bs) for n, bs in plan_batches.items()}, len(self.conns))
+        work = {n: sum(len(b) for b in bs) for n, bs in plan_batches.items()}
         busy = []
-        for w, share in enumerate(shares):
-            if share:
-                self.conns[w].send(("train", {n: [b.numpy() for b in plan_batches[n]] for n in share}))
-                busy.append(w)
+        if eng.working:  # every worker takes the next client from one queue in FedAvg order [Note: working models]
+            eng.expect_round(work)
+            order = [(n, [b.numpy() for b in plan_batches[n]]) for n in eng.claim_order(work)]
+            busy = list(range(min(len(self.conns), len(order))))
+            for w in busy:
+                self.conns[w].send(("fold", order, work))
+        else:
+            for w, share in enumerate(_split(work, len(self.conns))):
+                if share:
+                    self.conns[w].send(("train", {n: [b.numpy() for b in plan_batches[n]] for n in share}))
+                    busy.append(w)
         log: list[tuple[list[str], int]] = []
         with eng.shadow(set(plan_batches)):
             _, _, seen = walk(eng, self.meta, plan_batches, fed_step, rnd, log)

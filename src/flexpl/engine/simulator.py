@@ -144,7 +144,9 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         parts = partition(data.train_y.numpy(), len(data_nodes), scn.data.partition.kind, seed=scn.seed,
                           alpha=scn.data.partition.alpha, shards_per_node=scn.data.partition.shards_per_node)
         parts, held = validation_split(parts, scn.data.validation_fraction, scn.seed)
-        nodes = [NodeData(n, _place(data.train_x[idx], local(n)), _place(data.train_y[idx], local(n)), i)
+        # each node reads its rows of the whole training set: no copy of the samples per node
+        nodes = [NodeData(n, data.train_x, data.train_y[idx], i, torch.as_tensor(idx, dtype=torch.long)) if local(n) else
+                 NodeData(n, _place(data.train_x[:len(idx)], False), _place(data.train_y[idx], False), i)
                  for i, (n, idx) in enumerate(zip(data_nodes, parts))]
     if plan.collect_data:
         data_nodes = [topo.server]
@@ -161,7 +163,8 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         choice = executor.Choice("sequential", "distributed backend or shape-only walk")
     engine = Engine(layout, full, scn.training.optimizer, transport_factory(recorder), recorder, grid, local,
                     shared=choice.mode == "processes",
-                    vector_chunk=scn.engine.vector_chunk if choice.mode == "vectorized" else None)
+                    vector_chunk=scn.engine.vector_chunk if choice.mode == "vectorized" else None,
+                    working=not scn.failures.active)
     val = None
     if scn.data.validation_fraction > 0:  # evaluated like the test set, full images on every path
         vidx = torch.from_numpy(np.concatenate(held))
@@ -204,7 +207,7 @@ def train_round(eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[st
         batch = {}
         for n in names:
             idx = plan_batches[n][t]
-            batch[n] = (by_name[n].x[idx], by_name[n].y[idx])
+            batch[n] = by_name[n].batch(idx)
             seen[n] += len(idx)
         ls, ns = eng.train_step(batch)
         if log is not None:
@@ -264,6 +267,8 @@ def _play_round(st: Setup, totals: Totals, rnd: int, attempt: int, selected: lis
     if present:
         plan_batches = {n: batches(by_name[n], scn.seed, rnd, tr.local_epochs, tr.batch_size,
                                    tr.max_steps_per_round) for n in present}
+        # clients on working models join the FedAvg sum as they finish [Note: working models]
+        eng.expect_round({n: sum(len(b) for b in bs) for n, bs in plan_batches.items()})
         if st.pool is not None:
             loss_sum, n_sum, seen = st.pool.train_round(eng, plan_batches, train_round, fed_step, rnd)
         elif eng.vector_chunk:  # batched small ops: one thread is faster (see flexpl.engine.executor)

@@ -126,7 +126,8 @@ def choose(scn: Scenario, plan: Plan, stage_modules: list[nn.Module], n_replicas
     if plan.schedule == "lockstep" and multi and small and max(n_replicas) >= 4 \
             and all(vector_friendly(stage_modules[s]) for s in multi):
         return Choice("vectorized", f"{max(n_replicas)} replicas of small Linear-only stages run in lockstep")
-    work = 3.0 * flops_per_sample * samples * scn.training.local_epochs
+    # a round trains the sampled clients' share of the samples (training.clients_per_round)
+    work = 3.0 * flops_per_sample * samples * scn.training.local_epochs * min(scn.training.clients_per_round, 1.0)
     if separable(plan) and workers >= 2 and work >= _MIN_PROCESS_FLOPS:
         return Choice("processes", f"independent data-node paths: a share of them per worker, {workers} cores",
                       workers)

@@ -106,7 +106,7 @@ def mix_seed(*parts: int | str) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: value equality would compare modules field by field
 class ReplicaState:
     """A live stage replica: its module, optimizer, and the event after which its weights are current."""
 
@@ -153,6 +153,10 @@ class NodeData:
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples and labels at positions ``idx`` of this node (what ``(x[idx], y[idx])`` gives)."""
+        if self._x.is_meta:  # shapes only: made directly (indexing a meta tensor runs a slow Python kernel)
+            n = (int(idx.shape[0]),)
+            return (torch.empty(n + tuple(self._x.shape[1:]), dtype=self._x.dtype, device="meta"),
+                    torch.empty(n + tuple(self.y.shape[1:]), dtype=self.y.dtype, device="meta"))
         return (self._x[idx] if self.index is None else self._x[self.index[idx]]), self.y[idx]
 
     def meta(self) -> NodeData:

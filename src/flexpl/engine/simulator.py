@@ -461,6 +461,14 @@ def make_summary(st: Setup, totals: Totals, rows: list[dict[str, Any]], ev: dict
     """The ``summary.json`` of a run (key names are part of FlexPL's interface)."""
     scn, topo, eng = st.scn, st.topo, st.engine
     b = bill(totals, topo, totals.sim_time, scn.energy.include_idle, scn.costs.include_eval)
+    params_at: dict[str, int] = {}  # parameters held per node (one pass: many clients share one working model)
+    sizes: dict[int, int] = {}
+    for reps in eng.replicas:
+        for r in reps:
+            k = sizes.get(id(r.module))
+            if k is None:
+                k = sizes[id(r.module)] = count_params(r.module)
+            params_at[r.host] = params_at.get(r.host, 0) + k
     per_node = {}
     for n, d in totals.node.items():
         bn = b["per_node"][n]
@@ -471,8 +479,7 @@ def make_summary(st: Setup, totals: Totals, rows: list[dict[str, Any]], ev: dict
                        "energy_j_idle": bn["energy_j_idle"], "busy_s": d["busy_s"],
                        "comm_s": d.get("comm_s", 0.0), "idle_s": bn["idle_s"],
                        "eval_flops": bn["eval_flops"], "eval_energy_j": bn["eval_energy_j"],
-                       "params": sum(count_params(r.module) for reps in eng.replicas for r in reps
-                                     if r.host == n)}
+                       "params": params_at.get(n, 0)}
     per_link = {n: {"bytes": int(d["bytes"]), "busy_s": d["busy_s"], "energy_j": d["energy_j"]}
                 for n, d in totals.link.items()}
     last = rows[-1] if rows else {}
@@ -489,7 +496,7 @@ def make_summary(st: Setup, totals: Totals, rows: list[dict[str, Any]], ev: dict
         "wasted_flops": int(totals.wasted_flops), "wasted_bytes": int(totals.wasted_bytes),
         "wasted_energy_j": totals.wasted_energy,
         "model_params": st.model_params, "model_bytes": st.model_bytes,
-        "params_total": sum(count_params(r.module) for reps in eng.replicas for r in reps),
+        "params_total": sum(params_at.values()),
         "wall_s": wall_s, "executor": st.executor.mode,
         "to_target": cost_to_targets(rows, scn.evaluation.targets),
         "stopped_at_target": bool(scn.evaluation.stop_at_target and len(rows) < scn.training.rounds

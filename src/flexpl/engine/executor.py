@@ -27,7 +27,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -188,9 +188,23 @@ def _start_worker(inherited: list[Any]) -> None:
         pass
 
 
+def _trim_heap() -> None:
+    """Collect garbage and hand the heap's free memory back to the system (glibc ``malloc_trim``), if possible."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _fork_workers(target: Callable[..., None], args: tuple, workers: int) -> tuple[list[Any], list[Any]]:
     """``workers`` forked processes running ``target(conn, *args)``; returns the parent's pipe ends and the processes."""
     ctx = mp.get_context("fork")
+    _trim_heap()  # what the parent freed is not inherited (every worker's resident memory starts as its own)
     conns, procs = [], []
     for _ in range(workers):
         parent, child = ctx.Pipe()
@@ -284,7 +298,10 @@ class ProcessPool(_Workers):
     """Worker processes forked from a set-up engine; they share its stacked weights (see the module docstring)."""
 
     def __init__(self, eng: Engine, by_name: dict[str, NodeData], workers: int) -> None:
-        super().__init__(_serve, (eng, by_name), workers)
+        # working models: this process trains too (one fork fewer: less memory, no third process on the cores)
+        self.trains = bool(eng.working) and workers > 1
+        super().__init__(_serve, (eng, by_name), workers - 1 if self.trains else workers)
+        self.by_name = by_name
         self.meta = {n: nd.meta() for n, nd in by_name.items()}
 
     def train_round(self, eng: Engine, plan_batches: dict[str, list[torch.Tensor]],
@@ -296,6 +313,8 @@ class ProcessPool(_Workers):
         it visits the steps, as the sequential engine sums it.
         """
         work = {n: sum(len(b) for b in bs) for n, bs in plan_batches.items()}
+        if self.trains and not fed_step and eng.claim_order(work) == [n for n in plan_batches if work[n] > 0]:
+            return self._train_with_workers(eng, plan_batches, work, rnd)
         busy = []
         if eng.working:  # every worker takes the next client from one queue in FedAvg order [Note: working models]
             eng.expect_round(work)
@@ -314,14 +333,64 @@ class ProcessPool(_Workers):
         losses: dict[str, list[tuple[float, int]]] = {}
         for w in busy:
             losses.update(self._recv(w)[1])
-        loss_sum, n_sum = 0.0, 0
-        for names, t in log:
-            ls, ns = 0.0, 0
-            for n in names:
-                ls += losses[n][t][0]
-                ns += losses[n][t][1]
-            loss_sum, n_sum = loss_sum + ls, n_sum + ns
-        return loss_sum, n_sum, seen
+        return (*_sum_losses(log, losses), seen)
+
+    def _train_with_workers(self, eng: Engine, plan_batches: dict[str, list[torch.Tensor]], work: dict[str, int],
+                            rnd: int) -> tuple[float, int, dict[str, int]]:
+        """A round on working models with this process as one of the trainers [Note: working models].
+
+        Clients are taken from one queue in FedAvg order. This process visits them in that
+        order (the sequential engine's node-major order): a client the workers took is walked
+        on shapes (its trace), the next one not taken yet it takes and trains itself (trace and
+        arithmetic at once, on one thread as the workers). So the trace is the sequential one,
+        and the walk costs only what the workers leave to this process.
+        """
+        from flexpl.engine import simulator
+
+        eng.expect_round(work)
+        order = eng.claim_order(work)
+        payload = [(n, [b.numpy() for b in plan_batches[n]]) for n in order]
+        for conn in self.conns:
+            conn.send(("fold", payload, work))
+        queue = eng.working[next(iter(eng.working))].sum
+        log: list[tuple[list[str], int]] = []
+        mine: dict[str, list[tuple[float, int]]] = {}
+        seen = dict.fromkeys(plan_batches, 0)
+        joint = 0
+        with threads(1):
+            for k, n in enumerate(order):
+                with queue.cond:  # take it if no worker has
+                    took = int(queue.ctl[1]) == k
+                    if took:
+                        queue.ctl[1] = k + 1
+                nd = self.by_name[n] if took else self.meta[n]
+                with (nullcontext() if took else eng.shadow({n})):
+                    for t, idx in enumerate(plan_batches[n]):
+                        res = eng.train_step({n: nd.batch(idx)})
+                        if took:
+                            mine.setdefault(n, []).append(res)
+                        seen[n] += len(idx)
+                        log.append(([n], t))
+                        joint += 1
+                        if simulator._KILL_AT == (rnd, joint):  # the test hook of simulator.train_round
+                            os.kill(os.getpid(), 9)
+            eng.flush_working()
+        losses = dict(mine)
+        for w in range(len(self.conns)):
+            losses.update(self._recv(w)[1])
+        return (*_sum_losses(log, losses), seen)
+
+
+def _sum_losses(log: list[tuple[list[str], int]], losses: dict[str, list[tuple[float, int]]]) -> tuple[float, int]:
+    """The round's training loss and samples, summed in the order the steps ran (as the sequential engine)."""
+    loss_sum, n_sum = 0.0, 0
+    for names, t in log:
+        ls, ns = 0.0, 0
+        for n in names:
+            ls += losses[n][t][0]
+            ns += losses[n][t][1]
+        loss_sum, n_sum = loss_sum + ls, n_sum + ns
+    return loss_sum, n_sum
 
 
 # ---------------------------------------------------------------- worker processes, step by step

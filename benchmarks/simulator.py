@@ -176,8 +176,10 @@ def _tree_rss(pid: int) -> int:
 def _measure(cmd: list[str]) -> tuple[float, int, dict]:
     """Run ``cmd`` (a child of this script that prints one JSON line last); whole wall, peak tree RSS, its JSON."""
     import json
+    import resource
     import subprocess
 
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     peak = 0
@@ -188,7 +190,10 @@ def _measure(cmd: list[str]) -> tuple[float, int, dict]:
     out = proc.stdout.read().strip().splitlines()
     if proc.returncode != 0 or not out:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode})")
-    return wall, peak, json.loads(out[-1])
+    ru2 = resource.getrusage(resource.RUSAGE_CHILDREN)  # CPU seconds of the tree (load-independent-ish)
+    info = json.loads(out[-1])
+    info["cpu_s"] = (ru2.ru_utime - ru.ru_utime) + (ru2.ru_stime - ru.ru_stime)
+    return wall, peak, info
 
 
 def _child_flexpl(sets: list[str]) -> None:
@@ -303,7 +308,7 @@ def _child_plain(clients: int, rounds: int, batch: int, workers: int) -> None:
                       "accuracy": accs_out, "executor": f"plain, {workers} processes x 1 thread"}))
 
 
-def side_by_side(pythons: list[tuple[str, str]], vectorized: bool) -> None:
+def side_by_side(pythons: list[tuple[str, str]], vectorized: set[str]) -> None:
     """Print FlexPL (each interpreter in ``pythons``; default executor, and vectorized) next to the plain loop."""
     import sys
 
@@ -311,15 +316,15 @@ def side_by_side(pythons: list[tuple[str, str]], vectorized: bool) -> None:
     rows = []
     load0 = os.getloadavg()
     for label, py in pythons:
-        variants = [("default", [])] + ([("vectorized", ["engine.executor=vectorized"])] if vectorized else [])
+        variants = [("default", [])] + ([("vectorized", ["engine.executor=vectorized"])] if label in vectorized else [])
         for name, extra in variants:
             wall, rss, info = _measure([py, me, "--child", "flexpl", "--sets", ",".join(ISSUE_SETS + extra)])
             rows.append((f"FlexPL {label} ({name}: {info.get('executor')})", wall, info.get("wall_s"),
-                         info["rounds"], rss))
+                         info["rounds"], rss, info["cpu_s"]))
             print(f"  {rows[-1][0]}: whole {wall:.1f} s, rounds {[round(r, 2) for r in info['rounds']]}, "
                   f"peak tree RSS {rss / 2**30:.2f} GiB (load {os.getloadavg()[0]:.2f})", flush=True)
     wall, rss, info = _measure([sys.executable, me, "--child", "plain"])
-    rows.append((f"plain loop ({info['executor']})", wall, None, info["rounds"], rss))
+    rows.append((f"plain loop ({info['executor']})", wall, None, info["rounds"], rss, info["cpu_s"]))
     print(f"  plain: whole {wall:.1f} s, rounds {[round(r, 2) for r in info['rounds']]}, peak tree RSS "
           f"{rss / 2**30:.2f} GiB, accuracy {info['accuracy']}", flush=True)
     load1 = os.getloadavg()
@@ -328,13 +333,13 @@ def side_by_side(pythons: list[tuple[str, str]], vectorized: bool) -> None:
           f"{' '.join(f'{v:.2f}' for v in load0)}, after {' '.join(f'{v:.2f}' for v in load1)} on "
           f"{os.cpu_count()} cores")
     print("| run | whole process s | run wall_s | round walls s | round / plain | whole / plain | "
-          "peak RSS (tree) GiB |")
-    print("|---|---|---|---|---|---|---|")
-    for name, whole, wall_s, rounds, rss in rows:
+          "CPU s (tree) | peak RSS (tree) GiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, whole, wall_s, rounds, rss, cpu in rows:
         r = statistics.median(rounds)
         print(f"| {name} | {whole:.1f} | {'' if wall_s is None else f'{wall_s:.1f}'} | "
               f"{' / '.join(f'{x:.2f}' for x in rounds)} | {r / plain_round:.2f} | {whole / plain_whole:.2f} | "
-              f"{rss / 2**30:.2f} |")
+              f"{cpu:.1f} | {rss / 2**30:.2f} |")
     print("targets: round / plain <= 1, whole / plain <= 1.2, peak RSS <= 1.5 GiB")
 
 
@@ -393,9 +398,10 @@ def entry() -> None:
         ap.add_argument("--side-by-side", action="store_true")
         ap.add_argument("--pythons", default=f"this={sys.executable}",
                         help="label=interpreter,... : FlexPL installs to compare (e.g. a baseline's venv)")
-        ap.add_argument("--no-vectorized", action="store_true", help="skip the engine.executor=vectorized row")
+        ap.add_argument("--vectorized", default="this",
+                        help="labels (comma-separated) that also get an engine.executor=vectorized row")
         a = ap.parse_args()
-        side_by_side([tuple(p.split("=", 1)) for p in a.pythons.split(",")], not a.no_vectorized)
+        side_by_side([tuple(p.split("=", 1)) for p in a.pythons.split(",")], set(a.vectorized.split(",")))
     elif "--sampling" in sys.argv:
         ap = argparse.ArgumentParser()
         ap.add_argument("--sampling", action="store_true")

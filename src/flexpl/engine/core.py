@@ -115,10 +115,11 @@ class ReplicaState:
     opt: torch.optim.Optimizer | None
     last_update: Event = None
     twin: tuple[BlockModel, None] | None = None  # a meta copy, for shape-only walks (see Engine.shadow)
-    shape_only: bool = False  # its module is on the meta device: the step code only tracks shapes
+    shape_only: bool | None = None  # its module is on the meta device: the step code only tracks shapes
 
     def __post_init__(self) -> None:
-        self.shape_only = any(p.is_meta for p in self.module.parameters())
+        if self.shape_only is None:  # (given by callers that know, e.g. clients on a working model)
+            self.shape_only = any(p.is_meta for p in self.module.parameters())
 
     @property
     def host(self) -> str:

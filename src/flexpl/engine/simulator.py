@@ -55,18 +55,32 @@ _KILL_AT = tuple(int(v) for v in os.environ["FLEXPL_TEST_KILL_AT"].split(":")) \
 
 def build_topology(scn: Scenario) -> Topology:
     """Profiles of every node and link, resolved with their inline overrides."""
+    # many nodes share a profile without overrides: resolved once, shared (profiles are not modified)
+    plain: dict[tuple[str, Any], Any] = {}
     nodes = {}
     for i, n in enumerate(scn.nodes):
-        device_profile(n.profile, field=f"nodes[{i}].profile")  # the name first, so its error names .profile
-        nodes[n.name] = device_profile(n.profile, n.overrides(), field=f"nodes[{i}]")
+        over = n.overrides()
+        key = ("device", n.profile) if not over and isinstance(n.profile, str) else None
+        if key is None or key not in plain:
+            device_profile(n.profile, field=f"nodes[{i}].profile")  # the name first, so its error names .profile
+            prof = device_profile(n.profile, over, field=f"nodes[{i}]")
+            if key is not None:
+                plain[key] = prof
+        nodes[n.name] = plain[key] if key is not None else prof
     links = {}
     for i, ln in enumerate(scn.links):
         a, b = ln.between
         name = f"{a}-{b}"
         if name in links or f"{b}-{a}" in links:
             raise UserError(f"links[{i}].between: a second link between '{a}' and '{b}'; keep one")
-        link_profile(ln.profile, field=f"links[{i}].profile")
-        links[name] = (a, b, link_profile(ln.profile, ln.overrides(), field=f"links[{i}]"))
+        over = ln.overrides()
+        key = ("link", ln.profile) if not over and isinstance(ln.profile, str) else None
+        if key is None or key not in plain:
+            link_profile(ln.profile, field=f"links[{i}].profile")
+            prof = link_profile(ln.profile, over, field=f"links[{i}]")
+            if key is not None:
+                plain[key] = prof
+        links[name] = (a, b, plain[key] if key is not None else prof)
     topo = Topology(nodes, links, scn.data_nodes, scn.server_name)
     reach = topo.reachable(topo.server)
     for n in scn.data_nodes:

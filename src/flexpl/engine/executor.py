@@ -14,6 +14,8 @@ arithmetic changes (``engine.executor`` in a scenario, ``auto`` by default):
   train shares of the data nodes on the replicas' stacked weights in shared memory
   (``flexpl.engine.arena``), while this process walks the same steps on shapes only
   (``Engine.shadow``) and so records the very trace the sequential engine records.
+  FedAvg clients on working models (flexpl.engine.fold) are taken from one queue in FedAvg
+  order, by the workers and by this process, which trains the ones its walk reaches first.
 
 [Note: mode equivalence] ``processes`` does each replica's arithmetic exactly as
 ``sequential`` does with one torch thread (bitwise equal then; with more threads, ops

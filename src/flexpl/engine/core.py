@@ -154,7 +154,7 @@ class NodeData:
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples and labels at positions ``idx`` of this node (what ``(x[idx], y[idx])`` gives)."""
-        if self._x.is_meta:  # shapes only: made directly (indexing a meta tensor runs a slow Python kernel)
+        if getattr(self._x, "is_meta", False):  # shapes only: made directly (indexing a meta tensor runs a slow Python kernel)
             n = (int(idx.shape[0]),)
             return (torch.empty(n + tuple(self._x.shape[1:]), dtype=self._x.dtype, device="meta"),
                     torch.empty(n + tuple(self.y.shape[1:]), dtype=self.y.dtype, device="meta"))

@@ -16,6 +16,13 @@ a plain script gets) and with one thread; ``ratio`` divides by the default-threa
 ``ratio_best`` by the faster of the two (the stricter floor).
 
     python benchmarks/simulator.py [--samples 60000] [--repeats 3] [--cases fl-cnn-10,...]
+    python benchmarks/simulator.py --side-by-side [--pythons new=.venv/bin/python,base=OTHER/python]
+    python benchmarks/simulator.py --sampling [--rounds 3]
+
+``--side-by-side``: the issue's ``flexpl run mlp-1000`` (IID, batch 10, 2 rounds) against a plain
+2-process FedAvg loop, each in a process of its own: whole-process wall, round walls, CPU seconds
+and peak RSS of the process tree. ``--sampling``: 10,000 clients at 1 % a round against 100 at
+100 % (6 samples each): set-up and round walls. See the section below ``main``.
 """
 
 from __future__ import annotations
@@ -130,5 +137,286 @@ def main() -> None:
           + ", ".join(f"{c} {statistics.median(setups[c]):.2f}" for c in cases))
 
 
+# ---------------------------------------------------------------- side by side with a plain FedAvg loop
+#
+#     python benchmarks/simulator.py --side-by-side [--pythons new=.venv/bin/python,base=...]
+#     python benchmarks/simulator.py --sampling
+#
+# --side-by-side: the issue's command (``flexpl run mlp-1000 --set data.partition.kind=iid --set
+# training.batch_size=10 --set training.rounds=2``, 1,000 IID clients, batch 10, 2 rounds, evaluation
+# every round as the CLI does) in a process of its own, for FlexPL with its default executor and with
+# engine.executor=vectorized, next to a plain PyTorch FedAvg loop written below (same model, data,
+# partition, batch, optimizer and rounds; 2 forked worker processes of 1 thread, one model per worker
+# loaded from the global weights for each client, evaluation every round). Each row: whole-process wall
+# (interpreter start to exit), the wall of each round, and the peak RSS of the process tree (the sum over
+# the process and its children, sampled every 20 ms from /proc).
+# --sampling: set-up and round wall of 10,000 clients at clients_per_round 0.01 next to 100 clients at
+# 1.0, each client holding 6 samples (so both train 600 samples a round).
+
+ISSUE_SETS = ["data.partition.kind=iid", "training.batch_size=10", "training.rounds=2"]
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of process ``pid`` and all its descendants (from /proc; 0 once it is gone)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, []))
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def _measure(cmd: list[str]) -> tuple[float, int, dict]:
+    """Run ``cmd`` (a child of this script that prints one JSON line last); whole wall, peak tree RSS, its JSON."""
+    import json
+    import resource
+    import subprocess
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(proc.pid))
+        time.sleep(0.02)
+    wall = time.perf_counter() - t
+    out = proc.stdout.read().strip().splitlines()
+    if proc.returncode != 0 or not out:
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode})")
+    ru2 = resource.getrusage(resource.RUSAGE_CHILDREN)  # CPU seconds of the tree (load-independent-ish)
+    info = json.loads(out[-1])
+    info["cpu_s"] = (ru2.ru_utime - ru.ru_utime) + (ru2.ru_stime - ru.ru_stime)
+    return wall, peak, info
+
+
+def _child_flexpl(sets: list[str]) -> None:
+    """The FlexPL side: ``flexpl run mlp-1000 <sets>`` through the CLI, each round's wall timed."""
+    import json
+    import tempfile
+
+    import flexpl.engine.simulator as sim
+    from flexpl import cli
+
+    real, marks, info = sim.run, [], {}
+
+    def timed(scn, on_round=None, st=None, **kw):
+        info["executor"] = st.executor.mode if st is not None else "?"
+        marks.append(time.perf_counter())
+
+        def mark(row):
+            marks.append(time.perf_counter())
+            if on_round:
+                on_round(row)
+        res = real(scn, on_round=mark, st=st, **kw)
+        info["wall_s"] = res.summary["wall_s"]
+        return res
+
+    sim.run = timed
+    with tempfile.TemporaryDirectory() as out:
+        args = ["run", "mlp-1000", "--quiet", "--out", f"{out}/r"]
+        for s in sets:
+            args += ["--set", s]
+        rc = cli.main(args)
+    print(json.dumps({"rc": rc, "rounds": [b - a for a, b in zip(marks, marks[1:])], **info}))
+
+
+def _plain_worker(conn, model, x, y, parts, glob, acc, batch: int, lr: float, momentum: float) -> None:
+    """One worker of the plain loop: for each client it is sent, load the global weights into its one model,
+    train one epoch with a fresh SGD, add weight x weights to its accumulator."""
+    import torch.nn.functional as F
+
+    torch.set_num_threads(1)
+    names = list(glob)
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        rnd, clients = msg
+        for t in acc.values():
+            t.zero_()
+        for c in clients:
+            model.load_state_dict(glob)
+            opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+            idx = parts[c]
+            g = torch.Generator().manual_seed(rnd * 1_000_003 + c)
+            for b in torch.randperm(len(idx), generator=g).split(batch):
+                sel = idx[b]
+                loss = F.cross_entropy(model(x[sel]), y[sel])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                for n, p in zip(names, model.state_dict().values()):
+                    acc[n].add_(p, alpha=float(len(idx)))
+        conn.send("done")
+
+
+def _child_plain(clients: int, rounds: int, batch: int, workers: int) -> None:
+    """The plain side: a FedAvg loop in plain PyTorch, ``workers`` forked processes of one thread each."""
+    import copy
+    import json
+    import multiprocessing as mp
+
+    from flexpl.config import load_scenario
+    from flexpl.data import load_data, partition
+    from flexpl.models import build_model
+
+    marks = [time.perf_counter()]
+    scn = load_scenario("mlp-1000", ISSUE_SETS)
+    data = load_data(scn.data, scn.seed)
+    parts = [torch.from_numpy(p) for p in partition(data.train_y.numpy(), clients, "iid", seed=scn.seed)]
+    model = build_model("mlp", data.input_shape, data.num_classes, seed=scn.seed)
+    glob = {k: v.clone().share_memory_() for k, v in model.state_dict().items()}
+    accs = [{k: torch.zeros_like(v).share_memory_() for k, v in glob.items()} for _ in range(workers)]
+    ctx = mp.get_context("fork")
+    conns, procs = [], []
+    for w in range(workers):
+        a, b = ctx.Pipe()
+        p = ctx.Process(target=_plain_worker, args=(b, copy.deepcopy(model), data.train_x, data.train_y, parts,
+                                                    glob, accs[w], batch, 0.05, 0.9), daemon=True)
+        p.start()
+        conns.append(a)
+        procs.append(p)
+    total = float(sum(len(p) for p in parts))
+    accs_out = []
+    marks.append(time.perf_counter())  # set-up done
+    for rnd in range(1, rounds + 1):
+        for w in range(workers):
+            conns[w].send((rnd, list(range(w, clients, workers))))
+        for w in range(workers):
+            conns[w].recv()
+        with torch.no_grad():
+            for k in glob:
+                glob[k].copy_(sum(a[k] for a in accs) / total)
+        model.load_state_dict(glob)
+        with torch.no_grad():
+            acc = float((model(data.test_x).argmax(1) == data.test_y).float().mean())
+        accs_out.append(acc)
+        marks.append(time.perf_counter())
+    for c in conns:
+        c.send(None)
+    for p in procs:
+        p.join()
+    print(json.dumps({"setup": marks[1] - marks[0], "rounds": [b - a for a, b in zip(marks[1:], marks[2:])],
+                      "accuracy": accs_out, "executor": f"plain, {workers} processes x 1 thread"}))
+
+
+def side_by_side(pythons: list[tuple[str, str]], vectorized: set[str]) -> None:
+    """Print FlexPL (each interpreter in ``pythons``; default executor, and vectorized) next to the plain loop."""
+    import sys
+
+    me = os.path.abspath(__file__)
+    rows = []
+    load0 = os.getloadavg()
+    for label, py in pythons:
+        variants = [("default", [])] + ([("vectorized", ["engine.executor=vectorized"])] if label in vectorized else [])
+        for name, extra in variants:
+            wall, rss, info = _measure([py, me, "--child", "flexpl", "--sets", ",".join(ISSUE_SETS + extra)])
+            rows.append((f"FlexPL {label} ({name}: {info.get('executor')})", wall, info.get("wall_s"),
+                         info["rounds"], rss, info["cpu_s"]))
+            print(f"  {rows[-1][0]}: whole {wall:.1f} s, rounds {[round(r, 2) for r in info['rounds']]}, "
+                  f"peak tree RSS {rss / 2**30:.2f} GiB (load {os.getloadavg()[0]:.2f})", flush=True)
+    wall, rss, info = _measure([sys.executable, me, "--child", "plain"])
+    rows.append((f"plain loop ({info['executor']})", wall, None, info["rounds"], rss, info["cpu_s"]))
+    print(f"  plain: whole {wall:.1f} s, rounds {[round(r, 2) for r in info['rounds']]}, peak tree RSS "
+          f"{rss / 2**30:.2f} GiB, accuracy {info['accuracy']}", flush=True)
+    load1 = os.getloadavg()
+    plain_round, plain_whole = statistics.median(rows[-1][3]), rows[-1][1]
+    print(f"\nmlp-1000, {' '.join('--set ' + s for s in ISSUE_SETS)}; load average before "
+          f"{' '.join(f'{v:.2f}' for v in load0)}, after {' '.join(f'{v:.2f}' for v in load1)} on "
+          f"{os.cpu_count()} cores")
+    print("| run | whole process s | run wall_s | round walls s | round / plain | whole / plain | "
+          "CPU s (tree) | peak RSS (tree) GiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, whole, wall_s, rounds, rss, cpu in rows:
+        r = statistics.median(rounds)
+        print(f"| {name} | {whole:.1f} | {'' if wall_s is None else f'{wall_s:.1f}'} | "
+              f"{' / '.join(f'{x:.2f}' for x in rounds)} | {r / plain_round:.2f} | {whole / plain_whole:.2f} | "
+              f"{cpu:.1f} | {rss / 2**30:.2f} |")
+    print("targets: round / plain <= 1, whole / plain <= 1.2, peak RSS <= 1.5 GiB")
+
+
+def sampling_case(clients: int, fraction: float, per_client: int, rounds: int) -> tuple[float, list[float], int]:
+    """Set-up wall and round walls of a FedAvg MLP run over ``clients`` phones holding ``per_client`` samples
+    each, ``fraction`` of them per round; and the number of data nodes."""
+    scn = load_scenario("mlp-1000", [f"nodes.1.count={clients}", f"links.0.count={clients}",
+                                     "data.partition.kind=iid", f"data.max_train={clients * per_client}",
+                                     "data.max_test=1000", f"training.clients_per_round={fraction}",
+                                     f"training.rounds={rounds}"])
+    t = time.perf_counter()
+    st = setup(scn)
+    t_setup = time.perf_counter() - t
+    marks = [time.perf_counter()]
+    run(scn, st=st, on_round=lambda _row: marks.append(time.perf_counter()))
+    return t_setup, [b - a for a, b in zip(marks, marks[1:])], len(scn.data_nodes)
+
+
+def sampling(rounds: int) -> None:
+    """10,000 clients at 1 % a round next to 100 clients at 100 %: 100 clients x 6 samples train each round."""
+    sampling_case(10, 1.0, 6, 1)  # one-time costs (imports, first FLOP counts) paid before either case
+    load0 = os.getloadavg()
+    res = {}
+    for clients, frac in ((100, 1.0), (10_000, 0.01)):
+        res[clients] = sampling_case(clients, frac, 6, rounds)
+        print(f"  {clients} clients at {frac}: set-up {res[clients][0]:.2f} s, rounds "
+              f"{[round(r, 3) for r in res[clients][1]]}", flush=True)
+    load1 = os.getloadavg()
+    print(f"\nFedAvg MLP, 6 samples per client, {rounds} rounds; load average before {load0[0]:.2f}, after "
+          f"{load1[0]:.2f}")
+    print("| clients | per round | set-up s | round s (median) | set-up / 100 | round / 100 |")
+    print("|---|---|---|---|---|---|")
+    s100, r100 = res[100][0], statistics.median(res[100][1])
+    for clients, frac in ((100, 1.0), (10_000, 0.01)):
+        s, rs, _ = res[clients]
+        r = statistics.median(rs)
+        print(f"| {clients} | {frac} | {s:.2f} | {r:.3f} | {s / s100:.2f} | {r / r100:.2f} |")
+    print("target: 10,000 at 1 % within 2x of 100 at 100 % (set-up and round)")
+
+
+def entry() -> None:
+    """``--child`` (one side of --side-by-side), ``--side-by-side``, ``--sampling``, or the cases (main)."""
+    import sys
+
+    if "--child" in sys.argv:
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--child", choices=["flexpl", "plain"])
+        ap.add_argument("--sets", default=",".join(ISSUE_SETS))
+        a = ap.parse_args()
+        if a.child == "flexpl":
+            _child_flexpl(a.sets.split(","))
+        else:
+            _child_plain(1000, 2, 10, 2)
+    elif "--side-by-side" in sys.argv:
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--side-by-side", action="store_true")
+        ap.add_argument("--pythons", default=f"this={sys.executable}",
+                        help="label=interpreter,... : FlexPL installs to compare (e.g. a baseline's venv)")
+        ap.add_argument("--vectorized", default="this",
+                        help="labels (comma-separated) that also get an engine.executor=vectorized row")
+        a = ap.parse_args()
+        side_by_side([tuple(p.split("=", 1)) for p in a.pythons.split(",")], set(a.vectorized.split(",")))
+    elif "--sampling" in sys.argv:
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--sampling", action="store_true")
+        ap.add_argument("--rounds", type=int, default=3)
+        sampling(ap.parse_args().rounds)
+    else:
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -94,6 +94,10 @@ def test_auto_picks_a_mode_per_plan_and_model() -> None:
         plan = setup(scn).plan
         ch = executor.choose(scn, plan, stages, [4] * len(plan.stages), flops, 60000)
         assert ch.mode == expected, (strategy, flops)
+    # a round trains only the sampled clients' samples: 1 % of them is too little work to fork for
+    scn = digits_star(["strategy=fl", "engine.workers=2", "training.clients_per_round=0.01"])
+    plan = setup(scn).plan
+    assert executor.choose(scn, plan, [big], [4], 1e6, 60000).mode == "sequential"
     scn = digits_star(["engine.executor=processes", "strategy=sl"])
     assert setup(scn).executor.mode == "sequential"  # asked, but not possible: said in the reason
     assert "side by side" in setup(scn).executor.reason

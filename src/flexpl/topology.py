@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flexpl.costs.profiles import DeviceProfile, LinkProfile, device_profile, link_profile
 from flexpl.errors import UserError
@@ -73,18 +73,28 @@ class Topology:
         A second link between the same two nodes, an unknown profile, or a data node that
         cannot reach the server is a ``UserError`` naming the field.
         """
-        nodes = {}
-        for i, n in enumerate(scn.nodes):
-            device_profile(n.profile, field=f"nodes[{i}].profile")  # the name first, so its error names .profile
-            nodes[n.name] = device_profile(n.profile, n.overrides(), field=f"nodes[{i}]")
+        # many nodes share a profile without overrides: resolved once, shared (profiles are not modified)
+        plain: dict[tuple[str, Any], Any] = {}
+
+        def resolve(kind: str, profile: Any, over: dict[str, Any], field: str) -> Any:
+            key = (kind, profile) if not over and isinstance(profile, str) else None
+            if key is not None and key in plain:
+                return plain[key]
+            find = device_profile if kind == "device" else link_profile
+            find(profile, field=f"{field}.profile")  # the name first, so its error names .profile
+            prof = find(profile, over, field=field)
+            if key is not None:
+                plain[key] = prof
+            return prof
+
+        nodes = {n.name: resolve("device", n.profile, n.overrides(), f"nodes[{i}]") for i, n in enumerate(scn.nodes)}
         links = {}
         for i, ln in enumerate(scn.links):
             a, b = ln.between
             name = f"{a}-{b}"
             if name in links or f"{b}-{a}" in links:
                 raise UserError(f"links[{i}].between: a second link between '{a}' and '{b}'; keep one")
-            link_profile(ln.profile, field=f"links[{i}].profile")
-            links[name] = (a, b, link_profile(ln.profile, ln.overrides(), field=f"links[{i}]"))
+            links[name] = (a, b, resolve("link", ln.profile, ln.overrides(), f"links[{i}]"))
         topo = cls(nodes, links, scn.data_nodes, scn.server_name)
         reach = topo.reachable(topo.server)
         for n in scn.data_nodes:

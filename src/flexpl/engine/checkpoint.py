@@ -59,9 +59,11 @@ def engine_state(eng: Engine, needed: list[tuple[bool, bool]] | None = None) -> 
     """
     needed = needed or [(True, True)] * len(eng.replicas)
     return {
-        "replicas": [[{"module": r.module.state_dict() if keep_w else None,
-                       "opt": r.opt.state_dict() if r.opt is not None and keep_o else None} for r in reps]
-                     for reps, (keep_w, keep_o) in zip(eng.replicas, needed)],
+        # a stage on a working model has no client state between rounds (flexpl.engine.fold)
+        "replicas": [[{"module": r.module.state_dict() if keep_w and s not in eng.working else None,
+                       "opt": r.opt.state_dict() if r.opt is not None and keep_o and s not in eng.working else None}
+                      for r in reps]
+                     for s, (reps, (keep_w, keep_o)) in enumerate(zip(eng.replicas, needed))],
         "global": {str(s): m.state_dict() for s, m in eng.global_.items()},
         "group_global": {f"{s}@{agg}": m.state_dict() for (s, agg), m in eng.group_global.items()},
         "relay_holder": eng.relay_holder,
@@ -73,7 +75,11 @@ def engine_state(eng: Engine, needed: list[tuple[bool, bool]] | None = None) -> 
 
 def load_engine_state(eng: Engine, state: dict[str, Any]) -> None:
     """Restore what :func:`engine_state` saved. Events of earlier rounds are dropped (they are done)."""
-    for reps, saved in zip(eng.replicas, state["replicas"]):
+    for s, (reps, saved) in enumerate(zip(eng.replicas, state["replicas"])):
+        if s in eng.working:  # no client state between rounds (flexpl.engine.fold)
+            for r in reps:
+                r.last_update = None
+            continue
         for r, sv in zip(reps, saved):
             if sv["module"] is not None:  # None: overwritten by the next download (surviving_state)
                 r.module.load_state_dict(sv["module"])

@@ -29,7 +29,9 @@ from flexpl.config import OptimizerCfg
 from flexpl.costs.flops import FlopCache, optimizer_flops
 from flexpl.costs.trace import Event, Recorder
 from flexpl.data.batching import batches, mix_seed, select_clients  # noqa: F401 (re-exported: old home)
+from flexpl.engine import fold
 from flexpl.engine.arena import Arena
+from flexpl.engine.fold import FedAvgSum
 from flexpl.models import BlockModel, count_params
 from flexpl.plan import Layout, Replica
 
@@ -95,7 +97,7 @@ class Diverged(Exception):
         self.rows: list[dict[str, Any]] = []
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: value equality would compare modules field by field
 class ReplicaState:
     """A live stage replica: its module, optimizer, and the event after which its weights are current."""
 
@@ -104,10 +106,11 @@ class ReplicaState:
     opt: torch.optim.Optimizer | None
     last_update: Event = None
     twin: tuple[BlockModel, None] | None = None  # a meta copy, for shape-only walks (see Engine.shadow)
-    shape_only: bool = False  # its module is on the meta device: the step code only tracks shapes
+    shape_only: bool | None = None  # its module is on the meta device: the step code only tracks shapes
 
     def __post_init__(self) -> None:
-        self.shape_only = any(p.is_meta for p in self.module.parameters())
+        if self.shape_only is None:  # (given by callers that know, e.g. clients on a working model)
+            self.shape_only = any(p.is_meta for p in self.module.parameters())
 
     @property
     def host(self) -> str:
@@ -115,14 +118,44 @@ class ReplicaState:
         return self.spec.host
 
 
-@dataclass
 class NodeData:
-    """Training samples held by one data node (already tensorized)."""
+    """Training samples held by one data node (already tensorized).
 
-    name: str
-    x: torch.Tensor
-    y: torch.Tensor
-    order_key: int  # which shuffling stream it follows (equal keys -> equal orders)
+    With ``index``, ``x`` is read as rows ``index`` of the whole training set (no copy of the
+    samples per node: set-up in proportion to the work); ``x`` then gives a copy of the node's
+    rows, and :meth:`batch` reads a batch straight from the whole set.
+    """
+
+    def __init__(self, name: str, x: torch.Tensor, y: torch.Tensor, order_key: int,
+                 index: torch.Tensor | None = None) -> None:
+        self.name = name
+        self.y = y  # this node's labels (small: always its own)
+        self.order_key = order_key  # which shuffling stream it follows (equal keys -> equal orders)
+        self.index = index
+        self._x = x
+
+    @property
+    def x(self) -> torch.Tensor:
+        """This node's samples (a copy of its rows when they are read from the whole set)."""
+        return self._x if self.index is None else self._x[self.index]
+
+    @x.setter
+    def x(self, value: torch.Tensor) -> None:
+        self._x, self.index = value, None
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples and labels at positions ``idx`` of this node (what ``(x[idx], y[idx])`` gives)."""
+        if getattr(self._x, "is_meta", False):  # shapes only: made directly (indexing a meta tensor runs a slow Python kernel)
+            n = (int(idx.shape[0]),)
+            return (torch.empty(n + tuple(self._x.shape[1:]), dtype=self._x.dtype, device="meta"),
+                    torch.empty(n + tuple(self.y.shape[1:]), dtype=self.y.dtype, device="meta"))
+        return (self._x[idx] if self.index is None else self._x[self.index[idx]]), self.y[idx]
+
+    def meta(self) -> NodeData:
+        """The same node on the meta device (shapes only)."""
+        shape = (len(self),) + tuple(self._x.shape[1:])
+        return NodeData(self.name, torch.empty(shape, dtype=self._x.dtype, device="meta"),
+                        torch.empty(self.y.shape, dtype=self.y.dtype, device="meta"), self.order_key)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -168,6 +201,53 @@ class VecChunk:
     remote: Any = None     # the worker pool that runs it (flexpl.engine.executor.StepPool), or None
 
 
+class WorkingModel:
+    """The one module and optimizer that a working stage's clients train on in turn [Note: working models]."""
+
+    def __init__(self, base: BlockModel, opt_cfg: OptimizerCfg, shared: bool) -> None:
+        self.module = copy.deepcopy(base)
+        # a one-row arena: the optimizer state exists from the start and is zeroed per client, as the
+        # replicas' arenas do [Note: pre-made optimizer state], so the arithmetic is theirs
+        self.arena = Arena([self.module], opt_cfg)
+        self.opt = make_optimizer(self.module, opt_cfg)
+        self.arena.bind(0, self.module, self.opt)
+        self.twin = (meta_copy(self.module), None)
+        # worker processes wait for their turn with at most this many finished clients kept aside
+        self.sum = FedAvgSum(self.module.state_dict(), shared, max_pending=fold.MAX_PENDING if shared else None)
+        self.bound: int | None = None       # the replica whose weights the module holds now
+        self.trained = False                # ... and whether it has trained since they were loaded
+        self.pos: dict[int, int] = {}       # replica index -> position in this round's FedAvg order
+        self.orphans: dict[int, dict[str, torch.Tensor]] = {}  # trained before the order was known
+
+
+def working_stages(layout: Layout, base: list[BlockModel], opt_cfg: OptimizerCfg,
+                   is_local: Callable[[str], bool], vector_chunk: int | None) -> list[int]:
+    """Stages whose clients can train on one working model [Note: working models].
+
+    Every data node's path runs on replicas of its own (so the simulator trains node after
+    node), every FedAvg is over all replicas at the end of every round, optimizers are reset
+    on every download, and the stage is here, has weights and no buffers (batch norm
+    statistics are not averaged as weights). Anything else keeps a replica per client.
+    """
+    plan = layout.plan
+    if (plan.junction != "batch" or plan.schedule != "lockstep" or plan.collect_data or vector_chunk
+            or not opt_cfg.reset_on_sync):
+        return []
+    if not all(st.replication == "per_node" and st.host == "own" for st in plan.stages):
+        return []
+    if any(st.sync.kind not in ("none", "fedavg") or (st.sync.kind == "fedavg" and (
+            st.sync.unit != "round" or st.sync.every != 1 or st.sync.scope != "all")) for st in plan.stages):
+        return []
+    out = [s for s, st in enumerate(plan.stages)
+           if st.sync.kind == "fedavg" and layout.aggregators[s] is not None and len(layout.replicas[s]) > 1
+           and all(is_local(r.host) for r in layout.replicas[s]) and is_local(layout.aggregators[s])
+           and count_params(base[s]) > 0 and not any(True for _ in base[s].buffers())]
+    # one FedAvg order for all of them: the same replica index for a data node in every stage
+    if any(layout.serves[s] != layout.serves[out[0]] for s in out[1:]):
+        return []
+    return out
+
+
 class Engine:
     """Run state of a plan on a topology, and the operations rounds are built from."""
 
@@ -180,9 +260,10 @@ class Engine:
     def __init__(self, layout: Layout, full_model: BlockModel, opt_cfg: OptimizerCfg, transport,
                  recorder: Recorder, patch_grid: tuple[int, int] | None = None,
                  is_local: Callable[[str], bool] | None = None, shared: bool = False,
-                 vector_chunk: int | None = None) -> None:
+                 vector_chunk: int | None = None, working: bool = False) -> None:
         """``shared``: stacked replica state in shared memory (worker processes); ``vector_chunk``:
-        run up to that many replicas of a stage together with ``vmap`` (None: one by one)."""
+        run up to that many replicas of a stage together with ``vmap`` (None: one by one); ``working``:
+        clients whose state does not outlive the round train on one working model [Note: working models]."""
         self.layout = layout
         self.plan = layout.plan
         self.opt_cfg = opt_cfg
@@ -200,6 +281,10 @@ class Engine:
         self.junction_stage = next((s for s in range(1, n_stages)
                                     if len(layout.replicas[s]) < len(layout.replicas[s - 1])), None)
         base = [stage_module(full_model, st.start, st.end) for st in self.plan.stages]
+        # [Note: working models] (flexpl.engine.fold): stages whose replicas get no state of their own
+        self.working: dict[int, WorkingModel] = {}
+        for s in working_stages(layout, base, opt_cfg, self.is_local, vector_chunk) if working else []:
+            self.working[s] = WorkingModel(base[s], opt_cfg, shared)
         self._build_replicas(base, opt_cfg, shared)
         self.vector_chunk = vector_chunk
         # the current round's learning rate (flexpl.engine.core.lr_at); in shared memory for worker processes,
@@ -216,7 +301,7 @@ class Engine:
         self.float_elements = [sum(v.numel() for v in m.state_dict().values() if v.is_floating_point())
                                for m in base]
         self.input_grad = [any(has_params[:s]) for s in range(n_stages)]
-        self._build_globals(base)
+        self._build_globals(base, shared)
         # every data node's path runs on replicas of its own, on its own node (e.g. FedAvg)
         self.independent_paths = not self.features and all(
             st.replication == "per_node" and st.host == "own" for st in self.plan.stages)
@@ -227,8 +312,8 @@ class Engine:
     def _arena_stage(self, s: int, base: list[BlockModel]) -> bool:
         """Whether stage ``s`` keeps its replicas stacked in an arena ([Note: arenas])."""
         reps = self.layout.replicas[s]
-        return (len(reps) > 1 and all(self.is_local(r.host) for r in reps) and count_params(base[s]) > 0
-                and not any(True for _ in base[s].buffers()))
+        return (s not in self.working and len(reps) > 1 and all(self.is_local(r.host) for r in reps)
+                and count_params(base[s]) > 0 and not any(True for _ in base[s].buffers()))
 
     def _build_replicas(self, base: list[BlockModel], opt_cfg: OptimizerCfg, shared: bool) -> None:
         """Every replica of every stage (own copy, arena row or meta shell) with its optimizer; the arenas."""
@@ -238,6 +323,10 @@ class Engine:
             states = []
             stacked = self._arena_stage(s, base)
             for spec in reps:
+                if s in self.working:  # one module and optimizer for all of them
+                    w = self.working[s]
+                    states.append(ReplicaState(spec, w.module, w.opt, twin=w.twin, shape_only=False))
+                    continue
                 if stacked:  # the arena below stacks base's weights and gives each replica its own row
                     mod = shell_copy(base[s])
                 elif self.is_local(spec.host):
@@ -255,7 +344,7 @@ class Engine:
                     r.opt = make_optimizer(r.module, opt_cfg)
                     arena.bind(i, r.module, r.opt)
 
-    def _build_globals(self, base: list[BlockModel]) -> None:
+    def _build_globals(self, base: list[BlockModel], shared: bool = False) -> None:
         """The aggregators' averaged copies: one per FedAvg stage, or one per group head (scope "group")."""
         layout = self.layout
         n_stages = len(self.plan.stages)
@@ -263,6 +352,9 @@ class Engine:
         self.global_: dict[int, BlockModel] = {
             s: copy.deepcopy(base[s]) if self.is_local(layout.aggregators[s]) else copy.deepcopy(base[s]).to("meta")
             for s in range(n_stages) if layout.aggregators[s] is not None}
+        for s in self.working:  # worker processes load it into their working models: shared when they are forked
+            if shared:
+                self.global_[s].share_memory()
         self.global_ev: dict[int, Event] = dict.fromkeys(self.global_)
         # stages averaged per group (sync scope "group"): one averaged copy at every group head
         self.group_global: dict[tuple[int, str], BlockModel] = {}
@@ -320,6 +412,8 @@ class Engine:
         new_carry: dict[str, tuple[torch.Tensor, str, Event]] = {}
         for ridx, members in groups.items():
             rep = self.replicas[s][ridx]
+            if s in self.working and not rep.shape_only:  # [Note: working models]
+                self._bind(s, rep)
             label = f"s{s}r{ridx}"
             parts, evs = [], [rep.last_update]
             for m in members:
@@ -574,6 +668,107 @@ class Engine:
             out.setdefault(self.layout.agg_of[s][r.spec.index], []).append(r)
         return out
 
+    # ------------------------------------------------------------ working models [Note: working models]
+
+    def _glob_state(self, s: int) -> Callable[[], dict[str, torch.Tensor]]:
+        return lambda: self.global_[s].state_dict()
+
+    def _bind(self, s: int, rep: ReplicaState) -> None:
+        """Stage ``s``'s working model now trains ``rep``: the previous client goes into the sum, ``rep``
+        starts from the aggregator's weights with a fresh optimizer (what its download gave it)."""
+        w = self.working[s]
+        if w.bound == rep.spec.index:
+            return
+        self._release(s)
+        w.arena.load_rows([0], self.global_[s].state_dict())
+        w.arena.reset([0])
+        w.arena.bind(0, w.module, w.opt)  # (again: a loaded checkpoint may have replaced the optimizer's state)
+        w.bound = rep.spec.index
+
+    def _release(self, s: int) -> None:
+        """The client stage ``s``'s working model holds has finished: add it to the FedAvg sum (or keep it aside)."""
+        w = self.working[s]
+        if w.bound is None:
+            return
+        idx, w.bound = w.bound, None
+        state = w.module.state_dict()
+        pos = w.pos.get(idx)
+        if pos is None:  # the round's FedAvg order is not known yet (no expect_round): keep a copy until the upload
+            w.orphans[idx] = {k: v.detach().clone() for k, v in state.items()}
+        else:
+            w.sum.add(pos, state, self._glob_state(s))
+
+    def expect_round(self, samples: dict[str, int], reset: bool = True) -> None:
+        """The samples each data node will train on this round (before its first step).
+
+        Stages trained on working models use it to add each client to the FedAvg sum as soon
+        as it has trained; without it they keep every trained client aside until the upload.
+        ``reset``: start the round's shared counters (the process that uploads; workers pass False).
+        """
+        for s, w in self.working.items():
+            idx = sorted({self.layout.serves[s][n] for n in samples})
+            weights = [sum(samples[m] for m in self.replicas[s][i].spec.members if m in samples) for i in idx]
+            w.pos = {i: k for k, i in enumerate(idx)}
+            w.bound, w.orphans = None, {}
+            w.sum.begin(weights, len(idx), reset)
+
+    def claim_order(self, samples: dict[str, int]) -> list[str]:
+        """The data nodes with samples to train, in the order their clients enter the FedAvg sum."""
+        s = next(iter(self.working))
+        return sorted((n for n, k in samples.items() if k > 0), key=lambda n: self.layout.serves[s][n])
+
+    def flush_working(self) -> None:
+        """Put every client this process trained into the FedAvg sums, waiting for their turn (a worker's round end)."""
+        for s, w in self.working.items():
+            self._release(s)
+            w.sum.flush(self._glob_state(s))
+
+    def _download_working(self, s: int, reps: list[ReplicaState]) -> None:
+        """``download`` of a working stage: the transfers are recorded; each client loads them when it trains."""
+        agg = self.layout.aggregators[s]
+        glob = self.global_[s].state_dict()
+        for rep in reps:
+            _, ev = self.transport.move_state(glob, agg, rep.host, "weights",
+                                              [self.global_ev[s], rep.last_update], f"s{s}")
+            rep.last_update = ev
+
+    def _upload_working(self, s: int, reps: list[ReplicaState], weights: list[float],
+                        keep: Callable[[int, list[tuple[int, int, Event]]], list[bool]] | None) -> None:
+        """``upload`` of a working stage: the transfers are recorded as for replicas; the average is the sum
+        built while the clients trained (bitwise fedavg's: same operations, same order)."""
+        agg = self.layout.aggregators[s]
+        w = self.working[s]
+        self._release(s)
+        like = w.module.state_dict()
+        evs, spans = [], []
+        for rep in reps:
+            first = self.recorder.next_id
+            _, ev = self.transport.move_state(like, rep.host, agg, "weights", [rep.last_update], f"s{s}")
+            evs.append(ev)
+            spans.append((first, self.recorder.next_id, ev))
+        ok = keep(s, spans) if keep else [True] * len(reps)
+        if not any(ok):
+            w.pos, w.orphans = {}, {}
+            w.sum.begin(None, 0)
+            return
+        if not all(ok):
+            raise RuntimeError("an upload was refused, but working models keep no client's weights "
+                               "(the simulator builds them only without failures)")
+        idx = [r.spec.index for r in reps]
+        glob = self._glob_state(s)
+        if not w.pos:  # no expect_round: the order and weights are known now
+            w.pos = {i: k for k, i in enumerate(idx)}
+            w.sum.begin(weights, len(idx))
+            for i in sorted(w.orphans, key=w.pos.__getitem__):
+                w.sum.add(w.pos[i], w.orphans.pop(i), glob)
+        elif idx != list(w.pos):
+            raise RuntimeError("upload: the clients differ from the ones the round announced (expect_round)")
+        self.global_[s].load_state_dict(w.sum.finish(weights, glob))
+        w.pos, w.orphans = {}, {}  # the next round starts clean (its expect_round, or none)
+        w.sum.begin(None, 0)
+        self.global_ev[s] = self.recorder.compute(agg, self.aggregator.flops(len(reps), self.float_elements[s]),
+                                                  evs, "aggregate", f"s{s}")
+
     def _download_group(self, s: int, reps: list[ReplicaState]) -> None:
         """``download`` for sync scope "group": each replica gets its group head's average."""
         for agg, grp in self._by_aggregator(s, reps).items():
@@ -627,6 +822,8 @@ class Engine:
         """Send stage ``s``'s aggregated weights from its aggregator to ``reps`` (FedAvg, start of a round)."""
         if self.layout.grouped(s):
             return self._download_group(s, reps)
+        if s in self.working:
+            return self._download_working(s, reps)
         agg = self.layout.aggregators[s]
         assert agg is not None
         arena = self.arenas.get(s) if getattr(self.transport, "zero_copy", False) else None
@@ -654,6 +851,8 @@ class Engine:
         """
         if self.layout.grouped(s):
             return self._upload_group(s, reps, weights, keep)
+        if s in self.working:
+            return self._upload_working(s, reps, weights, keep)
         agg = self.layout.aggregators[s]
         assert agg is not None
         states, evs, spans = [], [], []
@@ -760,7 +959,11 @@ class Engine:
         acc = {k: float((v.argmax(1) == y).float().mean()) for k, v in logits.items()}
         loss = {k: float(self.loss_fn(v, y)) for k, v in logits.items()}
         total = sum(node_weights.values())
-        ens = torch.stack([logits[node_path[n]] for n in nodes]).mean(0)
+        if len(paths) == 1:  # every node on one path: the same mean over a broadcast view, not N copies
+            only = next(iter(logits.values()))
+            ens = only.expand((len(nodes),) + tuple(only.shape)).mean(0)
+        else:
+            ens = torch.stack([logits[node_path[n]] for n in nodes]).mean(0)
         return {
             "accuracy": sum(acc[node_path[n]] * w for n, w in node_weights.items()) / total,
             "loss": sum(loss[node_path[n]] * w for n, w in node_weights.items()) / total,

@@ -14,6 +14,8 @@ arithmetic changes (``engine.executor`` in a scenario, ``auto`` by default):
   train shares of the data nodes on the replicas' stacked weights in shared memory
   (``flexpl.engine.arena``), while this process walks the same steps on shapes only
   (``Engine.shadow``) and so records the very trace the sequential engine records.
+  FedAvg clients on working models (flexpl.engine.fold) are taken from one queue in FedAvg
+  order, by the workers and by this process, which trains the ones its walk reaches first.
 
 [Note: mode equivalence] ``processes`` does each replica's arithmetic exactly as
 ``sequential`` does with one torch thread (bitwise equal then; with more threads, ops
@@ -27,7 +29,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -130,7 +132,8 @@ def choose(scn: Scenario, plan: Plan, stage_modules: list[nn.Module], n_replicas
     if plan.schedule == "lockstep" and multi and small and max(n_replicas) >= 4 \
             and all(vector_friendly(stage_modules[s]) for s in multi):
         return Choice("vectorized", f"{max(n_replicas)} replicas of small Linear-only stages run in lockstep")
-    work = 3.0 * flops_per_sample * samples * scn.training.local_epochs
+    # a round trains the sampled clients' share of the samples (training.clients_per_round)
+    work = 3.0 * flops_per_sample * samples * scn.training.local_epochs * min(scn.training.clients_per_round, 1.0)
     if separable(plan) and workers >= 2 and work >= _MIN_PROCESS_FLOPS:
         return Choice("processes", f"independent data-node paths: a share of them per worker, {workers} cores",
                       workers)
@@ -191,9 +194,23 @@ def _start_worker(inherited: list[Any]) -> None:
         pass
 
 
+def _trim_heap() -> None:
+    """Collect garbage and hand the heap's free memory back to the system (glibc ``malloc_trim``), if possible."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _fork_workers(target: Callable[..., None], args: tuple, workers: int) -> tuple[list[Any], list[Any]]:
     """``workers`` forked processes running ``target(conn, *args)``; returns the parent's pipe ends and the processes."""
     ctx = mp.get_context("fork")
+    _trim_heap()  # what the parent freed is not inherited (every worker's resident memory starts as its own)
     conns, procs = [], []
     for _ in range(workers):
         parent, child = ctx.Pipe()
@@ -246,13 +263,16 @@ def _serve(conn: Any, inherited: list[Any], eng: Engine, by_name: dict[str, Node
         if msg[0] == "stop":
             return
         try:
+            if msg[0] == "fold":
+                conn.send(("ok", _train_folding(eng, by_name, msg[1], msg[2])))
+                continue
             out: dict[str, list[tuple[float, int]]] = {}
             for name, idx_list in msg[1].items():
                 nd = by_name[name]
                 res = []
                 for idx in idx_list:
                     idx = torch.from_numpy(idx)
-                    res.append(eng.train_step({name: (nd.x[idx], nd.y[idx])}))
+                    res.append(eng.train_step({name: nd.batch(idx)}))
                 out[name] = res
                 eng.recorder.take()  # this process's own trace is not used (the parent records it)
             conn.send(("ok", out))
@@ -260,14 +280,35 @@ def _serve(conn: Any, inherited: list[Any], eng: Engine, by_name: dict[str, Node
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
+def _train_folding(eng: Engine, by_name: dict[str, NodeData], order: list[tuple[str, list[Any]]],
+                   samples: dict[str, int]) -> dict[str, list[tuple[float, int]]]:
+    """A worker's round on working models [Note: working models]: take the next client in FedAvg order
+    from the shared queue, train it, add it to the shared sum when its turn comes; until none is left."""
+    eng.expect_round(samples, reset=False)
+    queue = eng.working[next(iter(eng.working))].sum
+    out: dict[str, list[tuple[float, int]]] = {}
+    while (k := queue.claim()) < len(order):
+        name, idx_list = order[k]
+        nd = by_name[name]
+        res = []
+        for idx in idx_list:
+            idx = torch.from_numpy(idx)
+            res.append(eng.train_step({name: nd.batch(idx)}))
+        out[name] = res
+        eng.recorder.take()  # this process's own trace is not used (the parent records it)
+    eng.flush_working()
+    return out
+
+
 class ProcessPool(_Workers):
     """Worker processes forked from a set-up engine; they share its stacked weights (see the module docstring)."""
 
     def __init__(self, eng: Engine, by_name: dict[str, NodeData], workers: int) -> None:
-        super().__init__(_serve, (eng, by_name), workers)
-        self.meta = {n: type(nd)(nd.name, torch.empty(nd.x.shape, dtype=nd.x.dtype, device="meta"),
-                                 torch.empty(nd.y.shape, dtype=nd.y.dtype, device="meta"), nd.order_key)
-                     for n, nd in by_name.items()}
+        # working models: this process trains too (one fork fewer: less memory, no third process on the cores)
+        self.trains = bool(eng.working) and workers > 1
+        super().__init__(_serve, (eng, by_name), workers - 1 if self.trains else workers)
+        self.by_name = by_name
+        self.meta = {n: nd.meta() for n, nd in by_name.items()}
 
     def train_round(self, eng: Engine, plan_batches: dict[str, list[torch.Tensor]],
                     walk: Callable[..., tuple[float, int, dict[str, int]]], fed_step: list[int],
@@ -277,26 +318,84 @@ class ProcessPool(_Workers):
         ``walk`` is the simulator's ``train_round``; the training loss is summed in the order
         it visits the steps, as the sequential engine sums it.
         """
-        shares = _split({n: sum(len(b) for b in bs) for n, bs in plan_batches.items()}, len(self.conns))
+        work = {n: sum(len(b) for b in bs) for n, bs in plan_batches.items()}
+        if self.trains and not fed_step and eng.claim_order(work) == [n for n in plan_batches if work[n] > 0]:
+            return self._train_with_workers(eng, plan_batches, work, rnd)
         busy = []
-        for w, share in enumerate(shares):
-            if share:
-                self.conns[w].send(("train", {n: [b.numpy() for b in plan_batches[n]] for n in share}))
-                busy.append(w)
+        if eng.working:  # every worker takes the next client from one queue in FedAvg order [Note: working models]
+            eng.expect_round(work)
+            order = [(n, [b.numpy() for b in plan_batches[n]]) for n in eng.claim_order(work)]
+            busy = list(range(min(len(self.conns), len(order))))
+            for w in busy:
+                self.conns[w].send(("fold", order, work))
+        else:
+            for w, share in enumerate(_split(work, len(self.conns))):
+                if share:
+                    self.conns[w].send(("train", {n: [b.numpy() for b in plan_batches[n]] for n in share}))
+                    busy.append(w)
         log: list[tuple[list[str], int]] = []
         with eng.shadow(set(plan_batches)):
             _, _, seen = walk(eng, self.meta, plan_batches, fed_step, rnd, log)
         losses: dict[str, list[tuple[float, int]]] = {}
         for w in busy:
             losses.update(self._recv(w)[1])
-        loss_sum, n_sum = 0.0, 0
-        for names, t in log:
-            ls, ns = 0.0, 0
-            for n in names:
-                ls += losses[n][t][0]
-                ns += losses[n][t][1]
-            loss_sum, n_sum = loss_sum + ls, n_sum + ns
-        return loss_sum, n_sum, seen
+        return (*_sum_losses(log, losses), seen)
+
+    def _train_with_workers(self, eng: Engine, plan_batches: dict[str, list[torch.Tensor]], work: dict[str, int],
+                            rnd: int) -> tuple[float, int, dict[str, int]]:
+        """A round on working models with this process as one of the trainers [Note: working models].
+
+        Clients are taken from one queue in FedAvg order. This process visits them in that
+        order (the sequential engine's node-major order): a client the workers took is walked
+        on shapes (its trace), the next one not taken yet it takes and trains itself (trace and
+        arithmetic at once, on one thread as the workers). So the trace is the sequential one,
+        and the walk costs only what the workers leave to this process.
+        """
+        from flexpl import faults
+
+        eng.expect_round(work)
+        order = eng.claim_order(work)
+        payload = [(n, [b.numpy() for b in plan_batches[n]]) for n in order]
+        for conn in self.conns:
+            conn.send(("fold", payload, work))
+        queue = eng.working[next(iter(eng.working))].sum
+        log: list[tuple[list[str], int]] = []
+        mine: dict[str, list[tuple[float, int]]] = {}
+        seen = dict.fromkeys(plan_batches, 0)
+        joint = 0
+        with threads(1):
+            for k, n in enumerate(order):
+                with queue.cond:  # take it if no worker has
+                    took = int(queue.ctl[1]) == k
+                    if took:
+                        queue.ctl[1] = k + 1
+                nd = self.by_name[n] if took else self.meta[n]
+                with (nullcontext() if took else eng.shadow({n})):
+                    for t, idx in enumerate(plan_batches[n]):
+                        res = eng.train_step({n: nd.batch(idx)})
+                        if took:
+                            mine.setdefault(n, []).append(res)
+                        seen[n] += len(idx)
+                        log.append(([n], t))
+                        joint += 1
+                        faults.after_train_step(rnd, joint)  # test hook (flexpl.faults): killed mid-round
+            eng.flush_working()
+        losses = dict(mine)
+        for w in range(len(self.conns)):
+            losses.update(self._recv(w)[1])
+        return (*_sum_losses(log, losses), seen)
+
+
+def _sum_losses(log: list[tuple[list[str], int]], losses: dict[str, list[tuple[float, int]]]) -> tuple[float, int]:
+    """The round's training loss and samples, summed in the order the steps ran (as the sequential engine)."""
+    loss_sum, n_sum = 0.0, 0
+    for names, t in log:
+        ls, ns = 0.0, 0
+        for n in names:
+            ls += losses[n][t][0]
+            ns += losses[n][t][1]
+        loss_sum, n_sum = loss_sum + ls, n_sum + ns
+    return loss_sum, n_sum
 
 
 # ---------------------------------------------------------------- worker processes, step by step

@@ -69,8 +69,7 @@ class TensorRunner:
         data = {}
         for n, t in batch:
             idx = self.plan_batches[n][t]
-            nd = self.by_name[n]
-            data[n] = (nd.x[idx], nd.y[idx])
+            data[n] = self.by_name[n].batch(idx)  # read from the whole training set: no copy of the node's rows
             self.seen[n] += len(idx)
         ls, ns = self.eng.train_step(data)
         if self.log is not None:

@@ -127,7 +127,9 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
                           alpha=scn.data.partition.alpha, shards_per_node=scn.data.partition.shards_per_node,
                           min_size=scn.data.partition.min_samples)
         parts, held = validation_split(parts, scn.data.validation_fraction, scn.seed)
-        nodes = [NodeData(n, _place(data.train_x[idx], local(n)), _place(data.train_y[idx], local(n)), i)
+        # each node reads its rows of the whole training set: no copy of the samples per node
+        nodes = [NodeData(n, data.train_x, data.train_y[idx], i, torch.as_tensor(idx, dtype=torch.long)) if local(n) else
+                 NodeData(n, _place(data.train_x[:len(idx)], False), _place(data.train_y[idx], False), i)
                  for i, (n, idx) in enumerate(zip(data_nodes, parts))]
     if plan.collect_data:
         data_nodes = [topo.server]
@@ -144,7 +146,9 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         choice = executor.Choice("sequential", "distributed backend or shape-only walk")
     engine = Engine(layout, full, scn.training.optimizer, transport_factory(recorder), recorder, grid, local,
                     shared=choice.mode == "processes",
-                    vector_chunk=scn.engine.vector_chunk if choice.mode == "vectorized" else None)
+                    vector_chunk=scn.engine.vector_chunk if choice.mode == "vectorized" else None,
+                    # [Note: working models] reproduce FedAvg's sum only, and keep no client for a failure to drop
+                    working=not scn.failures.active and scn.training.aggregator.kind == "fedavg")
     configure(engine, scn)  # training.loss and training.aggregator (flexpl.engine.extend)
     val = None
     if scn.data.validation_fraction > 0:  # evaluated like the test set, full images on every path
@@ -207,6 +211,8 @@ def _play_round(st: Setup, totals: Totals, rnd: int, attempt: int, selected: lis
     if present:
         plan_batches = {n: batches(by_name[n], scn.seed, rnd, tr.local_epochs, tr.batch_size,
                                    tr.max_steps_per_round) for n in present}
+        # clients on working models join the FedAvg sum as they finish [Note: working models]
+        eng.expect_round({n: sum(len(b) for b in bs) for n, bs in plan_batches.items()})
         if st.pool is not None:
             loss_sum, n_sum, seen = st.pool.train_round(eng, plan_batches, train_round, fed_step, rnd)
         elif eng.vector_chunk:  # batched small ops: one thread is faster (see flexpl.engine.executor)
@@ -396,6 +402,14 @@ def make_summary(st: Setup, totals: Totals, rows: list[dict[str, Any]], ev: dict
     """The ``summary.json`` of a run (key names are part of FlexPL's interface)."""
     scn, topo, eng = st.scn, st.topo, st.engine
     b = bill(totals, topo, totals.sim_time, scn.energy.include_idle, scn.costs.include_eval)
+    params_at: dict[str, int] = {}  # parameters held per node (one pass: many clients share one working model)
+    sizes: dict[int, int] = {}
+    for reps in eng.replicas:
+        for r in reps:
+            k = sizes.get(id(r.module))
+            if k is None:
+                k = sizes[id(r.module)] = count_params(r.module)
+            params_at[r.host] = params_at.get(r.host, 0) + k
     per_node = {}
     for n, d in totals.node.items():
         bn = b["per_node"][n]
@@ -406,8 +420,7 @@ def make_summary(st: Setup, totals: Totals, rows: list[dict[str, Any]], ev: dict
                        "energy_j_idle": bn["energy_j_idle"], "busy_s": d["busy_s"],
                        "comm_s": d.get("comm_s", 0.0), "idle_s": bn["idle_s"],
                        "eval_flops": bn["eval_flops"], "eval_energy_j": bn["eval_energy_j"],
-                       "params": sum(count_params(r.module) for reps in eng.replicas for r in reps
-                                     if r.host == n)}
+                       "params": params_at.get(n, 0)}
     per_link = {n: {"bytes": int(d["bytes"]), "busy_s": d["busy_s"], "energy_j": d["energy_j"]}
                 for n, d in totals.link.items()}
     last = rows[-1] if rows else {}
@@ -424,7 +437,7 @@ def make_summary(st: Setup, totals: Totals, rows: list[dict[str, Any]], ev: dict
         "wasted_flops": int(totals.wasted_flops), "wasted_bytes": int(totals.wasted_bytes),
         "wasted_energy_j": totals.wasted_energy,
         "model_params": st.model_params, "model_bytes": st.model_bytes,
-        "params_total": sum(count_params(r.module) for reps in eng.replicas for r in reps),
+        "params_total": sum(params_at.values()),
         "wall_s": wall_s, "executor": st.executor.mode,
         "to_target": cost_to_targets(rows, scn.evaluation.targets),
         "stopped_at_target": bool(scn.evaluation.stop_at_target and len(rows) < scn.training.rounds

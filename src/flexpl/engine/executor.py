@@ -266,16 +266,7 @@ def _serve(conn: Any, inherited: list[Any], eng: Engine, by_name: dict[str, Node
             if msg[0] == "fold":
                 conn.send(("ok", _train_folding(eng, by_name, msg[1], msg[2])))
                 continue
-            out: dict[str, list[tuple[float, int]]] = {}
-            for name, idx_list in msg[1].items():
-                nd = by_name[name]
-                res = []
-                for idx in idx_list:
-                    idx = torch.from_numpy(idx)
-                    res.append(eng.train_step({name: nd.batch(idx)}))
-                out[name] = res
-                eng.recorder.take()  # this process's own trace is not used (the parent records it)
-            conn.send(("ok", out))
+            conn.send(("ok", {name: _train_node(eng, by_name[name], idx_list) for name, idx_list in msg[1].items()}))
         except BaseException as exc:  # report, then keep serving (the parent decides)
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -289,15 +280,16 @@ def _train_folding(eng: Engine, by_name: dict[str, NodeData], order: list[tuple[
     out: dict[str, list[tuple[float, int]]] = {}
     while (k := queue.claim()) < len(order):
         name, idx_list = order[k]
-        nd = by_name[name]
-        res = []
-        for idx in idx_list:
-            idx = torch.from_numpy(idx)
-            res.append(eng.train_step({name: nd.batch(idx)}))
-        out[name] = res
-        eng.recorder.take()  # this process's own trace is not used (the parent records it)
+        out[name] = _train_node(eng, by_name[name], idx_list)
     eng.flush_working()
     return out
+
+
+def _train_node(eng: Engine, nd: NodeData, idx_list: list[Any]) -> list[tuple[float, int]]:
+    """A worker trains one data node's batches (index arrays) in order; returns (loss sum, samples) per step."""
+    res = [eng.train_step({nd.name: nd.batch(torch.from_numpy(idx))}) for idx in idx_list]
+    eng.recorder.take()  # this process's own trace is not used (the parent records it)
+    return res
 
 
 class ProcessPool(_Workers):

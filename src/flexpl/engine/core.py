@@ -925,8 +925,9 @@ class Engine:
         Modules run in eval mode (batch norm uses its running statistics and does not update
         them on test data; dropout is off) and go back to training mode afterwards.
         """
-        mods = ([r.module for reps in self.replicas for r in reps] + list(self.global_.values())
-                + list(self.group_global.values()))
+        # the modules a test sample can meet, each once (many replicas share one: a global copy, a working model)
+        mods = list({id(m): m for s, reps in enumerate(self.layout.replicas)
+                     for m in (self.eval_module(s, ridx) for ridx in range(len(reps)))}.values())
         modes = [m.training for m in mods]
         for m in mods:
             m.eval()

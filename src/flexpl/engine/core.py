@@ -29,9 +29,17 @@ from flexpl.config import OptimizerCfg
 from flexpl.costs.flops import FlopCache, optimizer_flops
 from flexpl.costs.trace import Event, Recorder
 from flexpl.data.batching import batches, mix_seed, select_clients  # noqa: F401 (re-exported: old home)
-from flexpl.engine import fold
+from flexpl.engine import evaluate as _evaluate
 from flexpl.engine.arena import Arena
-from flexpl.engine.fold import FedAvgSum
+from flexpl.engine.evaluate import Evaluation, extract_patch  # noqa: F401 (re-exported)
+from flexpl.engine.replica import (  # noqa: F401 (re-exported: their old home)
+    clip_coefficients,
+    lr_at,
+    make_optimizer,
+    meta_copy,
+    shell_copy,
+)
+from flexpl.engine.working import WorkingModel, WorkingModels, working_stages
 from flexpl.models import BlockModel, count_params
 from flexpl.plan import Layout, Replica
 
@@ -41,51 +49,7 @@ def stage_module(full: BlockModel, start: int, end: int) -> BlockModel:
     return full.slice(start, end)
 
 
-def meta_copy(module: nn.Module) -> nn.Module:
-    """``copy.deepcopy(module).to("meta")`` without copying the weights first (same structure, shapes, flags)."""
-    memo: dict[int, Any] = {}
-    for p in module.parameters():
-        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
-    for b in module.buffers():
-        memo[id(b)] = torch.empty_like(b, device="meta")
-    return copy.deepcopy(module, memo).to("meta")
-
-
-def shell_copy(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose parameters are ``module``'s own (not copied): for replicas that an
-    arena gives rows of their own at once (flexpl.engine.arena), so copying the weights is wasted."""
-    memo: dict[int, Any] = {id(p): p for p in module.parameters()}
-    return copy.deepcopy(module, memo)
-
-
-def make_optimizer(module: nn.Module, cfg: OptimizerCfg) -> torch.optim.Optimizer | None:
-    """The configured optimizer over ``module``'s parameters (None if it has none)."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
-        return None
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def lr_at(cfg: OptimizerCfg, rnd: int, rounds: int) -> float:
-    """The learning rate of round ``rnd`` (1-based) of ``rounds`` under ``cfg.schedule``.
-
-    ``constant``: ``lr``. ``step``: ``lr * gamma ** ((rnd - 1) // step_every)``.
-    ``cosine``: ``min_lr + (lr - min_lr) * (1 + cos(pi * (rnd - 1) / rounds)) / 2`` (round 1
-    trains at ``lr``; as torch's ``CosineAnnealingLR`` with ``T_max = rounds``, stepped once a round).
-    """
-    t = max(rnd - 1, 0)
-    if cfg.schedule == "step":
-        return cfg.lr * cfg.gamma ** (t // cfg.step_every)
-    if cfg.schedule == "cosine":
-        return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * t / max(rounds, 1))) / 2.0
-    return cfg.lr
-
-
-def clip_coefficients(norms: torch.Tensor, clip_norm: float) -> torch.Tensor:
-    """What each gradient is multiplied by to bring its L2 norm down to ``clip_norm`` (as ``clip_grad_norm_``)."""
-    return (clip_norm / (norms + 1e-6)).clamp(max=1.0)
+patch_grid = _evaluate.patch_grid  # re-exported: its old home (an Engine argument has the same name)
 
 
 class Diverged(Exception):
@@ -201,54 +165,7 @@ class VecChunk:
     remote: Any = None     # the worker pool that runs it (flexpl.engine.executor.StepPool), or None
 
 
-class WorkingModel:
-    """The one module and optimizer that a working stage's clients train on in turn [Note: working models]."""
-
-    def __init__(self, base: BlockModel, opt_cfg: OptimizerCfg, shared: bool) -> None:
-        self.module = copy.deepcopy(base)
-        # a one-row arena: the optimizer state exists from the start and is zeroed per client, as the
-        # replicas' arenas do [Note: pre-made optimizer state], so the arithmetic is theirs
-        self.arena = Arena([self.module], opt_cfg)
-        self.opt = make_optimizer(self.module, opt_cfg)
-        self.arena.bind(0, self.module, self.opt)
-        self.twin = (meta_copy(self.module), None)
-        # worker processes wait for their turn with at most this many finished clients kept aside
-        self.sum = FedAvgSum(self.module.state_dict(), shared, max_pending=fold.MAX_PENDING if shared else None)
-        self.bound: int | None = None       # the replica whose weights the module holds now
-        self.trained = False                # ... and whether it has trained since they were loaded
-        self.pos: dict[int, int] = {}       # replica index -> position in this round's FedAvg order
-        self.orphans: dict[int, dict[str, torch.Tensor]] = {}  # trained before the order was known
-
-
-def working_stages(layout: Layout, base: list[BlockModel], opt_cfg: OptimizerCfg,
-                   is_local: Callable[[str], bool], vector_chunk: int | None) -> list[int]:
-    """Stages whose clients can train on one working model [Note: working models].
-
-    Every data node's path runs on replicas of its own (so the simulator trains node after
-    node), every FedAvg is over all replicas at the end of every round, optimizers are reset
-    on every download, and the stage is here, has weights and no buffers (batch norm
-    statistics are not averaged as weights). Anything else keeps a replica per client.
-    """
-    plan = layout.plan
-    if (plan.junction != "batch" or plan.schedule != "lockstep" or plan.collect_data or vector_chunk
-            or not opt_cfg.reset_on_sync):
-        return []
-    if not all(st.replication == "per_node" and st.host == "own" for st in plan.stages):
-        return []
-    if any(st.sync.kind not in ("none", "fedavg") or (st.sync.kind == "fedavg" and (
-            st.sync.unit != "round" or st.sync.every != 1 or st.sync.scope != "all")) for st in plan.stages):
-        return []
-    out = [s for s, st in enumerate(plan.stages)
-           if st.sync.kind == "fedavg" and layout.aggregators[s] is not None and len(layout.replicas[s]) > 1
-           and all(is_local(r.host) for r in layout.replicas[s]) and is_local(layout.aggregators[s])
-           and count_params(base[s]) > 0 and not any(True for _ in base[s].buffers())]
-    # one FedAvg order for all of them: the same replica index for a data node in every stage
-    if any(layout.serves[s] != layout.serves[out[0]] for s in out[1:]):
-        return []
-    return out
-
-
-class Engine:
+class Engine(WorkingModels, Evaluation):
     """Run state of a plan on a topology, and the operations rounds are built from."""
 
     # the training loss and the FedAvg stages' aggregation rule (set per run by flexpl.engine.extend.configure)
@@ -668,107 +585,6 @@ class Engine:
             out.setdefault(self.layout.agg_of[s][r.spec.index], []).append(r)
         return out
 
-    # ------------------------------------------------------------ working models [Note: working models]
-
-    def _glob_state(self, s: int) -> Callable[[], dict[str, torch.Tensor]]:
-        return lambda: self.global_[s].state_dict()
-
-    def _bind(self, s: int, rep: ReplicaState) -> None:
-        """Stage ``s``'s working model now trains ``rep``: the previous client goes into the sum, ``rep``
-        starts from the aggregator's weights with a fresh optimizer (what its download gave it)."""
-        w = self.working[s]
-        if w.bound == rep.spec.index:
-            return
-        self._release(s)
-        w.arena.load_rows([0], self.global_[s].state_dict())
-        w.arena.reset([0])
-        w.arena.bind(0, w.module, w.opt)  # (again: a loaded checkpoint may have replaced the optimizer's state)
-        w.bound = rep.spec.index
-
-    def _release(self, s: int) -> None:
-        """The client stage ``s``'s working model holds has finished: add it to the FedAvg sum (or keep it aside)."""
-        w = self.working[s]
-        if w.bound is None:
-            return
-        idx, w.bound = w.bound, None
-        state = w.module.state_dict()
-        pos = w.pos.get(idx)
-        if pos is None:  # the round's FedAvg order is not known yet (no expect_round): keep a copy until the upload
-            w.orphans[idx] = {k: v.detach().clone() for k, v in state.items()}
-        else:
-            w.sum.add(pos, state, self._glob_state(s))
-
-    def expect_round(self, samples: dict[str, int], reset: bool = True) -> None:
-        """The samples each data node will train on this round (before its first step).
-
-        Stages trained on working models use it to add each client to the FedAvg sum as soon
-        as it has trained; without it they keep every trained client aside until the upload.
-        ``reset``: start the round's shared counters (the process that uploads; workers pass False).
-        """
-        for s, w in self.working.items():
-            idx = sorted({self.layout.serves[s][n] for n in samples})
-            weights = [sum(samples[m] for m in self.replicas[s][i].spec.members if m in samples) for i in idx]
-            w.pos = {i: k for k, i in enumerate(idx)}
-            w.bound, w.orphans = None, {}
-            w.sum.begin(weights, len(idx), reset)
-
-    def claim_order(self, samples: dict[str, int]) -> list[str]:
-        """The data nodes with samples to train, in the order their clients enter the FedAvg sum."""
-        s = next(iter(self.working))
-        return sorted((n for n, k in samples.items() if k > 0), key=lambda n: self.layout.serves[s][n])
-
-    def flush_working(self) -> None:
-        """Put every client this process trained into the FedAvg sums, waiting for their turn (a worker's round end)."""
-        for s, w in self.working.items():
-            self._release(s)
-            w.sum.flush(self._glob_state(s))
-
-    def _download_working(self, s: int, reps: list[ReplicaState]) -> None:
-        """``download`` of a working stage: the transfers are recorded; each client loads them when it trains."""
-        agg = self.layout.aggregators[s]
-        glob = self.global_[s].state_dict()
-        for rep in reps:
-            _, ev = self.transport.move_state(glob, agg, rep.host, "weights",
-                                              [self.global_ev[s], rep.last_update], f"s{s}")
-            rep.last_update = ev
-
-    def _upload_working(self, s: int, reps: list[ReplicaState], weights: list[float],
-                        keep: Callable[[int, list[tuple[int, int, Event]]], list[bool]] | None) -> None:
-        """``upload`` of a working stage: the transfers are recorded as for replicas; the average is the sum
-        built while the clients trained (bitwise fedavg's: same operations, same order)."""
-        agg = self.layout.aggregators[s]
-        w = self.working[s]
-        self._release(s)
-        like = w.module.state_dict()
-        evs, spans = [], []
-        for rep in reps:
-            first = self.recorder.next_id
-            _, ev = self.transport.move_state(like, rep.host, agg, "weights", [rep.last_update], f"s{s}")
-            evs.append(ev)
-            spans.append((first, self.recorder.next_id, ev))
-        ok = keep(s, spans) if keep else [True] * len(reps)
-        if not any(ok):
-            w.pos, w.orphans = {}, {}
-            w.sum.begin(None, 0)
-            return
-        if not all(ok):
-            raise RuntimeError("an upload was refused, but working models keep no client's weights "
-                               "(the simulator builds them only without failures)")
-        idx = [r.spec.index for r in reps]
-        glob = self._glob_state(s)
-        if not w.pos:  # no expect_round: the order and weights are known now
-            w.pos = {i: k for k, i in enumerate(idx)}
-            w.sum.begin(weights, len(idx))
-            for i in sorted(w.orphans, key=w.pos.__getitem__):
-                w.sum.add(w.pos[i], w.orphans.pop(i), glob)
-        elif idx != list(w.pos):
-            raise RuntimeError("upload: the clients differ from the ones the round announced (expect_round)")
-        self.global_[s].load_state_dict(w.sum.finish(weights, glob))
-        w.pos, w.orphans = {}, {}  # the next round starts clean (its expect_round, or none)
-        w.sum.begin(None, 0)
-        self.global_ev[s] = self.recorder.compute(agg, self.aggregator.flops(len(reps), self.float_elements[s]),
-                                                  evs, "aggregate", f"s{s}")
-
     def _download_group(self, s: int, reps: list[ReplicaState]) -> None:
         """``download`` for sync scope "group": each replica gets its group head's average."""
         for agg, grp in self._by_aggregator(s, reps).items():
@@ -903,119 +719,6 @@ class Engine:
             xs.append(self.transport.move(nd.x, nd.name, dst, "data", [], "data")[0])
             ys.append(self.transport.move(nd.y, nd.name, dst, "data", [], "data")[0])
         return NodeData(dst, torch.cat(xs), torch.cat(ys), 0)
-
-    # ------------------------------------------------------------ evaluation
-
-    def eval_module(self, s: int, ridx: int) -> nn.Module:
-        """The weights a test sample meets at stage ``s`` on replica ``ridx``'s path."""
-        st = self.plan.stages[s]
-        if self.layout.grouped(s):
-            return self.group_global[(s, self.layout.agg_of[s][ridx])]
-        if st.sync.kind == "fedavg":
-            return self.global_[s]
-        if st.sync.kind == "relay" and self.relay_holder is not None:
-            return self.replicas[s][self.layout.serves[s][self.relay_holder]].module
-        return self.replicas[s][ridx].module
-
-    @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor, node_weights: dict[str, float],
-                 chunk: int = 2000) -> dict[str, float]:
-        """Test accuracy and loss of every data node's path; weighted mean, worst path and ensemble.
-
-        Modules run in eval mode (batch norm uses its running statistics and does not update
-        them on test data; dropout is off) and go back to training mode afterwards.
-        """
-        # the modules a test sample can meet, each once (many replicas share one: a global copy, a working model)
-        mods = list({id(m): m for s, reps in enumerate(self.layout.replicas)
-                     for m in (self.eval_module(s, ridx) for ridx in range(len(reps)))}.values())
-        modes = [m.training for m in mods]
-        for m in mods:
-            m.eval()
-        try:
-            return self._evaluate(x, y, node_weights, chunk)
-        finally:
-            for m, mode in zip(mods, modes):
-                m.train(mode)
-
-    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, node_weights: dict[str, float],
-                  chunk: int) -> dict[str, float]:
-        layout = self.layout
-        nodes = list(node_weights)
-        if self.features:
-            paths = {"joint": None}
-            node_path = dict.fromkeys(nodes, "joint")
-        else:
-            paths, node_path = {}, {}
-            for n in nodes:
-                mods = tuple(self.eval_module(s, layout.serves[s][n]) for s in range(len(self.plan.stages)))
-                key = tuple(id(m) for m in mods)
-                paths.setdefault(key, mods)
-                node_path[n] = key
-        logits = {k: [] for k in paths}
-        for i in range(0, x.shape[0], chunk):
-            xb = x[i:i + chunk]
-            for k, mods in paths.items():
-                logits[k].append(self._forward_features(xb) if mods is None else _forward(mods, xb))
-        logits = {k: torch.cat(v) for k, v in logits.items()}
-        acc = {k: float((v.argmax(1) == y).float().mean()) for k, v in logits.items()}
-        loss = {k: float(self.loss_fn(v, y)) for k, v in logits.items()}
-        total = sum(node_weights.values())
-        if len(paths) == 1:  # every node on one path: the same mean over a broadcast view, not N copies
-            only = next(iter(logits.values()))
-            ens = only.expand((len(nodes),) + tuple(only.shape)).mean(0)
-        else:
-            ens = torch.stack([logits[node_path[n]] for n in nodes]).mean(0)
-        return {
-            "accuracy": sum(acc[node_path[n]] * w for n, w in node_weights.items()) / total,
-            "loss": sum(loss[node_path[n]] * w for n, w in node_weights.items()) / total,
-            "accuracy_min": min(acc[node_path[n]] for n in nodes),
-            "accuracy_ensemble": float((ens.argmax(1) == y).float().mean()),
-            "paths": len(paths),
-        }
-
-    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        j = self.junction_stage or 1
-        nodes = list(self.layout.serves[0])
-        feats = []
-        for i, n in enumerate(nodes):
-            h = extract_patch(x, self.patch_grid or (1, 1), i)
-            for s in range(j):
-                h = self.eval_module(s, self.layout.serves[s][n])(h)
-            feats.append(h)
-        h = torch.cat(feats, 1)
-        for s in range(j, len(self.plan.stages)):
-            h = self.eval_module(s, 0)(h)
-        return h
-
-
-def _forward(mods: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor:
-    for m in mods:
-        x = m(x)
-    return x
-
-
-def patch_grid(n: int, h: int, w: int) -> tuple[int, int] | None:
-    """Split an ``h x w`` image into ``n`` equal patches: (rows, cols) closest to square, or None."""
-    best = None
-    for rows in range(1, n + 1):
-        if n % rows:
-            continue
-        cols = n // rows
-        if h % rows or w % cols:
-            continue
-        score = abs(h // rows - w // cols)
-        if best is None or score < best[0]:
-            best = (score, rows, cols)
-    return None if best is None else (best[1], best[2])
-
-
-def extract_patch(x: torch.Tensor, grid: tuple[int, int], i: int) -> torch.Tensor:
-    """Patch ``i`` (row-major) of images ``x`` [N, C, H, W] cut into a ``grid`` of equal patches."""
-    rows, cols = grid
-    ph, pw = x.shape[-2] // rows, x.shape[-1] // cols
-    r, c = divmod(i, cols)
-    return x[..., r * ph:(r + 1) * ph, c * pw:(c + 1) * pw]
-
 
 def path_state(engine: Engine, node: str) -> dict[str, torch.Tensor]:
     """The full model's state dict as a test sample on ``node``'s path sees it (keys of the full model)."""

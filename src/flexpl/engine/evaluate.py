@@ -1,0 +1,122 @@
+"""Evaluation of a run's paths (what a test sample meets on each data node's path), and the patch
+helpers of the features junction. :class:`Evaluation` holds the ``Engine``'s operations; the Engine
+mixes it in."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Evaluation:
+    """Test accuracy and loss per path, worst path and ensemble (``self`` is the Engine)."""
+
+    def eval_module(self, s: int, ridx: int) -> nn.Module:
+        """The weights a test sample meets at stage ``s`` on replica ``ridx``'s path."""
+        st = self.plan.stages[s]
+        if self.layout.grouped(s):
+            return self.group_global[(s, self.layout.agg_of[s][ridx])]
+        if st.sync.kind == "fedavg":
+            return self.global_[s]
+        if st.sync.kind == "relay" and self.relay_holder is not None:
+            return self.replicas[s][self.layout.serves[s][self.relay_holder]].module
+        return self.replicas[s][ridx].module
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, node_weights: dict[str, float],
+                 chunk: int = 2000) -> dict[str, float]:
+        """Test accuracy and loss of every data node's path; weighted mean, worst path and ensemble.
+
+        Modules run in eval mode (batch norm uses its running statistics and does not update
+        them on test data; dropout is off) and go back to training mode afterwards.
+        """
+        # the modules a test sample can meet, each once (many replicas share one: a global copy, a working model)
+        mods = list({id(m): m for s, reps in enumerate(self.layout.replicas)
+                     for m in (self.eval_module(s, ridx) for ridx in range(len(reps)))}.values())
+        modes = [m.training for m in mods]
+        for m in mods:
+            m.eval()
+        try:
+            return self._evaluate(x, y, node_weights, chunk)
+        finally:
+            for m, mode in zip(mods, modes):
+                m.train(mode)
+
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, node_weights: dict[str, float],
+                  chunk: int) -> dict[str, float]:
+        layout = self.layout
+        nodes = list(node_weights)
+        if self.features:
+            paths = {"joint": None}
+            node_path = dict.fromkeys(nodes, "joint")
+        else:
+            paths, node_path = {}, {}
+            for n in nodes:
+                mods = tuple(self.eval_module(s, layout.serves[s][n]) for s in range(len(self.plan.stages)))
+                key = tuple(id(m) for m in mods)
+                paths.setdefault(key, mods)
+                node_path[n] = key
+        logits = {k: [] for k in paths}
+        for i in range(0, x.shape[0], chunk):
+            xb = x[i:i + chunk]
+            for k, mods in paths.items():
+                logits[k].append(self._forward_features(xb) if mods is None else _forward(mods, xb))
+        logits = {k: torch.cat(v) for k, v in logits.items()}
+        acc = {k: float((v.argmax(1) == y).float().mean()) for k, v in logits.items()}
+        loss = {k: float(self.loss_fn(v, y)) for k, v in logits.items()}
+        total = sum(node_weights.values())
+        if len(paths) == 1:  # every node on one path: the same mean over a broadcast view, not N copies
+            only = next(iter(logits.values()))
+            ens = only.expand((len(nodes),) + tuple(only.shape)).mean(0)
+        else:
+            ens = torch.stack([logits[node_path[n]] for n in nodes]).mean(0)
+        return {
+            "accuracy": sum(acc[node_path[n]] * w for n, w in node_weights.items()) / total,
+            "loss": sum(loss[node_path[n]] * w for n, w in node_weights.items()) / total,
+            "accuracy_min": min(acc[node_path[n]] for n in nodes),
+            "accuracy_ensemble": float((ens.argmax(1) == y).float().mean()),
+            "paths": len(paths),
+        }
+
+    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        j = self.junction_stage or 1
+        nodes = list(self.layout.serves[0])
+        feats = []
+        for i, n in enumerate(nodes):
+            h = extract_patch(x, self.patch_grid or (1, 1), i)
+            for s in range(j):
+                h = self.eval_module(s, self.layout.serves[s][n])(h)
+            feats.append(h)
+        h = torch.cat(feats, 1)
+        for s in range(j, len(self.plan.stages)):
+            h = self.eval_module(s, 0)(h)
+        return h
+
+
+def _forward(mods: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor:
+    for m in mods:
+        x = m(x)
+    return x
+
+
+def patch_grid(n: int, h: int, w: int) -> tuple[int, int] | None:
+    """Split an ``h x w`` image into ``n`` equal patches: (rows, cols) closest to square, or None."""
+    best = None
+    for rows in range(1, n + 1):
+        if n % rows:
+            continue
+        cols = n // rows
+        if h % rows or w % cols:
+            continue
+        score = abs(h // rows - w // cols)
+        if best is None or score < best[0]:
+            best = (score, rows, cols)
+    return None if best is None else (best[1], best[2])
+
+
+def extract_patch(x: torch.Tensor, grid: tuple[int, int], i: int) -> torch.Tensor:
+    """Patch ``i`` (row-major) of images ``x`` [N, C, H, W] cut into a ``grid`` of equal patches."""
+    rows, cols = grid
+    ph, pw = x.shape[-2] // rows, x.shape[-1] // cols
+    r, c = divmod(i, cols)
+    return x[..., r * ph:(r + 1) * ph, c * pw:(c + 1) * pw]

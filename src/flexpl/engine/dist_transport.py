@@ -25,7 +25,7 @@ the induction, which is what the per-operation timeout turns into a clear error.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 
 import torch
@@ -80,6 +80,17 @@ class Comm:
         finally:
             self.blocked = None
 
+    def _transfer(self, op: str, start: Callable[..., dist.Work], t: torch.Tensor, peer: int, tag: int,
+                  link: str | None, counts: dict[str, int]) -> None:
+        """Start ``op`` (``dist.isend`` or ``dist.irecv`` of ``t``) and wait for it; count its bytes on ``link``."""
+        try:
+            work = start(t, peer, tag=tag)
+        except RuntimeError as exc:
+            raise PeerFailure(peer, op, "closed", str(exc).splitlines()[0]) from None
+        self._wait(work, op, peer)
+        if link is not None:
+            counts[link] = counts.get(link, 0) + tensor_bytes(t)
+
     def send(self, t: torch.Tensor, peer: int, link: str | None = None, tag: int = TAG_TRAIN) -> None:
         """Send ``t`` to ``peer``; bytes count on ``link`` when given (training traffic)."""
         if t.is_meta:
@@ -87,13 +98,7 @@ class Comm:
         t = t.detach().contiguous()
         if t.numel() == 0:  # nothing on the wire; the receiver skips it too
             return
-        try:
-            work = dist.isend(t, peer, tag=tag)
-        except RuntimeError as exc:
-            raise PeerFailure(peer, "send", "closed", str(exc).splitlines()[0]) from None
-        self._wait(work, "send", peer)
-        if link is not None:
-            self.sent[link] = self.sent.get(link, 0) + tensor_bytes(t)
+        self._transfer("send", dist.isend, t, peer, tag, link, self.sent)
 
     def recv(self, shape: torch.Size | tuple[int, ...], dtype: torch.dtype, peer: int,
              link: str | None = None, tag: int = TAG_TRAIN) -> torch.Tensor:
@@ -101,13 +106,7 @@ class Comm:
         buf = torch.empty(tuple(shape), dtype=dtype)
         if buf.numel() == 0:
             return buf
-        try:
-            work = dist.irecv(buf, peer, tag=tag)
-        except RuntimeError as exc:
-            raise PeerFailure(peer, "recv", "closed", str(exc).splitlines()[0]) from None
-        self._wait(work, "recv", peer)
-        if link is not None:
-            self.received[link] = self.received.get(link, 0) + tensor_bytes(buf)
+        self._transfer("recv", dist.irecv, buf, peer, tag, link, self.received)
         return buf
 
 

@@ -180,17 +180,34 @@ def _run_legend(ax: Any, runs: list[Run], parts: list[tuple[str, dict]]) -> None
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
+def _per(r: Run, section: str, name: str, key: str) -> float:
+    """``summary[section][name][key]`` of run ``r`` (e.g. a node's energy), 0.0 where missing."""
+    return _float((r.summary.get(section) or {}).get(name, {}).get(key, 0.0)) or 0.0
+
+
+def _bar_figure(runs: list[Run], groups: list[str], height: float, missing: str,
+                stacks: list[tuple[str, Any, dict]], parts: list[tuple[str, dict]], unit: str, ylabel: str,
+                title: str) -> Any:
+    """One bar group per node or link (see :func:`_grouped_bars`), or a "no data" note naming ``missing``."""
+    fig = _figure(10.5, height)
+    ax = fig.add_subplot()
+    if not groups:
+        _no_data(ax, missing)
+        return fig
+    _grouped_bars(ax, groups, runs, stacks)
+    ax.yaxis.set_major_formatter(_eng(unit))
+    ax.grid(axis="x", visible=False)
+    ax.set(ylabel=ylabel, title=title)
+    _run_legend(ax, runs, parts)
+    return fig
+
+
 def fig_energy_per_node(runs: list[Run]) -> Any:
     """Energy of every node, stacked as compute, communication and (when counted) idle."""
     nodes = _names(runs, "per_node")
-    fig = _figure(10.5, 4.2)
-    ax = fig.add_subplot()
-    if not nodes:
-        _no_data(ax, "per-node energy")
-        return fig
 
     def part(key: str):
-        return lambda r, g: _float((r.summary.get("per_node") or {}).get(g, {}).get(key, 0.0)) or 0.0
+        return lambda r, g: _per(r, "per_node", g, key)
 
     def idle(r: Run, g: str) -> float:
         # Idle energy counts only when the scenario adds it to the total (energy.include_idle).
@@ -204,32 +221,19 @@ def fig_energy_per_node(runs: list[Run]) -> Any:
     if any(idle(r, g) > 0 for r in runs for g in nodes):
         parts.append(("idle", {"hatch": "..", "alpha": 0.3}))
         stacks.append(("idle", idle, parts[2][1]))
-    _grouped_bars(ax, nodes, runs, stacks)
-    ax.yaxis.set_major_formatter(_eng("J"))
-    ax.grid(axis="x", visible=False)
-    ax.set(ylabel="energy over the whole run", title="Energy per node: compute (solid) + communication (hatched)")
-    _run_legend(ax, runs, parts)
-    return fig
+    return _bar_figure(runs, nodes, 4.2, "per-node energy", stacks, parts, "J", "energy over the whole run",
+                       "Energy per node: compute (solid) + communication (hatched)")
 
 
 def fig_bytes_per_link(runs: list[Run]) -> Any:
     """Bytes carried by every link over the whole run (both directions)."""
     links = _names(runs, "per_link")
-    fig = _figure(10.5, 3.9)
-    ax = fig.add_subplot()
-    if not links:
-        _no_data(ax, "links")
-        return fig
 
     def value(r: Run, g: str) -> float:
-        return _float((r.summary.get("per_link") or {}).get(g, {}).get("bytes", 0.0)) or 0.0
+        return _per(r, "per_link", g, "bytes")
 
-    _grouped_bars(ax, links, runs, [("bytes", value, {})])
-    ax.yaxis.set_major_formatter(_eng("B"))
-    ax.grid(axis="x", visible=False)
-    ax.set(ylabel="bytes over the whole run", title=FIGURES[6][1])
-    _run_legend(ax, runs, [])
-    return fig
+    return _bar_figure(runs, links, 3.9, "links", [("bytes", value, {})], [], "B", "bytes over the whole run",
+                       FIGURES[6][1])
 
 
 def _time_unit(span: float) -> tuple[float, str]:

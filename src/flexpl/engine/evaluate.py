@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from flexpl.errors import UserError
+
 
 class Evaluation:
     """Test accuracy and loss per path, worst path and ensemble (``self`` is the Engine)."""
@@ -112,6 +114,23 @@ def patch_grid(n: int, h: int, w: int) -> tuple[int, int] | None:
         if best is None or score < best[0]:
             best = (score, rows, cols)
     return None if best is None else (best[1], best[2])
+
+
+def patch_input(shape: tuple[int, ...], n: int) -> tuple[tuple[int, int], tuple[int, int, int]]:
+    """A features junction's ``n`` patches of samples of ``shape`` [C, H, W]: the grid and one patch's shape.
+
+    Raises a one-line ``UserError`` (naming ``plan.junction``) when the samples are not
+    images or cannot be cut into ``n`` equal patches.
+    """
+    if len(shape) != 3:  # e.g. a registered dataset of feature vectors
+        raise UserError(f"plan.junction: a features junction cuts images [C, H, W] into patches; "
+                        f"samples here have shape {tuple(shape)}")
+    _, h, w = shape
+    grid = patch_grid(n, h, w)
+    if grid is None:
+        raise UserError(f"plan.junction: cannot cut {h}x{w} images into {n} equal patches; "
+                        "use a number of data nodes that divides the image")
+    return grid, (shape[0], h // grid[0], w // grid[1])
 
 
 def extract_patch(x: torch.Tensor, grid: tuple[int, int], i: int) -> torch.Tensor:

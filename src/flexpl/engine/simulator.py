@@ -35,8 +35,8 @@ from flexpl.engine.core import (
     NodeData,
     ReplicaState,
     extract_patch,
-    patch_grid,
 )
+from flexpl.engine.evaluate import patch_input
 from flexpl.engine.extend import configure
 from flexpl.engine.runner import TensorRunner, participants
 from flexpl.engine.transport import SimTransport
@@ -102,16 +102,8 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
     grid = None
     if plan.junction == "features":
         # every branch sees its own patch of every training sample
-        if len(data.input_shape) != 3:  # e.g. a registered dataset of feature vectors
-            raise UserError(f"plan.junction: a features junction cuts images [C, H, W] into patches; "
-                            f"samples here have shape {tuple(data.input_shape)}")
-        _, h, w = data.input_shape
-        grid = patch_grid(len(data_nodes), h, w)
-        if grid is None:
-            raise UserError(f"plan.junction: cannot cut {h}x{w} images into {len(data_nodes)} equal patches; "
-                            "use a number of data nodes that divides the image")
+        grid, shape = patch_input(data.input_shape, len(data_nodes))
         first = plan.stages[1].start
-        shape = (data.input_shape[0], h // grid[0], w // grid[1])
         full = build_model(spec, shape, data.num_classes, seed=scn.seed, junction_block=first,
                            branches=len(data_nodes))
         # every branch sees the same samples, so they are held out once, for all branches

@@ -108,7 +108,7 @@ class Planner:
         """Build and place the candidate's plan exactly as ``simulator.setup`` does."""
         from flexpl.config import PlanCfg
         from flexpl.costs.flops import optimizer_flops
-        from flexpl.engine.core import patch_grid
+        from flexpl.engine.evaluate import patch_input
         from flexpl.engine.extend import prox_flops
         from flexpl.plan import build_plan, place
 
@@ -131,15 +131,7 @@ class Planner:
         samples = dict(self.samples)
         variant = self.plain
         if plan.junction == "features":
-            if len(in_shape) != 3:  # e.g. a registered dataset of feature vectors
-                raise UserError(f"plan.junction: a features junction cuts images [C, H, W] into patches; "
-                                f"samples here have shape {tuple(in_shape)}")
-            _, h, w = in_shape
-            grid = patch_grid(len(data_nodes), h, w)
-            if grid is None:
-                raise UserError(f"plan.junction: cannot cut {h}x{w} images into {len(data_nodes)} equal patches; "
-                                "use a number of data nodes that divides the image")
-            in_shape = (in_shape[0], h // grid[0], w // grid[1])
+            _, in_shape = patch_input(in_shape, len(data_nodes))
             variant = (in_shape, plan.stages[1].start, len(data_nodes))
             samples = dict.fromkeys(data_nodes, len(self.data.train_y))
         train_nodes = [self.topo.server] if plan.collect_data else data_nodes

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from flexpl.errors import UserError
+from flexpl.targets import _float  # one lenient number parse for the report (NaN if not a number)
 
 
 @dataclass
@@ -53,13 +54,6 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
         if not dominated:
             front.append(i)
     return front
-
-
-def _float(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

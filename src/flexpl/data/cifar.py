@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flexpl.data.folders import cache_dir, search_dirs
 from flexpl.errors import MissingData, UserError
 
 
@@ -62,23 +63,6 @@ SPECS: dict[str, CifarSpec] = {
 }
 
 BASE_URL = "https://www.cs.toronto.edu/~kriz"
-
-
-def cache_dir(name: str) -> Path:
-    """The user cache folder for ``name`` (``$XDG_CACHE_HOME/flexpl/<name>``)."""
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "flexpl" / name
-
-
-def search_dirs(name: str) -> list[Path]:
-    """Folders searched for the tarball, in order."""
-    dirs: list[Path] = []
-    env = os.environ.get("FLEXPL_DATA")
-    if env:
-        root = Path(env).expanduser()
-        dirs += [root, root / name]
-    dirs.append(cache_dir(name))
-    return dirs
 
 
 def check_archive(path: Path, spec: CifarSpec) -> None:

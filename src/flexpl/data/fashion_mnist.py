@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flexpl.data.folders import cache_dir as _cache_dir
+from flexpl.data.folders import search_dirs as _search_dirs
 from flexpl.errors import UserError
 
 NAME = "fashion-mnist"
@@ -65,21 +67,12 @@ _FIX = "delete it (it will be fetched again) or reinstall dataset-fashion-mnist"
 
 def cache_dir() -> Path:
     """Return the user cache folder for Fashion-MNIST (``$XDG_CACHE_HOME/flexpl/fashion-mnist``)."""
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "flexpl" / NAME
+    return _cache_dir(NAME)
 
 
 def search_dirs() -> list[Path]:
-    """Return the folders searched for the IDX files, in order."""
-    dirs: list[Path] = []
-    env = os.environ.get("FLEXPL_DATA")
-    if env:
-        root = Path(env).expanduser()
-        dirs += [root, root / NAME]
-    dirs.append(cache_dir())
-    dirs += list(SYSTEM_DIRS)
-    return dirs
+    """Return the folders searched for the IDX files, in order (the system folders last)."""
+    return _search_dirs(NAME) + list(SYSTEM_DIRS)
 
 
 def _file_in(folder: Path, stem: str) -> Path | None:

@@ -366,6 +366,7 @@ def place(plan: Plan, topo: Topology, data_nodes: list[str]) -> Layout:
     aggregators: list[str | None] = []
     agg_of: list[dict[int, str]] = []
     head_of = {m: h for h, ms in groups.items() for m in ms}
+    connected = topo.connected()
     for s, st in enumerate(plan.stages):
         if st.replication == "per_node":
             sets = [(n, (n,)) for n in data_nodes]
@@ -385,12 +386,12 @@ def place(plan: Plan, topo: Topology, data_nodes: list[str]) -> Layout:
         else:
             agg_of.append({r.index: agg for r in reps} if agg is not None else {})
         aggregators.append(agg)
-        for r in reps:  # every replica must reach the previous stage and its aggregator
+        for r in reps if not connected else ():  # every replica must reach the previous stage and its aggregator
             agg = agg_of[s].get(r.index)
             if agg is not None and agg not in topo.reachable(r.host):
                 raise UserError(f"plan.stages[{s}].sync.at: aggregator '{agg}' is unreachable from "
                                 f"'{r.host}' through the links")
-    for node in data_nodes:
+    for node in data_nodes if not connected else ():  # (a connected topology: every node reaches every node)
         reach = topo.reachable(node)
         for s in range(len(plan.stages)):
             host = replicas[s][serves[s][node]].host

@@ -361,24 +361,30 @@ def sampling_case(clients: int, fraction: float, per_client: int, rounds: int) -
                                      "data.max_test=1000", f"training.clients_per_round={fraction}",
                                      f"training.rounds={rounds}"])
     t_scn = time.perf_counter() - t
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     st = setup(scn)
-    t_setup = time.perf_counter() - t
-    marks = [time.perf_counter()]
-    first: list[float] = []
+    t_setup, c_setup = time.perf_counter() - t, time.process_time() - c
+    marks, cpu = [time.perf_counter()], [time.process_time()]
+    first: list[tuple[float, float]] = []
     real = st.engine.set_round
 
     def set_round(rnd: int, total: int) -> float:  # the first round starts here (after run's own preparations)
         if not first:
-            first.append(time.perf_counter())
+            first.append((time.perf_counter(), time.process_time()))
         return real(rnd, total)
 
+    def on_round(_row: dict) -> None:
+        marks.append(time.perf_counter())
+        cpu.append(time.process_time())
+
     st.engine.set_round = set_round
-    run(scn, st=st, on_round=lambda _row: marks.append(time.perf_counter()))
+    run(scn, st=st, on_round=on_round)
     end = time.perf_counter()
-    walls = [b - a for a, b in zip([first[0], *marks[1:]], marks[1:])]
-    return {"scenario": t_scn, "setup": t_setup, "prelude": first[0] - marks[0], "rounds": walls,
-            "after": end - marks[-1], "first_round_at": time.time() - (end - first[0]), "nodes": len(scn.data_nodes)}
+    walls = [b - a for a, b in zip([first[0][0], *marks[1:]], marks[1:])]
+    cpus = [b - a for a, b in zip([first[0][1], *cpu[1:]], cpu[1:])]
+    return {"scenario": t_scn, "setup": t_setup, "setup_cpu": c_setup, "prelude": first[0][0] - marks[0],
+            "rounds": walls, "rounds_cpu": cpus, "after": end - marks[-1],
+            "first_round_at": time.time() - (end - first[0][0]), "nodes": len(scn.data_nodes)}
 
 
 def _child_sampling(clients: int, fraction: float, rounds: int) -> None:
@@ -419,17 +425,22 @@ def sampling(rounds: int, pythons: list[tuple[str, str]]) -> None:
     print("set-up = setup() (data split, topology, plan, engine), as before; scenario = load_scenario (the "
           "expanded 10,000-node config), prelude = run() before round 1; start->round 1 = process start to round 1 "
           "(imports and a 10-client warm-up included)")
-    print("| version | clients | per round | scenario s | set-up s | prelude s | round s (median) | after last s | "
-          "start->round 1 s | peak RSS MiB | set-up / 100 | round / 100 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("CPU s: this process's CPU time (one torch thread), steadier than the wall on a busy machine")
+    print("| version | clients | per round | scenario s | set-up s | set-up CPU s | prelude s | round s (median) | "
+          "round CPU s | after last s | start->round 1 s | peak RSS MiB | set-up / 100 (wall, CPU) | "
+          "round / 100 (wall, CPU) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, _ in pythons:
-        s100, r100 = res[(label, 100)]["setup"], statistics.median(res[(label, 100)]["rounds"])
+        b = res[(label, 100)]
+        s100, c100 = b["setup"], b["setup_cpu"]
+        r100, rc100 = statistics.median(b["rounds"]), statistics.median(b["rounds_cpu"])
         for clients, frac in ((100, 1.0), (10_000, 0.01)):
             r = res[(label, clients)]
-            rm = statistics.median(r["rounds"])
-            print(f"| {label} | {clients} | {frac} | {r['scenario']:.3f} | {r['setup']:.3f} | {r['prelude']:.3f} | "
-                  f"{rm:.3f} | {r['after']:.3f} | {r['start_to_first']:.2f} | {r['maxrss'] / 2**20:.0f} | "
-                  f"{r['setup'] / s100:.2f} | {rm / r100:.2f} |")
+            rm, rc = statistics.median(r["rounds"]), statistics.median(r["rounds_cpu"])
+            print(f"| {label} | {clients} | {frac} | {r['scenario']:.3f} | {r['setup']:.3f} | {r['setup_cpu']:.3f} | "
+                  f"{r['prelude']:.3f} | {rm:.3f} | {rc:.3f} | {r['after']:.3f} | {r['start_to_first']:.2f} | "
+                  f"{r['maxrss'] / 2**20:.0f} | {r['setup'] / s100:.2f}, {r['setup_cpu'] / c100:.2f} | "
+                  f"{rm / r100:.2f}, {rc / rc100:.2f} |")
     print("target: 10,000 at 1 % within 2x of 100 at 100 % (set-up and round)")
 
 

@@ -9,12 +9,14 @@ the clock, evaluate. Strategies differ only in their plan.
 from __future__ import annotations
 
 import copy
+import functools
+import gc
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -97,6 +99,31 @@ def _model_spec(scn: Scenario) -> tuple[str, Any]:
     return (spec if isinstance(spec, str) else str(spec.get("name", ""))), spec
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _without_gc(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``fn`` with the cyclic garbage collector paused (and resumed after, if it was on).
+
+    [Note: set-up without the GC] Set-up makes an object or two per data node; with a few
+    hundred thousand objects already alive (torch, a scenario of 10,000 nodes, an earlier run),
+    each full collection those allocations trigger rescans all of them: 10,000 clients took
+    0.2 s of CPU instead of 0.06 s. Nothing is lost: cycles made meanwhile are collected later.
+    """
+    @functools.wraps(fn)
+    def inner(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+    return inner
+
+
+@_without_gc
 def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTransport,
           dataset: Dataset | None = None, is_local: Callable[[str], bool] | None = None) -> Setup:
     """Load data, resolve the topology and plan, build the model and the engine.

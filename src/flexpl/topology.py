@@ -203,8 +203,12 @@ class Topology:
                 # a tree (a star, edge servers ...): one route per node, so a node's first hop is its
                 # parent in the server's BFS tree; one search instead of one per data node
                 parent, server = self._tree(self.server), self.server
-                for n in self.data_nodes:
-                    groups.setdefault(parent[n][0] if n != server else n, []).append(n)
+                heads = [parent[n][0] if n != server else n for n in self.data_nodes]
+                if heads and heads.count(heads[0]) == len(heads):  # one group (a star): no pass per node
+                    groups[heads[0]] = list(self.data_nodes)
+                else:
+                    for h, n in zip(heads, self.data_nodes):
+                        groups.setdefault(h, []).append(n)
             else:
                 for n in self.data_nodes:
                     groups.setdefault(self.first_hop_head(n), []).append(n)

@@ -17,7 +17,7 @@ a plain script gets) and with one thread; ``ratio`` divides by the default-threa
 
     python benchmarks/simulator.py [--samples 60000] [--repeats 3] [--cases fl-cnn-10,...]
     python benchmarks/simulator.py --side-by-side [--pythons new=.venv/bin/python,base=OTHER/python]
-    python benchmarks/simulator.py --sampling [--rounds 3]
+    python benchmarks/simulator.py --sampling [--rounds 3] [--pythons new=.venv/bin/python,base=OTHER/python]
 
 ``--side-by-side``: the issue's ``flexpl run mlp-1000`` (IID, batch 10, 2 rounds) against a plain
 2-process FedAvg loop, each in a process of its own: whole-process wall, round walls, CPU seconds
@@ -151,7 +151,8 @@ def main() -> None:
 # (interpreter start to exit), the wall of each round, and the peak RSS of the process tree (the sum over
 # the process and its children, sampled every 20 ms from /proc).
 # --sampling: set-up and round wall of 10,000 clients at clients_per_round 0.01 next to 100 clients at
-# 1.0, each client holding 6 samples (so both train 600 samples a round).
+# 1.0, each client holding 6 samples (so both train 600 samples a round), each case in a process of its
+# own (peak RSS, process start to round 1), for each interpreter of --pythons.
 
 ISSUE_SETS = ["data.partition.kind=iid", "training.batch_size=10", "training.rounds=2"]
 
@@ -350,40 +351,96 @@ def side_by_side(pythons: list[tuple[str, str]], vectorized: set[str]) -> None:
     print("targets: round / plain <= 1, whole / plain <= 1.2, peak RSS <= 1.5 GiB")
 
 
-def sampling_case(clients: int, fraction: float, per_client: int, rounds: int) -> tuple[float, list[float], int]:
-    """Set-up wall and round walls of a FedAvg MLP run over ``clients`` phones holding ``per_client`` samples
-    each, ``fraction`` of them per round; and the number of data nodes."""
+def sampling_case(clients: int, fraction: float, per_client: int, rounds: int) -> dict:
+    """One case of ``--sampling`` in this process: a FedAvg MLP run over ``clients`` phones holding ``per_client``
+    samples each, ``fraction`` of them per round. Seconds of the scenario load, of ``setup`` (what "set-up" means
+    below), of ``run`` up to its first round, of each round, and of ``run`` after its last round."""
+    t = time.perf_counter()
     scn = load_scenario("mlp-1000", [f"nodes.1.count={clients}", f"links.0.count={clients}",
                                      "data.partition.kind=iid", f"data.max_train={clients * per_client}",
                                      "data.max_test=1000", f"training.clients_per_round={fraction}",
                                      f"training.rounds={rounds}"])
-    t = time.perf_counter()
+    t_scn = time.perf_counter() - t
+    t, c = time.perf_counter(), time.process_time()
     st = setup(scn)
-    t_setup = time.perf_counter() - t
-    marks = [time.perf_counter()]
-    run(scn, st=st, on_round=lambda _row: marks.append(time.perf_counter()))
-    return t_setup, [b - a for a, b in zip(marks, marks[1:])], len(scn.data_nodes)
+    t_setup, c_setup = time.perf_counter() - t, time.process_time() - c
+    marks, cpu = [time.perf_counter()], [time.process_time()]
+    first: list[tuple[float, float]] = []
+    real = st.engine.set_round
+
+    def set_round(rnd: int, total: int) -> float:  # the first round starts here (after run's own preparations)
+        if not first:
+            first.append((time.perf_counter(), time.process_time()))
+        return real(rnd, total)
+
+    def on_round(_row: dict) -> None:
+        marks.append(time.perf_counter())
+        cpu.append(time.process_time())
+
+    st.engine.set_round = set_round
+    run(scn, st=st, on_round=on_round)
+    end = time.perf_counter()
+    walls = [b - a for a, b in zip([first[0][0], *marks[1:]], marks[1:])]
+    cpus = [b - a for a, b in zip([first[0][1], *cpu[1:]], cpu[1:])]
+    return {"scenario": t_scn, "setup": t_setup, "setup_cpu": c_setup, "prelude": first[0][0] - marks[0],
+            "rounds": walls, "rounds_cpu": cpus, "after": end - marks[-1],
+            "first_round_at": time.time() - (end - first[0][0]), "nodes": len(scn.data_nodes)}
 
 
-def sampling(rounds: int) -> None:
-    """10,000 clients at 1 % a round next to 100 clients at 100 %: 100 clients x 6 samples train each round."""
-    sampling_case(10, 1.0, 6, 1)  # one-time costs (imports, first FLOP counts) paid before either case
+def _child_sampling(clients: int, fraction: float, rounds: int) -> None:
+    """One ``--sampling`` case in a process of its own (one JSON line: its phases and peak RSS)."""
+    import json
+    import resource
+
+    sampling_case(10, 1.0, 6, 1)  # one-time costs (dataset load, first FLOP counts) paid before the case
+    out = sampling_case(clients, fraction, 6, rounds)
+    out["maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(out))
+
+
+def sampling(rounds: int, pythons: list[tuple[str, str]]) -> None:
+    """10,000 clients at 1 % a round next to 100 clients at 100 %: 100 clients x 6 samples train each round.
+
+    Each case runs in a process of its own, for every interpreter in ``pythons`` (e.g. a baseline's venv),
+    so peak RSS and the wall from process start to the first round are its own."""
+    import json
+    import subprocess
+
+    me = os.path.abspath(__file__)
     load0 = os.getloadavg()
     res = {}
-    for clients, frac in ((100, 1.0), (10_000, 0.01)):
-        res[clients] = sampling_case(clients, frac, 6, rounds)
-        print(f"  {clients} clients at {frac}: set-up {res[clients][0]:.2f} s, rounds "
-              f"{[round(r, 3) for r in res[clients][1]]}", flush=True)
+    for label, py in pythons:
+        for clients, frac in ((100, 1.0), (10_000, 0.01)):
+            t0 = time.time()
+            proc = subprocess.run([py, me, "--child-sampling", str(clients), str(frac), str(rounds)],
+                                  stdout=subprocess.PIPE, text=True, check=True)
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r["start_to_first"] = r["first_round_at"] - t0
+            res[(label, clients)] = r
+            print(f"  {label}: {clients} clients at {frac}: set-up {r['setup']:.3f} s, rounds "
+                  f"{[round(x, 3) for x in r['rounds']]}, peak RSS {r['maxrss'] / 2**20:.0f} MiB", flush=True)
     load1 = os.getloadavg()
-    print(f"\nFedAvg MLP, 6 samples per client, {rounds} rounds; load average before {load0[0]:.2f}, after "
-          f"{load1[0]:.2f}")
-    print("| clients | per round | set-up s | round s (median) | set-up / 100 | round / 100 |")
-    print("|---|---|---|---|---|---|")
-    s100, r100 = res[100][0], statistics.median(res[100][1])
-    for clients, frac in ((100, 1.0), (10_000, 0.01)):
-        s, rs, _ = res[clients]
-        r = statistics.median(rs)
-        print(f"| {clients} | {frac} | {s:.2f} | {r:.3f} | {s / s100:.2f} | {r / r100:.2f} |")
+    print(f"\nFedAvg MLP, 6 samples per client, {rounds} rounds; load average before "
+          f"{' '.join(f'{v:.2f}' for v in load0)}, after {' '.join(f'{v:.2f}' for v in load1)} on {os.cpu_count()} cores")
+    print("set-up = setup() (data split, topology, plan, engine), as before; scenario = load_scenario (the "
+          "expanded 10,000-node config), prelude = run() before round 1; start->round 1 = process start to round 1 "
+          "(imports and a 10-client warm-up included)")
+    print("CPU s: this process's CPU time (one torch thread), steadier than the wall on a busy machine")
+    print("| version | clients | per round | scenario s | set-up s | set-up CPU s | prelude s | round s (median) | "
+          "round CPU s | after last s | start->round 1 s | peak RSS MiB | set-up / 100 (wall, CPU) | "
+          "round / 100 (wall, CPU) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, _ in pythons:
+        b = res[(label, 100)]
+        s100, c100 = b["setup"], b["setup_cpu"]
+        r100, rc100 = statistics.median(b["rounds"]), statistics.median(b["rounds_cpu"])
+        for clients, frac in ((100, 1.0), (10_000, 0.01)):
+            r = res[(label, clients)]
+            rm, rc = statistics.median(r["rounds"]), statistics.median(r["rounds_cpu"])
+            print(f"| {label} | {clients} | {frac} | {r['scenario']:.3f} | {r['setup']:.3f} | {r['setup_cpu']:.3f} | "
+                  f"{r['prelude']:.3f} | {rm:.3f} | {rc:.3f} | {r['after']:.3f} | {r['start_to_first']:.2f} | "
+                  f"{r['maxrss'] / 2**20:.0f} | {r['setup'] / s100:.2f}, {r['setup_cpu'] / c100:.2f} | "
+                  f"{rm / r100:.2f}, {rc / rc100:.2f} |")
     print("target: 10,000 at 1 % within 2x of 100 at 100 % (set-up and round)")
 
 
@@ -409,11 +466,17 @@ def entry() -> None:
                         help="labels (comma-separated) that also get an engine.executor=vectorized row")
         a = ap.parse_args()
         side_by_side([tuple(p.split("=", 1)) for p in a.pythons.split(",")], set(a.vectorized.split(",")))
+    elif "--child-sampling" in sys.argv:
+        _, _, clients, frac, rounds = sys.argv[:5]
+        _child_sampling(int(clients), float(frac), int(rounds))
     elif "--sampling" in sys.argv:
         ap = argparse.ArgumentParser()
         ap.add_argument("--sampling", action="store_true")
         ap.add_argument("--rounds", type=int, default=3)
-        sampling(ap.parse_args().rounds)
+        ap.add_argument("--pythons", default=f"this={sys.executable}",
+                        help="label=interpreter,... : FlexPL installs to compare (e.g. a baseline's venv)")
+        a = ap.parse_args()
+        sampling(a.rounds, [tuple(p.split("=", 1)) for p in a.pythons.split(",")])
     else:
         main()
 

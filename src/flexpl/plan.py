@@ -365,32 +365,39 @@ def place(plan: Plan, topo: Topology, data_nodes: list[str]) -> Layout:
     serves: list[dict[str, int]] = []
     aggregators: list[str | None] = []
     agg_of: list[dict[int, str]] = []
-    head_of = {m: h for h, ms in groups.items() for m in ms}
+    head_of = {m: h for h, ms in groups.items() for m in ms} if any(
+        st.sync.scope == "group" for st in plan.stages) else {}
+    connected = topo.connected()
     for s, st in enumerate(plan.stages):
-        if st.replication == "per_node":
+        if st.replication == "per_node" and st.host == "own":  # (the common case, made in one pass)
+            reps = [Replica(s, i, n, (n,)) for i, n in enumerate(data_nodes)]
+        elif st.replication == "per_node":
             sets = [(n, (n,)) for n in data_nodes]
         elif st.replication == "per_group":
-            sets = [(h, tuple(m for m in ms if m in data_nodes)) for h, ms in groups.items()]
+            held = set(data_nodes)
+            sets = [(h, tuple(m for m in ms if m in held)) for h, ms in groups.items()]
             sets = [x for x in sets if x[1]]
         else:
             sets = [(st.host if st.host != "own" else data_nodes[0], tuple(data_nodes))]
-        reps = [Replica(s, i, st.host if st.host != "own" else own, members)
-                for i, (own, members) in enumerate(sets)]
+        if not (st.replication == "per_node" and st.host == "own"):
+            reps = [Replica(s, i, st.host if st.host != "own" else own, members)
+                    for i, (own, members) in enumerate(sets)]
         replicas.append(reps)
-        serves.append({m: r.index for r in reps for m in r.members})
+        serves.append(dict(zip(data_nodes, range(len(reps)))) if st.replication == "per_node" else
+                      {m: r.index for r in reps for m in r.members})
         agg = (st.sync.at or topo.server) if st.sync.kind == "fedavg" else None
         if agg is not None and st.sync.scope == "group":  # each replica averaged at its group's head
             agg_of.append({r.index: head_of[r.members[0]] for r in reps})
             agg = None
         else:
-            agg_of.append({r.index: agg for r in reps} if agg is not None else {})
+            agg_of.append(dict.fromkeys(range(len(reps)), agg) if agg is not None else {})
         aggregators.append(agg)
-        for r in reps:  # every replica must reach the previous stage and its aggregator
+        for r in reps if not connected else ():  # every replica must reach the previous stage and its aggregator
             agg = agg_of[s].get(r.index)
             if agg is not None and agg not in topo.reachable(r.host):
                 raise UserError(f"plan.stages[{s}].sync.at: aggregator '{agg}' is unreachable from "
                                 f"'{r.host}' through the links")
-    for node in data_nodes:
+    for node in data_nodes if not connected else ():  # (a connected topology: every node reaches every node)
         reach = topo.reachable(node)
         for s in range(len(plan.stages)):
             host = replicas[s][serves[s][node]].host

@@ -22,7 +22,7 @@ def data_table(st: Any) -> Any:
     for c in ("node", "samples", "label entropy (bits)", "labels"):
         t.add_column(c)
     shown = 16  # a thousand devices would fill the screen: the first ones, then a count
-    for name, s in list(zip(st.scn.data_nodes, st.parts_summary))[:shown]:
+    for name, s in zip(st.topo.data_nodes[:shown], st.parts_summary[:shown]):  # (only the rows shown are made)
         hist = s["histogram"]
         t.add_row(name, str(s["samples"]), f"{s['entropy_bits']:.2f}", " ".join(str(h) for h in hist))
     if len(st.parts_summary) > shown:

@@ -74,7 +74,8 @@ def eval_flops(eng: Any, n_test: int, sample_shape: tuple[int, ...], nodes: list
             shape = run(s, 0, shape)
         return out
     seen = set()
-    for n in nodes:
+    # one path for all (flexpl.engine.evaluate.Evaluation.shared_path): the first node's is every node's
+    for n in nodes[:1] if nodes and eng.shared_path() is not None else nodes:
         key = tuple(id(eng.eval_module(s, layout.serves[s][n])) for s in range(len(stages)))
         if key in seen:
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -46,13 +47,15 @@ def _check_weights(sizes_weights: list[float] | None, n_nodes: int) -> np.ndarra
     return w
 
 
-def _iid(n: int, n_nodes: int, rng: np.random.Generator, w: np.ndarray | None) -> list[np.ndarray]:
-    """Shuffle all indices and split them evenly (or proportionally to ``w``)."""
+def _iid(n: int, n_nodes: int, rng: np.random.Generator, w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffle all indices and cut them into consecutive runs, even (``np.array_split``'s sizes) or
+    proportional to ``w``; returns the shuffled indices and each node's count."""
     perm = rng.permutation(n)
-    if w is None:
-        return list(np.array_split(perm, n_nodes))
-    counts = _apportion(n, w)
-    return list(np.split(perm, np.cumsum(counts)[:-1]))
+    if w is not None:
+        return perm, _apportion(n, w)
+    counts = np.full(n_nodes, n // n_nodes, dtype=np.int64)
+    counts[: n % n_nodes] += 1
+    return perm, counts
 
 
 def _top_up(parts: list[np.ndarray], min_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -169,6 +172,28 @@ def partition(
     node gets >= ``min_size`` samples, see :func:`_dirichlet` for the rule) or ``shards`` (label-sorted shards,
     ``shards_per_node`` per node). ``sizes_weights`` (one positive weight per node) makes
     node sizes roughly proportional to the weights. Deterministic for a given ``seed``.
+    The arrays are views of one array (:func:`partition_flat`).
+    """
+    flat, offsets = partition_flat(labels, n_nodes, kind, seed=seed, alpha=alpha, shards_per_node=shards_per_node,
+                                   min_size=min_size, sizes_weights=sizes_weights)
+    return np.split(flat, offsets[1:-1])
+
+
+def partition_flat(
+    labels: np.ndarray,
+    n_nodes: int,
+    kind: str,
+    *,
+    seed: int,
+    alpha: float = 0.5,
+    shards_per_node: int = 2,
+    min_size: int = 1,
+    sizes_weights: list[float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`partition` as one int64 array and ``n_nodes + 1`` offsets: node ``i`` holds ``flat[off[i]:off[i+1]]``.
+
+    The same draw and the same samples as :func:`partition`, without one array per node
+    (an IID split of 10,000 nodes is a few whole-array operations).
     """
     labels = np.asarray(labels)
     if labels.ndim != 1:
@@ -203,29 +228,71 @@ def partition(
     w = _check_weights(sizes_weights, n_nodes)
     rng = np.random.default_rng(seed)
     if kind == "iid":
-        parts = _iid(n, n_nodes, rng, w)
-    elif kind == "dirichlet":
-        parts = _dirichlet(labels, n_nodes, rng, float(alpha), int(min_size), w)
+        cat, counts = _iid(n, n_nodes, rng, w)
     else:
-        parts = _shards(labels, n_nodes, rng, int(shards_per_node), w)
-    return [np.sort(p).astype(np.int64) for p in parts]
+        parts = (_dirichlet(labels, n_nodes, rng, float(alpha), int(min_size), w) if kind == "dirichlet"
+                 else _shards(labels, n_nodes, rng, int(shards_per_node), w))
+        counts = np.array([len(p) for p in parts], dtype=np.int64)
+        cat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return _sort_runs(cat.astype(np.int64), counts)
+
+
+def _sort_runs(cat: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each run of ``cat`` (run ``i`` has ``counts[i]`` distinct indices >= 0) in one pass; with the offsets."""
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    span = int(cat.max()) + 1 if len(cat) else 1
+    run = np.repeat(np.arange(len(counts), dtype=np.int64) * span, counts)
+    key = run + cat
+    key.sort()
+    key -= run
+    return key, offsets
 
 
 def summarize(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> list[dict]:
     """Describe each node's share: ``{"samples", "histogram" (per class), "entropy_bits"}``."""
-    labels = np.asarray(labels)
-    out: list[dict] = []
-    for part in parts:
-        hist = np.bincount(labels[np.asarray(part, dtype=np.int64)], minlength=num_classes)
-        if len(hist) > num_classes:
-            raise ValueError(f"label {len(hist) - 1} >= num_classes={num_classes}")
+    counts = np.array([len(p) for p in parts], dtype=np.int64)
+    flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts]) if parts else np.zeros(0, np.int64)
+    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return list(Summaries(labels, flat, offsets, num_classes))
+
+
+class Summaries(Sequence):
+    """:func:`summarize` of a split given as one index array and offsets (:func:`partition_flat`), made lazily.
+
+    The label histograms of all nodes are counted in one pass on first use; each node's
+    dict is made when it is read (a table shows the first few of 10,000 nodes).
+    """
+
+    def __init__(self, labels: np.ndarray, flat: np.ndarray, offsets: np.ndarray, num_classes: int) -> None:
+        self._labels, self._flat, self._offsets, self._classes = np.asarray(labels), flat, offsets, num_classes
+        self._hist: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def histograms(self) -> np.ndarray:
+        """``[nodes, classes]`` label counts."""
+        if self._hist is None:
+            k, c = len(self), self._classes
+            lab = self._labels[self._flat].astype(np.int64)
+            if len(lab) and int(lab.max()) >= c:
+                raise ValueError(f"label {int(lab.max())} >= num_classes={c}")
+            node = np.repeat(np.arange(k, dtype=np.int64), np.diff(self._offsets))
+            self._hist = np.bincount(node * c + lab, minlength=k * c).reshape(k, c)
+        return self._hist
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        hist = self.histograms()[i]
         total = int(hist.sum())
         entropy = 0.0
         if total:
             p = hist[hist > 0] / total
             entropy = float(-(p * np.log2(p)).sum()) + 0.0
-        out.append({"samples": total, "histogram": [int(h) for h in hist], "entropy_bits": entropy})
-    return out
+        return {"samples": total, "histogram": [int(h) for h in hist], "entropy_bits": entropy}
 
 
 def validation_split(parts: list[np.ndarray], fraction: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:

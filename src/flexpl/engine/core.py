@@ -32,6 +32,7 @@ from flexpl.data.batching import batches, mix_seed, select_clients  # noqa: F401
 from flexpl.engine import evaluate as _evaluate
 from flexpl.engine.arena import Arena
 from flexpl.engine.evaluate import Evaluation, extract_patch  # noqa: F401 (re-exported)
+from flexpl.engine.nodedata import NodeData  # noqa: F401 (re-exported: its old home)
 from flexpl.engine.replica import (  # noqa: F401 (re-exported: their old home)
     clip_coefficients,
     lr_at,
@@ -80,49 +81,6 @@ class ReplicaState:
     def host(self) -> str:
         """Node that holds this replica."""
         return self.spec.host
-
-
-class NodeData:
-    """Training samples held by one data node (already tensorized).
-
-    With ``index``, ``x`` is read as rows ``index`` of the whole training set (no copy of the
-    samples per node: set-up in proportion to the work); ``x`` then gives a copy of the node's
-    rows, and :meth:`batch` reads a batch straight from the whole set.
-    """
-
-    def __init__(self, name: str, x: torch.Tensor, y: torch.Tensor, order_key: int,
-                 index: torch.Tensor | None = None) -> None:
-        self.name = name
-        self.y = y  # this node's labels (small: always its own)
-        self.order_key = order_key  # which shuffling stream it follows (equal keys -> equal orders)
-        self.index = index
-        self._x = x
-
-    @property
-    def x(self) -> torch.Tensor:
-        """This node's samples (a copy of its rows when they are read from the whole set)."""
-        return self._x if self.index is None else self._x[self.index]
-
-    @x.setter
-    def x(self, value: torch.Tensor) -> None:
-        self._x, self.index = value, None
-
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Samples and labels at positions ``idx`` of this node (what ``(x[idx], y[idx])`` gives)."""
-        if getattr(self._x, "is_meta", False):  # shapes only: made directly (indexing a meta tensor runs a slow Python kernel)
-            n = (int(idx.shape[0]),)
-            return (torch.empty(n + tuple(self._x.shape[1:]), dtype=self._x.dtype, device="meta"),
-                    torch.empty(n + tuple(self.y.shape[1:]), dtype=self.y.dtype, device="meta"))
-        return (self._x[idx] if self.index is None else self._x[self.index[idx]]), self.y[idx]
-
-    def meta(self) -> NodeData:
-        """The same node on the meta device (shapes only)."""
-        shape = (len(self),) + tuple(self._x.shape[1:])
-        return NodeData(self.name, torch.empty(shape, dtype=self._x.dtype, device="meta"),
-                        torch.empty(self.y.shape, dtype=self.y.dtype, device="meta"), self.order_key)
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
 
 
 @dataclass

@@ -24,6 +24,14 @@ class Evaluation:
             return self.replicas[s][self.layout.serves[s][self.relay_holder]].module
         return self.replicas[s][ridx].module
 
+    def shared_path(self) -> tuple[nn.Module, ...] | None:
+        """The modules every data node's path meets, when they are the same for all (every stage averaged by
+        FedAvg at one aggregator: each meets the global copies); None otherwise. Saves a pass over 10,000 nodes."""
+        if self.features or not all(st.sync.kind == "fedavg" and not self.layout.grouped(s)
+                                    for s, st in enumerate(self.plan.stages)):
+            return None
+        return tuple(self.eval_module(s, 0) for s in range(len(self.plan.stages)))
+
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, node_weights: dict[str, float],
                  chunk: int = 2000) -> dict[str, float]:
@@ -33,8 +41,10 @@ class Evaluation:
         them on test data; dropout is off) and go back to training mode afterwards.
         """
         # the modules a test sample can meet, each once (many replicas share one: a global copy, a working model)
-        mods = list({id(m): m for s, reps in enumerate(self.layout.replicas)
-                     for m in (self.eval_module(s, ridx) for ridx in range(len(reps)))}.values())
+        shared = self.shared_path()
+        mods = list({id(m): m for m in shared}.values()) if shared is not None else \
+            list({id(m): m for s, reps in enumerate(self.layout.replicas)
+                  for m in (self.eval_module(s, ridx) for ridx in range(len(reps)))}.values())
         modes = [m.training for m in mods]
         for m in mods:
             m.eval()
@@ -48,9 +58,13 @@ class Evaluation:
                   chunk: int) -> dict[str, float]:
         layout = self.layout
         nodes = list(node_weights)
+        shared = self.shared_path()
         if self.features:
             paths = {"joint": None}
             node_path = dict.fromkeys(nodes, "joint")
+        elif shared is not None and nodes:  # one path for all: as the loop below finds it
+            key = tuple(id(m) for m in shared)
+            paths, node_path = {key: shared}, dict.fromkeys(nodes, key)
         else:
             paths, node_path = {}, {}
             for n in nodes:

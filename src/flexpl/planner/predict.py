@@ -44,8 +44,11 @@ class Planner:
     """Predicts the costs of plan candidates for one scenario, sharing data sizes and stage costs."""
 
     def __init__(self, scn: Scenario, dataset: Dataset | None = None) -> None:
+        import numpy as np
+
         from flexpl.aggregate import make_aggregator, resolve_loss
-        from flexpl.data import load_data, partition
+        from flexpl.data import load_data
+        from flexpl.data.partition import partition_flat
         from flexpl.models import default_cut
         from flexpl.topology import Topology
 
@@ -62,10 +65,10 @@ class Planner:
         self.n_blocks = len(self.costs.model(self.plain).block_names)
         self.default_cut = default_cut(spec, self.costs.model(self.plain))
         d = scn.data
-        parts = partition(self.data.train_y.numpy(), len(scn.data_nodes), d.partition.kind, seed=scn.seed,
-                          alpha=d.partition.alpha, shards_per_node=d.partition.shards_per_node,
-                          min_size=d.partition.min_samples)
-        self.samples = {n: len(p) for n, p in zip(scn.data_nodes, parts)}
+        _, offsets = partition_flat(self.data.train_y.numpy(), len(self.topo.data_nodes), d.partition.kind,
+                                    seed=scn.seed, alpha=d.partition.alpha,
+                                    shards_per_node=d.partition.shards_per_node, min_size=d.partition.min_samples)
+        self.samples = dict(zip(self.topo.data_nodes, np.diff(offsets).tolist()))
         self.x_esize = self.data.train_x.element_size()
         self.y_esize = self.data.train_y.element_size()
         self._walks: dict[tuple, WalkedRound] = {}

@@ -455,5 +455,6 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
             "collect_data": plan.collect_data,
             "stages": [{"blocks": [s.start, s.end], "replication": s.replication, "host": s.host,
                         "sync": {"kind": s.sync.kind, "every": s.sync.every, "unit": s.sync.unit,
-                                 "at": s.sync.at, **({"scope": s.sync.scope} if s.sync.scope != "all" else {})}}
+                                 "at": s.sync.at, **({"scope": s.sync.scope} if s.sync.scope != "all" else {})},
+                        **({"hosts": dict(s.hosts)} if s.hosts else {})}
                        for s in plan.stages]}

@@ -172,7 +172,7 @@ class Planner:
             opt_states=2 if opt.name == "adam" else (1 if opt.momentum > 0 else 0),
             float_elements=[self.costs.float_elements(variant, st.start, st.end) for st in plan.stages],
             independent_paths=plan.junction != "features" and all(
-                st.replication == "per_node" and st.host == "own" for st in plan.stages))
+                st.replication == "per_node" and st.host == "own" and not st.hosts for st in plan.stages))
         # gradients travel in the dtype of the activations they belong to (float32 in the zoo)
         ctx.act_esize = self.costs.probe(variant, plan.stages[0].start, plan.stages[0].end,
                                          (1, *in_shape), False).out_esize

@@ -178,3 +178,49 @@ def test_fpl_devcut_on_the_dist_backend_matches_the_simulator(tmp_path):
     d = launch(scn, tmp_path / "out", timeout_s=60)
     _assert_same_as_simulator(d, _sim(scn))
     assert d["plan"]["stages"][1]["hosts"] == {"dev0": "edge"}
+
+
+# ------------------------------------------------------------ fpl-ecut: cuts chosen by each device's energy
+
+def test_front_costs_and_energy_cuts_of_the_cnn_on_edge_fmnist():
+    from flexpl.devcut import energy_device_cuts, front_costs
+    from flexpl.models import build_model
+
+    topo = build_topology(load_scenario("edge-fmnist", [], "fpl-ecut"))
+    cost = front_costs(build_model("cnn", (1, 28, 28), 10, seed=0), (1, 28, 28))
+    assert [cost(d)[1] for d in (1, 2, 3)] == [32 * 14 * 14 * 4, 64 * 7 * 7 * 4, 512 * 4]  # conv1, conv2, fc1 out
+    assert cost(1)[0] < cost(2)[0] < cost(3)[0]
+    # by hand at cut 2: the LTE phone (dev2) pays 0.8 uJ a bit for conv1's extra 12,544 bytes (80 mJ) and
+    # saves conv2's ~60 MFLOP at 0.25 nJ (15 mJ): it keeps conv2. Ethernet devices (dev3, dev6) hand it on.
+    j2 = 8 * (6.5e-7 + 1.5e-7)
+    assert cost(1)[0] * 2.5e-10 + cost(1)[1] * j2 > cost(2)[0] * 2.5e-10 + cost(2)[1] * j2
+    cuts = energy_device_cuts(topo, 2, cost)
+    assert cuts == {"dev0": 1, "dev3": 1, "dev4": 1, "dev5": 1, "dev6": 1}
+    assert energy_device_cuts(topo, 3, cost) == {"dev3": 1, "dev6": 1}  # fc1's 2 KB: cheap to send
+    assert energy_device_cuts(topo, 1, cost) == {}
+
+
+ECUT_LINKS = [{"between": ["dev0", "server"], "profile": "ethernet"}] + [
+    {"between": [f"dev{i}", "server"], "profile": "wifi"} for i in (1, 2, 3)]
+
+
+def test_fpl_ecut_moves_the_front_of_a_device_on_a_cheap_link_only():
+    """digits-star, MLP cut 2: sending 64 floats instead of 32 costs Wi-Fi devices more than fc2's FLOPs;
+    the Raspberry Pi 4 on Ethernet (dev0) gives fc2 to the server."""
+    scn = digits_star([*CUT2, "training.rounds=1", "training.max_steps_per_round=2"], strategy="fpl-ecut",
+                      links=ECUT_LINKS)
+    s = run(scn).summary
+    assert s["plan"]["name"] == "fpl-ecut"
+    assert [st.get("hosts") for st in s["plan"]["stages"]] == [None, {"dev0": "server"}, None]
+    base = run(digits_star([*CUT2, "training.rounds=1", "training.max_steps_per_round=2"], strategy="fpl",
+                           links=ECUT_LINKS)).summary
+    assert s["final_accuracy"] == base["final_accuracy"]
+    assert s["per_node"]["dev0"]["energy_j"] < base["per_node"]["dev0"]["energy_j"]
+    for n in ("dev1", "dev2", "dev3"):
+        assert s["per_node"][n]["energy_j"] == pytest.approx(base["per_node"][n]["energy_j"], rel=1e-12), n
+
+
+def test_planner_predicts_fpl_sync_ecut_exactly():
+    from .test_planner import _check_against_simulator
+
+    _check_against_simulator(digits_star(["training.rounds=2", *CUT2], strategy="fpl-sync-ecut", links=ECUT_LINKS))

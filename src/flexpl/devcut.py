@@ -9,14 +9,23 @@ back per client. The front becomes consecutive ``per_node`` stages, one per dist
 devices whose cut is below the piece's end have their replica hosted at their trunk
 (``Stage.hosts``). Front sync averages every piece across all its replicas, wherever they
 live. Blocks past ``c`` (the trunk) are unchanged.
+
+Two rules choose the cuts: ``fpl-devcut`` by compute (devices below the median FLOP/s keep
+half the front) and ``fpl-ecut`` by each device's own energy per sample (compute against
+radio: the cut in ``1..c`` where FLOPs x J/FLOP + activation bits x J/bit is least).
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import replace
 
+import torch
+
+from flexpl.costs.flops import count_fwd_bwd
 from flexpl.errors import UserError
+from flexpl.models import BlockModel
 from flexpl.plan import Plan, front_count
 from flexpl.topology import Topology
 
@@ -94,3 +103,49 @@ def with_device_cuts(plan: Plan, cuts: dict[str, int], topo: Topology) -> Plan:
         (n, _trunk_host(plan, heads, n)) for n in topo.data_nodes if cut_of[n] < b))
         for a, b in zip(bounds, bounds[1:]))
     return replace(plan, stages=(*pieces, *plan.stages[k:]))
+
+
+# ------------------------------------------------------------ cuts chosen by device energy
+
+FrontCosts = Callable[[int], tuple[int, int]]
+ENERGY_PRESETS = ("fpl-ecut", "fpl-sync-ecut")
+
+
+def front_costs(model: BlockModel, input_shape: tuple[int, ...]) -> FrontCosts:
+    """``d -> (FLOPs, bytes)`` of one sample on a front of blocks ``[0, d)``: its forward and backward
+    (no input gradient: it is fed raw samples) and the activation it sends at ``d`` (the gradient that
+    comes back is as large); cached, counted on a meta copy as the engine counts them."""
+    cache: dict[int, tuple[int, int]] = {}
+
+    def cost(d: int) -> tuple[int, int]:
+        if d not in cache:
+            front = model.slice(0, d).to("meta")
+            fwd, bwd = count_fwd_bwd(front, (1, *input_shape), False)
+            with torch.no_grad():
+                out = front(torch.empty((1, *input_shape), device="meta"))
+            cache[d] = (fwd + bwd, out.numel() * out.element_size())
+        return cache[d]
+
+    return cost
+
+
+def energy_device_cuts(topo: Topology, cut: int, costs: FrontCosts) -> dict[str, int]:
+    """The ``fpl-ecut`` rule: each device's cut in ``1..cut`` that spends least of its own energy per sample.
+
+    A device at cut ``d`` computes blocks ``[0, d)`` forward and backward (its J/FLOP) and sends the
+    activation at ``d`` and receives its gradient over its first link (that link's ``tx_j_per_bit``
+    and ``rx_j_per_bit``). Ties keep the larger cut; never 0 (raw samples stay on the device). Devices
+    whose best cut is the plan's are not listed.
+    """
+    out: dict[str, int] = {}
+    for n in topo.data_nodes:
+        hops = topo.route(n, topo.server)
+        if not hops or cut < 2:
+            continue
+        link = topo.links[hops[0].link][2]
+        j_bit, j_flop = 8.0 * (link.tx_j_per_bit + link.rx_j_per_bit), topo.nodes[n].energy_per_flop()
+        energy = {d: costs(d)[0] * j_flop + costs(d)[1] * j_bit for d in range(1, cut + 1)}
+        best = min(energy, key=lambda d: (energy[d], -d))
+        if best < cut:
+            out[n] = best
+    return out

@@ -215,12 +215,27 @@ def fpl_sync_devcut(topo: Topology, n_blocks: int, cuts: list[int], default_cut:
     return with_device_cuts(replace(plan, name="fpl-sync-devcut"), auto_device_cuts(topo, plan.stages[0].end), topo)
 
 
+def fpl_ecut(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -> Plan:
+    """FPL with each device's cut chosen by its own energy (``flexpl.devcut.energy_device_cuts``).
+
+    A device cuts where computing the front costs it least against sending the activation over its
+    link; ``build_plan`` picks the cuts from the model's costs (without them the plan is ``fpl``'s).
+    """
+    return replace(fpl(topo, n_blocks, cuts, default_cut), name="fpl-ecut")
+
+
+def fpl_sync_ecut(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -> Plan:
+    """``fpl-sync`` with ``fpl-ecut``'s per-device cuts (every piece of the front averaged at the cloud)."""
+    return replace(fpl_sync(topo, n_blocks, cuts, default_cut), name="fpl-sync-ecut")
+
+
 PresetFn = Callable[[Topology, int, list[int], int], Plan]
 PRESETS: dict[str, PresetFn] = {
     "centralized": centralized, "fl": fl, "sl": sl, "sfl": sfl, "mp": mp, "fpl": fpl,
     "fpl-features": fpl_features,
     "fpl-sync": fpl_sync, "fpl-group": fpl_group,
     "fpl-devcut": fpl_devcut, "fpl-sync-devcut": fpl_sync_devcut,
+    "fpl-ecut": fpl_ecut, "fpl-sync-ecut": fpl_sync_ecut,
 }
 
 FRONT_SYNCS = ("none", "group", "all")
@@ -275,8 +290,12 @@ def default_chain(topo: Topology) -> list[str]:
 
 
 def build_plan(strategy: str | None, plan_cfg: dict | None, topo: Topology, n_blocks: int,
-               default_cut: int) -> Plan:
-    """Make the plan of a scenario: a preset (optionally with ``cut``/``junction`` overrides) or explicit stages."""
+               default_cut: int, front: Callable[[int], tuple[int, int]] | None = None) -> Plan:
+    """Make the plan of a scenario: a preset (optionally with ``cut``/``junction`` overrides) or explicit stages.
+
+    ``front``: the model's per-sample front costs (``flexpl.devcut.front_costs``), which the
+    ``fpl-ecut`` presets choose each device's cut from.
+    """
     cfg = dict(plan_cfg or {})
     raw_cut = cfg.get("cut")
     cuts = [] if raw_cut is None else ([raw_cut] if isinstance(raw_cut, int) else list(raw_cut))
@@ -314,6 +333,10 @@ def build_plan(strategy: str | None, plan_cfg: dict | None, topo: Topology, n_bl
             plan = with_front_sync(plan, scope, every)
         if cfg.get("trunk_sync_every") is not None:
             plan = with_trunk_sync_every(plan, int(cfg["trunk_sync_every"]))
+        if strategy in ("fpl-ecut", "fpl-sync-ecut") and front is not None:
+            from flexpl.devcut import energy_device_cuts, with_device_cuts
+
+            plan = with_device_cuts(plan, energy_device_cuts(topo, plan.stages[0].end, front), topo)
         if cfg.get("device_cuts") is not None or len(plan.stages) > 1 and any(st.hosts for st in plan.stages):
             # (re)placed on the plan's final groups: the rest of a smaller front goes to its trunk's host
             from flexpl.devcut import device_cuts_of, with_device_cuts

@@ -28,6 +28,7 @@ from flexpl.costs.trace import COMPUTE, Event, Recorder, Totals, Trace, bill
 from flexpl.data import Dataset, load_data, partition, summarize
 from flexpl.data.batching import batches, mix_seed, select_clients
 from flexpl.data.partition import validation_split
+from flexpl.devcut import front_costs
 from flexpl.engine import checkpoint, executor, failures
 from flexpl.engine.core import (
     Diverged,
@@ -96,7 +97,7 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
     probe = build_model(spec, data.input_shape, data.num_classes, seed=scn.seed)
     n_blocks = len(probe.block_names)
     plan = build_plan(scn.strategy, scn.plan.model_dump(exclude_none=True) if scn.plan else None, topo,
-                      n_blocks, default_cut(spec, probe))
+                      n_blocks, default_cut(spec, probe), front=front_costs(probe, data.input_shape))
     check_cuts(spec, probe, [st.start for st in plan.stages])  # register_model(cuts=...)
     data_nodes = scn.data_nodes
     grid = None

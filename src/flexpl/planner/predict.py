@@ -61,6 +61,9 @@ class Planner:
         self.plain = (self.data.input_shape, None, 1)
         self.n_blocks = len(self.costs.model(self.plain).block_names)
         self.default_cut = default_cut(spec, self.costs.model(self.plain))
+        from flexpl.devcut import front_costs
+
+        self.front = front_costs(self.costs.model(self.plain), self.data.input_shape)  # fpl-ecut's device cuts
         d = scn.data
         parts = partition(self.data.train_y.numpy(), len(scn.data_nodes), d.partition.kind, seed=scn.seed,
                           alpha=d.partition.alpha, shards_per_node=d.partition.shards_per_node,
@@ -116,7 +119,8 @@ class Planner:
             cfg = PlanCfg.model_validate(cand.plan).model_dump(exclude_none=True) if cand.plan else None
         except Exception as exc:  # pydantic's error, as one line
             raise UserError(f"plan: {exc}".splitlines()[0]) from None
-        plan = build_plan(cand.strategy, cfg, self.topo, self.n_blocks, self.default_cut)
+        plan = build_plan(cand.strategy, cfg, self.topo, self.n_blocks, self.default_cut,
+                          front=self.front)
         from flexpl.models import check_cuts
 
         check_cuts(self.scn.model, self.costs.model(self.plain), [st.start for st in plan.stages])

@@ -224,3 +224,19 @@ def test_planner_predicts_fpl_sync_ecut_exactly():
     from .test_planner import _check_against_simulator
 
     _check_against_simulator(digits_star(["training.rounds=2", *CUT2], strategy="fpl-sync-ecut", links=ECUT_LINKS))
+
+
+def test_automatic_cuts_keep_to_the_cuts_a_registered_model_allows():
+    from flexpl.devcut import energy_device_cuts
+
+    topo = build_topology(load_scenario("edge-fmnist", [], "fpl-devcut"))
+    weak = ["dev0", "dev2", "dev4", "dev5"]
+    assert auto_device_cuts(topo, 2, allowed=[2]) == {}  # only the plan's cut: nobody moves
+    assert auto_device_cuts(topo, 3, allowed=[1, 3]) == dict.fromkeys(weak, 1)
+    assert auto_device_cuts(topo, 3, allowed=[2, 3]) == {}  # 2 > max(1, 3 // 2)
+
+    def cheap_to_send(d: int) -> tuple[int, int]:  # FLOPs grow, bytes barely: everybody wants the least front
+        return 10**9 * d, 1
+
+    cheap_to_send.allowed = [2, 3]  # type: ignore[attr-defined]
+    assert set(energy_device_cuts(topo, 3, cheap_to_send).values()) == {2}

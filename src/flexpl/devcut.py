@@ -18,7 +18,7 @@ radio: the cut in ``1..c`` where FLOPs x J/FLOP + activation bits x J/bit is lea
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import torch
@@ -42,13 +42,16 @@ def weak_devices(topo: Topology) -> list[str]:
     return [n for n in topo.data_nodes if flops[n] < median]
 
 
-def auto_device_cuts(topo: Topology, cut: int) -> dict[str, int]:
+def auto_device_cuts(topo: Topology, cut: int, allowed: Sequence[int] | None = None) -> dict[str, int]:
     """The ``fpl-devcut`` rule: weak devices (:func:`weak_devices`) cut at ``max(1, cut // 2)``, the rest at ``cut``.
 
     Never 0 (a device always computes at least one block, so raw samples stay on it); with ``cut`` 1
-    every device keeps the whole front (the plan is ``fpl``'s).
+    every device keeps the whole front (the plan is ``fpl``'s). ``allowed``: the model's allowed cuts
+    (``register_model(cuts=...)``): the largest allowed one at or below that, if any.
     """
     small = max(1, cut // 2)
+    if allowed is not None:
+        small = max((a for a in allowed if 1 <= a <= small), default=cut)
     return {} if small >= cut else dict.fromkeys(weak_devices(topo), small)
 
 
@@ -107,29 +110,32 @@ def with_device_cuts(plan: Plan, cuts: dict[str, int], topo: Topology) -> Plan:
 
 # ------------------------------------------------------------ cuts chosen by device energy
 
-FrontCosts = Callable[[int], tuple[int, int]]
-ENERGY_PRESETS = ("fpl-ecut", "fpl-sync-ecut")
-
-
-def front_costs(model: BlockModel, input_shape: tuple[int, ...]) -> FrontCosts:
-    """``d -> (FLOPs, bytes)`` of one sample on a front of blocks ``[0, d)``: its forward and backward
+class FrontCosts:
+    """``costs(d) -> (FLOPs, bytes)`` of one sample on a front of blocks ``[0, d)``: its forward and backward
     (no input gradient: it is fed raw samples) and the activation it sends at ``d`` (the gradient that
-    comes back is as large); cached, counted on a meta copy as the engine counts them."""
-    cache: dict[int, tuple[int, int]] = {}
+    comes back is as large); cached, counted on a meta copy as the engine counts them. ``allowed``: the
+    cuts the model allows (``register_model(cuts=...)``), or None for any."""
 
-    def cost(d: int) -> tuple[int, int]:
-        if d not in cache:
-            front = model.slice(0, d).to("meta")
-            fwd, bwd = count_fwd_bwd(front, (1, *input_shape), False)
+    def __init__(self, model: BlockModel, input_shape: tuple[int, ...], allowed: Sequence[int] | None = None) -> None:
+        self.model, self.input_shape, self.allowed = model, tuple(input_shape), allowed
+        self._cache: dict[int, tuple[int, int]] = {}
+
+    def __call__(self, d: int) -> tuple[int, int]:
+        if d not in self._cache:
+            front = self.model.slice(0, d).to("meta")
+            fwd, bwd = count_fwd_bwd(front, (1, *self.input_shape), False)
             with torch.no_grad():
-                out = front(torch.empty((1, *input_shape), device="meta"))
-            cache[d] = (fwd + bwd, out.numel() * out.element_size())
-        return cache[d]
-
-    return cost
+                out = front(torch.empty((1, *self.input_shape), device="meta"))
+            self._cache[d] = (fwd + bwd, out.numel() * out.element_size())
+        return self._cache[d]
 
 
-def energy_device_cuts(topo: Topology, cut: int, costs: FrontCosts) -> dict[str, int]:
+def front_costs(model: BlockModel, input_shape: tuple[int, ...], allowed: Sequence[int] | None = None) -> FrontCosts:
+    """The per-sample front costs of ``model`` (:class:`FrontCosts`), for the ``fpl-ecut`` rule."""
+    return FrontCosts(model, input_shape, allowed)
+
+
+def energy_device_cuts(topo: Topology, cut: int, costs: Callable[[int], tuple[int, int]]) -> dict[str, int]:
     """The ``fpl-ecut`` rule: each device's cut in ``1..cut`` that spends least of its own energy per sample.
 
     A device at cut ``d`` computes blocks ``[0, d)`` forward and backward (its J/FLOP) and sends the
@@ -138,13 +144,15 @@ def energy_device_cuts(topo: Topology, cut: int, costs: FrontCosts) -> dict[str,
     whose best cut is the plan's are not listed.
     """
     out: dict[str, int] = {}
+    allowed = getattr(costs, "allowed", None)  # only the cuts the model allows
     for n in topo.data_nodes:
         hops = topo.route(n, topo.server)
         if not hops or cut < 2:
             continue
         link = topo.links[hops[0].link][2]
         j_bit, j_flop = 8.0 * (link.tx_j_per_bit + link.rx_j_per_bit), topo.nodes[n].energy_per_flop()
-        energy = {d: costs(d)[0] * j_flop + costs(d)[1] * j_bit for d in range(1, cut + 1)}
+        energy = {d: costs(d)[0] * j_flop + costs(d)[1] * j_bit for d in range(1, cut + 1)
+                  if allowed is None or d in allowed or d == cut}
         best = min(energy, key=lambda d: (energy[d], -d))
         if best < cut:
             out[n] = best

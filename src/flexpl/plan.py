@@ -337,6 +337,12 @@ def build_plan(strategy: str | None, plan_cfg: dict | None, topo: Topology, n_bl
             from flexpl.devcut import energy_device_cuts, with_device_cuts
 
             plan = with_device_cuts(plan, energy_device_cuts(topo, plan.stages[0].end, front), topo)
+        elif strategy in ("fpl-devcut", "fpl-sync-devcut") and getattr(front, "allowed", None) is not None:
+            # the preset chose without the model: again, among the cuts it allows
+            from flexpl.devcut import auto_device_cuts, with_device_cuts
+
+            c = plan.stages[front_count(plan) - 1].end
+            plan = with_device_cuts(plan, auto_device_cuts(topo, c, front.allowed), topo)
         if cfg.get("device_cuts") is not None or len(plan.stages) > 1 and any(st.hosts for st in plan.stages):
             # (re)placed on the plan's final groups: the rest of a smaller front goes to its trunk's host
             from flexpl.devcut import device_cuts_of, with_device_cuts

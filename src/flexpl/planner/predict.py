@@ -62,8 +62,10 @@ class Planner:
         self.n_blocks = len(self.costs.model(self.plain).block_names)
         self.default_cut = default_cut(spec, self.costs.model(self.plain))
         from flexpl.devcut import front_costs
+        from flexpl.models import model_cuts
 
-        self.front = front_costs(self.costs.model(self.plain), self.data.input_shape)  # fpl-ecut's device cuts
+        meta = self.costs.model(self.plain)
+        self.front = front_costs(meta, self.data.input_shape, model_cuts(spec, meta)[1])  # the -ecut rules' costs
         d = scn.data
         parts = partition(self.data.train_y.numpy(), len(scn.data_nodes), d.partition.kind, seed=scn.seed,
                           alpha=d.partition.alpha, shards_per_node=d.partition.shards_per_node,

@@ -20,14 +20,24 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-import torch
-
-from flexpl.costs.flops import count_fwd_bwd
 from flexpl.errors import UserError
-from flexpl.models import BlockModel
-from flexpl.plan import Plan, front_count
-from flexpl.topology import Topology
+
+if TYPE_CHECKING:  # flexpl.plan imports this module; torch only where FLOPs are counted
+    from flexpl.models import BlockModel
+    from flexpl.plan import Plan
+    from flexpl.topology import Topology
+
+
+def front_count(plan: Plan) -> int:
+    """How many leading stages make the device fronts: ``per_node`` stages hosted ``own`` (1 for ``fpl``;
+    one per piece when the cut is chosen per device, ``plan.device_cuts``), not relayed, before a trunk."""
+    k = 0
+    while (k < len(plan.stages) - 1 and plan.stages[k].replication == "per_node" and plan.stages[k].host == "own"
+           and plan.stages[k].sync.kind != "relay"):
+        k += 1
+    return k
 
 
 def weak_devices(topo: Topology) -> list[str]:
@@ -122,6 +132,10 @@ class FrontCosts:
 
     def __call__(self, d: int) -> tuple[int, int]:
         if d not in self._cache:
+            import torch
+
+            from flexpl.costs.flops import count_fwd_bwd
+
             front = self.model.slice(0, d).to("meta")
             fwd, bwd = count_fwd_bwd(front, (1, *self.input_shape), False)
             with torch.no_grad():

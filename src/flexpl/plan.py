@@ -23,6 +23,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from flexpl.devcut import (  # noqa: F401 (front_count: re-exported)
+    auto_device_cuts,
+    device_cuts_of,
+    energy_device_cuts,
+    front_count,
+    with_device_cuts,
+)
 from flexpl.errors import UserError
 from flexpl.topology import Topology
 
@@ -201,16 +208,12 @@ def fpl_devcut(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int)
     plan's cut (at least 1); their edge server (the host of their trunk) computes the rest of their
     front, so they compute fewer layers and send the activation of their smaller cut.
     """
-    from flexpl.devcut import auto_device_cuts, with_device_cuts
-
     plan = fpl(topo, n_blocks, cuts, default_cut)
     return with_device_cuts(replace(plan, name="fpl-devcut"), auto_device_cuts(topo, plan.stages[0].end), topo)
 
 
 def fpl_sync_devcut(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -> Plan:
     """``fpl-sync`` with ``fpl-devcut``'s per-device cuts: every piece of the front averaged at the cloud."""
-    from flexpl.devcut import auto_device_cuts, with_device_cuts
-
     plan = fpl_sync(topo, n_blocks, cuts, default_cut)
     return with_device_cuts(replace(plan, name="fpl-sync-devcut"), auto_device_cuts(topo, plan.stages[0].end), topo)
 
@@ -256,16 +259,6 @@ def with_front_sync(plan: Plan, scope: str, every: int = 1, name: str | None = N
     k = max(1, front_count(plan))  # every piece of a front cut per device (plan.device_cuts)
     fronts = tuple(replace(st, sync=sync) for st in plan.stages[:k])
     return replace(plan, name=name or plan.name, stages=(*fronts, *plan.stages[k:]))
-
-
-def front_count(plan: Plan) -> int:
-    """How many leading stages make the device fronts: ``per_node`` stages hosted ``own`` (1 for ``fpl``;
-    one per piece when the cut is chosen per device, ``plan.device_cuts``), not relayed, before a trunk."""
-    k = 0
-    while (k < len(plan.stages) - 1 and plan.stages[k].replication == "per_node" and plan.stages[k].host == "own"
-           and plan.stages[k].sync.kind != "relay"):
-        k += 1
-    return k
 
 
 def with_trunk_sync_every(plan: Plan, every: int) -> Plan:
@@ -334,19 +327,13 @@ def build_plan(strategy: str | None, plan_cfg: dict | None, topo: Topology, n_bl
         if cfg.get("trunk_sync_every") is not None:
             plan = with_trunk_sync_every(plan, int(cfg["trunk_sync_every"]))
         if strategy in ("fpl-ecut", "fpl-sync-ecut") and front is not None:
-            from flexpl.devcut import energy_device_cuts, with_device_cuts
-
             plan = with_device_cuts(plan, energy_device_cuts(topo, plan.stages[0].end, front), topo)
         elif strategy in ("fpl-devcut", "fpl-sync-devcut") and getattr(front, "allowed", None) is not None:
             # the preset chose without the model: again, among the cuts it allows
-            from flexpl.devcut import auto_device_cuts, with_device_cuts
-
             c = plan.stages[front_count(plan) - 1].end
             plan = with_device_cuts(plan, auto_device_cuts(topo, c, front.allowed), topo)
         if cfg.get("device_cuts") is not None or len(plan.stages) > 1 and any(st.hosts for st in plan.stages):
             # (re)placed on the plan's final groups: the rest of a smaller front goes to its trunk's host
-            from flexpl.devcut import device_cuts_of, with_device_cuts
-
             plan = with_device_cuts(plan, {**device_cuts_of(plan), **(cfg.get("device_cuts") or {})}, topo)
         periods = {st.sync.every for st in plan.stages if st.sync.kind == "fedavg" and st.sync.unit == "round"}
         if len(periods) > 1 and (cfg.get("front_sync_every") or cfg.get("trunk_sync_every")):

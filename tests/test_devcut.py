@@ -240,3 +240,17 @@ def test_automatic_cuts_keep_to_the_cuts_a_registered_model_allows():
 
     cheap_to_send.allowed = [2, 3]  # type: ignore[attr-defined]
     assert set(energy_device_cuts(topo, 3, cheap_to_send).values()) == {2}
+
+
+def test_fpl_sync_ecut_on_the_dist_backend_matches_the_simulator(tmp_path):
+    """Every process picks the same energy cuts from the model: dev0 (Ethernet) hands fc2 to the edge."""
+    from flexpl.engine.dist import launch
+
+    from .test_dist import SMALL, _assert_same_as_simulator, _sim
+
+    links = [{"between": ["dev0", "edge"], "profile": "ethernet"}, {"between": ["dev1", "edge"], "profile": "wifi"},
+             {"between": ["edge", "cloud"], "profile": "fiber"}]
+    scn = chain_scenario([*SMALL, *CUT2], strategy="fpl-sync-ecut", links=links)
+    d = launch(scn, tmp_path / "out", timeout_s=60)
+    _assert_same_as_simulator(d, _sim(scn))
+    assert d["plan"]["stages"][1]["hosts"] == {"dev0": "edge"}

@@ -165,7 +165,8 @@ def test_every_candidate_is_a_complete_scenario_that_runs():
     planner = P.Planner(scn)
     cands = planner.candidates()
     families = {c.family for c in cands}
-    assert {"centralized", "fl", "sl", "sfl", "mp", "fpl", "fpl-features", "fpl3"} <= families
+    assert {"centralized", "fl", "sl", "sfl", "mp", "fpl", "fpl-features", "fpl3", "fpl-devcut", "fpl-sync-devcut",
+            "fpl-ecut", "fpl-sync-ecut"} <= families
     assert {c.sync_every for c in cands if c.family == "fl"} == {1, 2, 5}
     for cand in cands[:: max(1, len(cands) // 12)]:  # a spread of them, to keep the test fast
         sc = validate_scenario(P.candidate_data(scn, cand))

@@ -54,6 +54,7 @@ class StageCfg(_Strict):
     replication: Literal["per_node", "per_group", "single"] = "single"
     host: str = "own"
     sync: SyncCfg = Field(default_factory=SyncCfg)
+    hosts: dict[str, str] | None = None  # per_node: data node -> the node hosting its replica instead
 
 
 class PlanCfg(_Strict):
@@ -70,3 +71,5 @@ class PlanCfg(_Strict):
     front_sync: Literal["none", "group", "all"] | None = None
     front_sync_every: PositiveInt | None = None
     trunk_sync_every: PositiveInt | None = None
+    # FPL presets: data node -> its own cut (0..plan's cut); its trunk's host computes the rest of its front
+    device_cuts: dict[str, int] | None = None

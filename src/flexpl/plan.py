@@ -5,7 +5,9 @@ A plan is data. Every classic strategy is a short preset function that returns o
 
 - replication: ``per_node`` (one replica per data node), ``per_group`` (one per group of
   data nodes, e.g. per edge server) or ``single``;
-- host: ``own`` (each replica on its data node or group head) or a node name;
+- host: ``own`` (each replica on its data node or group head) or a node name; a ``per_node``
+  stage may host some data nodes' replicas elsewhere (``hosts``: a weak device's piece of
+  the front on its edge server, see ``flexpl.devcut``);
 - sync: ``none``, ``fedavg`` every k rounds/steps at an aggregator, or ``relay``
   (split learning: weights handed from one client to the next);
 - junction: where replicas feed a stage with fewer replicas, merge by ``batch``
@@ -21,6 +23,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from flexpl.devcut import (  # noqa: F401 (front_count: re-exported)
+    auto_device_cuts,
+    device_cuts_of,
+    energy_device_cuts,
+    front_count,
+    with_device_cuts,
+)
 from flexpl.errors import UserError
 from flexpl.topology import Topology
 
@@ -51,6 +60,9 @@ class Stage:
     replication: str = "single"
     host: str = "own"
     sync: Sync = field(default_factory=Sync)
+    # per_node only: (data node, host) pairs overriding ``host`` for those nodes' replicas, e.g. a
+    # weak device's piece of the front hosted at its edge server (plan.device_cuts, flexpl.devcut)
+    hosts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -189,11 +201,44 @@ def fpl_group(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) 
     return with_front_sync(fpl(topo, n_blocks, cuts, default_cut), "group", 1, "fpl-group")
 
 
+def fpl_devcut(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -> Plan:
+    """FPL with the cut chosen per device: a weak device keeps a smaller front (``plan.device_cuts``).
+
+    Devices whose compute (``flops_per_s``) is below the median of the data nodes' cut at half the
+    plan's cut (at least 1); their edge server (the host of their trunk) computes the rest of their
+    front, so they compute fewer layers and send the activation of their smaller cut.
+    """
+    plan = fpl(topo, n_blocks, cuts, default_cut)
+    return with_device_cuts(replace(plan, name="fpl-devcut"), auto_device_cuts(topo, plan.stages[0].end), topo)
+
+
+def fpl_sync_devcut(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -> Plan:
+    """``fpl-sync`` with ``fpl-devcut``'s per-device cuts: every piece of the front averaged at the cloud."""
+    plan = fpl_sync(topo, n_blocks, cuts, default_cut)
+    return with_device_cuts(replace(plan, name="fpl-sync-devcut"), auto_device_cuts(topo, plan.stages[0].end), topo)
+
+
+def fpl_ecut(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -> Plan:
+    """FPL with each device's cut chosen by its own energy (``flexpl.devcut.energy_device_cuts``).
+
+    A device cuts where computing the front costs it least against sending the activation over its
+    link; ``build_plan`` picks the cuts from the model's costs (without them the plan is ``fpl``'s).
+    """
+    return replace(fpl(topo, n_blocks, cuts, default_cut), name="fpl-ecut")
+
+
+def fpl_sync_ecut(topo: Topology, n_blocks: int, cuts: list[int], default_cut: int) -> Plan:
+    """``fpl-sync`` with ``fpl-ecut``'s per-device cuts (every piece of the front averaged at the cloud)."""
+    return replace(fpl_sync(topo, n_blocks, cuts, default_cut), name="fpl-sync-ecut")
+
+
 PresetFn = Callable[[Topology, int, list[int], int], Plan]
 PRESETS: dict[str, PresetFn] = {
     "centralized": centralized, "fl": fl, "sl": sl, "sfl": sfl, "mp": mp, "fpl": fpl,
     "fpl-features": fpl_features,
     "fpl-sync": fpl_sync, "fpl-group": fpl_group,
+    "fpl-devcut": fpl_devcut, "fpl-sync-devcut": fpl_sync_devcut,
+    "fpl-ecut": fpl_ecut, "fpl-sync-ecut": fpl_sync_ecut,
 }
 
 FRONT_SYNCS = ("none", "group", "all")
@@ -211,17 +256,19 @@ def with_front_sync(plan: Plan, scope: str, every: int = 1, name: str | None = N
         raise UserError(f"plan.front_sync: plan '{plan.name}' has no per-device front to sync; "
                         "front_sync applies to FPL-style plans (fpl, fpl-sync, fpl-features)")
     sync = Sync("fedavg", every, scope=scope) if scope != "none" else Sync()
-    front = replace(plan.stages[0], sync=sync)
-    return replace(plan, name=name or plan.name, stages=(front, *plan.stages[1:]))
+    k = max(1, front_count(plan))  # every piece of a front cut per device (plan.device_cuts)
+    fronts = tuple(replace(st, sync=sync) for st in plan.stages[:k])
+    return replace(plan, name=name or plan.name, stages=(*fronts, *plan.stages[k:]))
 
 
 def with_trunk_sync_every(plan: Plan, every: int) -> Plan:
     """``plan`` with every FedAvg stage after the fronts (the edge trunks) averaged every ``every`` rounds."""
-    if not any(st.sync.kind == "fedavg" for st in plan.stages[1:]):
+    if not any(st.sync.kind == "fedavg" for st in plan.stages[max(1, front_count(plan)):]):
         raise UserError(f"plan.trunk_sync_every: plan '{plan.name}' has no averaged trunk (a single trunk "
                         "needs no averaging); it applies to FPL plans whose trunks sit on several edges")
-    stages = [plan.stages[0], *(replace(st, sync=replace(st.sync, every=every)) if st.sync.kind == "fedavg"
-                                else st for st in plan.stages[1:])]
+    k = max(1, front_count(plan))
+    stages = [*plan.stages[:k], *(replace(st, sync=replace(st.sync, every=every)) if st.sync.kind == "fedavg"
+                                  else st for st in plan.stages[k:])]
     return replace(plan, stages=tuple(stages))
 
 
@@ -236,8 +283,12 @@ def default_chain(topo: Topology) -> list[str]:
 
 
 def build_plan(strategy: str | None, plan_cfg: dict | None, topo: Topology, n_blocks: int,
-               default_cut: int) -> Plan:
-    """Make the plan of a scenario: a preset (optionally with ``cut``/``junction`` overrides) or explicit stages."""
+               default_cut: int, front: Callable[[int], tuple[int, int]] | None = None) -> Plan:
+    """Make the plan of a scenario: a preset (optionally with ``cut``/``junction`` overrides) or explicit stages.
+
+    ``front``: the model's per-sample front costs (``flexpl.devcut.front_costs``), which the
+    ``fpl-ecut`` presets choose each device's cut from.
+    """
     cfg = dict(plan_cfg or {})
     raw_cut = cfg.get("cut")
     cuts = [] if raw_cut is None else ([raw_cut] if isinstance(raw_cut, int) else list(raw_cut))
@@ -248,7 +299,7 @@ def build_plan(strategy: str | None, plan_cfg: dict | None, topo: Topology, n_bl
     if sorted(cuts) != cuts:
         raise UserError(f"plan.cut: cuts must be increasing, got {cuts}")
     if cfg.get("stages"):
-        for key in ("front_sync", "front_sync_every", "trunk_sync_every"):
+        for key in ("front_sync", "front_sync_every", "trunk_sync_every", "device_cuts"):
             if cfg.get(key) is not None:
                 raise UserError(f"plan.{key}: applies to a preset; with plan.stages set each stage's sync instead")
         plan = _explicit_plan(cfg, cuts, topo, n_blocks, default_cut)
@@ -275,6 +326,15 @@ def build_plan(strategy: str | None, plan_cfg: dict | None, topo: Topology, n_bl
             plan = with_front_sync(plan, scope, every)
         if cfg.get("trunk_sync_every") is not None:
             plan = with_trunk_sync_every(plan, int(cfg["trunk_sync_every"]))
+        if strategy in ("fpl-ecut", "fpl-sync-ecut") and front is not None:
+            plan = with_device_cuts(plan, energy_device_cuts(topo, plan.stages[0].end, front), topo)
+        elif strategy in ("fpl-devcut", "fpl-sync-devcut") and getattr(front, "allowed", None) is not None:
+            # the preset chose without the model: again, among the cuts it allows
+            c = plan.stages[front_count(plan) - 1].end
+            plan = with_device_cuts(plan, auto_device_cuts(topo, c, front.allowed), topo)
+        if cfg.get("device_cuts") is not None or len(plan.stages) > 1 and any(st.hosts for st in plan.stages):
+            # (re)placed on the plan's final groups: the rest of a smaller front goes to its trunk's host
+            plan = with_device_cuts(plan, {**device_cuts_of(plan), **(cfg.get("device_cuts") or {})}, topo)
         periods = {st.sync.every for st in plan.stages if st.sync.kind == "fedavg" and st.sync.unit == "round"}
         if len(periods) > 1 and (cfg.get("front_sync_every") or cfg.get("trunk_sync_every")):
             # the simulator averages all round-synced stages in the same rounds (every max(k) rounds)
@@ -301,7 +361,8 @@ def _explicit_plan(cfg: dict, cuts: list[int], topo: Topology, n_blocks: int, de
             sync = {"kind": sync}
         stages.append(Stage(bounds[i], bounds[i + 1], s.get("replication", "single"), s.get("host", "own"),
                             Sync(sync.get("kind", "none"), int(sync.get("every", 1)),
-                                 sync.get("unit", "round"), sync.get("at"), sync.get("scope", "all"))))
+                                 sync.get("unit", "round"), sync.get("at"), sync.get("scope", "all")),
+                            tuple(sorted((s.get("hosts") or {}).items()))))
     groups = cfg.get("groups")
     return Plan(cfg.get("name") or "custom", tuple(stages), cfg.get("junction") or "batch",
                 cfg.get("schedule") or "lockstep", bool(cfg.get("collect_data", False)),
@@ -334,6 +395,16 @@ def validate_plan(plan: Plan, topo: Topology, n_blocks: int) -> None:
             raise UserError(f"{f}.host: node '{st.host}' does not exist; allowed: own, {', '.join(topo.nodes)}")
         if st.replication == "single" and st.host == "own" and not plan.collect_data:
             raise UserError(f"{f}.host: a single stage needs a named host node, not 'own'")
+        if st.hosts and st.replication != "per_node":
+            raise UserError(f"{f}.hosts: only a per_node stage hosts data nodes' replicas apart; "
+                            f"this stage is {st.replication}")
+        for node, host in st.hosts:
+            if node not in topo.data_nodes:
+                raise UserError(f"{f}.hosts: '{node}' is not a data node; data nodes are {', '.join(topo.data_nodes)}")
+            if host not in topo.nodes:
+                raise UserError(f"{f}.hosts.{node}: node '{host}' does not exist; allowed: {', '.join(topo.nodes)}")
+        if st.hosts and st.sync.kind == "relay":
+            raise UserError(f"{f}.hosts: a relayed stage passes its weights device to device; give it no hosts")
         if st.sync.at is not None and st.sync.at not in topo.nodes:
             raise UserError(f"{f}.sync.at: node '{st.sync.at}' does not exist; allowed: {', '.join(topo.nodes)}")
         if st.sync.kind == "relay" and (plan.schedule != "sequential" or st.replication != "per_node"):
@@ -369,7 +440,7 @@ def place(plan: Plan, topo: Topology, data_nodes: list[str]) -> Layout:
         st.sync.scope == "group" for st in plan.stages) else {}
     connected = topo.connected()
     for s, st in enumerate(plan.stages):
-        if st.replication == "per_node" and st.host == "own":  # (the common case, made in one pass)
+        if st.replication == "per_node" and st.host == "own" and not st.hosts:  # (the common case, one pass)
             reps = [Replica(s, i, n, (n,)) for i, n in enumerate(data_nodes)]
         elif st.replication == "per_node":
             sets = [(n, (n,)) for n in data_nodes]
@@ -379,8 +450,9 @@ def place(plan: Plan, topo: Topology, data_nodes: list[str]) -> Layout:
             sets = [x for x in sets if x[1]]
         else:
             sets = [(st.host if st.host != "own" else data_nodes[0], tuple(data_nodes))]
-        if not (st.replication == "per_node" and st.host == "own"):
-            reps = [Replica(s, i, st.host if st.host != "own" else own, members)
+        if not (st.replication == "per_node" and st.host == "own" and not st.hosts):
+            moved = dict(st.hosts) if st.replication == "per_node" else {}  # data nodes whose replica lives elsewhere
+            reps = [Replica(s, i, moved.get(members[0], st.host if st.host != "own" else own), members)
                     for i, (own, members) in enumerate(sets)]
         replicas.append(reps)
         serves.append(dict(zip(data_nodes, range(len(reps)))) if st.replication == "per_node" else

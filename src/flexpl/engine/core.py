@@ -179,7 +179,7 @@ class Engine(WorkingModels, Evaluation):
         self._build_globals(base, shared)
         # every data node's path runs on replicas of its own, on its own node (e.g. FedAvg)
         self.independent_paths = not self.features and all(
-            st.replication == "per_node" and st.host == "own" for st in self.plan.stages)
+            st.replication == "per_node" and st.host == "own" and not st.hosts for st in self.plan.stages)
         self.relay_holder: str | None = None
         self.bad_stage: int | None = None  # after a step with a non-finite loss: the first stage that output one
         self.stream_ready: dict[str, Event] = {}

@@ -30,6 +30,7 @@ from flexpl.costs.trace import COMPUTE, Event, Recorder, Totals, Trace, bill
 from flexpl.data import Dataset, load_data
 from flexpl.data.batching import batches, mix_seed, select_clients
 from flexpl.data.partition import Summaries, partition_flat, validation_split
+from flexpl.devcut import front_costs
 from flexpl.engine import checkpoint, executor, failures
 from flexpl.engine.core import (
     Diverged,
@@ -43,7 +44,14 @@ from flexpl.engine.extend import configure
 from flexpl.engine.runner import TensorRunner, participants
 from flexpl.engine.transport import SimTransport
 from flexpl.errors import UserError
-from flexpl.models import build_model, check_cuts, count_params, default_cut, state_bytes
+from flexpl.models import (
+    build_model,
+    check_cuts,
+    count_params,
+    default_cut,
+    model_cuts,
+    state_bytes,
+)
 from flexpl.plan import Plan, build_plan, place
 from flexpl.program import end_blocks, start_blocks, step_blocks, uploads_after, walk
 from flexpl.targets import cost_to_targets, reached_all
@@ -138,7 +146,8 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
     probe = build_model(spec, data.input_shape, data.num_classes, seed=scn.seed)
     n_blocks = len(probe.block_names)
     plan = build_plan(scn.strategy, scn.plan.model_dump(exclude_none=True) if scn.plan else None, topo,
-                      n_blocks, default_cut(spec, probe))
+                      n_blocks, default_cut(spec, probe),
+                      front=front_costs(probe, data.input_shape, model_cuts(spec, probe)[1]))
     check_cuts(spec, probe, [st.start for st in plan.stages])  # register_model(cuts=...)
     data_nodes = scn.data_nodes
     grid = None
@@ -491,5 +500,6 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
             "collect_data": plan.collect_data,
             "stages": [{"blocks": [s.start, s.end], "replication": s.replication, "host": s.host,
                         "sync": {"kind": s.sync.kind, "every": s.sync.every, "unit": s.sync.unit,
-                                 "at": s.sync.at, **({"scope": s.sync.scope} if s.sync.scope != "all" else {})}}
+                                 "at": s.sync.at, **({"scope": s.sync.scope} if s.sync.scope != "all" else {})},
+                        **({"hosts": dict(s.hosts)} if s.hosts else {})}
                        for s in plan.stages]}

@@ -57,7 +57,7 @@ def working_stages(layout: Layout, base: list[BlockModel], opt_cfg: OptimizerCfg
     if (plan.junction != "batch" or plan.schedule != "lockstep" or plan.collect_data or vector_chunk
             or not opt_cfg.reset_on_sync):
         return []
-    if not all(st.replication == "per_node" and st.host == "own" for st in plan.stages):
+    if not all(st.replication == "per_node" and st.host == "own" and not st.hosts for st in plan.stages):
         return []
     if any(st.sync.kind not in ("none", "fedavg") or (st.sync.kind == "fedavg" and (
             st.sync.unit != "round" or st.sync.every != 1 or st.sync.scope != "all")) for st in plan.stages):

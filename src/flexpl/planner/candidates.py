@@ -81,6 +81,17 @@ def enumerate_candidates(topo: Topology, n_blocks: int) -> list[Candidate]:
         if edges:  # fronts averaged at their edge (the fpl-group preset); with no edges it is fpl-sync
             out.append(Candidate(f"fpl-group cut={c} trunk@{where}", "fpl-group", {"cut": c}, "fpl-group", str(c),
                                  where))
+    from flexpl.devcut import auto_device_cuts
+
+    for c in cuts:  # weak devices keep a smaller front (the fpl-devcut presets), where some device is weak
+        if auto_device_cuts(topo, c):
+            where = heads[0] if len(groups) == 1 else "edges"
+            for fam in ("fpl-devcut", "fpl-sync-devcut"):
+                out.append(Candidate(f"{fam} cut={c} trunk@{where}", fam, {"cut": c}, fam, str(c), where))
+        if c >= 2:  # each device's cut chosen by its energy (the fpl-ecut presets; the planner's model costs)
+            where = heads[0] if len(groups) == 1 else "edges"
+            for fam in ("fpl-ecut", "fpl-sync-ecut"):
+                out.append(Candidate(f"{fam} cut={c} trunk@{where}", fam, {"cut": c}, fam, str(c), where))
     for c in cuts:
         out.append(Candidate(f"fpl-features cut={c}", "fpl-features", {"cut": c}, "fpl-features", str(c), server))
     if edges:  # three stages: device front, middle on the edge heads, tail on the server

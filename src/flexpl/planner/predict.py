@@ -64,6 +64,11 @@ class Planner:
         self.plain = (self.data.input_shape, None, 1)
         self.n_blocks = len(self.costs.model(self.plain).block_names)
         self.default_cut = default_cut(spec, self.costs.model(self.plain))
+        from flexpl.devcut import front_costs
+        from flexpl.models import model_cuts
+
+        meta = self.costs.model(self.plain)
+        self.front = front_costs(meta, self.data.input_shape, model_cuts(spec, meta)[1])  # the -ecut rules' costs
         d = scn.data
         _, offsets = partition_flat(self.data.train_y.numpy(), len(self.topo.data_nodes), d.partition.kind,
                                     seed=scn.seed, alpha=d.partition.alpha,
@@ -119,7 +124,8 @@ class Planner:
             cfg = PlanCfg.model_validate(cand.plan).model_dump(exclude_none=True) if cand.plan else None
         except Exception as exc:  # pydantic's error, as one line
             raise UserError(f"plan: {exc}".splitlines()[0]) from None
-        plan = build_plan(cand.strategy, cfg, self.topo, self.n_blocks, self.default_cut)
+        plan = build_plan(cand.strategy, cfg, self.topo, self.n_blocks, self.default_cut,
+                          front=self.front)
         from flexpl.models import check_cuts
 
         check_cuts(self.scn.model, self.costs.model(self.plain), [st.start for st in plan.stages])
@@ -167,7 +173,7 @@ class Planner:
             opt_states=2 if opt.name == "adam" else (1 if opt.momentum > 0 else 0),
             float_elements=[self.costs.float_elements(variant, st.start, st.end) for st in plan.stages],
             independent_paths=plan.junction != "features" and all(
-                st.replication == "per_node" and st.host == "own" for st in plan.stages))
+                st.replication == "per_node" and st.host == "own" and not st.hosts for st in plan.stages))
         # gradients travel in the dtype of the activations they belong to (float32 in the zoo)
         ctx.act_esize = self.costs.probe(variant, plan.stages[0].start, plan.stages[0].end,
                                          (1, *in_shape), False).out_esize

@@ -87,18 +87,25 @@ def write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], columns: list
     atomic_write(path, buf.getvalue())
 
 
+def dump_yaml(obj: Any) -> str:
+    """``yaml.safe_dump(obj, sort_keys=False)``, by libyaml's emitter when PyYAML has it (the same text, faster:
+    a scenario of 1,000 nodes takes 0.7 s in pure Python)."""
+    return yaml.dump(obj, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False)
+
+
 def write_yaml(path: str | Path, obj: Any) -> None:
     """Atomically write ``obj`` as YAML."""
-    atomic_write(path, yaml.safe_dump(obj, sort_keys=False))
+    atomic_write(path, dump_yaml(obj))
 
 
-def write_run(out: Path, summary: dict[str, Any], rounds: list[dict[str, Any]], config: dict[str, Any]) -> None:
+def write_run(out: Path, summary: dict[str, Any], rounds: list[dict[str, Any]], config: dict[str, Any] | str) -> None:
     """The three files of a run: rounds.csv, config.yaml, then summary.json (written last: its presence marks a finished run).
 
-    Then the ``IN_PROGRESS`` marker of :func:`begin_run` goes: the folder holds a finished run.
+    ``config``: the scenario, or its YAML text. Then the ``IN_PROGRESS`` marker of
+    :func:`begin_run` goes: the folder holds a finished run.
     """
     write_csv(out / "rounds.csv", rounds)
-    write_yaml(out / "config.yaml", config)
+    atomic_write(out / "config.yaml", config) if isinstance(config, str) else write_yaml(out / "config.yaml", config)
     write_json(out / "summary.json", summary)
     (out / IN_PROGRESS).unlink(missing_ok=True)
 
@@ -192,12 +199,14 @@ class RunWriter:
         self.scenario_sha256 = scenario_sha256
         self.config = config
         self.rows: list[dict[str, Any]] = []
+        self._config_yaml: str | None = None  # config.yaml's text, dumped once
 
     def begin(self, resume: bool = False) -> RunWriter:
         """Create the folder, mark the run in progress, write config.yaml (``resume``: keep checkpoint and rounds)."""
         self.out = prepare_out_dir(self.out)
         begin_run(self.out, self.scenario_sha256, resume=resume)
-        write_yaml(self.out / "config.yaml", self.config)
+        self._config_yaml = dump_yaml(dict(self.config))
+        atomic_write(self.out / "config.yaml", self._config_yaml)
         return self
 
     def round(self, row: dict[str, Any]) -> None:
@@ -211,4 +220,5 @@ class RunWriter:
 
     def finish(self, summary: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> None:
         """Write the finished run: rounds.csv (``rows``, default the rows seen), config.yaml, summary.json last."""
-        write_run(self.out, summary, self.rows if rows is None else rows, dict(self.config))
+        write_run(self.out, summary, self.rows if rows is None else rows,
+                  self._config_yaml if self._config_yaml is not None else dict(self.config))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +195,7 @@ def save(path: Path, *, scenario_sha256: str, round_index: int, rows: list[dict[
     """
     blob = {
         "format": FORMAT, "scenario_sha256": scenario_sha256, "round": round_index, "rows": rows,
-        "totals": asdict(totals), "last_eval": last_eval, "synced": synced,
+        "totals": totals_dict(totals), "last_eval": last_eval, "synced": synced,
         "engine": engine_state(eng, surviving_state(eng, synced)), "torch_rng": torch.get_rng_state(),
     }
     if writer is None:
@@ -221,6 +221,15 @@ def load(path: Path, scenario_sha256: str) -> dict[str, Any]:
                         f"({blob['scenario_sha256'][:12]} vs {scenario_sha256[:12]}); resume with the "
                         "same scenario and --set options, or use another --out")
     return blob
+
+
+def totals_dict(totals: Totals) -> dict[str, Any]:
+    """``dataclasses.asdict(totals)``, faster: its per-node and per-link dicts hold numbers only (1,000 nodes: 2 ms
+    instead of 100)."""
+    out = {f.name: getattr(totals, f.name) for f in fields(totals)}
+    out["node"] = {k: dict(v) for k, v in totals.node.items()}
+    out["link"] = {k: dict(v) for k, v in totals.link.items()}
+    return out
 
 
 def totals_from(d: dict[str, Any]) -> Totals:

@@ -134,7 +134,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     out = prepare_out_dir(a.out or f"results/{scn.name}-compare")
     if seeds is not None:  # several seeds: one folder per seed, mean +- std (flexpl.seeds)
         return _compare_seeds(a, strategies, seeds, scn, out)
-    from flexpl.compare import Job, run_jobs
+    from flexpl.compare_runs import Job, run_jobs
 
     summaries = run_jobs(a.scenario, a.set, [Job(s, a.seed, out / s, f"[{i + 1}/{len(strategies)}] {s}", i == 0)
                                              for i, s in enumerate(strategies)], a.quiet, a.ray, a.jobs)
@@ -169,7 +169,7 @@ def _compare_seeds(a: argparse.Namespace, strategies: list[str], seeds: list[int
     """
     import json
 
-    from flexpl.compare import Job, run_jobs
+    from flexpl.compare_runs import Job, run_jobs
     from flexpl.config import load_scenario
     from flexpl.report import maybe_report
     from flexpl.results import write_csv

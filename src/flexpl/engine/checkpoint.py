@@ -200,8 +200,9 @@ def save(path: Path, *, scenario_sha256: str, round_index: int, rows: list[dict[
     }
     if writer is None:
         write_blob(path, blob)
-    else:
-        writer.submit(path, snapshot(blob))
+    else:  # the totals are a fresh copy already; rows and the last evaluation hold numbers only
+        writer.submit(path, {**blob, "rows": [dict(r) for r in rows], "last_eval": dict(last_eval),
+                             "engine": snapshot(blob["engine"])})
 
 
 def load(path: Path, scenario_sha256: str) -> dict[str, Any]:

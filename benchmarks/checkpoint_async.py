@@ -1,6 +1,6 @@
 """Round wall with checkpoints written in the background (the default) against written on the training thread.
 
-    python benchmarks/checkpoint_async.py [--repeats 2]
+    python benchmarks/checkpoint_async.py [--repeats 2] [--save-only]
 
 Cases: the issue's ``mlp-1000`` (IID, batch 10, 2 rounds; the checkpoint is the global MLP, ~1 MB)
 and ``fpl`` on ``edge-fmnist`` (2 rounds; the unsynced fronts survive, so every front's
@@ -9,6 +9,8 @@ every round, alternately with the background writer and with ``writer=None`` (th
 on the training thread, as before), after one warm-up run. Printed per variant: the
 median wall of each round (from one ``on_round`` to the next; round 1 from the start of
 ``run``), the time ``checkpoint.save`` held the training thread, and the run's wall.
+``--save-only``: no training; each case's state right after set-up saved 5 times each way
+(median): the time on the training thread, and with the writer until the file is written.
 """
 
 from __future__ import annotations
@@ -57,11 +59,46 @@ def one(name: str, sets: list[str], background: bool) -> tuple[list[float], floa
     return [b - a for a, b in zip(marks, marks[1:])], held[0], wall
 
 
+def save_only() -> None:
+    """Time one save of each case's freshly set-up state, on the training thread and through the writer."""
+    from flexpl.config import load_scenario
+    from flexpl.costs.trace import Totals
+    from flexpl.engine import checkpoint, simulator
+
+    print("| case | checkpoint MB | on the training thread ms | background: training thread ms | "
+          "background: until written ms |")
+    print("|---|---|---|---|---|")
+    for case, (name, sets) in CASES.items():
+        st = simulator.setup(load_scenario(name, sets))
+        kw = dict(scenario_sha256="x", round_index=1, rows=[{"round": 1}], totals=Totals.empty(st.topo),
+                  last_eval={}, synced=True, eng=st.engine)
+        with tempfile.TemporaryDirectory() as d:
+            path, writer, sync, bg = Path(d) / "checkpoint.pt", checkpoint.Writer(), [], []
+            for _ in range(5):
+                t = time.perf_counter()
+                checkpoint.save(path, **kw)
+                sync.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                checkpoint.save(path, writer=writer, **kw)
+                t1 = time.perf_counter()
+                writer.wait()
+                bg.append((t1 - t, time.perf_counter() - t))
+            mb = path.stat().st_size / 1e6
+        print(f"| {case} | {mb:.1f} | {1000 * statistics.median(sync):.1f} | "
+              f"{1000 * statistics.median(b[0] for b in bg):.1f} | {1000 * statistics.median(b[1] for b in bg):.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--save-only", action="store_true")
     a = ap.parse_args()
     load0 = os.getloadavg()
+    if a.save_only:
+        save_only()
+        print(f"load average before {' '.join(f'{v:.2f}' for v in load0)}, after "
+              f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
+        return
     print("| case | writer | round walls s (median of repeats) | save on training thread s | run wall s |")
     print("|---|---|---|---|---|")
     for case, (name, sets) in CASES.items():

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,101 @@ def test_mlp_1000_kill_9_after_round_1_then_resume_is_bit_identical(tmp_path):
     assert len(a["replicas"][0]) == 1000 and all(r["module"] is None for r in a["replicas"][0])
     _assert_same_state(a, b)
     assert (ref / "checkpoint.pt").stat().st_size < 10_000_000  # the global MLP (~0.8 MB), not 1,000 replicas
+
+
+def test_checkpoints_are_written_in_the_background_from_a_snapshot(tmp_path, monkeypatch):
+    """The training thread goes on while a checkpoint is written (the write blocks until the round's row is out),
+    the written state is the one at the save (changing the model afterwards does not reach it), and the run
+    waits for the last write before it returns."""
+    from flexpl.config import load_scenario
+    from flexpl.engine import checkpoint
+    from flexpl.engine.simulator import run, setup
+
+    scn = load_scenario("digits-star", sets=["training.rounds=2", "training.max_steps_per_round=2"])
+    st = setup(scn)
+    released = {1: threading.Event(), 2: threading.Event()}
+    written: list[dict] = []
+    real_write = checkpoint.write_blob
+
+    def blocked_write(path: Path, blob: dict) -> None:
+        if not released[blob["round"]].wait(60):  # a synchronous save would never get here in time
+            raise RuntimeError("the checkpoint was written on the training thread")
+        written.append(blob)
+        real_write(path, blob)
+
+    monkeypatch.setattr(checkpoint, "write_blob", blocked_write)
+    seen, at_save = [], {}
+
+    def on_round(row: dict) -> None:
+        rnd = row["round"]
+        # the save of this round has returned, and its write has not happened yet
+        seen.append((rnd, [b["round"] for b in written]))
+        at_save[rnd] = {s: {k: v.clone() for k, v in m.state_dict().items()} for s, m in st.engine.global_.items()}
+        with torch.no_grad():  # the next round (here: this) changes the model while the write waits
+            for m in st.engine.global_.values():
+                for p in m.parameters():
+                    p.add_(1.0)
+        released[rnd].set()
+
+    run(scn, on_round=on_round, st=st, checkpoint_dir=tmp_path)
+    assert seen == [(1, []), (2, [1])]  # round 2's save waited for round 1's write, not for its own
+    assert [b["round"] for b in written] == [1, 2]  # the run returned after the last write
+    for blob in written:
+        for s, sd in blob["engine"]["global"].items():
+            for k, v in sd.items():
+                assert torch.equal(v, at_save[blob["round"]][int(s)][k])
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["round"] == 2
+
+
+def test_a_failed_checkpoint_write_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    from flexpl.engine import checkpoint
+
+    def full_disk(path: Path, blob: dict) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "write_blob", full_disk)
+    out = tmp_path / "run"
+    assert main(["run", "digits-star", "--set", "training.rounds=2", "--set", "training.max_steps_per_round=2",
+                 "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint" in err and "No space left on device" in err
+    assert not (out / "summary.json").exists() and not (out / "checkpoint.pt").exists()
+    assert len((out / "rounds.csv").read_text().strip().splitlines()) == 1 + 1  # it stopped at round 2's save
+
+
+# Runs flexpl with the background write of round 2's checkpoint SIGKILLing the process once the
+# training thread has written round 2's row: the checkpoint is round 1's, rounds.csv has rows 1-2.
+_KILL_IN_BACKGROUND_WRITE = """
+import os, signal, sys, time
+from flexpl.engine import checkpoint
+real = checkpoint.write_blob
+def write(path, blob):
+    if blob["round"] == 2:
+        rows = path.parent / "rounds.csv"
+        while not (rows.exists() and len(rows.read_text().strip().splitlines()) == 3):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path, blob)
+checkpoint.write_blob = write
+from flexpl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_9_during_a_background_write_then_resume_is_bit_identical(tmp_path):
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    sets = ["--set", "training.rounds=3", "--set", "training.max_steps_per_round=4", "--strategy", "fpl"]
+    r = subprocess.run([FLEXPL, "run", "digits-star", *sets, "--out", str(ref), "--quiet"],
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-c", _KILL_IN_BACKGROUND_WRITE, "run", "digits-star", *sets,
+                        "--out", str(cut), "--quiet"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert torch.load(cut / "checkpoint.pt", weights_only=True)["round"] == 1
+    assert len((cut / "rounds.csv").read_text().strip().splitlines()) == 1 + 2  # row 2 is ahead of the checkpoint
+    r = subprocess.run([FLEXPL, "run", "--resume", str(cut), "--quiet"], env=ENV, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert _summary(cut) == _summary(ref)
+    assert (cut / "rounds.csv").read_text() == (ref / "rounds.csv").read_text()
+    _assert_same_state(_weights(ref), _weights(cut))

@@ -137,6 +137,21 @@ def test_plan_validate_through_ray_matches_the_local_path(local_ray):
     assert remote == local
 
 
+@pytest.mark.ray
+@needs_ray
+def test_ray_compare_writes_the_same_comparison_csv_as_the_local_path(local_ray, tmp_path):
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    argv = ["compare", "digits-star", "--set", "training.rounds=1", "--strategies", "fl,fpl", "--quiet"]
+    assert cli.main([*argv, "--out", str(local)]) == 0
+    assert cli.main([*argv, "--ray", "--out", str(remote)]) == 0
+    want = rows_of(local / "comparison.csv")
+    assert [r["strategy"] for r in want] == ["fl", "fpl"] and all(r["final_accuracy"] for r in want)
+    assert rows_of(remote / "comparison.csv") == want  # every cost column and the accuracy, to the last digit
+    for s in ("fl", "fpl"):  # one folder per strategy, as without Ray
+        assert (remote / s / "rounds.csv").read_text() == (local / s / "rounds.csv").read_text()
+    assert local_ray.is_initialized()  # a Ray started by the caller is left running
+
+
 # ------------------------------------------------------------------ bad input: no Ray needed
 
 
@@ -169,6 +184,10 @@ def test_ray_missing_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys)
     assert cli.main(["plan", "digits-star", "--validate", "1", "--ray", "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "flexpl[ray]" in err
+    assert cli.main(["compare", "digits-star", "--ray", "--out", str(tmp_path / "c"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "flexpl[ray]" in err
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize("argv,fragment", [
@@ -176,6 +195,8 @@ def test_ray_missing_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys)
     (["sweep", "digits-star", *GRID, "--ray", "10.0.0.1:6379", "--jobs", "2"], "--jobs: with --ray ADDRESS"),
     (["sweep", "digits-star", *GRID, "--ray", "--jobs", "0"], "--jobs: must be at least 1"),
     (["plan", "digits-star", "--ray"], "--ray: only --validate K"),
+    (["compare", "digits-star", "--ray", "not an address"], "is not a Ray address"),
+    (["compare", "digits-star", "--jobs", "2"], "--jobs sizes the local Ray of --ray"),
 ])
 def test_bad_ray_options_are_one_line_errors(argv, fragment, tmp_path, capsys):
     assert cli.main([*argv, "--out", str(tmp_path / "o")]) == 2
@@ -196,6 +217,11 @@ def test_unreachable_address_is_a_one_line_error_not_minutes_of_retries(tmp_path
                      "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"--ray 127.0.0.1:{port}: cannot reach" in err
+    assert cli.main(["compare", "digits-star", "--ray", f"127.0.0.1:{port}", "--out", str(tmp_path / "c"),
+                     "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--ray 127.0.0.1:{port}: cannot reach" in err
+    assert not (tmp_path / "c").exists()
 
 
 def test_address_forms():

@@ -136,3 +136,26 @@ def test_cli_keeps_the_old_names():
 
     assert cli.timeline_rows is timeline_rows and cli.run_one is runs.run_one
     assert cli.SUMMARY_COLUMNS is results.SUMMARY_COLUMNS
+
+
+def test_config_yaml_is_pyyamls_safe_dump_text_for_every_builtin_scenario():
+    """dump_yaml (libyaml's emitter when present) writes the same text as yaml.safe_dump."""
+    from flexpl.config import builtin_scenarios, load_scenario
+
+    for name in builtin_scenarios():
+        resolved = load_scenario(name).resolved()
+        assert results.dump_yaml(resolved) == yaml.safe_dump(resolved, sort_keys=False), name
+    odd = {"s": "a long line " * 20, "u": "é ü", "f": [1.5e-300, float("inf"), -0.0], "k": {3: None, "y": True}}
+    assert results.dump_yaml(odd) == yaml.safe_dump(odd, sort_keys=False)
+
+
+def test_config_yaml_is_dumped_once_and_written_once(tmp_path, monkeypatch):
+    dumps = []
+    real = results.dump_yaml
+    monkeypatch.setattr(results, "dump_yaml", lambda obj: dumps.append(1) or real(obj))
+    order = _writes(monkeypatch)
+    w = RunWriter(tmp_path / "r", "abc", CONFIG).begin()
+    w.round({"round": 1, "accuracy": 0.5})
+    w.finish({"scenario_sha256": "abc"})
+    assert len(dumps) == 1 and order.count("config.yaml") == 1
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text()) == CONFIG

@@ -121,14 +121,23 @@ def cmd_compare(a: argparse.Namespace) -> int:
         if s not in PRESETS:
             raise UserError(f"--strategies: unknown strategy '{s}'; allowed: {', '.join(PRESETS)}")
     scn = load_scenario(a.scenario, a.set, None, a.seed)
-    out = prepare_out_dir(a.out or f"results/{scn.name}-compare")
     seeds = _parse_seeds(getattr(a, "seeds", None), a.seed)
+    a.ray = getattr(a, "ray", None)
+    a.jobs = getattr(a, "jobs", None)
+    if a.ray is not None:  # one line before any work: a bad address or --jobs, or Ray not installed
+        from flexpl import ray_exec
+
+        ray_exec.require(a.ray, a.jobs)
+    elif a.jobs is not None:
+        raise UserError("--jobs: compare runs its strategies one after another; --jobs sizes the local Ray "
+                        "of --ray (add --ray, or drop --jobs)")
+    out = prepare_out_dir(a.out or f"results/{scn.name}-compare")
     if seeds is not None:  # several seeds: one folder per seed, mean +- std (flexpl.seeds)
         return _compare_seeds(a, strategies, seeds, scn, out)
-    summaries = []
-    for i, s in enumerate(strategies):
-        summaries.append(runs.run_one(a.scenario, a.set, s, a.seed, out / s, a.quiet,
-                                      label=f"[{i + 1}/{len(strategies)}] {s}", show_data=i == 0))
+    from flexpl.compare_runs import Job, run_jobs
+
+    summaries = run_jobs(a.scenario, a.set, [Job(s, a.seed, out / s, f"[{i + 1}/{len(strategies)}] {s}", i == 0)
+                                             for i, s in enumerate(strategies)], a.quiet, a.ray, a.jobs)
     rows = [{k: v for k, v in s.items() if not isinstance(v, dict)} for s in summaries]
     for row, s in zip(rows, summaries):  # bytes_to_0.7, ... (flexpl.targets)
         row.update(target_columns(s.get("to_target")))
@@ -160,7 +169,7 @@ def _compare_seeds(a: argparse.Namespace, strategies: list[str], seeds: list[int
     """
     import json
 
-    from flexpl import runs
+    from flexpl.compare_runs import Job, run_jobs
     from flexpl.config import load_scenario
     from flexpl.report import maybe_report
     from flexpl.results import write_csv
@@ -170,15 +179,21 @@ def _compare_seeds(a: argparse.Namespace, strategies: list[str], seeds: list[int
     per_seed: list[dict[str, Any]] = []
     aggs: list[dict[str, Any]] = []
     n = len(strategies) * len(seeds)
+    summaries: dict[tuple[str, int], dict[str, Any]] = {}
+    todo = []
     for i, s in enumerate(strategies):
-        rows = []
         for j, k in enumerate(seeds):
             folder = out / s / SEED_DIR.format(k)
             if _finished(folder, load_scenario(a.scenario, a.set, s, k).digest()):  # resumable, as sweep
-                summ = json.loads((folder / "summary.json").read_text())
+                summaries[(s, k)] = json.loads((folder / "summary.json").read_text())
             else:
-                summ = runs.run_one(a.scenario, a.set, s, k, folder, a.quiet,
-                                    label=f"[{i * len(seeds) + j + 1}/{n}] {s} seed {k}", show_data=i == 0 and j == 0)
+                todo.append(Job(s, k, folder, f"[{i * len(seeds) + j + 1}/{n}] {s} seed {k}", i == 0 and j == 0))
+    for job, summ in zip(todo, run_jobs(a.scenario, a.set, todo, a.quiet, a.ray, a.jobs)):
+        summaries[(job.strategy, job.seed)] = summ  # type: ignore[index]
+    for s in strategies:
+        rows = []
+        for k in seeds:
+            summ = summaries[(s, k)]
             row = {"strategy": s, "seed": k, **{c: v for c, v in summ.items()
                                                 if not isinstance(v, dict) and c not in ("strategy", "seed")}}
             row["device_energy_j_total"] = device_energy(summ, scn.data_nodes)
@@ -284,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply each strategy's values chosen by flexpl tune (its tuned.yaml)")
     c.add_argument("--seeds", default=None, metavar="K1,K2,...",
                    help="run every strategy once per seed (into <strategy>/seed<k>) and report mean ± std")
+    c.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="with --ray and no ADDRESS: the local Ray's CPUs (default every core)")
+    from flexpl import ray_exec
+
+    ray_exec.add_argument(c, "each strategy (each strategy and seed with --seeds)")
     add_target_arguments(c)
     c.set_defaults(func=cmd_compare)
     for name, module, helptext in PLUGINS:

@@ -7,7 +7,7 @@ for users; unset (the default), both hooks do nothing.
 ``FLEXPL_TEST_KILL_AT="ROUND:STEP"``
     The simulator's process SIGKILLs itself right after joint training step ``STEP``
     (1-based) of round ``ROUND``: a run killed mid-round (tests of checkpoint/resume and of
-    stale results). The engine calls :func:`after_train_step` after every step.
+    stale results), after the checkpoint of the previous round is written. The engine calls :func:`after_train_step` after every step.
 
 ``FLEXPL_DIST_FAULT="RANK:ROUND:MODE"``
     In a distributed run, the worker of rank ``RANK``, in round ``ROUND``: ``exit`` calls
@@ -53,6 +53,11 @@ def kill_point() -> tuple[int, int] | None:
 def after_train_step(rnd: int, step: int) -> None:
     """The kill hook: SIGKILL this process if (``rnd``, ``step``) is ``FLEXPL_TEST_KILL_AT``'s point."""
     if kill_point() == (rnd, step):  # die like a killed process, mid-round: nothing is flushed or cleaned
+        # the previous round's checkpoint, written in the background, is complete first, so the
+        # point is reproducible (a kill during that write is tested apart: tests/test_checkpoint.py)
+        from flexpl.engine import checkpoint
+
+        checkpoint.drain()
         os.kill(os.getpid(), signal.SIGKILL)
 
 

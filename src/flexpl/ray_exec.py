@@ -63,7 +63,8 @@ def check_address(address: str | None) -> None:
 
 
 def require(address: str | None, num_cpus: int | None = None) -> None:
-    """Fail at once, with one line, on a bad ``--ray`` address or ``--jobs``, or when Ray is not installed."""
+    """Fail at once, with one line, on a bad or unreachable ``--ray`` address or ``--jobs``, or when Ray is not
+    installed."""
     if address is None:
         return
     check_address(address)
@@ -73,6 +74,8 @@ def require(address: str | None, num_cpus: int | None = None) -> None:
     if num_cpus is not None and num_cpus < 1:
         raise UserError(f"--jobs: must be at least 1, got {num_cpus}")
     _import_ray()
+    if address and address != "local":
+        _check_reachable(address)
 
 
 def _import_ray() -> Any:

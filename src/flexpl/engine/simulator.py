@@ -341,9 +341,14 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
             st.pool = executor.ProcessPool(eng, by_name, st.executor.workers)
         else:  # the per-node replicas of each step, side by side
             st.steps = eng.remote = executor.StepPool(eng, st.executor.workers)
+    # checkpoints are written in the background; the run waits for the last one (see checkpoint.Writer)
+    writer = checkpoint.Writer() if checkpoint_dir is not None else None
+    done = False
     try:
         rows, totals, ev, traces = _rounds(st, first, totals, rows, ev, synced_last_round, by_name, weights,
-                                           fed_round, fed_step, on_round, keep_traces, evaluate, checkpoint_dir)
+                                           fed_round, fed_step, on_round, keep_traces, evaluate, checkpoint_dir,
+                                           writer)
+        done = True
     except Diverged as exc:  # the rounds completed so far, summed up (rows and totals grow in place)
         last = rows[-1] if rows else {}
         exc.rows = list(rows)
@@ -352,6 +357,8 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
         exc.summary["diverged"] = str(exc)
         raise
     finally:
+        if writer is not None:  # a failed write raises here unless another error is on its way out
+            writer.close(raise_errors=done)
         for pool in (st.pool, st.steps):
             if pool is not None:
                 pool.close()
@@ -364,7 +371,7 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
             synced_last_round: bool, by_name: dict[str, NodeData], weights: dict[str, float],
             fed_round: list[int], fed_step: list[int], on_round: Callable[[dict[str, Any]], None] | None,
             keep_traces: bool, evaluate: Callable[[Setup], dict[str, float]] | None,
-            checkpoint_dir: Path | None) -> tuple[list[dict[str, Any]], Totals, dict[str, float], list]:
+            checkpoint_dir: Path | None, writer: checkpoint.Writer | None = None) -> tuple[list[dict[str, Any]], Totals, dict[str, float], list]:
     """Rounds ``first`` .. last of :func:`run`."""
     scn, eng, topo, plan, tr = st.scn, st.engine, st.topo, st.plan, st.scn.training
     train = list(by_name.values())
@@ -434,7 +441,8 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
         if checkpoint_dir is not None and tr.checkpoint_every and (rnd % tr.checkpoint_every == 0
                                                                    or rnd == tr.rounds or stop):
             checkpoint.save(checkpoint_dir / checkpoint.FILENAME, scenario_sha256=scn.digest(), round_index=rnd,
-                            rows=rows, totals=totals, last_eval=ev, synced=synced_last_round, eng=eng)
+                            rows=rows, totals=totals, last_eval=ev, synced=synced_last_round, eng=eng,
+                            writer=writer)
         if on_round:
             on_round(row)
         if stop:

@@ -29,7 +29,7 @@ class StepRecord:
     __slots__ = ("rep", "inp", "out", "members", "out_keys", "sizes", "dim", "fwd_ev", "bwd_flops", "labels",
                  "vec", "stage", "index")
 
-    def __init__(self, rep: Any, inp: Any, out: Any, members: list[str], out_keys: list[str], sizes: list[int],
+    def __init__(self, rep: Any, inp: Any, out: Any, members: list[str], out_keys: list[str], sizes: list[int] | None,
                  dim: int, fwd_ev: Any, bwd_flops: int, labels: list[tuple[Any, Any]] | None = None,
                  vec: Any = None, stage: int = 0, index: int = 0) -> None:
         self.rep = rep            # the replica (its ``host`` and ``last_update``)
@@ -37,7 +37,7 @@ class StepRecord:
         self.out = out            # its output
         self.members = members    # the streams (data nodes) it joined, in order
         self.out_keys = out_keys  # the streams its output flows on as (one for a feature junction)
-        self.sizes = sizes        # each member's extent along ``dim``
+        self.sizes = sizes        # each member's extent along ``dim`` (None for a single member)
         self.dim = dim            # the dimension the members were joined on
         self.fwd_ev = fwd_ev
         self.bwd_flops = bwd_flops
@@ -148,8 +148,9 @@ def _forward(r: StepRunner, s: int, last: int, carry: dict[str, tuple[Any, str, 
         inp, out, f_fwd, f_bwd = r.step_forward(s, ridx, rep, parts, dim, got)
         fwd_ev = compute(host, f_fwd, evs, "fwd", label)
         out_keys = members[:1] if join_features else members
-        rec = StepRecord(rep, inp, out, members, out_keys, r.step_sizes(parts, dim), dim, fwd_ev, f_bwd,
-                         vec=got, stage=s, index=ridx)
+        # (sizes: only where several streams were joined, the one case that splits)
+        rec = StepRecord(rep, inp, out, members, out_keys, r.step_sizes(parts, dim) if len(parts) > 1 else None,
+                         dim, fwd_ev, f_bwd, None, got, s, ridx)
         if s == last:  # labels travel from their owner to the loss
             rec.labels = [move(r.step_labels(m), m, host, "labels", [ready.get(m)], label) for m in out_keys]
         saved.append(rec)

@@ -60,7 +60,8 @@ class ShapeWalk:
     def step(self, batch: Sequence[tuple[str, int]]) -> None:
         """The program's ``Step``: ``batch`` = [(node, batch index)] (see :meth:`train_step`)."""
         sizes = self.sizes
-        self.train_step([(n, sizes[n][t]) for n, t in batch])
+        self._sizes = {n: sizes[n][t] for n, t in batch}
+        walk_step(self, self._sizes)
 
     def step_sync(self, s: int, names: Sequence[str]) -> None:
         """The program's ``StepSync``: step-level FedAvg, as the simulator's runner does it."""

@@ -31,6 +31,8 @@ class TensorStep:
     """``Engine`` mixin: ``train_step`` and the step runner's hooks (see ``flexpl.step.StepRunner``)."""
 
     _batch: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    step_arithmetic = True  # (flexpl.step.StepRunner)
+    step_nbytes = None  # (values are moved by step_move, through the transport)
 
     def train_step(self, batch: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, int]:
         """One training step for the data nodes in ``batch`` (node -> (x, y)), through every stage.
@@ -52,13 +54,13 @@ class TensorStep:
 
     # ------------------------------------------------------------ forward
 
-    def step_stream(self, node: str) -> torch.Tensor:
-        """Node ``node``'s input batch."""
-        return self._batch[node][0]
+    def step_streams(self, nodes: list[str]) -> list[torch.Tensor]:
+        """Each node's input batch."""
+        return [self._batch[n][0] for n in nodes]
 
-    def step_labels(self, node: str) -> torch.Tensor:
-        """Node ``node``'s labels."""
-        return self._batch[node][1]
+    def step_labels(self, nodes: list[str]) -> list[torch.Tensor]:
+        """Each node's labels."""
+        return [self._batch[n][1] for n in nodes]
 
     def step_move(self, value: torch.Tensor, src: str, dst: str, kind: str, deps: list, label: str
                   ) -> tuple[torch.Tensor, Event]:
@@ -100,9 +102,9 @@ class TensorStep:
 
     # ------------------------------------------------------------ backward
 
-    def step_backprop(self, s: int, rec: StepRecord) -> bool:
-        """A gradient flows into the output (chunks only hold stages with weights)."""
-        return rec.vec is not None or rec.out.requires_grad
+    def step_backprop(self, s: int, recs: list[StepRecord]) -> list[bool]:
+        """Whether a gradient flows into each output (chunks only hold stages with weights)."""
+        return [rec.vec is not None or rec.out.requires_grad for rec in recs]
 
     def step_backward(self, s: int, rec: StepRecord, grads: list[torch.Tensor] | None,
                       pending: dict[str, tuple[torch.Tensor, str, Event]]) -> tuple[float, int]:
@@ -133,8 +135,12 @@ class TensorStep:
             self.opt_step(rep)
         return loss_sum, n_samples
 
-    def step_input_grads(self, rec: StepRecord) -> list[torch.Tensor] | None:
-        """The input's gradient per member (a chunk's row, or split back); None if the input needs none."""
+    def step_input_grads(self, s: int, recs: list[StepRecord]) -> list[list[torch.Tensor] | None]:
+        """Each input's gradient per member (a chunk's row, or split back); None where the input needs none."""
+        return [self._input_grad(rec) for rec in recs]
+
+    @staticmethod
+    def _input_grad(rec: StepRecord) -> list[torch.Tensor] | None:
         chunk = rec.vec[0] if rec.vec else None
         if chunk is not None:
             return None if chunk.in_grads is None else [chunk.in_grads[rec.vec[1]]] * len(rec.members)

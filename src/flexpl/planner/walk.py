@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from flexpl.step import train_step as walk_step
+
+prod = math.prod
 
 if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
     from flexpl.costs.trace import Compressed, Recorder
@@ -43,6 +46,8 @@ class ShapeWalk:
         self.layout, self.replicas, self.recorder = ctx.layout, self.reps, self.rec
         self.opt_flops, self.features, self.junction_stage = ctx.opt_flops, ctx.features, ctx.junction_stage
         self._sizes: dict[str, int] = {}
+        self._out_grad, self._input_grad = ctx.out_grad, ctx.input_grad
+        self._probe, self._x_bytes = ctx.probe, math.prod(ctx.in_shape) * ctx.x_esize
         self.global_ev: dict[Any, int | None] = {}
         for s in ctx.fed_round + ctx.fed_step:  # per stage, or per (stage, group head) for sync scope "group"
             if ctx.layout.grouped(s):
@@ -75,32 +80,31 @@ class ShapeWalk:
 
     # -------------------------------------------------------------- the step runner (flexpl.step): shapes
 
-    def step_stream(self, node: str) -> tuple[tuple[int, ...], int]:
-        """Node ``node``'s input batch: (shape, element size)."""
-        return (self._sizes[node], *self.ctx.in_shape), self.ctx.x_esize
+    # values are (shape, bytes): moving one records its bytes (the walker does it: step_move is None)
+    step_move = None
+    step_nbytes = itemgetter(1)
 
-    def step_labels(self, node: str) -> tuple[tuple[int, ...], int]:
-        """Node ``node``'s labels: (shape, element size)."""
-        return (self._sizes[node],), self.ctx.y_esize
+    def step_streams(self, nodes: Sequence[str]) -> list[tuple[tuple[int, ...], int]]:
+        """Each node's input batch: (shape, bytes)."""
+        sizes, shape, per = self._sizes, self.ctx.in_shape, self._x_bytes
+        return [((sizes[n], *shape), sizes[n] * per) for n in nodes]
 
-    def step_move(self, value: tuple[tuple[int, ...], int], src: str, dst: str, kind: str, deps: list,
-                  label: str) -> tuple[tuple[tuple[int, ...], int], int | None]:
-        """Record the transfer of ``value``'s bytes."""
-        return value, self.rec.transfer(src, dst, math.prod(value[0]) * value[1], deps, kind, label)
+    def step_labels(self, nodes: Sequence[str]) -> list[tuple[tuple[int, ...], int]]:
+        """Each node's labels: (shape, bytes)."""
+        sizes, per = self._sizes, self.ctx.y_esize
+        return [((sizes[n],), sizes[n] * per) for n in nodes]
 
-    def step_pre(self, s: int, groups: dict, carry: dict, last: bool) -> dict:
-        """Nothing runs ahead."""
-        return {}
+    step_pre = None  # nothing runs ahead
 
     def step_forward(self, s: int, ridx: int, rep: _Rep, parts: list[tuple[tuple[int, ...], int]], dim: int,
                      pre: Any) -> tuple[tuple[int, ...], tuple[tuple[int, ...], int], int, int]:
         """Stage ``s``'s probe on the joined input shape; keeps the largest saved activations per replica."""
         inp = parts[0][0] if len(parts) == 1 else _cat([p[0] for p in parts], dim)
-        pr = self.ctx.probe(s, inp)
+        pr = self._probe(s, inp)
         key = (s, ridx)
         if pr.saved_bytes > self.activations.get(key, -1):
             self.activations[key] = pr.saved_bytes
-        return inp, (pr.out_shape, pr.out_esize), pr.fwd, pr.bwd
+        return inp, (pr.out_shape, prod(pr.out_shape) * pr.out_esize), pr.fwd, pr.bwd
 
     def step_sizes(self, parts: list[tuple[tuple[int, ...], int]], dim: int) -> list[int]:
         """Each part's extent along ``dim``."""
@@ -108,26 +112,37 @@ class ShapeWalk:
 
     def step_split(self, out: tuple[tuple[int, ...], int], sizes: list[int]) -> list[tuple[tuple[int, ...], int]]:
         """``out`` split on dimension 0."""
-        shape, esize = out
-        return [((n, *shape[1:]), esize) for n in sizes]
+        shape, nbytes = out
+        per = nbytes // shape[0]  # bytes per sample
+        return [((n, *shape[1:]), n * per) for n in sizes]
 
-    def step_backprop(self, s: int, rec: StepRecord) -> bool:
-        """Whether stage ``s``'s output takes a gradient."""
-        return self.ctx.out_grad[s]
+    def step_backprop(self, s: int, recs: list[StepRecord]) -> list[bool]:
+        """Whether stage ``s``'s output takes a gradient (the same for all its replicas)."""
+        return [self._out_grad[s]] * len(recs)
+
+    step_arithmetic = False  # no loss, no backward pass: the walker skips step_backward
 
     def step_backward(self, s: int, rec: StepRecord, grads: Any, pending: dict) -> tuple[float, int]:
-        """No arithmetic, no loss counted."""
+        """No arithmetic, no loss counted (not called: ``step_arithmetic`` is False)."""
         return 0.0, 0
 
-    def step_input_grads(self, rec: StepRecord) -> list[tuple[tuple[int, ...], int]] | None:
-        """The input's gradient shape per member, if stage ``rec.stage`` sends one back."""
-        c = self.ctx
-        if not c.input_grad[rec.stage]:
+    def step_input_grads(self, s: int, recs: list[StepRecord]) -> list[list[tuple[tuple[int, ...], int]]] | None:
+        """The input's gradient (shape, bytes) per member of each of ``recs``, if stage ``s`` sends one back."""
+        if not self._input_grad[s]:
             return None
-        inp = rec.inp
-        if len(rec.members) == 1:
-            return [(inp, c.act_esize)]
-        return [(_with(inp, rec.dim, n), c.act_esize) for n in rec.sizes]
+        esize = self.ctx.act_esize
+        out = []
+        for rec in recs:
+            inp = rec.inp
+            if len(rec.members) == 1:
+                out.append([(inp, prod(inp) * esize)])
+                continue
+            pieces = []
+            for n in rec.sizes:
+                piece = _with(inp, rec.dim, n)
+                pieces.append((piece, prod(piece) * esize))
+            out.append(pieces)
+        return out
 
     def download(self, s: int, names: Sequence[str]) -> None:
         """``Engine.download`` of stage ``s`` to the replicas serving ``names``."""

@@ -147,9 +147,9 @@ def test_the_engine_and_the_planner_walk_one_step_code(monkeypatch):
     seen: list[tuple[str, int]] = []
     forward = S._forward
 
-    def spy(r, s, *args):
-        seen.append((type(r).__name__, s))
-        return forward(r, s, *args)
+    def spy(kit, fwd, s, *args):  # kit[0]: the runner
+        seen.append((type(kit[0]).__name__, s))
+        return forward(kit, fwd, s, *args)
 
     monkeypatch.setattr(S, "_forward", spy)
     scn = digits_star(["training.rounds=1", "engine.executor=sequential"], strategy="sfl")

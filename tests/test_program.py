@@ -133,3 +133,32 @@ def test_sync_rules():
     plan.stages[0].sync.kind = "relay"
     assert R.relays(plan) and R.relay_holder_after(plan, ["a", "b"]) == "b"
     assert R.relay_holder_after(_plan("lockstep", []), ["a", "b"]) is None
+
+
+def test_the_engine_and_the_planner_walk_one_step_code(monkeypatch):
+    """``Engine.train_step`` and the planner's ``ShapeWalk`` are both runners of ``flexpl.step``: every
+    stage of every step goes through its one walker, so a change to the step changes both."""
+    from flexpl import planner as P
+    from flexpl import step as S
+    from flexpl.engine.simulator import run, setup
+
+    from .conftest import digits_star
+
+    seen: list[tuple[str, int]] = []
+    forward = S._forward
+
+    def spy(kit, fwd, s, *args):  # kit[0]: the runner
+        seen.append((type(kit[0]).__name__, s))
+        return forward(kit, fwd, s, *args)
+
+    monkeypatch.setattr(S, "_forward", spy)
+    scn = digits_star(["training.rounds=1", "engine.executor=sequential"], strategy="sfl")
+    st = setup(scn)
+    run(scn, st=st, evaluate=lambda st: {})
+    engine_stages = {s for who, s in seen if who == "Engine"}
+    seen.clear()
+    planner = P.Planner(scn, dataset=st.data)
+    planner.predict(P.Candidate("own", scn.strategy, None, "own"))
+    planner_stages = {s for who, s in seen if who == "ShapeWalk"}
+    assert engine_stages == planner_stages == set(range(len(st.plan.stages)))
+    assert len(st.plan.stages) == 2

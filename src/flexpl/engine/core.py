@@ -5,17 +5,14 @@ offers the operations a round is made of: ``train_step`` (forward through the st
 loss, backward, optimizer steps), ``download``/``upload`` (FedAvg), ``relay`` (split
 learning) and ``collect_data`` (centralized). Tensors cross node boundaries only through
 the transport, so the same code serves the simulator and the distributed backend, and
-every crossing and every forward/backward is recorded for the cost model.
-
-[Note: stage boundaries] Each stage's input is detached and made a leaf, so a stage's
-backward stops at its input and the input's gradient is what travels back to the
-previous stage, exactly as it would over a network.
+every crossing and every forward/backward is recorded for the cost model. The step is
+walked by ``flexpl.step`` (as the planner walks it on shapes); its tensor hooks are in
+``flexpl.engine.tensor_step`` (see [Note: stage boundaries] there).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,9 +37,11 @@ from flexpl.engine.replica import (  # noqa: F401 (re-exported: their old home)
     meta_copy,
     shell_copy,
 )
+from flexpl.engine.tensor_step import TensorStep
 from flexpl.engine.working import WorkingModel, WorkingModels, working_stages
 from flexpl.models import BlockModel, count_params
 from flexpl.plan import Layout, Replica
+from flexpl.step import StepRecord  # noqa: F401 (re-exported: its old home)
 
 
 def stage_module(full: BlockModel, start: int, end: int) -> BlockModel:
@@ -84,23 +83,6 @@ class ReplicaState:
 
 
 @dataclass
-class StepRecord:
-    """What one forward pass left for the backward pass, per replica."""
-
-    rep: ReplicaState
-    inp: torch.Tensor
-    out: torch.Tensor
-    members: list[str]
-    out_keys: list[str]
-    sizes: list[int]
-    dim: int
-    fwd_ev: int
-    bwd_flops: int
-    labels: list[tuple[torch.Tensor, Event]] = field(default_factory=list)
-    vec: tuple[VecChunk, int] | None = None  # vectorized: the chunk this replica ran in, and its row there
-
-
-@dataclass
 class VecChunk:
     """Replicas of one stage run together in one step (by ``vmap`` here, or by worker processes).
 
@@ -123,7 +105,7 @@ class VecChunk:
     remote: Any = None     # the worker pool that runs it (flexpl.engine.executor.StepPool), or None
 
 
-class Engine(WorkingModels, Evaluation):
+class Engine(TensorStep, WorkingModels, Evaluation):
     """Run state of a plan on a topology, and the operations rounds are built from."""
 
     # the training loss and the FedAvg stages' aggregation rule (set per run by flexpl.engine.extend.configure)
@@ -240,150 +222,7 @@ class Engine(WorkingModels, Evaluation):
                     self.group_global[(s, agg)] = m if self.is_local(agg) else m.to("meta")
         self.group_ev: dict[tuple[int, str], Event] = dict.fromkeys(self.group_global)
 
-    # ------------------------------------------------------------ the training step
-
-    def train_step(self, batch: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, int]:
-        """One training step for the data nodes in ``batch`` (node -> (x, y)), through every stage.
-
-        Streams that meet at a replica are joined (batch: stacked; features: concatenated
-        on dimension 1), run once, and the input gradient is split back. Returns the summed
-        training loss and the number of samples.
-        """
-        stages = self.plan.stages
-        last = len(stages) - 1
-        carry: dict[str, tuple[torch.Tensor, str, Event]] = {
-            n: (x, n, self.stream_ready.get(n)) for n, (x, _) in batch.items()}
-        saved: list[list[StepRecord]] = [[] for _ in stages]
-        for s in range(len(stages)):
-            carry = self._forward_stage(s, last, carry, batch, saved[s])
-
-        loss_sum, n_samples = 0.0, 0
-        pending: dict[str, tuple[torch.Tensor, str, Event]] = {}
-        for s in range(last, -1, -1):
-            pending, stage_loss, stage_n = self._backward_stage(s, last, saved[s], pending, batch)
-            loss_sum += stage_loss
-            n_samples += stage_n
-        if not math.isfinite(loss_sum):  # where it started: the first stage whose output is not finite
-            self.bad_stage = next((s for s in range(len(stages)) for rec in saved[s]
-                                   if not rec.out.is_meta and not bool(torch.isfinite(rec.out.detach()).all())), last)
-        return loss_sum, n_samples
-
-    def _forward_stage(self, s: int, last: int, carry: dict[str, tuple[torch.Tensor, str, Event]],
-                       batch: dict[str, tuple[torch.Tensor, torch.Tensor]], saved: list[StepRecord]
-                       ) -> dict[str, tuple[torch.Tensor, str, Event]]:
-        """Stage ``s`` of a step's forward pass: join the streams at each replica, run it, record it in
-        ``saved``; returns what flows on (node -> (output, where, event))."""
-        groups: dict[int, list[str]] = {}
-        for m in carry:
-            groups.setdefault(self.layout.serves[s][m], []).append(m)
-        join_features = self.features and s == self.junction_stage
-        dim = 1 if join_features else 0
-        # replicas that run side by side: in worker processes (flexpl.engine.executor.StepPool) or vmapped
-        vec: dict[int, tuple[VecChunk, int]] = {}
-        if not join_features and self.remote is not None:
-            vec = self.remote.forward(self, s, groups, carry, batch, s == last)
-        elif not join_features and self.vector_chunk:
-            vec = self._vector_forward(s, groups, carry)
-        new_carry: dict[str, tuple[torch.Tensor, str, Event]] = {}
-        for ridx, members in groups.items():
-            rep = self.replicas[s][ridx]
-            if s in self.working and not rep.shape_only:  # [Note: working models]
-                self._bind(s, rep)
-            label = f"s{s}r{ridx}"
-            parts, evs = [], [rep.last_update]
-            for m in members:
-                t, loc, ev = carry[m]
-                t, ev = self.transport.move(t, loc, rep.host, "input" if s == 0 else "activation",
-                                            [ev], label)
-                parts.append(t)
-                evs.append(ev)
-            if ridx in vec:  # already run, stacked with its peers (same arithmetic per replica)
-                chunk, i = vec[ridx]
-                inp, out = chunk.ins[i], chunk.outs[i]
-            else:
-                inp = parts[0] if len(parts) == 1 else torch.cat(parts, dim)
-                inp = inp.detach().requires_grad_(self.input_grad[s])  # [Note: stage boundaries]
-                out = self._shape_out(s, rep.module, inp) if rep.shape_only else rep.module(inp)
-            f_fwd, f_bwd = self.flops.get(s, rep.module, tuple(inp.shape), self.input_grad[s], s == last)
-            fwd_ev = self.recorder.compute(rep.host, f_fwd, evs, "fwd", label)
-            out_keys = members[:1] if join_features else members
-            rec = StepRecord(rep, inp, out, members, out_keys, [p.shape[dim] for p in parts], dim,
-                             fwd_ev, f_bwd, vec=vec.get(ridx))
-            if s == last:  # labels travel from their owner to the loss
-                for m in out_keys:
-                    y = batch[m][1]
-                    rec.labels.append(self.transport.move(y, m, rep.host, "labels",
-                                                          [self.stream_ready.get(m)], label))
-            saved.append(rec)
-            if len(out_keys) == 1:
-                new_carry[out_keys[0]] = (out, rep.host, fwd_ev)
-            else:
-                for m, piece in zip(out_keys, out.split(rec.sizes, 0)):
-                    new_carry[m] = (piece, rep.host, fwd_ev)
-        return new_carry
-
-    def _backward_stage(self, s: int, last: int, recs: list[StepRecord],
-                        pending: dict[str, tuple[torch.Tensor, str, Event]],
-                        batch: dict[str, tuple[torch.Tensor, torch.Tensor]]
-                        ) -> tuple[dict[str, tuple[torch.Tensor, str, Event]], float, int]:
-        """Stage ``s`` of a step's backward pass and optimizer steps, for the replicas in ``recs``;
-        returns the input gradients that flow back (node -> (gradient, where, event)), and the
-        summed loss and samples (last stage only)."""
-        loss_sum, n_samples = 0.0, 0
-        next_pending: dict[str, tuple[torch.Tensor, str, Event]] = {}
-        for rec in recs:
-            rep = rec.rep
-            label = f"s{s}r{rep.spec.index}"
-            chunk = rec.vec[0] if rec.vec else None
-            if chunk is not None and not chunk.done:
-                if chunk.remote is not None:
-                    chunk.remote.backward(self, chunk, pending)
-                else:
-                    self._vector_backward(chunk, last, pending, batch)
-            if s == last:
-                ys = [y for y, _ in rec.labels]
-                y = ys[0] if len(ys) == 1 else torch.cat(ys, 0)
-                if chunk is not None:
-                    loss = chunk.losses[rec.vec[1]]
-                elif rep.shape_only:  # nothing to compute, nothing to count
-                    loss = rec.out
-                else:
-                    loss = self.loss_fn(rec.out, y)
-                    loss.backward()
-                evs = [rec.fwd_ev] + [ev for _, ev in rec.labels]
-                if not loss.is_meta:
-                    loss_sum += float(loss.detach()) * int(y.shape[0])
-                    n_samples += int(y.shape[0])
-            elif chunk is not None or rec.out.requires_grad:  # (chunks only hold stages with weights)
-                grads, evs = [], [rec.fwd_ev]
-                for m in rec.out_keys:
-                    g, loc, gev = pending[m]
-                    g, ev = self.transport.move(g, loc, rep.host, "gradient", [gev], label)
-                    grads.append(g)
-                    evs.append(ev)
-                if chunk is None and not rep.shape_only:
-                    rec.out.backward(grads[0] if len(grads) == 1 else torch.cat(grads, 0))
-            else:  # a stage with no parameters fed by raw data: nothing flows back
-                for m in rec.members:
-                    self.stream_ready[m] = rec.fwd_ev
-                continue
-            bwd_ev = self.recorder.compute(rep.host, rec.bwd_flops + self.opt_flops[s], evs, "bwd", label)
-            if rep.opt is not None and not rep.shape_only and not (chunk is not None and chunk.stepped):
-                self.opt_step(rep)
-            rep.last_update = bwd_ev
-            if chunk is not None and chunk.in_grads is not None:
-                for m in rec.members:
-                    next_pending[m] = (chunk.in_grads[rec.vec[1]], rep.host, bwd_ev)
-            elif chunk is None and rec.inp.requires_grad:
-                gi = torch.empty(rec.inp.shape, dtype=rec.inp.dtype, device="meta") if rep.shape_only \
-                    else rec.inp.grad
-                pieces = [gi] if len(rec.members) == 1 else gi.split(rec.sizes, rec.dim)
-                for m, piece in zip(rec.members, pieces):
-                    next_pending[m] = (piece, rep.host, bwd_ev)
-            else:
-                for m in rec.members:
-                    self.stream_ready[m] = bwd_ev
-        return next_pending, loss_sum, n_samples
+    # ------------------------------------------------------------ the training step (flexpl.step, engine.tensor_step)
 
     def set_round(self, rnd: int, rounds: int) -> float:
         """Set the learning rate every optimizer step of round ``rnd`` uses; returns it."""

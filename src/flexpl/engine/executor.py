@@ -29,13 +29,15 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.multiprocessing  # noqa: F401  (shares tensors sent through pipes via shared memory)
 from torch import nn
+
+from flexpl.engine.runner import TensorRunner
 
 if TYPE_CHECKING:
     from flexpl.config import Scenario
@@ -343,39 +345,57 @@ class ProcessPool(_Workers):
         arithmetic at once, on one thread as the workers). So the trace is the sequential one,
         and the walk costs only what the workers leave to this process.
         """
-        from flexpl import faults
+        from flexpl.program import step_blocks, walk
 
         eng.expect_round(work)
         order = eng.claim_order(work)
         payload = [(n, [b.numpy() for b in plan_batches[n]]) for n in order]
         for conn in self.conns:
             conn.send(("fold", payload, work))
-        queue = eng.working[next(iter(eng.working))].sum
+        # the round's program for these clients, node by node in FedAvg order (lockstep, no step-level sync)
+        blocks = step_blocks(eng.plan, order, {n: [len(b) for b in plan_batches[n]] for n in order}, True, [])
         log: list[tuple[list[str], int]] = []
-        mine: dict[str, list[tuple[float, int]]] = {}
-        seen = dict.fromkeys(plan_batches, 0)
-        joint = 0
-        with threads(1):
-            for k, n in enumerate(order):
-                with queue.cond:  # take it if no worker has
-                    took = int(queue.ctl[1]) == k
-                    if took:
-                        queue.ctl[1] = k + 1
-                nd = self.by_name[n] if took else self.meta[n]
-                with (nullcontext() if took else eng.shadow({n})):
-                    for t, idx in enumerate(plan_batches[n]):
-                        res = eng.train_step({n: nd.batch(idx)})
-                        if took:
-                            mine.setdefault(n, []).append(res)
-                        seen[n] += len(idx)
-                        log.append(([n], t))
-                        joint += 1
-                        faults.after_train_step(rnd, joint)  # test hook (flexpl.faults): killed mid-round
+        with threads(1), ExitStack() as stack:
+            runner = _Claiming(eng, self, plan_batches, rnd, log, order, stack)
+            walk(blocks, runner)
+            stack.close()
             eng.flush_working()
-        losses = dict(mine)
+        losses = dict(runner.mine)
         for w in range(len(self.conns)):
             losses.update(self._recv(w)[1])
-        return (*_sum_losses(log, losses), seen)
+        return (*_sum_losses(log, losses), runner.seen)
+
+
+class _Claiming(TensorRunner):
+    """``ProcessPool._train_with_workers``'s runner: at a client's first step, take it if no worker has
+    (train it: trace and arithmetic), else walk its steps on shapes (``Engine.shadow``)."""
+
+    def __init__(self, eng: Engine, pool: ProcessPool, plan_batches: dict[str, list[torch.Tensor]], rnd: int,
+                 log: list[tuple[list[str], int]], order: list[str], stack: ExitStack) -> None:
+        super().__init__(eng, pool.by_name, plan_batches, rnd, log)
+        self.pool, self.stack = pool, stack
+        self.queue = eng.working[next(iter(eng.working))].sum
+        self.pos = {n: k for k, n in enumerate(order)}
+        self.current: str | None = None
+        self.took = False
+        self.mine: dict[str, list[tuple[float, int]]] = {}
+
+    def step(self, batch: tuple[tuple[str, int], ...]) -> None:
+        """One step of one client (node-major: its steps come one after another)."""
+        n = batch[0][0]
+        if n != self.current:
+            self.stack.close()  # the previous client's shapes-only walk ends
+            self.current, k = n, self.pos[n]
+            with self.queue.cond:  # take it if no worker has
+                self.took = int(self.queue.ctl[1]) == k
+                if self.took:
+                    self.queue.ctl[1] = k + 1
+            self.by_name = self.pool.by_name if self.took else self.pool.meta
+            if not self.took:
+                self.stack.enter_context(self.eng.shadow({n}))
+        super().step(batch)
+        if self.took:
+            self.mine.setdefault(n, []).append(self.last_step)
 
 
 def _sum_losses(log: list[tuple[list[str], int]], losses: dict[str, list[tuple[float, int]]]) -> tuple[float, int]:

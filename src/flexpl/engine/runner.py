@@ -31,24 +31,29 @@ class TensorRunner:
     ``plan_batches``: each node's batches (sample indices) this round, as ``Step`` indexes
     them; ``reachable``: nodes a download also reaches (and is thrown away on) although they
     do not train; ``keep``: the upload's deadline check (see ``Engine.upload``); ``log``
-    receives the (nodes, batch index) of every step, in order.
+    receives the (nodes, batch index) of every step, in order; ``nodes``: the data nodes a
+    ``Collect`` ships from.
     """
 
     def __init__(self, eng: Engine, by_name: dict[str, NodeData] | None = None,
                  plan_batches: dict[str, list[torch.Tensor]] | None = None, rnd: int = 0,
                  log: list[tuple[list[str], int]] | None = None, reachable: Sequence[str] | None = None,
-                 keep: Callable[..., Any] | None = None, seen: dict[str, int] | None = None) -> None:
+                 keep: Callable[..., Any] | None = None, seen: dict[str, int] | None = None,
+                 nodes: Sequence[NodeData] = ()) -> None:
         self.eng = eng
+        self.nodes = list(nodes)
+        self.collected: NodeData | None = None
         self.by_name = by_name or {}
         self.plan_batches = plan_batches or {}
         self.rnd, self.log = rnd, log
         self.reachable, self.keep = reachable, keep
         self.seen: dict[str, int] = dict.fromkeys(self.plan_batches, 0) if seen is None else seen
         self.loss_sum, self.n_sum, self.joint = 0.0, 0, 0
+        self.last_step: tuple[float, int] = (0.0, 0)  # the last step's (loss sum, samples)
 
     def collect(self, dst: str) -> None:
-        """Not part of a simulated round: ``simulator.run`` collects once, before the rounds (its result is the data)."""
-        raise RuntimeError("internal error: the simulator collects data in run(), not in a round's program")
+        """Every data node of ``nodes`` ships its samples and labels to ``dst``; their union there is ``collected``."""
+        self.collected = self.eng.collect(self.nodes, dst)
 
     def download(self, s: int, names: Sequence[str]) -> None:
         """Stage ``s`` to the replicas of ``names``; also to those only ``reachable`` (thrown away)."""
@@ -71,7 +76,7 @@ class TensorRunner:
             idx = self.plan_batches[n][t]
             data[n] = self.by_name[n].batch(idx)  # read from the whole training set: no copy of the node's rows
             self.seen[n] += len(idx)
-        ls, ns = self.eng.train_step(data)
+        ls, ns = self.last_step = self.eng.train_step(data)
         if self.log is not None:
             self.log.append((names, batch[-1][1]))
         self.loss_sum, self.n_sum, self.joint = self.loss_sum + ls, self.n_sum + ns, self.joint + 1

@@ -330,8 +330,14 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
         for row in rows:  # the caller sees every round, restored ones first
             if on_round:
                 on_round(row)
-    # centralized: the server holds the union of the data nodes' samples once they are uploaded (round 1)
-    train = [eng.collect(st.nodes, topo.server, record=first == 1)] if plan.collect_data else st.nodes
+    train = st.nodes
+    if plan.collect_data:  # centralized: the server trains on the union of the data nodes' samples
+        if first == 1:  # round 1's program starts with Collect (once: a round redone after a failure keeps it)
+            runner = TensorRunner(eng, nodes=st.nodes)
+            walk(start_blocks(plan, [], False, collect_to=topo.server), runner)
+            train = [runner.collected]
+        else:  # a resumed run: shipped before the checkpoint
+            train = [eng.collect(st.nodes, topo.server, record=False)]
     by_name = {nd.name: nd for nd in train}
     weights = {nd.name: float(len(nd)) for nd in train}
     fed_round = [s for s, x in enumerate(plan.stages) if x.sync.kind == "fedavg" and x.sync.unit == "round"]

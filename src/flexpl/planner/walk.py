@@ -5,11 +5,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
+
+from flexpl.step import train_step as walk_step
+
+prod = math.prod
 
 if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
     from flexpl.costs.trace import Compressed, Recorder
     from flexpl.planner.context import PlanContext
+    from flexpl.step import StepRecord
 
 
 @dataclass
@@ -36,6 +42,12 @@ class ShapeWalk:
         self.ctx = ctx
         self.rec: Recorder = Recorder(ctx.topo)
         self.reps = [[_Rep(r.host) for r in reps] for reps in ctx.layout.replicas]
+        # what the step walker (flexpl.step) reads
+        self.layout, self.replicas, self.recorder = ctx.layout, self.reps, self.rec
+        self.opt_flops, self.features, self.junction_stage = ctx.opt_flops, ctx.features, ctx.junction_stage
+        self._sizes: dict[str, int] = {}
+        self._out_grad, self._input_grad = ctx.out_grad, ctx.input_grad
+        self._probe, self._x_bytes = ctx.probe, math.prod(ctx.in_shape) * ctx.x_esize
         self.global_ev: dict[Any, int | None] = {}
         for s in ctx.fed_round + ctx.fed_step:  # per stage, or per (stage, group head) for sync scope "group"
             if ctx.layout.grouped(s):
@@ -53,7 +65,8 @@ class ShapeWalk:
     def step(self, batch: Sequence[tuple[str, int]]) -> None:
         """The program's ``Step``: ``batch`` = [(node, batch index)] (see :meth:`train_step`)."""
         sizes = self.sizes
-        self.train_step([(n, sizes[n][t]) for n, t in batch])
+        self._sizes = {n: sizes[n][t] for n, t in batch}
+        walk_step(self, self._sizes)
 
     def step_sync(self, s: int, names: Sequence[str]) -> None:
         """The program's ``StepSync``: step-level FedAvg, as the simulator's runner does it."""
@@ -61,77 +74,75 @@ class ShapeWalk:
         self.download(s, names)
 
     def train_step(self, batch: Sequence[tuple[str, int]]) -> None:
-        """``Engine.train_step`` for ``batch`` = [(node, batch size)], in batch order."""
-        c, rec = self.ctx, self.rec
-        serves = c.layout.serves
-        last = len(c.stages) - 1
-        sizes_of = dict(batch)
-        carry = {n: ((b, *c.in_shape), c.x_esize, n, self.stream_ready.get(n)) for n, b in batch}
-        saved: list[list[tuple]] = [[] for _ in c.stages]
-        for s in range(len(c.stages)):
-            groups: dict[int, list[str]] = {}
-            for m in carry:
-                groups.setdefault(serves[s][m], []).append(m)
-            dim = 1 if (c.features and s == c.junction_stage) else 0
-            new_carry = {}
-            for ridx, members in groups.items():
-                rep = self.reps[s][ridx]
-                label = f"s{s}r{ridx}"
-                evs = [rep.last_update]
-                parts = []
-                for m in members:
-                    shape, esize, loc, ev = carry[m]
-                    evs.append(rec.transfer(loc, rep.host, math.prod(shape) * esize, [ev],
-                                            "input" if s == 0 else "activation", label))
-                    parts.append(shape)
-                inp = parts[0] if len(parts) == 1 else _cat(parts, dim)
-                pr = c.probe(s, inp)
-                fwd_ev = rec.compute(rep.host, pr.fwd, evs, "fwd", label)
-                key = (s, ridx)
-                if pr.saved_bytes > self.activations.get(key, -1):
-                    self.activations[key] = pr.saved_bytes
-                out_keys = members[:1] if dim == 1 else members
-                sizes = [p[dim] for p in parts]
-                labels = []
-                if s == last:  # labels travel from their owner to the loss
-                    for m in out_keys:
-                        labels.append(rec.transfer(m, rep.host, sizes_of[m] * c.y_esize,
-                                                   [self.stream_ready.get(m)], "labels", label))
-                saved[s].append((rep, ridx, inp, members, out_keys, sizes, dim, fwd_ev, pr.bwd, labels))
-                if len(out_keys) == 1:
-                    new_carry[out_keys[0]] = (pr.out_shape, pr.out_esize, rep.host, fwd_ev)
-                else:
-                    for m, n in zip(out_keys, sizes):
-                        new_carry[m] = ((n, *pr.out_shape[1:]), pr.out_esize, rep.host, fwd_ev)
-            carry = new_carry
+        """``Engine.train_step`` for ``batch`` = [(node, batch size)], in batch order (``flexpl.step``)."""
+        self._sizes = dict(batch)
+        walk_step(self, self._sizes)
 
-        pending: dict[str, tuple] = {}
-        for s in range(last, -1, -1):
-            next_pending = {}
-            for rep, ridx, inp, members, out_keys, sizes, dim, fwd_ev, f_bwd, labels in saved[s]:
-                label = f"s{s}r{ridx}"
-                if s == last:
-                    evs = [fwd_ev, *labels]
-                elif c.out_grad[s]:
-                    evs = [fwd_ev]
-                    for m in out_keys:
-                        g_shape, g_esize, loc, gev = pending[m]
-                        evs.append(rec.transfer(loc, rep.host, math.prod(g_shape) * g_esize, [gev], "gradient",
-                                                label))
-                else:  # a stage with no parameters fed by raw data: nothing flows back
-                    for m in members:
-                        self.stream_ready[m] = fwd_ev
-                    continue
-                bwd_ev = rec.compute(rep.host, f_bwd + c.opt_flops[s], evs, "bwd", label)
-                rep.last_update = bwd_ev
-                if c.input_grad[s]:
-                    for m, n in zip(members, sizes):
-                        piece = inp if len(members) == 1 else _with(inp, dim, n)
-                        next_pending[m] = (piece, c.act_esize, rep.host, bwd_ev)
-                else:
-                    for m in members:
-                        self.stream_ready[m] = bwd_ev
-            pending = next_pending
+    # -------------------------------------------------------------- the step runner (flexpl.step): shapes
+
+    # values are (shape, bytes): moving one records its bytes (the walker does it: step_move is None)
+    step_move = None
+    step_nbytes = itemgetter(1)
+
+    def step_streams(self, nodes: Sequence[str]) -> list[tuple[tuple[int, ...], int]]:
+        """Each node's input batch: (shape, bytes)."""
+        sizes, shape, per = self._sizes, self.ctx.in_shape, self._x_bytes
+        return [((sizes[n], *shape), sizes[n] * per) for n in nodes]
+
+    def step_labels(self, nodes: Sequence[str]) -> list[tuple[tuple[int, ...], int]]:
+        """Each node's labels: (shape, bytes)."""
+        sizes, per = self._sizes, self.ctx.y_esize
+        return [((sizes[n],), sizes[n] * per) for n in nodes]
+
+    step_pre = None  # nothing runs ahead
+
+    def step_forward(self, s: int, ridx: int, rep: _Rep, parts: list[tuple[tuple[int, ...], int]], dim: int,
+                     pre: Any) -> tuple[tuple[int, ...], tuple[tuple[int, ...], int], int, int]:
+        """Stage ``s``'s probe on the joined input shape; keeps the largest saved activations per replica."""
+        inp = parts[0][0] if len(parts) == 1 else _cat([p[0] for p in parts], dim)
+        pr = self._probe(s, inp)
+        key = (s, ridx)
+        if pr.saved_bytes > self.activations.get(key, -1):
+            self.activations[key] = pr.saved_bytes
+        return inp, (pr.out_shape, prod(pr.out_shape) * pr.out_esize), pr.fwd, pr.bwd
+
+    def step_sizes(self, parts: list[tuple[tuple[int, ...], int]], dim: int) -> list[int]:
+        """Each part's extent along ``dim``."""
+        return [p[0][dim] for p in parts]
+
+    def step_split(self, out: tuple[tuple[int, ...], int], sizes: list[int]) -> list[tuple[tuple[int, ...], int]]:
+        """``out`` split on dimension 0."""
+        shape, nbytes = out
+        per = nbytes // shape[0]  # bytes per sample
+        return [((n, *shape[1:]), n * per) for n in sizes]
+
+    def step_backprop(self, s: int, recs: list[StepRecord]) -> list[bool]:
+        """Whether stage ``s``'s output takes a gradient (the same for all its replicas)."""
+        return [self._out_grad[s]] * len(recs)
+
+    step_arithmetic = False  # no loss, no backward pass: the walker skips step_backward
+
+    def step_backward(self, s: int, rec: StepRecord, grads: Any, pending: dict) -> tuple[float, int]:
+        """No arithmetic, no loss counted (not called: ``step_arithmetic`` is False)."""
+        return 0.0, 0
+
+    def step_input_grads(self, s: int, recs: list[StepRecord]) -> list[list[tuple[tuple[int, ...], int]]] | None:
+        """The input's gradient (shape, bytes) per member of each of ``recs``, if stage ``s`` sends one back."""
+        if not self._input_grad[s]:
+            return None
+        esize = self.ctx.act_esize
+        out = []
+        for rec in recs:
+            inp = rec.inp
+            if len(rec.members) == 1:
+                out.append([(inp, prod(inp) * esize)])
+                continue
+            pieces = []
+            for n in rec.sizes:
+                piece = _with(inp, rec.dim, n)
+                pieces.append((piece, prod(piece) * esize))
+            out.append(pieces)
+        return out
 
     def download(self, s: int, names: Sequence[str]) -> None:
         """``Engine.download`` of stage ``s`` to the replicas serving ``names``."""

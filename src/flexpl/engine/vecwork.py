@@ -1,0 +1,275 @@
+"""Vectorized working models: a round's FedAvg clients trained K at a time on one stacked working arena.
+
+[Note: vectorized working models] Where working models apply (``flexpl.engine.working``:
+plain FedAvg every round, optimizers reset on download, every path on its own node, no
+buffers, no failures), ``engine.executor: vectorized`` trains the round's clients in
+chunks of ``engine.vector_chunk``, taken in FedAvg order: the K rows of one stacked arena
+(weights ``[K, *shape]`` and the optimizer state of each row) are loaded with the
+aggregator's weights and zeroed optimizer state, and the clients' local steps run in
+lockstep as batched matmuls (``torch.baddbmm`` over ``[K, out, in]``), one autograd
+pass for the K clients. Rows are ordered by decreasing step count, so the clients still
+training at step ``t`` are a prefix of the rows (a client with fewer batches drops
+out); a step whose batches differ in size (a client's last, short batch) pads them and
+weighs each sample's loss by ``1 / its client's batch size``, so each row's gradient is
+its client's mean-loss gradient. The optimizer steps (SGD with momentum and weight decay,
+Adam; clipping per row and per stage) are torch's single-tensor arithmetic on the stacked
+rows. After the chunk each row is added to the FedAvg sum (``flexpl.engine.fold``) at its
+client's position with its sample weight. Memory is K rows, not one per client.
+
+Only the arithmetic is batched: the trace (every transfer, forward, backward, upload and
+aggregation, with its FLOPs, bytes and clock) is recorded by the engine's own step code
+walking the round on shapes (``Engine.shadow``), as for worker processes, so it is the
+sequential engine's. Weights agree with the sequential engine to float round-off
+([Note: mode equivalence]). The walk runs in this thread while the arithmetic runs in a
+second one (torch's kernels release the GIL), so on two cores they overlap.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flexpl.engine.arena import alias
+from flexpl.engine.replica import clip_coefficients
+
+if TYPE_CHECKING:
+    from flexpl.config import Scenario
+    from flexpl.engine.core import Engine, NodeData
+    from flexpl.plan import Layout
+
+Op = tuple  # ("linear", weight key, bias key or None) | ("fn", callable) | ("flatten", start, end)
+_POINTWISE = {nn.ReLU: F.relu, nn.Tanh: torch.tanh, nn.Sigmoid: torch.sigmoid}
+
+
+def compile_ops(module: nn.Module, prefix: str = "") -> list[Op] | None:
+    """``module``'s forward as a list of batched operations on ``[K, B, ...]`` tensors, or None when some
+    layer is not one this mode runs (Linear, ReLU, Tanh, Sigmoid, GELU, Flatten, Identity, in
+    ``Sequential`` or ``BlockModel`` containers). Weight keys are ``module``'s parameter names."""
+    from flexpl.models import BlockModel
+
+    if isinstance(module, BlockModel):
+        children: Any = ((f"blocks.{n}", b) for n, b in module.blocks.items())
+    elif isinstance(module, nn.Sequential):
+        children = module.named_children()
+    else:
+        children = None
+    if children is not None:
+        ops: list[Op] = []
+        for name, child in children:
+            sub = compile_ops(child, f"{prefix}{name}.")
+            if sub is None:
+                return None
+            ops += sub
+        return ops
+    if type(module) is nn.Linear:
+        return [("linear", f"{prefix}weight", f"{prefix}bias" if module.bias is not None else None)]
+    if type(module) in _POINTWISE:
+        return [("fn", _POINTWISE[type(module)])]
+    if type(module) is nn.GELU:
+        approx = module.approximate
+        return [("fn", lambda x: F.gelu(x, approximate=approx))]
+    if type(module) is nn.Identity:
+        return []
+    if type(module) is nn.Flatten:
+        # on one sample batch [B, ...]; here [K, B, ...]: non-negative dims move by one
+        start, end = module.start_dim, module.end_dim
+        return [("flatten", start + 1 if start >= 0 else start, end + 1 if end >= 0 else end)]
+    return None
+
+
+def _run_ops(ops: list[Op], params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The compiled forward of K rows: ``x`` is ``[K, B, ...]``, ``params[key]`` is ``[K, *shape]``."""
+    for op in ops:
+        if op[0] == "linear":
+            w = params[op[1]]
+            shape = x.shape
+            x3 = x.reshape(shape[0], -1, shape[-1])
+            y = torch.bmm(x3, w.transpose(1, 2)) if op[2] is None else \
+                torch.baddbmm(params[op[2]].unsqueeze(1), x3, w.transpose(1, 2))
+            x = y.reshape(*shape[:-1], w.shape[1])
+        elif op[0] == "fn":
+            x = op[1](x)
+        else:
+            x = x.flatten(op[1], op[2])
+    return x
+
+
+def fits(scn: Scenario, layout: Layout, stages: list[nn.Module], is_local: Callable[[str], bool] | None) -> bool:
+    """True when ``scn``'s plan trains on working models and every stage can run here, stacked:
+    vectorized runs then train the clients K at a time on one stacked working arena."""
+    from flexpl.engine.working import working_stages
+
+    tr = scn.training
+    if scn.failures.active or tr.aggregator.kind != "fedavg" or tr.loss != "cross_entropy":
+        return False
+    local = is_local or (lambda node: True)
+    work = working_stages(layout, stages, tr.optimizer, local, None)
+    if not work:
+        return False
+    for s, m in enumerate(stages):
+        has = any(True for _ in m.parameters())
+        if (has and s not in work) or any(True for _ in m.buffers()) or compile_ops(m) is None:
+            return False
+        if any(not p.requires_grad for p in m.parameters()):
+            return False
+    return True
+
+
+class VecWork:
+    """Trains a round's working-model clients K at a time (see [Note: vectorized working models])."""
+
+    def __init__(self, eng: Engine, chunk: int) -> None:
+        self.chunk = max(int(chunk), 1)
+        self.stages = sorted(eng.working)
+        self.ops: list[Op] = []
+        self.keys: dict[int, list[str]] = {}  # stage -> its parameter names (its state-dict keys)
+        for s, _ in enumerate(eng.plan.stages):
+            mod = eng.working[s].module if s in eng.working else eng.replicas[s][0].module
+            ops = compile_ops(mod)
+            if ops is None:
+                raise ValueError(f"stage {s} cannot run as stacked working models")
+            self.ops += ops
+            if s in eng.working:
+                self.keys[s] = [n for n, _ in mod.named_parameters()]
+        cfg = eng.opt_cfg
+        self.cfg = cfg
+        k = self.chunk
+        like = {(s, n): p for s in self.stages for n, p in eng.working[s].module.named_parameters()}
+        self.params = {key: torch.zeros((k, *p.shape), dtype=p.dtype) for key, p in like.items()}
+        kinds = ["exp_avg", "exp_avg_sq"] if cfg.name == "adam" else (["momentum_buffer"] if cfg.momentum else [])
+        self.state = {kind: {key: torch.zeros_like(t) for key, t in self.params.items()} for kind in kinds}
+        self.meta: dict[str, NodeData] = {}
+
+    # ------------------------------------------------------------ a round
+
+    def train_round(self, eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[str, list[torch.Tensor]],
+                    walk: Callable[..., tuple[float, int, dict[str, int]]], fed_step: list[int],
+                    rnd: int) -> tuple[float, int, dict[str, int]]:
+        """One round: the clients train stacked (a second thread) while this thread walks the steps on
+        shapes to record the trace (``walk`` is the simulator's ``train_round``). Returns the round's
+        loss sum and samples (summed in the walk's step order, as the sequential engine sums them) and
+        the samples each node saw. ``Engine.expect_round`` must have been called for the round."""
+        from flexpl.engine.executor import _sum_losses, threads
+
+        work = {n: sum(len(b) for b in bs) for n, bs in plan_batches.items()}
+        order = eng.claim_order(work)
+        losses: dict[str, list[tuple[float, int]]] = {}
+        failed: list[BaseException] = []
+
+        def train() -> None:
+            try:
+                for c in range(0, len(order), self.chunk):
+                    self._train_chunk(eng, by_name, plan_batches, order[c:c + self.chunk], losses)
+            except BaseException as exc:  # re-raised in the caller's thread
+                failed.append(exc)
+
+        for n in plan_batches:
+            if n not in self.meta:
+                self.meta[n] = by_name[n].meta()
+        log: list[tuple[list[str], int]] = []
+        with threads(1):
+            worker = threading.Thread(target=train, name="flexpl-vecwork", daemon=True)
+            worker.start()
+            try:
+                with eng.shadow(set(plan_batches)):
+                    _, _, seen = walk(eng, self.meta, plan_batches, fed_step, rnd, log)
+            finally:
+                worker.join()
+        if failed:
+            raise failed[0]
+        loss_sum, n_sum = _sum_losses(log, losses)
+        return loss_sum, n_sum, seen
+
+    def _train_chunk(self, eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[str, list[torch.Tensor]],
+                     names: list[str], losses: dict[str, list[tuple[float, int]]]) -> None:
+        """Train ``names`` (consecutive in FedAvg order) on the stacked rows, then add them to the sums."""
+        rows = sorted(names, key=lambda n: -len(plan_batches[n]))  # stable: still-training rows are a prefix
+        k0 = len(rows)
+        with torch.no_grad():
+            for s in self.stages:
+                glob = eng.global_[s].state_dict()
+                for n in self.keys[s]:
+                    p = self.params[(s, n)][:k0]
+                    p.copy_(glob[n].expand_as(p))
+            for d in self.state.values():
+                for t in d.values():
+                    t[:k0].zero_()
+        lr = float(eng.lr_now[0])
+        counts = [len(plan_batches[n]) for n in rows]
+        for t in range(counts[0] if counts else 0):
+            k = sum(1 for c in counts if c > t)
+            xs, ys = [], []
+            for n in rows[:k]:
+                x, y = by_name[n].batch(plan_batches[n][t])
+                xs.append(x)
+                ys.append(y)
+            sizes = [int(y.shape[0]) for y in ys]
+            leaves = {key: alias(p, slice(0, k)).requires_grad_() for key, p in self.params.items()}
+            named = {n: leaves[(s, n)] for s in self.stages for n in self.keys[s]}
+            if min(sizes) == max(sizes):
+                x, y = torch.stack(xs), torch.stack(ys)
+                out = _run_ops(self.ops, named, x)
+                per = F.cross_entropy(out.reshape(k * sizes[0], -1), y.reshape(-1), reduction="none")
+                row_loss = per.view(k, sizes[0]).mean(1)
+            else:  # pad to the largest batch; each sample weighs 1 / its client's batch size
+                b = max(sizes)
+                x = xs[0].new_zeros((k, b, *xs[0].shape[1:]))
+                y = ys[0].new_zeros((k, b))
+                wt = torch.zeros((k, b), dtype=torch.float32)
+                for i, (xi, yi) in enumerate(zip(xs, ys)):
+                    x[i, :sizes[i]] = xi
+                    y[i, :sizes[i]] = yi
+                    wt[i, :sizes[i]] = 1.0 / sizes[i]
+                out = _run_ops(self.ops, named, x)
+                per = F.cross_entropy(out.reshape(k * b, -1), y.reshape(-1), reduction="none").view(k, b)
+                row_loss = (per * wt).sum(1)
+            row_loss.sum().backward()
+            self._step(k, t + 1, {key: leaf.grad for key, leaf in leaves.items()}, lr)
+            for n, v, m in zip(rows, row_loss.detach().tolist(), sizes):
+                losses.setdefault(n, []).append((0.0 + v * m, m))
+        pos_of = {n: eng.working[self.stages[0]].pos[eng.layout.serves[self.stages[0]][n]] for n in rows}
+        for n in sorted(rows, key=pos_of.__getitem__):  # FedAvg order
+            i = rows.index(n)
+            for s in self.stages:
+                w = eng.working[s]
+                state = {m: self.params[(s, m)][i] for m in self.keys[s]}
+                w.sum.add(w.pos[eng.layout.serves[s][n]], state, lambda s=s: eng.global_[s].state_dict())
+
+    @torch.no_grad()
+    def _step(self, k: int, step: int, grads: dict[tuple[int, str], torch.Tensor], lr: float) -> None:
+        """The optimizer step of rows ``[:k]`` (each one's ``step``-th since its reset), as ``Engine.opt_step``
+        does for one replica: clip each row's gradient over its stage, then torch's single-tensor update."""
+        cfg = self.cfg
+        if cfg.clip_norm is not None:
+            for s in self.stages:
+                keys = [(s, n) for n in self.keys[s]]
+                sq = sum(grads[key].reshape(k, -1).pow(2).sum(1) for key in keys)
+                coef = clip_coefficients(sq.sqrt(), cfg.clip_norm)
+                for key in keys:
+                    g = grads[key]
+                    g.mul_(coef.view((k,) + (1,) * (g.dim() - 1)))
+        for key, full in self.params.items():
+            p, g = full[:k], grads[key]
+            if cfg.name == "adam":
+                beta1, beta2, eps = 0.9, 0.999, 1e-8
+                if cfg.weight_decay:
+                    g = g.add(p, alpha=cfg.weight_decay)
+                m, v = self.state["exp_avg"][key][:k], self.state["exp_avg_sq"][key][:k]
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                step_size = lr / (1 - beta1 ** step)
+                denom = (v.sqrt() / ((1 - beta2 ** step) ** 0.5)).add_(eps)
+                p.addcdiv_(m, denom, value=-step_size)
+                continue
+            if cfg.weight_decay:
+                g = g.add(p, alpha=cfg.weight_decay)
+            if cfg.momentum:
+                buf = self.state["momentum_buffer"][key][:k]
+                buf.mul_(cfg.momentum).add_(g, alpha=1)
+                g = buf
+            p.add_(g, alpha=-lr)

@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flexpl.engine.arena import alias
 from flexpl.engine.replica import clip_coefficients
 
 if TYPE_CHECKING:
@@ -44,11 +43,14 @@ if TYPE_CHECKING:
 
 Op = tuple  # ("linear", weight key, bias key or None) | ("fn", callable) | ("flatten", start, end)
 _POINTWISE = {nn.ReLU: F.relu, nn.Tanh: torch.tanh, nn.Sigmoid: torch.sigmoid}
+# each one's input gradient from its output gradient and its output
+_POINTWISE_GRAD = {F.relu: lambda d, y: d.masked_fill(y <= 0, 0.0), torch.tanh: lambda d, y: d * (1 - y * y),
+                   torch.sigmoid: lambda d, y: d * (y * (1 - y))}
 
 
 def compile_ops(module: nn.Module, prefix: str = "") -> list[Op] | None:
     """``module``'s forward as a list of batched operations on ``[K, B, ...]`` tensors, or None when some
-    layer is not one this mode runs (Linear, ReLU, Tanh, Sigmoid, GELU, Flatten, Identity, in
+    layer is not one this mode runs (Linear, ReLU, Tanh, Sigmoid, Flatten, Identity, in
     ``Sequential`` or ``BlockModel`` containers). Weight keys are ``module``'s parameter names."""
     from flexpl.models import BlockModel
 
@@ -70,9 +72,6 @@ def compile_ops(module: nn.Module, prefix: str = "") -> list[Op] | None:
         return [("linear", f"{prefix}weight", f"{prefix}bias" if module.bias is not None else None)]
     if type(module) in _POINTWISE:
         return [("fn", _POINTWISE[type(module)])]
-    if type(module) is nn.GELU:
-        approx = module.approximate
-        return [("fn", lambda x: F.gelu(x, approximate=approx))]
     if type(module) is nn.Identity:
         return []
     if type(module) is nn.Flatten:
@@ -82,21 +81,49 @@ def compile_ops(module: nn.Module, prefix: str = "") -> list[Op] | None:
     return None
 
 
-def _run_ops(ops: list[Op], params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """The compiled forward of K rows: ``x`` is ``[K, B, ...]``, ``params[key]`` is ``[K, *shape]``."""
+def _forward(ops: list[Op], params: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """The compiled forward of K rows (``x``: ``[K, B, ...]``, ``params[key]``: ``[K, *shape]``), and what
+    the backward needs of each op (its input for a Linear, its output for a pointwise op, the shape for a Flatten)."""
+    saved: list = []
     for op in ops:
         if op[0] == "linear":
             w = params[op[1]]
-            shape = x.shape
-            x3 = x.reshape(shape[0], -1, shape[-1])
+            x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+            saved.append((x3, x.shape))
             y = torch.bmm(x3, w.transpose(1, 2)) if op[2] is None else \
                 torch.baddbmm(params[op[2]].unsqueeze(1), x3, w.transpose(1, 2))
-            x = y.reshape(*shape[:-1], w.shape[1])
+            x = y.reshape(*x.shape[:-1], w.shape[1])
         elif op[0] == "fn":
             x = op[1](x)
+            saved.append(x)
         else:
+            saved.append(x.shape)
             x = x.flatten(op[1], op[2])
-    return x
+    return x, saved
+
+
+def _backward(ops: list[Op], params: dict[str, torch.Tensor], saved: list, dy: torch.Tensor,
+              put: Callable[[str, torch.Tensor, torch.Tensor | None], None]) -> None:
+    """Backward of :func:`_forward` from the output gradient ``dy``: ``put(name, a, b)`` receives each
+    parameter's gradient as ``a @ b`` per row (a Linear's weight: ``dy^T @ input``, what autograd computes
+    for ``F.linear``) or, with ``b`` None, as ``a`` summed over the batch (its bias). The input gradient of
+    a Linear is taken before its weight's ``put`` (which may update the weight in place); none is taken
+    before the first weights."""
+    first = next(i for i, op in enumerate(ops) if op[0] == "linear")
+    for i in range(len(ops) - 1, first - 1, -1):
+        op = ops[i]
+        if op[0] == "linear":
+            x3, shape = saved[i]
+            d3 = dy.reshape(dy.shape[0], -1, dy.shape[-1])
+            dx = torch.bmm(d3, params[op[1]]).reshape(shape) if i > first else None
+            put(op[1], d3.transpose(1, 2), x3)
+            if op[2] is not None:
+                put(op[2], d3, None)
+            dy = dx
+        elif op[0] == "fn":
+            dy = _POINTWISE_GRAD[op[1]](dy, saved[i])
+        else:
+            dy = dy.reshape(saved[i])
 
 
 def fits(scn: Scenario, layout: Layout, stages: list[nn.Module], is_local: Callable[[str], bool] | None) -> bool:
@@ -142,8 +169,14 @@ class VecWork:
         like = {(s, n): p for s in self.stages for n, p in eng.working[s].module.named_parameters()}
         self.params = {key: torch.zeros((k, *p.shape), dtype=p.dtype) for key, p in like.items()}
         kinds = ["exp_avg", "exp_avg_sq"] if cfg.name == "adam" else (["momentum_buffer"] if cfg.momentum else [])
+        self.grads = {key: torch.zeros_like(t) for key, t in self.params.items()}
         self.state = {kind: {key: torch.zeros_like(t) for key, t in self.params.items()} for kind in kinds}
         self.meta: dict[str, NodeData] = {}
+        self.key_of = {n: (s, n) for s in self.stages for n in self.keys[s]}
+        # SGD without weight decay or clipping: each gradient goes straight into the momentum buffer
+        # (``buf = momentum * buf + g`` in one pass) or, without momentum, into the weights
+        plain_sgd = cfg.name == "sgd" and not cfg.weight_decay and cfg.clip_norm is None
+        self.fuse = ("momentum" if cfg.momentum else "weights") if plain_sgd else None
 
     # ------------------------------------------------------------ a round
 
@@ -209,42 +242,93 @@ class VecWork:
                 xs.append(x)
                 ys.append(y)
             sizes = [int(y.shape[0]) for y in ys]
-            leaves = {key: alias(p, slice(0, k)).requires_grad_() for key, p in self.params.items()}
-            named = {n: leaves[(s, n)] for s in self.stages for n in self.keys[s]}
-            if min(sizes) == max(sizes):
-                x, y = torch.stack(xs), torch.stack(ys)
-                out = _run_ops(self.ops, named, x)
-                per = F.cross_entropy(out.reshape(k * sizes[0], -1), y.reshape(-1), reduction="none")
-                row_loss = per.view(k, sizes[0]).mean(1)
-            else:  # pad to the largest batch; each sample weighs 1 / its client's batch size
-                b = max(sizes)
-                x = xs[0].new_zeros((k, b, *xs[0].shape[1:]))
-                y = ys[0].new_zeros((k, b))
-                wt = torch.zeros((k, b), dtype=torch.float32)
-                for i, (xi, yi) in enumerate(zip(xs, ys)):
-                    x[i, :sizes[i]] = xi
-                    y[i, :sizes[i]] = yi
-                    wt[i, :sizes[i]] = 1.0 / sizes[i]
-                out = _run_ops(self.ops, named, x)
-                per = F.cross_entropy(out.reshape(k * b, -1), y.reshape(-1), reduction="none").view(k, b)
-                row_loss = (per * wt).sum(1)
-            row_loss.sum().backward()
-            self._step(k, t + 1, {key: leaf.grad for key, leaf in leaves.items()}, lr)
+            named = {n: self.params[(s, n)][:k] for s in self.stages for n in self.keys[s]}
+            grads = {key: g[:k] for key, g in self.grads.items()}
+            with torch.no_grad():
+                if min(sizes) == max(sizes):
+                    x, y, wt = torch.stack(xs), torch.stack(ys), None
+                else:  # pad to the largest batch; each sample weighs 1 / its client's batch size
+                    b = max(sizes)
+                    x = xs[0].new_zeros((k, b, *xs[0].shape[1:]))
+                    y = ys[0].new_zeros((k, b))
+                    wt = torch.zeros((k, b, 1), dtype=torch.float32)
+                    for i, (xi, yi) in enumerate(zip(xs, ys)):
+                        x[i, :sizes[i]] = xi
+                        y[i, :sizes[i]] = yi
+                        wt[i, :sizes[i]] = 1.0 / sizes[i]
+                out, saved = _forward(self.ops, named, x)
+                logp = torch.log_softmax(out, -1)
+                per = -logp.gather(-1, y.unsqueeze(-1))  # each sample's cross-entropy, [k, B, 1]
+                row_loss = per.mean((1, 2)) if wt is None else (per * wt).sum((1, 2))
+                # d mean-loss / d logits = (softmax - one-hot) / batch size, per row
+                dy = logp.exp_().scatter_add_(-1, y.unsqueeze(-1), per.new_full(per.shape, -1.0))
+                dy = dy.div_(sizes[0]) if wt is None else dy.mul_(wt)
+                _backward(self.ops, named, saved, dy, self._sink(k, grads, lr))
+            self._step(k, t + 1, grads, lr)
             for n, v, m in zip(rows, row_loss.detach().tolist(), sizes):
                 losses.setdefault(n, []).append((0.0 + v * m, m))
-        pos_of = {n: eng.working[self.stages[0]].pos[eng.layout.serves[self.stages[0]][n]] for n in rows}
-        for n in sorted(rows, key=pos_of.__getitem__):  # FedAvg order
-            i = rows.index(n)
-            for s in self.stages:
-                w = eng.working[s]
-                state = {m: self.params[(s, m)][i] for m in self.keys[s]}
-                w.sum.add(w.pos[eng.layout.serves[s][n]], state, lambda s=s: eng.global_[s].state_dict())
+        self._fold(eng, rows)
+
+    @torch.no_grad()
+    def _fold(self, eng: Engine, rows: list[str]) -> None:
+        """Add the chunk's rows (clients ``rows``, the next ones in FedAvg order) to each stage's sum at once:
+        ``acc += coef @ rows`` (the FedAvg sum, summed per chunk: equal to fedavg's to float round-off)."""
+        k = len(rows)
+        for s in self.stages:
+            w = eng.working[s]
+            sm = w.sum
+            glob = lambda s=s: eng.global_[s].state_dict()  # noqa: E731
+            sm._advance(glob)  # positions before the chunk that trained nothing
+            pos = [w.pos[eng.layout.serves[s][n]] for n in rows]
+            if sm.coef is None or int(sm.ctl[0]) != min(pos) or any(
+                    p not in pos and p not in sm.untrained for p in range(min(pos), max(pos) + 1)):
+                raise RuntimeError("vectorized working models: clients out of FedAvg order")
+            if sm.n == 1:
+                sm._fold(pos[0], {m: self.params[(s, m)][0] for m in self.keys[s]})
+            else:
+                coef = torch.tensor([[sm.coef[p] for p in pos]], dtype=torch.float32)
+                for m, acc in sm.acc.items():
+                    rows_m = self.params[(s, m)][:k].reshape(k, -1)
+                    if min(pos) == 0:
+                        torch.mm(coef, rows_m, out=acc.view(1, -1))
+                    else:
+                        acc.view(1, -1).addmm_(coef, rows_m)
+            sm.ctl[0] = max(pos) + 1  # (positions inside the chunk that trained nothing add 0 x weights)
+            sm._advance(glob)
+
+    def _sink(self, k: int, grads: dict[tuple[int, str], torch.Tensor],
+              lr: float) -> Callable[[str, torch.Tensor, torch.Tensor | None], None]:
+        """Where :func:`_backward` puts each gradient of rows ``[:k]``: into ``grads`` (then :meth:`_step`),
+        or fused with the SGD update (see ``self.fuse``)."""
+        mom = self.cfg.momentum
+
+        def put(name: str, a: torch.Tensor, b: torch.Tensor | None) -> None:
+            key = self.key_of[name]
+            if self.fuse is None:
+                if b is None:
+                    torch.sum(a, 1, out=grads[key])
+                else:
+                    torch.bmm(a, b, out=grads[key])
+                return
+            dst = self.state["momentum_buffer"][key][:k] if self.fuse == "momentum" else self.params[key][:k]
+            beta, alpha = (mom, 1.0) if self.fuse == "momentum" else (1.0, -lr)
+            if b is None:
+                dst.mul_(beta).add_(a.sum(1), alpha=alpha)
+            else:
+                dst.baddbmm_(a, b, beta=beta, alpha=alpha)
+        return put
 
     @torch.no_grad()
     def _step(self, k: int, step: int, grads: dict[tuple[int, str], torch.Tensor], lr: float) -> None:
         """The optimizer step of rows ``[:k]`` (each one's ``step``-th since its reset), as ``Engine.opt_step``
         does for one replica: clip each row's gradient over its stage, then torch's single-tensor update."""
         cfg = self.cfg
+        if self.fuse == "weights":  # already applied by the backward
+            return
+        if self.fuse == "momentum":
+            for key, full in self.params.items():
+                full[:k].add_(self.state["momentum_buffer"][key][:k], alpha=-lr)
+            return
         if cfg.clip_norm is not None:
             for s in self.stages:
                 keys = [(s, n) for n in self.keys[s]]

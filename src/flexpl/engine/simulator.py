@@ -159,7 +159,7 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         val = (data.train_x[vidx], data.train_y[vidx])
     return Setup(scn, data, topo, plan, engine, nodes, summarize(data.train_y.numpy(), parts, data.num_classes),
                  count_params(probe), state_bytes(probe), recorder, choice, val=val,
-                 vecwork=vecwork.VecWork(engine, scn.engine.vector_chunk) if stacked_work else None)
+                 vecwork=vecwork.VecWork(engine, scn.engine.vector_chunk, vecwork.thread_count(scn)) if stacked_work else None)
 
 
 @dataclass

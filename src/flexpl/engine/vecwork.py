@@ -26,6 +26,7 @@ second one (torch's kernels release the GIL), so on two cores they overlap.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -147,10 +148,22 @@ def fits(scn: Scenario, layout: Layout, stages: list[nn.Module], is_local: Calla
     return True
 
 
+def thread_count(scn: Scenario) -> int:
+    """Training threads of a vectorized working-model run: ``engine.workers`` (default: the CPU cores), at
+    most ``FLEXPL_WORKERS`` (set by ``flexpl sweep --jobs``)."""
+    import os
+
+    from flexpl.engine.executor import WORKERS_ENV
+
+    cores = os.cpu_count() or 1
+    return max(1, min(scn.engine.workers or cores, int(os.environ.get(WORKERS_ENV) or cores)))
+
+
 class VecWork:
     """Trains a round's working-model clients K at a time (see [Note: vectorized working models])."""
 
-    def __init__(self, eng: Engine, chunk: int) -> None:
+    def __init__(self, eng: Engine, chunk: int, threads: int = 1) -> None:
+        """``chunk`` clients per stacked arena; ``threads`` arenas trained side by side in threads."""
         self.chunk = max(int(chunk), 1)
         self.stages = sorted(eng.working)
         self.ops: list[Op] = []
@@ -165,12 +178,10 @@ class VecWork:
                 self.keys[s] = [n for n, _ in mod.named_parameters()]
         cfg = eng.opt_cfg
         self.cfg = cfg
-        k = self.chunk
-        like = {(s, n): p for s in self.stages for n, p in eng.working[s].module.named_parameters()}
-        self.params = {key: torch.zeros((k, *p.shape), dtype=p.dtype) for key, p in like.items()}
-        kinds = ["exp_avg", "exp_avg_sq"] if cfg.name == "adam" else (["momentum_buffer"] if cfg.momentum else [])
-        self.grads = {key: torch.zeros_like(t) for key, t in self.params.items()}
-        self.state = {kind: {key: torch.zeros_like(t) for key, t in self.params.items()} for kind in kinds}
+        self.like = {(s, n): p for s in self.stages for n, p in eng.working[s].module.named_parameters()}
+        self._alloc()
+        self.threads = max(1, int(threads))
+        self.lanes: list[VecWork] = [self]
         self.meta: dict[str, NodeData] = {}
         self.key_of = {n: (s, n) for s in self.stages for n in self.keys[s]}
         # SGD without weight decay or clipping: each gradient goes straight into the momentum buffer
@@ -178,49 +189,83 @@ class VecWork:
         plain_sgd = cfg.name == "sgd" and not cfg.weight_decay and cfg.clip_norm is None
         self.fuse = ("momentum" if cfg.momentum else "weights") if plain_sgd else None
 
+    def _alloc(self) -> None:
+        """This lane's stacked rows: weights, gradients and optimizer state of ``chunk`` clients."""
+        cfg, k = self.cfg, self.chunk
+        self.params = {key: torch.zeros((k, *p.shape), dtype=p.dtype) for key, p in self.like.items()}
+        self.grads = {key: torch.zeros_like(t) for key, t in self.params.items()}
+        kinds = ["exp_avg", "exp_avg_sq"] if cfg.name == "adam" else (["momentum_buffer"] if cfg.momentum else [])
+        self.state = {kind: {key: torch.zeros_like(t) for key, t in self.params.items()} for kind in kinds}
+
     # ------------------------------------------------------------ a round
+
+    def _lanes(self, n: int) -> list[VecWork]:
+        """``n`` sets of stacked rows (this one first), one per training thread."""
+        while len(self.lanes) < n:
+            lane = copy.copy(self)
+            lane._alloc()
+            self.lanes.append(lane)
+        return self.lanes[:n]
 
     def train_round(self, eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[str, list[torch.Tensor]],
                     walk: Callable[..., tuple[float, int, dict[str, int]]], fed_step: list[int],
                     rnd: int) -> tuple[float, int, dict[str, int]]:
-        """One round: the clients train stacked (a second thread) while this thread walks the steps on
-        shapes to record the trace (``walk`` is the simulator's ``train_round``). Returns the round's
-        loss sum and samples (summed in the walk's step order, as the sequential engine sums them) and
-        the samples each node saw. ``Engine.expect_round`` must have been called for the round."""
+        """One round: the clients train stacked, chunk ``c`` in thread ``c % threads``, while this thread
+        walks the steps on shapes to record the trace (``walk`` is the simulator's ``train_round``).
+        Chunks enter the FedAvg sums in order, whichever thread finishes first. Returns the round's loss
+        sum and samples (summed in the walk's step order, as the sequential engine sums them) and the
+        samples each node saw. ``Engine.expect_round`` must have been called for the round."""
         from flexpl.engine.executor import _sum_losses, threads
 
         work = {n: sum(len(b) for b in bs) for n, bs in plan_batches.items()}
         order = eng.claim_order(work)
+        chunks = [order[c:c + self.chunk] for c in range(0, len(order), self.chunk)]
+        lanes = self._lanes(max(1, min(self.threads, len(chunks))))
         losses: dict[str, list[tuple[float, int]]] = {}
         failed: list[BaseException] = []
+        turn = [0]
+        cond = threading.Condition()
 
-        def train() -> None:
+        def train(j: int, lane: VecWork) -> None:
             try:
-                for c in range(0, len(order), self.chunk):
-                    self._train_chunk(eng, by_name, plan_batches, order[c:c + self.chunk], losses)
+                for c in range(j, len(chunks), len(lanes)):
+                    rows = lane._train_chunk(eng, by_name, plan_batches, chunks[c], losses)
+                    with cond:
+                        while turn[0] != c and not failed:
+                            cond.wait(0.05)
+                        if failed:
+                            return
+                        lane._fold(eng, rows)
+                        turn[0] += 1
+                        cond.notify_all()
             except BaseException as exc:  # re-raised in the caller's thread
-                failed.append(exc)
+                with cond:
+                    failed.append(exc)
+                    cond.notify_all()
 
         for n in plan_batches:
             if n not in self.meta:
                 self.meta[n] = by_name[n].meta()
         log: list[tuple[list[str], int]] = []
         with threads(1):
-            worker = threading.Thread(target=train, name="flexpl-vecwork", daemon=True)
-            worker.start()
+            workers = [threading.Thread(target=train, args=(j, lane), name=f"flexpl-vecwork-{j}", daemon=True)
+                       for j, lane in enumerate(lanes)]
+            for t in workers:
+                t.start()
             try:
                 with eng.shadow(set(plan_batches)):
                     _, _, seen = walk(eng, self.meta, plan_batches, fed_step, rnd, log)
             finally:
-                worker.join()
+                for t in workers:
+                    t.join()
         if failed:
             raise failed[0]
         loss_sum, n_sum = _sum_losses(log, losses)
         return loss_sum, n_sum, seen
 
     def _train_chunk(self, eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[str, list[torch.Tensor]],
-                     names: list[str], losses: dict[str, list[tuple[float, int]]]) -> None:
-        """Train ``names`` (consecutive in FedAvg order) on the stacked rows, then add them to the sums."""
+                     names: list[str], losses: dict[str, list[tuple[float, int]]]) -> list[str]:
+        """Train ``names`` (consecutive in FedAvg order) on the stacked rows; returns them in row order."""
         rows = sorted(names, key=lambda n: -len(plan_batches[n]))  # stable: still-training rows are a prefix
         k0 = len(rows)
         with torch.no_grad():
@@ -267,7 +312,7 @@ class VecWork:
             self._step(k, t + 1, grads, lr)
             for n, v, m in zip(rows, row_loss.detach().tolist(), sizes):
                 losses.setdefault(n, []).append((0.0 + v * m, m))
-        self._fold(eng, rows)
+        return rows
 
     @torch.no_grad()
     def _fold(self, eng: Engine, rows: list[str]) -> None:

@@ -124,10 +124,13 @@ def test_working_models_hold_no_state_per_client() -> None:
 
 def test_working_models_are_off_where_client_state_survives() -> None:
     for extra in (["training.optimizer.reset_on_sync=false"], ["strategy=fpl"], ["strategy=sfl"],
-                  ["failures.dropout=0.1"], ["engine.executor=vectorized"]):
+                  ["failures.dropout=0.1"], ["engine.executor=vectorized", "strategy=sfl"]):
         st = setup(digits_star(extra))
         assert not st.engine.working, extra
     assert setup(digits_star(["engine.executor=processes"])).engine.working
+    # vectorized FedAvg trains its clients K at a time on stacked working models (flexpl.engine.vecwork)
+    st = setup(digits_star(["engine.executor=vectorized"]))
+    assert st.engine.working and st.vecwork is not None and not st.engine.arenas
 
 
 def test_one_path_ensemble_is_the_stacked_mean() -> None:

@@ -139,3 +139,13 @@ def test_which_plans_train_stacked() -> None:
         assert st.vecwork is None, sets
     assert setup(many_clients(["engine.executor=vectorized"], model={"name": "cnn"})).vecwork is None
     assert vecwork.compile_ops(nn.Sequential(nn.Linear(3, 3), nn.Dropout())) is None
+
+
+def test_auto_trains_working_model_plans_stacked() -> None:
+    st = setup(many_clients())
+    assert st.executor.mode == "vectorized" and st.vecwork is not None
+    assert "working models" in st.executor.reason
+    st = setup(many_clients(["strategy=sfl"]))  # the server stage is shared: not working models
+    assert st.vecwork is None
+    st = setup(many_clients(["engine.executor=processes"]))  # asked: kept
+    assert st.executor.mode == "processes" and st.vecwork is None

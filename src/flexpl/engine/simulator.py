@@ -143,6 +143,7 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         # work per sample of the whole model (only needed to weigh worker processes)
         fwd = count_fwd_bwd(full, (1,) + tuple(data.input_shape), False)[0] if plan.junction == "batch" else 0
         choice = executor.choose(scn, plan, stages, [len(r) for r in layout.replicas], fwd, len(data.train_y))
+        choice = vecwork.prefer(scn, choice, layout, stages, local)  # [Note: vectorized working models]
     else:  # the distributed backend and shape-only walks run replicas where they live
         choice = executor.Choice("sequential", "distributed backend or shape-only walk")
     # [Note: vectorized working models] working-model plans train K clients at a time on one stacked arena

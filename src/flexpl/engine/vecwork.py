@@ -148,6 +148,25 @@ def fits(scn: Scenario, layout: Layout, stages: list[nn.Module], is_local: Calla
     return True
 
 
+# auto trains working-model plans stacked up to this many parameters per client (the 784-200-200-10 MLP,
+# 199k, was measured: see README "Simulator speed"; larger models were not)
+MAX_AUTO_PARAMS = 1_000_000
+
+
+def prefer(scn: Scenario, choice: Any, layout: Layout, stages: list[nn.Module],
+           is_local: Callable[[str], bool] | None) -> Any:
+    """``engine.executor: auto``: the vectorized mode for plans whose clients train stacked here (:func:`fits`,
+    at most :data:`MAX_AUTO_PARAMS` parameters per client), else ``choice`` (``executor.choose``'s)."""
+    from flexpl.engine.executor import Choice
+
+    if scn.engine.executor != "auto" or not fits(scn, layout, stages, is_local):
+        return choice
+    if sum(p.numel() for m in stages for p in m.parameters()) > MAX_AUTO_PARAMS:
+        return choice
+    return Choice("vectorized", f"FedAvg clients on working models, {scn.engine.vector_chunk} at a time "
+                  "as batched matmuls on one stacked arena (flexpl.engine.vecwork)")
+
+
 def thread_count(scn: Scenario) -> int:
     """Training threads of a vectorized working-model run: ``engine.workers`` (default: the CPU cores), at
     most ``FLEXPL_WORKERS`` (set by ``flexpl sweep --jobs``)."""

@@ -151,6 +151,9 @@ def fits(scn: Scenario, layout: Layout, stages: list[nn.Module], is_local: Calla
 # auto trains working-model plans stacked up to this many parameters per client (the 784-200-200-10 MLP,
 # 199k, was measured: see README "Simulator speed"; larger models were not)
 MAX_AUTO_PARAMS = 1_000_000
+# default training threads (each holds its own K stacked rows; the Python between kernels shares one GIL;
+# measured on 2 cores only)
+MAX_DEFAULT_THREADS = 4
 
 
 def prefer(scn: Scenario, choice: Any, layout: Layout, stages: list[nn.Module],
@@ -168,14 +171,15 @@ def prefer(scn: Scenario, choice: Any, layout: Layout, stages: list[nn.Module],
 
 
 def thread_count(scn: Scenario) -> int:
-    """Training threads of a vectorized working-model run: ``engine.workers`` (default: the CPU cores), at
-    most ``FLEXPL_WORKERS`` (set by ``flexpl sweep --jobs``)."""
+    """Training threads of a vectorized working-model run: ``engine.workers`` (default: the CPU cores, at most
+    :data:`MAX_DEFAULT_THREADS`), at most ``FLEXPL_WORKERS`` (set by ``flexpl sweep --jobs``)."""
     import os
 
     from flexpl.engine.executor import WORKERS_ENV
 
     cores = os.cpu_count() or 1
-    return max(1, min(scn.engine.workers or cores, int(os.environ.get(WORKERS_ENV) or cores)))
+    default = min(cores, MAX_DEFAULT_THREADS)
+    return max(1, min(scn.engine.workers or default, int(os.environ.get(WORKERS_ENV) or cores)))
 
 
 class VecWork:
@@ -321,6 +325,9 @@ class VecWork:
                         y[i, :sizes[i]] = yi
                         wt[i, :sizes[i]] = 1.0 / sizes[i]
                 out, saved = _forward(self.ops, named, x)
+                if out.dim() != 3:
+                    raise RuntimeError(f"vectorized working models: the model outputs {tuple(out.shape[2:])} per "
+                                       "sample, not class scores; run with --set engine.executor=sequential")
                 logp = torch.log_softmax(out, -1)
                 per = -logp.gather(-1, y.unsqueeze(-1))  # each sample's cross-entropy, [k, B, 1]
                 row_loss = per.mean((1, 2)) if wt is None else (per * wt).sum((1, 2))

@@ -149,3 +149,7 @@ def test_auto_trains_working_model_plans_stacked() -> None:
     assert st.vecwork is None
     st = setup(many_clients(["engine.executor=processes"]))  # asked: kept
     assert st.executor.mode == "processes" and st.vecwork is None
+    # few clients of a model above the old vmap bound (50k parameters): auto keeps a mode bitwise equal to sequential
+    few = setup(many_clients(clients=8, model={"name": "mlp", "hidden": [400, 100]}))
+    assert few.vecwork is None and few.executor.mode != "vectorized"
+    assert setup(many_clients(clients=16, model={"name": "mlp", "hidden": [400, 100]})).vecwork is not None

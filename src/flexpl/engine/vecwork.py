@@ -151,6 +151,8 @@ def fits(scn: Scenario, layout: Layout, stages: list[nn.Module], is_local: Calla
 # auto trains working-model plans stacked up to this many parameters per client (the 784-200-200-10 MLP,
 # 199k, was measured: see README "Simulator speed"; larger models were not)
 MAX_AUTO_PARAMS = 1_000_000
+# ... and from this many clients per round
+MIN_AUTO_CLIENTS = 16
 # default training threads (each holds its own K stacked rows; the Python between kernels shares one GIL;
 # measured on 2 cores only)
 MAX_DEFAULT_THREADS = 4
@@ -159,13 +161,16 @@ MAX_DEFAULT_THREADS = 4
 def prefer(scn: Scenario, choice: Any, layout: Layout, stages: list[nn.Module],
            is_local: Callable[[str], bool] | None) -> Any:
     """``engine.executor: auto``: the vectorized mode for plans whose clients train stacked here (:func:`fits`,
-    at most :data:`MAX_AUTO_PARAMS` parameters per client), else ``choice`` (``executor.choose``'s)."""
+    at most :data:`MAX_AUTO_PARAMS` parameters per client, at least :data:`MIN_AUTO_CLIENTS` clients a round),
+    else ``choice`` (``executor.choose``'s)."""
     from flexpl.engine.executor import Choice
 
     if scn.engine.executor != "auto" or not fits(scn, layout, stages, is_local):
         return choice
     if sum(p.numel() for m in stages for p in m.parameters()) > MAX_AUTO_PARAMS:
         return choice
+    if len(scn.data_nodes) * min(scn.training.clients_per_round, 1.0) < MIN_AUTO_CLIENTS:
+        return choice  # few clients: little to batch; the other modes are bitwise the sequential engine
     return Choice("vectorized", f"FedAvg clients on working models, {scn.engine.vector_chunk} at a time "
                   "as batched matmuls on one stacked arena (flexpl.engine.vecwork)")
 

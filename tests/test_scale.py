@@ -48,7 +48,8 @@ def test_meta_and_shell_copies_match_deep_copies():
 
 
 def test_arena_replicas_get_rows_of_their_own_without_deep_copies():
-    st = setup(digits_star(["training.rounds=1"]))
+    # (clients whose optimizer survives the round: replicas of their own, not working models)
+    st = setup(digits_star(["training.rounds=1", "training.optimizer.reset_on_sync=false"]))
     eng = st.engine
     assert 0 in eng.arenas
     reps = eng.replicas[0]
@@ -124,10 +125,13 @@ def test_working_models_hold_no_state_per_client() -> None:
 
 def test_working_models_are_off_where_client_state_survives() -> None:
     for extra in (["training.optimizer.reset_on_sync=false"], ["strategy=fpl"], ["strategy=sfl"],
-                  ["failures.dropout=0.1"], ["engine.executor=vectorized"]):
+                  ["failures.dropout=0.1"], ["engine.executor=vectorized", "strategy=sfl"]):
         st = setup(digits_star(extra))
         assert not st.engine.working, extra
     assert setup(digits_star(["engine.executor=processes"])).engine.working
+    # vectorized FedAvg trains its clients K at a time on stacked working models (flexpl.engine.vecwork)
+    st = setup(digits_star(["engine.executor=vectorized"]))
+    assert st.engine.working and st.vecwork is not None and not st.engine.arenas
 
 
 def test_one_path_ensemble_is_the_stacked_mean() -> None:

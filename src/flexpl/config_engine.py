@@ -51,7 +51,7 @@ class EngineCfg(_Strict):
     # simulator: how replicas run (see flexpl.engine.executor); auto picks per plan and model
     executor: Literal["auto", "sequential", "processes", "vectorized"] = "auto"
     workers: PositiveInt | None = None  # processes: worker count (default: CPU cores, at most one per data node)
-    vector_chunk: PositiveInt = 32  # vectorized: replicas trained together in one vmapped call
+    vector_chunk: PositiveInt = 32  # vectorized: replicas trained together in one vmapped call (or working-model clients per stacked arena)
 
 
 Probability = Field(0.0, ge=0.0, le=1.0)

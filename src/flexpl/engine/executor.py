@@ -9,6 +9,8 @@ arithmetic changes (``engine.executor`` in a scenario, ``auto`` by default):
   ``engine.vector_chunk`` (see ``Engine._vector_forward``), on one torch thread. Per-op
   overhead is paid once per chunk instead of once per replica, which is what small
   models are made of (larger ones run faster as plain matmuls: see ``_MAX_VECTOR_PARAMS``).
+  FedAvg clients on working models train ``engine.vector_chunk`` at a time on one stacked
+  working arena instead (``flexpl.engine.vecwork``; ``auto`` picks that where it fits).
 - ``processes``: for plans whose data-node paths share no replica (FedAvg, SplitFed; see
   :func:`separable`), ``engine.workers`` processes forked after setup, one thread each,
   train shares of the data nodes on the replicas' stacked weights in shared memory

@@ -31,7 +31,7 @@ from flexpl.data import Dataset, load_data
 from flexpl.data.batching import batches, mix_seed, select_clients
 from flexpl.data.partition import Summaries, partition_flat, validation_split
 from flexpl.devcut import front_costs
-from flexpl.engine import checkpoint, executor, failures
+from flexpl.engine import checkpoint, executor, failures, vecwork
 from flexpl.engine.core import (
     Diverged,
     Engine,
@@ -100,6 +100,7 @@ class Setup:
     pool: executor.ProcessPool | None = None
     steps: executor.StepPool | None = None
     val: tuple[torch.Tensor, torch.Tensor] | None = None  # held-out training samples (data.validation_fraction)
+    vecwork: vecwork.VecWork | None = None  # vectorized working models (flexpl.engine.vecwork)
 
 
 def _model_spec(scn: Scenario) -> tuple[str, Any]:
@@ -187,11 +188,14 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         # work per sample of the whole model (only needed to weigh worker processes)
         fwd = count_fwd_bwd(full, (1,) + tuple(data.input_shape), False)[0] if plan.junction == "batch" else 0
         choice = executor.choose(scn, plan, stages, [len(r) for r in layout.replicas], fwd, len(data.train_y))
+        choice = vecwork.prefer(scn, choice, layout, stages, local)  # [Note: vectorized working models]
     else:  # the distributed backend and shape-only walks run replicas where they live
         choice = executor.Choice("sequential", "distributed backend or shape-only walk")
+    # [Note: vectorized working models] working-model plans train K clients at a time on one stacked arena
+    stacked_work = choice.mode == "vectorized" and vecwork.fits(scn, layout, stages, local)
     engine = Engine(layout, full, scn.training.optimizer, transport_factory(recorder), recorder, grid, local,
                     shared=choice.mode == "processes",
-                    vector_chunk=scn.engine.vector_chunk if choice.mode == "vectorized" else None,
+                    vector_chunk=scn.engine.vector_chunk if choice.mode == "vectorized" and not stacked_work else None,
                     # [Note: working models] reproduce FedAvg's sum only, and keep no client for a failure to drop
                     working=not scn.failures.active and scn.training.aggregator.kind == "fedavg")
     configure(engine, scn)  # training.loss and training.aggregator (flexpl.engine.extend)
@@ -200,7 +204,9 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         vidx = torch.from_numpy(np.concatenate(held))
         val = (data.train_x[vidx], data.train_y[vidx])
     return Setup(scn, data, topo, plan, engine, nodes, Summaries(data.train_y.numpy(), *parts, data.num_classes),
-                 count_params(probe), state_bytes(probe), recorder, choice, val=val)
+                 count_params(probe), state_bytes(probe), recorder, choice, val=val,
+                 vecwork=vecwork.VecWork(engine, scn.engine.vector_chunk, vecwork.thread_count(scn)) if stacked_work
+                 else None)
 
 
 @dataclass
@@ -260,6 +266,8 @@ def _play_round(st: Setup, totals: Totals, rnd: int, attempt: int, selected: lis
         eng.expect_round({n: sum(len(b) for b in bs) for n, bs in plan_batches.items()})
         if st.pool is not None:
             loss_sum, n_sum, seen = st.pool.train_round(eng, plan_batches, train_round, fed_step, rnd)
+        elif st.vecwork is not None:  # K clients at a time on one stacked working arena
+            loss_sum, n_sum, seen = st.vecwork.train_round(eng, by_name, plan_batches, train_round, fed_step, rnd)
         elif eng.vector_chunk:  # batched small ops: one thread is faster (see flexpl.engine.executor)
             with executor.threads(1):
                 loss_sum, n_sum, seen = train_round(eng, by_name, plan_batches, fed_step, rnd)

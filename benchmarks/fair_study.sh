@@ -25,6 +25,7 @@ LRS=${LRS:-0.01,0.02,0.05}
 TUNE_STRATS=${TUNE_STRATS:-centralized,fl,sl,sfl,mp,fpl,fpl-sync,fpl-group}
 PARTITIONS=${PARTITIONS:-alpha0.1 iid}
 TUNE_IID=${TUNE_IID:-0}
+ORDER=${ORDER:-seed}                   # seed: seed 0 at every partition, then seed 1...; partition: one at a time
 # one torch thread per process: on a busy 2-core machine two intra-op threads ran a CNN step ~4x slower
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
@@ -57,14 +58,26 @@ print(max(rows, key=lambda r: float(r["val_accuracy_mean"]))["strategy"] if rows
     psets[$part]="${pset[*]}"; tsets[$part]="${tset[*]}"
     strats_of[$part]=${STRATS:-centralized,fl,sl,sfl,mp,fpl,$best}
 done
-# seed by seed (0, then 0,1, then 0,1,2), every partition at each: a study cut short is balanced
+# seed by seed (0, then 0,1, then 0,1,2), every partition at each: a study cut short is balanced;
+# ORDER=partition runs every seed of the first partition before the next (PARTITIONS="alpha0.1 iid":
+# alpha 0.1 with all its seeds first)
+steps=()
 prefix=""
 for k in ${SEEDS//,/ }; do
     prefix=${prefix:+$prefix,}$k
+    for part in $PARTITIONS; do steps+=("$part:$prefix"); done
+done
+if [ "$ORDER" = partition ]; then
+    ordered=()
     for part in $PARTITIONS; do
-        read -r -a pset <<< "${psets[$part]}"; read -r -a tset <<< "${tsets[$part]}"
-        $FLEXPL sweep edge-fmnist --grid "strategy=${strats_of[$part]}" --seeds "$prefix" "${pset[@]}" "${slice[@]}" \
-            --set "training.rounds=$ROUNDS" "${tset[@]}" --jobs 1 --quiet --out "$OUT/$part"
-        $PY "$(dirname "$0")/fair_table.py" "$OUT/$part" || true
+        for st in "${steps[@]}"; do if [ "${st%%:*}" = "$part" ]; then ordered+=("$st"); fi; done
     done
+    steps=("${ordered[@]}")
+elif [ "$ORDER" != seed ]; then echo "ORDER: unknown '$ORDER' (seed, partition)" >&2; exit 2; fi
+for st in "${steps[@]}"; do
+    part=${st%%:*}; prefix=${st#*:}
+    read -r -a pset <<< "${psets[$part]}"; read -r -a tset <<< "${tsets[$part]}"
+    $FLEXPL sweep edge-fmnist --grid "strategy=${strats_of[$part]}" --seeds "$prefix" "${pset[@]}" "${slice[@]}" \
+        --set "training.rounds=$ROUNDS" "${tset[@]}" --jobs 1 --quiet --out "$OUT/$part"
+    $PY "$(dirname "$0")/fair_table.py" "$OUT/$part" || true
 done

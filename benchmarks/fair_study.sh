@@ -7,10 +7,10 @@
 #   SLICE="data.max_train=1000 data.max_test=1000" nice -n 15 bash benchmarks/fair_study.sh
 #
 # Resumable: rerunning the same command reuses every finished run (tune cells and seeds).
-# Seeds run one at a time over all strategies (0, then 0,1, then 0,1,2), so a study cut
-# short still has every strategy. The test set is never used to choose: flexpl tune reads
-# only final_val_accuracy (10% of each device's samples held out). IID reuses the values
-# tuned at alpha 0.1 unless TUNE_IID=1.
+# Every tune runs first; then seeds run one at a time over all strategies and partitions (0,
+# then 0,1, then 0,1,2), so a study cut short still has every strategy at both partitions.
+# The test set is never used to choose: flexpl tune reads only final_val_accuracy (10% of each
+# device's samples held out). IID reuses the values tuned at alpha 0.1 unless TUNE_IID=1.
 set -euo pipefail
 FLEXPL=${FLEXPL:-flexpl}
 PY=${PY:-python}
@@ -25,6 +25,7 @@ LRS=${LRS:-0.01,0.02,0.05}
 TUNE_STRATS=${TUNE_STRATS:-centralized,fl,sl,sfl,mp,fpl,fpl-sync,fpl-group}
 PARTITIONS=${PARTITIONS:-alpha0.1 iid}
 TUNE_IID=${TUNE_IID:-0}
+ORDER=${ORDER:-seed}                   # seed: seed 0 at every partition, then seed 1...; partition: one at a time
 # one torch thread per process: on a busy 2-core machine two intra-op threads ran a CNN step ~4x slower
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
@@ -39,6 +40,8 @@ tune() {  # tune <folder> <partition --set items...>
 }
 
 tune tune-alpha0.1 --set data.partition.alpha=0.1
+# per partition: its --set items, tuned values (--set items) and strategies; every tune runs first
+declare -A psets tsets strats_of
 for part in $PARTITIONS; do
     case $part in
         alpha0.1) pset=(--set data.partition.alpha=0.1); tuned=tune-alpha0.1 ;;
@@ -52,12 +55,29 @@ print("\n".join(i for t in tuned_sets(sys.argv[1]) for i in ("--set", t)))' "$OU
     best=$($PY -c 'import csv, sys
 rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["chosen"] == "True" and r["strategy"] in ("fpl-sync", "fpl-group")]
 print(max(rows, key=lambda r: float(r["val_accuracy_mean"]))["strategy"] if rows else "fpl-sync")' "$OUT/$tuned/tune.csv")
-    strats=${STRATS:-centralized,fl,sl,sfl,mp,fpl,$best}
-    prefix=""
-    for k in ${SEEDS//,/ }; do
-        prefix=${prefix:+$prefix,}$k
-        $FLEXPL sweep edge-fmnist --grid "strategy=$strats" --seeds "$prefix" "${pset[@]}" "${slice[@]}" \
-            --set "training.rounds=$ROUNDS" "${tset[@]}" --jobs 1 --quiet --out "$OUT/$part"
-        $PY "$(dirname "$0")/fair_table.py" "$OUT/$part" || true
+    psets[$part]="${pset[*]}"; tsets[$part]="${tset[*]}"
+    strats_of[$part]=${STRATS:-centralized,fl,sl,sfl,mp,fpl,$best}
+done
+# seed by seed (0, then 0,1, then 0,1,2), every partition at each: a study cut short is balanced;
+# ORDER=partition runs every seed of the first partition before the next (PARTITIONS="alpha0.1 iid":
+# alpha 0.1 with all its seeds first)
+steps=()
+prefix=""
+for k in ${SEEDS//,/ }; do
+    prefix=${prefix:+$prefix,}$k
+    for part in $PARTITIONS; do steps+=("$part:$prefix"); done
+done
+if [ "$ORDER" = partition ]; then
+    ordered=()
+    for part in $PARTITIONS; do
+        for st in "${steps[@]}"; do if [ "${st%%:*}" = "$part" ]; then ordered+=("$st"); fi; done
     done
+    steps=("${ordered[@]}")
+elif [ "$ORDER" != seed ]; then echo "ORDER: unknown '$ORDER' (seed, partition)" >&2; exit 2; fi
+for st in "${steps[@]}"; do
+    part=${st%%:*}; prefix=${st#*:}
+    read -r -a pset <<< "${psets[$part]}"; read -r -a tset <<< "${tsets[$part]}"
+    $FLEXPL sweep edge-fmnist --grid "strategy=${strats_of[$part]}" --seeds "$prefix" "${pset[@]}" "${slice[@]}" \
+        --set "training.rounds=$ROUNDS" "${tset[@]}" --jobs 1 --quiet --out "$OUT/$part"
+    $PY "$(dirname "$0")/fair_table.py" "$OUT/$part" || true
 done

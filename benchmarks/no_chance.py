@@ -34,8 +34,9 @@ SLICES: dict[str, list[str]] = {
     "edge-fmnist": ["data.max_train=1000", "data.max_test=500", "training.rounds=3"],
     "fmnist-star10": ["data.max_train=1000", "data.max_test=500", "training.rounds=3"],
     "mlp-1000": ["data.max_train=5000", "data.max_test=500", "training.rounds=3"],
-    "cnn-100": ["data.max_train=2000", "data.max_test=500", "training.rounds=3"],
-    "fog-cifar": ["model.width=0.25", "data.max_train=1000", "data.max_test=500", "training.rounds=3"],
+    # 200 test images: FPL evaluates every device's path (100 of them), 8x the round's training FLOPs at 500
+    "cnn-100": ["data.max_train=2000", "data.max_test=200", "training.rounds=3"],
+    "fog-cifar": ["model.width=0.25", "data.max_train=1000", "data.max_test=200", "training.rounds=3"],
 }
 SKEWED = ["data.partition.kind=dirichlet", "data.partition.alpha=0.1"]
 

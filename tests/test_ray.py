@@ -77,7 +77,8 @@ def test_interrupted_ray_sweep_resumes_reusing_finished_cells(tmp_path):
             time.sleep(0.2)
         assert proc.poll() is None, f"the sweep ended before it could be interrupted: {proc.stderr.read()}"
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 130  # flexpl: interrupted (and the local Ray shut down)
+        rc = proc.wait(timeout=120)
+        assert rc == 130, f"exit {rc}: {proc.stderr.read()[-2000:]}"  # flexpl: interrupted (and the local Ray shut down)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -71,6 +71,12 @@ class TrainingCfg(_Strict):
     batch_size: PositiveInt = 32
     clients_per_round: float = Field(1.0, gt=0.0, le=1.0)
     max_steps_per_round: PositiveInt | None = None  # cap on local steps per node per round (quick runs)
+    # fixed: every data node splits its samples into batches of batch_size (a node with more data takes more
+    # steps); equal_steps: every data node takes (about) the same number of steps per epoch,
+    # S = ceil(mean samples per data node / batch_size), in batches of ceil(its samples / S) (flexpl.data.batching;
+    # a node with the mean's samples keeps batch_size), so that a stage shared in lockstep (an FPL trunk) meets
+    # every node's data at every step, not only the largest nodes' in the last steps of a round
+    batching: Literal["fixed", "equal_steps"] = "fixed"
     eval_every: PositiveInt = 1
     checkpoint_every: NonNegativeInt = 1  # save the run state every k rounds (0: never)
     eval_test: bool = True  # evaluate on the test set (flexpl tune turns it off: it chooses on validation data)

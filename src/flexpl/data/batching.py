@@ -9,6 +9,8 @@ on the executor, or on whether the run was resumed from a checkpoint.
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Iterable
 from typing import Protocol
 
 import numpy as np
@@ -29,14 +31,30 @@ def mix_seed(*parts: int | str) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
+def equal_steps(counts: Iterable[int], batch_size: int) -> int:
+    """Steps per epoch of every data node under ``training.batching: equal_steps``: the mean node's batches."""
+    counts = list(counts)
+    mean = sum(counts) / max(len(counts), 1)
+    return max(1, math.ceil(mean / batch_size))
+
+
+def node_batch(samples: int, steps: int) -> int:
+    """A node's batch size under equal_steps batching: ``ceil(samples / steps)`` (at least 1)."""
+    return max(1, math.ceil(samples / steps))
+
+
 def batches(nd: Shuffled, seed: int, rnd: int, epochs: int, batch_size: int,
-            max_steps: int | None = None) -> list[torch.Tensor]:
-    """Index batches of one node for one round: a fresh shuffle per epoch, drawn from (seed, round, epoch, key)."""
+            max_steps: int | None = None, steps: int | None = None) -> list[torch.Tensor]:
+    """Index batches of one node for one round: a fresh shuffle per epoch, drawn from (seed, round, epoch, key).
+
+    Each epoch is cut into batches of ``batch_size``, or with ``steps`` (equal_steps batching) of
+    :func:`node_batch` (at most ``steps`` batches; a node with the mean node's samples keeps ``batch_size``).
+    """
     out: list[torch.Tensor] = []
     for e in range(epochs):
         g = torch.Generator().manual_seed(mix_seed(seed, rnd, e, nd.order_key))
         perm = torch.randperm(len(nd), generator=g)
-        out.extend(perm.split(batch_size))
+        out.extend(perm.split(batch_size if steps is None else node_batch(len(perm), steps)))
     return out[:max_steps] if max_steps else out
 
 

@@ -28,7 +28,7 @@ from flexpl.costs.evaluation import eval_flops
 from flexpl.costs.flops import count_fwd_bwd
 from flexpl.costs.trace import COMPUTE, Event, Recorder, Totals, Trace, bill
 from flexpl.data import Dataset, load_data
-from flexpl.data.batching import batches, mix_seed, select_clients
+from flexpl.data.batching import batches, equal_steps, mix_seed, select_clients
 from flexpl.data.partition import Summaries, partition_flat, validation_split
 from flexpl.devcut import front_costs
 from flexpl.engine import checkpoint, executor, failures, vecwork
@@ -260,8 +260,10 @@ def _play_round(st: Setup, totals: Totals, rnd: int, attempt: int, selected: lis
     walk(start_blocks(plan, present, synced_before), TensorRunner(eng, reachable=reachable))
     loss_sum, n_sum, seen = 0.0, 0, {}
     if present:
+        steps = equal_steps((len(nd) for nd in by_name.values()), tr.batch_size) \
+            if tr.batching == "equal_steps" else None
         plan_batches = {n: batches(by_name[n], scn.seed, rnd, tr.local_epochs, tr.batch_size,
-                                   tr.max_steps_per_round) for n in present}
+                                   tr.max_steps_per_round, steps) for n in present}
         # clients on working models join the FedAvg sum as they finish [Note: working models]
         eng.expect_round({n: sum(len(b) for b in bs) for n, bs in plan_batches.items()})
         if st.pool is not None:

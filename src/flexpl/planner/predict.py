@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from flexpl.data.batching import equal_steps
 from flexpl.errors import UserError
 
 if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
@@ -78,6 +79,7 @@ class Planner:
         self.y_esize = self.data.train_y.element_size()
         self._walks: dict[tuple, WalkedRound] = {}
         self._contexts: dict[str, PlanContext] = {}
+        self._training: dict[str, Any] = {}  # strategy -> its training section (training_for)
         # candidates cost_candidates could not cost here: {"plan", "family", "reason"} (skipped.csv)
         self.skipped: list[dict[str, str]] = []
 
@@ -98,19 +100,26 @@ class Planner:
         return out
 
     def optimizer_for(self, strategy: str | None) -> Any:
-        """The optimizer a run of ``strategy`` uses: the scenario's, with that strategy's ``strategy_overrides``.
+        """The optimizer a run of ``strategy`` uses: the scenario's, with that strategy's ``strategy_overrides``."""
+        return self.training_for(strategy).optimizer
+
+    def training_for(self, strategy: str | None) -> Any:
+        """The training section a run of ``strategy`` uses: the scenario's, with that strategy's ``strategy_overrides``.
 
         The scenario's own strategy already has its overrides applied (``load_scenario``);
         another strategy gets its own on top of the scenario's values, as ``flexpl compare`` does.
         """
-        from flexpl.config import OptimizerCfg, apply_strategy_overrides
+        from flexpl.config import TrainingCfg, apply_strategy_overrides
 
         if strategy is None or strategy == self.scn.strategy:
-            return self.scn.training.optimizer
-        data = self.scn.resolved()
-        data["strategy"] = strategy
-        apply_strategy_overrides(data)
-        return OptimizerCfg.model_validate(data["training"]["optimizer"])
+            return self.scn.training
+        hit = self._training.get(strategy)
+        if hit is None:
+            data = self.scn.resolved()
+            data["strategy"] = strategy
+            apply_strategy_overrides(data)
+            hit = self._training[strategy] = TrainingCfg.model_validate(data["training"])
+        return hit
 
     def context(self, cand: Candidate) -> PlanContext:
         """Build and place the candidate's plan exactly as ``simulator.setup`` does."""
@@ -133,8 +142,8 @@ class Planner:
         hit = self._contexts.get(key)
         if hit is not None:
             return hit
-        scn, tr = self.scn, self.scn.training
-        opt = self.optimizer_for(cand.strategy)
+        scn, tr = self.scn, self.training_for(cand.strategy)
+        opt = tr.optimizer
         data_nodes = list(scn.data_nodes)
         in_shape = self.data.input_shape
         samples = dict(self.samples)
@@ -146,6 +155,7 @@ class Planner:
         train_nodes = [self.topo.server] if plan.collect_data else data_nodes
         train_samples = {self.topo.server: sum(samples.values())} if plan.collect_data else samples
         layout = place(plan, self.topo, train_nodes)
+        steps = equal_steps(train_samples.values(), tr.batch_size) if tr.batching == "equal_steps" else None
         weights = [self.costs.weights(variant, st.start, st.end) for st in plan.stages]
         has_params = [w[0] > 0 for w in weights]
         n_stages = len(plan.stages)
@@ -158,7 +168,7 @@ class Planner:
             plan=plan, layout=layout, topo=self.topo, variant=variant, costs=self.costs, in_shape=in_shape,
             x_esize=self.x_esize, y_esize=self.y_esize, act_esize=4, data_nodes=data_nodes,
             train_nodes=train_nodes, samples=samples,
-            batches={n: batch_sizes(k, tr.local_epochs, tr.batch_size, tr.max_steps_per_round)
+            batches={n: batch_sizes(k, tr.local_epochs, tr.batch_size, tr.max_steps_per_round, steps)
                      for n, k in train_samples.items()},
             fed_round=fed_round, fed_step=fed_step, fed_step_every=[plan.stages[s].sync.every for s in fed_step],
             stages=plan.stages, input_grad=input_grad,

@@ -6,6 +6,8 @@ import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from flexpl.data.batching import node_batch
+
 if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
     from flexpl.models import BlockModel
 
@@ -157,8 +159,10 @@ class StageCosts:
 # ---------------------------------------------------------------------------------- batches
 
 
-def batch_sizes(n: int, epochs: int, batch_size: int, max_steps: int | None) -> list[int]:
-    """Sizes of a node's batches in one round, as ``engine.core.batches`` splits its shuffles."""
+def batch_sizes(n: int, epochs: int, batch_size: int, max_steps: int | None, steps: int | None = None) -> list[int]:
+    """Sizes of a node's batches in one round, as ``data.batching.batches`` splits its shuffles."""
+    if steps is not None:  # equal_steps batching: batches of ceil(n / steps), as data.batching.node_batch
+        batch_size = node_batch(n, steps)
     one = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
     out = one * epochs
     return out[:max_steps] if max_steps else out

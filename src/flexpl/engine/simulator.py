@@ -188,11 +188,12 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         # work per sample of the whole model (only needed to weigh worker processes)
         fwd = count_fwd_bwd(full, (1,) + tuple(data.input_shape), False)[0] if plan.junction == "batch" else 0
         choice = executor.choose(scn, plan, stages, [len(r) for r in layout.replicas], fwd, len(data.train_y))
-        choice = vecwork.prefer(scn, choice, layout, stages, local)  # [Note: vectorized working models]
+        fit = vecwork.fits(scn, layout, stages, local)  # (a pass over the clients: once)
+        choice = vecwork.prefer(scn, choice, layout, stages, local, fit)  # [Note: vectorized working models]
     else:  # the distributed backend and shape-only walks run replicas where they live
-        choice = executor.Choice("sequential", "distributed backend or shape-only walk")
+        choice, fit = executor.Choice("sequential", "distributed backend or shape-only walk"), False
     # [Note: vectorized working models] working-model plans train K clients at a time on one stacked arena
-    stacked_work = choice.mode == "vectorized" and vecwork.fits(scn, layout, stages, local)
+    stacked_work = choice.mode == "vectorized" and fit
     engine = Engine(layout, full, scn.training.optimizer, transport_factory(recorder), recorder, grid, local,
                     shared=choice.mode == "processes",
                     vector_chunk=scn.engine.vector_chunk if choice.mode == "vectorized" and not stacked_work else None,

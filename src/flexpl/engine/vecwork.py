@@ -159,17 +159,18 @@ MAX_DEFAULT_THREADS = 4
 
 
 def prefer(scn: Scenario, choice: Any, layout: Layout, stages: list[nn.Module],
-           is_local: Callable[[str], bool] | None) -> Any:
+           is_local: Callable[[str], bool] | None, fit: bool | None = None) -> Any:
     """``engine.executor: auto``: the vectorized mode for plans whose clients train stacked here (:func:`fits`,
     at most :data:`MAX_AUTO_PARAMS` parameters per client, at least :data:`MIN_AUTO_CLIENTS` clients a round),
-    else ``choice`` (``executor.choose``'s)."""
+    else ``choice`` (``executor.choose``'s). ``fit``: :func:`fits`, if already known."""
     from flexpl.engine.executor import Choice
 
-    if scn.engine.executor != "auto" or not fits(scn, layout, stages, is_local):
+    if scn.engine.executor != "auto" or not (fits(scn, layout, stages, is_local) if fit is None else fit):
         return choice
     if sum(p.numel() for m in stages for p in m.parameters()) > MAX_AUTO_PARAMS:
         return choice
-    if len(scn.data_nodes) * min(scn.training.clients_per_round, 1.0) < MIN_AUTO_CLIENTS:
+    # (fits: every stage per data node, so the first stage's replicas are the data nodes)
+    if len(layout.replicas[0]) * min(scn.training.clients_per_round, 1.0) < MIN_AUTO_CLIENTS:
         return choice  # few clients: little to batch; the other modes are bitwise the sequential engine
     return Choice("vectorized", f"FedAvg clients on working models, {scn.engine.vector_chunk} at a time "
                   "as batched matmuls on one stacked arena (flexpl.engine.vecwork)")

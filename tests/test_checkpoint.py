@@ -18,6 +18,11 @@ from flexpl.cli import main
 FLEXPL = str(Path(sys.executable).parent / "flexpl")
 # one thread in the subprocesses: same arithmetic in both runs, and fast on a busy machine
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def _flexpl(*args: str, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
+    """``flexpl ARGS`` in a subprocess (one torch thread, ``env`` added), output captured."""
+    return subprocess.run([FLEXPL, *args], env=dict(ENV, **env), capture_output=True, text=True, timeout=timeout)
 SETS = ["--set", "training.rounds=4", "--set", "training.max_steps_per_round=6"]
 
 
@@ -38,17 +43,15 @@ def test_kill_9_mid_round_then_resume_is_bit_identical(tmp_path, strategy, execu
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     SETS = [*globals()["SETS"], "--set", f"engine.executor={executor}"]
     # both runs in subprocesses: same thread count, so the same float arithmetic
-    r = subprocess.run([FLEXPL, "run", "digits-star", *SETS, "--strategy", strategy, "--out", str(ref), "--quiet"],
-                       env=ENV, capture_output=True, text=True, timeout=300)
+    r = _flexpl("run", "digits-star", *SETS, "--strategy", strategy, "--out", str(ref), "--quiet")
     assert r.returncode == 0, r.stderr
-    env = dict(ENV, FLEXPL_TEST_KILL_AT="3:4")  # SIGKILL after step 4 of round 3
-    r = subprocess.run([FLEXPL, "run", "digits-star", *SETS, "--strategy", strategy, "--out", str(cut), "--quiet"],
-                       env=env, capture_output=True, text=True, timeout=300)
+    # SIGKILL after step 4 of round 3
+    r = _flexpl("run", "digits-star", *SETS, "--strategy", strategy, "--out", str(cut), "--quiet",
+                FLEXPL_TEST_KILL_AT="3:4")
     assert r.returncode == -signal.SIGKILL
     assert not (cut / "summary.json").exists()
     assert len((cut / "rounds.csv").read_text().strip().splitlines()) == 1 + 2  # rounds 1-2 survived
-    r = subprocess.run([FLEXPL, "run", "--resume", str(cut), "--quiet"], env=ENV, capture_output=True, text=True,
-                       timeout=300)
+    r = _flexpl("run", "--resume", str(cut), "--quiet")
     assert r.returncode == 0, r.stderr
     assert _summary(cut) == _summary(ref)
     assert (cut / "rounds.csv").read_text() == (ref / "rounds.csv").read_text()
@@ -115,8 +118,7 @@ sys.exit(main(sys.argv[1:]))
 def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one_whole(tmp_path):
     out = tmp_path / "run"
     sets = ["--set", "training.rounds=2", "--set", "training.max_steps_per_round=2"]
-    r = subprocess.run([FLEXPL, "run", "digits-star", *sets, "--out", str(out), "--quiet"],
-                       env=dict(ENV, FLEXPL_TEST_KILL_AT="2:1"), capture_output=True, text=True, timeout=300)
+    r = _flexpl("run", "digits-star", *sets, "--out", str(out), "--quiet", FLEXPL_TEST_KILL_AT="2:1")
     assert r.returncode == -signal.SIGKILL, r.stderr
     before = (out / "checkpoint.pt").read_bytes()
     assert torch.load(out / "checkpoint.pt", weights_only=True)["round"] == 1
@@ -159,15 +161,12 @@ def test_mlp_1000_kill_9_after_round_1_then_resume_is_bit_identical(tmp_path):
     """1,000 FedAvg clients: the checkpoint holds the global model only, and resuming from it is exact."""
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     sets = ["--set", "data.max_train=3000", "--set", "data.partition.kind=iid", "--set", "training.rounds=2"]
-    r = subprocess.run([FLEXPL, "run", "mlp-1000", *sets, "--out", str(ref), "--quiet"],
-                       env=ENV, capture_output=True, text=True, timeout=600)
+    r = _flexpl("run", "mlp-1000", *sets, "--out", str(ref), "--quiet", timeout=600)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([FLEXPL, "run", "mlp-1000", *sets, "--out", str(cut), "--quiet"],
-                       env=dict(ENV, FLEXPL_TEST_KILL_AT="2:1"), capture_output=True, text=True, timeout=600)
+    r = _flexpl("run", "mlp-1000", *sets, "--out", str(cut), "--quiet", timeout=600, FLEXPL_TEST_KILL_AT="2:1")
     assert r.returncode == -signal.SIGKILL
     assert torch.load(cut / "checkpoint.pt", weights_only=True)["round"] == 1
-    r = subprocess.run([FLEXPL, "run", "--resume", str(cut), "--quiet"], env=ENV, capture_output=True, text=True,
-                       timeout=600)
+    r = _flexpl("run", "--resume", str(cut), "--quiet", timeout=600)
     assert r.returncode == 0, r.stderr
     assert _summary(cut) == _summary(ref)
     assert (cut / "rounds.csv").read_text() == (ref / "rounds.csv").read_text()
@@ -259,16 +258,14 @@ sys.exit(main(sys.argv[1:]))
 def test_kill_9_during_a_background_write_then_resume_is_bit_identical(tmp_path):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     sets = ["--set", "training.rounds=3", "--set", "training.max_steps_per_round=4", "--strategy", "fpl"]
-    r = subprocess.run([FLEXPL, "run", "digits-star", *sets, "--out", str(ref), "--quiet"],
-                       env=ENV, capture_output=True, text=True, timeout=300)
+    r = _flexpl("run", "digits-star", *sets, "--out", str(ref), "--quiet")
     assert r.returncode == 0, r.stderr
     r = subprocess.run([sys.executable, "-c", _KILL_IN_BACKGROUND_WRITE, "run", "digits-star", *sets,
                         "--out", str(cut), "--quiet"], env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert torch.load(cut / "checkpoint.pt", weights_only=True)["round"] == 1
     assert len((cut / "rounds.csv").read_text().strip().splitlines()) == 1 + 2  # row 2 is ahead of the checkpoint
-    r = subprocess.run([FLEXPL, "run", "--resume", str(cut), "--quiet"], env=ENV, capture_output=True, text=True,
-                       timeout=300)
+    r = _flexpl("run", "--resume", str(cut), "--quiet")
     assert r.returncode == 0, r.stderr
     assert _summary(cut) == _summary(ref)
     assert (cut / "rounds.csv").read_text() == (ref / "rounds.csv").read_text()

@@ -176,6 +176,62 @@ def test_a_task_runs_with_its_cpus_and_returns_user_errors_as_values(monkeypatch
         torch.set_num_threads(threads)
 
 
+class _FakeRay:
+    """Enough of the ``ray`` module for :func:`ray_exec.run_tasks`: tasks finish in order, one per wait;
+    the wait after ``interrupt_after`` results raises KeyboardInterrupt (Ctrl-C), as ``ray.wait`` does."""
+
+    def __init__(self, finished_at_interrupt: int, interrupt_after: int) -> None:
+        self.calls: list[str] = []
+        self.cancelled: list[int] = []
+        self.refs: list[int] = []
+        self.finished_at_interrupt, self.interrupt_after, self.got = finished_at_interrupt, interrupt_after, 0
+
+    def nodes(self) -> list[dict]:
+        return [{"Alive": True, "Resources": {"CPU": 2.0}}]
+
+    def remote(self, fn):
+        fake = self
+
+        class Remote:
+            def options(self, **_kw):
+                return self
+
+            def remote(self, *args):
+                fake.refs.append(len(fake.refs))
+                return fake.refs[-1]
+        return Remote()
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        if timeout == 0:  # after Ctrl-C: which of ``refs`` have finished meanwhile
+            done = [r for r in refs if r < self.finished_at_interrupt]
+            return done, [r for r in refs if r not in done]
+        if self.got == self.interrupt_after:
+            raise KeyboardInterrupt
+        return [refs[0]], refs[1:]
+
+    def get(self, ref):
+        self.got += 1
+        return "ok", ref
+
+    def cancel(self, ref, force=False):
+        self.cancelled.append(ref)
+
+
+@pytest.mark.parametrize("owned", [True, False])
+def test_ctrl_c_cancels_only_on_a_ray_we_do_not_shut_down(owned, monkeypatch):
+    """Ctrl-C after the first of four tasks: a Ray this run started is shut down without any cancel
+    (cancelling a task as its reply arrives aborts Ray's driver); on a Ray that stays up, the tasks
+    that had not finished are cancelled, and the one that finished meanwhile is not."""
+    fake = _FakeRay(finished_at_interrupt=2, interrupt_after=1)
+    monkeypatch.setattr(ray_exec, "_owned", [owned])
+    got: list[int] = []
+    tasks = [ray_exec.Task(k, print, (), 1) for k in range(4)]
+    with pytest.raises(KeyboardInterrupt):
+        ray_exec.run_tasks(fake, tasks, lambda key, value: got.append(key))
+    assert got == [0]
+    assert fake.cancelled == ([] if owned else [2, 3])
+
+
 def test_ray_missing_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as where it is not installed
     assert cli.main(["sweep", "digits-star", *GRID, "--ray", "--out", str(tmp_path / "sw"), "--quiet"]) == 2

@@ -26,6 +26,8 @@ from typing import Any
 from flexpl.errors import UserError
 
 LOCAL = ""  # the value of ``--ray`` given without an address: start a local Ray
+# whether the Ray that :func:`session` yields now was started by it (and so is shut down by it)
+_owned: list[bool] = []
 _ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9._-]+:\d+)$")
 
 
@@ -98,7 +100,11 @@ def session(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
         _check_reachable(address)
     ray = _import_ray()
     if ray.is_initialized():
-        yield ray
+        _owned.append(False)
+        try:
+            yield ray
+        finally:
+            _owned.pop()
         return
     import logging
 
@@ -112,9 +118,11 @@ def session(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
     except ConnectionError as exc:  # no cluster at that address
         raise UserError(f"--ray {address}: cannot connect ({str(exc).splitlines()[0]}); start the cluster "
                         "(ray start --head) or drop the address for a local Ray") from None
+    _owned.append(True)
     try:
         yield ray
     finally:
+        _owned.pop()
         ray.shutdown()
 
 
@@ -184,6 +192,25 @@ def run_tasks(ray: Any, tasks: Sequence[Task], on_done: Callable[[Hashable, Any]
                     raise TaskError(t.key, value)
                 on_done(t.key, value)
     finally:
-        for ref in pending:  # an error or Ctrl-C: drop what has not finished (cell folders stay resumable)
-            with contextlib.suppress(Exception):
-                ray.cancel(ref, force=True)
+        if pending:  # an error or Ctrl-C: drop what has not finished (cell folders stay resumable)
+            _drop(ray, list(pending))
+
+
+def _drop(ray: Any, refs: list[Any]) -> None:
+    """Stop the tasks ``refs`` after an error or Ctrl-C.
+
+    [Note: no cancel of a Ray we shut down] A local Ray that :func:`session` started is shut
+    down next, and its workers with it: nothing is cancelled. ``ray.cancel`` of a task whose
+    reply is arriving at that moment (Ctrl-C just as a cell finishes) aborts the driver
+    inside Ray (``Check failed: ... Tried to complete task that was not pending``, ray 2.60,
+    one interrupt in seven in tests/test_ray.py; ray-project/ray#54798 fixed a sibling of it).
+    On a Ray that outlives us (a cluster, or one the caller started) the tasks must be
+    stopped: those already finished are skipped (which narrows that window), and the rest are
+    cancelled (``force``: a cell's Python loop may be deep in torch for a while).
+    """
+    if _owned and _owned[-1]:
+        return
+    _done, rest = ray.wait(refs, num_returns=len(refs), timeout=0)
+    for ref in rest:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=True)

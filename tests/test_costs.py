@@ -178,6 +178,27 @@ def test_a_node_is_not_idle_while_it_computes_or_sends():
     assert abs(d["energy_j_comm"] - 8 * mb * (wifi.tx_j_per_bit + wifi.rx_j_per_bit)) < 1e-12 * d["energy_j_comm"]
 
 
+def test_a_rounds_bill_without_per_node_rows_has_the_same_totals():
+    """bill(per_node=False), what every round's row reads, gives bit for bit the full bill's totals."""
+    from flexpl.costs.trace import Totals, bill
+    from flexpl.engine.simulator import run, setup
+
+    from .conftest import digits_star
+
+    scn = digits_star(["training.rounds=2", "training.max_steps_per_round=2"])
+    st = setup(scn)
+    t = Totals.empty(st.topo)
+    for trace, _, _ in run(scn, st=st, keep_traces=True).traces:  # the run's rounds, billed again
+        t.add_round(trace, st.topo)
+    t.add_eval({"server": 1000, "dev0": 10}, st.topo)
+    for idle in (False, True):
+        for ev in (False, True):
+            full, short = bill(t, st.topo, t.sim_time, idle, ev), bill(t, st.topo, t.sim_time, idle, ev, per_node=False)
+            assert short == {k: full[k] for k in short}, (idle, ev)
+            assert set(short) == {"flops", "energy_j", "energy_j_idle", "eval_flops", "eval_energy_j"}
+    assert bill(t, st.topo, t.sim_time, True, True, per_node=False)["energy_j_idle"] > 0
+
+
 # --------------------------------------------------------------------------- defect 5: one definition
 
 

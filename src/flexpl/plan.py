@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from flexpl.devcut import (  # noqa: F401 (front_count: re-exported)
     auto_device_cuts,
@@ -77,9 +78,12 @@ class Plan:
     groups: dict[str, tuple[str, ...]] | None = None  # head -> data nodes, for per_group
 
 
-@dataclass(frozen=True)
-class Replica:
-    """One copy of a stage: where it lives and which data nodes' streams it serves."""
+class Replica(NamedTuple):
+    """One copy of a stage: where it lives and which data nodes' streams it serves.
+
+    (A named tuple, not a frozen dataclass: a FedAvg of 10,000 clients makes 10,000 of them
+    at set-up, and a tuple is made in half the time.)
+    """
 
     stage: int
     index: int

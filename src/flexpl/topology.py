@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -114,7 +115,7 @@ class Topology:
         data_nodes = scn.data_nodes
         topo = cls(nodes, links, data_nodes, scn.server_name)
         reach = topo.reachable(topo.server)
-        for n in data_nodes:
+        for n in data_nodes if not reach.issuperset(data_nodes) else ():
             if n not in reach:
                 raise UserError(f"links: data node '{n}' cannot reach the server '{topo.server}'; add a link")
         return topo
@@ -151,22 +152,22 @@ class Topology:
         self._routes[key] = tuple(reversed(hops))
         return self._routes[key]
 
-    def _bfs(self, src: str, dst: str | None) -> tuple[dict[str, tuple[str, str]], set[str]]:
+    def _bfs(self, src: str, dst: str | None) -> tuple[dict[str, tuple[str, str]], Collection[str]]:
         """Breadth-first search from ``src`` (neighbours in name order), stopping when ``dst`` is reached;
         each node's predecessor and link, and the nodes seen."""
-        prev: dict[str, tuple[str, str]] = {}
-        seen = {src}
-        queue = deque([src])
+        prev: dict[str, tuple[str, str]] = {src: (src, "")}  # (src: seen, removed below)
+        adj, queue = self._adj, deque([src])
+        pop, push = queue.popleft, queue.append
         while queue:
-            u = queue.popleft()
+            u = pop()
             if u == dst:
                 break
-            for v, link in self._adj[u]:
-                if v not in seen:
-                    seen.add(v)
+            for v, link in adj[u]:
+                if v not in prev:
                     prev[v] = (u, link)
-                    queue.append(v)
-        return prev, seen
+                    push(v)
+        del prev[src]
+        return prev, prev  # (as "seen": every node but src, which callers never ask about)
 
     def _tree(self, src: str) -> dict[str, tuple[str, str]]:
         """``src``'s whole BFS tree (each reachable node's predecessor and link), computed once [Note: route trees]."""
@@ -182,8 +183,7 @@ class Topology:
         """
         if src not in self._component:
             comp = frozenset(self._tree(src)) | {src}  # (its BFS tree: kept for routes and default groups)
-            for v in comp:
-                self._component[v] = comp
+            self._component.update(dict.fromkeys(comp, comp))
         return self._component[src]
 
     def first_hop_head(self, node: str) -> str:
@@ -247,19 +247,30 @@ def _profiles_in_order(scn: Scenario) -> tuple[dict[str, DeviceProfile], dict[st
 
 
 def _profiles_fast(scn: Scenario) -> tuple[dict[str, DeviceProfile], dict[str, tuple[str, str, LinkProfile]]] | None:
-    """:func:`_profiles_in_order` in a few passes over the names: one resolution per profile name, one per
-    entry with inline fields. None if anything is wrong (the in-order pass then names the first problem)."""
+    """:func:`_profiles_in_order` in one pass over the nodes and one over the links: one resolution per
+    profile name, one per entry with inline fields. None if anything is wrong (the in-order pass then
+    names the first problem)."""
     try:
-        dev = {p: device_profile(p) for p in dict.fromkeys(n.profile for n in scn.nodes)}
-        lnk = {p: link_profile(p) for p in dict.fromkeys(ln.profile for ln in scn.links)}
-        nodes = {n.name: dev[n.profile] for n in scn.nodes}
-        # (inline fields read directly: ``overrides()`` copies them, 20,000 times for 10,000 phones)
-        nodes.update({n.name: device_profile(n.profile, n.overrides()) for n in scn.nodes if n.__pydantic_extra__})
-        names = [f"{ln.between[0]}-{ln.between[1]}" for ln in scn.links]
-        if len(set(names)) != len(names) or not {f"{b}-{a}" for a, b in (ln.between for ln in scn.links)}.isdisjoint(names):
+        dev: dict[Any, DeviceProfile] = {}
+        nodes: dict[str, DeviceProfile] = {}
+        for n in scn.nodes:
+            if n.__pydantic_extra__:  # (inline fields read directly: ``overrides()`` copies them)
+                nodes[n.name] = device_profile(n.profile, n.overrides())
+            elif (prof := dev.get(n.profile)) is not None:
+                nodes[n.name] = prof
+            else:
+                nodes[n.name] = dev[n.profile] = device_profile(n.profile)
+        lnk: dict[Any, LinkProfile] = {}
+        links: dict[str, tuple[str, str, LinkProfile]] = {}
+        for ln in scn.links:
+            a, b = ln.between
+            if ln.__pydantic_extra__:
+                lp = link_profile(ln.profile, ln.overrides())
+            elif (lp := lnk.get(ln.profile)) is None:
+                lp = lnk[ln.profile] = link_profile(ln.profile)
+            links[f"{a}-{b}"] = (a, b, lp)
+        if len(links) != len(scn.links) or any(f"{b}-{a}" in links for a, b, _ in links.values()):
             return None  # a second link between two nodes (or a name that reads like one): the in-order pass decides
-        links = {nm: (ln.between[0], ln.between[1], lnk[ln.profile] if not ln.__pydantic_extra__ else
-                      link_profile(ln.profile, ln.overrides())) for nm, ln in zip(names, scn.links)}
     except UserError:
         return None
     return nodes, links

@@ -163,6 +163,11 @@ class Compressed:
         return rep
 
 
+_ZERO_NODE = {"flops": 0, "bytes_sent": 0, "bytes_received": 0, "energy_j": 0.0, "energy_j_compute": 0.0,
+              "energy_j_comm": 0.0, "busy_s": 0.0, "comm_s": 0.0, "eval_flops": 0, "eval_energy_j": 0.0}
+_ZERO_LINK = {"bytes": 0, "busy_s": 0.0, "energy_j": 0.0}
+
+
 @dataclass
 class Totals:
     """Cumulative costs: totals and per node / per link."""
@@ -183,11 +188,8 @@ class Totals:
     @classmethod
     def empty(cls, topo: Topology) -> Totals:
         """Zeroed counters for every node and link of ``topo``."""
-        return cls(node={n: {"flops": 0, "bytes_sent": 0, "bytes_received": 0, "energy_j": 0.0,
-                             "energy_j_compute": 0.0, "energy_j_comm": 0.0, "busy_s": 0.0, "comm_s": 0.0,
-                             "eval_flops": 0, "eval_energy_j": 0.0}
-                         for n in topo.nodes},
-                   link={n: {"bytes": 0, "busy_s": 0.0, "energy_j": 0.0} for n in topo.links})
+        node, link = _ZERO_NODE.copy, _ZERO_LINK.copy  # (a copy of a made dict: half the time of a literal)
+        return cls(node={n: node() for n in topo.nodes}, link={n: link() for n in topo.links})
 
     def add_round(self, trace: Trace, topo: Topology) -> tuple[list[float], list[float]]:
         """Schedule a round's trace after the current clock and add its costs; returns starts and ends."""
@@ -281,15 +283,24 @@ def idle_seconds(totals: Totals, sim_time: float) -> dict[str, float]:
     return {n: max(sim_time - d["busy_s"] - d.get("comm_s", 0.0), 0.0) for n, d in totals.node.items()}
 
 
-def bill(totals: Totals, topo: Topology, sim_time: float, include_idle: bool, include_eval: bool) -> dict[str, Any]:
+def bill(totals: Totals, topo: Topology, sim_time: float, include_idle: bool, include_eval: bool,
+         per_node: bool = True) -> dict[str, Any]:
     """The one definition of a run's cost totals, used by summary.json, rounds.csv and the planner.
 
     Returns ``flops``, ``energy_j`` (training compute + communication, plus idle energy when
     ``include_idle`` and evaluation when ``include_eval``), ``energy_j_idle`` (0 unless
     ``include_idle``), ``idle_j`` (every node's idle energy, whether included or not),
     ``eval_flops``, ``eval_energy_j`` and ``per_node`` (``flops``, ``energy_j``, ``energy_j_idle``,
-    ``idle_s``) on the same terms.
+    ``idle_s``) on the same terms. ``per_node`` False (a round's row): the totals only, without
+    ``idle_j`` and ``per_node``, and no pass over the nodes unless idle energy is included.
     """
+    if not per_node:
+        energy_idle = sum(topo.nodes[n].idle_power_w * max(sim_time - d["busy_s"] - d.get("comm_s", 0.0), 0.0)
+                          for n, d in totals.node.items()) if include_idle else 0.0  # (idle_j's sum, in order)
+        return {"flops": int(totals.flops) + (int(totals.eval_flops) if include_eval else 0),
+                "energy_j": totals.energy + energy_idle + (totals.eval_energy if include_eval else 0.0),
+                "energy_j_idle": energy_idle, "eval_flops": int(totals.eval_flops),
+                "eval_energy_j": totals.eval_energy}
     idle_s = idle_seconds(totals, sim_time)
     idle_j = {n: topo.nodes[n].idle_power_w * idle_s[n] for n in totals.node}
     per_node = {}

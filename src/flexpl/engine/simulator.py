@@ -188,13 +188,13 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         # work per sample of the whole model (only needed to weigh worker processes)
         fwd = count_fwd_bwd(full, (1,) + tuple(data.input_shape), False)[0] if plan.junction == "batch" else 0
         choice = executor.choose(scn, plan, stages, [len(r) for r in layout.replicas], fwd, len(data.train_y))
-        fit = vecwork.fits(scn, layout, stages, local)  # (a pass over the clients: once)
-        choice = vecwork.prefer(scn, choice, layout, stages, local, fit)  # [Note: vectorized working models]
+        fit = vecwork.fits(scn, layout, stages, None)  # (every node is here: no pass over the clients)
+        choice = vecwork.prefer(scn, choice, layout, stages, None, fit)  # [Note: vectorized working models]
     else:  # the distributed backend and shape-only walks run replicas where they live
         choice, fit = executor.Choice("sequential", "distributed backend or shape-only walk"), False
     # [Note: vectorized working models] working-model plans train K clients at a time on one stacked arena
     stacked_work = choice.mode == "vectorized" and fit
-    engine = Engine(layout, full, scn.training.optimizer, transport_factory(recorder), recorder, grid, local,
+    engine = Engine(layout, full, scn.training.optimizer, transport_factory(recorder), recorder, grid, is_local,
                     shared=choice.mode == "processes",
                     vector_chunk=scn.engine.vector_chunk if choice.mode == "vectorized" and not stacked_work else None,
                     # [Note: working models] reproduce FedAvg's sum only, and keep no client for a failure to drop
@@ -435,7 +435,7 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
                     n_eval += len(st.val[1])
             if n_eval:
                 totals.add_eval(eval_flops(eng, n_eval, tuple(st.data.input_shape), list(weights), eval_cache), topo)
-        b = bill(totals, topo, totals.sim_time, scn.energy.include_idle, scn.costs.include_eval)
+        b = bill(totals, topo, totals.sim_time, scn.energy.include_idle, scn.costs.include_eval, per_node=False)
         row = {"round": rnd, "accuracy": ev.get("accuracy", float("nan")), "loss": ev.get("loss", float("nan")),
                "accuracy_min": ev.get("accuracy_min", float("nan")),
                "accuracy_ensemble": ev.get("accuracy_ensemble", float("nan")),
@@ -451,7 +451,7 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
             row["val_loss"] = ev.get("val_loss", float("nan"))
         row["lr"] = lr
         # energy spent on the data-holding devices so far (what cost-to-target reports as device_energy_j)
-        row["device_energy_j"] = sum(totals.node[n]["energy_j"] for n in scn.data_nodes)
+        row["device_energy_j"] = sum(totals.node[n]["energy_j"] for n in topo.data_nodes)
         rows.append(row)
         # evaluation.stop_at_target: this round reached the highest target, so it is the last one
         stop = scn.evaluation.stop_at_target and reached_all(rows, scn.evaluation.targets)

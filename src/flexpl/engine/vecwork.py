@@ -135,8 +135,7 @@ def fits(scn: Scenario, layout: Layout, stages: list[nn.Module], is_local: Calla
     tr = scn.training
     if scn.failures.active or tr.aggregator.kind != "fedavg" or tr.loss != "cross_entropy":
         return False
-    local = is_local or (lambda node: True)
-    work = working_stages(layout, stages, tr.optimizer, local, None)
+    work = working_stages(layout, stages, tr.optimizer, is_local, None)
     if not work:
         return False
     for s, m in enumerate(stages):

@@ -45,13 +45,14 @@ class WorkingModel:
 
 
 def working_stages(layout: Layout, base: list[BlockModel], opt_cfg: OptimizerCfg,
-                   is_local: Callable[[str], bool], vector_chunk: int | None) -> list[int]:
+                   is_local: Callable[[str], bool] | None, vector_chunk: int | None) -> list[int]:
     """Stages whose clients can train on one working model [Note: working models].
 
     Every data node's path runs on replicas of its own (so the simulator trains node after
     node), every FedAvg is over all replicas at the end of every round, optimizers are reset
     on every download, and the stage is here, has weights and no buffers (batch norm
     statistics are not averaged as weights). Anything else keeps a replica per client.
+    ``is_local`` None: every node is here (no pass over the clients to ask).
     """
     plan = layout.plan
     if (plan.junction != "batch" or plan.schedule != "lockstep" or plan.collect_data or vector_chunk
@@ -64,7 +65,8 @@ def working_stages(layout: Layout, base: list[BlockModel], opt_cfg: OptimizerCfg
         return []
     out = [s for s, st in enumerate(plan.stages)
            if st.sync.kind == "fedavg" and layout.aggregators[s] is not None and len(layout.replicas[s]) > 1
-           and all(is_local(r.host) for r in layout.replicas[s]) and is_local(layout.aggregators[s])
+           and (is_local is None or (all(is_local(r.host) for r in layout.replicas[s])
+                                     and is_local(layout.aggregators[s])))
            and count_params(base[s]) > 0 and not any(True for _ in base[s].buffers())]
     # one FedAvg order for all of them: the same replica index for a data node in every stage
     if any(layout.serves[s] != layout.serves[out[0]] for s in out[1:]):

@@ -326,6 +326,21 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
     """
     t_wall = time.perf_counter()
     st = st or setup(scn)
+    # [Note: frozen set-up] The objects alive now (torch, the scenario, the set-up: 400,000 of them for
+    # 10,000 clients) live for the whole run. Left to the cyclic GC, every full collection rescans them
+    # all (0.14 s at 10,000 clients, a few times a run, wherever a round or the summary happens to
+    # allocate enough); frozen, collections see only what the rounds make. Unfrozen on the way out.
+    gc.freeze()
+    try:
+        return _run(scn, st, t_wall, on_round, keep_traces, evaluate, checkpoint_dir, resume)
+    finally:
+        gc.unfreeze()
+
+
+def _run(scn: Scenario, st: Setup, t_wall: float, on_round: Callable[[dict[str, Any]], None] | None,
+         keep_traces: bool, evaluate: Callable[[Setup], dict[str, float]] | None, checkpoint_dir: Path | None,
+         resume: bool) -> RunResult:
+    """:func:`run` after set-up."""
     eng, topo, plan, tr = st.engine, st.topo, st.plan, scn.training
     totals = Totals.empty(topo)
     rows: list[dict[str, Any]] = []

@@ -292,27 +292,24 @@ def bill(totals: Totals, topo: Topology, sim_time: float, include_idle: bool, in
     ``include_idle``), ``idle_j`` (every node's idle energy, whether included or not),
     ``eval_flops``, ``eval_energy_j`` and ``per_node`` (``flops``, ``energy_j``, ``energy_j_idle``,
     ``idle_s``) on the same terms. ``per_node`` False (a round's row): the totals only, without
-    ``idle_j`` and ``per_node``, and no pass over the nodes unless idle energy is included.
+    ``idle_j`` and ``per_node``, and no pass over the nodes unless idle energy is included (10,000
+    nodes, every round).
     """
+    idle_s = idle_seconds(totals, sim_time) if per_node or include_idle else {}
+    idle_j = {n: topo.nodes[n].idle_power_w * idle_s[n] for n in idle_s}
+    energy_idle = sum(idle_j.values()) if include_idle else 0.0
+    out: dict[str, Any] = {
+        "flops": int(totals.flops) + (int(totals.eval_flops) if include_eval else 0),
+        "energy_j": totals.energy + energy_idle + (totals.eval_energy if include_eval else 0.0),
+        "energy_j_idle": energy_idle, "eval_flops": int(totals.eval_flops), "eval_energy_j": totals.eval_energy}
     if not per_node:
-        energy_idle = sum(topo.nodes[n].idle_power_w * max(sim_time - d["busy_s"] - d.get("comm_s", 0.0), 0.0)
-                          for n, d in totals.node.items()) if include_idle else 0.0  # (idle_j's sum, in order)
-        return {"flops": int(totals.flops) + (int(totals.eval_flops) if include_eval else 0),
-                "energy_j": totals.energy + energy_idle + (totals.eval_energy if include_eval else 0.0),
-                "energy_j_idle": energy_idle, "eval_flops": int(totals.eval_flops),
-                "eval_energy_j": totals.eval_energy}
-    idle_s = idle_seconds(totals, sim_time)
-    idle_j = {n: topo.nodes[n].idle_power_w * idle_s[n] for n in totals.node}
-    per_node = {}
+        return out
+    nodes = {}
     for n, d in totals.node.items():
         ev_f, ev_e = d.get("eval_flops", 0), d.get("eval_energy_j", 0.0)
-        per_node[n] = {"flops": int(d["flops"]) + (int(ev_f) if include_eval else 0),
-                       "energy_j": d["energy_j"] + (idle_j[n] if include_idle else 0.0)
-                       + (ev_e if include_eval else 0.0),
-                       "energy_j_idle": idle_j[n], "idle_s": idle_s[n],
-                       "eval_flops": int(ev_f), "eval_energy_j": ev_e}
-    energy_idle = sum(idle_j.values()) if include_idle else 0.0
-    return {"flops": int(totals.flops) + (int(totals.eval_flops) if include_eval else 0),
-            "energy_j": totals.energy + energy_idle + (totals.eval_energy if include_eval else 0.0),
-            "energy_j_idle": energy_idle, "idle_j": idle_j, "eval_flops": int(totals.eval_flops),
-            "eval_energy_j": totals.eval_energy, "per_node": per_node}
+        nodes[n] = {"flops": int(d["flops"]) + (int(ev_f) if include_eval else 0),
+                    "energy_j": d["energy_j"] + (idle_j[n] if include_idle else 0.0)
+                    + (ev_e if include_eval else 0.0),
+                    "energy_j_idle": idle_j[n], "idle_s": idle_s[n],
+                    "eval_flops": int(ev_f), "eval_energy_j": ev_e}
+    return {**out, "idle_j": idle_j, "per_node": nodes}

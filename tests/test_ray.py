@@ -60,13 +60,17 @@ def test_ray_sweep_writes_the_same_sweep_csv_as_the_local_path(tmp_path):
     assert (remote / "report.html").is_file()
 
 
+LONG_CELLS = ["--set", "training.rounds=2", "--set", "training.local_epochs=100"]
+
+
 @pytest.mark.ray
 @needs_ray
 def test_interrupted_ray_sweep_resumes_reusing_finished_cells(tmp_path):
     """Ctrl-C a Ray sweep after its first cell; the rerun keeps that cell and runs only the rest."""
     out = tmp_path / "sw"
-    # one CPU: the cells run one after another, so the interrupt lands after some, before all
-    argv = [str(Path(sys.executable).parent / "flexpl"), "sweep", "digits-star", "--set", "training.rounds=2",
+    # one CPU: the cells run one after another, so the interrupt lands after some, before all; 100 local
+    # epochs make a cell take seconds (2 rounds of 1 epoch take 0.07 s: the rest could finish before Ctrl-C)
+    argv = [str(Path(sys.executable).parent / "flexpl"), "sweep", "digits-star", *LONG_CELLS,
             "--grid", "strategy=fl,fpl,sfl", "--ray", "--jobs", "1", "--out", str(out), "--quiet"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -89,7 +93,7 @@ def test_interrupted_ray_sweep_resumes_reusing_finished_cells(tmp_path):
     assert interrupted, "every cell had finished: nothing left to resume"
 
     seen: dict[str, bool] = {}
-    sweep.run_sweep("digits-star", ["training.rounds=2"], ["strategy=fl,fpl,sfl"], None, out, quiet=True,
+    sweep.run_sweep("digits-star", LONG_CELLS[1::2], ["strategy=fl,fpl,sfl"], None, out, quiet=True,
                     ray="", ray_cpus=2, on_cell=lambda c, s: seen.__setitem__(c.name, s is not None))
     assert seen["strategy=fl"] is False  # reused, not rerun
     assert all(seen[n] for n in interrupted)  # the unfinished cells ran
@@ -181,8 +185,8 @@ class _FakeRay:
     the wait after ``interrupt_after`` results raises KeyboardInterrupt (Ctrl-C), as ``ray.wait`` does."""
 
     def __init__(self, finished_at_interrupt: int, interrupt_after: int) -> None:
-        self.calls: list[str] = []
         self.cancelled: list[int] = []
+        self.options: dict = {}
         self.refs: list[int] = []
         self.finished_at_interrupt, self.interrupt_after, self.got = finished_at_interrupt, interrupt_after, 0
 
@@ -193,7 +197,8 @@ class _FakeRay:
         fake = self
 
         class Remote:
-            def options(self, **_kw):
+            def options(self, **kw):
+                fake.options = kw
                 return self
 
             def remote(self, *args):
@@ -224,12 +229,16 @@ def test_ctrl_c_cancels_only_on_a_ray_we_do_not_shut_down(owned, monkeypatch):
     that had not finished are cancelled, and the one that finished meanwhile is not."""
     fake = _FakeRay(finished_at_interrupt=2, interrupt_after=1)
     monkeypatch.setattr(ray_exec, "_owned", [owned])
+    killed: list[bool] = []
+    monkeypatch.setattr(ray_exec, "_kill_local_tasks", lambda: killed.append(True))
     got: list[int] = []
     tasks = [ray_exec.Task(k, print, (), 1) for k in range(4)]
     with pytest.raises(KeyboardInterrupt):
         ray_exec.run_tasks(fake, tasks, lambda key, value: got.append(key))
     assert got == [0]
     assert fake.cancelled == ([] if owned else [2, 3])
+    assert killed == ([True] if owned else [])  # our own Ray: its workers running our tasks are killed instead
+    assert fake.options == ({"num_cpus": 1, "max_retries": 0} if owned else {"num_cpus": 1})  # and never retried
 
 
 def test_ray_missing_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):

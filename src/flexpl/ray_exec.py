@@ -181,10 +181,13 @@ def run_tasks(ray: Any, tasks: Sequence[Task], on_done: Callable[[Hashable, Any]
             raise TaskError(t.key, f"asks for {t.cpus} CPUs (engine.workers) but the largest Ray node has "
                                    f"{most:g}; lower engine.workers, or give the local Ray more with --jobs")
     remote = ray.remote(_in_worker)
-    pending = {remote.options(num_cpus=t.cpus).remote(t.fn, t.cpus, *t.args): t for t in tasks}
+    # on a Ray of our own a task is never retried: its worker is killed only when we stop [Note: no cancel ...]
+    retries = {"max_retries": 0} if _owned and _owned[-1] else {}
+    pending = {remote.options(num_cpus=t.cpus, **retries).remote(t.fn, t.cpus, *t.args): t for t in tasks}
     try:
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            # (a timeout: Python runs a Ctrl-C's handler only between waits, not inside one)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.2)
             for ref in ready:
                 t = pending.pop(ref)
                 status, value = ray.get(ref)
@@ -199,18 +202,52 @@ def run_tasks(ray: Any, tasks: Sequence[Task], on_done: Callable[[Hashable, Any]
 def _drop(ray: Any, refs: list[Any]) -> None:
     """Stop the tasks ``refs`` after an error or Ctrl-C.
 
-    [Note: no cancel of a Ray we shut down] A local Ray that :func:`session` started is shut
-    down next, and its workers with it: nothing is cancelled. ``ray.cancel`` of a task whose
-    reply is arriving at that moment (Ctrl-C just as a cell finishes) aborts the driver
-    inside Ray (``Check failed: ... Tried to complete task that was not pending``, ray 2.60,
-    one interrupt in seven in tests/test_ray.py; ray-project/ray#54798 fixed a sibling of it).
-    On a Ray that outlives us (a cluster, or one the caller started) the tasks must be
-    stopped: those already finished are skipped (which narrows that window), and the rest are
-    cancelled (``force``: a cell's Python loop may be deep in torch for a while).
+    [Note: no cancel of a Ray we shut down] ``ray.cancel`` of a task whose reply is arriving at
+    that moment (Ctrl-C just as a cell finishes) aborts the driver inside Ray (``Check failed:
+    ... Tried to complete task that was not pending``, ray 2.60, one interrupt in ten in
+    tests/test_ray.py; ray-project/ray#54798 fixed a sibling of it). So on a local Ray that
+    :func:`session` started, nothing is cancelled: the worker processes running our tasks (its
+    raylet's children titled ``ray::_in_worker``) are killed at once, and the Ray is shut down
+    next. (Shutting down alone let cells run on for the 2 s it takes; the tasks were submitted
+    without retries, so none restarts.) On a Ray that outlives us (a cluster, or one the caller
+    started) the tasks must be cancelled: those already finished are skipped, which narrows that
+    window, and the rest are cancelled (``force``: a cell's Python loop may be deep in torch).
     """
     if _owned and _owned[-1]:
+        _kill_local_tasks()
         return
     _done, rest = ray.wait(refs, num_returns=len(refs), timeout=0)
     for ref in rest:
         with contextlib.suppress(Exception):
             ray.cancel(ref, force=True)
+
+
+def _kill_local_tasks() -> None:
+    """SIGKILL this process's descendants that run a task of :func:`run_tasks` (title ``ray::_in_worker``).
+
+    Linux only (read from /proc); elsewhere nothing is killed and the Ray's shutdown ends them.
+    """
+    import signal
+
+    try:
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return
+    children: dict[int, list[int]] = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:  # "pid (comm) state ppid ...": comm may hold spaces
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(pid)
+    todo = [os.getpid()]
+    while todo:
+        for pid in children.get(todo.pop(), ()):
+            todo.append(pid)
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().startswith(f"ray::{_in_worker.__name__}".encode()):
+                        os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass

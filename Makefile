@@ -14,7 +14,7 @@ OUT    ?= results/make-run
 # a few minutes on 2 cores: 3 rounds over a 12k-sample slice of Fashion-MNIST
 RUN_SETS ?= --set training.rounds=3 --set data.max_train=12000
 
-.PHONY: setup data run test test-ray lint bench clean
+.PHONY: setup data run test test-kernels test-ray lint bench clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,13 @@ run: setup data
 
 test: setup data
 	FLEXPL_REQUIRE_RAY=1 $(PY) -m pytest
+
+# the equivalence tests (two execution paths compared) again under ATEN's portable kernels, and
+# under AVX2 where this CPU has more (AVX-512): a tolerance that holds on one kernel path only fails here
+test-kernels: setup data
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -m equivalence -p no:cacheprovider
+	@if grep -q avx512 /proc/cpuinfo 2>/dev/null; then \
+	  ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -m equivalence -p no:cacheprovider; fi
 
 # only the Ray tests (sweep --ray, plan --validate K --ray), with the extra installed
 test-ray: setup data

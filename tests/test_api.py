@@ -242,6 +242,7 @@ def test_fedprox_with_mu_zero_is_fedavg_and_a_large_mu_holds_clients_near_the_gl
     assert 0 < drift[50.0] < 0.6 * drift[0.0]
 
 
+@pytest.mark.equivalence
 def test_a_loss_equal_to_cross_entropy_by_import_path_bills_and_trains_identically(tmp_path, monkeypatch):
     (tmp_path / "flexpl_api_losses.py").write_text(
         "import torch.nn.functional as F\n\ndef ce(logits, labels):\n    return F.cross_entropy(logits, labels)\n")
@@ -254,7 +255,8 @@ def test_a_loss_equal_to_cross_entropy_by_import_path_bills_and_trains_identical
         assert a["flops_total"] == b["flops_total"] and a["eval_flops"] == b["eval_flops"]
         if executor == "sequential":
             assert a["final_loss"] == b["final_loss"]
-        else:  # one batched call against one per replica: the same function, float round-off apart
+        else:  # one batched call against one per replica: the same function, float round-off apart;
+            # 2 rounds x 3 steps is too short for round-off to be amplified (holds on any CPU)
             assert b["final_loss"] == pytest.approx(a["final_loss"], rel=1e-4)
 
 

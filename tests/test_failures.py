@@ -48,7 +48,7 @@ def test_a_dropped_clients_weights_do_not_enter_the_average():
     for k, v in avg.items():
         # every present node saw max_steps x batch samples, so the sample-weighted mean is the plain mean
         three = sum(reps[n][k] for n in ("dev0", "dev2", "dev3")) / 3
-        assert torch.allclose(v, three, atol=1e-6), k
+        assert torch.allclose(v, three, atol=1e-6), k  # one mean of the same tensors, summed in another order
     four = {k: sum(reps[n][k] for n in reps) / 4 for k in avg}
     assert max(float((avg[k] - four[k]).abs().max()) for k in avg) > 1e-4  # dev1's weights would show
 

@@ -68,6 +68,7 @@ def test_clipping_bounds_the_gradient_norm(monkeypatch: pytest.MonkeyPatch) -> N
     assert sum(n > 0.19 for n in clipped) > len(clipped) // 4  # many were cut down to the bound
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("strategy", ["fl", "fpl"])
 def test_schedule_clipping_and_weight_decay_agree_in_every_executor(strategy: str) -> None:
     from flexpl.engine.core import path_state
@@ -76,10 +77,14 @@ def test_schedule_clipping_and_weight_decay_agree_in_every_executor(strategy: st
             "training.optimizer.min_lr=0.005", "training.optimizer.clip_norm=0.3",
             "training.optimizer.weight_decay=0.01"]
     out = {}
-    for mode in ("sequential", "processes", "vectorized"):
-        scn = digits_star([*sets, f"engine.executor={mode}"])
+    # processes: the same arithmetic, so bitwise over the three rounds (the schedule moves the lr).
+    # vectorized: other kernels, so compared after one round from the same weights, where round-off
+    # only adds up over the round's steps and no later round amplifies it (holds on any CPU; over
+    # three rounds it grows ~30x a round and the bound would hold on one kind of CPU only)
+    for mode, rounds in (("sequential", 3), ("processes", 3), ("vectorized", 1), ("sequential-1", 1)):
+        scn = digits_star([*sets, f"engine.executor={mode.split('-')[0]}", f"training.rounds={rounds}"])
         st = setup(scn)
-        assert st.executor.mode == mode
+        assert st.executor.mode == mode.split("-")[0]
         res = run(scn, st=st)
         out[mode] = ({n: path_state(st.engine, n) for n in scn.data_nodes}, res.rounds)
     ref, ref_rows = out["sequential"]
@@ -88,6 +93,8 @@ def test_schedule_clipping_and_weight_decay_agree_in_every_executor(strategy: st
     for node, state in ref.items():
         for key, t in state.items():
             assert torch.equal(out["processes"][0][node][key], t), (node, key)  # bitwise, one thread
+    for node, state in out["sequential-1"][0].items():
+        for key, t in state.items():
             torch.testing.assert_close(out["vectorized"][0][node][key], t, rtol=1e-5, atol=1e-6)
     assert [r["train_loss"] for r in out["processes"][1]] == [r["train_loss"] for r in ref_rows]
     assert all(math.isfinite(r["train_loss"]) for r in ref_rows)

@@ -16,6 +16,7 @@ from flexpl.engine.simulator import run, setup
 
 COSTS = ("flops_total", "bytes_total", "wasted_bytes")
 CLOCK = ("sim_time_s", "energy_j_total", "energy_j_compute", "energy_j_comm")
+pytestmark = pytest.mark.equivalence
 
 
 def many_clients(sets: list[str] | None = None, clients: int = 30, model: dict | None = None) -> Any:
@@ -37,7 +38,10 @@ def many_clients(sets: list[str] | None = None, clients: int = 30, model: dict |
 
 
 def _run(mode: str, sets: list[str]) -> tuple[Any, Any]:
-    scn = many_clients([f"engine.executor={mode}", *sets])
+    # one round from the same weights: vectorized and sequential use other kernels, so their round-off
+    # differs from the first step; within one round it only adds up over the steps (holds on any CPU),
+    # while over several rounds training amplifies it (~30x a round) and a bound holds on one CPU only
+    scn = many_clients([f"engine.executor={mode}", "training.rounds=1", *sets])
     st = setup(scn)
     res = run(scn, st=st, keep_traces=True)
     return st, res
@@ -89,7 +93,8 @@ def test_adam() -> None:
 
 def test_threads_and_chunks_do_not_change_the_result() -> None:
     def weights(sets: list[str]) -> dict[str, torch.Tensor]:
-        scn = many_clients(["engine.executor=vectorized", *sets])
+        # one round: a whole chunk sums the clients in another order than chunks of 8 (see _run)
+        scn = many_clients(["engine.executor=vectorized", "training.rounds=1", *sets])
         st = setup(scn)
         run(scn, st=st)
         return st.engine.global_[0].state_dict()

@@ -30,8 +30,8 @@ CASES = {
 
 def one(name: str, sets: list[str], background: bool) -> tuple[list[float], float, float]:
     """Round walls, seconds inside checkpoint.save on the training thread, run wall."""
-    from flexpl.config import load_scenario
-    from flexpl.engine import checkpoint, simulator
+    from flexpl.config.scenario import load_scenario
+    from flexpl.sim import checkpoint, simulator
 
     scn = load_scenario(name, sets)
     st = simulator.setup(scn)
@@ -61,9 +61,9 @@ def one(name: str, sets: list[str], background: bool) -> tuple[list[float], floa
 
 def save_only() -> None:
     """Time one save of each case's freshly set-up state, on the training thread and through the writer."""
-    from flexpl.config import load_scenario
+    from flexpl.config.scenario import load_scenario
     from flexpl.costs.trace import Totals
-    from flexpl.engine import checkpoint, simulator
+    from flexpl.sim import checkpoint, simulator
 
     print("| case | checkpoint MB | on the training thread ms | background: training thread ms | "
           "background: until written ms |")

@@ -3,9 +3,9 @@
     python benchmarks/cost_to_target.py --out results/cost-to-target --seeds 0 \
         --set data.max_train=6000 --set training.rounds=6 --target 0.7 --target 0.75
 
-Runs every variant (and seed) through the same ``flexpl.runs.run_one`` as ``flexpl run``,
+Runs every variant (and seed) through the same ``flexpl.studies.run_one.run_one`` as ``flexpl run``,
 writes ``comparison.csv`` (one row per variant and seed, with the ``*_to_A`` columns of
-``flexpl.targets``), builds ``report.html`` when there is one seed, and prints the table:
+``flexpl.costs.targets``), builds ``report.html`` when there is one seed, and prints the table:
 per target, mean over the seeds that reached it and how many did.
 """
 
@@ -24,9 +24,9 @@ VARIANTS = {"fl": ("fl", []), "sfl": ("sfl", []), "fpl": ("fpl", []), "fpl-synce
 
 def main() -> None:
     """Run the variants, write comparison.csv, print the cost-to-target table."""
-    from flexpl.results import prepare_out_dir, write_csv
-    from flexpl.runs import run_one
-    from flexpl.targets import COSTS, target_columns, target_key
+    from flexpl.costs.targets import COSTS, target_columns, target_key
+    from flexpl.io.results import prepare_out_dir, write_csv
+    from flexpl.studies.run_one import run_one
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenario", default="edge-fmnist")
@@ -58,7 +58,7 @@ def main() -> None:
                 for k, v in s["to_target"].items()), flush=True)
     write_csv(out / "comparison.csv", [{"strategy": r["variant"], **r} for r in rows])
     if len(seeds) == 1:
-        from flexpl.report import build_report
+        from flexpl.report.html import build_report
 
         print(f"report: {build_report(out)}")
     print(f"\n{a.scenario}, alpha {a.alpha}, {' '.join(a.set)}, seeds {a.seeds}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from flexpl.config import load_scenario
+from flexpl.config.scenario import load_scenario
 from flexpl.models import DEFAULT_CUTS
 from flexpl.planner import Candidate, Planner
 

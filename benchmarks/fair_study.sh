@@ -50,7 +50,7 @@ for part in $PARTITIONS; do
         *) echo "PARTITIONS: unknown '$part' (alpha0.1, iid)" >&2; exit 2 ;;
     esac
     # the tuned values as --set items, and the FPL variant with the best tuned validation accuracy
-    mapfile -t tset < <($PY -c 'import sys; from flexpl.tune import tuned_sets
+    mapfile -t tset < <($PY -c 'import sys; from flexpl.studies.tune import tuned_sets
 print("\n".join(i for t in tuned_sets(sys.argv[1]) for i in ("--set", t)))' "$OUT/$tuned/tuned.yaml")
     best=$($PY -c 'import csv, sys
 rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["chosen"] == "True" and r["strategy"] in ("fpl-sync", "fpl-group")]

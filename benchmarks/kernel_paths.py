@@ -20,9 +20,9 @@ CHILD = r"""
 import copy, json, sys, torch, yaml
 torch.set_num_threads(int(sys.argv[1]))  # the tests run on one thread (tests/conftest.py)
 from importlib import resources
-from flexpl.config import apply_set, validate_scenario
-from flexpl.engine.core import path_state
-from flexpl.engine.simulator import run, setup
+from flexpl.config.scenario import apply_set, validate_scenario
+from flexpl.sim.engine import path_state
+from flexpl.sim.simulator import run, setup
 
 def scenario(sets):
     data = yaml.safe_load(resources.files("flexpl.scenarios").joinpath("digits-star.yaml").read_text())

@@ -16,11 +16,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from flexpl.config import validate_scenario
+from flexpl.config.scenario import validate_scenario
 from flexpl.data import load_dataset
-from flexpl.engine.core import make_optimizer
-from flexpl.engine.simulator import run, setup
 from flexpl.models import build_model
+from flexpl.sim.engine import make_optimizer
+from flexpl.sim.simulator import run, setup
 
 
 def scenario(model: str, samples: int, clients: int, dataset: str) -> dict:

@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 
 from flexpl import planner as P
-from flexpl.config import load_scenario
+from flexpl.config.scenario import load_scenario
 from flexpl.data import load_dataset
 
 
@@ -39,8 +39,8 @@ def cost_all(planner: P.Planner, cands: list[P.Candidate]) -> tuple[float, list[
 
 def check(scn, planner: P.Planner, cands: list[P.Candidate], k: int) -> None:
     """Predicted against simulated (shape-only run through the engine) for ``k`` candidates."""
-    from flexpl.config import validate_scenario
-    from flexpl.engine.simulator import run, setup
+    from flexpl.config.scenario import validate_scenario
+    from flexpl.sim.simulator import run, setup
 
     print(f"\n{'plan':36s} {'pred sim_time_s':>16s} {'simulated':>16s} {'rel.diff':>9s} {'bytes equal':>11s} "
           f"{'pred ms':>8s} {'sim s':>7s}")

@@ -35,10 +35,10 @@ import time
 import overhead  # the plain centralized loop, shared with benchmarks/overhead.py
 import torch
 
-from flexpl.config import load_scenario
+from flexpl.config.scenario import load_scenario
 from flexpl.data import Dataset, load_dataset
-from flexpl.engine.executor import threads as threads_ctx
-from flexpl.engine.simulator import run, setup
+from flexpl.sim.exec.executor import threads as threads_ctx
+from flexpl.sim.simulator import run, setup
 
 CASES = ["fl-cnn-10", "fpl-cnn-10", "fl-cnn-100", "fpl-cnn-100",
          "fl-mlp-100", "fpl-mlp-100", "fl-mlp-1000", "fpl-mlp-1000"]
@@ -209,7 +209,7 @@ def _child_flexpl(sets: list[str]) -> None:
     import json
     import tempfile
 
-    import flexpl.engine.simulator as sim
+    import flexpl.sim.simulator as sim
     from flexpl import cli
 
     real, marks, info = sim.run, [], {}
@@ -272,7 +272,7 @@ def _child_plain(clients: int, rounds: int, batch: int, workers: int) -> None:
     import json
     import multiprocessing as mp
 
-    from flexpl.config import load_scenario
+    from flexpl.config.scenario import load_scenario
     from flexpl.data import load_data, partition
     from flexpl.models import build_model
 

@@ -14,9 +14,9 @@ import yaml
 from torch import nn
 
 import flexpl
-from flexpl.aggregate import FedAdam, FedAvg, FedProx, fedavg, proximal_grad
 from flexpl.cli import main
 from flexpl.errors import UserError
+from flexpl.sim.aggregate import FedAdam, FedAvg, FedProx, fedavg, proximal_grad
 
 from .conftest import digits_star
 
@@ -219,7 +219,7 @@ def test_fedprox_with_mu_zero_is_fedavg_and_a_large_mu_holds_clients_near_the_gl
         **sets, "training.aggregator": {"kind": "fedprox", "mu": 0.0}})).summary
     assert zero["final_loss"] == avg["final_loss"] and zero["flops_total"] == avg["flops_total"]
 
-    from flexpl.engine.simulator import run, setup
+    from flexpl.sim.simulator import run, setup
 
     drift = {}
     for mu in (0.0, 50.0):

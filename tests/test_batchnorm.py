@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flexpl.engine.core import batches, stage_module
-from flexpl.engine.simulator import run, setup
 from flexpl.models import build_model, state_bytes
+from flexpl.sim.engine import batches, stage_module
+from flexpl.sim.simulator import run, setup
 
 from .conftest import digits_star
 
@@ -83,7 +83,7 @@ def test_group_norm_model_has_nothing_but_weights_to_move():
 @pytest.mark.equivalence
 def test_splitfed_on_a_batch_norm_resnet_equals_fedavg():
     """SplitFed runs FedAvg's arithmetic split in two: weights and BN buffers end the same."""
-    from flexpl.engine.core import path_state
+    from flexpl.sim.engine import path_state
 
     sets = [BN_MODEL, IMAGES, "training.rounds=2", "training.max_steps_per_round=3"]
     states = {}

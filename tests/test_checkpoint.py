@@ -180,9 +180,9 @@ def test_checkpoints_are_written_in_the_background_from_a_snapshot(tmp_path, mon
     """The training thread goes on while a checkpoint is written (the write blocks until the round's row is out),
     the written state is the one at the save (changing the model afterwards does not reach it), and the run
     waits for the last write before it returns."""
-    from flexpl.config import load_scenario
-    from flexpl.engine import checkpoint
-    from flexpl.engine.simulator import run, setup
+    from flexpl.config.scenario import load_scenario
+    from flexpl.sim import checkpoint
+    from flexpl.sim.simulator import run, setup
 
     scn = load_scenario("digits-star", sets=["training.rounds=2", "training.max_steps_per_round=2"])
     st = setup(scn)
@@ -221,7 +221,7 @@ def test_checkpoints_are_written_in_the_background_from_a_snapshot(tmp_path, mon
 
 
 def test_a_failed_checkpoint_write_is_a_one_line_error(tmp_path, monkeypatch, capsys):
-    from flexpl.engine import checkpoint
+    from flexpl.sim import checkpoint
 
     def full_disk(path: Path, blob: dict) -> None:
         raise OSError(28, "No space left on device")
@@ -240,7 +240,7 @@ def test_a_failed_checkpoint_write_is_a_one_line_error(tmp_path, monkeypatch, ca
 # training thread has written round 2's row: the checkpoint is round 1's, rounds.csv has rows 1-2.
 _KILL_IN_BACKGROUND_WRITE = """
 import os, signal, sys, time
-from flexpl.engine import checkpoint
+from flexpl.sim import checkpoint
 real = checkpoint.write_blob
 def write(path, blob):
     if blob["round"] == 2:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flexpl.costs.trace import Recorder, schedule
-from flexpl.engine.simulator import build_topology
+from flexpl.sim.simulator import build_topology
 
 from .conftest import chain_scenario
 
@@ -34,7 +34,7 @@ def test_half_duplex_link_queues_an_upload_and_a_download():
 
 
 def test_builtin_link_profiles_say_their_duplex():
-    from flexpl.costs.profiles import load_profiles
+    from flexpl.system.profiles import load_profiles
 
     _, links = load_profiles()
     assert links["wifi"].duplex == "half" and links["ble"].duplex == "half"
@@ -80,8 +80,8 @@ def test_optimizer_and_aggregation_are_billed_where_they_run():
     """One FedAvg step on digits-star: each device pays forward, loss, backward and its SGD-momentum step;
     the server pays the average of 4 replicas."""
     from flexpl.costs.flops import count_fwd_bwd, fedavg_flops, optimizer_flops
-    from flexpl.engine.simulator import run
     from flexpl.models import build_model, count_params
+    from flexpl.sim.simulator import run
 
     from .conftest import digits_star
 
@@ -102,8 +102,8 @@ def test_optimizer_and_aggregation_are_billed_where_they_run():
 def test_evaluation_is_billed_apart_on_the_node_that_runs_it():
     """FedAvg evaluates the server's averaged model: forward + loss on the test set, at the server only."""
     from flexpl.costs.flops import flop_counter
-    from flexpl.engine.simulator import run, setup
     from flexpl.models import build_model
+    from flexpl.sim.simulator import run, setup
 
     from .conftest import digits_star
 
@@ -138,7 +138,7 @@ def test_evaluation_is_billed_apart_on_the_node_that_runs_it():
 
 
 def test_a_straggler_draws_its_active_power_for_longer():
-    from flexpl.engine.simulator import run
+    from flexpl.sim.simulator import run
 
     from .conftest import digits_star
 
@@ -156,7 +156,7 @@ def test_a_straggler_draws_its_active_power_for_longer():
 
 def test_a_node_is_not_idle_while_it_computes_or_sends():
     """include_idle: dev0's idle energy covers only the time it neither computes nor sends nor receives."""
-    from flexpl.engine.simulator import run, setup
+    from flexpl.sim.simulator import run, setup
 
     from .conftest import digits_star
 
@@ -181,7 +181,7 @@ def test_a_node_is_not_idle_while_it_computes_or_sends():
 def test_a_rounds_bill_without_per_node_rows_has_the_same_totals():
     """bill(per_node=False), what every round's row reads, gives bit for bit the full bill's totals."""
     from flexpl.costs.trace import Totals, bill
-    from flexpl.engine.simulator import run, setup
+    from flexpl.sim.simulator import run, setup
 
     from .conftest import digits_star
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from flexpl.config import load_scenario
-from flexpl.devcut import auto_device_cuts, weak_devices
-from flexpl.engine.simulator import build_topology, run
+from flexpl.config.scenario import load_scenario
 from flexpl.errors import UserError
-from flexpl.plan import PRESETS, build_plan, place
+from flexpl.plan.device_cuts import auto_device_cuts, weak_devices
+from flexpl.plan.layout import PRESETS, build_plan, place
+from flexpl.sim.simulator import build_topology, run
 
 from .conftest import chain_scenario, digits_star
 from .test_fpl_sync import TWO_EDGES
@@ -167,7 +167,7 @@ def test_planner_predicts_fpl_devcut_exactly_behind_two_edges_with_group_sync():
 
 def test_fpl_devcut_on_the_dist_backend_matches_the_simulator(tmp_path):
     """A weak device's piece runs in the edge process: same bytes, costs and accuracy as the simulator."""
-    from flexpl.engine.dist import launch
+    from flexpl.dist.backend import launch
 
     from .test_dist import SMALL, _assert_same_as_simulator, _sim
 
@@ -183,8 +183,8 @@ def test_fpl_devcut_on_the_dist_backend_matches_the_simulator(tmp_path):
 # ------------------------------------------------------------ fpl-ecut: cuts chosen by each device's energy
 
 def test_front_costs_and_energy_cuts_of_the_cnn_on_edge_fmnist():
-    from flexpl.devcut import energy_device_cuts, front_costs
     from flexpl.models import build_model
+    from flexpl.plan.device_cuts import energy_device_cuts, front_costs
 
     topo = build_topology(load_scenario("edge-fmnist", [], "fpl-ecut"))
     cost = front_costs(build_model("cnn", (1, 28, 28), 10, seed=0), (1, 28, 28))
@@ -227,7 +227,7 @@ def test_planner_predicts_fpl_sync_ecut_exactly():
 
 
 def test_automatic_cuts_keep_to_the_cuts_a_registered_model_allows():
-    from flexpl.devcut import energy_device_cuts
+    from flexpl.plan.device_cuts import energy_device_cuts
 
     topo = build_topology(load_scenario("edge-fmnist", [], "fpl-devcut"))
     weak = ["dev0", "dev2", "dev4", "dev5"]
@@ -244,7 +244,7 @@ def test_automatic_cuts_keep_to_the_cuts_a_registered_model_allows():
 
 def test_fpl_sync_ecut_on_the_dist_backend_matches_the_simulator(tmp_path):
     """Every process picks the same energy cuts from the model: dev0 (Ethernet) hands fc2 to the edge."""
-    from flexpl.engine.dist import launch
+    from flexpl.dist.backend import launch
 
     from .test_dist import SMALL, _assert_same_as_simulator, _sim
 

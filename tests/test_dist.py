@@ -22,10 +22,10 @@ import torch
 import torch.distributed as dist
 
 from flexpl.cli import main
-from flexpl.engine.dist import blame, launch, node_ranks
-from flexpl.engine.simulator import run
+from flexpl.dist.backend import blame, launch, node_ranks
 from flexpl.errors import UserError
-from flexpl.results import write_yaml
+from flexpl.io.results import write_yaml
+from flexpl.sim.simulator import run
 
 from .conftest import chain_scenario, digits_star
 

@@ -25,9 +25,9 @@ import pytest
 import torch.distributed as dist
 
 from flexpl.cli import main
-from flexpl.config import validate_scenario
-from flexpl.engine import emulate
-from flexpl.results import write_yaml
+from flexpl.config.scenario import validate_scenario
+from flexpl.dist.emulate import links as emulate
+from flexpl.io.results import write_yaml
 
 REASON = None
 if sys.platform != "linux":

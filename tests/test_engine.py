@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from flexpl.data import load_dataset
-from flexpl.engine.simulator import run, setup
 from flexpl.models import build_model, state_bytes
+from flexpl.sim.simulator import run, setup
 
 from .conftest import chain_scenario, digits_star
 
@@ -119,7 +119,7 @@ def test_dataset_is_not_modified_by_training():
 
 def test_a_shape_only_run_records_exactly_the_same_costs():
     """[Note: meta replicas] With no local node, nothing is computed but the trace is identical."""
-    from flexpl.plan import PRESETS
+    from flexpl.plan.layout import PRESETS
 
     keys = ("flops_total", "bytes_total", "sim_time_s", "energy_j_total", "params_total", "per_link")
     for strategy in PRESETS:
@@ -133,7 +133,7 @@ def test_a_shape_only_run_records_exactly_the_same_costs():
 
 def test_node_major_order_changes_nothing_but_speed():
     """[Note: node-major order] FedAvg run node by node equals the lockstep interleaving exactly."""
-    from flexpl.engine.core import path_state
+    from flexpl.sim.engine import path_state
 
     scn = digits_star(["training.rounds=2", "training.local_epochs=2"], strategy="fl")
     fast = setup(scn)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from flexpl import planner as P
-from flexpl.config import load_scenario
+from flexpl.config.scenario import load_scenario
 from flexpl.data.batching import batches, equal_steps
-from flexpl.engine.simulator import run
 from flexpl.planner.shapes import batch_sizes
+from flexpl.sim.simulator import run
 
 from .conftest import digits_star
 from .test_planner import _check_against_simulator, _close

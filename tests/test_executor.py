@@ -5,19 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flexpl.config import load_scenario
+from flexpl.config.scenario import load_scenario
 from flexpl.costs.flops import FlopCache, count_fwd_bwd
-from flexpl.engine import executor
-from flexpl.engine.core import path_state
-from flexpl.engine.simulator import run, setup
 from flexpl.errors import UserError
 from flexpl.models import build_model
+from flexpl.sim.engine import path_state
+from flexpl.sim.exec import executor
+from flexpl.sim.simulator import run, setup
 
 from .conftest import chain_scenario, digits_star
 
 COSTS = ("flops_total", "bytes_total", "wasted_bytes")
 CLOCK = ("sim_time_s", "energy_j_total", "energy_j_compute", "energy_j_comm")
-# [Note: mode equivalence] in flexpl/engine/executor.py: processes is bitwise equal to sequential
+# [Note: mode equivalence] in flexpl/sim/exec/executor.py: processes is bitwise equal to sequential
 # on one thread (the tests' setting); vectorized agrees to float round-off.
 VECTOR_RTOL = 1e-5
 ONE_ROUND = ["training.rounds=1"]  # the later --set wins over _run's three rounds
@@ -214,7 +214,7 @@ def test_fpl_step_workers_when_trunks_serve_one_front_per_step() -> None:
             "links": [{"between": [f"dev{i}", f"edge{i // 2}"], "profile": "wifi"} for i in range(4)]
             + [{"between": ["edge{i}", "cloud"], "count": 2, "profile": "fiber"}],
         }
-        from flexpl.config import validate_scenario
+        from flexpl.config.scenario import validate_scenario
 
         scn = validate_scenario(data)
         st = setup(scn)

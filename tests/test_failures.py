@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flexpl.engine import failures
-from flexpl.engine.simulator import run, setup
 from flexpl.errors import UserError
+from flexpl.sim import failures
+from flexpl.sim.simulator import run, setup
 
 from .conftest import digits_star
 

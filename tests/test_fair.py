@@ -11,11 +11,11 @@ import torch
 import yaml
 
 from flexpl.cli import main
-from flexpl.config import load_scenario
+from flexpl.config.scenario import load_scenario
 from flexpl.data.partition import partition, validation_split
-from flexpl.engine.core import Engine
-from flexpl.engine.simulator import run, setup
 from flexpl.errors import UserError
+from flexpl.sim.engine import Engine
+from flexpl.sim.simulator import run, setup
 
 from .conftest import digits_star
 

@@ -1,4 +1,4 @@
-"""flexpl.faults: the test-only fault hooks, off unless their variable is set, and strict about its form."""
+"""flexpl.io.injected_faults: the test-only fault hooks, off unless their variable is set, and strict about its form."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from flexpl import faults
 from flexpl.errors import UserError
+from flexpl.io import injected_faults as faults
 
 
 def test_kill_point_off_unless_set(monkeypatch):
@@ -30,7 +30,7 @@ def test_a_malformed_kill_point_is_a_user_error(monkeypatch, raw):
 
 
 def test_the_kill_hook_kills_at_its_step():
-    code = "from flexpl import faults\nfaults.after_train_step(3, 1)\nprint('alive', flush=True)\n" \
+    code = "from flexpl.io import injected_faults as faults\nfaults.after_train_step(3, 1)\nprint('alive', flush=True)\n" \
            "faults.after_train_step(3, 2)\nprint('survived')\n"
     r = subprocess.run([sys.executable, "-c", code], env={"FLEXPL_TEST_KILL_AT": "3:2", "PATH": ""},
                        capture_output=True, text=True, timeout=120)
@@ -82,7 +82,7 @@ def test_a_malformed_dist_fault_is_a_user_error(monkeypatch, raw, message):
 
 
 def test_the_engine_reads_no_fault_variable_itself():
-    """Both variables are read only in flexpl.faults (tests set them; nothing else may depend on them)."""
+    """Both variables are read only in flexpl.io.injected_faults (tests set them; nothing else may depend on them)."""
     from pathlib import Path
 
     import flexpl

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from flexpl.config import load_scenario
-from flexpl.engine.simulator import build_topology, run
+from flexpl.config.scenario import load_scenario
 from flexpl.errors import UserError
 from flexpl.models import build_model, stage_bytes_between
-from flexpl.plan import PRESETS, build_plan, place
+from flexpl.plan.layout import PRESETS, build_plan, place
+from flexpl.sim.simulator import build_topology, run
 
 from .conftest import digits_star
 
@@ -142,7 +142,7 @@ def test_front_sync_group_bytes_stay_below_the_edges():
 
 def test_front_sync_group_averages_within_groups_only():
     """After a synced round the two devices of a group share one front; the groups' fronts differ."""
-    from flexpl.engine.simulator import setup
+    from flexpl.sim.simulator import setup
 
     scn = digits_star(["training.rounds=1", "training.max_steps_per_round=2", "plan.cut=1"],
                       strategy="fpl-group", **TWO_EDGES)

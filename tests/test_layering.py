@@ -70,11 +70,11 @@ GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
 
 
 def test_the_walk_finds_the_package():
-    assert {"flexpl.cli", "flexpl.engine.dist", "flexpl.engine.simulator", "flexpl.costs.trace",
-            "flexpl.results", "flexpl.faults", "flexpl.data.batching"} <= set(MODULES)
+    assert {"flexpl.cli", "flexpl.dist.backend", "flexpl.sim.simulator", "flexpl.costs.trace",
+            "flexpl.io.results", "flexpl.io.injected_faults", "flexpl.data.batching"} <= set(MODULES)
     # top-level, deferred and relative imports are all seen
-    assert {"flexpl.runs", "flexpl.engine.dist", "flexpl.config"} <= GRAPH["flexpl.cli"]
-    assert "flexpl.data.batching" in GRAPH["flexpl.engine.core"]
+    assert {"flexpl.studies.run_one", "flexpl.dist.backend", "flexpl.config.scenario"} <= GRAPH["flexpl.cli"]
+    assert "flexpl.data.batching" in GRAPH["flexpl.sim.engine"]
 
 
 def test_nothing_below_the_cli_imports_it():
@@ -85,7 +85,7 @@ def test_nothing_below_the_cli_imports_it():
 
 def test_engine_and_costs_import_no_command_module():
     """The engine and the cost model sit below every command (run, sweep, tune, plan, report)."""
-    commands = {"flexpl.cli", "flexpl.sweep", "flexpl.tune", "flexpl.planner", "flexpl.report", "flexpl.runs"}
+    commands = {"flexpl.cli", "flexpl.studies.sweep", "flexpl.studies.tune", "flexpl.planner", "flexpl.report.html", "flexpl.studies.run_one"}
     bad = {m: sorted(GRAPH[m] & commands) for m in GRAPH
            if m.startswith(("flexpl.engine", "flexpl.costs")) and GRAPH[m] & commands}
     assert bad == {}, bad
@@ -143,7 +143,7 @@ def test_every_module_imports_alone_in_a_fresh_interpreter():
 
 def test_the_launchers_worker_entry_needs_no_cli(monkeypatch, capsys):
     """What each launched worker runs (engine.dist.worker_main): argument and environment errors are one line, exit 2."""
-    from flexpl.engine import dist
+    from flexpl.dist import backend as dist
 
     assert dist.worker_main(["--no-such-option"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -158,7 +158,7 @@ def test_the_launchers_worker_entry_needs_no_cli(monkeypatch, capsys):
 def test_moved_helpers_answer_at_their_old_homes():
     """Other modules (and helpers) still import these from the engine."""
     from flexpl.data import batching
-    from flexpl.engine import core
+    from flexpl.sim import engine as core
 
     assert (core.batches, core.select_clients, core.mix_seed) == (batching.batches, batching.select_clients,
                                                                     batching.mix_seed)
@@ -167,8 +167,8 @@ def test_moved_helpers_answer_at_their_old_homes():
 def test_block_model_slice_is_a_copy_with_the_full_models_keys():
     import torch
 
-    from flexpl.engine.core import stage_module
     from flexpl.models import build_model
+    from flexpl.sim.engine import stage_module
 
     model = build_model("cnn", (1, 8, 8), 10, seed=0)
     part = model.slice(1, 3)
@@ -181,9 +181,9 @@ def test_block_model_slice_is_a_copy_with_the_full_models_keys():
 
 
 def test_topology_from_scenario_is_what_the_simulator_builds():
-    from flexpl.config import load_scenario
-    from flexpl.engine.simulator import build_topology
-    from flexpl.topology import Topology
+    from flexpl.config.scenario import load_scenario
+    from flexpl.sim.simulator import build_topology
+    from flexpl.system.topology import Topology
 
     scn = load_scenario("edge-fmnist", [], "fpl")
     topo, old = Topology.from_scenario(scn), build_topology(scn)
@@ -195,5 +195,5 @@ def test_type_only_imports_are_not_edges(tmp_path: Path) -> None:
     """An ``if TYPE_CHECKING:`` import is not an edge of the graph; a deferred one is."""
     f = tmp_path / "m.py"
     f.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from flexpl.cli import main\n"
-                 "def g():\n    from flexpl.console import fmt\n")
-    assert _imports("flexpl.m", f) == {"flexpl.console"}
+                 "def g():\n    from flexpl.io.console import fmt\n")
+    assert _imports("flexpl.m", f) == {"flexpl.io.console"}

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 import yaml
 
 from flexpl.cli import main
-from flexpl.engine.core import stage_module
-from flexpl.memory import check_fits, node_peaks
+from flexpl.costs.memory import check_fits, node_peaks
 from flexpl.models import build_model, state_bytes
 from flexpl.planner import Candidate, Planner, saved_activation_bytes
+from flexpl.sim.engine import stage_module
 
 from .conftest import digits_star, saved_storages
 

@@ -1,4 +1,4 @@
-"""Names moved out of report.py, engine/dist.py and config.py still answer at their old homes (the same objects)."""
+"""Names moved out of report.py, dist/backend.py and config.py still answer at their old homes (the same objects)."""
 
 from __future__ import annotations
 
@@ -7,34 +7,34 @@ import importlib
 import pytest
 
 MOVED = {
-    "flexpl.report": {
-        "flexpl.report_runs": ["Run", "SeedGroup", "pareto_front", "discover_runs", "load_runs", "seed_groups_of",
+    "flexpl.report.html": {
+        "flexpl.report.runs": ["Run", "SeedGroup", "pareto_front", "discover_runs", "load_runs", "seed_groups_of",
                                "_float", "_read_csv", "_short_labels", "_cmap_color"],
-        "flexpl.report_plots": ["FIGURES", "WHAT_COLORS", "MAX_TIMELINES", "GREY", "_RC", "make_figures",
+        "flexpl.report.plots": ["FIGURES", "WHAT_COLORS", "MAX_TIMELINES", "GREY", "_RC", "make_figures",
                                 "fig_accuracy_vs_round", "fig_accuracy_vs_cost", "fig_pareto", "fig_energy_per_node",
                                 "fig_bytes_per_link", "fig_timeline", "fig_seeds_accuracy", "fig_seeds_costs",
                                 "_png", "_legend_right", "_names", "_grouped_bars", "_run_legend", "_time_unit",
                                 "_pct", "_round_start", "_ms"],
-        "flexpl.report_tables": ["BEST", "_flat", "_table", "_img", "_configs", "_seeds_html_table"],
+        "flexpl.report.tables": ["BEST", "_flat", "_table", "_img", "_configs", "_seeds_html_table"],
     },
-    "flexpl.engine.dist": {
-        "flexpl.engine.dist_ranks": ["WorkerFailure", "node_ranks", "_Status", "_log", "_where"],
-        "flexpl.engine.dist_messages": ["_eval_sources", "_eval_engine", "_point_to_root", "_barrier",
+    "flexpl.dist.backend": {
+        "flexpl.dist.ranks": ["WorkerFailure", "node_ranks", "_Status", "_log", "_where"],
+        "flexpl.dist.messages": ["_eval_sources", "_eval_engine", "_point_to_root", "_barrier",
                                         "_while_rank0_works"],
-        "flexpl.engine.dist_worker": ["STARTUP_TIMEOUT_S", "FAULT_ENV", "EXIT_PEER_FAILURE", "run_worker",
+        "flexpl.dist.worker": ["STARTUP_TIMEOUT_S", "FAULT_ENV", "EXIT_PEER_FAILURE", "run_worker",
                                       "_gather_summary", "_set_up_and_meet", "_work", "add_arguments", "_env_int",
                                       "_Parser", "worker_main", "main"],
-        "flexpl.engine.dist_launch": ["_PRELOAD", "_free_port", "_read_status", "blame", "_worker_process", "launch",
+        "flexpl.dist.launch": ["_PRELOAD", "_free_port", "_read_status", "blame", "_worker_process", "launch",
                                       "_supervise", "run_dist"],
     },
-    "flexpl.config": {
-        "flexpl.config_base": ["_Strict"],
-        "flexpl.config_training": ["OptimizerCfg", "AggregatorCfg", "TrainingCfg"],
-        "flexpl.config_data": ["PartitionCfg", "TransformCfg", "DataFallbackCfg", "DataCfg"],
-        "flexpl.config_plan": ["NodeCfg", "LinkCfg", "SyncCfg", "StageCfg", "PlanCfg"],
-        "flexpl.config_engine": ["EnergyCfg", "CostsCfg", "EvaluationCfg", "EngineCfg", "Probability", "StragglerCfg",
+    "flexpl.config.scenario": {
+        "flexpl.config.base": ["_Strict"],
+        "flexpl.config.training": ["OptimizerCfg", "AggregatorCfg", "TrainingCfg"],
+        "flexpl.config.data": ["PartitionCfg", "TransformCfg", "DataFallbackCfg", "DataCfg"],
+        "flexpl.config.plan": ["NodeCfg", "LinkCfg", "SyncCfg", "StageCfg", "PlanCfg"],
+        "flexpl.config.engine": ["EnergyCfg", "CostsCfg", "EvaluationCfg", "EngineCfg", "Probability", "StragglerCfg",
                                  "NodeFailureCfg", "LinkFailureCfg", "FailuresCfg"],
-        "flexpl.config_load": ["builtin_scenarios", "_read_scenario_text", "parse_set", "apply_set", "_one_line",
+        "flexpl.config.load": ["builtin_scenarios", "_read_scenario_text", "parse_set", "apply_set", "_one_line",
                                "flatten_overrides", "apply_strategy_overrides"],
     },
 }
@@ -51,7 +51,10 @@ def test_moved_names_answer_at_their_old_home(old):
 
 def test_the_scenario_schema_still_validates_through_the_moved_sections():
     """Scenario's section fields resolve to the moved classes (pydantic reads them from config's namespace)."""
-    from flexpl import config, config_engine, config_plan, config_training
+    from flexpl.config import engine as config_engine
+    from flexpl.config import plan as config_plan
+    from flexpl.config import scenario as config
+    from flexpl.config import training as config_training
 
     scn = config.load_scenario("digits-star", ["plan.cut=1", "engine.timeout_s=5", "training.optimizer.lr=0.1"])
     assert isinstance(scn.training, config_training.TrainingCfg) and scn.training.optimizer.lr == 0.1

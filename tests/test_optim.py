@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from flexpl.config import OptimizerCfg
-from flexpl.engine.core import lr_at
-from flexpl.engine.simulator import run, setup
+from flexpl.config.scenario import OptimizerCfg
 from flexpl.errors import UserError
+from flexpl.sim.engine import lr_at
+from flexpl.sim.simulator import run, setup
 
 from .conftest import digits_star
 
@@ -71,7 +71,7 @@ def test_clipping_bounds_the_gradient_norm(monkeypatch: pytest.MonkeyPatch) -> N
 @pytest.mark.equivalence
 @pytest.mark.parametrize("strategy", ["fl", "fpl"])
 def test_schedule_clipping_and_weight_decay_agree_in_every_executor(strategy: str) -> None:
-    from flexpl.engine.core import path_state
+    from flexpl.sim.engine import path_state
 
     sets = [f"strategy={strategy}", "training.rounds=3", "training.optimizer.schedule=cosine",
             "training.optimizer.min_lr=0.005", "training.optimizer.clip_norm=0.3",
@@ -101,7 +101,7 @@ def test_schedule_clipping_and_weight_decay_agree_in_every_executor(strategy: st
 
 
 def test_sgd_weight_decay_shrinks_weights_by_hand() -> None:
-    from flexpl.engine.core import make_optimizer
+    from flexpl.sim.engine import make_optimizer
 
     lin = torch.nn.Linear(3, 2)
     w0 = lin.weight.detach().clone()

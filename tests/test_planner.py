@@ -11,13 +11,13 @@ import torch.nn.functional as F
 
 from flexpl import planner as P
 from flexpl.cli import main as cli
-from flexpl.config import validate_scenario
+from flexpl.config.scenario import validate_scenario
 from flexpl.costs.trace import schedule
-from flexpl.engine.core import stage_module
-from flexpl.engine.simulator import run, setup
 from flexpl.errors import UserError
 from flexpl.models import build_model
-from flexpl.plan import PRESETS
+from flexpl.plan.layout import PRESETS
+from flexpl.sim.engine import stage_module
+from flexpl.sim.simulator import run, setup
 
 from .conftest import chain_scenario, digits_star, saved_storages
 
@@ -339,9 +339,9 @@ def test_calibrate_flops_per_s_is_counted_flops_over_median_times(tmp_path: Path
     """On a scripted clock: FLOP/s = FLOPs of the three models / the sum of their median pass times."""
     import types
 
-    from flexpl import calibrate
     from flexpl.costs.flops import count_fwd_bwd
-    from flexpl.costs.profiles import device_profile
+    from flexpl.system import calibrate
+    from flexpl.system.profiles import device_profile
 
     # per model: 2 warm-up passes, then 3 timed ones whose median (not mean, not min) is 2 ms
     passes = [0.5, 0.5, 0.001, 0.009, 0.002] * 3
@@ -361,7 +361,7 @@ def test_calibrate_flops_per_s_is_counted_flops_over_median_times(tmp_path: Path
 
 
 def test_calibrate_writes_a_loadable_profile(tmp_path: Path, capsys):
-    from flexpl.costs.profiles import device_profile
+    from flexpl.system.profiles import device_profile
 
     out = tmp_path / "me.yaml"
     assert cli(["calibrate", "--profile-name", "me", "--out", str(out), "--repeats", "1", "--threads", "1",
@@ -382,7 +382,7 @@ def test_calibrate_writes_a_loadable_profile(tmp_path: Path, capsys):
 
 def test_a_strategys_overrides_reach_its_prediction():
     """Planning from an fl scenario, the sl candidate is costed with sl's own optimizer (strategy_overrides)."""
-    from flexpl.config import load_scenario
+    from flexpl.config.scenario import load_scenario
 
     sets = ["training.rounds=1", "training.max_steps_per_round=2", "engine.executor=sequential"]
     override = ["strategy_overrides.sl.training.optimizer.momentum=0.0"]

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flexpl.engine.core import batches, make_optimizer, path_state
-from flexpl.engine.simulator import run, setup
 from flexpl.errors import UserError
 from flexpl.models import build_model, stage_bytes_between
+from flexpl.sim.engine import batches, make_optimizer, path_state
+from flexpl.sim.simulator import run, setup
 
 from .conftest import chain_scenario, digits_star
 

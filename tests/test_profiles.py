@@ -1,4 +1,4 @@
-"""Tests for flexpl.costs.profiles and the packaged profiles.yaml."""
+"""Tests for flexpl.system.profiles and the packaged profiles.yaml."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flexpl.costs.profiles import (
+from flexpl.errors import UserError
+from flexpl.system.profiles import (
     DeviceProfile,
     LinkProfile,
     device_profile,
     link_profile,
     load_profiles,
 )
-from flexpl.errors import UserError
 
 DEVICE_NAMES = {
     "rpi4",
@@ -35,7 +35,7 @@ _NUMBER_LINE = re.compile(r"^\s+[\w.-]+:\s*[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?
 
 
 def _yaml_text() -> str:
-    return resources.files("flexpl.costs").joinpath("profiles.yaml").read_text(encoding="utf-8")
+    return resources.files("flexpl.system").joinpath("profiles.yaml").read_text(encoding="utf-8")
 
 
 def test_all_builtins_present_and_valid() -> None:

@@ -1,4 +1,4 @@
-"""The round program (flexpl.program): the schedule kinds and sync rules, built once, expand to the
+"""The round program (flexpl.plan.program): the schedule kinds and sync rules, built once, expand to the
 order the engine has always trained in; runs of equal steps are single Repeat blocks."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from flexpl import program as R
+from flexpl.plan import program as R
 
 
 def _plan(schedule: str, every: list[tuple[str, int]]) -> SimpleNamespace:
@@ -136,11 +136,11 @@ def test_sync_rules():
 
 
 def test_the_engine_and_the_planner_walk_one_step_code(monkeypatch):
-    """``Engine.train_step`` and the planner's ``ShapeWalk`` are both runners of ``flexpl.step``: every
+    """``Engine.train_step`` and the planner's ``ShapeWalk`` are both runners of ``flexpl.plan.step``: every
     stage of every step goes through its one walker, so a change to the step changes both."""
     from flexpl import planner as P
-    from flexpl import step as S
-    from flexpl.engine.simulator import run, setup
+    from flexpl.plan import step as S
+    from flexpl.sim.simulator import run, setup
 
     from .conftest import digits_star
 

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from flexpl import cli, ray_exec, sweep
+from flexpl import cli
 from flexpl import planner as P
 from flexpl.errors import UserError
+from flexpl.studies import ray_tasks as ray_exec
+from flexpl.studies import sweep
 
 from .conftest import digits_star
 
@@ -164,7 +166,7 @@ def test_a_task_runs_with_its_cpus_and_returns_user_errors_as_values(monkeypatch
     """What runs inside a Ray worker, called here: torch threads and the run-worker cap follow the request."""
     import torch
 
-    from flexpl.engine.executor import WORKERS_ENV
+    from flexpl.sim.exec.executor import WORKERS_ENV
 
     monkeypatch.setenv(WORKERS_ENV, "7")
     threads = torch.get_num_threads()

@@ -1,4 +1,4 @@
-"""Tests for flexpl.report: every figure embedded, Pareto fronts, timelines, a headless browser."""
+"""Tests for flexpl.report.html: every figure embedded, Pareto fronts, timelines, a headless browser."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from flexpl import cli
 from flexpl.errors import UserError
-from flexpl.report import FIGURES, build_report, discover_runs, pareto_front
+from flexpl.report.html import FIGURES, build_report, discover_runs, pareto_front
 
 STRATEGIES = ["centralized", "fl", "sl", "fpl"]
 CHROMIUM = Path("/usr/bin/chromium")

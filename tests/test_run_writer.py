@@ -9,8 +9,8 @@ import os
 import pytest
 import yaml
 
-from flexpl import results
-from flexpl.results import IN_PROGRESS, RunWriter, timeline_rows
+from flexpl.io import results
+from flexpl.io.results import IN_PROGRESS, RunWriter, timeline_rows
 
 CONFIG = {"name": "toy", "seed": 3, "training": {"rounds": 3}}
 
@@ -119,7 +119,7 @@ def test_timeline_rows_one_per_action():
 
 def test_a_simulator_run_writes_through_the_writer(tmp_path, monkeypatch):
     """flexpl run (runs.run_one): config first, a rounds.csv per round, timeline, summary.json last."""
-    from flexpl.runs import run_one
+    from flexpl.studies.run_one import run_one
 
     order = _writes(monkeypatch)
     s = run_one("digits-star", ["training.rounds=2", "training.max_steps_per_round=1"], "fl", None,
@@ -132,7 +132,8 @@ def test_a_simulator_run_writes_through_the_writer(tmp_path, monkeypatch):
 
 
 def test_cli_keeps_the_old_names():
-    from flexpl import cli, runs
+    from flexpl import cli
+    from flexpl.studies import run_one as runs
 
     assert cli.timeline_rows is timeline_rows and cli.run_one is runs.run_one
     assert cli.SUMMARY_COLUMNS is results.SUMMARY_COLUMNS
@@ -140,7 +141,7 @@ def test_cli_keeps_the_old_names():
 
 def test_config_yaml_is_pyyamls_safe_dump_text_for_every_builtin_scenario():
     """dump_yaml (libyaml's emitter when present) writes the same text as yaml.safe_dump."""
-    from flexpl.config import builtin_scenarios, load_scenario
+    from flexpl.config.scenario import builtin_scenarios, load_scenario
 
     for name in builtin_scenarios():
         resolved = load_scenario(name).resolved()

@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from flexpl.engine.core import meta_copy, shell_copy
-from flexpl.engine.simulator import build_topology, setup
 from flexpl.models import build_model
+from flexpl.sim.engine import meta_copy, shell_copy
+from flexpl.sim.simulator import build_topology, setup
 
 from .conftest import digits_star
 
@@ -63,8 +63,8 @@ def test_arena_replicas_get_rows_of_their_own_without_deep_copies():
 
 def _fedavg_run(mode: str, working: bool, extra: list[str] | None = None):
     """A 3-round FedAvg run with clients on working models or on replicas of their own; summary, rows, weights."""
-    from flexpl.engine import core
-    from flexpl.engine.simulator import run
+    from flexpl.sim import engine as core
+    from flexpl.sim.simulator import run
 
     scn = digits_star([f"engine.executor={mode}", "training.rounds=3", "training.local_epochs=2",
                        "training.optimizer.momentum=0.9"] + (extra or []))
@@ -102,7 +102,8 @@ def test_working_models_give_bitwise_the_replicas_results(mode: str, extra: list
 def test_working_models_out_of_turn(mode: str, monkeypatch) -> None:
     """Clients finishing out of FedAvg order: without the round announced (kept aside until the upload),
     or with workers allowed one waiting client (they wait for each other); uneven clients (Dirichlet)."""
-    from flexpl.engine import core, fold
+    from flexpl.sim import engine as core
+    from flexpl.sim.exec import fedavg_sum as fold
 
     extra = ["data.partition.kind=dirichlet", "data.partition.alpha=0.3"]
     ref, ref_w = _fedavg_run(mode, False, extra)
@@ -129,7 +130,7 @@ def test_working_models_are_off_where_client_state_survives() -> None:
         st = setup(digits_star(extra))
         assert not st.engine.working, extra
     assert setup(digits_star(["engine.executor=processes"])).engine.working
-    # vectorized FedAvg trains its clients K at a time on stacked working models (flexpl.engine.vecwork)
+    # vectorized FedAvg trains its clients K at a time on stacked working models (flexpl.sim.exec.vectorized)
     st = setup(digits_star(["engine.executor=vectorized"]))
     assert st.engine.working and st.vecwork is not None and not st.engine.arenas
 

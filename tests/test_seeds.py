@@ -10,8 +10,8 @@ import pytest
 
 from flexpl.cli import main
 from flexpl.errors import UserError
-from flexpl.seeds import aggregate_seeds, mean_std, parse_seeds, seed_groups, within_spread
-from flexpl.sweep import run_sweep
+from flexpl.studies.seeds import aggregate_seeds, mean_std, parse_seeds, seed_groups, within_spread
+from flexpl.studies.sweep import run_sweep
 
 
 def test_aggregate_seeds_by_hand():

@@ -8,12 +8,12 @@ import pytest
 import torch
 import yaml
 
-from flexpl.config import load_scenario
+from flexpl.config.scenario import load_scenario
 from flexpl.data.partition import Summaries, partition, partition_flat, summarize
-from flexpl.engine.core import NodeData
-from flexpl.engine.simulator import build_topology, setup
 from flexpl.errors import UserError
-from flexpl.topology import Topology, _profiles_in_order, hop_resource
+from flexpl.sim.engine import NodeData
+from flexpl.sim.simulator import build_topology, setup
+from flexpl.system.topology import Topology, _profiles_in_order, hop_resource
 
 from .conftest import chain_scenario, digits_star
 from .test_scale import MESH
@@ -135,7 +135,7 @@ def test_profiles_resolved_once_per_name_match_the_in_order_pass() -> None:
 
 
 def test_config_yaml_text_is_the_pure_python_emitters(tmp_path) -> None:
-    from flexpl.results import config_digest, write_yaml
+    from flexpl.io.results import config_digest, write_yaml
 
     for scn in (load_scenario("mlp-1000", ["nodes.1.count=50", "links.0.count=50"]), load_scenario("edge-fmnist")):
         data = scn.resolved()
@@ -147,8 +147,8 @@ def test_config_yaml_text_is_the_pure_python_emitters(tmp_path) -> None:
 @pytest.mark.parametrize(("strategy", "shared"), [("fl", True), ("sfl", True), ("fpl", False)])
 def test_one_shared_path_evaluates_as_the_walk_over_every_node(strategy: str, shared: bool, monkeypatch) -> None:
     from flexpl.costs.evaluation import eval_flops
-    from flexpl.engine.evaluate import Evaluation
-    from flexpl.engine.simulator import run
+    from flexpl.sim.evaluate import Evaluation
+    from flexpl.sim.simulator import run
 
     scn = digits_star([f"strategy={strategy}", "training.rounds=1"])
     st = setup(scn)

@@ -1,6 +1,6 @@
 """No stale results: a rerun marks its folder first, and readers check summary against config.
 
-See [Note: stale results] in flexpl.results.
+See [Note: stale results] in flexpl.io.results.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 import yaml
 
 from flexpl.cli import main
-from flexpl.config import load_scenario
-from flexpl.results import IN_PROGRESS, config_digest, stale_reason, write_yaml
-from flexpl.sweep import _finished, make_cells, parse_grid, write_sweep_csv
+from flexpl.config.scenario import load_scenario
+from flexpl.io.results import IN_PROGRESS, config_digest, stale_reason, write_yaml
+from flexpl.studies.sweep import _finished, make_cells, parse_grid, write_sweep_csv
 
 FLEXPL = str(Path(sys.executable).parent / "flexpl")
 ENV = dict(os.environ, OMP_NUM_THREADS="1")

@@ -1,4 +1,4 @@
-"""Tests for flexpl.sweep: grid parsing, cell names, resuming after a crash, worker processes."""
+"""Tests for flexpl.studies.sweep: grid parsing, cell names, resuming after a crash, worker processes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from flexpl import cli, runs, sweep
+from flexpl import cli
 from flexpl.errors import UserError
+from flexpl.studies import run_one as runs
+from flexpl.studies import sweep
 
 SETS = ["--set", "training.rounds=2", "--set", "data.partition.kind=dirichlet"]
 GRID = ["--grid", "strategy=fl,fpl", "--grid", "data.partition.alpha=0.1,1.0"]

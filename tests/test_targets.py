@@ -1,4 +1,4 @@
-"""Cost to a target accuracy (flexpl.targets): round and cumulative costs, null when never reached, stop at target."""
+"""Cost to a target accuracy (flexpl.costs.targets): round and cumulative costs, null when never reached, stop at target."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from flexpl.cli import main
-from flexpl.engine import checkpoint
-from flexpl.engine.simulator import run
-from flexpl.targets import COSTS, cost_to_targets, target_columns
+from flexpl.costs.targets import COSTS, cost_to_targets, target_columns
+from flexpl.sim import checkpoint
+from flexpl.sim.simulator import run
 from tests.conftest import digits_star
 
 COST_COLS = ["bytes", "energy_j", "device_energy_j", "sim_time_s", "flops"]
@@ -157,7 +157,7 @@ def test_bad_target_input_is_one_line_exit_2(tmp_path, capsys, args, field):
 def test_console_table_one_row_per_run_and_target():
     from rich.console import Console
 
-    from flexpl.targets import rich_table
+    from flexpl.costs.targets import rich_table
 
     s = {"strategy": "fl", "to_target": cost_to_targets(
         [{"round": 3, "accuracy": 0.72, "bytes": 5, "energy_j": 1.5, "device_energy_j": 1.0,

@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
-from flexpl import tune as tune_mod
 from flexpl.cli import main
-from flexpl.engine import simulator
 from flexpl.errors import UserError
+from flexpl.sim import simulator
+from flexpl.studies import tune as tune_mod
 
 SETS = ["--set", "training.rounds=2", "--set", "training.checkpoint_every=0"]
 GRID = ["--grid", "training.optimizer.lr=0.0005,0.05", "--grid", "training.optimizer.momentum=0.0,0.9"]

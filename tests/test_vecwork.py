@@ -1,4 +1,4 @@
-"""Vectorized working models (flexpl.engine.vecwork): many FedAvg clients trained K at a time agree with
+"""Vectorized working models (flexpl.sim.exec.vectorized): many FedAvg clients trained K at a time agree with
 the sequential engine to float round-off, with the very same trace and costs."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from flexpl.config import apply_set, validate_scenario
-from flexpl.engine import vecwork
-from flexpl.engine.simulator import run, setup
+from flexpl.config.scenario import apply_set, validate_scenario
+from flexpl.sim.exec import vectorized as vecwork
+from flexpl.sim.simulator import run, setup
 
 COSTS = ("flops_total", "bytes_total", "wasted_bytes")
 CLOCK = ("sim_time_s", "energy_j_total", "energy_j_compute", "energy_j_comm")

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from flexpl.engine.core import stage_module
 from flexpl.errors import UserError
 from flexpl.models import DEFAULT_CUTS, ZOO, build_model, count_params
+from flexpl.sim.engine import stage_module
 
 # torchvision's published parameter counts at 224x224 / 1000 classes
 PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,

@@ -159,14 +159,14 @@ def test_transform_resizes_and_repeats_channels():
 def test_a_resnet_trains_on_lazy_synthetic_data(tmp_path):
     scn = digits_star(["data.dataset=synthetic", "data.shape=[3,16,16]", "data.train=64", "data.test=16",
                        "model={name: resnet18, width: 0.0625, depth: 0.5}", "training.rounds=1"])
-    from flexpl.engine.simulator import run
+    from flexpl.sim.simulator import run
 
     s = run(scn).summary
     assert 0.0 <= s["final_accuracy"] <= 1.0 and s["bytes_total"] > 0
 
 
 def test_fog_cifar_falls_back_to_fashion_mnist_as_3x32x32(isolated, capsys):
-    from flexpl.config import load_scenario
+    from flexpl.config.scenario import load_scenario
 
     scn = load_scenario("fog-cifar", ["data.max_train=100", "data.max_test=10"], None, None)
     assert scn.model == {"name": "resnet18"} and len(scn.data_nodes) == 20
@@ -176,7 +176,7 @@ def test_fog_cifar_falls_back_to_fashion_mnist_as_3x32x32(isolated, capsys):
 
 
 def test_fog_cifar_uses_cifar10_where_present(isolated, monkeypatch, tmp_path):
-    from flexpl.config import load_scenario
+    from flexpl.config.scenario import load_scenario
 
     tar = _write_tarball(tmp_path / "data" / "cifar-10-python.tar.gz", "cifar10")
     _pin(monkeypatch, "cifar10", tar)
@@ -186,7 +186,7 @@ def test_fog_cifar_uses_cifar10_where_present(isolated, monkeypatch, tmp_path):
 
 
 def test_fog_imagenet_is_resnet50_on_synthetic_imagenet_shapes():
-    from flexpl.config import load_scenario
+    from flexpl.config.scenario import load_scenario
 
     scn = load_scenario("fog-imagenet", [], None, None)
     d = load_data(scn.data, scn.seed)

@@ -20,12 +20,12 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_scenario": "flexpl.api", "simulate": "flexpl.api", "predict": "flexpl.api", "compare": "flexpl.api",
     "Result": "flexpl.api", "Table": "flexpl.api", "table": "flexpl.api",
-    "Scenario": "flexpl.config", "UserError": "flexpl.errors",
+    "Scenario": "flexpl.config.scenario", "UserError": "flexpl.errors",
     "register_model": "flexpl.models", "from_sequential": "flexpl.models", "BlockModel": "flexpl.models",
     "register_dataset": "flexpl.data", "Dataset": "flexpl.data",
-    "Aggregator": "flexpl.aggregate", "FedAvg": "flexpl.aggregate", "FedProx": "flexpl.aggregate",
-    "FedAdam": "flexpl.aggregate", "register_aggregator": "flexpl.aggregate", "register_loss": "flexpl.aggregate",
-    "fedavg": "flexpl.aggregate",
+    "Aggregator": "flexpl.sim.aggregate", "FedAvg": "flexpl.sim.aggregate", "FedProx": "flexpl.sim.aggregate",
+    "FedAdam": "flexpl.sim.aggregate", "register_aggregator": "flexpl.sim.aggregate", "register_loss": "flexpl.sim.aggregate",
+    "fedavg": "flexpl.sim.aggregate",
 }
 
 __all__ = ["__version__", *_EXPORTS]

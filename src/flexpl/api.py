@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flexpl.config import Scenario
+from flexpl.config.scenario import Scenario
 from flexpl.errors import UserError
 
 __all__ = ["Result", "Table", "compare", "load_scenario", "predict", "simulate"]
@@ -134,14 +134,14 @@ def _override_list(overrides: Sequence[str] | Mapping[str, Any] | None) -> list[
 def load_scenario(source: str | Path | Mapping[str, Any] | Scenario | None = None, *,
                   overrides: Sequence[str] | Mapping[str, Any] | None = None,
                   strategy: str | None = None, seed: int | None = None) -> Scenario:
-    """A validated :class:`~flexpl.config.Scenario` from a built-in name, a YAML path, a dict or a Scenario.
+    """A validated :class:`~flexpl.config.scenario.Scenario` from a built-in name, a YAML path, a dict or a Scenario.
 
     ``overrides`` are ``--set`` items (``["training.rounds=3"]``) or a mapping of dotted keys
     (``{"training.rounds": 3}``); ``strategy``/``seed`` override those fields. The scenario's
     ``strategy_overrides`` for its strategy apply, as on the command line. Bad input raises
     :class:`flexpl.errors.UserError` with one line naming the field.
     """
-    from flexpl import config
+    from flexpl.config import scenario as config
 
     sets = _override_list(overrides)
     if source is None or isinstance(source, str | Path):
@@ -173,7 +173,7 @@ def _bound(scn: Scenario, model: Any, dataset: Any) -> Iterator[tuple[Scenario, 
 
     from flexpl import data as D
     from flexpl import models as M
-    from flexpl.imports import import_path_of
+    from flexpl.config.user_code import import_path_of
 
     saved = (M.ZOO.get(_OBJECT_MODEL), M.REGISTERED.get(_OBJECT_MODEL), D.REGISTERED.get(_OBJECT_DATA))
     local = False
@@ -274,8 +274,8 @@ def simulate(scenario: str | Path | Mapping[str, Any] | Scenario, *, model: Any 
 
 def _simulate_sim(scn: Scenario, out: str | Path | None, on_round: Callable[[dict[str, Any]], None] | None,
                   resume: bool) -> Result:
-    from flexpl.engine.simulator import run, setup
-    from flexpl.memory import check_fits
+    from flexpl.costs.memory import check_fits
+    from flexpl.sim.simulator import run, setup
 
     st = setup(scn)
     if not resume:
@@ -285,9 +285,9 @@ def _simulate_sim(scn: Scenario, out: str | Path | None, on_round: Callable[[dic
             raise UserError("resume: give out, the folder of the stopped run")
         result = run(scn, on_round=on_round, st=st)
         return Result(result.rounds, result.summary, {}, scn)
-    from flexpl.engine import checkpoint
-    from flexpl.engine.core import Diverged
-    from flexpl.results import RunWriter, prepare_out_dir
+    from flexpl.io.results import RunWriter, prepare_out_dir
+    from flexpl.sim import checkpoint
+    from flexpl.sim.engine import Diverged
 
     folder = prepare_out_dir(out)
     if resume:
@@ -313,8 +313,8 @@ def _simulate_sim(scn: Scenario, out: str | Path | None, on_round: Callable[[dic
 
 def _simulate_dist(scn: Scenario, out: str | Path | None, on_round: Callable[[dict[str, Any]], None] | None,
                    resume: bool) -> Result:
-    from flexpl.engine.dist import launch
-    from flexpl.memory import check_fits
+    from flexpl.costs.memory import check_fits
+    from flexpl.dist.backend import launch
 
     if resume:
         raise UserError("resume: the dist backend cannot resume a run; use engine.backend sim")
@@ -382,8 +382,8 @@ def compare(scenario: str | Path | Mapping[str, Any] | Scenario, strategies: Seq
     (``out/<strategy>/seed<k>`` with ``seeds``) and the rows to ``out/comparison.csv``.
     ``flexpl.api.table(rows)`` shows them as a table.
     """
-    from flexpl.plan import PRESETS
-    from flexpl.targets import target_columns
+    from flexpl.costs.targets import target_columns
+    from flexpl.plan.layout import PRESETS
 
     for s in strategies:
         if s not in PRESETS:
@@ -400,7 +400,7 @@ def compare(scenario: str | Path | Mapping[str, Any] | Scenario, strategies: Seq
             row.update(target_columns(res.summary.get("to_target")))
             rows.append(row)
     if base is not None:
-        from flexpl.results import prepare_out_dir, write_csv
+        from flexpl.io.results import prepare_out_dir, write_csv
 
         write_csv(prepare_out_dir(base) / "comparison.csv", rows)
     return rows

@@ -1,6 +1,6 @@
 """FLOPs of a test-set evaluation, per node that runs it (billed apart from training).
 
-The evaluation of :meth:`flexpl.engine.core.Engine.evaluate` runs every distinct path
+The evaluation of :meth:`flexpl.sim.engine.Engine.evaluate` runs every distinct path
 (front i + shared trunk) over the whole test set: each stage's forward pass, and the
 cross-entropy loss after the last. A stage is billed to the node that holds the weights
 the test sample meets there: the aggregator of a FedAvg stage, the relay holder's host
@@ -74,7 +74,7 @@ def eval_flops(eng: Any, n_test: int, sample_shape: tuple[int, ...], nodes: list
             shape = run(s, 0, shape)
         return out
     seen = set()
-    # one path for all (flexpl.engine.evaluate.Evaluation.shared_path): the first node's is every node's
+    # one path for all (flexpl.sim.evaluate.Evaluation.shared_path): the first node's is every node's
     for n in nodes[:1] if nodes and eng.shared_path() is not None else nodes:
         key = tuple(id(eng.eval_module(s, layout.serves[s][n])) for s in range(len(stages)))
         if key in seen:

@@ -180,7 +180,7 @@ def optimizer_flops(n_params: int, name: str, momentum: float = 0.0, weight_deca
 
 
 def fedavg_flops(n_states: int, float_elements: int) -> int:
-    """FLOPs of :func:`flexpl.aggregate.fedavg` of ``n_states`` states of ``float_elements`` floats each.
+    """FLOPs of :func:`flexpl.sim.aggregate.fedavg` of ``n_states`` states of ``float_elements`` floats each.
 
     Each element: ``n`` multiplies by the normalised weights and ``n - 1`` adds; the ``n``
     weight divisions are per state, not per element, and are added once. A single state is

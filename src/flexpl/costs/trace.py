@@ -1,6 +1,6 @@
 """The trace of one round: every compute and every hop of every transfer, with dependencies.
 
-The engine records actions as it runs; ``costs/clock.py`` then places them on the virtual
+The engine records actions as it runs; ``costs/clock/schedule.py`` then places them on the virtual
 clock and this module totals FLOPs, bytes, time and energy. It only observes: nothing here changes
 what the engine computes.
 
@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from flexpl.costs.clock import schedule, schedule_range, sweep  # noqa: F401  (moved; re-exported)
-from flexpl.costs.profiles import DeviceProfile
-from flexpl.topology import Topology
+from flexpl.costs.clock.schedule import schedule, schedule_range, sweep  # noqa: F401  (moved; re-exported)
+from flexpl.system.profiles import DeviceProfile
+from flexpl.system.topology import Topology
 
 COMPUTE, HOP = 0, 1
 

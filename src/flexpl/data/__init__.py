@@ -157,7 +157,7 @@ def load_dataset(
         _check_limit("max_train", max_train)
         _check_limit("max_test", max_test)
         if isinstance(name, dict):
-            from flexpl.imports import import_object
+            from flexpl.config.user_code import import_object
 
             fn = import_object(name.get("factory"), "data.dataset.factory")
             opts = {k: v for k, v in name.items() if k != "factory"}
@@ -231,7 +231,7 @@ def transform(data: Dataset, resize: int | None = None, channels: int | None = N
 def load_data(cfg: object, seed: int = 0) -> Dataset:
     """The dataset a scenario's ``data`` section names: slices, synthetic options and transform applied.
 
-    ``cfg`` is a :class:`flexpl.config.DataCfg`. ``synthetic`` takes ``shape``, ``classes``,
+    ``cfg`` is a :class:`flexpl.config.scenario.DataCfg`. ``synthetic`` takes ``shape``, ``classes``,
     ``train``, ``test`` (and the scenario's seed); other datasets refuse those fields.
     """
     name = cfg.dataset

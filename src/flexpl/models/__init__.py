@@ -200,7 +200,7 @@ def model_cuts(spec: str | dict[str, Any], model: BlockModel) -> tuple[int | Non
     """(default cut, allowed cuts or None for any) of the model ``spec`` names, as block indices."""
     entry = None
     if isinstance(spec, dict) and "factory" in spec:
-        from flexpl.imports import import_object
+        from flexpl.config.user_code import import_object
 
         entry = _registered_by_fn(import_object(spec["factory"], "model.factory"))
     else:
@@ -268,7 +268,7 @@ def build_model(spec: str | dict[str, Any], input_shape: tuple[int, ...], num_cl
     """
     kwargs: dict[str, Any] = {}
     if isinstance(spec, dict) and "factory" in spec:  # an import path: every process builds the same model
-        from flexpl.imports import import_object
+        from flexpl.config.user_code import import_object
 
         fn = import_object(spec["factory"], "model.factory")
         torch.manual_seed(seed)

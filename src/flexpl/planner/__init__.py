@@ -6,7 +6,7 @@
    per-device front, middle on the edge heads, tail on the server), the groupings the
    topology suggests, FedAvg every 1, 2 or 5 rounds. Each candidate is a scenario variant
    (``strategy`` + ``plan``) that ``flexpl run`` executes as is.
-2. **Prediction without training.** A shape walk runs the round's program (``flexpl.program``,
+2. **Prediction without training.** A shape walk runs the round's program (``flexpl.plan.program``,
    the one the simulator runs) and records, action by action, the trace the engine records
    for a round (the same ``Recorder``, FLOP counter, byte sizes and clock), from shapes
    alone. The program's ``Repeat`` runs of identical steps are recorded until a copy repeats
@@ -26,7 +26,7 @@ time and memory constraints), restricted to costs: accuracy comes only from ``--
 
 [Note: compressed rounds] A round repeats itself. In lockstep, every joint step with the
 same nodes and batch sizes records the same actions; only their event ids move on. The
-round's program (``flexpl.program``) holds such a run as one ``Repeat`` block. The
+round's program (``flexpl.plan.program``) holds such a run as one ``Repeat`` block. The
 walk records a step, and when the next identical step records the same actions from the
 same state (the same engine events unset), every later identical step is a copy of it
 whose dependencies on the step before are shifted by one step's length. The walk keeps
@@ -48,8 +48,8 @@ Makespans are clocked only for the rounds a plan has (``WalkedRound.clock``).
 """
 
 
-from flexpl.costs.clock import _FlatRound, _slice, flat_makespans
-from flexpl.costs.clock_blocks import _Clock, _components, expand, makespans
+from flexpl.costs.clock.blocks import _Clock, _components, expand, makespans
+from flexpl.costs.clock.schedule import _FlatRound, _slice, flat_makespans
 from flexpl.errors import UserError
 from flexpl.planner.candidates import SYNC_EVERY, Candidate, candidate_data, enumerate_candidates
 from flexpl.planner.choose import (
@@ -63,8 +63,7 @@ from flexpl.planner.choose import (
     choose,
     parse_constraint,
 )
-from flexpl.planner.context import PlanContext, RoundCost, WalkedRound
-from flexpl.planner.output import (
+from flexpl.planner.command import (
     _table,
     add_arguments,
     cost_candidates,
@@ -74,6 +73,7 @@ from flexpl.planner.output import (
     validate,
     write_best,
 )
+from flexpl.planner.placement import PlanContext, RoundCost, WalkedRound
 from flexpl.planner.predict import Planner, Prediction
 from flexpl.planner.shapes import StageCosts, StageProbe, batch_sizes, saved_activation_bytes
 from flexpl.planner.walk import ShapeWalk

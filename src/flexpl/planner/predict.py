@@ -13,10 +13,10 @@ from flexpl.data.batching import equal_steps
 from flexpl.errors import UserError
 
 if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
-    from flexpl.config import Scenario
+    from flexpl.config.scenario import Scenario
     from flexpl.data import Dataset
 from flexpl.planner.candidates import Candidate, enumerate_candidates
-from flexpl.planner.context import (
+from flexpl.planner.placement import (
     PlanContext,
     RoundCost,
     WalkedRound,
@@ -47,11 +47,11 @@ class Planner:
     def __init__(self, scn: Scenario, dataset: Dataset | None = None) -> None:
         import numpy as np
 
-        from flexpl.aggregate import make_aggregator, resolve_loss
         from flexpl.data import load_data
         from flexpl.data.partition import partition_flat
         from flexpl.models import default_cut
-        from flexpl.topology import Topology
+        from flexpl.sim.aggregate import make_aggregator, resolve_loss
+        from flexpl.system.topology import Topology
 
         self.scn = scn
         self.data = dataset or load_data(scn.data, scn.seed)
@@ -65,8 +65,8 @@ class Planner:
         self.plain = (self.data.input_shape, None, 1)
         self.n_blocks = len(self.costs.model(self.plain).block_names)
         self.default_cut = default_cut(spec, self.costs.model(self.plain))
-        from flexpl.devcut import front_costs
         from flexpl.models import model_cuts
+        from flexpl.plan.device_cuts import front_costs
 
         meta = self.costs.model(self.plain)
         self.front = front_costs(meta, self.data.input_shape, model_cuts(spec, meta)[1])  # the -ecut rules' costs
@@ -109,7 +109,7 @@ class Planner:
         The scenario's own strategy already has its overrides applied (``load_scenario``);
         another strategy gets its own on top of the scenario's values, as ``flexpl compare`` does.
         """
-        from flexpl.config import TrainingCfg, apply_strategy_overrides
+        from flexpl.config.scenario import TrainingCfg, apply_strategy_overrides
 
         if strategy is None or strategy == self.scn.strategy:
             return self.scn.training
@@ -123,11 +123,11 @@ class Planner:
 
     def context(self, cand: Candidate) -> PlanContext:
         """Build and place the candidate's plan exactly as ``simulator.setup`` does."""
-        from flexpl.config import PlanCfg
+        from flexpl.config.scenario import PlanCfg
         from flexpl.costs.flops import optimizer_flops
-        from flexpl.engine.evaluate import patch_input
-        from flexpl.engine.extend import prox_flops
-        from flexpl.plan import build_plan, place
+        from flexpl.plan.layout import build_plan, place
+        from flexpl.sim.evaluate import patch_input
+        from flexpl.sim.plugins import prox_flops
 
         try:
             cfg = PlanCfg.model_validate(cand.plan).model_dump(exclude_none=True) if cand.plan else None
@@ -192,9 +192,9 @@ class Planner:
 
     def round_kinds(self, ctx: PlanContext) -> Counter:
         """How many rounds of each kind the scenario runs: (clients, download first, upload last, relay holder,
-        collect), by the simulator's client selection and the sync rules of ``flexpl.program``."""
+        collect), by the simulator's client selection and the sync rules of ``flexpl.plan.program``."""
         from flexpl.data.batching import select_clients
-        from flexpl.program import relay_holder_after, relays, uploads_after
+        from flexpl.plan.program import relay_holder_after, relays, uploads_after
 
         scn, tr, plan = self.scn, self.scn.training, ctx.plan
         relay = relays(plan)

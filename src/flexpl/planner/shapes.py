@@ -88,7 +88,7 @@ class StageCosts:
         key = (variant, start, end)
         hit = self._stages.get(key)
         if hit is None:
-            from flexpl.engine.core import stage_module
+            from flexpl.sim.engine import stage_module
 
             hit = self._stages[key] = stage_module(self.model(variant), start, end)
         return hit

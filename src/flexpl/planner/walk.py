@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from flexpl.step import train_step as walk_step
+from flexpl.plan.step import train_step as walk_step
 
 prod = math.prod
 
 if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
     from flexpl.costs.trace import Compressed, Recorder
-    from flexpl.planner.context import PlanContext
-    from flexpl.step import StepRecord
+    from flexpl.plan.step import StepRecord
+    from flexpl.planner.placement import PlanContext
 
 
 @dataclass
@@ -29,7 +29,7 @@ class _Rep:
 class ShapeWalk:
     """Records, from shapes alone, the actions the engine records for one round of a plan.
 
-    The shape runner of a round's program (``flexpl.program``): mirrors ``Engine.train_step``,
+    The shape runner of a round's program (``flexpl.plan.program``): mirrors ``Engine.train_step``,
     ``download``, ``upload``, ``relay`` and ``collect``, walked in the program's order as the
     simulator walks it (without failures): the same
     ``Recorder`` calls with the same FLOPs, bytes, dependencies and labels, so the trace
@@ -42,7 +42,7 @@ class ShapeWalk:
         self.ctx = ctx
         self.rec: Recorder = Recorder(ctx.topo)
         self.reps = [[_Rep(r.host) for r in reps] for reps in ctx.layout.replicas]
-        # what the step walker (flexpl.step) reads
+        # what the step walker (flexpl.plan.step) reads
         self.layout, self.replicas, self.recorder = ctx.layout, self.reps, self.rec
         self.opt_flops, self.features, self.junction_stage = ctx.opt_flops, ctx.features, ctx.junction_stage
         self._sizes: dict[str, int] = {}
@@ -74,11 +74,11 @@ class ShapeWalk:
         self.download(s, names)
 
     def train_step(self, batch: Sequence[tuple[str, int]]) -> None:
-        """``Engine.train_step`` for ``batch`` = [(node, batch size)], in batch order (``flexpl.step``)."""
+        """``Engine.train_step`` for ``batch`` = [(node, batch size)], in batch order (``flexpl.plan.step``)."""
         self._sizes = dict(batch)
         walk_step(self, self._sizes)
 
-    # -------------------------------------------------------------- the step runner (flexpl.step): shapes
+    # -------------------------------------------------------------- the step runner (flexpl.plan.step): shapes
 
     # values are (shape, bytes): moving one records its bytes (the walker does it: step_move is None)
     step_move = None
@@ -265,10 +265,10 @@ class ShapeWalk:
         return True
 
     def walk(self, selected: Sequence[str], download: bool, collect: bool) -> Compressed:
-        """Record one round: the round's program (``flexpl.program``: collect in round 1 of a
+        """Record one round: the round's program (``flexpl.plan.program``: collect in round 1 of a
         centralized plan, download, the steps, the upload), its Repeat blocks compressed."""
         from flexpl.costs.trace import Compressed
-        from flexpl.program import end_blocks, start_blocks, step_blocks, walk
+        from flexpl.plan.program import end_blocks, start_blocks, step_blocks, walk
 
         c = self.ctx
         plan = c.plan

@@ -1,0 +1,101 @@
+"""Scenario schema, ``engine:``, ``energy:``, ``costs:``, ``evaluation:`` and ``failures:``.
+
+Part of the scenario schema, :mod:`flexpl.config.scenario`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+
+from flexpl.config.base import _Strict
+
+
+class EnergyCfg(_Strict):
+    """Energy accounting options."""
+
+    include_idle: bool = False  # add idle power x idle time of every node to energy_j_total
+
+
+class CostsCfg(_Strict):
+    """What the cost totals include."""
+
+    include_eval: bool = False  # add evaluation FLOPs and energy (eval_flops, eval_energy_j) to the totals
+
+
+class EvaluationCfg(_Strict):
+    """Accuracy targets: the cost to reach each one is reported (see flexpl.costs.targets)."""
+
+    targets: list[float] = Field(default_factory=list)  # test accuracies in (0, 1], e.g. [0.7, 0.75]
+    stop_at_target: bool = False  # stop after the round in which the highest target is reached
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> EvaluationCfg:
+        for i, a in enumerate(self.targets):
+            if not 0.0 < a <= 1.0:
+                raise ValueError(f"evaluation.targets[{i}]: a target accuracy is in (0, 1], got {a:g}")
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError("evaluation.targets: a target is listed twice; list each accuracy once")
+        if self.stop_at_target and not self.targets:
+            raise ValueError("evaluation.stop_at_target: no target to stop at; add evaluation.targets "
+                             "(or --target-accuracy A)")
+        return self
+
+
+class EngineCfg(_Strict):
+    """Engine options."""
+
+    backend: Literal["sim", "dist"] = "sim"
+    timeout_s: PositiveFloat = 60.0  # distributed backend: how long a rank waits for a peer
+    # simulator: how replicas run (see flexpl.sim.exec.executor); auto picks per plan and model
+    executor: Literal["auto", "sequential", "processes", "vectorized"] = "auto"
+    workers: PositiveInt | None = None  # processes: worker count (default: CPU cores, at most one per data node)
+    vector_chunk: PositiveInt = 32  # vectorized: replicas trained together in one vmapped call (or working-model clients per stacked arena)
+
+
+Probability = Field(0.0, ge=0.0, le=1.0)
+
+
+class StragglerCfg(_Strict):
+    """Compute-time multiplier drawn per node and round: none, uniform(low, high), or exp(sigma*|N(0,1)|)."""
+
+    kind: Literal["none", "uniform", "lognormal"] = "none"
+    low: float = Field(1.0, ge=1.0)
+    high: float = Field(1.0, ge=1.0)
+    sigma: float = Field(0.5, ge=0.0)
+
+
+class NodeFailureCfg(_Strict):
+    """Per-node overrides of the failure model."""
+
+    dropout: float | None = Field(None, ge=0.0, le=1.0)
+    host_failure: float | None = Field(None, ge=0.0, le=1.0)
+    straggler: StragglerCfg | None = None
+
+
+class LinkFailureCfg(_Strict):
+    """Per-link overrides of the failure model."""
+
+    outage: float | None = Field(None, ge=0.0, le=1.0)
+    loss: float | None = Field(None, ge=0.0, lt=1.0)
+
+
+class FailuresCfg(_Strict):
+    """What goes wrong at the edge, drawn from the scenario's seed (all off by default)."""
+
+    dropout: float = Probability            # a data node misses a round (after receiving any weights)
+    host_failure: float = Probability       # a node holding a shared stage fails: the round is redone
+    link_outage: float = Probability        # a link is down for a round: nodes that need it sit it out
+    transfer_loss: float = Field(0.0, ge=0.0, lt=1.0)  # a transmission is lost and sent again
+    straggler: StragglerCfg = Field(default_factory=StragglerCfg)
+    deadline_s: PositiveFloat | None = None  # FedAvg aggregates only updates that arrive within it
+    max_redos: PositiveInt = 20
+    nodes: dict[str, NodeFailureCfg] = Field(default_factory=dict)
+    links: dict[str, LinkFailureCfg] = Field(default_factory=dict)  # keyed by link name "a-b"
+
+    @property
+    def active(self) -> bool:
+        """True when any failure can happen."""
+        return bool(self.dropout or self.host_failure or self.link_outage or self.transfer_loss
+                    or self.straggler.kind != "none" or self.deadline_s or self.nodes or self.links)

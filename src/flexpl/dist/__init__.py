@@ -1,0 +1,1 @@
+"""The distributed backend: one process per node on ``torch.distributed``, the simulator's stage code."""

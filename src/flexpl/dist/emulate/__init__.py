@@ -1,0 +1,1 @@
+"""Emulated links: the distributed backend over kernel-shaped links in network namespaces."""

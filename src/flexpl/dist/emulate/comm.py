@@ -1,0 +1,287 @@
+"""Training traffic of an emulated run: one TCP connection per link, eager in both directions.
+
+Under ``flexpl run --backend dist --emulate-links`` (see ``emulate.py``) every worker runs
+in its own network namespace, and the kernel shapes each link direction with an HTB class
+on the sender's data interface. ``EmuComm`` carries the training hops (``DistTransport``'s
+``TAG_TRAIN`` sends) over plain TCP on that data interface instead of gloo, because the
+virtual clock assumes things that gloo's blocking point-to-point does not do:
+
+- a node does not wait for its sends: the clock holds the link, not the sender, for a hop
+  (the server sends the model to every device at once). Here ``send`` queues the message
+  for a per-peer sender thread and returns;
+- a hop starts when the link is free, whether or not the receiver has asked for it yet
+  (gloo sends an unbound buffer only once the receiver has posted its receive, so a
+  server collecting uploads one after another would pull them one at a time). Here a
+  per-peer receiver thread reads every message as soon as it arrives;
+- a hop lasts ``latency + 8 * bytes / bandwidth``. This kernel has no ``netem``, so the
+  sender thread sleeps the link's latency before it writes each message, and a message
+  is one accounted transfer (a state dict travels as one bundle, so it pays the latency
+  once, as in the clock).
+
+Bookkeeping (losses, evaluation weights, counters, keepalives) still goes through gloo,
+on the namespaces' control interface, which is not shaped and not measured.
+
+Each received message is timed: from the moment the sender thread took it (before the
+latency) or, if later, the moment the previous message on that link direction finished
+arriving, to the moment its last byte arrived; both ends read the same ``CLOCK_MONOTONIC``
+(network namespaces share it). ``dump`` writes these times for the launcher's report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flexpl.dist.transport import TAG_TRAIN, Comm, PeerFailure
+from flexpl.sim.transport import tensor_bytes
+from flexpl.system.topology import Topology
+
+DATA_PORT = 29611
+_HEADER = struct.Struct("<Qd")  # payload bytes, sender's pick-up time (time.monotonic)
+
+
+def data_ip(rank: int) -> str:
+    """Address of ``rank``'s data (shaped) interface."""
+    return f"10.78.{(rank + 2) // 256}.{(rank + 2) % 256}"
+
+
+def control_ip(rank: int) -> str:
+    """Address of ``rank``'s control (unshaped, gloo) interface."""
+    return f"10.77.{(rank + 2) // 256}.{(rank + 2) % 256}"
+
+
+def _as_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def _from_bytes(buf: memoryview, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    if len(buf) == 0:
+        return torch.empty(tuple(shape), dtype=dtype)
+    return torch.frombuffer(bytearray(buf), dtype=dtype).reshape(tuple(shape))
+
+
+class EmuComm(Comm):
+    """``Comm`` whose training sends go over per-link TCP connections (queued, eager); the rest over gloo."""
+
+    def __init__(self, rank: int, timeout_s: float) -> None:
+        super().__init__(rank, timeout_s)
+        # the link threads must get the GIL promptly while the main thread runs Python-heavy
+        # engine code (default switch interval: 5 ms, a large share of a small message's time)
+        sys.setswitchinterval(0.0005)
+        # listen before the process group forms, so every peer is listening once it has
+        self.listener = socket.create_server((data_ip(rank), DATA_PORT), backlog=64)
+        self.out_q: dict[int, queue.Queue] = {}
+        self.in_q: dict[int, queue.Queue] = {}
+        self.socks: dict[int, socket.socket] = {}
+        self.round = 1
+        self.log: list[list] = []  # [round, link, src rank, dst rank, bytes, seconds] per received message
+
+    # ------------------------------------------------------------ set-up
+
+    def connect(self, topo: Topology, rank_of: Mapping[str, int]) -> None:
+        """Open one connection per neighbour (the lower rank connects) and start its threads."""
+        node_of = {r: n for n, r in rank_of.items()}
+        me = node_of[self.rank]
+        self.latency: dict[int, float] = {}
+        for _name, (a, b, prof) in topo.links.items():
+            if me in (a, b):
+                self.latency[rank_of[b if a == me else a]] = prof.latency_s
+        deadline = time.monotonic() + self.timeout.total_seconds()
+        for peer in sorted(p for p in self.latency if p > self.rank):
+            while True:
+                try:
+                    s = socket.create_connection((data_ip(peer), DATA_PORT), timeout=5)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise PeerFailure(peer, "connect", "timeout", "no data connection") from None
+                    time.sleep(0.05)
+            s.sendall(struct.pack("<I", self.rank))
+            self.socks[peer] = s
+        self.listener.settimeout(self.timeout.total_seconds())
+        for _ in [p for p in self.latency if p < self.rank]:
+            s, _addr = self.listener.accept()
+            s.settimeout(None)
+            peer = struct.unpack("<I", _read(s, 4))[0]
+            self.socks[peer] = s
+        self.listener.close()
+        for peer, s in self.socks.items():
+            s.settimeout(None)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.out_q[peer] = queue.Queue()
+            self.in_q[peer] = queue.Queue()
+            threading.Thread(target=self._sender, args=(peer, s), daemon=True).start()
+            threading.Thread(target=self._receiver, args=(peer, s), daemon=True).start()
+
+    def _sender(self, peer: int, s: socket.socket) -> None:
+        lat = self.latency[peer]
+        q = self.out_q[peer]
+        try:
+            while True:
+                payload = q.get()
+                picked = time.monotonic()
+                if lat > 0:  # the link's latency (no netem on this kernel): before the bytes leave
+                    time.sleep(lat)
+                s.sendall(_HEADER.pack(len(payload), picked))
+                if payload:
+                    s.sendall(payload)
+        except OSError:
+            return  # the receiver side of the peer notices; our recv from it fails too
+
+    def _receiver(self, peer: int, s: socket.socket) -> None:
+        q = self.in_q[peer]
+        prev_done = 0.0
+        try:
+            while True:
+                n, picked = _HEADER.unpack(_read(s, _HEADER.size))
+                buf = _read(s, n)
+                done = time.monotonic()
+                q.put((buf, done - max(picked, prev_done)))
+                prev_done = done
+        except (OSError, ConnectionError) as exc:
+            q.put(exc)
+
+    # ------------------------------------------------------------ traffic
+
+    def send(self, t: torch.Tensor, peer: int, link: str | None = None, tag: int = TAG_TRAIN) -> None:
+        """Training traffic (``link`` given): queued on the link's connection; the rest: gloo."""
+        if link is None or tag != TAG_TRAIN:
+            return super().send(t, peer, link, tag)
+        self.send_bundle([t], peer, link)
+
+    def recv(self, shape: torch.Size | tuple[int, ...], dtype: torch.dtype, peer: int,
+             link: str | None = None, tag: int = TAG_TRAIN) -> torch.Tensor:
+        """Training traffic: the next message from ``peer`` on the link; the rest: gloo."""
+        if link is None or tag != TAG_TRAIN:
+            return super().recv(shape, dtype, peer, link, tag)
+        return self.recv_bundle([(shape, dtype)], peer, link)[0]
+
+    def send_bundle(self, tensors: Sequence[torch.Tensor], peer: int, link: str) -> None:
+        """Queue ``tensors`` as one message (one latency) to ``peer``; copied now, sent by the link's thread."""
+        if any(t.is_meta for t in tensors):
+            raise RuntimeError(f"internal error: rank {self.rank} was asked to send a tensor it does not hold")
+        self.out_q[peer].put(b"".join(_as_bytes(t) for t in tensors))
+        self.sent[link] = self.sent.get(link, 0) + sum(tensor_bytes(t) for t in tensors)
+
+    def recv_bundle(self, specs: Sequence[tuple[Sequence[int], torch.dtype]], peer: int,
+                    link: str) -> list[torch.Tensor]:
+        """The next message from ``peer``, cut into tensors of the given shapes and dtypes."""
+        self.blocked = ("recv", peer, time.time())
+        try:
+            got = self.in_q[peer].get(timeout=self.timeout.total_seconds())
+        except queue.Empty:
+            raise PeerFailure(peer, "recv", "timeout", "no data within the timeout") from None
+        finally:
+            self.blocked = None
+        if isinstance(got, BaseException):
+            raise PeerFailure(peer, "recv", "closed", str(got) or type(got).__name__)
+        buf, seconds = got
+        view = memoryview(buf)
+        out, off = [], 0
+        for shape, dtype in specs:
+            n = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+            out.append(_from_bytes(view[off:off + n], shape, dtype))
+            off += n
+        if off != len(buf):
+            raise RuntimeError(f"internal error: rank {self.rank} got {len(buf)} bytes from rank {peer}, "
+                               f"expected {off}")
+        self.received[link] = self.received.get(link, 0) + off
+        self.log.append([self.round, link, peer, self.rank, off, seconds])
+        return out
+
+    def dump(self, path: Path) -> None:
+        """Write the measured times of the messages this rank received."""
+        path.write_text(json.dumps(self.log))
+
+
+def warm_up() -> None:
+    """Run once what every first training step pays for (autograd, optimizer, FLOP counter, meta tensors).
+
+    Called before the workers meet, so that round 1's wall time compares with the clock
+    like later rounds do; the virtual clock has no such one-time costs.
+    """
+    from torch import nn
+
+    from flexpl.costs.flops import count_fwd_bwd
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    count_fwd_bwd(model, (4, 8), input_grad=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for device in ("cpu", "meta"):
+        m = model.to(device) if device == "cpu" else nn.Sequential(nn.Linear(8, 8), nn.ReLU()).to("meta")
+        x = torch.zeros(4, 8, device=device, requires_grad=True)
+        m(x).sum().backward()
+    opt.step()
+    opt.zero_grad()
+    # glibc serves large blocks with mmap until one is freed, then raises its threshold to
+    # that size: free one 32 MB block now so that activations come from the heap in round 1 too
+    big = torch.ones(8 * 1024 * 1024)
+    del big
+
+
+def _read(s: socket.socket, n: int) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = s.recv_into(view[got:], n - got)
+        if k == 0:
+            raise ConnectionError("connection closed")
+        got += k
+    return buf
+
+
+# ---------------------------------------------------------------- worker side of the launcher
+
+_CLONE_NEWNET = 0x40000000
+
+
+def enter_netns(name: str) -> None:
+    """Move this (single-threaded, just forked) process into network namespace ``name``."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def predicted_links(traces: list, topo: Any) -> list[dict[str, list]]:
+    """Per round, ``"link|src|dst"`` -> [hops, bytes, seconds] of the clock's hops (from the run's traces).
+
+    Hops are keyed by the link between their endpoints, whatever resource the clock booked
+    them on (one per link, or one per direction of a full-duplex link).
+    """
+    from flexpl.costs.trace import HOP
+
+    link_of = {}
+    for name, (a, b, _prof) in topo.links.items():
+        link_of[(a, b)] = link_of[(b, a)] = name
+    out = []
+    for trace, _starts, _ends in traces:
+        per: dict[str, list] = {}
+        for i in range(len(trace)):
+            if trace.kind[i] == HOP:
+                link = link_of.get((trace.src[i], trace.dst[i]), trace.resource[i])
+                p = per.setdefault(f"{link}|{trace.src[i]}|{trace.dst[i]}", [0, 0, 0.0])
+                p[0] += 1
+                p[1] += trace.amount[i]
+                p[2] += trace.duration[i]
+        out.append(per)
+    return out

@@ -1,1 +1,0 @@
-"""Engines that execute a plan: the in-process simulator (virtual clock) and the distributed backend."""

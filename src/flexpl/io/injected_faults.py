@@ -1,0 +1,92 @@
+"""Fault injection for tests: the only place that reads the test-only fault variables.
+
+Two environment variables make a run fail on purpose, at a reproducible point, so the
+tests can check what survives a crash and how a failure is reported. Neither is meant
+for users; unset (the default), both hooks do nothing.
+
+``FLEXPL_TEST_KILL_AT="ROUND:STEP"``
+    The simulator's process SIGKILLs itself right after joint training step ``STEP``
+    (1-based) of round ``ROUND``: a run killed mid-round (tests of checkpoint/resume and of
+    stale results), after the checkpoint of the previous round is written. The engine calls :func:`after_train_step` after every step.
+
+``FLEXPL_DIST_FAULT="RANK:ROUND:MODE"``
+    In a distributed run, the worker of rank ``RANK``, in round ``ROUND``: ``exit`` calls
+    ``os._exit(17)`` at its first training step, ``hang`` sleeps there (a hung node),
+    ``raise`` raises a ``RuntimeError`` there, ``slow-eval`` (rank 0) sleeps through three
+    timeouts while evaluating. The worker asks :func:`dist_fault` for its hook once.
+
+A malformed value is a ``UserError`` naming the variable and the expected form.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import time
+from collections.abc import Callable
+
+from flexpl.errors import UserError
+
+KILL_ENV = "FLEXPL_TEST_KILL_AT"
+DIST_ENV = "FLEXPL_DIST_FAULT"
+DIST_MODES = ("exit", "hang", "raise", "slow-eval")
+
+
+@functools.lru_cache(maxsize=8)
+def _kill_point(raw: str) -> tuple[int, int] | None:
+    if not raw:
+        return None
+    try:
+        rnd, step = (int(v) for v in raw.split(":"))
+    except ValueError:
+        raise UserError(f"{KILL_ENV}: '{raw}' is not ROUND:STEP (two integers), e.g. 3:2; "
+                        "unset it for a normal run") from None
+    return rnd, step
+
+
+def kill_point() -> tuple[int, int] | None:
+    """(round, step) after which the process kills itself, from ``FLEXPL_TEST_KILL_AT``; None when unset."""
+    return _kill_point(os.environ.get(KILL_ENV, ""))
+
+
+def after_train_step(rnd: int, step: int) -> None:
+    """The kill hook: SIGKILL this process if (``rnd``, ``step``) is ``FLEXPL_TEST_KILL_AT``'s point."""
+    if kill_point() == (rnd, step):  # die like a killed process, mid-round: nothing is flushed or cleaned
+        # the previous round's checkpoint, written in the background, is complete first, so the
+        # point is reproducible (a kill during that write is tested apart: tests/test_checkpoint.py)
+        from flexpl.sim import checkpoint
+
+        checkpoint.drain()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def dist_fault(rank: int, timeout_s: float) -> Callable[[int, str], None]:
+    """This rank's hook from ``FLEXPL_DIST_FAULT``: called with (round, ``"train"`` or ``"eval"``).
+
+    A no-op when the variable is unset or names another rank.
+    """
+    spec = os.environ.get(DIST_ENV, "")
+    if not spec:
+        return lambda rnd, where: None
+    try:
+        r, rnd_at, mode = spec.split(":")
+        r_i, rnd_i = int(r), int(rnd_at)
+    except ValueError:
+        raise UserError(f"{DIST_ENV}: '{spec}' is not RANK:ROUND:MODE, e.g. 3:2:exit; "
+                        "unset it for a normal run") from None
+    if mode not in DIST_MODES:
+        raise UserError(f"{DIST_ENV}: unknown mode '{mode}'; allowed: {', '.join(DIST_MODES)}")
+
+    def hook(rnd: int, where: str) -> None:
+        if r_i != rank or rnd != rnd_i:
+            return
+        if mode == "slow-eval" and where == "eval":
+            time.sleep(3 * timeout_s)
+        elif mode == "hang" and where == "train":
+            time.sleep(10**6)
+        elif mode == "exit" and where == "train":
+            os._exit(17)
+        elif mode == "raise" and where == "train":
+            raise RuntimeError(f"injected fault ({DIST_ENV})")
+    return hook

@@ -1,0 +1,1 @@
+"""``flexpl report``: HTML reports, figures and tables from results folders."""

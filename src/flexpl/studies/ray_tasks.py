@@ -1,0 +1,253 @@
+"""Run FlexPL work as Ray tasks: ``flexpl sweep --ray [ADDRESS]`` and ``flexpl plan --validate K --ray``.
+
+A study of a hundred cells of minutes each outgrows one machine. With ``--ray`` every unit
+of work (a sweep cell, a plan to validate) becomes one Ray task that asks for the CPUs its
+scenario uses (``engine.workers``, default 1) and runs the same function as the local path:
+a sweep cell still writes its own folder through ``run_one``, so resuming, the digest check
+and ``sweep.csv`` (rebuilt from the cells' summaries as each task finishes) stay exactly as
+they are without Ray.
+
+``--ray`` alone starts a local Ray on this machine (``--jobs N`` CPUs, default every core);
+``--ray ADDRESS`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``) joins a running cluster,
+whose nodes must have flexpl installed and see the ``--out`` folder (a shared file system).
+Ray is an optional extra: ``pip install 'flexpl[ray]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from flexpl.errors import UserError
+
+LOCAL = ""  # the value of ``--ray`` given without an address: start a local Ray
+# whether the Ray that :func:`session` yields now was started by it (and so is shut down by it)
+_owned: list[bool] = []
+_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9._-]+:\d+)$")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: ``fn(*args)`` in a Ray worker with ``cpus`` CPUs; ``key`` names it to the caller."""
+
+    key: Hashable
+    fn: Callable[..., Any]
+    args: tuple
+    cpus: int = 1
+
+
+class TaskError(UserError):
+    """A task's ``UserError``, raised in the driver; ``key`` is the task's."""
+
+    def __init__(self, key: Hashable, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def add_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--ray [ADDRESS]`` to ``parser``; ``what`` says what runs as Ray tasks (for --help)."""
+    parser.add_argument("--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",
+                        help=f"run {what} as a Ray task (pip install 'flexpl[ray]'): alone, on a local Ray "
+                             "with --jobs CPUs (default every core); with ADDRESS (auto, HOST:PORT, "
+                             "ray://HOST:PORT), on that cluster, which must see --out")
+
+
+def check_address(address: str | None) -> None:
+    """A ``UserError`` unless ``address`` is None, empty (local) or looks like a Ray address."""
+    if address and not _ADDRESS.match(address):
+        raise UserError(f"--ray: '{address}' is not a Ray address (auto, HOST:PORT or ray://HOST:PORT); "
+                        "put --ray after the scenario, or write --ray=ADDRESS")
+
+
+def require(address: str | None, num_cpus: int | None = None) -> None:
+    """Fail at once, with one line, on a bad or unreachable ``--ray`` address or ``--jobs``, or when Ray is not
+    installed."""
+    if address is None:
+        return
+    check_address(address)
+    if address and num_cpus is not None:
+        raise UserError("--jobs: with --ray ADDRESS the cluster's CPUs decide how many tasks run at once; "
+                        "drop --jobs (or drop the address to start a local Ray with --jobs CPUs)")
+    if num_cpus is not None and num_cpus < 1:
+        raise UserError(f"--jobs: must be at least 1, got {num_cpus}")
+    _import_ray()
+    if address and address != "local":
+        _check_reachable(address)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray: Ray is not installed; install flexpl[ray] (pip install 'flexpl[ray]')") from None
+    return ray
+
+
+@contextlib.contextmanager
+def session(address: str | None, num_cpus: int | None = None) -> Iterator[Any]:
+    """Yield the ``ray`` module connected to ``address`` (or a new local Ray with ``num_cpus``).
+
+    A Ray this process had already started (a notebook, a test) is used as it is and left
+    running; one started here is shut down on the way out, also on an error or Ctrl-C.
+    """
+    require(address or "", num_cpus)
+    if address and address != "local":
+        _check_reachable(address)
+    ray = _import_ray()
+    if ray.is_initialized():
+        _owned.append(False)
+        try:
+            yield ray
+        finally:
+            _owned.pop()
+        return
+    import logging
+
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR}
+    if address and address != "local":
+        kwargs["address"] = address
+    else:  # "local": always a new Ray, never one a `ray start` on this machine left (or a stale record of it)
+        kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1)
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as exc:  # no cluster at that address
+        raise UserError(f"--ray {address}: cannot connect ({str(exc).splitlines()[0]}); start the cluster "
+                        "(ray start --head) or drop the address for a local Ray") from None
+    _owned.append(True)
+    try:
+        yield ray
+    finally:
+        _owned.pop()
+        ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A ``UserError`` if ``HOST:PORT`` (or ``ray://HOST:PORT``) does not accept a connection.
+
+    ``ray.init`` would retry an unreachable head node for minutes, logging as it goes.
+    """
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--ray {address}: cannot reach {host}:{port} ({exc}); start the cluster there "
+                        "(ray start --head) or fix the address") from None
+
+
+def largest_node_cpus(ray: Any) -> float:
+    """The CPU count of the largest alive node of the cluster ``ray`` is connected to."""
+    return max((n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+
+
+def _in_worker(fn: Callable[..., Any], cpus: int, *args: Any) -> tuple[str, Any]:
+    """What a Ray task runs: ``fn(*args)`` with ``cpus`` torch threads and at most ``cpus`` run workers.
+
+    A ``UserError`` comes back as ``("user_error", message)`` so that the driver prints the
+    same one line as without Ray (a raised one would arrive wrapped in Ray's traceback).
+    """
+    import torch
+
+    from flexpl.sim.exec.executor import WORKERS_ENV
+
+    torch.set_num_threads(cpus)  # a worker process serves many tasks: set both every time
+    os.environ[WORKERS_ENV] = str(cpus)
+    try:
+        return "ok", fn(*args)
+    except UserError as exc:
+        return "user_error", str(exc)
+
+
+def run_tasks(ray: Any, tasks: Sequence[Task], on_done: Callable[[Hashable, Any], None]) -> None:
+    """Submit every task at once; call ``on_done(key, result)`` in the driver as each one finishes.
+
+    A task's ``UserError`` is raised here as a :class:`TaskError` (after which the remaining tasks
+    are cancelled, as they are on Ctrl-C); a task asking for more CPUs than any node has is a
+    :class:`TaskError` before anything runs, since Ray would wait for such a node forever.
+    """
+    if not tasks:
+        return
+    most = largest_node_cpus(ray)
+    for t in tasks:
+        if t.cpus > most:
+            raise TaskError(t.key, f"asks for {t.cpus} CPUs (engine.workers) but the largest Ray node has "
+                                   f"{most:g}; lower engine.workers, or give the local Ray more with --jobs")
+    remote = ray.remote(_in_worker)
+    # on a Ray of our own a task is never retried: its worker is killed only when we stop [Note: no cancel ...]
+    retries = {"max_retries": 0} if _owned and _owned[-1] else {}
+    pending = {remote.options(num_cpus=t.cpus, **retries).remote(t.fn, t.cpus, *t.args): t for t in tasks}
+    try:
+        while pending:
+            # (a timeout: Python runs a Ctrl-C's handler only between waits, not inside one)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.2)
+            for ref in ready:
+                t = pending.pop(ref)
+                status, value = ray.get(ref)
+                if status == "user_error":
+                    raise TaskError(t.key, value)
+                on_done(t.key, value)
+    finally:
+        if pending:  # an error or Ctrl-C: drop what has not finished (cell folders stay resumable)
+            _drop(ray, list(pending))
+
+
+def _drop(ray: Any, refs: list[Any]) -> None:
+    """Stop the tasks ``refs`` after an error or Ctrl-C.
+
+    [Note: no cancel of a Ray we shut down] ``ray.cancel`` of a task whose reply is arriving at
+    that moment (Ctrl-C just as a cell finishes) aborts the driver inside Ray (``Check failed:
+    ... Tried to complete task that was not pending``, ray 2.60, one interrupt in ten in
+    tests/test_ray.py; ray-project/ray#54798 fixed a sibling of it). So on a local Ray that
+    :func:`session` started, nothing is cancelled: the worker processes running our tasks (its
+    raylet's children titled ``ray::_in_worker``) are killed at once, and the Ray is shut down
+    next. (Shutting down alone let cells run on for the 2 s it takes; the tasks were submitted
+    without retries, so none restarts.) On a Ray that outlives us (a cluster, or one the caller
+    started) the tasks must be cancelled: those already finished are skipped, which narrows that
+    window, and the rest are cancelled (``force``: a cell's Python loop may be deep in torch).
+    """
+    if _owned and _owned[-1]:
+        _kill_local_tasks()
+        return
+    _done, rest = ray.wait(refs, num_returns=len(refs), timeout=0)
+    for ref in rest:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=True)
+
+
+def _kill_local_tasks() -> None:
+    """SIGKILL this process's descendants that run a task of :func:`run_tasks` (title ``ray::_in_worker``).
+
+    Linux only (read from /proc); elsewhere nothing is killed and the Ray's shutdown ends them.
+    """
+    import signal
+
+    try:
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return
+    children: dict[int, list[int]] = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:  # "pid (comm) state ppid ...": comm may hold spaces
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(pid)
+    todo = [os.getpid()]
+    while todo:
+        for pid in children.get(todo.pop(), ()):
+            todo.append(pid)
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().startswith(f"ray::{_in_worker.__name__}".encode()):
+                        os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass

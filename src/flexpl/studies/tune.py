@@ -1,0 +1,178 @@
+"""``flexpl tune``: per strategy, the grid setting with the best validation accuracy, mean over seeds.
+
+    flexpl tune edge-fmnist --strategies fl,sl --grid training.optimizer.lr=0.005,0.02,0.05 --seeds 0,1
+
+Every (strategy, setting, seed) is one cell of a :mod:`flexpl.studies.sweep` grid (one folder per
+cell, resumable, ``--jobs``). Each cell trains with ``data.validation_fraction`` of every data
+node's samples held out (0.1 when the scenario holds out none) and with the test set switched
+off (``training.eval_test: false``): the choice reads only ``final_val_accuracy``, the
+validation accuracy after the last round, so the test set is never used to choose. A cell
+whose training diverges scores below any that did not. Ties go to the setting listed first.
+
+Writes ``tuned.yaml`` (``{strategy: {key: value}}``, what ``flexpl compare --tuned`` applies
+as ``strategy_overrides``) and ``tune.csv`` (one row per strategy and setting: mean and
+standard deviation of the validation accuracy over seeds, how many seeds diverged, which
+setting was chosen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flexpl.errors import UserError
+
+DEFAULT_VALIDATION_FRACTION = 0.1
+DEFAULT_STRATEGIES = "centralized,fl,sl,sfl,mp,fpl"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Tune options (the CLI has already added scenario, --set, --seed, --out, --quiet)."""
+    parser.add_argument("--strategies", default=DEFAULT_STRATEGIES,
+                        help=f"comma-separated presets, each tuned separately (default: {DEFAULT_STRATEGIES})")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="values to try for one scenario field (repeatable; all combinations are tried), "
+                             "e.g. --grid training.optimizer.lr=0.005,0.02,0.05")
+    parser.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                        help="seeds to average the validation accuracy over (default: the scenario's seed)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="run cells in N worker processes")
+
+
+def parse_seeds(raw: str | None, default: int) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; None -> ``[default]``; anything else is a one-line UserError."""
+    if raw is None:
+        return [default]
+    try:
+        seeds = [int(v) for v in raw.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds: '{raw}' is not a comma-separated list of integers (e.g. --seeds 0,1,2)") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds: '{raw}': give distinct non-negative integers, e.g. --seeds 0,1,2")
+    return seeds
+
+
+def tuned_sets(path: str | Path) -> list[str]:
+    """``--set`` items that add a ``tuned.yaml``'s values as ``strategy_overrides`` (what ``compare --tuned`` does)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"--tuned: cannot read '{path}': {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise UserError(f"--tuned: '{path}' must map each strategy to its values, e.g. "
+                        "{sl: {training.optimizer.lr: 0.01}} (what flexpl tune writes)")
+    return [f"strategy_overrides.{s}.{k}={json.dumps(v)}" for s, vals in data.items() for k, v in vals.items()]
+
+
+def _score(summary: dict[str, Any] | None) -> float:
+    """A cell's validation accuracy after the last round; -inf for a diverged or missing cell."""
+    if not summary or summary.get("diverged"):
+        return -math.inf
+    v = summary.get("final_val_accuracy")
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else -math.inf
+
+
+def choose(cells: list[tuple[str, tuple[tuple[str, str], ...], int, dict[str, Any] | None]],
+           ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Pick, per strategy, the setting with the best mean validation accuracy over seeds.
+
+    ``cells``: (strategy, setting as ((key, raw value), ...), seed, summary or None), in grid
+    order. Returns ``tuned`` ({strategy: {key: value}}) and the rows of ``tune.csv``.
+    """
+    groups: dict[tuple[str, tuple], list[float]] = {}
+    for strategy, setting, _, summary in cells:
+        groups.setdefault((strategy, setting), []).append(_score(summary))
+    rows, best = [], {}
+    for (strategy, setting), scores in groups.items():
+        ok = [s for s in scores if s > -math.inf]
+        mean = statistics.fmean(scores) if len(ok) == len(scores) else -math.inf
+        row = {"strategy": strategy, **dict(setting),
+               "val_accuracy_mean": mean if len(ok) == len(scores) else float("nan"),
+               "val_accuracy_std": statistics.pstdev(ok) if len(ok) == len(scores) and ok else float("nan"),
+               "seeds": len(scores), "diverged": len(scores) - len(ok), "chosen": False}
+        rows.append(row)
+        if strategy not in best or mean > best[strategy][0]:
+            best[strategy] = (mean, setting, row)
+    tuned = {}
+    for strategy, (_, setting, row) in best.items():
+        row["chosen"] = True
+        tuned[strategy] = {k: yaml.safe_load(v) for k, v in setting}
+    return tuned, rows
+
+
+def run_tune(scenario: str | None, sets: list[str], strategies: list[str], grid: list[str], seeds: list[int] | None,
+             out: Path | None, jobs: int = 1, quiet: bool = False) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """Run the tuning grid (through :func:`flexpl.studies.sweep.run_sweep`), write tuned.yaml and tune.csv."""
+    from flexpl.config.scenario import load_scenario
+    from flexpl.io.console import make_console as _console
+    from flexpl.io.results import write_csv, write_yaml
+    from flexpl.plan.layout import PRESETS
+    from flexpl.studies.sweep import make_cells, parse_grid, run_sweep
+
+    if not strategies:
+        raise UserError("--strategies: give at least one strategy, e.g. --strategies fl,sl")
+    for s in strategies:
+        if s not in PRESETS:
+            raise UserError(f"--strategies: unknown strategy '{s}'; allowed: {', '.join(PRESETS)}")
+    axes = parse_grid(grid)
+    for key, _ in axes:
+        if key in ("strategy", "seed"):
+            raise UserError(f"--grid {key}: use --{'strategies' if key == 'strategy' else 'seeds'} for that")
+    scn = load_scenario(scenario, sets)
+    seeds = seeds or [scn.seed]
+    console = _console(quiet)
+    sets = list(sets)
+    if scn.data.validation_fraction == 0:
+        sets.append(f"data.validation_fraction={DEFAULT_VALIDATION_FRACTION}")
+        console.print(f"tune: data.validation_fraction is 0 in this scenario; holding out "
+                      f"{DEFAULT_VALIDATION_FRACTION} of each data node's samples for validation")
+    sets.append("training.eval_test=false")  # choose on validation data only: never evaluate on the test set
+    full_grid = [f"strategy={','.join(strategies)}", *grid, f"seed={','.join(map(str, seeds))}"]
+    out = run_sweep(scenario, sets, full_grid, None, out or Path(f"results/{scn.name}-tune"), jobs=jobs, quiet=quiet)
+    cells = []
+    for c in make_cells(parse_grid(full_grid)):
+        try:
+            summary = json.loads((out / c.name / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = None
+        setting = tuple((k, v) for k, v in c.values if k not in ("strategy", "seed"))
+        cells.append((c.strategy or "", setting, int(dict(c.values)["seed"]), summary))
+    tuned, rows = choose(cells)
+    write_yaml(out / "tuned.yaml", tuned)
+    write_csv(out / "tune.csv", rows)
+    if not quiet:
+        _print_table(console, rows, [k for k, _ in axes])
+        console.print(f"chosen values in {out}/tuned.yaml (flexpl compare --tuned {out}/tuned.yaml); "
+                      f"table in {out}/tune.csv")
+    return out, tuned
+
+
+def _print_table(console: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    from rich.table import Table
+
+    from flexpl.io.console import fmt as _fmt
+
+    t = Table(title="tune: validation accuracy after the last round, mean over seeds (* = chosen)",
+              title_justify="left")
+    for c in ["strategy", *keys, "val_accuracy_mean", "val_accuracy_std", "diverged"]:
+        t.add_column(c, justify="left" if c == "strategy" else "right")
+    for r in rows:
+        t.add_row(("* " if r["chosen"] else "  ") + r["strategy"], *(str(r[k]) for k in keys),
+                  _fmt(r["val_accuracy_mean"]), _fmt(r["val_accuracy_std"]), str(r["diverged"]))
+    console.print(t)
+
+
+def main(args: argparse.Namespace) -> int:
+    """flexpl tune: run the grid per strategy and seed, choose on validation accuracy, write tuned.yaml."""
+    if args.seed is not None and args.seeds is not None:
+        raise UserError("--seed: give either --seed N or --seeds S1,S2,... (tune averages over --seeds)")
+    seeds = parse_seeds(args.seeds, 0) if args.seeds is not None else ([args.seed] if args.seed is not None else None)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    run_tune(args.scenario, list(args.set), strategies, list(args.grid), seeds,
+             Path(args.out) if args.out else None, jobs=args.jobs, quiet=args.quiet)
+    return 0

@@ -1,0 +1,1 @@
+"""The hardware model: device and link profiles, the topology, and calibration of this machine."""

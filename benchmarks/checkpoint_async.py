@@ -62,7 +62,7 @@ def one(name: str, sets: list[str], background: bool) -> tuple[list[float], floa
 def save_only() -> None:
     """Time one save of each case's freshly set-up state, on the training thread and through the writer."""
     from flexpl.config.scenario import load_scenario
-    from flexpl.costs.trace import Totals
+    from flexpl.costs.bill import Totals
     from flexpl.sim import checkpoint, simulator
 
     print("| case | checkpoint MB | on the training thread ms | background: training thread ms | "

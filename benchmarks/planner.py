@@ -21,6 +21,7 @@ from collections import defaultdict
 from flexpl import planner as P
 from flexpl.config.scenario import load_scenario
 from flexpl.data import load_dataset
+from flexpl.errors import UserError
 
 
 def cost_all(planner: P.Planner, cands: list[P.Candidate]) -> tuple[float, list[tuple[P.Candidate, float, bool]]]:
@@ -31,7 +32,7 @@ def cost_all(planner: P.Planner, cands: list[P.Candidate]) -> tuple[float, list[
         t = time.perf_counter()
         try:
             pred = planner.predict(c)
-        except P.UserError:  # not a valid plan on this scenario (e.g. a feature junction at a bare layer)
+        except UserError:  # not a valid plan on this scenario (e.g. a feature junction at a bare layer)
             continue
         out.append((c, time.perf_counter() - t, pred.fast_clock))
     return time.perf_counter() - t0, out
@@ -50,7 +51,7 @@ def check(scn, planner: P.Planner, cands: list[P.Candidate], k: int) -> None:
         t = time.perf_counter()
         try:
             r = planner.predict(c).row
-        except P.UserError:
+        except UserError:
             continue
         tp = time.perf_counter() - t
         t = time.perf_counter()

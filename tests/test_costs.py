@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flexpl.costs.trace import Recorder, schedule
+from flexpl.costs.clock import schedule
+from flexpl.costs.trace import Recorder
 from flexpl.sim.simulator import build_topology
 
 from .conftest import chain_scenario
@@ -180,7 +181,7 @@ def test_a_node_is_not_idle_while_it_computes_or_sends():
 
 def test_a_rounds_bill_without_per_node_rows_has_the_same_totals():
     """bill(per_node=False), what every round's row reads, gives bit for bit the full bill's totals."""
-    from flexpl.costs.trace import Totals, bill
+    from flexpl.costs.bill import Totals, bill
     from flexpl.sim.simulator import run, setup
 
     from .conftest import digits_star

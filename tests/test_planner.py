@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from flexpl import planner as P
 from flexpl.cli import main as cli
 from flexpl.config.scenario import validate_scenario
-from flexpl.costs.trace import schedule
+from flexpl.costs import clock
+from flexpl.costs.clock import schedule
 from flexpl.errors import UserError
 from flexpl.models import build_model
 from flexpl.plan.layout import PRESETS
@@ -74,7 +75,7 @@ def _check_against_simulator(scn) -> P.Prediction:
     walk = P.ShapeWalk(ctx)
     walk.relay_holder = kind[3]
     ct = walk.walk(kind[0], kind[1], kind[4])
-    full, split = P.expand(ct)
+    full, split = clock.expand(ct)
     sim = res.traces[0][0]
     n = len(full) if (kind[2] or split == len(full)) else split
     assert n == len(sim)
@@ -123,13 +124,13 @@ def test_the_fast_clock_equals_scheduling_the_whole_round():
     scn = edge_scenario(["training.local_epochs=10", "training.rounds=1"])
     jumped = 0
     for cand, ct in _walked_rounds(scn):
-        got = P._Clock(ct).run()
+        got = clock.BlockClock(ct).run()
         if got is None:
             continue
         jumped += any(extra > 2 for _, _, extra in ct.blocks)
-        full, split = P.expand(ct)
+        full, split = clock.expand(ct)
         assert _close(got[1], max(schedule(full, 0.0)[1])), cand.label
-        assert _close(got[0], max(schedule(P._slice(full, 0, split), 0.0)[1], default=0.0)), cand.label
+        assert _close(got[0], max(schedule(clock.slice_trace(full, 0, split), 0.0)[1], default=0.0)), cand.label
     assert jumped >= 10
 
 
@@ -137,22 +138,22 @@ def test_the_whole_round_clock_equals_schedule_to_the_bit():
     """Where the block clock gives up, the round is clocked whole from its compressed form (copies
     of a block share their successor lists); it equals ``schedule`` on the expanded round exactly,
     with and without the upload, also when the round without it goes on from where they part."""
-    from flexpl.costs.trace import schedule_range
+    from flexpl.costs.clock import schedule_range
 
     scn = edge_scenario(["training.local_epochs=3", "training.rounds=1"])
     forked = 0
     for cand, ct in _walked_rounds(scn):
-        full, split = P.expand(ct)
+        full, split = clock.expand(ct)
         start, end = schedule(full, 0.0)
         n = len(full)
         s2, e2, r2 = [0.0] * n, [0.0] * n, [0.0] * n
         schedule_range(full, 0, n, 0.0, s2, e2, r2, {})  # the block clock's slice clock
         assert (start, end) == (s2, e2), cand.label
-        want = max(schedule(P._slice(full, 0, split), 0.0)[1], default=0.0)
-        flat = P._FlatRound(ct)
+        want = max(schedule(clock.slice_trace(full, 0, split), 0.0)[1], default=0.0)
+        flat = clock.FlatRound(ct)
         assert flat.run(n)[0] == end, cand.label
-        assert P.flat_makespans(flat, (True, True)) == (want, max(end, default=0.0)), cand.label
-        flat = P._FlatRound(ct)
+        assert clock.flat_makespans(flat, (True, True)) == (want, max(end, default=0.0)), cand.label
+        flat = clock.FlatRound(ct)
         flat.run(n, fork=flat.split)
         if flat.fork is not None:
             forked += 1

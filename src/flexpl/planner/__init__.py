@@ -42,15 +42,12 @@ it cannot (SplitFed devices lapping each other at a shared server, raw inputs st
 ahead of the model), or once it has unrolled an eighth of the round without settling, it
 schedules the whole round with the simulator's own loop (``costs.clock.sweep``, which
 ``schedule`` runs), straight from the compressed form: the copies of a block share one
-list of successors, as offsets (``_FlatRound``). The round without its upload runs the
-same until the first upload action is taken; it goes on from there (``_FlatRound.resume``).
+list of successors, as offsets (``costs.clock.FlatRound``). The round without its upload runs the
+same until the first upload action is taken; it goes on from there (``FlatRound.resume``).
 Makespans are clocked only for the rounds a plan has (``WalkedRound.clock``).
 """
 
 
-from flexpl.costs.clock.blocks import _Clock, _components, expand, makespans
-from flexpl.costs.clock.schedule import _FlatRound, _slice, flat_makespans
-from flexpl.errors import UserError
 from flexpl.planner.candidates import SYNC_EVERY, Candidate, candidate_data, enumerate_candidates
 from flexpl.planner.choose import (
     BOOL_COLUMNS,
@@ -64,7 +61,6 @@ from flexpl.planner.choose import (
     parse_constraint,
 )
 from flexpl.planner.command import (
-    _table,
     add_arguments,
     cost_candidates,
     main,
@@ -81,16 +77,7 @@ from flexpl.planner.walk import ShapeWalk
 __all__ = [
     "BOOL_COLUMNS", "CSV_COLUMNS", "ID_COLUMNS", "MEMORY_FITS", "NUMERIC_COLUMNS", "OBJECTIVES", "SYNC_EVERY",
     "Candidate", "Constraint", "PlanContext", "Planner", "Prediction", "RoundCost", "ShapeWalk",
-    "StageCosts", "StageProbe", "UserError", "WalkedRound", "_Clock", "_FlatRound", "_components", "_slice",
-    "_table", "add_arguments", "batch_sizes", "candidate_data", "choose",
-    "cost_candidates", "enumerate_candidates", "expand", "flat_makespans", "main", "makespans", "parse_constraint",
+    "StageCosts", "StageProbe", "WalkedRound", "add_arguments", "batch_sizes", "candidate_data", "choose",
+    "cost_candidates", "enumerate_candidates", "main", "parse_constraint",
     "plan_scenario", "plot_pareto", "saved_activation_bytes", "validate", "write_best",
 ]
-
-
-def __getattr__(name: str) -> object:
-    if name == "Compressed":  # moved to costs.trace (which imports numpy: kept out of ``flexpl --help``)
-        from flexpl.costs.trace import Compressed
-
-        return Compressed
-    raise AttributeError(f"module 'flexpl.planner' has no attribute {name!r}")

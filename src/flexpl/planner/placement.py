@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
-    from flexpl.costs.trace import Compressed, Totals, Trace
+    from flexpl.costs.bill import Totals
+    from flexpl.costs.trace import Compressed, Trace
     from flexpl.plan.layout import Layout, Plan
     from flexpl.system.topology import Topology
-from flexpl.costs.clock.blocks import _Clock
-from flexpl.costs.clock.schedule import _FlatRound, flat_makespans
+from flexpl.costs.clock import BlockClock, FlatRound, flat_makespans
 from flexpl.planner.shapes import StageCosts, StageProbe
 
 
@@ -82,7 +82,7 @@ class WalkedRound:
     cost: dict[bool, RoundCost]
     activations: dict[tuple[int, int], int]
     compressed: Compressed | None = None
-    _flat: _FlatRound | None = None
+    _flat: FlatRound | None = None
 
     def clock(self, uploads: set[bool], try_fast: bool = True) -> None:
         """Fill in the makespans of the rounds ``uploads`` asks for (False: without, True: with the upload).
@@ -97,12 +97,12 @@ class WalkedRound:
             ct = self.compressed
             got = None
             if try_fast:
-                got = _Clock(ct, sum((hi - lo) * (1 + extra) for lo, hi, extra in ct.blocks) // 8).run()
+                got = BlockClock(ct, sum((hi - lo) * (1 + extra) for lo, hi, extra in ct.blocks) // 8).run()
             if got is not None:
                 self.cost[False].makespan, self.cost[True].makespan = got
                 self.compressed = None  # both known: the trace is no longer needed
                 return
-            self._flat = _FlatRound(self.compressed)
+            self._flat = FlatRound(self.compressed)
             for u in (False, True):
                 self.cost[u].exact_fast = False
         want = tuple(u in uploads and math.isnan(self.cost[u].makespan) for u in (False, True))

@@ -221,7 +221,8 @@ class Planner:
         key = (ctx.walk_key, selected, download, holder, collect)
         hit = self._walks.get(key)
         if hit is None:
-            from flexpl.costs.trace import COMPUTE, Totals
+            from flexpl.costs.bill import Totals
+            from flexpl.costs.trace import COMPUTE
 
             walk = ShapeWalk(ctx)
             walk.relay_holder = holder
@@ -256,7 +257,7 @@ class Planner:
                 gc.enable()
 
     def _predict(self, cand: Candidate) -> Prediction:
-        from flexpl.costs.trace import Totals, bill
+        from flexpl.costs.bill import Totals, bill
 
         t0 = time.perf_counter()
         scn, topo = self.scn, self.topo
@@ -284,7 +285,7 @@ class Planner:
             for k, v in walked.activations.items():
                 activations[k] = max(activations.get(k, 0), v)
         rounds = scn.training.rounds
-        # the simulator's definition (costs.trace.bill); evaluation is not predicted
+        # the simulator's definition (costs.bill.bill); evaluation is not predicted
         b = bill(total, topo, sim_time, scn.energy.include_idle, False)
         idle = b["idle_j"]
         node_energy = {n: b["per_node"][n]["energy_j"] for n in total.node}

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from flexpl.costs.trace import Totals
+from flexpl.costs.bill import Totals
 from flexpl.errors import UserError
 from flexpl.io.results import atomic_write
 from flexpl.sim.engine import Engine

@@ -23,11 +23,12 @@ import torch
 
 from flexpl import __version__
 from flexpl.config.scenario import Scenario
-from flexpl.costs.clock.schedule import schedule
+from flexpl.costs.bill import Totals, bill
+from flexpl.costs.clock import schedule
 from flexpl.costs.evaluation import eval_flops
 from flexpl.costs.flops import count_fwd_bwd
 from flexpl.costs.targets import cost_to_targets, reached_all
-from flexpl.costs.trace import COMPUTE, Event, Recorder, Totals, Trace, bill
+from flexpl.costs.trace import COMPUTE, Event, Recorder, Trace
 from flexpl.data import Dataset, load_data
 from flexpl.data.batching import batches, equal_steps, mix_seed, select_clients
 from flexpl.data.partition import Summaries, partition_flat, validation_split

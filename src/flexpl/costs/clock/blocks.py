@@ -2,19 +2,16 @@
 
 See [Note: compressed rounds] in ``flexpl/planner/__init__.py``. Where the block clock
 cannot be exact it gives up (returns None) and the whole-round clock
-(:class:`flexpl.costs.clock.schedule._FlatRound`, the simulator's own loop) schedules the round.
+(:class:`flexpl.costs.clock.schedule.FlatRound`, the simulator's own loop) schedules the round.
 """
 
 from __future__ import annotations
 
 import math
 import operator
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from flexpl.costs.trace import Compressed, Trace
-
-from flexpl.costs.clock.schedule import _FlatRound, flat_makespans, schedule_range
+from flexpl.costs.clock.schedule import FlatRound, flat_makespans, schedule_range
+from flexpl.costs.trace import COMPUTE, Compressed, Trace
 
 
 def _components(t: Trace, lo: int, hi: int) -> list[tuple[list[int], set[str]]]:
@@ -44,7 +41,7 @@ def _components(t: Trace, lo: int, hi: int) -> list[tuple[list[int], set[str]]]:
     return [(js, {t.resource[lo + j] for j in js}) for js in comps.values()]
 
 
-class _Clock:
+class BlockClock:
     """Unrolls a compressed round onto the virtual clock, block by block, jumping over periodic copies."""
 
     # Two copies are "the same up to a shift" when every time differs by the shift to within
@@ -58,11 +55,9 @@ class _Clock:
 
     def __init__(self, ct: Compressed, max_unrolled: int | None = None, columns: tuple[str, ...] = CLOCK_COLUMNS
                  ) -> None:
-        from flexpl.costs.trace import Trace
-
         self.ct = ct
         self.columns = columns  # the unrolled trace's columns that are filled in (expand() wants all)
-        # give up once this many actions are unrolled: the whole-round clock (_FlatRound) is
+        # give up once this many actions are unrolled: the whole-round clock (FlatRound) is
         # then cheaper than jumping, which unrolls a round that never settles almost in full
         self.max_unrolled = max_unrolled
         self.w = Trace()  # the unrolled trace (copies stamped as needed)
@@ -128,8 +123,6 @@ class _Clock:
         nodes' runs of steps, but its labels can leave at time zero; scheduled first, they no
         longer look as if they overtook every block in between.
         """
-        from flexpl.costs.trace import COMPUTE
-
         t, out = self.ct.trace, set()
         behind_a_run = False  # before the first run, blocks are scheduled as they come anyway
         for lo, hi, extra in self.ct.blocks:
@@ -257,7 +250,7 @@ class _Clock:
 
 def expand(ct: Compressed) -> tuple[Trace, int]:
     """The round's full trace (every copy stamped), and where its upload starts in it."""
-    clk = _Clock(ct, columns=_Clock.ALL_COLUMNS)
+    clk = BlockClock(ct, columns=BlockClock.ALL_COLUMNS)
     split = None
     for lo, hi, extra in ct.blocks:
         if lo >= ct.split and split is None:
@@ -273,9 +266,9 @@ def expand(ct: Compressed) -> tuple[Trace, int]:
 
 def makespans(ct: Compressed) -> tuple[float, float, bool]:
     """Makespan of the round without and with its upload, and whether the fast clock was exact alone."""
-    got = _Clock(ct).run()
+    got = BlockClock(ct).run()
     if got is not None:
         return got[0], got[1], True
-    t_prefix, t_full = flat_makespans(_FlatRound(ct), (True, True))
+    t_prefix, t_full = flat_makespans(FlatRound(ct), (True, True))
     assert t_prefix is not None and t_full is not None
     return t_prefix, t_full, False

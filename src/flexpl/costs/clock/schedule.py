@@ -4,7 +4,7 @@ A node computes ``FLOPs / flops_per_s``, a hop takes ``latency + 8 * bytes / ban
 every node and link does one thing at a time, first come first served (see
 ``costs/trace.py``). :func:`sweep` is that loop; :func:`schedule` runs it over a recorded
 round (the simulator's clock), :func:`schedule_range` over a slice of one (the planner's
-block clock, ``clock_blocks._Clock``), and :class:`_FlatRound` over a compressed round
+block clock, ``blocks.BlockClock``), and :class:`FlatRound` over a compressed round
 (the planner's whole-round clock), so the three agree to the last bit.
 """
 
@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the clock reads traces; it imports nothing heavy
-    from flexpl.costs.trace import Compressed, Trace
+from flexpl.costs.trace import Compressed, Trace
 
 
 def schedule(trace: Trace, t0: float) -> tuple[list[float], list[float]]:
@@ -152,12 +150,13 @@ def schedule_range(trace: Trace, lo: int, hi: int, t0: float, start: list[float]
                 heapq.heappush(heap, (ready[j], j))
 
 
-def _slice(t: Trace, lo: int, hi: int) -> Trace:
-    cls = type(t)  # a Trace: built from its own class, so the clock needs no import of costs.trace
+def slice_trace(t: Trace, lo: int, hi: int) -> Trace:
+    """Actions ``lo..hi-1`` of ``t`` as a trace of their own (dependencies as they were)."""
+    cls = type(t)
     return cls(**{name: getattr(t, name)[lo:hi] for name in cls.__dataclass_fields__})
 
 
-class _FlatRound:
+class FlatRound:
     """A compressed round unrolled into int-coded arrays, in :func:`expand`'s order, for the whole-round clock.
 
     The simulator's clock (``schedule`` from time 0): the same loop, :func:`sweep`,
@@ -267,7 +266,7 @@ class _FlatRound:
             self.fork = kept
 
 
-def flat_makespans(flat: _FlatRound, need: tuple[bool, bool]) -> tuple[float | None, float | None]:
+def flat_makespans(flat: FlatRound, need: tuple[bool, bool]) -> tuple[float | None, float | None]:
     """Makespans of the round without and with its upload, each scheduled over the whole round.
 
     ``need`` says which of the two are wanted; the other comes back as None unless it

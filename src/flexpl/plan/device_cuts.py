@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 
 from flexpl.errors import UserError
 
-if TYPE_CHECKING:  # flexpl.plan.layout imports this module; torch only where FLOPs are counted
+if TYPE_CHECKING:  # torch only where FLOPs are counted
     from flexpl.models import BlockModel
-    from flexpl.plan.layout import Plan
+    from flexpl.plan.spec import Plan
     from flexpl.system.topology import Topology
 
 

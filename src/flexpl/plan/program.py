@@ -31,7 +31,7 @@ from itertools import groupby
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from flexpl.plan.layout import Plan
+    from flexpl.plan.spec import Plan
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
     from flexpl.costs.bill import Totals
     from flexpl.costs.trace import Compressed, Trace
-    from flexpl.plan.layout import Layout, Plan
+    from flexpl.plan.spec import Layout, Plan
     from flexpl.system.topology import Topology
 from flexpl.costs.clock import BlockClock, FlatRound, flat_makespans
 from flexpl.planner.shapes import StageCosts, StageProbe

@@ -26,7 +26,7 @@ from flexpl.costs.flops import FlopCache, optimizer_flops
 from flexpl.costs.trace import Event, Recorder
 from flexpl.data.batching import batches, mix_seed, select_clients  # noqa: F401 (re-exported: old home)
 from flexpl.models import BlockModel, count_params
-from flexpl.plan.layout import Layout, Replica
+from flexpl.plan.spec import Layout, Replica
 from flexpl.plan.step import StepRecord  # noqa: F401 (re-exported: its old home)
 from flexpl.sim import evaluate as _evaluate
 from flexpl.sim.aggregate import CROSS_ENTROPY, Aggregator, FedAvg, Loss, proximal_grad

@@ -15,7 +15,7 @@ import numpy as np
 
 from flexpl.config.scenario import FailuresCfg, StragglerCfg
 from flexpl.data.batching import mix_seed
-from flexpl.plan.layout import Layout
+from flexpl.plan.spec import Layout
 from flexpl.system.topology import Topology
 
 

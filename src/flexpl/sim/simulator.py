@@ -42,8 +42,9 @@ from flexpl.models import (
     state_bytes,
 )
 from flexpl.plan.device_cuts import front_costs
-from flexpl.plan.layout import Plan, build_plan, place
+from flexpl.plan.layout import build_plan, place
 from flexpl.plan.program import end_blocks, start_blocks, step_blocks, uploads_after, walk
+from flexpl.plan.spec import Plan
 from flexpl.sim import checkpoint, failures
 from flexpl.sim.engine import (
     Diverged,

@@ -43,7 +43,7 @@ from flexpl.sim.runner import TensorRunner
 
 if TYPE_CHECKING:
     from flexpl.config.scenario import Scenario
-    from flexpl.plan.layout import Plan
+    from flexpl.plan.spec import Plan
     from flexpl.sim.engine import Engine, NodeData
 
 MODES = ("sequential", "processes", "vectorized")

@@ -39,7 +39,7 @@ from flexpl.sim.replica import clip_coefficients
 
 if TYPE_CHECKING:
     from flexpl.config.scenario import Scenario
-    from flexpl.plan.layout import Layout
+    from flexpl.plan.spec import Layout
     from flexpl.sim.engine import Engine, NodeData
 
 Op = tuple  # ("linear", weight key, bias key or None) | ("fn", callable) | ("flatten", start, end)

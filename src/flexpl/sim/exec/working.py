@@ -14,7 +14,7 @@ import torch
 
 from flexpl.config.scenario import OptimizerCfg
 from flexpl.models import BlockModel, count_params
-from flexpl.plan.layout import Layout
+from flexpl.plan.spec import Layout
 from flexpl.sim.exec import fedavg_sum as fold
 from flexpl.sim.exec.fedavg_sum import FedAvgSum
 from flexpl.sim.exec.stacked import Arena

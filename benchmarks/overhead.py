@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from flexpl.config.scenario import validate_scenario
 from flexpl.data import load_dataset
 from flexpl.models import build_model
-from flexpl.sim.engine import make_optimizer
+from flexpl.sim.replica import make_optimizer
 from flexpl.sim.simulator import run, setup
 
 

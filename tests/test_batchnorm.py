@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from flexpl.data.batching import batches
 from flexpl.models import build_model, state_bytes
-from flexpl.sim.engine import batches, stage_module
+from flexpl.sim.engine import stage_module
 from flexpl.sim.simulator import run, setup
 
 from .conftest import digits_star

@@ -9,7 +9,7 @@ import torch
 
 from flexpl.config.scenario import OptimizerCfg
 from flexpl.errors import UserError
-from flexpl.sim.engine import lr_at
+from flexpl.sim.replica import lr_at
 from flexpl.sim.simulator import run, setup
 
 from .conftest import digits_star
@@ -101,7 +101,7 @@ def test_schedule_clipping_and_weight_decay_agree_in_every_executor(strategy: st
 
 
 def test_sgd_weight_decay_shrinks_weights_by_hand() -> None:
-    from flexpl.sim.engine import make_optimizer
+    from flexpl.sim.replica import make_optimizer
 
     lin = torch.nn.Linear(3, 2)
     w0 = lin.weight.detach().clone()

@@ -6,9 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from flexpl.data.batching import batches
 from flexpl.errors import UserError
 from flexpl.models import build_model, stage_bytes_between
-from flexpl.sim.engine import batches, make_optimizer, path_state
+from flexpl.sim.engine import path_state
+from flexpl.sim.replica import make_optimizer
 from flexpl.sim.simulator import run, setup
 
 from .conftest import chain_scenario, digits_star

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flexpl.models import build_model
-from flexpl.sim.engine import meta_copy, shell_copy
+from flexpl.sim.replica import meta_copy, shell_copy
 from flexpl.sim.simulator import build_topology, setup
 
 from .conftest import digits_star

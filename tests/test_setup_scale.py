@@ -11,7 +11,7 @@ import yaml
 from flexpl.config.scenario import load_scenario
 from flexpl.data.partition import Summaries, partition, partition_flat, summarize
 from flexpl.errors import UserError
-from flexpl.sim.engine import NodeData
+from flexpl.sim.node_data import NodeData
 from flexpl.sim.simulator import build_topology, setup
 from flexpl.system.topology import Topology, _profiles_in_order, hop_resource
 

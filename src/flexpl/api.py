@@ -285,9 +285,9 @@ def _simulate_sim(scn: Scenario, out: str | Path | None, on_round: Callable[[dic
             raise UserError("resume: give out, the folder of the stopped run")
         result = run(scn, on_round=on_round, st=st)
         return Result(result.rounds, result.summary, {}, scn)
+    from flexpl.errors import Diverged
     from flexpl.io.results import RunWriter, prepare_out_dir
     from flexpl.sim import checkpoint
-    from flexpl.sim.engine import Diverged
 
     folder = prepare_out_dir(out)
     if resume:

@@ -1,6 +1,9 @@
-"""User-facing errors: one line, exit code 2, never a traceback."""
+"""Errors the command line turns into an exit code: ``UserError`` (one line, exit 2, never a traceback) and
+``Diverged`` (exit 3)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class UserError(Exception):
@@ -19,3 +22,12 @@ class MissingData(UserError):
 
     Raised by the dataset loaders of ``flexpl.data`` (which re-exports it).
     """
+
+
+class Diverged(Exception):
+    """Training produced a non-finite loss: the run stops (exit 3), keeping the rounds completed so far."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.summary: dict[str, Any] | None = None  # set by the simulator: the summary of the rounds completed
+        self.rows: list[dict[str, Any]] = []

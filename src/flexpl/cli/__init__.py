@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"flexpl: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # training diverged (a non-finite loss): one line, exit 3, rounds so far kept
-        from flexpl.sim.engine import Diverged
+        from flexpl.errors import Diverged
 
         if not isinstance(exc, Diverged):
             raise

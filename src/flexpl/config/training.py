@@ -27,7 +27,7 @@ class OptimizerCfg(_Strict):
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)  # L2 penalty, SGD and Adam alike (torch.optim's weight_decay)
     reset_on_sync: bool = True  # a replica that receives averaged weights starts a fresh optimizer (as Flower does)
-    # learning rate per round (see flexpl.sim.engine.lr_at): constant; step: lr * gamma ** ((round-1) // step_every);
+    # learning rate per round (see flexpl.sim.replica.lr_at): constant; step: lr * gamma ** ((round-1) // step_every);
     # cosine: from lr down towards min_lr over training.rounds
     schedule: Literal["constant", "step", "cosine"] = "constant"
     step_every: PositiveInt = 1

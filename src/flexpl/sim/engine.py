@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,97 +23,21 @@ from torch import nn
 from flexpl.config.scenario import OptimizerCfg
 from flexpl.costs.flops import FlopCache, optimizer_flops
 from flexpl.costs.trace import Event, Recorder
-from flexpl.data.batching import batches, mix_seed, select_clients  # noqa: F401 (re-exported: old home)
 from flexpl.models import BlockModel, count_params
-from flexpl.plan.spec import Layout, Replica
-from flexpl.plan.step import StepRecord  # noqa: F401 (re-exported: its old home)
-from flexpl.sim import evaluate as _evaluate
+from flexpl.plan.spec import Layout
 from flexpl.sim.aggregate import CROSS_ENTROPY, Aggregator, FedAvg, Loss, proximal_grad
-from flexpl.sim.evaluate import Evaluation, extract_patch  # noqa: F401 (re-exported)
+from flexpl.sim.evaluate import Evaluation
 from flexpl.sim.exec.stacked import Arena
 from flexpl.sim.exec.working import WorkingModel, WorkingModels, working_stages
-from flexpl.sim.node_data import NodeData  # noqa: F401 (re-exported: its old home)
-from flexpl.sim.replica import (  # noqa: F401 (re-exported: their old home)
-    clip_coefficients,
-    lr_at,
-    make_optimizer,
-    meta_copy,
-    shell_copy,
-)
+from flexpl.sim.node_data import NodeData
+from flexpl.sim.replica import clip_coefficients, lr_at, make_optimizer, meta_copy, shell_copy
+from flexpl.sim.state import ReplicaState, VecChunk
 from flexpl.sim.tensor_step import TensorStep
 
 
 def stage_module(full: BlockModel, start: int, end: int) -> BlockModel:
     """A copy of blocks ``[start, end)``; state-dict keys stay those of the full model (``BlockModel.slice``)."""
     return full.slice(start, end)
-
-
-patch_grid = _evaluate.patch_grid  # re-exported: its old home (an Engine argument has the same name)
-
-
-class Diverged(Exception):
-    """Training produced a non-finite loss: the run stops (exit 3), keeping the rounds completed so far."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.summary: dict[str, Any] | None = None  # set by the simulator: the summary of the rounds completed
-        self.rows: list[dict[str, Any]] = []
-
-
-@dataclass(eq=False)  # compared by identity: value equality would compare modules field by field
-class ReplicaState:
-    """A live stage replica: its module, optimizer, and the event after which its weights are current."""
-
-    spec: Replica
-    module: BlockModel
-    opt: torch.optim.Optimizer | None
-    last_update: Event = None
-    twin: tuple[BlockModel, None] | None = None  # a meta copy, for shape-only walks (see Engine.shadow)
-    shape_only: bool | None = None  # its module is on the meta device: the step code only tracks shapes
-
-    def __post_init__(self) -> None:
-        if self.shape_only is None:  # (given by callers that know, e.g. clients on a working model)
-            self.shape_only = any(p.is_meta for p in self.module.parameters())
-
-    @classmethod
-    def on_working(cls, spec: Replica, work: WorkingModel) -> ReplicaState:
-        """A client of a working stage: ``work``'s module and optimizer, never shape-only [Note: working models].
-
-        (Its fields set in one dict: 10,000 clients are 10,000 of these at set-up, made in a third of
-        the dataclass ``__init__``'s time.)
-        """
-        st = cls.__new__(cls)
-        st.__dict__ = {"spec": spec, "module": work.module, "opt": work.opt, "last_update": None,
-                       "twin": work.twin, "shape_only": False}
-        return st
-
-    @property
-    def host(self) -> str:
-        """Node that holds this replica."""
-        return self.spec.host
-
-
-@dataclass
-class VecChunk:
-    """Replicas of one stage run together in one step (by ``vmap`` here, or by worker processes).
-
-    The engine records each replica's actions one by one as usual and takes its input and
-    output from ``ins``/``outs``; the chunk's backward runs once, for all of them.
-    """
-
-    stage: int
-    rows: list[int]        # replica indices
-    members: list[str]     # the data node each one serves in this step
-    ins: list[torch.Tensor]
-    outs: list[torch.Tensor]
-    x: torch.Tensor | None = None  # vmap: [k, B, ...] stacked inputs (a leaf; requires grad if sent back)
-    params: dict[str, torch.Tensor] = field(default_factory=dict)  # vmap: [k, ...] leaves, rows of the arena
-    out: torch.Tensor | None = None  # vmap: [k, B, ...]
-    losses: torch.Tensor | None = None  # last stage: each replica's mean loss
-    in_grads: list[torch.Tensor] | None = None  # after backward: each input's gradient, if it is sent back
-    done: bool = False     # backward and optimizer step already run
-    stepped: bool = False  # the optimizer step already ran (stacked, or in a worker)
-    remote: Any = None     # the worker pool that runs it (flexpl.sim.exec.executor.StepPool), or None
 
 
 class Engine(TensorStep, WorkingModels, Evaluation):
@@ -157,7 +80,7 @@ class Engine(TensorStep, WorkingModels, Evaluation):
             self.working[s] = WorkingModel(base[s], opt_cfg, shared)
         self._build_replicas(base, opt_cfg, shared)
         self.vector_chunk = vector_chunk
-        # the current round's learning rate (flexpl.sim.engine.lr_at); in shared memory for worker processes,
+        # the current round's learning rate (flexpl.sim.replica.lr_at); in shared memory for worker processes,
         # which are forked once and read it at every step
         self.lr_now = torch.tensor([float(opt_cfg.lr)], dtype=torch.float64)
         if shared:
@@ -195,7 +118,7 @@ class Engine(TensorStep, WorkingModels, Evaluation):
             stacked = self._arena_stage(s, base)
             for spec in reps:
                 if s in self.working:  # one module and optimizer for all of them
-                    states.append(ReplicaState.on_working(spec, self.working[s]))
+                    states.append(self.working[s].client(spec))
                     continue
                 if stacked:  # the arena below stacks base's weights and gives each replica its own row
                     mod = shell_copy(base[s])

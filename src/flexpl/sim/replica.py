@@ -1,5 +1,5 @@
 """Replica helpers below the engine: copies of a stage module (real, shell, meta), its optimizer,
-the learning-rate schedule and gradient clipping. ``flexpl.sim.engine`` re-exports them."""
+the learning-rate schedule and gradient clipping. The engine uses them."""
 
 from __future__ import annotations
 

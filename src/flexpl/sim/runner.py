@@ -17,7 +17,9 @@ from flexpl.io import injected_faults as faults
 if TYPE_CHECKING:
     import torch
 
-    from flexpl.sim.engine import Engine, NodeData, ReplicaState
+    from flexpl.sim.engine import Engine
+    from flexpl.sim.node_data import NodeData
+    from flexpl.sim.state import ReplicaState
 
 def participants(engine: Engine, s: int, selected: Sequence[str]) -> list[ReplicaState]:
     """The replicas of stage ``s`` that serve the nodes ``selected``, in replica order."""

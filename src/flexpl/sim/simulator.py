@@ -32,7 +32,7 @@ from flexpl.costs.trace import COMPUTE, Event, Recorder, Trace
 from flexpl.data import Dataset, load_data
 from flexpl.data.batching import batches, equal_steps, mix_seed, select_clients
 from flexpl.data.partition import Summaries, partition_flat, validation_split
-from flexpl.errors import UserError
+from flexpl.errors import Diverged, UserError
 from flexpl.models import (
     build_model,
     check_cuts,
@@ -46,18 +46,14 @@ from flexpl.plan.layout import build_plan, place
 from flexpl.plan.program import end_blocks, start_blocks, step_blocks, uploads_after, walk
 from flexpl.plan.spec import Plan
 from flexpl.sim import checkpoint, failures
-from flexpl.sim.engine import (
-    Diverged,
-    Engine,
-    NodeData,
-    ReplicaState,
-    extract_patch,
-)
-from flexpl.sim.evaluate import patch_input
+from flexpl.sim.engine import Engine
+from flexpl.sim.evaluate import extract_patch, patch_input
 from flexpl.sim.exec import executor
 from flexpl.sim.exec import vectorized as vecwork
+from flexpl.sim.node_data import NodeData
 from flexpl.sim.plugins import configure
 from flexpl.sim.runner import TensorRunner, participants
+from flexpl.sim.state import ReplicaState
 from flexpl.sim.transport import SimTransport
 from flexpl.system.topology import Topology
 

@@ -24,7 +24,7 @@ from flexpl.plan.step import train_step as walk_step
 
 if TYPE_CHECKING:
     from flexpl.costs.trace import Event
-    from flexpl.sim.engine import ReplicaState, VecChunk
+    from flexpl.sim.state import ReplicaState, VecChunk
 
 
 class TensorStep:

@@ -30,7 +30,7 @@ class Job:
 
 def _run(scenario: str | None, sets: Sequence[str], job: Job, quiet: bool) -> tuple[str, Any]:
     """One job; a diverged run comes back as ``("diverged", message)`` (a Ray task cannot raise it as it is)."""
-    from flexpl.sim.engine import Diverged
+    from flexpl.errors import Diverged
     from flexpl.studies import run_one as runs
 
     try:
@@ -46,9 +46,9 @@ def run_jobs(scenario: str | None, sets: Sequence[str], jobs: Sequence[Job], qui
 
     ``ray``: None runs them here one after another; "" on a new local Ray with ``ray_cpus``
     CPUs (default every core); an address on that cluster, whose nodes must see the folders.
-    A diverged run stops the comparison with :class:`~flexpl.sim.engine.Diverged` either way.
+    A diverged run stops the comparison with :class:`~flexpl.errors.Diverged` either way.
     """
-    from flexpl.sim.engine import Diverged
+    from flexpl.errors import Diverged
 
     if ray is None:
         out = []

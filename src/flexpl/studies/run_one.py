@@ -52,8 +52,8 @@ def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, see
     The run state is checkpointed in ``out`` after every round; ``resume`` continues from it.
     """
     from flexpl.config.scenario import load_scenario
+    from flexpl.errors import Diverged
     from flexpl.io.results import RunWriter, prepare_out_dir
-    from flexpl.sim.engine import Diverged
     from flexpl.sim.simulator import run, setup
 
     scn = load_scenario(scenario, list(sets), strategy, seed)

@@ -176,7 +176,7 @@ def _init_worker() -> None:
 def _run_cell(scenario: str | None, sets: Sequence[str], strategy: str | None, seed: int | None,
               out: Path) -> dict[str, Any]:
     """Run one cell into ``out`` (in this process or a worker); returns its summary."""
-    from flexpl.sim.engine import Diverged
+    from flexpl.errors import Diverged
     from flexpl.studies import run_one as runs
 
     try:

@@ -40,11 +40,13 @@ import torch.multiprocessing  # noqa: F401  (shares tensors sent through pipes v
 from torch import nn
 
 from flexpl.sim.runner import TensorRunner
+from flexpl.sim.state import VecChunk
 
 if TYPE_CHECKING:
     from flexpl.config.scenario import Scenario
     from flexpl.plan.spec import Plan
-    from flexpl.sim.engine import Engine, NodeData
+    from flexpl.sim.engine import Engine
+    from flexpl.sim.node_data import NodeData
 
 MODES = ("sequential", "processes", "vectorized")
 # Modules a vectorized stage may hold: vmap turns these into batched matmuls and pointwise
@@ -532,8 +534,6 @@ class StepPool(_Workers):
     def forward(self, eng: Engine, s: int, groups: dict[int, list[str]], carry: dict[str, tuple],
                 batch: dict[str, tuple[torch.Tensor, torch.Tensor]], last: bool) -> dict[int, tuple]:
         """Run stage ``s``'s one-stream replicas in the workers; returns replica -> (chunk, row) as vmap does."""
-        from flexpl.sim.engine import VecChunk
-
         if s not in eng.arenas:
             return {}
         solo = [(r, ms[0]) for r, ms in groups.items() if len(ms) == 1 and not carry[ms[0]][0].is_meta]

@@ -40,7 +40,8 @@ from flexpl.sim.replica import clip_coefficients
 if TYPE_CHECKING:
     from flexpl.config.scenario import Scenario
     from flexpl.plan.spec import Layout
-    from flexpl.sim.engine import Engine, NodeData
+    from flexpl.sim.engine import Engine
+    from flexpl.sim.node_data import NodeData
 
 Op = tuple  # ("linear", weight key, bias key or None) | ("fn", callable) | ("flatten", start, end)
 _POINTWISE = {nn.ReLU: F.relu, nn.Tanh: torch.tanh, nn.Sigmoid: torch.sigmoid}

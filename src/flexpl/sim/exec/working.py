@@ -19,10 +19,11 @@ from flexpl.sim.exec import fedavg_sum as fold
 from flexpl.sim.exec.fedavg_sum import FedAvgSum
 from flexpl.sim.exec.stacked import Arena
 from flexpl.sim.replica import make_optimizer, meta_copy
+from flexpl.sim.state import ReplicaState
 
 if TYPE_CHECKING:
     from flexpl.costs.trace import Event
-    from flexpl.sim.engine import ReplicaState
+    from flexpl.plan.spec import Replica
 
 
 class WorkingModel:
@@ -42,6 +43,17 @@ class WorkingModel:
         self.trained = False                # ... and whether it has trained since they were loaded
         self.pos: dict[int, int] = {}       # replica index -> position in this round's FedAvg order
         self.orphans: dict[int, dict[str, torch.Tensor]] = {}  # trained before the order was known
+
+    def client(self, spec: Replica) -> ReplicaState:
+        """A client of this working stage: this module and optimizer, never shape-only [Note: working models].
+
+        (Its fields set in one dict: 10,000 clients are 10,000 of these at set-up, made in a third of
+        the dataclass ``__init__``'s time.)
+        """
+        st = ReplicaState.__new__(ReplicaState)
+        st.__dict__ = {"spec": spec, "module": self.module, "opt": self.opt, "last_update": None,
+                       "twin": self.twin, "shape_only": False}
+        return st
 
 
 def working_stages(layout: Layout, base: list[BlockModel], opt_cfg: OptimizerCfg,

@@ -16,7 +16,7 @@ from torch import nn
 import flexpl
 from flexpl.cli import main
 from flexpl.errors import UserError
-from flexpl.sim.aggregate import FedAdam, FedAvg, FedProx, fedavg, proximal_grad
+from flexpl.models.aggregate import FedAdam, FedAvg, FedProx, fedavg, proximal_grad
 
 from .conftest import digits_star
 

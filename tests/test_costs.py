@@ -66,7 +66,8 @@ def test_flops_of_linear_relu_cross_entropy_by_hand():
 
 
 def test_optimizer_and_fedavg_flops_by_hand():
-    from flexpl.costs.flops import fedavg_flops, optimizer_flops
+    from flexpl.costs.flops import optimizer_flops
+    from flexpl.models.aggregate import fedavg_flops
 
     p = 3 * 4 + 4
     assert optimizer_flops(p, "sgd") == 2 * p                    # p -= lr * g
@@ -80,8 +81,9 @@ def test_optimizer_and_fedavg_flops_by_hand():
 def test_optimizer_and_aggregation_are_billed_where_they_run():
     """One FedAvg step on digits-star: each device pays forward, loss, backward and its SGD-momentum step;
     the server pays the average of 4 replicas."""
-    from flexpl.costs.flops import count_fwd_bwd, fedavg_flops, optimizer_flops
+    from flexpl.costs.flops import count_fwd_bwd, optimizer_flops
     from flexpl.models import build_model, count_params
+    from flexpl.models.aggregate import fedavg_flops
     from flexpl.sim.simulator import run
 
     from .conftest import digits_star

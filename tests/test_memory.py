@@ -8,9 +8,9 @@ import torch.nn.functional as F
 import yaml
 
 from flexpl.cli import main
-from flexpl.costs.memory import check_fits, node_peaks
 from flexpl.models import build_model, state_bytes
 from flexpl.planner import Candidate, Planner, saved_activation_bytes
+from flexpl.planner.memory import check_fits, node_peaks
 from flexpl.sim.engine import stage_module
 
 from .conftest import digits_star, saved_storages

@@ -340,8 +340,8 @@ def test_calibrate_flops_per_s_is_counted_flops_over_median_times(tmp_path: Path
     """On a scripted clock: FLOP/s = FLOPs of the three models / the sum of their median pass times."""
     import types
 
+    from flexpl.costs import calibrate
     from flexpl.costs.flops import count_fwd_bwd
-    from flexpl.system import calibrate
     from flexpl.system.profiles import device_profile
 
     # per model: 2 warm-up passes, then 3 timed ones whose median (not mean, not min) is 2 ms

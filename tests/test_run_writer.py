@@ -9,8 +9,9 @@ import os
 import pytest
 import yaml
 
+from flexpl.costs.trace import timeline_rows
 from flexpl.io import results
-from flexpl.io.results import IN_PROGRESS, RunWriter, timeline_rows
+from flexpl.io.results import IN_PROGRESS, RunWriter
 
 CONFIG = {"name": "toy", "seed": 3, "training": {"rounds": 3}}
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from flexpl.version import __version__
 
 _EXPORTS = {
     "load_scenario": "flexpl.api", "simulate": "flexpl.api", "predict": "flexpl.api", "compare": "flexpl.api",
@@ -23,9 +23,9 @@ _EXPORTS = {
     "Scenario": "flexpl.config.scenario", "UserError": "flexpl.errors",
     "register_model": "flexpl.models", "from_sequential": "flexpl.models", "BlockModel": "flexpl.models",
     "register_dataset": "flexpl.data", "Dataset": "flexpl.data",
-    "Aggregator": "flexpl.sim.aggregate", "FedAvg": "flexpl.sim.aggregate", "FedProx": "flexpl.sim.aggregate",
-    "FedAdam": "flexpl.sim.aggregate", "register_aggregator": "flexpl.sim.aggregate", "register_loss": "flexpl.sim.aggregate",
-    "fedavg": "flexpl.sim.aggregate",
+    "Aggregator": "flexpl.models.aggregate", "FedAvg": "flexpl.models.aggregate", "FedProx": "flexpl.models.aggregate",
+    "FedAdam": "flexpl.models.aggregate", "register_aggregator": "flexpl.models.aggregate", "register_loss": "flexpl.models.aggregate",
+    "fedavg": "flexpl.models.aggregate",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -173,7 +173,7 @@ def _bound(scn: Scenario, model: Any, dataset: Any) -> Iterator[tuple[Scenario, 
 
     from flexpl import data as D
     from flexpl import models as M
-    from flexpl.config.user_code import import_path_of
+    from flexpl.io.user_code import import_path_of
 
     saved = (M.ZOO.get(_OBJECT_MODEL), M.REGISTERED.get(_OBJECT_MODEL), D.REGISTERED.get(_OBJECT_DATA))
     local = False
@@ -274,7 +274,7 @@ def simulate(scenario: str | Path | Mapping[str, Any] | Scenario, *, model: Any 
 
 def _simulate_sim(scn: Scenario, out: str | Path | None, on_round: Callable[[dict[str, Any]], None] | None,
                   resume: bool) -> Result:
-    from flexpl.costs.memory import check_fits
+    from flexpl.planner.memory import check_fits
     from flexpl.sim.simulator import run, setup
 
     st = setup(scn)
@@ -285,6 +285,7 @@ def _simulate_sim(scn: Scenario, out: str | Path | None, on_round: Callable[[dic
             raise UserError("resume: give out, the folder of the stopped run")
         result = run(scn, on_round=on_round, st=st)
         return Result(result.rounds, result.summary, {}, scn)
+    from flexpl.costs.trace import timeline_rows
     from flexpl.errors import Diverged
     from flexpl.io.results import RunWriter, prepare_out_dir
     from flexpl.sim import checkpoint
@@ -306,15 +307,15 @@ def _simulate_sim(scn: Scenario, out: str | Path | None, on_round: Callable[[dic
             writer.finish(exc.summary, exc.rows)
         raise
     if result.traces:
-        writer.timeline(*result.traces[-1], round_index=len(result.rounds))
+        writer.timeline(timeline_rows(*result.traces[-1], round_index=len(result.rounds)))
     writer.finish(result.summary, result.rounds)
     return Result(result.rounds, result.summary, _paths(folder), scn)
 
 
 def _simulate_dist(scn: Scenario, out: str | Path | None, on_round: Callable[[dict[str, Any]], None] | None,
                    resume: bool) -> Result:
-    from flexpl.costs.memory import check_fits
     from flexpl.dist.backend import launch
+    from flexpl.planner.memory import check_fits
 
     if resume:
         raise UserError("resume: the dist backend cannot resume a run; use engine.backend sim")

@@ -19,7 +19,7 @@ from flexpl.io.console import fmt, make_console
 
 # Names that moved out of the CLI (nothing below it imports it), still answered here for
 # old callers; imported on first use, so ``flexpl --help`` stays quick.
-_MOVED = {"run_one": ("flexpl.studies.run_one", "run_one"), "timeline_rows": ("flexpl.io.results", "timeline_rows"),
+_MOVED = {"run_one": ("flexpl.studies.run_one", "run_one"), "timeline_rows": ("flexpl.costs.trace", "timeline_rows"),
           "SUMMARY_COLUMNS": ("flexpl.io.results", "SUMMARY_COLUMNS"),
           "_summary_table": ("flexpl.studies.run_one", "summary_table"), "_data_table": ("flexpl.studies.run_one", "data_table"),
           "_seeds_table": ("flexpl.studies.seeds", "seeds_table"), "_maybe_report": ("flexpl.report.html", "maybe_report")}
@@ -74,7 +74,7 @@ def cmd_run(a: argparse.Namespace) -> int:
                             "(--target-accuracy alone works)")
         if a.timeout is not None and a.timeout <= 0:
             raise UserError(f"--timeout: must be a positive number of seconds, got {a.timeout:g}")
-        from flexpl.costs.memory import check_fits
+        from flexpl.planner.memory import check_fits
 
         check_fits(scn)
         try:
@@ -174,7 +174,7 @@ def _compare_seeds(a: argparse.Namespace, strategies: list[str], seeds: list[int
     from flexpl.report.html import maybe_report
     from flexpl.studies.compare import Job, run_jobs
     from flexpl.studies.seeds import SEED_DIR, aggregate_seeds, device_energy, seeds_table
-    from flexpl.studies.sweep import _finished
+    from flexpl.studies.sweep import is_finished
 
     per_seed: list[dict[str, Any]] = []
     aggs: list[dict[str, Any]] = []
@@ -184,7 +184,7 @@ def _compare_seeds(a: argparse.Namespace, strategies: list[str], seeds: list[int
     for i, s in enumerate(strategies):
         for j, k in enumerate(seeds):
             folder = out / s / SEED_DIR.format(k)
-            if _finished(folder, load_scenario(a.scenario, a.set, s, k).digest()):  # resumable, as sweep
+            if is_finished(folder, load_scenario(a.scenario, a.set, s, k).digest()):  # resumable, as sweep
                 summaries[(s, k)] = json.loads((folder / "summary.json").read_text())
             else:
                 todo.append(Job(s, k, folder, f"[{i * len(seeds) + j + 1}/{n}] {s} seed {k}", i == 0 and j == 0))
@@ -236,7 +236,7 @@ PLUGINS: list[tuple[str, str, str]] = [
     ("report", "flexpl.report.html", "build report.html from a results folder"),
     ("tune", "flexpl.studies.tune", "choose each strategy's hyper-parameters on validation data (writes tuned.yaml)"),
     ("plan", "flexpl.planner", "predict the costs of many plans without training and recommend one"),
-    ("calibrate", "flexpl.system.calibrate", "measure this machine's FLOP/s and write a device profile"),
+    ("calibrate", "flexpl.costs.calibrate", "measure this machine's FLOP/s and write a device profile"),
     ("worker", "flexpl.dist.backend", "one rank of a distributed run (what torchrun starts)"),
 ]
 

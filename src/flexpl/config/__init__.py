@@ -1,1 +1,1 @@
-"""The scenario: its schema by section, loading (built-in names, files, ``--set``), and user code by import path."""
+"""The scenario: its schema by section, and loading (built-in names, files, ``--set``)."""

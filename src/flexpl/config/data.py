@@ -64,7 +64,7 @@ class DataCfg(_Strict):
             if "factory" not in v:
                 raise ValueError("data.dataset.factory: required field is missing (e.g. data.dataset: "
                                  "{factory: 'mypkg.data:load'})")
-            from flexpl.config.user_code import import_object
+            from flexpl.io.user_code import import_object
 
             if not callable(import_object(v["factory"], "data.dataset.factory")):
                 raise ValueError(f"data.dataset.factory: '{v['factory']}' is not callable")

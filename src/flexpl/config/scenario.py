@@ -84,7 +84,7 @@ def check_model_spec(spec: Any) -> None:
     if "factory" in spec:  # an import path, e.g. model: {factory: "mypkg.models:build", width: 64}
         if "name" in spec:
             raise ValueError("model.factory: give either name or factory, not both")
-        from flexpl.config.user_code import import_object
+        from flexpl.io.user_code import import_object
 
         if not callable(import_object(spec["factory"], "model.factory")):
             raise ValueError(f"model.factory: '{spec['factory']}' is not callable")

@@ -44,7 +44,7 @@ class OptimizerCfg(_Strict):
 
 
 class AggregatorCfg(_Strict):
-    """How FedAvg stages are aggregated (flexpl.sim.aggregate): fedavg, fedprox (client proximal term), fedadam
+    """How FedAvg stages are aggregated (flexpl.models.aggregate): fedavg, fedprox (client proximal term), fedadam
     (server Adam on the pseudo-gradient, Reddi et al. 2021), a register_aggregator name, or "module:Class"."""
 
     kind: str = "fedavg"
@@ -57,7 +57,7 @@ class AggregatorCfg(_Strict):
 
     @model_validator(mode="after")
     def _check_kind(self) -> AggregatorCfg:
-        from flexpl.sim.aggregate import check_aggregator_cfg
+        from flexpl.models.aggregate import check_aggregator_cfg
 
         check_aggregator_cfg(self)
         return self
@@ -81,7 +81,7 @@ class TrainingCfg(_Strict):
     checkpoint_every: NonNegativeInt = 1  # save the run state every k rounds (0: never)
     eval_test: bool = True  # evaluate on the test set (flexpl tune turns it off: it chooses on validation data)
     optimizer: OptimizerCfg = Field(default_factory=OptimizerCfg)
-    # the training loss: a name (flexpl.sim.aggregate.LOSSES, or register_loss) or an import path "module:function"
+    # the training loss: a name (flexpl.models.aggregate.LOSSES, or register_loss) or an import path "module:function"
     # taking (logits, labels) and returning the batch mean; billed in FLOPs like cross-entropy
     loss: str = "cross_entropy"
     aggregator: AggregatorCfg = Field(default_factory=lambda: AggregatorCfg())
@@ -89,7 +89,7 @@ class TrainingCfg(_Strict):
     @field_validator("loss")
     @classmethod
     def _check_loss(cls, v: str) -> str:
-        from flexpl.sim.aggregate import resolve_loss
+        from flexpl.models.aggregate import resolve_loss
 
         resolve_loss(v)  # a one-line UserError naming training.loss
         return v

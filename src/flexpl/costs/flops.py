@@ -6,7 +6,7 @@
 the gradient of each) 1 FLOP per element it writes; a reduction or a pooling window 1 FLOP
 per element it reads; normalisation, softmax and the loss by the formulas below. View,
 copy and indexing ops count 0. The optimizer step (:func:`optimizer_flops`) and FedAvg
-(:func:`fedavg_flops`) are counted per element from their update rules. FlopCounterMode's
+(``flexpl.models.aggregate.fedavg_flops``) are counted per element from their update rules. FlopCounterMode's
 default (matmul/conv only) is the "classic" count, kept as ``count_fwd_bwd(classic=True)``.
 
 Counts run once per (stage, input shape, whether the input needs a gradient, whether
@@ -177,18 +177,6 @@ def optimizer_flops(n_params: int, name: str, momentum: float = 0.0, weight_deca
     else:
         per = 2 + (2 if momentum else 0)
     return n_params * (per + (2 if weight_decay else 0))
-
-
-def fedavg_flops(n_states: int, float_elements: int) -> int:
-    """FLOPs of :func:`flexpl.sim.aggregate.fedavg` of ``n_states`` states of ``float_elements`` floats each.
-
-    Each element: ``n`` multiplies by the normalised weights and ``n - 1`` adds; the ``n``
-    weight divisions are per state, not per element, and are added once. A single state is
-    copied: 0. Integer buffers are rounded means of a handful of counters: not counted.
-    """
-    if n_states <= 1:
-        return 0
-    return (2 * n_states - 1) * float_elements + n_states
 
 
 class FlopCache:

@@ -35,7 +35,8 @@ def target_key(a: float) -> str:
     return f"{float(a):g}"
 
 
-def _float(v: Any) -> float:
+def as_float(v: Any) -> float:
+    """``v`` as a float, NaN where it is not a number (a lenient parse of CSV and JSON cells)."""
     try:
         return float(v)
     except (TypeError, ValueError):
@@ -45,7 +46,7 @@ def _float(v: Any) -> float:
 def first_reached(rows: Sequence[Mapping[str, Any]], target: float) -> Mapping[str, Any] | None:
     """The first row whose ``accuracy`` is at least ``target`` (NaN or missing never counts), or None."""
     for r in rows:
-        acc = _float(r.get("accuracy"))
+        acc = as_float(r.get("accuracy"))
         if math.isfinite(acc) and acc >= target:
             return r
     return None
@@ -64,9 +65,9 @@ def cost_to_targets(rows: Sequence[Mapping[str, Any]], targets: Sequence[float])
         if r is None:
             out[target_key(a)] = None
             continue
-        hit: dict[str, Any] = {"round": int(_float(r["round"]))}
+        hit: dict[str, Any] = {"round": int(as_float(r["round"]))}
         for c in COSTS:
-            v = _float(r.get(c))
+            v = as_float(r.get(c))
             hit[c] = (int(v) if c in ("bytes", "flops") else v) if math.isfinite(v) else None
         out[target_key(a)] = hit
     return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -158,3 +159,16 @@ class Compressed:
             if extra:
                 rep[lo:hi] = [1 + extra] * (hi - lo)
         return rep
+
+
+def timeline_rows(trace: Any, starts: list[float], ends: list[float], round_index: int) -> list[dict[str, Any]]:
+    """One row per action of a round's trace: resource (node or link), kind, times, amount (timeline.csv)."""
+    rows = []
+    for i in range(len(trace)):
+        compute = trace.kind[i] == COMPUTE
+        rows.append({"round": round_index, "resource": trace.resource[i],
+                     "resource_kind": "node" if compute else "link", "what": trace.what[i],
+                     "label": trace.label[i], "src": trace.src[i], "dst": trace.dst[i],
+                     "start_s": starts[i], "end_s": ends[i],
+                     "flops": trace.amount[i] if compute else 0, "bytes": 0 if compute else trace.amount[i]})
+    return rows

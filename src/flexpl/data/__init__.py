@@ -157,7 +157,7 @@ def load_dataset(
         _check_limit("max_train", max_train)
         _check_limit("max_test", max_test)
         if isinstance(name, dict):
-            from flexpl.config.user_code import import_object
+            from flexpl.io.user_code import import_object
 
             fn = import_object(name.get("factory"), "data.dataset.factory")
             opts = {k: v for k, v in name.items() if k != "factory"}

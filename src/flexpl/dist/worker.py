@@ -105,7 +105,7 @@ def _gather_summary(scn: Scenario, world: int, comm: Comm, st: Any, result: Any,
         summary["backend"] = "dist"
         summary["world_size"] = world
         if result.traces:
-            writer.timeline(*result.traces[-1], round_index=len(result.rounds))
+            writer.timeline(timeline_rows(*result.traces[-1], round_index=len(result.rounds)))
         writer.finish(summary, result.rounds)  # summary.json last: marks a finished run
         if hasattr(comm, "dump") and status.path is not None:  # --emulate-links: the clock's hops per round
             from flexpl.dist.emulate.comm import predicted_links
@@ -124,6 +124,7 @@ def _set_up_and_meet(scn: Scenario, rank: int, world: int, me: str, ranks: dict[
 
     from flexpl.dist.transport import DistTransport
     from flexpl.sim.simulator import setup
+    from flexpl.costs.trace import timeline_rows
     from flexpl.io.results import RunWriter
 
     t0 = time.perf_counter()

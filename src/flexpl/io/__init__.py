@@ -1,1 +1,2 @@
-"""Input and output below everything: the results writer, the console, and test-only fault injection."""
+"""Input and output below everything: the results writer, the console, user code named by import path, and test-only
+fault injection."""

@@ -50,14 +50,16 @@ def kill_point() -> tuple[int, int] | None:
     return _kill_point(os.environ.get(KILL_ENV, ""))
 
 
-def after_train_step(rnd: int, step: int) -> None:
-    """The kill hook: SIGKILL this process if (``rnd``, ``step``) is ``FLEXPL_TEST_KILL_AT``'s point."""
+def after_train_step(rnd: int, step: int, before_kill: Callable[[], None] | None = None) -> None:
+    """The kill hook: SIGKILL this process if (``rnd``, ``step``) is ``FLEXPL_TEST_KILL_AT``'s point.
+
+    ``before_kill`` runs first (the simulator passes ``flexpl.sim.checkpoint.drain``).
+    """
     if kill_point() == (rnd, step):  # die like a killed process, mid-round: nothing is flushed or cleaned
         # the previous round's checkpoint, written in the background, is complete first, so the
         # point is reproducible (a kill during that write is tested apart: tests/test_checkpoint.py)
-        from flexpl.sim import checkpoint
-
-        checkpoint.drain()
+        if before_kill is not None:
+            before_kill()
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -174,21 +174,6 @@ def stale_reason(folder: Path, summary: Mapping[str, Any]) -> str | None:
     return None
 
 
-def timeline_rows(trace: Any, starts: list[float], ends: list[float], round_index: int) -> list[dict[str, Any]]:
-    """One row per action of a round's trace: resource (node or link), kind, times, amount (timeline.csv)."""
-    from flexpl.costs.trace import COMPUTE
-
-    rows = []
-    for i in range(len(trace)):
-        compute = trace.kind[i] == COMPUTE
-        rows.append({"round": round_index, "resource": trace.resource[i],
-                     "resource_kind": "node" if compute else "link", "what": trace.what[i],
-                     "label": trace.label[i], "src": trace.src[i], "dst": trace.dst[i],
-                     "start_s": starts[i], "end_s": ends[i],
-                     "flops": trace.amount[i] if compute else 0, "bytes": 0 if compute else trace.amount[i]})
-    return rows
-
-
 class RunWriter:
     """The files of one run folder, written in one order by every backend.
 
@@ -223,9 +208,9 @@ class RunWriter:
         self.rows.append(row)
         write_csv(self.out / "rounds.csv", self.rows)
 
-    def timeline(self, trace: Any, starts: list[float], ends: list[float], round_index: int) -> None:
-        """Write timeline.csv: one row per action of a round's trace (see :func:`timeline_rows`)."""
-        write_csv(self.out / "timeline.csv", timeline_rows(trace, starts, ends, round_index=round_index))
+    def timeline(self, rows: list[dict[str, Any]]) -> None:
+        """Write timeline.csv: one row per action of a round's trace (``flexpl.costs.trace.timeline_rows``)."""
+        write_csv(self.out / "timeline.csv", rows)
 
     def finish(self, summary: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> None:
         """Write the finished run: rounds.csv (``rows``, default the rows seen), config.yaml, summary.json last."""

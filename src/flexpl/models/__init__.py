@@ -3,6 +3,9 @@
 A model never knows it is distributed. ``plan.py`` cuts it by block index and keeps
 state-dict keys those of the full model (``blocks.<name>.<param>``), so FedAvg matches
 parameters by name and a checkpoint does not depend on the plan.
+
+``flexpl.models.aggregate`` holds the other pieces a scenario names for training: the
+aggregation rules (FedAvg, FedProx, FedAdam, ``register_aggregator``) and the training loss.
 """
 
 from __future__ import annotations
@@ -200,7 +203,7 @@ def model_cuts(spec: str | dict[str, Any], model: BlockModel) -> tuple[int | Non
     """(default cut, allowed cuts or None for any) of the model ``spec`` names, as block indices."""
     entry = None
     if isinstance(spec, dict) and "factory" in spec:
-        from flexpl.config.user_code import import_object
+        from flexpl.io.user_code import import_object
 
         entry = _registered_by_fn(import_object(spec["factory"], "model.factory"))
     else:
@@ -268,7 +271,7 @@ def build_model(spec: str | dict[str, Any], input_shape: tuple[int, ...], num_cl
     """
     kwargs: dict[str, Any] = {}
     if isinstance(spec, dict) and "factory" in spec:  # an import path: every process builds the same model
-        from flexpl.config.user_code import import_object
+        from flexpl.io.user_code import import_object
 
         fn = import_object(spec["factory"], "model.factory")
         torch.manual_seed(seed)

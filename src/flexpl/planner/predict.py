@@ -50,7 +50,7 @@ class Planner:
         from flexpl.data import load_data
         from flexpl.data.partition import partition_flat
         from flexpl.models import default_cut
-        from flexpl.sim.aggregate import make_aggregator, resolve_loss
+        from flexpl.models.aggregate import make_aggregator, resolve_loss
         from flexpl.system.topology import Topology
 
         self.scn = scn

@@ -163,7 +163,7 @@ class ShapeWalk:
 
     def upload(self, s: int, names: Sequence[str]) -> None:
         """``Engine.upload`` of stage ``s`` from the replicas serving ``names``, then the average."""
-        from flexpl.costs.flops import fedavg_flops as default_flops
+        from flexpl.models.aggregate import fedavg_flops as default_flops
 
         agg_flops = self.ctx.agg_flops or default_flops  # training.aggregator's count (FedAvg by default)
         layout = self.ctx.layout

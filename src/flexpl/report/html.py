@@ -58,7 +58,6 @@ from flexpl.report.runs import (  # noqa: F401 (re-exported: their old home)
     Run,
     SeedGroup,
     _cmap_color,
-    _float,
     _read_csv,
     _short_labels,
     discover_runs,

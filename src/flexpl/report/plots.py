@@ -10,8 +10,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from flexpl.costs.targets import as_float
 from flexpl.report import targets as report_targets
-from flexpl.report.runs import Run, SeedGroup, _float, pareto_front, seed_groups_of
+from flexpl.report.runs import Run, SeedGroup, pareto_front, seed_groups_of
 from flexpl.report.style import eng as _eng
 from flexpl.report.style import figure as _figure
 from flexpl.report.style import log_if_wide as _log_if_wide
@@ -107,7 +108,7 @@ def fig_pareto(runs: list[Run], key: str, unit: str, xlabel: str, title: str) ->
     """Final accuracy vs a total cost; the non-dominated runs in colour, joined by their frontier."""
     fig = _figure(5.6, 3.9)
     ax = fig.add_subplot()
-    pts = [(_float(r.summary.get(key)), _float(r.summary.get("final_accuracy"))) for r in runs]
+    pts = [(as_float(r.summary.get(key)), as_float(r.summary.get("final_accuracy"))) for r in runs]
     front = pareto_front(pts)
     if not any(math.isfinite(c) and math.isfinite(a) for c, a in pts):
         _no_data(ax, key)
@@ -182,7 +183,7 @@ def _run_legend(ax: Any, runs: list[Run], parts: list[tuple[str, dict]]) -> None
 
 def _per(r: Run, section: str, name: str, key: str) -> float:
     """``summary[section][name][key]`` of run ``r`` (e.g. a node's energy), 0.0 where missing."""
-    return _float((r.summary.get(section) or {}).get(name, {}).get(key, 0.0)) or 0.0
+    return as_float((r.summary.get(section) or {}).get(name, {}).get(key, 0.0)) or 0.0
 
 
 def _bar_figure(runs: list[Run], groups: list[str], height: float, missing: str,
@@ -212,8 +213,8 @@ def fig_energy_per_node(runs: list[Run]) -> Any:
     def idle(r: Run, g: str) -> float:
         # Idle energy counts only when the scenario adds it to the total (energy.include_idle).
         d = (r.summary.get("per_node") or {}).get(g, {})
-        rest = _float(d.get("energy_j", 0)) - _float(d.get("energy_j_compute", 0)) - _float(d.get("energy_j_comm", 0))
-        return rest if rest > 1e-12 * max(_float(d.get("energy_j", 0)), 1e-300) else 0.0
+        rest = as_float(d.get("energy_j", 0)) - as_float(d.get("energy_j_compute", 0)) - as_float(d.get("energy_j_comm", 0))
+        return rest if rest > 1e-12 * max(as_float(d.get("energy_j", 0)), 1e-300) else 0.0
 
     parts = [("compute", {}), ("communication", {"hatch": "////", "alpha": 0.55})]
     stacks = [("compute", part("energy_j_compute"), parts[0][1]),
@@ -372,8 +373,8 @@ def fig_seeds_costs(groups: list[SeedGroup]) -> Any:
         ax = fig.add_subplot(1, 2, j + 1)
         xs_all = []
         for g in groups:
-            cx, sx = _ms([_float(r.summary.get(key)) for r in g.runs])
-            ay, sy = _ms([_float(r.summary.get("final_accuracy")) for r in g.runs])
+            cx, sx = _ms([as_float(r.summary.get(key)) for r in g.runs])
+            ay, sy = _ms([as_float(r.summary.get("final_accuracy")) for r in g.runs])
             if not (math.isfinite(cx) and math.isfinite(ay)):
                 continue
             xs_all.append(cx)

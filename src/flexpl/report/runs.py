@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flexpl.costs.targets import (
-    _float,  # one lenient number parse for the report (NaN if not a number)
-)
+from flexpl.costs.targets import as_float
 from flexpl.errors import UserError
 
 
@@ -130,8 +128,8 @@ def load_runs(root: Path) -> list[Run]:
         if not (p / "rounds.csv").is_file():  # a finished run always writes it: say so, do not draw nothing
             raise UserError(f"report: {p / 'rounds.csv'} is missing beside {p / 'summary.json'}; "
                             "rerun that run or remove its folder")
-        rounds = [{k: _float(v) for k, v in r.items()} for r in _read_csv(p / "rounds.csv")]
-        timeline = [{**r, **{k: _float(r[k]) for k in ("round", "start_s", "end_s", "flops", "bytes")}}
+        rounds = [{k: as_float(v) for k, v in r.items()} for r in _read_csv(p / "rounds.csv")]
+        timeline = [{**r, **{k: as_float(r[k]) for k in ("round", "start_s", "end_s", "flops", "bytes")}}
                     for r in _read_csv(p / "timeline.csv")]
         try:
             config = (p / "config.yaml").read_text()

@@ -11,7 +11,8 @@ import json
 import math
 from typing import Any
 
-from flexpl.report.runs import Run, SeedGroup, _float
+from flexpl.costs.targets import as_float
+from flexpl.report.runs import Run, SeedGroup
 from flexpl.report.style import fmt_value as _fmt
 
 # Summary columns where the best value is highlighted in the table: +1 maximise, -1 minimise.
@@ -40,7 +41,7 @@ def _table(runs: list[Run], fronts: dict[str, list[int]]) -> str:
     head = "".join(f"<th>{e(k)}</th>" for k in ["run", *varying, "Pareto front"])
     best: dict[str, float] = {}
     for k in varying:
-        vals = [_float(f.get(k)) for f in flats]
+        vals = [as_float(f.get(k)) for f in flats]
         vals = [v for v in vals if math.isfinite(v)]
         if k in BEST and vals:
             best[k] = max(vals) if BEST[k] > 0 else min(vals)
@@ -49,7 +50,7 @@ def _table(runs: list[Run], fronts: dict[str, list[int]]) -> str:
         cells = [f'<td><span class="swatch" style="background:{r.color}"></span>{e(r.label)}</td>']
         for k in varying:
             v = f.get(k)
-            cls = ' class="best"' if k in best and _float(v) == best[k] and len(runs) > 1 else ""
+            cls = ' class="best"' if k in best and as_float(v) == best[k] and len(runs) > 1 else ""
             cells.append(f'<td{cls} title="{e(str(v))}">{e(_fmt(k, v))}</td>')
         on = [name for name, front in fronts.items() if i in front]
         cells.append(f"<td>{e(', '.join(on)) or '–'}</td>")

@@ -24,8 +24,8 @@ from flexpl.config.scenario import OptimizerCfg
 from flexpl.costs.flops import FlopCache, optimizer_flops
 from flexpl.costs.trace import Event, Recorder
 from flexpl.models import BlockModel, count_params
+from flexpl.models.aggregate import CROSS_ENTROPY, Aggregator, FedAvg, Loss, proximal_grad
 from flexpl.plan.spec import Layout
-from flexpl.sim.aggregate import CROSS_ENTROPY, Aggregator, FedAvg, Loss, proximal_grad
 from flexpl.sim.evaluate import Evaluation
 from flexpl.sim.exec.stacked import Arena
 from flexpl.sim.exec.working import WorkingModel, WorkingModels, working_stages

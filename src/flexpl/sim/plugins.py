@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flexpl.sim.aggregate import make_aggregator, resolve_loss
+from flexpl.models.aggregate import make_aggregator, resolve_loss
 
 PROX_FLOPS_PER_PARAM = 3  # FedProx: g += mu * (w - w_global): a subtract, a multiply and an add
 

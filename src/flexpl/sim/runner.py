@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flexpl.io import injected_faults as faults
+from flexpl.sim import checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -82,7 +83,7 @@ class TensorRunner:
         if self.log is not None:
             self.log.append((names, batch[-1][1]))
         self.loss_sum, self.n_sum, self.joint = self.loss_sum + ls, self.n_sum + ns, self.joint + 1
-        faults.after_train_step(self.rnd, self.joint)  # test hook (flexpl.io.injected_faults): killed mid-round
+        faults.after_train_step(self.rnd, self.joint, checkpoint.drain)  # test hook (io.injected_faults)
 
     def step_sync(self, s: int, names: Sequence[str]) -> None:
         """Step-level FedAvg of stage ``s`` over the step's replicas, weighted by samples seen."""

@@ -21,7 +21,6 @@ from typing import Any, ParamSpec, TypeVar
 import numpy as np
 import torch
 
-from flexpl import __version__
 from flexpl.config.scenario import Scenario
 from flexpl.costs.bill import Totals, bill
 from flexpl.costs.clock import schedule
@@ -56,6 +55,7 @@ from flexpl.sim.runner import TensorRunner, participants
 from flexpl.sim.state import ReplicaState
 from flexpl.sim.transport import SimTransport
 from flexpl.system.topology import Topology
+from flexpl.version import __version__
 
 
 def build_topology(scn: Scenario) -> Topology:

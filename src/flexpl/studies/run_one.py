@@ -52,6 +52,7 @@ def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, see
     The run state is checkpointed in ``out`` after every round; ``resume`` continues from it.
     """
     from flexpl.config.scenario import load_scenario
+    from flexpl.costs.trace import timeline_rows
     from flexpl.errors import Diverged
     from flexpl.io.results import RunWriter, prepare_out_dir
     from flexpl.sim.simulator import run, setup
@@ -61,7 +62,7 @@ def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, see
     console = make_console(quiet)
     st = setup(scn)
     if not resume:  # a placement that does not fit a node's memory stops before training
-        from flexpl.costs.memory import check_fits
+        from flexpl.planner.memory import check_fits
 
         check_fits(scn, st.data)
     if resume:  # a missing, corrupted or foreign checkpoint is an input error: the folder stays as it is
@@ -90,6 +91,6 @@ def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, see
                 writer.finish(exc.summary, exc.rows)
             raise
     if result.traces:  # the last round on the virtual clock: what the report's timeline draws
-        writer.timeline(*result.traces[-1], round_index=len(result.rounds))
+        writer.timeline(timeline_rows(*result.traces[-1], round_index=len(result.rounds)))
     writer.finish(result.summary, result.rounds)  # summary.json last: marks a finished run
     return result.summary

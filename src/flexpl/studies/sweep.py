@@ -153,7 +153,7 @@ def _check_cells(scenario: str | None, sets: Sequence[str], seed: int | None,
     return out
 
 
-def _finished(folder: Path, digest: str) -> bool:
+def is_finished(folder: Path, digest: str) -> bool:
     """Whether ``folder`` holds a finished run of exactly this scenario (and of its config.yaml)."""
     from flexpl.io.results import stale_reason
 
@@ -384,7 +384,7 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
             write_sweep_seeds_csv(out, base_cells, seeds, digests)
         else:
             write_sweep_csv(out, cells, digests)
-    todo = [c for c in cells if not _finished(out / c.name, checked[c.name][0])]
+    todo = [c for c in cells if not is_finished(out / c.name, checked[c.name][0])]
     console = make_console(quiet)
     if len(todo) < len(cells):
         console.print(f"sweep: {len(cells) - len(todo)} of {len(cells)} cells already finished in {out}/; "

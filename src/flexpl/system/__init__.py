@@ -1,1 +1,1 @@
-"""The hardware model: device and link profiles, the topology, and calibration of this machine."""
+"""The hardware model: device and link profiles and the topology (``flexpl.costs.calibrate`` measures this machine)."""

@@ -235,7 +235,7 @@ def calibrated_profile(path: str | None, quiet: bool = True) -> Path:
 
         import torch
 
-        from flexpl.system.calibrate import calibrate, profile_yaml
+        from flexpl.costs.calibrate import calibrate, profile_yaml
         from flexpl.io.results import atomic_write
 
         threads = torch.get_num_threads()

@@ -116,7 +116,7 @@ def choose(scn: Scenario, plan: Plan, stage_modules: list[nn.Module], n_replicas
     n_data = len(scn.data_nodes)
     workers = min(eng.workers or cores, n_data, int(os.environ.get(WORKERS_ENV) or n_data))
     asked = eng.executor
-    from flexpl.sim.aggregate import make_aggregator
+    from flexpl.models.aggregate import make_aggregator
 
     if make_aggregator(scn.training.aggregator).proximal:  # the client term lives in Engine.opt_step (one process)
         return Choice("sequential", "the aggregator adds a proximal term to every local step (FedProx): sequential")

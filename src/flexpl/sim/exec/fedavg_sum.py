@@ -5,7 +5,7 @@ the round (its stage is averaged over all replicas every round, and its optimize
 reset on every download) needs no replica of its own: the engine keeps one working
 model per stage (per worker process), loads the aggregator's weights into it before
 each client trains, and adds the trained weights, times the client's FedAvg
-coefficient, to one accumulator. :func:`flexpl.sim.aggregate.fedavg` sums
+coefficient, to one accumulator. :func:`flexpl.models.aggregate.fedavg` sums
 ``acc = s0 * c0; acc = acc + s1 * c1; ...`` in the order the replicas are given; the
 accumulator does the very same operations in the very same order (``acc`` is written in
 place, which is the same float arithmetic), so the average is bitwise the one of

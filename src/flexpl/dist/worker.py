@@ -1,7 +1,7 @@
 """One worker of a distributed run (``flexpl worker``): set up, meet the peers, run the rounds, gather to rank 0.
 
 Rank 0 writes the run's results (rounds.csv after every round, summary.json at the end).
-Part of :mod:`flexpl.dist.backend`, whose docstring describes the whole backend.
+Part of :mod:`flexpl.dist`, whose docstring describes the whole backend.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from flexpl.costs.trace import timeline_rows
 from flexpl.io import injected_faults as faults
 from flexpl.dist.messages import _barrier, _eval_engine, _point_to_root, _while_rank0_works
 from flexpl.dist.ranks import WorkerFailure, _log, _Status, _where, node_ranks
@@ -124,7 +125,6 @@ def _set_up_and_meet(scn: Scenario, rank: int, world: int, me: str, ranks: dict[
 
     from flexpl.dist.transport import DistTransport
     from flexpl.sim.simulator import setup
-    from flexpl.costs.trace import timeline_rows
     from flexpl.io.results import RunWriter
 
     t0 = time.perf_counter()

@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from flexpl.config.scenario import Scenario, apply_set, validate_scenario
+from flexpl.config.load import apply_set
+from flexpl.config.scenario import Scenario, validate_scenario
 
 # One thread: these tiny models run several times faster single-threaded on a busy 2-core
 # machine, and results do not depend on who else is running.

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from flexpl.cli import main
-from flexpl.config.scenario import apply_set
+from flexpl.config.load import apply_set
 
 CASES = sorted((Path(__file__).parent / "bad_inputs").glob("*.yaml"))
 

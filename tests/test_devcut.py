@@ -167,7 +167,7 @@ def test_planner_predicts_fpl_devcut_exactly_behind_two_edges_with_group_sync():
 
 def test_fpl_devcut_on_the_dist_backend_matches_the_simulator(tmp_path):
     """A weak device's piece runs in the edge process: same bytes, costs and accuracy as the simulator."""
-    from flexpl.dist.backend import launch
+    from flexpl.dist.launch import launch
 
     from .test_dist import SMALL, _assert_same_as_simulator, _sim
 
@@ -244,7 +244,7 @@ def test_automatic_cuts_keep_to_the_cuts_a_registered_model_allows():
 
 def test_fpl_sync_ecut_on_the_dist_backend_matches_the_simulator(tmp_path):
     """Every process picks the same energy cuts from the model: dev0 (Ethernet) hands fc2 to the edge."""
-    from flexpl.dist.backend import launch
+    from flexpl.dist.launch import launch
 
     from .test_dist import SMALL, _assert_same_as_simulator, _sim
 

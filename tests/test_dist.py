@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 
 from flexpl.cli import main
-from flexpl.dist.backend import blame, launch, node_ranks
+from flexpl.dist.launch import blame, launch
+from flexpl.dist.ranks import node_ranks
 from flexpl.errors import UserError
 from flexpl.io.results import write_yaml
 from flexpl.sim.simulator import run

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from flexpl.config.scenario import OptimizerCfg
+from flexpl.config.training import OptimizerCfg
 from flexpl.errors import UserError
 from flexpl.sim.replica import lr_at
 from flexpl.sim.simulator import run, setup

@@ -15,7 +15,9 @@ import pytest
 
 from flexpl import cli
 from flexpl.errors import UserError
-from flexpl.report.html import FIGURES, build_report, discover_runs, pareto_front
+from flexpl.report.html import build_report
+from flexpl.report.plots import FIGURES
+from flexpl.report.runs import discover_runs, pareto_front
 
 STRATEGIES = ["centralized", "fl", "sl", "fpl"]
 CHROMIUM = Path("/usr/bin/chromium")

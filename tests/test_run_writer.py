@@ -142,7 +142,8 @@ def test_cli_keeps_the_old_names():
 
 def test_config_yaml_is_pyyamls_safe_dump_text_for_every_builtin_scenario():
     """dump_yaml (libyaml's emitter when present) writes the same text as yaml.safe_dump."""
-    from flexpl.config.scenario import builtin_scenarios, load_scenario
+    from flexpl.config.load import builtin_scenarios
+    from flexpl.config.scenario import load_scenario
 
     for name in builtin_scenarios():
         resolved = load_scenario(name).resolved()

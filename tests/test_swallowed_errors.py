@@ -10,7 +10,7 @@ import types
 import pytest
 
 from flexpl.cli import main
-from flexpl.dist.backend import _Status
+from flexpl.dist.ranks import _Status
 
 ONE = ["--set", "training.rounds=1", "--set", "training.max_steps_per_round=1"]
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from flexpl.config.scenario import apply_set, validate_scenario
+from flexpl.config.load import apply_set
+from flexpl.config.scenario import validate_scenario
 from flexpl.sim.exec import vectorized as vecwork
 from flexpl.sim.simulator import run, setup
 

@@ -314,7 +314,7 @@ def _simulate_sim(scn: Scenario, out: str | Path | None, on_round: Callable[[dic
 
 def _simulate_dist(scn: Scenario, out: str | Path | None, on_round: Callable[[dict[str, Any]], None] | None,
                    resume: bool) -> Result:
-    from flexpl.dist.backend import launch
+    from flexpl.dist.launch import launch
     from flexpl.planner.memory import check_fits
 
     if resume:

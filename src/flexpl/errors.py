@@ -20,7 +20,7 @@ class UserError(Exception):
 class MissingData(UserError):
     """A dataset's files are neither on this machine nor downloadable (a ``data.fallback`` may step in).
 
-    Raised by the dataset loaders of ``flexpl.data`` (which re-exports it).
+    Raised by the dataset loaders of ``flexpl.data``.
     """
 
 

@@ -64,8 +64,9 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise UserError("--emulate-links: runs the dist backend only; add --backend dist")
     if getattr(a, "emulate_profile", None) and not getattr(a, "emulate_links", False):
         raise UserError("--emulate-profile: only used with --emulate-links; add --emulate-links")
-    if (a.backend or scn.engine.backend) == "dist":  # one process per node: flexpl.dist.backend
-        from flexpl.dist.backend import WorkerFailure, run_dist
+    if (a.backend or scn.engine.backend) == "dist":  # one process per node: flexpl.dist
+        from flexpl.dist.launch import run_dist
+        from flexpl.dist.ranks import WorkerFailure
 
         if getattr(a, "resume", None):
             raise UserError("--resume: the dist backend cannot resume a run; use --backend sim")
@@ -216,7 +217,7 @@ def cmd_scenarios(a: argparse.Namespace) -> int:
     """flexpl scenarios: list the built-in scenarios, or print one."""
     from importlib import resources
 
-    from flexpl.config.scenario import builtin_scenarios
+    from flexpl.config.load import builtin_scenarios
 
     names = builtin_scenarios()
     if a.show:
@@ -237,7 +238,7 @@ PLUGINS: list[tuple[str, str, str]] = [
     ("tune", "flexpl.studies.tune", "choose each strategy's hyper-parameters on validation data (writes tuned.yaml)"),
     ("plan", "flexpl.planner", "predict the costs of many plans without training and recommend one"),
     ("calibrate", "flexpl.costs.calibrate", "measure this machine's FLOP/s and write a device profile"),
-    ("worker", "flexpl.dist.backend", "one rank of a distributed run (what torchrun starts)"),
+    ("worker", "flexpl.dist.worker", "one rank of a distributed run (what torchrun starts)"),
 ]
 
 

@@ -7,8 +7,7 @@ is parsed as YAML, so ``--set training.rounds=3`` gives an integer).
 
 The schema's sections live in their own modules (:mod:`flexpl.config.training`,
 :mod:`flexpl.config.data`, :mod:`flexpl.config.plan`, :mod:`flexpl.config.engine`, on
-:mod:`flexpl.config.base`), and loading before validation in :mod:`flexpl.config.load`;
-every name answers here too.
+:mod:`flexpl.config.base`), and loading before validation in :mod:`flexpl.config.load`.
 """
 
 from __future__ import annotations
@@ -28,29 +27,17 @@ from pydantic import (
 )
 
 from flexpl.config.base import _Strict
-from flexpl.config.data import DataCfg, DataFallbackCfg, PartitionCfg, TransformCfg  # noqa: F401 (re-exported)
-from flexpl.config.engine import (  # noqa: F401 (re-exported: their old home)
-    CostsCfg,
-    EnergyCfg,
-    EngineCfg,
-    EvaluationCfg,
-    FailuresCfg,
-    LinkFailureCfg,
-    NodeFailureCfg,
-    Probability,
-    StragglerCfg,
-)
-from flexpl.config.load import (  # noqa: F401 (re-exported: their old home)
+from flexpl.config.data import DataCfg
+from flexpl.config.engine import CostsCfg, EnergyCfg, EngineCfg, EvaluationCfg, FailuresCfg
+from flexpl.config.load import (
     _one_line,
     _read_scenario_text,
     apply_set,
     apply_strategy_overrides,
-    builtin_scenarios,
-    flatten_overrides,
     parse_set,
 )
-from flexpl.config.plan import LinkCfg, NodeCfg, PlanCfg, StageCfg, SyncCfg  # noqa: F401 (re-exported)
-from flexpl.config.training import AggregatorCfg, OptimizerCfg, TrainingCfg  # noqa: F401 (re-exported)
+from flexpl.config.plan import LinkCfg, NodeCfg, PlanCfg
+from flexpl.config.training import TrainingCfg
 from flexpl.errors import UserError
 
 DEFAULT_SCENARIO = "edge-fmnist"

@@ -15,7 +15,7 @@ from flexpl.errors import MissingData, UserError
 
 DATASETS: tuple[str, ...] = ("fashion-mnist", "digits", "cifar10", "cifar100", "synthetic")
 
-__all__ = ["DATASETS", "Dataset", "MissingData", "as_dataset", "clear_cache", "load_data", "load_dataset", "partition",
+__all__ = ["DATASETS", "Dataset", "as_dataset", "clear_cache", "load_data", "load_dataset", "partition",
            "register_dataset", "summarize", "synthetic_dataset", "transform"]
 
 

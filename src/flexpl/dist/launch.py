@@ -1,6 +1,6 @@
 """The launcher of a distributed run: one worker process per node on this machine, watched until they finish.
 
-``flexpl run --backend dist`` calls :func:`run_dist`. Part of :mod:`flexpl.dist.backend`.
+``flexpl run --backend dist`` calls :func:`run_dist`. Part of :mod:`flexpl.dist`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # heavy imports stay inside the functions: the CLI imports th
 # What the fork server imports once, so that each worker forked from it starts in a
 # fraction of a second instead of importing torch (and torch._dynamo, which the first
 # optimizer pulls in) again: with many workers on few cores that dominates a short run.
-_PRELOAD = ["torch", "torch.distributed", "torch._dynamo", "flexpl.dist.backend", "flexpl.sim.simulator",
+_PRELOAD = ["torch", "torch.distributed", "torch._dynamo", "flexpl.dist.launch", "flexpl.sim.simulator",
             "flexpl.dist.transport", "sklearn.datasets"]
 
 

@@ -1,7 +1,7 @@
 """Messages of a distributed run beside the measured work: gathers to rank 0, barriers, keepalives, evaluation.
 
 They travel on their own tags (``TAG_AUX``, ``TAG_HOLD`` of :mod:`flexpl.dist.transport`)
-and are not counted in the run's bytes. Part of :mod:`flexpl.dist.backend`.
+and are not counted in the run's bytes. Part of :mod:`flexpl.dist`.
 """
 
 from __future__ import annotations

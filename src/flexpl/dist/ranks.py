@@ -2,7 +2,7 @@
 
 A worker writes its state to ``<status_dir>/rank<r>.json`` (:class:`_Status`); the
 launcher (:mod:`flexpl.dist.launch`) reads it to show progress and to name the node
-that stopped a run (:class:`WorkerFailure`). Part of :mod:`flexpl.dist.backend`.
+that stopped a run (:class:`WorkerFailure`). Part of :mod:`flexpl.dist`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 :class:`RunWriter` is the one way a run folder is written, by the simulator path
 (:func:`flexpl.studies.run_one.run_one`) and the distributed backend (rank 0 of
-:mod:`flexpl.dist.backend`) alike.
+:mod:`flexpl.dist.worker`) alike.
 """
 
 from __future__ import annotations

@@ -103,7 +103,8 @@ def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows:
     With ``ray`` (an address, or "" for a local Ray with ``ray_cpus`` CPUs) each plan trains
     as a Ray task (:mod:`flexpl.studies.ray_tasks`) on the planner's dataset, shipped once.
     """
-    from flexpl.config.scenario import apply_strategy_overrides, validate_scenario
+    from flexpl.config.load import apply_strategy_overrides
+    from flexpl.config.scenario import validate_scenario
     from flexpl.sim.simulator import run, setup
 
     rounds = min(scn.training.rounds, 3)

@@ -109,7 +109,8 @@ class Planner:
         The scenario's own strategy already has its overrides applied (``load_scenario``);
         another strategy gets its own on top of the scenario's values, as ``flexpl compare`` does.
         """
-        from flexpl.config.scenario import TrainingCfg, apply_strategy_overrides
+        from flexpl.config.load import apply_strategy_overrides
+        from flexpl.config.training import TrainingCfg
 
         if strategy is None or strategy == self.scn.strategy:
             return self.scn.training
@@ -123,7 +124,7 @@ class Planner:
 
     def context(self, cand: Candidate) -> PlanContext:
         """Build and place the candidate's plan exactly as ``simulator.setup`` does."""
-        from flexpl.config.scenario import PlanCfg
+        from flexpl.config.plan import PlanCfg
         from flexpl.costs.flops import optimizer_flops
         from flexpl.plan.layout import build_plan, place
         from flexpl.sim.evaluate import patch_input

@@ -17,7 +17,7 @@ levels below DIR that holds one (a compare folder's strategies, a sweep's cells)
 
 This module assembles the page and runs the command; its parts live beside it:
 :mod:`flexpl.report.runs` reads the runs, :mod:`flexpl.report.plots` draws the figures,
-:mod:`flexpl.report.tables` writes the HTML tables (their old names here still work).
+:mod:`flexpl.report.tables` writes the HTML tables.
 """
 
 from __future__ import annotations
@@ -29,49 +29,9 @@ from pathlib import Path
 
 from flexpl.errors import UserError
 from flexpl.report import targets as report_targets
-from flexpl.report.plots import (  # noqa: F401 (re-exported: their old home)
-    _RC,
-    FIGURES,
-    GREY,
-    MAX_TIMELINES,
-    WHAT_COLORS,
-    _grouped_bars,
-    _legend_right,
-    _ms,
-    _names,
-    _pct,
-    _png,
-    _round_start,
-    _run_legend,
-    _time_unit,
-    fig_accuracy_vs_cost,
-    fig_accuracy_vs_round,
-    fig_bytes_per_link,
-    fig_energy_per_node,
-    fig_pareto,
-    fig_seeds_accuracy,
-    fig_seeds_costs,
-    fig_timeline,
-    make_figures,
-)
-from flexpl.report.runs import (  # noqa: F401 (re-exported: their old home)
-    Run,
-    SeedGroup,
-    _cmap_color,
-    _read_csv,
-    _short_labels,
-    discover_runs,
-    load_runs,
-    pareto_front,
-    seed_groups_of,
-)
-from flexpl.report.style import DPI  # noqa: F401 (kept under its old name)
-from flexpl.report.style import eng as _eng  # noqa: F401 (kept under its old name)
-from flexpl.report.style import figure as _figure  # noqa: F401 (kept under its old name)
-from flexpl.report.style import fmt_value as _fmt  # noqa: F401 (kept under its old name)
-from flexpl.report.style import log_if_wide as _log_if_wide  # noqa: F401 (kept under its old name)
-from flexpl.report.style import no_data as _no_data  # noqa: F401 (kept under its old name)
-from flexpl.report.tables import BEST, _configs, _flat, _img, _seeds_html_table, _table  # noqa: F401 (re-exported)
+from flexpl.report.plots import MAX_TIMELINES, make_figures
+from flexpl.report.runs import Run, load_runs, seed_groups_of
+from flexpl.report.tables import _configs, _img, _seeds_html_table, _table
 
 # ---------------------------------------------------------------- HTML
 

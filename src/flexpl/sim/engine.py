@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flexpl.config.scenario import OptimizerCfg
+from flexpl.config.training import OptimizerCfg
 from flexpl.costs.flops import FlopCache, optimizer_flops
 from flexpl.costs.trace import Event, Recorder
 from flexpl.models import BlockModel, count_params

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flexpl.config.scenario import FailuresCfg, StragglerCfg
+from flexpl.config.engine import FailuresCfg, StragglerCfg
 from flexpl.data.batching import mix_seed
 from flexpl.plan.spec import Layout
 from flexpl.system.topology import Topology

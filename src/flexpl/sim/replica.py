@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flexpl.config.scenario import OptimizerCfg
+from flexpl.config.training import OptimizerCfg
 
 
 def meta_copy(module: nn.Module) -> nn.Module:

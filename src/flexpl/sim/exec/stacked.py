@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from flexpl.config.scenario import OptimizerCfg
+from flexpl.config.training import OptimizerCfg
 
 
 def set_parameter(module: nn.Module, name: str, param: nn.Parameter) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from flexpl.config.scenario import OptimizerCfg
+from flexpl.config.training import OptimizerCfg
 from flexpl.models import BlockModel, count_params
 from flexpl.plan.spec import Layout
 from flexpl.sim.exec import fedavg_sum as fold

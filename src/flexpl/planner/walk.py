@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
 
 
 @dataclass
-class _Rep:
+class ShapeReplica:
     """A replica as the walk sees it: where it lives and the event after which its weights are current."""
 
     host: str
@@ -41,7 +41,7 @@ class ShapeWalk:
 
         self.ctx = ctx
         self.rec: Recorder = Recorder(ctx.topo)
-        self.reps = [[_Rep(r.host) for r in reps] for reps in ctx.layout.replicas]
+        self.reps = [[ShapeReplica(r.host) for r in reps] for reps in ctx.layout.replicas]
         # what the step walker (flexpl.plan.step) reads
         self.layout, self.replicas, self.recorder = ctx.layout, self.reps, self.rec
         self.opt_flops, self.features, self.junction_stage = ctx.opt_flops, ctx.features, ctx.junction_stage
@@ -96,7 +96,7 @@ class ShapeWalk:
 
     step_pre = None  # nothing runs ahead
 
-    def step_forward(self, s: int, ridx: int, rep: _Rep, parts: list[tuple[tuple[int, ...], int]], dim: int,
+    def step_forward(self, s: int, ridx: int, rep: ShapeReplica, parts: list[tuple[tuple[int, ...], int]], dim: int,
                      pre: Any) -> tuple[tuple[int, ...], tuple[tuple[int, ...], int], int, int]:
         """Stage ``s``'s probe on the joined input shape; keeps the largest saved activations per replica."""
         inp = parts[0][0] if len(parts) == 1 else _cat([p[0] for p in parts], dim)

@@ -123,7 +123,7 @@ def cleanup_stale() -> None:
 # ---------------------------------------------------------------- the namespaces
 
 
-class Lab:
+class ShapedNetwork:
     """The namespaces, bridges, veths and HTB classes of one emulated run."""
 
     def __init__(self, scn: Scenario, ranks: dict[str, int]) -> None:
@@ -363,14 +363,14 @@ def run_emulated(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
     for f in (Path(out) / "workers").glob("emu_*.json"):  # no stale measurements from an earlier run
         f.unlink()
     warn_half_duplex(scn, quiet)
-    lab = Lab(scn, ranks)
+    net = ShapedNetwork(scn, ranks)
     try:
-        lab.up()
+        net.up()
         env = {"MASTER_ADDR": control_ip(0), "GLOO_SOCKET_IFNAME": "eth0", EMULATE_ENV: "1"}
         summary = run_dist(scn, out, timeout_s, quiet, extra_env=env,
-                           rank_env=lambda r: {NETNS_ENV: lab.ns(r)})
+                           rank_env=lambda r: {NETNS_ENV: net.ns(r)})
     finally:
-        lab.down()
+        net.down()
     out = Path(out).resolve()
     rows, links = write_reports(out, out / "workers", node_of)
     print_tables(rows, links, f"{scn.name} / {scn.strategy} (emulated links)", quiet)

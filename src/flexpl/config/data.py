@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
 from flexpl.config.base import _Strict
+from flexpl.io.user_code import import_object
 
 
 class PartitionCfg(_Strict):
@@ -64,7 +65,6 @@ class DataCfg(_Strict):
             if "factory" not in v:
                 raise ValueError("data.dataset.factory: required field is missing (e.g. data.dataset: "
                                  "{factory: 'mypkg.data:load'})")
-            from flexpl.io.user_code import import_object
 
             if not callable(import_object(v["factory"], "data.dataset.factory")):
                 raise ValueError(f"data.dataset.factory: '{v['factory']}' is not callable")

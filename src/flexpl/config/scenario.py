@@ -39,6 +39,7 @@ from flexpl.config.load import (
 from flexpl.config.plan import LinkCfg, NodeCfg, PlanCfg
 from flexpl.config.training import TrainingCfg
 from flexpl.errors import UserError
+from flexpl.io.user_code import import_object
 
 DEFAULT_SCENARIO = "edge-fmnist"
 
@@ -71,7 +72,6 @@ def check_model_spec(spec: Any) -> None:
     if "factory" in spec:  # an import path, e.g. model: {factory: "mypkg.models:build", width: 64}
         if "name" in spec:
             raise ValueError("model.factory: give either name or factory, not both")
-        from flexpl.io.user_code import import_object
 
         if not callable(import_object(spec["factory"], "model.factory")):
             raise ValueError(f"model.factory: '{spec['factory']}' is not callable")

@@ -27,6 +27,8 @@ from torch import nn
 from torch.utils import flop_counter as _fc
 from torch.utils.flop_counter import FlopCounterMode
 
+from flexpl.errors import UserError
+
 aten = torch.ops.aten
 
 
@@ -157,8 +159,6 @@ def loss_on_meta(loss: bool | Callable[..., torch.Tensor], out: torch.Tensor) ->
     try:
         return loss(out, labels)
     except Exception as exc:  # e.g. .item() on a meta tensor
-        from flexpl.errors import UserError
-
         raise UserError(f"training.loss: cannot count its FLOPs on meta tensors ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}); use torch operations only") from None
 

@@ -11,7 +11,9 @@ from typing import Any
 import torch
 
 from flexpl.data.partition import partition, summarize
+from flexpl.data.synthetic import LazyImages, labels
 from flexpl.errors import MissingData, UserError
+from flexpl.io.user_code import import_object
 
 DATASETS: tuple[str, ...] = ("fashion-mnist", "digits", "cifar10", "cifar100", "synthetic")
 
@@ -157,8 +159,6 @@ def load_dataset(
         _check_limit("max_train", max_train)
         _check_limit("max_test", max_test)
         if isinstance(name, dict):
-            from flexpl.io.user_code import import_object
-
             fn = import_object(name.get("factory"), "data.dataset.factory")
             opts = {k: v for k, v in name.items() if k != "factory"}
             label, where = str(name.get("factory")), "data.dataset.factory"
@@ -194,8 +194,6 @@ def load_dataset(
 def synthetic_dataset(shape: tuple[int, ...] = (3, 32, 32), classes: int = 10, train: int = 1000, test: int = 200,
                       seed: int = 0) -> Dataset:
     """Seeded synthetic images generated lazily per index (:mod:`flexpl.data.synthetic`)."""
-    from flexpl.data.synthetic import LazyImages, labels
-
     ty, vy = labels(train, classes, seed, 0), labels(test, classes, seed, 1)
     return Dataset(name="synthetic", train_x=LazyImages(train, shape, ty, seed, 0, classes),  # type: ignore[arg-type]
                    train_y=ty, test_x=LazyImages(test, shape, vy, seed, 1, classes),  # type: ignore[arg-type]

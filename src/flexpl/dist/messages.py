@@ -15,8 +15,8 @@ if TYPE_CHECKING:  # heavy imports stay inside the functions: the CLI imports th
     import torch
     from torch import nn
 
-    from flexpl.sim.engine import Engine
     from flexpl.dist.transport import Comm
+    from flexpl.sim.engine import Engine
 
 
 # ---------------------------------------------------------------- evaluation on rank 0

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from flexpl.costs.trace import timeline_rows
-from flexpl.io import injected_faults as faults
 from flexpl.dist.messages import _barrier, _eval_engine, _point_to_root, _while_rank0_works
 from flexpl.dist.ranks import WorkerFailure, _log, _Status, _where, node_ranks
 from flexpl.errors import UserError
+from flexpl.io import injected_faults as faults
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions: the CLI imports this module for its parser
     from flexpl.config.scenario import Scenario
@@ -124,8 +124,8 @@ def _set_up_and_meet(scn: Scenario, rank: int, world: int, me: str, ranks: dict[
     import torch.distributed as dist
 
     from flexpl.dist.transport import DistTransport
-    from flexpl.sim.simulator import setup
     from flexpl.io.results import RunWriter
+    from flexpl.sim.simulator import setup
 
     t0 = time.perf_counter()
     st = setup(scn, transport_factory=lambda rec: DistTransport(rec, me, ranks, comm),

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from flexpl.errors import UserError
+from flexpl.io.user_code import import_object
 
 
 class BlockModel(nn.Module):
@@ -203,8 +204,6 @@ def model_cuts(spec: str | dict[str, Any], model: BlockModel) -> tuple[int | Non
     """(default cut, allowed cuts or None for any) of the model ``spec`` names, as block indices."""
     entry = None
     if isinstance(spec, dict) and "factory" in spec:
-        from flexpl.io.user_code import import_object
-
         entry = _registered_by_fn(import_object(spec["factory"], "model.factory"))
     else:
         name = spec if isinstance(spec, str) else str(spec.get("name", ""))
@@ -271,8 +270,6 @@ def build_model(spec: str | dict[str, Any], input_shape: tuple[int, ...], num_cl
     """
     kwargs: dict[str, Any] = {}
     if isinstance(spec, dict) and "factory" in spec:  # an import path: every process builds the same model
-        from flexpl.io.user_code import import_object
-
         fn = import_object(spec["factory"], "model.factory")
         torch.manual_seed(seed)
         model = call_factory(fn, input_shape, num_classes, {k: v for k, v in spec.items() if k != "factory"},

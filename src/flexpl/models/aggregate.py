@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from flexpl.errors import UserError
+from flexpl.io.user_code import import_object, is_import_path
 
 State = Mapping[str, torch.Tensor]
 
@@ -189,7 +190,6 @@ def check_aggregator_cfg(cfg: Any) -> None:
                          "in training.aggregator.options")
     if cfg.kind in AGGREGATORS:
         return
-    from flexpl.io.user_code import import_object, is_import_path
 
     if not is_import_path(cfg.kind):
         raise ValueError(f"training.aggregator.kind: unknown aggregator {cfg.kind!r}; allowed: "
@@ -208,8 +208,6 @@ def make_aggregator(cfg: Any) -> Aggregator:
     if cfg.kind in AGGREGATORS:
         factory = AGGREGATORS[cfg.kind]
     else:
-        from flexpl.io.user_code import import_object
-
         factory = import_object(cfg.kind, "training.aggregator.kind")
     try:
         agg = factory(**cfg.options)
@@ -279,7 +277,6 @@ def resolve_loss(spec: str | Callable[..., torch.Tensor] | None) -> Loss:
         return Loss(spec, getattr(spec, "__name__", "loss"))
     if spec in LOSSES:
         return Loss(LOSSES[spec], spec)
-    from flexpl.io.user_code import import_object, is_import_path
 
     if not is_import_path(spec):
         raise UserError(f"training.loss: unknown loss {spec!r}; allowed: {', '.join(LOSSES)} "

@@ -43,6 +43,8 @@ from typing import Any
 
 import torch
 
+from flexpl.costs.flops import count_fwd_bwd
+from flexpl.costs.trace import HOP
 from flexpl.dist.transport import TAG_TRAIN, Comm, PeerFailure
 from flexpl.sim.transport import tensor_bytes
 from flexpl.system.topology import Topology
@@ -214,8 +216,6 @@ def warm_up() -> None:
     """
     from torch import nn
 
-    from flexpl.costs.flops import count_fwd_bwd
-
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
     count_fwd_bwd(model, (4, 8), input_grad=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -268,8 +268,6 @@ def predicted_links(traces: list, topo: Any) -> list[dict[str, list]]:
     Hops are keyed by the link between their endpoints, whatever resource the clock booked
     them on (one per link, or one per direction of a full-duplex link).
     """
-    from flexpl.costs.trace import HOP
-
     link_of = {}
     for name, (a, b, _prof) in topo.links.items():
         link_of[(a, b)] = link_of[(b, a)] = name

@@ -352,9 +352,9 @@ def warn_half_duplex(scn: Scenario, quiet: bool) -> list[str]:
 def run_emulated(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
                  profile: str | None = None) -> dict[str, Any]:
     """``flexpl run --backend dist --emulate-links``: the dist backend in shaped namespaces; returns the summary."""
+    from flexpl.dist.emulate.comm import control_ip
     from flexpl.dist.launch import run_dist
     from flexpl.dist.ranks import node_ranks
-    from flexpl.dist.emulate.comm import control_ip
 
     check_host()
     scn = emulated_scenario(scn, calibrated_profile(profile, quiet))

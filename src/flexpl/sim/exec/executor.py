@@ -39,6 +39,9 @@ import torch
 import torch.multiprocessing  # noqa: F401  (shares tensors sent through pipes via shared memory)
 from torch import nn
 
+from flexpl.models import BlockModel
+from flexpl.models.aggregate import make_aggregator
+from flexpl.plan.program import step_blocks, walk
 from flexpl.sim.runner import TensorRunner
 from flexpl.sim.state import VecChunk
 
@@ -103,8 +106,6 @@ def stepwise(plan: Plan) -> bool:
 
 def vector_friendly(module: nn.Module) -> bool:
     """True when every layer of ``module`` is one that vmap runs fast on a CPU (Linear and pointwise)."""
-    from flexpl.models import BlockModel
-
     return all(isinstance(m, (*_VECTOR_FRIENDLY, BlockModel, nn.ModuleDict)) for m in module.modules())
 
 
@@ -116,7 +117,6 @@ def choose(scn: Scenario, plan: Plan, stage_modules: list[nn.Module], n_replicas
     n_data = len(scn.data_nodes)
     workers = min(eng.workers or cores, n_data, int(os.environ.get(WORKERS_ENV) or n_data))
     asked = eng.executor
-    from flexpl.models.aggregate import make_aggregator
 
     if make_aggregator(scn.training.aggregator).proximal:  # the client term lives in Engine.opt_step (one process)
         return Choice("sequential", "the aggregator adds a proximal term to every local step (FedProx): sequential")
@@ -349,8 +349,6 @@ class ProcessPool(_Workers):
         arithmetic at once, on one thread as the workers). So the trace is the sequential one,
         and the walk costs only what the workers leave to this process.
         """
-        from flexpl.plan.program import step_blocks, walk
-
         eng.expect_round(work)
         order = eng.claim_order(work)
         payload = [(n, [b.numpy() for b in plan_batches[n]]) for n in order]

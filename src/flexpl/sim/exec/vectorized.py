@@ -35,6 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flexpl.models import BlockModel
+from flexpl.sim.exec.executor import WORKERS_ENV, Choice, _sum_losses, threads
+from flexpl.sim.exec.working import working_stages
 from flexpl.sim.replica import clip_coefficients
 
 if TYPE_CHECKING:
@@ -54,8 +57,6 @@ def compile_ops(module: nn.Module, prefix: str = "") -> list[Op] | None:
     """``module``'s forward as a list of batched operations on ``[K, B, ...]`` tensors, or None when some
     layer is not one this mode runs (Linear, ReLU, Tanh, Sigmoid, Flatten, Identity, in
     ``Sequential`` or ``BlockModel`` containers). Weight keys are ``module``'s parameter names."""
-    from flexpl.models import BlockModel
-
     if isinstance(module, BlockModel):
         children: Any = ((f"blocks.{n}", b) for n, b in module.blocks.items())
     elif isinstance(module, nn.Sequential):
@@ -131,8 +132,6 @@ def _backward(ops: list[Op], params: dict[str, torch.Tensor], saved: list, dy: t
 def fits(scn: Scenario, layout: Layout, stages: list[nn.Module], is_local: Callable[[str], bool] | None) -> bool:
     """True when ``scn``'s plan trains on working models and every stage can run here, stacked:
     vectorized runs then train the clients K at a time on one stacked working arena."""
-    from flexpl.sim.exec.working import working_stages
-
     tr = scn.training
     if scn.failures.active or tr.aggregator.kind != "fedavg" or tr.loss != "cross_entropy":
         return False
@@ -163,8 +162,6 @@ def prefer(scn: Scenario, choice: Any, layout: Layout, stages: list[nn.Module],
     """``engine.executor: auto``: the vectorized mode for plans whose clients train stacked here (:func:`fits`,
     at most :data:`MAX_AUTO_PARAMS` parameters per client, at least :data:`MIN_AUTO_CLIENTS` clients a round),
     else ``choice`` (``executor.choose``'s). ``fit``: :func:`fits`, if already known."""
-    from flexpl.sim.exec.executor import Choice
-
     if scn.engine.executor != "auto" or not (fits(scn, layout, stages, is_local) if fit is None else fit):
         return choice
     if sum(p.numel() for m in stages for p in m.parameters()) > MAX_AUTO_PARAMS:
@@ -180,8 +177,6 @@ def thread_count(scn: Scenario) -> int:
     """Training threads of a vectorized working-model run: ``engine.workers`` (default: the CPU cores, at most
     :data:`MAX_DEFAULT_THREADS`), at most ``FLEXPL_WORKERS`` (set by ``flexpl sweep --jobs``)."""
     import os
-
-    from flexpl.sim.exec.executor import WORKERS_ENV
 
     cores = os.cpu_count() or 1
     default = min(cores, MAX_DEFAULT_THREADS)
@@ -244,8 +239,6 @@ class VecWork:
         Chunks enter the FedAvg sums in order, whichever thread finishes first. Returns the round's loss
         sum and samples (summed in the walk's step order, as the sequential engine sums them) and the
         samples each node saw. ``Engine.expect_round`` must have been called for the round."""
-        from flexpl.sim.exec.executor import _sum_losses, threads
-
         work = {n: sum(len(b) for b in bs) for n, bs in plan_batches.items()}
         order = eng.claim_order(work)
         chunks = [order[c:c + self.chunk] for c in range(0, len(order), self.chunk)]

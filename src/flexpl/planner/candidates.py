@@ -6,9 +6,12 @@ import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
+from flexpl.plan.device_cuts import auto_device_cuts
+from flexpl.plan.layout import default_chain
+from flexpl.system.topology import Topology
+
+if TYPE_CHECKING:
     from flexpl.config.scenario import Scenario
-    from flexpl.system.topology import Topology
 
 
 SYNC_EVERY = (1, 2, 5)
@@ -43,8 +46,6 @@ def enumerate_candidates(topo: Topology, n_blocks: int) -> list[Candidate]:
     ``best.yaml`` reads ``strategy: fpl`` + ``plan: {cut: 2}``); variants a preset cannot
     express (another sync period, another grouping, three stages) are explicit ``plan.stages``.
     """
-    from flexpl.plan.layout import default_chain
-
     server = topo.server
     groups = topo.default_groups()
     heads = sorted(groups)
@@ -81,7 +82,6 @@ def enumerate_candidates(topo: Topology, n_blocks: int) -> list[Candidate]:
         if edges:  # fronts averaged at their edge (the fpl-group preset); with no edges it is fpl-sync
             out.append(Candidate(f"fpl-group cut={c} trunk@{where}", "fpl-group", {"cut": c}, "fpl-group", str(c),
                                  where))
-    from flexpl.plan.device_cuts import auto_device_cuts
 
     for c in cuts:  # weak devices keep a smaller front (the fpl-devcut presets), where some device is weak
         if auto_device_cuts(topo, c):

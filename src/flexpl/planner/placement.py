@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
-    from flexpl.costs.bill import Totals
-    from flexpl.costs.trace import Compressed, Trace
-    from flexpl.plan.spec import Layout, Plan
-    from flexpl.system.topology import Topology
+from flexpl.costs.bill import Totals
 from flexpl.costs.clock import BlockClock, FlatRound, flat_makespans
+from flexpl.costs.trace import Compressed, Trace
+from flexpl.plan.spec import Layout, Plan
 from flexpl.planner.shapes import StageCosts, StageProbe
+from flexpl.system.topology import Topology
 
 
 @dataclass
@@ -131,8 +130,6 @@ def _merged(t: Trace, lo: int, hi: int, repeat: list[int]) -> Trace:
     only depend on those four and on the summed amount and duration: the same totals (FLOPs
     and bytes exactly, times and energy to rounding) from a few dozen actions.
     """
-    from flexpl.costs.trace import Trace
-
     acc: dict[tuple, list] = {}
     kind, res, src, dst, amount, dur, wasted = t.kind, t.resource, t.src, t.dst, t.amount, t.duration, t.wasted
     for i in range(lo, hi):

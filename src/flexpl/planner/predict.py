@@ -7,14 +7,24 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from flexpl.data.batching import equal_steps
+from flexpl.config.load import apply_strategy_overrides
+from flexpl.config.plan import PlanCfg
+from flexpl.config.scenario import Scenario
+from flexpl.config.training import TrainingCfg
+from flexpl.costs.bill import Totals, bill
+from flexpl.costs.flops import optimizer_flops
+from flexpl.costs.trace import COMPUTE
+from flexpl.data import Dataset, load_data
+from flexpl.data.batching import equal_steps, select_clients
+from flexpl.data.partition import partition_flat
 from flexpl.errors import UserError
-
-if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
-    from flexpl.config.scenario import Scenario
-    from flexpl.data import Dataset
+from flexpl.models import check_cuts, default_cut, model_cuts
+from flexpl.models.aggregate import make_aggregator, resolve_loss
+from flexpl.plan.device_cuts import front_costs
+from flexpl.plan.layout import build_plan, place
+from flexpl.plan.program import relay_holder_after, relays, uploads_after
 from flexpl.planner.candidates import Candidate, enumerate_candidates
 from flexpl.planner.placement import (
     PlanContext,
@@ -28,6 +38,9 @@ from flexpl.planner.placement import (
 )
 from flexpl.planner.shapes import StageCosts, batch_sizes
 from flexpl.planner.walk import ShapeWalk
+from flexpl.sim.evaluate import patch_input
+from flexpl.sim.plugins import prox_flops
+from flexpl.system.topology import Topology
 
 
 @dataclass
@@ -47,12 +60,6 @@ class Planner:
     def __init__(self, scn: Scenario, dataset: Dataset | None = None) -> None:
         import numpy as np
 
-        from flexpl.data import load_data
-        from flexpl.data.partition import partition_flat
-        from flexpl.models import default_cut
-        from flexpl.models.aggregate import make_aggregator, resolve_loss
-        from flexpl.system.topology import Topology
-
         self.scn = scn
         self.data = dataset or load_data(scn.data, scn.seed)
         self.topo = Topology.from_scenario(scn)
@@ -65,8 +72,6 @@ class Planner:
         self.plain = (self.data.input_shape, None, 1)
         self.n_blocks = len(self.costs.model(self.plain).block_names)
         self.default_cut = default_cut(spec, self.costs.model(self.plain))
-        from flexpl.models import model_cuts
-        from flexpl.plan.device_cuts import front_costs
 
         meta = self.costs.model(self.plain)
         self.front = front_costs(meta, self.data.input_shape, model_cuts(spec, meta)[1])  # the -ecut rules' costs
@@ -86,7 +91,6 @@ class Planner:
     def candidates(self) -> list[Candidate]:
         """Every candidate of :func:`enumerate_candidates`, plus the scenario's own plan if it is explicit."""
         out = enumerate_candidates(self.topo, self.n_blocks)
-        from flexpl.models import model_cuts
 
         allowed = model_cuts(self.scn.model, self.costs.model(self.plain))[1]
         if allowed is not None:  # register_model(cuts=...): only the cuts the model allows
@@ -109,9 +113,6 @@ class Planner:
         The scenario's own strategy already has its overrides applied (``load_scenario``);
         another strategy gets its own on top of the scenario's values, as ``flexpl compare`` does.
         """
-        from flexpl.config.load import apply_strategy_overrides
-        from flexpl.config.training import TrainingCfg
-
         if strategy is None or strategy == self.scn.strategy:
             return self.scn.training
         hit = self._training.get(strategy)
@@ -124,19 +125,12 @@ class Planner:
 
     def context(self, cand: Candidate) -> PlanContext:
         """Build and place the candidate's plan exactly as ``simulator.setup`` does."""
-        from flexpl.config.plan import PlanCfg
-        from flexpl.costs.flops import optimizer_flops
-        from flexpl.plan.layout import build_plan, place
-        from flexpl.sim.evaluate import patch_input
-        from flexpl.sim.plugins import prox_flops
-
         try:
             cfg = PlanCfg.model_validate(cand.plan).model_dump(exclude_none=True) if cand.plan else None
         except Exception as exc:  # pydantic's error, as one line
             raise UserError(f"plan: {exc}".splitlines()[0]) from None
         plan = build_plan(cand.strategy, cfg, self.topo, self.n_blocks, self.default_cut,
                           front=self.front)
-        from flexpl.models import check_cuts
 
         check_cuts(self.scn.model, self.costs.model(self.plain), [st.start for st in plan.stages])
         key = repr(plan)
@@ -194,9 +188,6 @@ class Planner:
     def round_kinds(self, ctx: PlanContext) -> Counter:
         """How many rounds of each kind the scenario runs: (clients, download first, upload last, relay holder,
         collect), by the simulator's client selection and the sync rules of ``flexpl.plan.program``."""
-        from flexpl.data.batching import select_clients
-        from flexpl.plan.program import relay_holder_after, relays, uploads_after
-
         scn, tr, plan = self.scn, self.scn.training, ctx.plan
         relay = relays(plan)
         kinds: Counter = Counter()
@@ -222,9 +213,6 @@ class Planner:
         key = (ctx.walk_key, selected, download, holder, collect)
         hit = self._walks.get(key)
         if hit is None:
-            from flexpl.costs.bill import Totals
-            from flexpl.costs.trace import COMPUTE
-
             walk = ShapeWalk(ctx)
             walk.relay_holder = holder
             ct = walk.walk(selected, download, collect)
@@ -258,8 +246,6 @@ class Planner:
                 gc.enable()
 
     def _predict(self, cand: Candidate) -> Prediction:
-        from flexpl.costs.bill import Totals, bill
-
         t0 = time.perf_counter()
         scn, topo = self.scn, self.topo
         ctx = self.context(cand)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from flexpl.costs.flops import count_fwd_bwd
 from flexpl.data.batching import node_batch
-
-if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
-    from flexpl.models import BlockModel
-
+from flexpl.models import BlockModel, build_model
+from flexpl.sim.engine import stage_module
 
 
 def saved_activation_bytes(module: BlockModel, shape: tuple[int, ...], input_grad: bool
@@ -74,8 +73,6 @@ class StageCosts:
         if hit is None:
             import torch
 
-            from flexpl.models import build_model
-
             shape, junction, branches = variant
             with torch.random.fork_rng(devices=[]):  # build_model seeds the global RNG; leave it as it was
                 hit = build_model(self.spec, shape, self.num_classes, seed=self.seed, junction_block=junction,
@@ -88,8 +85,6 @@ class StageCosts:
         key = (variant, start, end)
         hit = self._stages.get(key)
         if hit is None:
-            from flexpl.sim.engine import stage_module
-
             hit = self._stages[key] = stage_module(self.model(variant), start, end)
         return hit
 
@@ -129,8 +124,6 @@ class StageCosts:
 
     def _count(self, variant: tuple, start: int, end: int, shape: tuple[int, ...], input_grad: bool,
                loss: bool = False) -> StageProbe:
-        from flexpl.costs.flops import count_fwd_bwd
-
         mod = self.stage(variant, start, end)
         fwd, bwd = count_fwd_bwd(mod, shape, input_grad, loss=(self.loss_fn or True) if loss else False)
         out_shape, esize, saved = saved_activation_bytes(mod, shape, input_grad)

@@ -8,13 +8,15 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
+from flexpl.costs.trace import Compressed, Recorder
+from flexpl.models.aggregate import fedavg_flops
+from flexpl.plan.program import end_blocks, start_blocks, step_blocks, walk
+from flexpl.plan.step import StepRecord
 from flexpl.plan.step import train_step as walk_step
 
 prod = math.prod
 
-if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
-    from flexpl.costs.trace import Compressed, Recorder
-    from flexpl.plan.step import StepRecord
+if TYPE_CHECKING:
     from flexpl.planner.placement import PlanContext
 
 
@@ -37,8 +39,6 @@ class ShapeWalk:
     """
 
     def __init__(self, ctx: PlanContext) -> None:
-        from flexpl.costs.trace import Recorder
-
         self.ctx = ctx
         self.rec: Recorder = Recorder(ctx.topo)
         self.reps = [[ShapeReplica(r.host) for r in reps] for reps in ctx.layout.replicas]
@@ -163,9 +163,7 @@ class ShapeWalk:
 
     def upload(self, s: int, names: Sequence[str]) -> None:
         """``Engine.upload`` of stage ``s`` from the replicas serving ``names``, then the average."""
-        from flexpl.models.aggregate import fedavg_flops as default_flops
-
-        agg_flops = self.ctx.agg_flops or default_flops  # training.aggregator's count (FedAvg by default)
+        agg_flops = self.ctx.agg_flops or fedavg_flops  # training.aggregator's count (FedAvg by default)
         layout = self.ctx.layout
         if layout.grouped(s):  # Engine._upload_group: each to its group head, then one average per head
             ridxs = self._participants(s, names)
@@ -267,9 +265,6 @@ class ShapeWalk:
     def walk(self, selected: Sequence[str], download: bool, collect: bool) -> Compressed:
         """Record one round: the round's program (``flexpl.plan.program``: collect in round 1 of a
         centralized plan, download, the steps, the upload), its Repeat blocks compressed."""
-        from flexpl.costs.trace import Compressed
-        from flexpl.plan.program import end_blocks, start_blocks, step_blocks, walk
-
         c = self.ctx
         plan = c.plan
         self.sizes = {n: c.batches[n] for n in selected}

@@ -27,8 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flexpl import data as D
+from flexpl import models as M
+from flexpl.config import scenario as config
 from flexpl.config.scenario import Scenario
-from flexpl.errors import UserError
+from flexpl.costs.targets import target_columns
+from flexpl.costs.trace import timeline_rows
+from flexpl.dist.launch import launch
+from flexpl.errors import Diverged, UserError
+from flexpl.io.results import RunWriter, prepare_out_dir, write_csv
+from flexpl.io.user_code import import_path_of
+from flexpl.plan.layout import PRESETS
+from flexpl.planner import Candidate, Planner
+from flexpl.planner.memory import check_fits
+from flexpl.sim import checkpoint
+from flexpl.sim.simulator import run, setup
 
 __all__ = ["Result", "Table", "compare", "load_scenario", "predict", "simulate"]
 
@@ -141,8 +154,6 @@ def load_scenario(source: str | Path | Mapping[str, Any] | Scenario | None = Non
     ``strategy_overrides`` for its strategy apply, as on the command line. Bad input raises
     :class:`flexpl.errors.UserError` with one line naming the field.
     """
-    from flexpl.config import scenario as config
-
     sets = _override_list(overrides)
     if source is None or isinstance(source, str | Path):
         return config.load_scenario(None if source is None else str(source), sets, strategy, seed)
@@ -170,10 +181,6 @@ def _bound(scn: Scenario, model: Any, dataset: Any) -> Iterator[tuple[Scenario, 
     build it); anything else is registered under a temporary name for the duration of the call.
     """
     from torch import nn
-
-    from flexpl import data as D
-    from flexpl import models as M
-    from flexpl.io.user_code import import_path_of
 
     saved = (M.ZOO.get(_OBJECT_MODEL), M.REGISTERED.get(_OBJECT_MODEL), D.REGISTERED.get(_OBJECT_DATA))
     local = False
@@ -274,9 +281,6 @@ def simulate(scenario: str | Path | Mapping[str, Any] | Scenario, *, model: Any 
 
 def _simulate_sim(scn: Scenario, out: str | Path | None, on_round: Callable[[dict[str, Any]], None] | None,
                   resume: bool) -> Result:
-    from flexpl.planner.memory import check_fits
-    from flexpl.sim.simulator import run, setup
-
     st = setup(scn)
     if not resume:
         check_fits(scn, st.data)
@@ -285,10 +289,6 @@ def _simulate_sim(scn: Scenario, out: str | Path | None, on_round: Callable[[dic
             raise UserError("resume: give out, the folder of the stopped run")
         result = run(scn, on_round=on_round, st=st)
         return Result(result.rounds, result.summary, {}, scn)
-    from flexpl.costs.trace import timeline_rows
-    from flexpl.errors import Diverged
-    from flexpl.io.results import RunWriter, prepare_out_dir
-    from flexpl.sim import checkpoint
 
     folder = prepare_out_dir(out)
     if resume:
@@ -314,9 +314,6 @@ def _simulate_sim(scn: Scenario, out: str | Path | None, on_round: Callable[[dic
 
 def _simulate_dist(scn: Scenario, out: str | Path | None, on_round: Callable[[dict[str, Any]], None] | None,
                    resume: bool) -> Result:
-    from flexpl.dist.launch import launch
-    from flexpl.planner.memory import check_fits
-
     if resume:
         raise UserError("resume: the dist backend cannot resume a run; use engine.backend sim")
     if scn.evaluation.stop_at_target:
@@ -355,8 +352,6 @@ def predict(scenario: str | Path | Mapping[str, Any] | Scenario, plan: str | Map
     ``sim_time_s``, ``energy_j_total``, per-round columns, memory) plus ``per_node`` and ``per_link``.
     Bytes, FLOPs and virtual time equal what :func:`simulate` counts (evaluation is not predicted).
     """
-    from flexpl.planner import Candidate, Planner
-
     scn = load_scenario(scenario)
     with _bound(scn, model, dataset) as (scn, _):
         if plan is None:
@@ -383,9 +378,6 @@ def compare(scenario: str | Path | Mapping[str, Any] | Scenario, strategies: Seq
     (``out/<strategy>/seed<k>`` with ``seeds``) and the rows to ``out/comparison.csv``.
     ``flexpl.api.table(rows)`` shows them as a table.
     """
-    from flexpl.costs.targets import target_columns
-    from flexpl.plan.layout import PRESETS
-
     for s in strategies:
         if s not in PRESETS:
             raise UserError(f"strategies: unknown strategy '{s}'; allowed: {', '.join(PRESETS)}")
@@ -401,7 +393,5 @@ def compare(scenario: str | Path | Mapping[str, Any] | Scenario, strategies: Seq
             row.update(target_columns(res.summary.get("to_target")))
             rows.append(row)
     if base is not None:
-        from flexpl.io.results import prepare_out_dir, write_csv
-
         write_csv(prepare_out_dir(base) / "comparison.csv", rows)
     return rows

@@ -17,6 +17,7 @@ from flexpl.report.style import eng as _eng
 from flexpl.report.style import figure as _figure
 from flexpl.report.style import log_if_wide as _log_if_wide
 from flexpl.report.style import no_data as _no_data
+from flexpl.studies.seeds import mean_std
 
 # (name, title) of every figure, in page order; the name is the PNG's stem and the <img> alt.
 FIGURES: list[tuple[str, str]] = [
@@ -335,8 +336,6 @@ def fig_timeline(runs: list[Run]) -> Any:
 
 
 def _ms(values: Sequence[float]) -> tuple[float, float]:
-    from flexpl.studies.seeds import mean_std
-
     vals = [v for v in values if math.isfinite(v)]
     m, sd = mean_std(vals)
     return (math.nan, math.nan) if m is None else (m, sd or 0.0)

@@ -17,6 +17,8 @@ from typing import Any
 
 from flexpl.costs.targets import as_float
 from flexpl.errors import UserError
+from flexpl.io.results import stale_reason
+from flexpl.studies.seeds import seed_groups
 
 
 @dataclass
@@ -113,8 +115,6 @@ def load_runs(root: Path) -> list[Run]:
     """
     import sys
 
-    from flexpl.io.results import stale_reason
-
     runs = []
     for p in discover_runs(root):
         try:
@@ -167,8 +167,6 @@ class SeedGroup:
 
 def seed_groups_of(runs: list[Run]) -> list[SeedGroup]:
     """Runs grouped by strategy (cell) over seeds; empty unless some group has two seeds or more."""
-    from flexpl.studies.seeds import seed_groups
-
     groups = seed_groups([r.name for r in runs])
     if not any(len(v) > 1 for v in groups.values()):
         return []

@@ -14,6 +14,7 @@ from typing import Any
 from flexpl.costs.targets import as_float
 from flexpl.report.runs import Run, SeedGroup
 from flexpl.report.style import fmt_value as _fmt
+from flexpl.studies.seeds import aggregate_seeds, within_spread
 
 # Summary columns where the best value is highlighted in the table: +1 maximise, -1 minimise.
 BEST: dict[str, int] = {
@@ -88,8 +89,6 @@ def _configs(runs: list[Run]) -> str:
 
 def _seeds_html_table(groups: list[SeedGroup]) -> str:
     """Mean ± std over seeds of the headline columns; "≈" where a gap is within the spread."""
-    from flexpl.studies.seeds import aggregate_seeds, within_spread
-
     aggs = [aggregate_seeds([_flat(r.summary) for r in g.runs]) for g in groups]
     marks = within_spread(aggs)
     cols = ["final_accuracy", "accuracy_min", "bytes_total", "energy_j_total", "sim_time_s", "params_total"]

@@ -41,7 +41,8 @@ from torch import nn
 
 from flexpl.models import BlockModel
 from flexpl.models.aggregate import make_aggregator
-from flexpl.plan.program import step_blocks, walk
+from flexpl.plan.program import step_blocks
+from flexpl.plan.program import walk as walk_program
 from flexpl.sim.runner import TensorRunner
 from flexpl.sim.state import VecChunk
 
@@ -359,7 +360,7 @@ class ProcessPool(_Workers):
         log: list[tuple[list[str], int]] = []
         with threads(1), ExitStack() as stack:
             runner = _Claiming(eng, self, plan_batches, rnd, log, order, stack)
-            walk(blocks, runner)
+            walk_program(blocks, runner)
             stack.close()
             eng.flush_working()
         losses = dict(runner.mine)

@@ -27,23 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flexpl import data as D
-from flexpl import models as M
 from flexpl.config import scenario as config
 from flexpl.config.scenario import Scenario
 from flexpl.costs.targets import target_columns
-from flexpl.costs.trace import timeline_rows
-from flexpl.dist.launch import launch
 from flexpl.errors import Diverged, UserError
 from flexpl.io.results import RunWriter, prepare_out_dir, write_csv
 from flexpl.io.user_code import import_path_of
 from flexpl.plan.layout import PRESETS
-from flexpl.planner import Candidate, Planner
-from flexpl.planner.memory import check_fits
-from flexpl.sim import checkpoint
-from flexpl.sim.simulator import run, setup
 
 __all__ = ["Result", "Table", "compare", "load_scenario", "predict", "simulate"]
+
+# (numpy and torch, the simulator, the planner and the dist launcher are imported by the functions that
+# use them, so that flexpl.load_scenario and flexpl.table load quickly)
 
 DEFAULT_COLUMNS = ("round", "accuracy", "loss", "train_loss", "bytes", "flops", "sim_time_s", "energy_j")
 DEFAULT_STRATEGIES = ("centralized", "fl", "sl", "sfl", "mp", "fpl")
@@ -182,6 +177,9 @@ def _bound(scn: Scenario, model: Any, dataset: Any) -> Iterator[tuple[Scenario, 
     """
     from torch import nn
 
+    from flexpl import data as D
+    from flexpl import models as M
+
     saved = (M.ZOO.get(_OBJECT_MODEL), M.REGISTERED.get(_OBJECT_MODEL), D.REGISTERED.get(_OBJECT_DATA))
     local = False
     try:
@@ -281,6 +279,9 @@ def simulate(scenario: str | Path | Mapping[str, Any] | Scenario, *, model: Any 
 
 def _simulate_sim(scn: Scenario, out: str | Path | None, on_round: Callable[[dict[str, Any]], None] | None,
                   resume: bool) -> Result:
+    from flexpl.planner.memory import check_fits
+    from flexpl.sim.simulator import run, setup
+
     st = setup(scn)
     if not resume:
         check_fits(scn, st.data)
@@ -289,6 +290,8 @@ def _simulate_sim(scn: Scenario, out: str | Path | None, on_round: Callable[[dic
             raise UserError("resume: give out, the folder of the stopped run")
         result = run(scn, on_round=on_round, st=st)
         return Result(result.rounds, result.summary, {}, scn)
+    from flexpl.costs.trace import timeline_rows
+    from flexpl.sim import checkpoint
 
     folder = prepare_out_dir(out)
     if resume:
@@ -314,6 +317,9 @@ def _simulate_sim(scn: Scenario, out: str | Path | None, on_round: Callable[[dic
 
 def _simulate_dist(scn: Scenario, out: str | Path | None, on_round: Callable[[dict[str, Any]], None] | None,
                    resume: bool) -> Result:
+    from flexpl.dist.launch import launch
+    from flexpl.planner.memory import check_fits
+
     if resume:
         raise UserError("resume: the dist backend cannot resume a run; use engine.backend sim")
     if scn.evaluation.stop_at_target:
@@ -352,6 +358,8 @@ def predict(scenario: str | Path | Mapping[str, Any] | Scenario, plan: str | Map
     ``sim_time_s``, ``energy_j_total``, per-round columns, memory) plus ``per_node`` and ``per_link``.
     Bytes, FLOPs and virtual time equal what :func:`simulate` counts (evaluation is not predicted).
     """
+    from flexpl.planner import Candidate, Planner
+
     scn = load_scenario(scenario)
     with _bound(scn, model, dataset) as (scn, _):
         if plan is None:

@@ -8,8 +8,7 @@ import torch
 from flexpl.errors import UserError
 from flexpl.sim import failures
 from flexpl.sim.simulator import run, setup
-
-from .conftest import digits_star
+from tests.conftest import digits_star
 
 ONE_ROUND = ["training.rounds=1", "training.max_steps_per_round=2"]
 

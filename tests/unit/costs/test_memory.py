@@ -12,8 +12,7 @@ from flexpl.costs.memory import check_fits, node_peaks
 from flexpl.models import build_model, state_bytes
 from flexpl.planner import Candidate, Planner, saved_activation_bytes
 from flexpl.sim.engine import stage_module
-
-from .conftest import digits_star, saved_storages
+from tests.conftest import digits_star, saved_storages
 
 BN_MODEL = "model={name: resnet18, width: 0.125, depth: 0.5}"
 IMAGES = "data.transform={resize: 16, channels: 3}"

@@ -10,8 +10,7 @@ import torch
 from flexpl.models import build_model
 from flexpl.sim.engine import meta_copy, shell_copy
 from flexpl.sim.simulator import build_topology, setup
-
-from .conftest import digits_star
+from tests.conftest import digits_star
 
 # every device linked to two edges, both edges to the server: routes from the server have ties
 MESH = {

@@ -17,8 +17,7 @@ import yaml
 from flexpl.cli import main
 from flexpl.data import cifar, clear_cache, load_data, load_dataset, partition, synthetic_dataset
 from flexpl.errors import UserError
-
-from .conftest import digits_star
+from tests.conftest import digits_star
 
 
 def _write_tarball(path: Path, name: str, n_train: int = 10, n_test: int = 6) -> Path:

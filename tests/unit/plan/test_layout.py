@@ -9,8 +9,7 @@ from flexpl.errors import UserError
 from flexpl.models import build_model, stage_bytes_between
 from flexpl.plan.layout import PRESETS, build_plan, place
 from flexpl.sim.simulator import build_topology, run
-
-from .conftest import digits_star
+from tests.conftest import digits_star
 
 TWO_EDGES = {
     "server": "cloud",
@@ -104,7 +103,7 @@ def test_front_sync_bytes_cross_the_edges_to_the_cloud():
 
 def test_planner_predicts_fpl_sync_exactly_behind_two_edges():
     """planner == simulator for fronts and trunks averaged at the cloud every 2 rounds, over 2 edges."""
-    from .test_planner import _check_against_simulator
+    from tests.unit.planner.test_predict import _check_against_simulator
 
     _check_against_simulator(digits_star(["training.rounds=3", "plan.cut=1", "plan.front_sync_every=2",
                                           "plan.trunk_sync_every=2"], strategy="fpl-sync", **TWO_EDGES))
@@ -157,7 +156,7 @@ def test_front_sync_group_averages_within_groups_only():
 
 
 def test_planner_predicts_fpl_group_exactly_behind_two_edges():
-    from .test_planner import _check_against_simulator
+    from tests.unit.planner.test_predict import _check_against_simulator
 
     _check_against_simulator(digits_star(["training.rounds=2", "plan.cut=1"], strategy="fpl-group", **TWO_EDGES))
 
@@ -191,8 +190,8 @@ def test_fpl_group_killed_and_resumed_is_bit_identical(tmp_path):
 
 def test_fpl_group_on_the_dist_backend_matches_the_simulator(tmp_path):
     """Fronts averaged at the edge process (not the server): same bytes, costs and accuracy as the simulator."""
-    from .conftest import chain_scenario
-    from .test_dist import SMALL, _assert_same_as_simulator, _sim, launch
+    from tests.conftest import chain_scenario
+    from tests.integration.test_dist import SMALL, _assert_same_as_simulator, _sim, launch
 
     scn = chain_scenario(SMALL, strategy="fpl-group")
     d = launch(scn, tmp_path / "out", timeout_s=60)

@@ -141,8 +141,7 @@ def test_the_engine_and_the_planner_walk_one_step_code(monkeypatch):
     from flexpl import planner as P
     from flexpl.plan import step as S
     from flexpl.sim.simulator import run, setup
-
-    from .conftest import digits_star
+    from tests.conftest import digits_star
 
     seen: list[tuple[str, int]] = []
     forward = S._forward

@@ -10,8 +10,7 @@ from flexpl.errors import UserError
 from flexpl.models import build_model, stage_bytes_between
 from flexpl.sim.engine import batches, make_optimizer, path_state
 from flexpl.sim.simulator import run, setup
-
-from .conftest import chain_scenario, digits_star
+from tests.conftest import chain_scenario, digits_star
 
 ONE_NODE = [{"name": "server", "profile": "edge-server"}, {"name": "dev0", "profile": "rpi4", "holds_data": True}]
 ONE_LINK = [{"between": ["dev0", "server"], "profile": "wifi"}]

@@ -18,8 +18,7 @@ from flexpl.models import build_model
 from flexpl.plan.layout import PRESETS
 from flexpl.sim.engine import stage_module
 from flexpl.sim.simulator import run, setup
-
-from .conftest import chain_scenario, digits_star, saved_storages
+from tests.conftest import chain_scenario, digits_star, saved_storages
 
 FIELDS = ("kind", "resource", "duration", "amount", "src", "dst", "label", "what")
 

@@ -17,10 +17,9 @@ import flexpl
 from flexpl.cli import main
 from flexpl.errors import UserError
 from flexpl.sim.aggregate import FedAdam, FedAvg, FedProx, fedavg, proximal_grad
+from tests.conftest import digits_star
 
-from .conftest import digits_star
-
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 SMALL = {"training.rounds": 2, "training.max_steps_per_round": 3}
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from flexpl.costs.trace import Recorder, schedule
 from flexpl.sim.simulator import build_topology
-
-from .conftest import chain_scenario
+from tests.conftest import chain_scenario
 
 
 def _cross(duplex: str) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -82,8 +81,7 @@ def test_optimizer_and_aggregation_are_billed_where_they_run():
     from flexpl.costs.flops import count_fwd_bwd, fedavg_flops, optimizer_flops
     from flexpl.models import build_model, count_params
     from flexpl.sim.simulator import run
-
-    from .conftest import digits_star
+    from tests.conftest import digits_star
 
     scn = digits_star(["training.rounds=1", "training.max_steps_per_round=1"])
     s = run(scn).summary
@@ -104,8 +102,7 @@ def test_evaluation_is_billed_apart_on_the_node_that_runs_it():
     from flexpl.costs.flops import flop_counter
     from flexpl.models import build_model
     from flexpl.sim.simulator import run, setup
-
-    from .conftest import digits_star
+    from tests.conftest import digits_star
 
     scn = digits_star(["training.rounds=2", "training.max_steps_per_round=1"])
     st = setup(scn)
@@ -139,8 +136,7 @@ def test_evaluation_is_billed_apart_on_the_node_that_runs_it():
 
 def test_a_straggler_draws_its_active_power_for_longer():
     from flexpl.sim.simulator import run
-
-    from .conftest import digits_star
+    from tests.conftest import digits_star
 
     sets = ["training.rounds=1", "training.max_steps_per_round=2"]
     base = run(digits_star(sets)).summary
@@ -157,8 +153,7 @@ def test_a_straggler_draws_its_active_power_for_longer():
 def test_a_node_is_not_idle_while_it_computes_or_sends():
     """include_idle: dev0's idle energy covers only the time it neither computes nor sends nor receives."""
     from flexpl.sim.simulator import run, setup
-
-    from .conftest import digits_star
+    from tests.conftest import digits_star
 
     scn = digits_star(["training.rounds=1", "training.max_steps_per_round=1", "energy.include_idle=true"])
     st = setup(scn)
@@ -182,8 +177,7 @@ def test_a_rounds_bill_without_per_node_rows_has_the_same_totals():
     """bill(per_node=False), what every round's row reads, gives bit for bit the full bill's totals."""
     from flexpl.costs.trace import Totals, bill
     from flexpl.sim.simulator import run, setup
-
-    from .conftest import digits_star
+    from tests.conftest import digits_star
 
     scn = digits_star(["training.rounds=2", "training.max_steps_per_round=2"])
     st = setup(scn)
@@ -233,8 +227,8 @@ def test_rounds_csv_adds_up_to_the_summary_for_every_cost_column(tmp_path):
 
 def test_planner_bills_like_the_simulator_with_idle_energy_adam_and_a_half_duplex_link():
     """The planner's costs (FLOPs with optimizer and FedAvg, per-direction clock, idle time) equal a run's."""
-    from .conftest import chain_scenario
-    from .test_planner import _check_against_simulator
+    from tests.conftest import chain_scenario
+    from tests.unit.planner.test_predict import _check_against_simulator
 
     for strategy in ("sfl", "mp", "fpl"):
         for duplex in ("full", "half"):

@@ -14,9 +14,8 @@ from flexpl.errors import UserError
 from flexpl.sim.engine import NodeData
 from flexpl.sim.simulator import build_topology, setup
 from flexpl.system.topology import Topology, _profiles_in_order, hop_resource
-
-from .conftest import chain_scenario, digits_star
-from .test_scale import MESH
+from tests.conftest import chain_scenario, digits_star
+from tests.unit.sim.exec.test_working import MESH
 
 LABELS = np.random.default_rng(5).integers(0, 10, 3000)
 

@@ -26,8 +26,7 @@ from flexpl.dist.backend import blame, launch, node_ranks
 from flexpl.errors import UserError
 from flexpl.io.results import write_yaml
 from flexpl.sim.simulator import run
-
-from .conftest import chain_scenario, digits_star
+from tests.conftest import chain_scenario, digits_star
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")

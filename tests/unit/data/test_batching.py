@@ -9,9 +9,8 @@ from flexpl.config.scenario import load_scenario
 from flexpl.data.batching import batches, equal_steps
 from flexpl.planner.shapes import batch_sizes
 from flexpl.sim.simulator import run
-
-from .conftest import digits_star
-from .test_planner import _check_against_simulator, _close
+from tests.conftest import digits_star
+from tests.unit.planner.test_predict import _check_against_simulator, _close
 
 
 class _Node:

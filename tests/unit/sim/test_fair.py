@@ -16,8 +16,7 @@ from flexpl.data.partition import partition, validation_split
 from flexpl.errors import UserError
 from flexpl.sim.engine import Engine
 from flexpl.sim.simulator import run, setup
-
-from .conftest import digits_star
+from tests.conftest import digits_star
 
 
 def test_validation_split_is_seeded_disjoint_and_per_node() -> None:

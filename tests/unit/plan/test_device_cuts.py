@@ -9,9 +9,9 @@ from flexpl.errors import UserError
 from flexpl.plan.device_cuts import auto_device_cuts, weak_devices
 from flexpl.plan.layout import PRESETS, build_plan, place
 from flexpl.sim.simulator import build_topology, run
+from tests.conftest import chain_scenario, digits_star
 
-from .conftest import chain_scenario, digits_star
-from .test_fpl_sync import TWO_EDGES
+from .test_layout import TWO_EDGES
 
 # digits-star: dev0 rpi4 (1e10 FLOP/s), dev1 phone (2e10), dev2 jetson-nano (8e10), dev3 rpi5 (3e10):
 # median 2.5e10, so dev0 and dev1 are weak. Its MLP [64, 32] has 3 blocks; cut 2 -> weak devices cut at 1.
@@ -153,13 +153,13 @@ def test_fpl_devcut_processes_executor_matches_sequential():
 
 
 def test_planner_predicts_fpl_sync_devcut_exactly():
-    from .test_planner import _check_against_simulator
+    from tests.unit.planner.test_predict import _check_against_simulator
 
     _check_against_simulator(digits_star(["training.rounds=2", *CUT2], strategy="fpl-sync-devcut"))
 
 
 def test_planner_predicts_fpl_devcut_exactly_behind_two_edges_with_group_sync():
-    from .test_planner import _check_against_simulator
+    from tests.unit.planner.test_predict import _check_against_simulator
 
     _check_against_simulator(digits_star(["training.rounds=2", *CUT2, "plan.front_sync=group"],
                                          strategy="fpl-devcut", **MIXED))
@@ -168,8 +168,7 @@ def test_planner_predicts_fpl_devcut_exactly_behind_two_edges_with_group_sync():
 def test_fpl_devcut_on_the_dist_backend_matches_the_simulator(tmp_path):
     """A weak device's piece runs in the edge process: same bytes, costs and accuracy as the simulator."""
     from flexpl.dist.backend import launch
-
-    from .test_dist import SMALL, _assert_same_as_simulator, _sim
+    from tests.integration.test_dist import SMALL, _assert_same_as_simulator, _sim
 
     nodes = [{"name": "cloud", "profile": "cloud-server"}, {"name": "edge", "profile": "edge-server"},
              {"name": "dev0", "profile": "rpi4", "holds_data": True},
@@ -221,7 +220,7 @@ def test_fpl_ecut_moves_the_front_of_a_device_on_a_cheap_link_only():
 
 
 def test_planner_predicts_fpl_sync_ecut_exactly():
-    from .test_planner import _check_against_simulator
+    from tests.unit.planner.test_predict import _check_against_simulator
 
     _check_against_simulator(digits_star(["training.rounds=2", *CUT2], strategy="fpl-sync-ecut", links=ECUT_LINKS))
 
@@ -245,8 +244,7 @@ def test_automatic_cuts_keep_to_the_cuts_a_registered_model_allows():
 def test_fpl_sync_ecut_on_the_dist_backend_matches_the_simulator(tmp_path):
     """Every process picks the same energy cuts from the model: dev0 (Ethernet) hands fc2 to the edge."""
     from flexpl.dist.backend import launch
-
-    from .test_dist import SMALL, _assert_same_as_simulator, _sim
+    from tests.integration.test_dist import SMALL, _assert_same_as_simulator, _sim
 
     links = [{"between": ["dev0", "edge"], "profile": "ethernet"}, {"between": ["dev1", "edge"], "profile": "wifi"},
              {"between": ["edge", "cloud"], "profile": "fiber"}]

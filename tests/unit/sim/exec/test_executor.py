@@ -12,8 +12,7 @@ from flexpl.models import build_model
 from flexpl.sim.engine import path_state
 from flexpl.sim.exec import executor
 from flexpl.sim.simulator import run, setup
-
-from .conftest import chain_scenario, digits_star
+from tests.conftest import chain_scenario, digits_star
 
 COSTS = ("flops_total", "bytes_total", "wasted_bytes")
 CLOCK = ("sim_time_s", "energy_j_total", "energy_j_compute", "energy_j_comm")

@@ -9,8 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from flexpl.data import load_dataset
 from flexpl.models import build_model, state_bytes
 from flexpl.sim.simulator import run, setup
-
-from .conftest import chain_scenario, digits_star
+from tests.conftest import chain_scenario, digits_star
 
 
 def test_fl_bytes_are_rounds_times_clients_times_two_models():
@@ -102,7 +101,7 @@ def test_shared_link_serialises_transfers():
     scn = chain_scenario(["training.rounds=1", "training.max_steps_per_round=1"])
     res = run(scn, keep_traces=True)
     trace, starts, ends = res.traces[0]
-    # edge-cloud is full duplex: each direction is a queue of its own (see tests/test_costs.py)
+    # edge-cloud is full duplex: each direction is a queue of its own (see tests/unit/costs/test_trace.py)
     for way in ("edge-cloud edge>cloud", "edge-cloud cloud>edge"):
         iv = sorted((starts[i], ends[i]) for i in range(len(trace)) if trace.resource[i] == way)
         assert len(iv) == 2  # 2 downloads, or 2 uploads

@@ -11,8 +11,7 @@ from flexpl.config.scenario import OptimizerCfg
 from flexpl.errors import UserError
 from flexpl.sim.engine import lr_at
 from flexpl.sim.simulator import run, setup
-
-from .conftest import digits_star
+from tests.conftest import digits_star
 
 
 def test_step_schedule_by_hand() -> None:

@@ -8,8 +8,7 @@ import torch
 from flexpl.models import build_model, state_bytes
 from flexpl.sim.engine import batches, stage_module
 from flexpl.sim.simulator import run, setup
-
-from .conftest import digits_star
+from tests.conftest import digits_star
 
 BN_MODEL = "model={name: resnet18, width: 0.0625, depth: 0.5}"
 IMAGES = "data.transform={resize: 16, channels: 3}"

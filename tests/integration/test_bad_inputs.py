@@ -1,4 +1,4 @@
-"""The bad-input corpus (tests/bad_inputs/*.yaml): each case exits 2 with one line naming the problem.
+"""The bad-input corpus (tests/integration/bad_inputs/*.yaml): each case exits 2 with one line naming the problem.
 
 A case file holds ``expect`` (a fragment of the message) and one of: ``set`` (overrides
 applied to digits-star), ``scenario`` (a whole scenario), ``text`` (raw YAML), ``args``

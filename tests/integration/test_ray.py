@@ -25,8 +25,7 @@ from flexpl import planner as P
 from flexpl.errors import UserError
 from flexpl.studies import ray_tasks as ray_exec
 from flexpl.studies import sweep
-
-from .conftest import digits_star
+from tests.conftest import digits_star
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY and not os.environ.get("FLEXPL_REQUIRE_RAY"),

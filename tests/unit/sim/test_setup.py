@@ -1,5 +1,6 @@
 """Set-up in proportion to the clients sampled: one index array for the split, nodes and summaries made
-on use, profiles resolved once per name, default groups from one search; every result as before."""
+on use; every result as before. (Profiles resolved once per name, default groups from one search:
+system/test_topology.py.)"""
 
 from __future__ import annotations
 
@@ -10,12 +11,9 @@ import yaml
 
 from flexpl.config.scenario import load_scenario
 from flexpl.data.partition import Summaries, partition, partition_flat, summarize
-from flexpl.errors import UserError
 from flexpl.sim.engine import NodeData
-from flexpl.sim.simulator import build_topology, setup
-from flexpl.system.topology import Topology, _profiles_in_order, hop_resource
-from tests.conftest import chain_scenario, digits_star
-from tests.unit.sim.exec.test_working import MESH
+from flexpl.sim.simulator import setup
+from tests.conftest import digits_star
 
 LABELS = np.random.default_rng(5).integers(0, 10, 3000)
 
@@ -88,49 +86,6 @@ def test_set_up_data_nodes_read_the_split_rows() -> None:
     for nd, idx in zip(st.nodes, keep, strict=True):
         assert torch.equal(nd.index, torch.as_tensor(idx)) and torch.equal(nd.y, st.data.train_y[idx])
     assert list(st.parts_summary) == summarize(st.data.train_y.numpy(), keep, st.data.num_classes)
-
-
-@pytest.mark.parametrize("scn", [digits_star(), digits_star(**MESH), chain_scenario(n_dev=3),
-                                 load_scenario("edge-fmnist")], ids=["star", "mesh", "chain", "edges"])
-def test_default_groups_are_the_first_hops_of_the_routes(scn) -> None:
-    topo = build_topology(scn)
-    ref: dict[str, list[str]] = {}
-    fresh = build_topology(scn)
-    for n in scn.data_nodes:
-        hops = fresh.route(n, fresh.server)
-        ref.setdefault(hops[0].dst if hops else n, []).append(n)
-    assert topo.default_groups() == ref
-    topo.default_groups()["x"] = []  # a copy: the cached groups stay
-    assert topo.default_groups() == ref
-
-
-def test_link_of_names_every_clock_resource() -> None:
-    topo = build_topology(load_scenario("edge-fmnist"))
-    want = {}
-    for name, (a, b, prof) in topo.links.items():
-        want[name] = name
-        if prof.duplex == "full":
-            want[hop_resource(name, a, b, "full")] = want[hop_resource(name, b, a, "full")] = name
-    assert {r: topo.link_of[r] for r in want} == want
-    assert topo.link_of.get("nope", "d") == "d" and "nope" not in topo.link_of
-    with pytest.raises(KeyError):
-        topo.link_of["dev0-server server>server"]
-
-
-def test_profiles_resolved_once_per_name_match_the_in_order_pass() -> None:
-    scn = digits_star(**{"nodes": [{"name": "server", "profile": "cloud-server"},
-                                   {"name": "dev0", "profile": "phone", "holds_data": True, "flops_per_s": 1e9},
-                                   {"name": "dev1", "profile": "phone", "holds_data": True}],
-                         "links": [{"between": ["dev0", "server"], "profile": "wifi", "latency_s": 0.5},
-                                   {"between": ["dev1", "server"], "profile": "wifi"}]})
-    topo = Topology.from_scenario(scn)
-    nodes, links = _profiles_in_order(scn)
-    assert topo.nodes == nodes and topo.links == links and list(topo.nodes) == list(nodes)
-    assert topo.nodes["dev0"].flops_per_s == 1e9 and topo.links["dev0-server"][2].latency_s == 0.5
-    bad = digits_star(**{"links": [{"between": ["dev0", "server"], "profile": "wifi"},
-                                   {"between": ["server", "dev0"], "profile": "wifi"}]})
-    with pytest.raises(UserError, match=r"links\[1\].between: a second link"):
-        Topology.from_scenario(bad)
 
 
 def test_config_yaml_text_is_the_pure_python_emitters(tmp_path) -> None:

@@ -1,4 +1,5 @@
-"""Set-up in proportion to the work: routes and reachability computed once, replicas without weight copies."""
+"""Set-up in proportion to the work: replicas without weight copies, and FedAvg clients on working models
+(flexpl.sim.exec.working) that give bitwise the replicas' results. (Routes computed once: system/test_topology.py.)"""
 
 from __future__ import annotations
 
@@ -9,31 +10,8 @@ import torch
 
 from flexpl.models import build_model
 from flexpl.sim.engine import meta_copy, shell_copy
-from flexpl.sim.simulator import build_topology, setup
+from flexpl.sim.simulator import setup
 from tests.conftest import digits_star
-
-# every device linked to two edges, both edges to the server: routes from the server have ties
-MESH = {
-    "server": "server",
-    "nodes": [{"name": "server", "profile": "cloud-server"}, {"name": "e1", "profile": "edge-server"},
-              {"name": "e0", "profile": "edge-server"}]
-    + [{"name": f"dev{i}", "profile": "phone", "holds_data": True} for i in range(5)],
-    "links": [{"between": [f"dev{i}", e], "profile": "wifi"} for i in range(5) for e in ("e1", "e0")]
-    + [{"between": ["e0", "server"], "profile": "fiber"}, {"between": ["e1", "server"], "profile": "fiber"},
-       {"between": ["dev0", "dev1"], "profile": "wifi"}],
-}
-
-
-def test_cached_route_trees_give_the_routes_of_one_search_per_pair():
-    scn = digits_star(**MESH)
-    many = build_topology(scn)  # each source asked many times: its whole tree is kept after the first
-    names = sorted(many.nodes)
-    for src in names:
-        for dst in names:
-            fresh = build_topology(scn)  # a fresh topology: one search that stops at dst
-            assert many.route(src, dst) == fresh.route(src, dst), (src, dst)
-    assert "server" in many._trees and many.route("dev3", "dev0")[0].dst == "e0"  # ties: by node name
-    assert many.reachable("dev2") == set(names) and many.reachable("dev2") is many.reachable("server")
 
 
 def test_meta_and_shell_copies_match_deep_copies():

@@ -1,14 +1,11 @@
-"""Execution modes (sequential, processes, vectorized) agree; cached accounting equals fresh counts."""
+"""Execution modes (sequential, processes, vectorized) agree, and auto picks one per plan and model.
+(Cached FLOP counts equal fresh ones: costs/test_flops.py.)"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from flexpl.config.scenario import load_scenario
-from flexpl.costs.flops import FlopCache, count_fwd_bwd
-from flexpl.errors import UserError
-from flexpl.models import build_model
 from flexpl.sim.engine import path_state
 from flexpl.sim.exec import executor
 from flexpl.sim.simulator import run, setup
@@ -119,50 +116,6 @@ def test_auto_picks_a_mode_per_plan_and_model() -> None:
     scn = digits_star(["engine.executor=processes", "strategy=sl"])
     assert setup(scn).executor.mode == "sequential"  # asked, but not possible: said in the reason
     assert "side by side" in setup(scn).executor.reason
-
-
-def test_cached_flop_count_equals_a_fresh_count() -> None:
-    model = build_model("cnn", (1, 28, 28), 10, seed=0)
-    cache = FlopCache()
-    sizes = [32, 32, 7, 32, 19, 1, 25, 32, 3]
-    for b in sizes:
-        got = cache.get(0, model, (b, 1, 28, 28), False)
-        assert got == count_fwd_bwd(model, (b, 1, 28, 28), False), b
-        got = cache.get(1, model, (b, 1, 28, 28), True)
-        assert got == count_fwd_bwd(model, (b, 1, 28, 28), True), b
-    # 3 counts per (stage, sample shape) establish the line; the other sizes were read off it
-    assert cache.counted == 6
-    assert len(cache) == 2 * len(set(sizes))
-
-
-def test_flop_cache_keeps_counting_when_cost_is_not_linear_in_the_batch() -> None:
-    class Quadratic(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x.flatten(1) @ x.flatten(1).T  # B x B: cost grows with B squared
-
-    cache = FlopCache()
-    for b in [2, 4, 8, 16]:
-        assert cache.get(0, Quadratic(), (b, 3), False) == count_fwd_bwd(Quadratic(), (b, 3), False)
-    assert cache.counted == 4
-
-
-def test_count_expands_nodes_and_links() -> None:
-    scn = load_scenario("mlp-1000")
-    assert len(scn.data_nodes) == 1000 and len(scn.links) == 1000
-    assert scn.data_nodes[0] == "phone0" and scn.links[999].between == ("phone999", "cloud")
-    scn = load_scenario("cnn-100")
-    assert len(scn.data_nodes) == 100
-
-
-@pytest.mark.parametrize("item, message", [
-    ("nodes.1.count=0", "nodes[1].count: must be a positive integer"),
-    ("nodes.1.name=dev", "nodes[1].name: with count, put '{i}' in the name"),
-    ("links.0.between=[a, server]", "links[0].between: with count, put '{i}'"),
-])
-def test_bad_count_is_a_one_line_error(item: str, message: str) -> None:
-    with pytest.raises(UserError, match=r"^" + message.replace("[", r"\[").replace("]", r"\]")
-                       .replace("{", r"\{").replace("}", r"\}")):
-        load_scenario("cnn-100", [item])
 
 
 def test_separable_and_stepwise_plans() -> None:

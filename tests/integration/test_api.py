@@ -30,6 +30,7 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_readme_example_runs_and_predict_gives_the_simulated_bytes():
     ns: dict = {"__name__": "__main__"}
     exec(compile(readme_example(), "README.md", "exec"), ns)  # its own asserts: predict == simulate
@@ -44,6 +45,7 @@ def test_readme_example_runs_and_predict_gives_the_simulated_bytes():
     assert "api-example / sfl" in repr(res)
 
 
+@pytest.mark.slow
 def test_readme_model_through_the_dist_backend_moves_the_simulated_bytes(tmp_path, monkeypatch):
     """The README's model and dataset by import path: `flexpl run --backend dist` equals simulate()."""
     mod = "flexpl_readme_example"

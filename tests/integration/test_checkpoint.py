@@ -36,6 +36,7 @@ def _weights(d: Path) -> dict:
     return torch.load(d / "checkpoint.pt", weights_only=True)["engine"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy, executor", [("fl", "auto"), ("fpl", "auto"), ("sl", "auto"),
                                                 ("fl", "processes"), ("fpl", "processes")])
 def test_kill_9_mid_round_then_resume_is_bit_identical(tmp_path, strategy, executor):
@@ -115,6 +116,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one_whole(tmp_path):
     out = tmp_path / "run"
     sets = ["--set", "training.rounds=2", "--set", "training.max_steps_per_round=2"]
@@ -157,6 +159,7 @@ def test_checkpoint_holds_only_the_state_the_next_round_reads(tmp_path):
     assert all(r["module"] is None for r in every1[0])
 
 
+@pytest.mark.slow
 def test_mlp_1000_kill_9_after_round_1_then_resume_is_bit_identical(tmp_path):
     """1,000 FedAvg clients: the checkpoint holds the global model only, and resuming from it is exact."""
     ref, cut = tmp_path / "ref", tmp_path / "cut"
@@ -255,6 +258,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_background_write_then_resume_is_bit_identical(tmp_path):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     sets = ["--set", "training.rounds=3", "--set", "training.max_steps_per_round=4", "--strategy", "fpl"]

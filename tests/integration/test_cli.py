@@ -57,6 +57,7 @@ def test_strategy_and_seed_flags(tmp_path):
     assert s["strategy"] == "fpl" and s["seed"] == 3
 
 
+@pytest.mark.slow
 def test_compare_writes_one_row_per_strategy(tmp_path):
     out = tmp_path / "cmp"
     assert main(["compare", "digits-star", "--strategies", "fl,fpl", "--set", "training.rounds=1",
@@ -162,6 +163,7 @@ def test_out_path_that_is_a_file_exits_2(tmp_path, capsys):
     assert "--out" in capsys.readouterr().err and f.read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_console_script_exit_code_and_stderr(tmp_path):
     exe = Path(sys.executable).parent / "flexpl"
     r = subprocess.run([str(exe), "run", "digits-star", "--set", "training.rounds=0"], capture_output=True,

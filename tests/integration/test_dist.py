@@ -122,6 +122,7 @@ def test_a_worker_that_dies_mid_round_stops_the_run_with_one_line(tmp_path, monk
     assert elapsed < 20  # a dead peer is noticed at once, well within the timeout
 
 
+@pytest.mark.slow
 def test_a_worker_that_hangs_is_named_after_the_timeout(tmp_path, monkeypatch, capsys):
     code, err, elapsed = _stalled_run(tmp_path, monkeypatch, capsys, "hang",
                                       ["--set", "engine.backend=dist", "--set", "engine.timeout_s=3"])
@@ -130,6 +131,7 @@ def test_a_worker_that_hangs_is_named_after_the_timeout(tmp_path, monkeypatch, c
     assert elapsed < 20
 
 
+@pytest.mark.slow
 def test_a_slow_evaluation_on_rank_0_is_not_a_hang(tmp_path, monkeypatch):
     """Rank 0 evaluates for 3 timeouts; its keepalives keep the others waiting."""
     monkeypatch.setenv("FLEXPL_DIST_FAULT", "0:1:slow-eval")
@@ -187,6 +189,7 @@ def test_a_worker_that_raises_stops_the_run_with_one_line_naming_it(tmp_path, mo
     assert not (tmp_path / "out" / "summary.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
                     reason="torchrun is not installed beside this Python")
 def test_flexpl_worker_under_torchrun(tmp_path):

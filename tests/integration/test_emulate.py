@@ -83,6 +83,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(path.open()))
 
 
+@pytest.mark.slow
 @needs_root_linux
 @pytest.mark.parametrize("strategy", ["fl", "sl", "sfl", "mp", "fpl"])
 def test_measured_round_time_is_within_15_percent_of_the_clock(strategy, profile, tmp_path):

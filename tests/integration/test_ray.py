@@ -43,6 +43,7 @@ def rows_of(path: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in r.items() if k not in VOLATILE} for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 @needs_ray
 def test_ray_sweep_writes_the_same_sweep_csv_as_the_local_path(tmp_path):
@@ -64,6 +65,7 @@ def test_ray_sweep_writes_the_same_sweep_csv_as_the_local_path(tmp_path):
 LONG_CELLS = ["--set", "training.rounds=2", "--set", "training.local_epochs=100"]
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 @needs_ray
 def test_interrupted_ray_sweep_resumes_reusing_finished_cells(tmp_path):
@@ -124,6 +126,7 @@ def test_a_cell_asking_more_cpus_than_any_node_has_is_a_user_error(local_ray, tm
     assert local_ray.is_initialized()  # a Ray started by the caller is left running
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 @needs_ray
 def test_plan_validate_through_ray_matches_the_local_path(local_ray):
@@ -143,6 +146,7 @@ def test_plan_validate_through_ray_matches_the_local_path(local_ray):
     assert remote == local
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 @needs_ray
 def test_ray_compare_writes_the_same_comparison_csv_as_the_local_path(local_ray, tmp_path):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flexpl.cli import main
@@ -27,6 +28,7 @@ A = ["--strategy", "fl", "--set", "training.rounds=2", "--set", "training.max_st
 B = ["--strategy", "sl", "--set", "training.rounds=2", "--set", "training.max_steps_per_round=3"]
 
 
+@pytest.mark.slow
 def test_kill_9_between_two_different_runs_leaves_no_stale_summary(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "digits-star", *A, "--out", str(out), "--quiet"]) == 0

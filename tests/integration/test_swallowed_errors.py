@@ -34,6 +34,7 @@ def test_a_report_that_cannot_be_drawn_is_one_warning_line(command, tmp_path, ca
     assert "matplotlib" in err[0] and f"flexpl report {out}" in err[0]
 
 
+@pytest.mark.slow
 def test_plan_lists_the_candidates_it_skips_and_why(tmp_path, capsys):
     """Three data nodes cannot share an 8x8 image in equal patches: no fpl-features plan here."""
     out = tmp_path / "plan"

@@ -51,6 +51,7 @@ def test_fl_device_peak_is_weights_grads_momentum_and_saved_activations():
     assert peaks["server"] == state_bytes(model)  # the aggregator's averaged copy
 
 
+@pytest.mark.slow
 def test_adam_keeps_two_states_per_parameter():
     sgd = node_peaks(digits_star([BN_MODEL, IMAGES, "training.optimizer.momentum=0.9"]))["dev0"]
     adam = node_peaks(digits_star([BN_MODEL, IMAGES, "training.optimizer.name=adam"]))["dev0"]
@@ -58,6 +59,7 @@ def test_adam_keeps_two_states_per_parameter():
     assert adam - sgd == sum(p.numel() * 4 for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_a_run_that_does_not_fit_stops_before_training_naming_the_node(tmp_path, capsys):
     data = digits_star([BN_MODEL, IMAGES, "training.rounds=1", "nodes.2.memory_bytes=1e6"]).model_dump(mode="json")
     path = tmp_path / "s.yaml"

@@ -117,6 +117,7 @@ def test_cli_run_to_target_matches_rounds_csv_and_stop_leaves_complete_folder(tm
     assert read_rows(stop / "rounds.csv") == rows[:r]
 
 
+@pytest.mark.slow
 def test_compare_and_sweep_csv_have_target_columns(tmp_path):
     out = tmp_path / "cmp"
     assert main(["compare", "digits-star", "--strategies", "fl,fpl", "--set", "training.rounds=2",
@@ -170,6 +171,7 @@ def test_console_table_one_row_per_run_and_target():
     assert lines[1].split("│")[3].strip() == "-"
 
 
+@pytest.mark.slow
 def test_compare_over_seeds_aggregates_cost_to_target_and_counts_the_seeds_that_reached_it(tmp_path):
     """Per seed: the costs at the round of the target; over seeds: mean, and ``_n`` = seeds that reached it."""
     import csv as _csv

@@ -66,6 +66,7 @@ def test_dirichlet_respects_min_size() -> None:
     assert min(len(p) for p in parts) >= 10 and covers_once(parts, len(LABELS))
 
 
+@pytest.mark.slow
 def test_dirichlet_min_samples_tops_up_when_no_draw_fits() -> None:
     """1,000 nodes at alpha 0.1 (mlp-1000): redraws cannot give every node a sample; the top-up does, seeded."""
     labels = np.random.default_rng(3).permutation(np.repeat(np.arange(10), 600))

@@ -161,6 +161,7 @@ def test_planner_predicts_fpl_group_exactly_behind_two_edges():
     _check_against_simulator(digits_star(["training.rounds=2", "plan.cut=1"], strategy="fpl-group", **TWO_EDGES))
 
 
+@pytest.mark.slow
 def test_fpl_group_killed_and_resumed_is_bit_identical(tmp_path):
     """The group heads' averages are part of the checkpoint: a resumed fpl-group run ends as one never stopped."""
     import json

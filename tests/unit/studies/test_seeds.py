@@ -63,6 +63,7 @@ def test_parse_seeds_and_seed_groups():
                                                                          "a=b": [(3, 3)]}
 
 
+@pytest.mark.slow
 def test_compare_with_two_seeds_writes_mean_and_std(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", "digits-star", "--strategies", "fl,fpl-sync", "--seeds", "0,1",

@@ -72,6 +72,7 @@ def test_no_grid_and_repeated_key_are_user_errors():
         sweep.parse_grid(["strategy=fl", "strategy=fpl"])
 
 
+@pytest.mark.slow
 def test_sweep_resumes_after_a_crash(tmp_path, monkeypatch):
     out = tmp_path / "sw"
     argv = ["sweep", "digits-star", *SETS, *GRID, "--out", str(out), "--quiet"]
@@ -134,6 +135,7 @@ def test_changed_scenario_reruns_the_cell(tmp_path, monkeypatch):
     assert json.loads((out / "strategy=fl" / "summary.json").read_text())["rounds"] == 2
 
 
+@pytest.mark.slow
 def test_jobs_run_cells_in_worker_processes(tmp_path):
     out = tmp_path / "sw"
     rc = cli.main(["sweep", "digits-star", "--set", "training.rounds=1", "--grid", "strategy=fl,fpl",

@@ -28,6 +28,7 @@ def _tune(out, extra: list[str] | None = None) -> tuple[dict, list[dict]]:
         return tuned, list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_tune_chooses_per_strategy_on_validation_only(tmp_path, monkeypatch) -> None:
     tuned, rows = _tune(tmp_path / "a")
     assert set(tuned) == {"fl", "sl"}

@@ -1,4 +1,5 @@
-"""Shared helpers: small scenarios built from the built-in digits-star."""
+"""Shared helpers (small scenarios built from the built-in digits-star), autouse fixtures, and the marker
+``integration`` for every test under tests/integration/."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import copy
 from collections.abc import Iterator
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -75,3 +77,14 @@ def _no_network(monkeypatch):
     from flexpl.data import cifar
 
     monkeypatch.setattr(cifar, "BASE_URL", "file:///nonexistent-flexpl-test")
+
+
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests under tests/integration/ (whole runs) carry the marker ``integration``, so that
+    ``pytest -m "not integration"`` runs the unit set. Markers select; they skip nothing."""
+    for item in items:
+        if INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.integration)

@@ -74,9 +74,10 @@ def on_page_markdown(markdown, page, config, files, **_):
 
 
 def _esc(text: Any) -> str:
-    """A table cell: one line, pipes escaped, ``<`` and ``>`` escaped outside code spans."""
+    """A table cell: one line, pipes escaped; ``<``, ``>``, ``*`` and braces escaped outside code spans."""
     parts = re.split(r"(`[^`]*`)", " ".join(str(text).split()))
-    out = [p if p.startswith("`") else p.replace("<", "&lt;").replace(">", "&gt;") for p in parts]
+    out = [p if p.startswith("`") else p.replace("<", "&lt;").replace(">", "&gt;").replace("*", "\\*")
+           .replace("{", "\\{").replace("}", "\\}") for p in parts]
     return "".join(out).replace("|", "\\|")
 
 
@@ -127,15 +128,25 @@ def _arguments_table(parser: argparse.ArgumentParser) -> str:
             default_s = ""
         else:
             default_s = _code(default)
-        choices = ", ".join(_code(c) for c in a.choices) if a.choices and not isinstance(a.choices, dict) else ""
-        rows.append(f"| {_code(name)} | {_esc(helptext)} | {choices} | {default_s} |")
+        rows.append(f"| {_code(name)} | {_esc(helptext)} | {default_s} |")
     if not rows:
         return ""
-    return "| argument | meaning | choices | default |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    return "| argument | meaning | default |\n|---|---|---|\n" + "\n".join(rows) + "\n"
 
 
 def cli_page() -> str:
-    os.environ.setdefault("COLUMNS", "100")  # argparse wraps usage lines to the terminal
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "78"  # argparse wraps usage lines to the terminal: the same width on every machine
+    try:
+        return _cli_page()
+    finally:
+        if old is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = old
+
+
+def _cli_page() -> str:
     from flexpl.cli import build_parser
 
     parser = build_parser()
@@ -371,9 +382,11 @@ def _profiles_file() -> Path:
     return found[0]
 
 
-def _yaml_comments(text: str) -> tuple[str, dict[tuple[str, str, str], str], dict[tuple[str, str], str]]:
-    """The file's header comment, {(section, name, field): comment} and {(section, name): comment}."""
-    header, values, titles = [], {}, {}
+def _yaml_comments(text: str) -> tuple[str, dict[tuple[str, str, str], str], dict[tuple[str, str], str],
+                                        dict[str, str]]:
+    """The file's header comment, {(section, name, field): comment}, {(section, name): comment} and
+    {section: the comment lines between the section's key and its first entry}."""
+    header, values, titles, notes = [], {}, {}, {}
     section = name = None
     started = False
     for line in text.splitlines():
@@ -385,7 +398,10 @@ def _yaml_comments(text: str) -> tuple[str, dict[tuple[str, str, str], str], dic
                 started = True
         m = re.match(r"^(\w+):\s*$", line)
         if m:
-            section = m.group(1)
+            section, name = m.group(1), None
+            continue
+        if section and name is None and line.strip().startswith("#"):
+            notes[section] = (notes.get(section, "") + " " + line.strip().lstrip("#").strip()).strip()
             continue
         m = re.match(r"^  ([\w.-]+):(.*?)(#(.*))?$", line)
         if m and section:
@@ -396,7 +412,7 @@ def _yaml_comments(text: str) -> tuple[str, dict[tuple[str, str, str], str], dic
         m = re.match(r"^    ([\w.-]+):\s*([^#]*?)\s*(#\s*(.*))?$", line)
         if m and section and name:
             values[(section, name, m.group(1))] = (m.group(4) or "").strip()
-    return "\n".join(header), values, titles
+    return "\n".join(header), values, titles, notes
 
 
 def _num(v: Any, unit: str = "") -> str:
@@ -415,7 +431,7 @@ def profiles_page() -> str:
     path = _profiles_file()
     text = path.read_text()
     data = yaml.safe_load(text)
-    header, comments, titles = _yaml_comments(text)
+    header, comments, titles, notes = _yaml_comments(text)
     rel = path.relative_to(ROOT)
     lines = ["# Device and link profiles\n",
              f"The built-in profiles, read from `{rel}` (the one data file for all of them). A node "
@@ -424,6 +440,7 @@ def profiles_page() -> str:
              "file written by `flexpl calibrate`. How the values enter the bill: "
              "[The bill](../concepts/bill.md).\n",
              "## Devices\n",
+             *([_esc(notes["devices"]) + "\n"] if notes.get("devices") else []),
              "| profile | what it is | FLOP/s | active W | idle W | J/FLOP | memory bytes |",
              "|---|---|---|---|---|---|---|"]
     devices = data.get("devices", {})
@@ -439,6 +456,7 @@ def profiles_page() -> str:
     lines += ["", "## Links\n",
               "Up is from the link's first listed endpoint to its second (by convention the device or "
               "lower tier first); latency is one way.\n",
+              *([_esc(notes["links"]) + "\n"] if notes.get("links") else []),
               "| profile | up bit/s | down bit/s | latency s | tx J/bit | rx J/bit | duplex |",
               "|---|---|---|---|---|---|---|"]
     links = data.get("links", {})

@@ -486,10 +486,24 @@ def profiles_page() -> str:
 # --------------------------------------------------------------------------- Python API
 
 
+def _defined_in(module: str, name: str) -> str:
+    """Where ``module.name`` is defined (its ``__module__``), so a re-export or a moved module still renders."""
+    import importlib
+
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return module
+    home = getattr(obj, "__module__", None)
+    if isinstance(home, str) and home.startswith("flexpl") and getattr(obj, "__qualname__", name) == name:
+        return home
+    return module
+
+
 def api_page() -> str:
     import flexpl
 
-    exports: dict[str, str] = dict(getattr(flexpl, "_EXPORTS", {}))
+    exports: dict[str, str] = {n: _defined_in(m, n) for n, m in getattr(flexpl, "_EXPORTS", {}).items()}
     by_module: dict[str, list[str]] = defaultdict(list)
     for name, module in exports.items():
         by_module[module].append(name)

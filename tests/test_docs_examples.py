@@ -17,9 +17,10 @@ Every page of docs/ (and the README) is read in order, block by block:
 The README is checked, not run: its tour repeats docs/getting-started.md (which runs), so its
 flexpl commands are parsed and its Python compiled (tests/test_api.py runs its API example).
 
-Pages are written for speed: digits-star, a round or two. The flexpl commands of one run share
-a warm fork server that has imported the package once; ``FLEXPL_DOCS_SUBPROCESS=1`` runs each
-as a fresh ``python -m flexpl.cli`` process instead (slower, the same results).
+Pages are written for speed: digits-star, a round or two. The flexpl commands are forked from
+one warm server (tests/docs_forkserver.py: the package imported and warmed up once, one torch
+thread, as ``OMP_NUM_THREADS=1 flexpl ...``); ``FLEXPL_DOCS_SUBPROCESS=1`` runs each as a fresh
+``python -m flexpl.cli`` process instead (slower, the same results).
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import contextlib
 import csv
 import importlib.util
 import json
-import multiprocessing
 import os
 import re
+import select
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -123,86 +125,81 @@ def flexpl_argv(command: str) -> list[str] | None:
 # ---------------------------------------------------------------- running flexpl
 
 
-def _preload() -> list[str]:
-    """Every module of the package (the fork server imports them once, before any command)."""
-    src = Path(importlib.util.find_spec("flexpl").origin).parent
-    names = []
-    for p in sorted(src.rglob("*.py")):
-        parts = list(p.relative_to(src.parent).with_suffix("").parts)
-        if parts[-1] == "__main__":
-            continue
-        if parts[-1] == "__init__":
-            parts.pop()
-        names.append(".".join(parts))
-    return ["matplotlib.pyplot", "sklearn.datasets", *names, "tests.docs_warmup"]
+class ForkServer:
+    """tests/docs_forkserver.py, started once: it imports and warms up while the first pages' Python runs."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+                   OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "docs_forkserver.py")], cwd=ROOT,
+                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+
+    def _answer(self, timeout: float | None) -> dict | None:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            return None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError("the docs fork server died")
+        return json.loads(line)
+
+    def run(self, argv: list[str], cwd: Path) -> tuple[int, str]:
+        log = cwd / ".flexpl-command.log"
+        self.proc.stdin.write(json.dumps({"argv": argv, "cwd": str(cwd), "log": str(log)}) + "\n")
+        self.proc.stdin.flush()
+        pid = self._answer(None)["pid"]  # the server answers once it is warm
+        done = self._answer(COMMAND_TIMEOUT)
+        if done is None:
+            os.kill(pid, signal.SIGKILL)  # our own command, by its id
+            self._answer(None)
+            return -9, f"timed out after {COMMAND_TIMEOUT} s\n" + (log.read_text() if log.exists() else "")
+        return done["rc"], log.read_text() if log.exists() else ""
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the server and of the commands it forked and reaped (Linux)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return 0.0
+        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
-def _child(argv: list[str], cwd: str, log: str) -> None:
-    """One ``flexpl`` command in a process forked from the warm server: cwd, output to ``log``."""
-    import torch
-
-    torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 flexpl ...: the 2-core test machines are shared
-    os.chdir(cwd)
-    sys.path.insert(0, cwd)  # a scenario may name user code in this folder by import path
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    sys.argv = ["flexpl", *argv]
-    from flexpl.cli import main
-
-    try:
-        rc = main(argv)
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    sys.exit(rc)
+SERVER: ForkServer | None = None
 
 
-_CTX = None
-
-
-def _server() -> multiprocessing.context.BaseContext:
-    """The fork server's context; the first call starts the server, which imports and warms up alone."""
-    global _CTX
-    if _CTX is None:
-        os.environ.setdefault("MPLBACKEND", "Agg")
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(_preload())
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()  # returns at once: the server warms up while the first pages' Python runs
-        _CTX = ctx
-    return _CTX
+def run_flexpl(argv: list[str], cwd: Path) -> tuple[int, str]:
+    """Run ``flexpl ARGV`` in ``cwd``; (exit code, its stdout and stderr)."""
+    if os.environ.get("FLEXPL_DOCS_SUBPROCESS") == "1":
+        has_main = importlib.util.find_spec("flexpl.cli.__main__") is not None
+        head = ["-m", "flexpl.cli"] if has_main else ["-c", "import sys; from flexpl.cli import main; sys.exit(main())"]
+        pp = os.pathsep.join([str(cwd), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+        env = dict(os.environ, PYTHONPATH=pp, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+        p = subprocess.run([sys.executable, *head, *argv], cwd=cwd, env=env, capture_output=True, text=True,
+                           timeout=COMMAND_TIMEOUT)
+        return p.returncode, p.stdout + p.stderr
+    assert SERVER is not None
+    return SERVER.run(argv, cwd)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def fork_server():
     """Start the fork server before the first page, so its warm-up overlaps the pages' Python blocks."""
+    global SERVER
     if os.environ.get("FLEXPL_DOCS_SUBPROCESS") != "1":
-        _server()
+        SERVER = ForkServer()
     yield
-
-
-def run_flexpl(argv: list[str], cwd: Path) -> tuple[int, str]:
-    """Run ``flexpl ARGV`` in ``cwd``; (exit code, its stdout and stderr)."""
-    env_pp = os.pathsep.join([str(cwd), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
-    if os.environ.get("FLEXPL_DOCS_SUBPROCESS") == "1":
-        has_main = importlib.util.find_spec("flexpl.cli.__main__") is not None
-        head = ["-m", "flexpl.cli"] if has_main else ["-c", "import sys; from flexpl.cli import main; sys.exit(main())"]
-        env = dict(os.environ, PYTHONPATH=env_pp, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-        p = subprocess.run([sys.executable, *head, *argv], cwd=cwd, env=env, capture_output=True, text=True,
-                           timeout=COMMAND_TIMEOUT)
-        return p.returncode, p.stdout + p.stderr
-    ctx = _server()
-    log = cwd / ".flexpl-command.log"
-    proc = ctx.Process(target=_child, args=(argv, str(cwd), str(log)))
-    proc.start()
-    proc.join(COMMAND_TIMEOUT)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-        return -9, f"timed out after {COMMAND_TIMEOUT} s\n" + log.read_text()
-    return proc.exitcode, log.read_text() if log.exists() else ""
+    if SERVER is not None:
+        SERVER.close()
+        SERVER = None
 
 
 def check_parses(argv: list[str], where: str) -> None:
@@ -331,18 +328,9 @@ def test_results_page_describes_every_column(tmp_path: Path):
 
 
 def _cpu_seconds() -> float:
-    """CPU seconds of this process and of the fork server with the commands it forked and reaped."""
+    """CPU seconds of this process, and of the fork server with the commands it forked and reaped."""
     t = os.times()
-    total = t.user + t.system
-    try:
-        from multiprocessing import forkserver
-
-        pid = forkserver._forkserver._forkserver_pid
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
-    except (OSError, AttributeError, TypeError, ValueError):
-        pass
-    return total
+    return t.user + t.system + (SERVER.cpu_seconds() if SERVER is not None else t.children_user + t.children_system)
 
 
 def test_zz_summary(capsys):

@@ -642,7 +642,8 @@ def columns_section() -> str:
         ("plans.csv columns a `--constraint` may name alone (true/false)", ["flexpl.planner:BOOL_COLUMNS"]),
         ("The rounds `Result.table()` shows by default (Python API)", ["flexpl.api:DEFAULT_COLUMNS"]),
     ]
-    out = ["<!-- generated at build time from the code (tools/mkdocs_hooks.py) -->\n"]
+    out = ["## Column lists from the code\n",
+           "Read from the package when this site was built (tools/mkdocs_hooks.py):\n"]
     for title, candidates in spec:
         where, value = _lookup(candidates)
         if value is None:

@@ -14,7 +14,7 @@ OUT    ?= results/make-run
 # a few minutes on 2 cores: 3 rounds over a 12k-sample slice of Fashion-MNIST
 RUN_SETS ?= --set training.rounds=3 --set data.max_train=12000
 
-.PHONY: setup data run test test-kernels test-ray lint bench clean
+.PHONY: setup data run test test-kernels test-ray lint docs bench clean
 
 setup: $(STAMP)
 
@@ -51,7 +51,13 @@ test-ray: setup data
 	FLEXPL_REQUIRE_RAY=1 $(PY) -m pytest -m ray
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
+
+# the documentation site (MkDocs Material + mkdocstrings) into site/; the reference pages are generated
+# from the code at build time (tools/mkdocs_hooks.py); the docs extra is installed when it is missing
+docs: setup
+	@$(PY) -c "import mkdocs, material, mkdocstrings_handlers.python" 2>/dev/null || $(PY) -m pip install -q -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 bench: setup data
 	$(PY) benchmarks/overhead.py
@@ -59,4 +65,4 @@ bench: setup data
 	$(PY) benchmarks/planner.py
 
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) results site .pytest_cache

@@ -1,0 +1,7 @@
+"""``python -m flexpl.cli``: the ``flexpl`` command (what torchrun starts as ``-m flexpl.cli worker``)."""
+
+import sys
+
+from flexpl.cli import main
+
+sys.exit(main())

@@ -118,17 +118,8 @@ def target_sets(args: argparse.Namespace) -> list[str]:
 
 def rich_table(summaries: Sequence[Mapping[str, Any]], title: str = "cost to reach each target") -> Any:
     """A rich table, one row per run and target: the round and cumulative costs there ("-": never reached)."""
-    from rich.table import Table
+    from flexpl.io.console import fmt, table
 
-    from flexpl.io.console import fmt as _fmt
-
-    t = Table(title=title, title_justify="left")
-    t.add_column("run")  # a strategy, or a sweep cell
-    t.add_column("target", justify="right")
-    for f in FIELDS:
-        t.add_column(f, justify="right")
-    for s in summaries:
-        for k, hit in (s.get("to_target") or {}).items():
-            t.add_row(str(s.get("strategy")), k, *(_fmt(hit[f]) if hit and hit.get(f) is not None else "-"
-                                                   for f in FIELDS))
-    return t
+    return table(title, ("run", "target", *FIELDS),  # run: a strategy, or a sweep cell
+                 ([str(s.get("strategy")), k, *(fmt(hit[f]) if hit and hit.get(f) is not None else "-" for f in FIELDS)]
+                  for s in summaries for k, hit in (s.get("to_target") or {}).items()))

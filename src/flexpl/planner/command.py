@@ -19,9 +19,7 @@ from flexpl.planner.predict import Planner
 
 
 def _table(rows: list[dict[str, Any]], objective: str, top: int, title: str) -> Any:
-    from rich.table import Table
-
-    from flexpl.io.console import fmt as _fmt
+    from flexpl.io.console import fmt, table
 
     col = OBJECTIVES[objective]
     cols = list(dict.fromkeys((col, "bytes_per_round", "sim_time_s_per_round", "energy_j_per_round",
@@ -29,14 +27,9 @@ def _table(rows: list[dict[str, Any]], objective: str, top: int, title: str) -> 
                                "peak_memory_device_max")))
     if any(r.get("accuracy") is not None for r in rows):
         cols.append("accuracy")
-    t = Table(title=title, title_justify="left")
-    t.add_column("plan")
-    for c in cols:
-        t.add_column(c.replace("_per_round", "/round"), justify="right")
-    for r in rows[:top]:
-        mark = "* " if r.get("recommended") else ""
-        t.add_row(mark + r["plan"], *(_fmt(r.get(c)) if r.get(c) is not None else "-" for c in cols))
-    return t
+    return table(title, ["plan", *(c.replace("_per_round", "/round") for c in cols)],
+                 ([("* " if r.get("recommended") else "") + r["plan"],
+                   *(fmt(r.get(c)) if r.get(c) is not None else "-" for c in cols)] for r in rows[:top]))
 
 
 def plot_pareto(rows: list[dict[str, Any]], objective: str, path: Path) -> None:

@@ -505,25 +505,19 @@ def _run_ray(scenario: str | None, sets: Sequence[str], seed: int | None, out: P
 
 
 def _print_table(console: Any, out: Path, cells: Sequence[Cell]) -> None:
-    from rich.table import Table
-
-    from flexpl.io.console import fmt as _fmt
+    from flexpl.io.console import fmt, table
 
     cols = ["final_accuracy", "bytes_total", "energy_j_total", "sim_time_s"]
-    t = Table(title=f"sweep: {len(cells)} cells", title_justify="left")
-    t.add_column("cell")
-    for c in cols:
-        t.add_column(c, justify="right")
-    with_targets = []
+    rows, with_targets = [], []
     for c in cells:
         try:
             s = json.loads((out / c.name / "summary.json").read_text())
         except (OSError, ValueError):
             continue
-        t.add_row(c.name, *(_fmt(s.get(k)) for k in cols))
+        rows.append([c.name, *(fmt(s.get(k)) for k in cols)])
         if s.get("to_target"):
             with_targets.append({**s, "strategy": c.name})
-    console.print(t)
+    console.print(table(f"sweep: {len(cells)} cells", ["cell", *cols], rows))
     if with_targets:
         from flexpl.costs.targets import rich_table
 

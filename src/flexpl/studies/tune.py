@@ -153,18 +153,12 @@ def run_tune(scenario: str | None, sets: list[str], strategies: list[str], grid:
 
 
 def _print_table(console: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
-    from rich.table import Table
+    from flexpl.io.console import fmt, table
 
-    from flexpl.io.console import fmt as _fmt
-
-    t = Table(title="tune: validation accuracy after the last round, mean over seeds (* = chosen)",
-              title_justify="left")
-    for c in ["strategy", *keys, "val_accuracy_mean", "val_accuracy_std", "diverged"]:
-        t.add_column(c, justify="left" if c == "strategy" else "right")
-    for r in rows:
-        t.add_row(("* " if r["chosen"] else "  ") + r["strategy"], *(str(r[k]) for k in keys),
-                  _fmt(r["val_accuracy_mean"]), _fmt(r["val_accuracy_std"]), str(r["diverged"]))
-    console.print(t)
+    console.print(table("tune: validation accuracy after the last round, mean over seeds (* = chosen)",
+                        ["strategy", *keys, "val_accuracy_mean", "val_accuracy_std", "diverged"],
+                        ([("* " if r["chosen"] else "  ") + r["strategy"], *(str(r[k]) for k in keys),
+                          fmt(r["val_accuracy_mean"]), fmt(r["val_accuracy_std"]), str(r["diverged"])] for r in rows)))
 
 
 def main(args: argparse.Namespace) -> int:

@@ -44,19 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="run cells in N worker processes")
 
 
-def parse_seeds(raw: str | None, default: int) -> list[int]:
-    """``"0,1,2"`` -> ``[0, 1, 2]``; None -> ``[default]``; anything else is a one-line UserError."""
-    if raw is None:
-        return [default]
-    try:
-        seeds = [int(v) for v in raw.split(",")]
-    except ValueError:
-        raise UserError(f"--seeds: '{raw}' is not a comma-separated list of integers (e.g. --seeds 0,1,2)") from None
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds: '{raw}': give distinct non-negative integers, e.g. --seeds 0,1,2")
-    return seeds
-
-
 def tuned_sets(path: str | Path) -> list[str]:
     """``--set`` items that add a ``tuned.yaml``'s values as ``strategy_overrides`` (what ``compare --tuned`` does)."""
     try:
@@ -165,7 +152,9 @@ def main(args: argparse.Namespace) -> int:
     """flexpl tune: run the grid per strategy and seed, choose on validation accuracy, write tuned.yaml."""
     if args.seed is not None and args.seeds is not None:
         raise UserError("--seed: give either --seed N or --seeds S1,S2,... (tune averages over --seeds)")
-    seeds = parse_seeds(args.seeds, 0) if args.seeds is not None else ([args.seed] if args.seed is not None else None)
+    from flexpl.studies.seeds import parse_seeds
+
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else ([args.seed] if args.seed is not None else None)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     run_tune(args.scenario, list(args.set), strategies, list(args.grid), seeds,
              Path(args.out) if args.out else None, jobs=args.jobs, quiet=args.quiet)

@@ -174,7 +174,7 @@ def _compare_seeds(a: argparse.Namespace, strategies: list[str], seeds: list[int
     from flexpl.report.html import maybe_report
     from flexpl.studies.compare import Job, run_jobs
     from flexpl.studies.seeds import SEED_DIR, aggregate_seeds, device_energy, seeds_table
-    from flexpl.studies.sweep import _finished
+    from flexpl.studies.sweep import is_finished
 
     per_seed: list[dict[str, Any]] = []
     aggs: list[dict[str, Any]] = []
@@ -184,7 +184,7 @@ def _compare_seeds(a: argparse.Namespace, strategies: list[str], seeds: list[int
     for i, s in enumerate(strategies):
         for j, k in enumerate(seeds):
             folder = out / s / SEED_DIR.format(k)
-            if _finished(folder, load_scenario(a.scenario, a.set, s, k).digest()):  # resumable, as sweep
+            if is_finished(folder, load_scenario(a.scenario, a.set, s, k).digest()):  # resumable, as sweep
                 summaries[(s, k)] = json.loads((folder / "summary.json").read_text())
             else:
                 todo.append(Job(s, k, folder, f"[{i * len(seeds) + j + 1}/{n}] {s} seed {k}", i == 0 and j == 0))

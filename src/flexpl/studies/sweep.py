@@ -2,10 +2,10 @@
 
     flexpl sweep digits-star --grid strategy=fl,fpl --grid data.partition.alpha=0.1,1.0
 
-Each ``--grid KEY=V1,V2,...`` adds one axis. ``strategy`` picks the preset; any other KEY
-is a ``--set`` dotted key whose values are parsed as YAML. Every cell runs into its own
-folder, named from its grid values (``strategy=fl__data.partition.alpha=0.1``), through the
-same :func:`flexpl.studies.run_one.run_one` as ``flexpl run``.
+Each ``--grid KEY=V1,V2,...`` adds one axis (:mod:`flexpl.studies.grid` parses them into
+cells). Every cell runs into its own folder, named from its grid values
+(``strategy=fl__data.partition.alpha=0.1``), through the same
+:func:`flexpl.studies.run_one.run_one` as ``flexpl run``.
 
 Resuming: a cell counts as done when its ``summary.json`` exists (``run_one`` writes it
 last) *and* records the digest of the scenario this command would run, so rerunning the
@@ -18,33 +18,16 @@ runs each cell as a Ray task instead, on a local Ray or a cluster (see :mod:`fle
 from __future__ import annotations
 
 import argparse
-import hashlib
-import itertools
 import json
 import os
-import re
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flexpl.costs.targets import add_target_arguments, target_columns, target_sets
 from flexpl.errors import UserError
-
-# Characters kept verbatim in a cell's folder name; anything else becomes "_" (plus a hash).
-_SAFE = re.compile(r"[^A-Za-z0-9._=+-]")
-_MAX_NAME = 180  # leaves room under the usual 255-byte file-name limit
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One point of the grid: its folder name, its (key, raw value) pairs and what to run."""
-
-    name: str
-    values: tuple[tuple[str, str], ...]
-    strategy: str | None
-    sets: tuple[str, ...]
+from flexpl.studies.grid import Cell, make_cells, parse_grid, seed_cells
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,73 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from flexpl.studies import ray_tasks as ray_exec
 
     ray_exec.add_argument(parser, "each cell")
-
-
-def split_values(raw: str) -> list[str]:
-    """Split ``V1,V2,...`` on commas that are not inside ``[...]`` or ``{...}`` (YAML lists stay whole)."""
-    out, depth, cur = [], 0, []
-    for ch in raw:
-        if ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-        if ch == "," and depth == 0:
-            out.append("".join(cur).strip())
-            cur = []
-        else:
-            cur.append(ch)
-    out.append("".join(cur).strip())
-    return out
-
-
-def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
-    """Parse ``--grid KEY=V1,V2`` items into ``[(key, [raw values])]``; a bad item is a ``UserError``."""
-    if not specs:
-        raise UserError("--grid: no grid given; add at least one axis, e.g. --grid strategy=fl,fpl")
-    axes: list[tuple[str, list[str]]] = []
-    for spec in specs:
-        if "=" not in spec:
-            raise UserError(f"--grid: '{spec}' is not KEY=V1,V2,... (e.g. --grid strategy=fl,fpl)")
-        key, raw = spec.split("=", 1)
-        key = key.strip()
-        if not key or any(not part for part in key.split(".")):
-            raise UserError(f"--grid: bad key '{key}' in '{spec}'; use 'strategy' or a dotted "
-                            "scenario field such as data.partition.alpha")
-        values = split_values(raw)
-        if any(v == "" for v in values):
-            raise UserError(f"--grid {key}: empty value in '{raw}'; give comma-separated values, "
-                            f"e.g. --grid {key}=1,2")
-        if len(set(values)) != len(values):
-            raise UserError(f"--grid {key}: repeated value in '{raw}'; list each value once")
-        if any(k == key for k, _ in axes):
-            raise UserError(f"--grid: key '{key}' given twice; put all its values in one --grid")
-        axes.append((key, values))
-    return axes
-
-
-def cell_name(values: Sequence[tuple[str, str]]) -> str:
-    """A stable, readable folder name such as ``strategy=fl__data.partition.alpha=0.1``.
-
-    Characters that are unsafe in a file name become ``_``; then a short hash of the exact
-    values is appended so that two cells never share a folder.
-    """
-    exact = "__".join(f"{k}={v}" for k, v in values)
-    name = _SAFE.sub("_", exact)
-    if name != exact or len(name) > _MAX_NAME:
-        digest = hashlib.sha1(exact.encode()).hexdigest()[:8]
-        name = f"{name[:_MAX_NAME]}__{digest}"
-    return name
-
-
-def make_cells(axes: Sequence[tuple[str, list[str]]]) -> list[Cell]:
-    """The Cartesian product of the axes, in the order given (first axis varies slowest)."""
-    cells = []
-    for combo in itertools.product(*(vals for _, vals in axes)):
-        values = tuple((k, v) for (k, _), v in zip(axes, combo))
-        strategy = next((v for k, v in values if k == "strategy"), None)
-        sets = tuple(f"{k}={v}" for k, v in values if k != "strategy")
-        cells.append(Cell(cell_name(values), values, strategy, sets))
-    return cells
 
 
 def _check_cells(scenario: str | None, sets: Sequence[str], seed: int | None,
@@ -153,7 +69,7 @@ def _check_cells(scenario: str | None, sets: Sequence[str], seed: int | None,
     return out
 
 
-def _finished(folder: Path, digest: str) -> bool:
+def is_finished(folder: Path, digest: str) -> bool:
     """Whether ``folder`` holds a finished run of exactly this scenario (and of its config.yaml)."""
     from flexpl.io.results import stale_reason
 
@@ -232,14 +148,6 @@ def _write_cell_rows(path: Path, rows: list[dict[str, Any]], cells: Sequence[Cel
         for r in rows:
             columns.extend(k for k in r if k not in columns)
     write_csv(path, rows, columns)
-
-
-def seed_cells(cells: Sequence[Cell], seeds: Sequence[int]) -> list[Cell]:
-    """Every cell once per seed: folder ``<cell>/seed<k>``, the seed given as a ``seed=<k>`` override."""
-    from flexpl.studies.seeds import SEED_DIR
-
-    return [Cell(f"{c.name}/{SEED_DIR.format(k)}", c.values, c.strategy, (*c.sets, f"seed={k}"))
-            for c in cells for k in seeds]
 
 
 def write_sweep_seeds_csv(out: Path, cells: Sequence[Cell], seeds: Sequence[int],
@@ -384,7 +292,7 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
             write_sweep_seeds_csv(out, base_cells, seeds, digests)
         else:
             write_sweep_csv(out, cells, digests)
-    todo = [c for c in cells if not _finished(out / c.name, checked[c.name][0])]
+    todo = [c for c in cells if not is_finished(out / c.name, checked[c.name][0])]
     console = make_console(quiet)
     if len(todo) < len(cells):
         console.print(f"sweep: {len(cells) - len(todo)} of {len(cells)} cells already finished in {out}/; "

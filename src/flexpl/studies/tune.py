@@ -99,7 +99,8 @@ def run_tune(scenario: str | None, sets: list[str], strategies: list[str], grid:
     from flexpl.io.console import make_console as _console
     from flexpl.io.results import write_csv, write_yaml
     from flexpl.plan.layout import PRESETS
-    from flexpl.studies.sweep import make_cells, parse_grid, run_sweep
+    from flexpl.studies.grid import make_cells, parse_grid
+    from flexpl.studies.sweep import run_sweep
 
     if not strategies:
         raise UserError("--strategies: give at least one strategy, e.g. --strategies fl,sl")

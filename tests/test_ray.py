@@ -166,7 +166,7 @@ def test_a_task_runs_with_its_cpus_and_returns_user_errors_as_values(monkeypatch
     """What runs inside a Ray worker, called here: torch threads and the run-worker cap follow the request."""
     import torch
 
-    from flexpl.sim.exec.executor import WORKERS_ENV
+    from flexpl.sim.exec.policy import WORKERS_ENV
 
     monkeypatch.setenv(WORKERS_ENV, "7")
     threads = torch.get_num_threads()

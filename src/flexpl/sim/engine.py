@@ -114,7 +114,7 @@ class VecChunk:
     in_grads: list[torch.Tensor] | None = None  # after backward: each input's gradient, if it is sent back
     done: bool = False     # backward and optimizer step already run
     stepped: bool = False  # the optimizer step already ran (stacked, or in a worker)
-    remote: Any = None     # the worker pool that runs it (flexpl.sim.exec.executor.StepPool), or None
+    remote: Any = None     # the worker pool that runs it (flexpl.sim.exec.processes.StepPool), or None
 
 
 class Engine(TensorStep, WorkingModels, Evaluation):
@@ -353,7 +353,7 @@ class Engine(TensorStep, WorkingModels, Evaluation):
         """Inside the block, the replicas serving ``nodes`` are meta copies without optimizers.
 
         ``train_step`` then walks those nodes' steps on shapes only: it records the same
-        trace and changes no weights (the worker processes of ``flexpl.sim.exec.executor`` do
+        trace and changes no weights (the worker processes of ``flexpl.sim.exec.processes`` do
         the arithmetic). Each replica must serve only nodes in ``nodes`` or none of them.
         """
         swapped: list[tuple[ReplicaState, BlockModel, torch.optim.Optimizer | None, bool]] = []

@@ -156,7 +156,7 @@ def _in_worker(fn: Callable[..., Any], cpus: int, *args: Any) -> tuple[str, Any]
     """
     import torch
 
-    from flexpl.sim.exec.executor import WORKERS_ENV
+    from flexpl.sim.exec.policy import WORKERS_ENV
 
     torch.set_num_threads(cpus)  # a worker process serves many tasks: set both every time
     os.environ[WORKERS_ENV] = str(cpus)

@@ -84,7 +84,7 @@ def _init_worker() -> None:
     import torch
 
     # N workers on N cores: one intra-op thread each avoids oversubscribing the CPU, and no
-    # run forks worker processes of its own (see flexpl.sim.exec.executor.WORKERS_ENV).
+    # run forks worker processes of its own (see flexpl.sim.exec.policy.WORKERS_ENV).
     torch.set_num_threads(1)
     os.environ["FLEXPL_WORKERS"] = "1"
 

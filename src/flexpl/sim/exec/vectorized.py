@@ -161,8 +161,8 @@ def prefer(scn: Scenario, choice: Any, layout: Layout, stages: list[nn.Module],
            is_local: Callable[[str], bool] | None, fit: bool | None = None) -> Any:
     """``engine.executor: auto``: the vectorized mode for plans whose clients train stacked here (:func:`fits`,
     at most :data:`MAX_AUTO_PARAMS` parameters per client, at least :data:`MIN_AUTO_CLIENTS` clients a round),
-    else ``choice`` (``executor.choose``'s). ``fit``: :func:`fits`, if already known."""
-    from flexpl.sim.exec.executor import Choice
+    else ``choice`` (``policy.choose``'s). ``fit``: :func:`fits`, if already known."""
+    from flexpl.sim.exec.policy import Choice
 
     if scn.engine.executor != "auto" or not (fits(scn, layout, stages, is_local) if fit is None else fit):
         return choice
@@ -180,7 +180,7 @@ def thread_count(scn: Scenario) -> int:
     :data:`MAX_DEFAULT_THREADS`), at most ``FLEXPL_WORKERS`` (set by ``flexpl sweep --jobs``)."""
     import os
 
-    from flexpl.sim.exec.executor import WORKERS_ENV
+    from flexpl.sim.exec.policy import WORKERS_ENV
 
     cores = os.cpu_count() or 1
     default = min(cores, MAX_DEFAULT_THREADS)
@@ -243,7 +243,8 @@ class VecWork:
         Chunks enter the FedAvg sums in order, whichever thread finishes first. Returns the round's loss
         sum and samples (summed in the walk's step order, as the sequential engine sums them) and the
         samples each node saw. ``Engine.expect_round`` must have been called for the round."""
-        from flexpl.sim.exec.executor import _sum_losses, threads
+        from flexpl.sim.exec.policy import threads
+        from flexpl.sim.exec.processes import _sum_losses
 
         work = {n: sum(len(b) for b in bs) for n, bs in plan_batches.items()}
         order = eng.claim_order(work)

@@ -59,11 +59,9 @@ from flexpl.dist.worker import (  # noqa: F401 (re-exported: their old home)
     STARTUP_TIMEOUT_S,
     _env_int,
     _gather_summary,
-    _Parser,
     _set_up_and_meet,
     _work,
-    add_arguments,
-    main,
+    launched_rank,
     run_worker,
-    worker_main,
+    start_rank,
 )

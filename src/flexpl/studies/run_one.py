@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flexpl.io.console import fmt, make_console, progress, table
+from flexpl.io.console import make_console, progress, table
 
 
 def data_table(st: Any) -> Any:
@@ -23,13 +23,6 @@ def data_table(st: Any) -> Any:
         rows.append((f"... {len(st.parts_summary) - shown} more", "", "", ""))
     return table(f"data: {st.data.name}, partition {st.scn.data.partition.kind}",
                  ("node", "samples", "label entropy (bits)", "labels"), rows, left=4)
-
-
-def summary_table(summaries: list[dict[str, Any]], title: str) -> Any:
-    """The rich table of run summaries: one row per run, the columns of ``results.SUMMARY_COLUMNS``."""
-    from flexpl.io.results import SUMMARY_COLUMNS
-
-    return table(title, SUMMARY_COLUMNS, ([fmt(s.get(c)) for c in SUMMARY_COLUMNS] for s in summaries))
 
 
 def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, seed: int | None,

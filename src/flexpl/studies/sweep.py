@@ -17,7 +17,6 @@ runs each cell as a Ray task instead, on a local Ray or a cluster (see :mod:`fle
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import threading
@@ -25,25 +24,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from flexpl.costs.targets import add_target_arguments, target_columns, target_sets
+from flexpl.costs.targets import target_columns
 from flexpl.errors import UserError
 from flexpl.studies.grid import Cell, make_cells, parse_grid, seed_cells
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Sweep options (the CLI has already added scenario, --set, --seed, --out, --quiet)."""
-    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                        help="one axis of the grid (repeatable); KEY 'strategy' picks the preset, any "
-                             "other KEY is a --set dotted key, e.g. --grid data.partition.alpha=0.1,1.0")
-    parser.add_argument("--jobs", type=int, default=None, metavar="N",
-                        help="run cells in N worker processes (default 1); with --ray, the local Ray's CPUs")
-    parser.add_argument("--seeds", default=None, metavar="K1,K2,...",
-                        help="run every cell once per seed (into <cell>/seed<k>); sweep.csv then holds "
-                             "mean ± std per cell (<column>_mean, <column>_std), sweep_seeds.csv every run")
-    add_target_arguments(parser)
-    from flexpl.studies import ray_tasks as ray_exec
-
-    ray_exec.add_argument(parser, "each cell")
 
 
 def _check_cells(scenario: str | None, sets: Sequence[str], seed: int | None,
@@ -329,21 +312,7 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
                 done(c, summary)
         else:
             _run_parallel(scenario, sets, seed, out, todo, jobs, checked, watch, done, failed)
-    if not quiet:
-        if seeds is not None:
-            _print_seeds_table(console, out, base_cells, seeds)
-        else:
-            _print_table(console, out, cells)
     return out
-
-
-def _print_seeds_table(console: Any, out: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> None:
-    from flexpl.studies.seeds import seeds_table
-
-    aggs = write_sweep_seeds_csv(out, cells, seeds)
-    console.print(seeds_table(aggs, f"sweep: {len(cells)} cells x seeds {','.join(map(str, seeds))} "
-                                     "(mean ± sample std)", key="cell"))
-    console.print(f"sweep table in {out}/sweep.csv (per seed: sweep_seeds.csv)")
 
 
 def _run_parallel(scenario: str | None, sets: Sequence[str], seed: int | None, out: Path,
@@ -410,41 +379,3 @@ def _run_ray(scenario: str | None, sets: Sequence[str], seed: int | None, out: P
             ray_exec.run_tasks(ray, tasks, finished)
         except ray_exec.TaskError as exc:
             raise failed(by_name[exc.key], exc) from None
-
-
-def _print_table(console: Any, out: Path, cells: Sequence[Cell]) -> None:
-    from flexpl.io.console import fmt, table
-
-    cols = ["final_accuracy", "bytes_total", "energy_j_total", "sim_time_s"]
-    rows, with_targets = [], []
-    for c in cells:
-        try:
-            s = json.loads((out / c.name / "summary.json").read_text())
-        except (OSError, ValueError):
-            continue
-        rows.append([c.name, *(fmt(s.get(k)) for k in cols)])
-        if s.get("to_target"):
-            with_targets.append({**s, "strategy": c.name})
-    console.print(table(f"sweep: {len(cells)} cells", ["cell", *cols], rows))
-    if with_targets:
-        from flexpl.costs.targets import rich_table
-
-        console.print(rich_table(with_targets))
-    console.print(f"sweep table in {out}/sweep.csv")
-
-
-def main(args: argparse.Namespace) -> int:
-    """flexpl sweep: run the grid, write sweep.csv, then build report.html in the sweep folder."""
-    from flexpl.studies.seeds import parse_seeds
-
-    args.set = [*args.set, *target_sets(args)]
-
-    ray = getattr(args, "ray", None)
-    jobs = 1 if args.jobs is None or ray is not None else args.jobs  # with --ray, --jobs sizes the local Ray
-    out = run_sweep(args.scenario, args.set, args.grid, args.seed, Path(args.out) if args.out else None,
-                    jobs=jobs, quiet=args.quiet, seeds=parse_seeds(getattr(args, "seeds", None)),
-                    ray=ray, ray_cpus=args.jobs if ray is not None else None)
-    from flexpl.report.html import maybe_report
-
-    maybe_report(out, args.quiet)  # one warning line if the report cannot be drawn here
-    return 0

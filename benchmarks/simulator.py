@@ -37,7 +37,7 @@ import torch
 
 from flexpl.config.scenario import load_scenario
 from flexpl.data import Dataset, load_dataset
-from flexpl.sim.exec.executor import threads as threads_ctx
+from flexpl.sim.exec.policy import threads as threads_ctx
 from flexpl.sim.simulator import run, setup
 
 CASES = ["fl-cnn-10", "fpl-cnn-10", "fl-cnn-100", "fpl-cnn-100",

@@ -25,6 +25,7 @@ from flexpl import planner as P
 from flexpl.errors import UserError
 from flexpl.studies import ray_tasks as ray_exec
 from flexpl.studies import sweep
+from flexpl.studies.validate_plans import validate
 from tests.conftest import digits_star
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
@@ -139,7 +140,7 @@ def test_plan_validate_through_ray_matches_the_local_path(local_ray):
     results = []
     for ray in (None, ""):
         planner, cands, rows, _ = P.plan_scenario(scn, [], "energy")
-        P.validate(scn, planner, {c.label: c for c in cands}, rows, 3, Quiet(), ray=ray, ray_cpus=2)
+        validate(scn, planner, {c.label: c for c in cands}, rows, 3, Quiet(), ray=ray, ray_cpus=2)
         results.append([(r["plan"], r["accuracy"], r["validated_rounds"]) for r in rows])
     local, remote = results
     assert sum(acc is not None for _, acc, _ in local) == 3
@@ -169,7 +170,7 @@ def test_a_task_runs_with_its_cpus_and_returns_user_errors_as_values(monkeypatch
     """What runs inside a Ray worker, called here: torch threads and the run-worker cap follow the request."""
     import torch
 
-    from flexpl.sim.exec.executor import WORKERS_ENV
+    from flexpl.sim.exec.policy import WORKERS_ENV
 
     monkeypatch.setenv(WORKERS_ENV, "7")
     threads = torch.get_num_threads()

@@ -20,8 +20,9 @@ import yaml
 from flexpl.cli import main
 from flexpl.config.scenario import load_scenario
 from flexpl.io.results import IN_PROGRESS, config_digest, stale_reason, write_yaml
+from flexpl.studies.grid import make_cells, parse_grid
 from flexpl.studies.sweep import is_finished as _finished
-from flexpl.studies.sweep import make_cells, parse_grid, write_sweep_csv
+from flexpl.studies.sweep import write_sweep_csv
 
 FLEXPL = str(Path(sys.executable).parent / "flexpl")
 ENV = dict(os.environ, OMP_NUM_THREADS="1")

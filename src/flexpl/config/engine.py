@@ -48,7 +48,7 @@ class EngineCfg(_Strict):
 
     backend: Literal["sim", "dist"] = "sim"
     timeout_s: PositiveFloat = 60.0  # distributed backend: how long a rank waits for a peer
-    # simulator: how replicas run (see flexpl.sim.exec.executor); auto picks per plan and model
+    # simulator: how replicas run (see flexpl.sim.exec.policy); auto picks per plan and model
     executor: Literal["auto", "sequential", "processes", "vectorized"] = "auto"
     workers: PositiveInt | None = None  # processes: worker count (default: CPU cores, at most one per data node)
     vector_chunk: PositiveInt = 32  # vectorized: replicas trained together in one vmapped call (or working-model clients per stacked arena)

@@ -7,6 +7,7 @@ validates it into a :class:`flexpl.config.scenario.Scenario`.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from flexpl.errors import UserError
+from flexpl.errors import UserError, one_line
 
 
 def builtin_scenarios() -> dict[str, str]:
@@ -88,27 +89,18 @@ def apply_set(data: dict[str, Any], item: str) -> None:
         raise UserError(f"--set {'.'.join(path)}: {'.'.join(path[:-1])} is not a mapping")
 
 
-def _one_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ""
-    for part in err["loc"]:
-        if isinstance(part, int):
-            loc += f"[{part}]"
-        elif not str(part).startswith("function-after"):
-            loc += ("." if loc else "") + str(part)
-    msg = err["msg"]
+def _explain(err: Mapping[str, Any]) -> str:
+    """What is wrong with one field of a scenario (a pydantic error dict), in the scenario's words."""
     if err["type"] == "extra_forbidden":
-        msg = "unknown field; check the spelling (see flexpl scenarios --show NAME for a full example)"
-    elif err["type"] == "missing":
-        msg = "required field is missing"
-    elif err["type"] == "value_error":
-        return str(err.get("ctx", {}).get("error", msg))
-    elif err["type"] == "literal_error":
-        msg = f"{msg} (got {err.get('input')!r})"
-    else:
-        msg = f"{msg} (got {err.get('input')!r})"
-    extra = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
-    return f"{loc or 'scenario'}: {msg}{extra}"
+        return "unknown field; check the spelling (see flexpl scenarios --show NAME for a full example)"
+    if err["type"] == "missing":
+        return "required field is missing"
+    return f"{err['msg']} (got {err.get('input')!r})"
+
+
+def _one_line(exc: ValidationError) -> str:
+    """A scenario's validation error as one line: its first problem (see :func:`flexpl.errors.one_line`)."""
+    return one_line(exc, _explain)
 
 
 def flatten_overrides(over: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -18,12 +18,9 @@ its mean over seeds is the share of seeds that reached the target).
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-from flexpl.errors import UserError
 
 # The costs reported at a target, as named in rounds.csv (all cumulative since round 1).
 COSTS = ("bytes", "energy_j", "device_energy_j", "sim_time_s", "flops")
@@ -89,47 +86,3 @@ def target_columns(to_target: Mapping[str, Mapping[str, Any] | None] | None) -> 
         cols[f"round_to_{key}"] = hit.get("round") if hit else None
         cols[f"reached_{key}"] = 1 if hit else 0
     return cols
-
-
-def add_target_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--target-accuracy A`` (repeatable) and ``--stop-at-target`` for run, compare and sweep."""
-    parser.add_argument("--target-accuracy", action="append", type=float, default=None, metavar="A",
-                        help="report the round and cumulative costs at which test accuracy first reaches A "
-                             "(repeatable; replaces the scenario's evaluation.targets)")
-    parser.add_argument("--stop-at-target", action="store_true",
-                        help="stop each run after the round in which it reaches its highest target")
-
-
-def target_sets(args: argparse.Namespace) -> list[str]:
-    """The ``--set`` items that ``--target-accuracy`` / ``--stop-at-target`` stand for (checked here)."""
-    sets: list[str] = []
-    targets = getattr(args, "target_accuracy", None)
-    if targets:
-        for a in targets:
-            if not (math.isfinite(a) and 0.0 < a <= 1.0):
-                raise UserError(f"--target-accuracy: a target accuracy is in (0, 1], got {a:g}; "
-                                "e.g. --target-accuracy 0.7")
-        if len(set(targets)) != len(targets):
-            raise UserError("--target-accuracy: the same target is given twice; give each accuracy once")
-        sets.append("evaluation.targets=[" + ",".join(repr(float(a)) for a in targets) + "]")
-    if getattr(args, "stop_at_target", False):
-        sets.append("evaluation.stop_at_target=true")
-    return sets
-
-
-def rich_table(summaries: Sequence[Mapping[str, Any]], title: str = "cost to reach each target") -> Any:
-    """A rich table, one row per run and target: the round and cumulative costs there ("-": never reached)."""
-    from rich.table import Table
-
-    from flexpl.io.console import fmt as _fmt
-
-    t = Table(title=title, title_justify="left")
-    t.add_column("run")  # a strategy, or a sweep cell
-    t.add_column("target", justify="right")
-    for f in FIELDS:
-        t.add_column(f, justify="right")
-    for s in summaries:
-        for k, hit in (s.get("to_target") or {}).items():
-            t.add_row(str(s.get("strategy")), k, *(_fmt(hit[f]) if hit and hit.get(f) is not None else "-"
-                                                   for f in FIELDS))
-    return t

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flexpl.dist.ranks import WorkerFailure, _where, node_ranks
-from flexpl.dist.worker import worker_main
+from flexpl.dist.worker import launched_rank
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions: the CLI imports this module for its parser
     from flexpl.config.scenario import Scenario
@@ -78,8 +78,9 @@ def blame(codes: list[int | None], statuses: list[dict[str, Any]], node_of: dict
     return f"node '{node_of[r]}' (rank {r}) stopped responding {_where(statuses[r])} (timeout {timeout_s:g}s)"
 
 
-def _worker_process(argv: list[str], env: dict[str, str], log: str) -> None:
-    """Body of one launched worker (forked from the fork server): ``flexpl worker ARGV``, output to ``log``."""
+def _worker_process(spec: dict[str, Any], env: dict[str, str], log: str) -> None:
+    """Body of one launched worker (forked from the fork server): ``flexpl worker`` with ``spec``'s
+    arguments (:func:`flexpl.dist.worker.start_rank`), output to ``log``."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -90,7 +91,7 @@ def _worker_process(argv: list[str], env: dict[str, str], log: str) -> None:
         from flexpl.dist.emulate.comm import enter_netns
 
         enter_netns(env["FLEXPL_NETNS"])
-    code = worker_main(argv)  # exits through os._exit on every path that gets that far
+    code = launched_rank(spec)  # exits through os._exit on every path that gets that far
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -131,14 +132,14 @@ def launch(scn: Scenario, out: Path, timeout_s: float | None = None,
                 "LOCAL_WORLD_SIZE": str(world), "OMP_NUM_THREADS": "1"})
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the workers talk over loopback only
     env.update(extra_env or {})
-    argv = [str(scn_file), "--out", str(out), "--timeout", repr(timeout), "--status-dir", str(work)]
+    spec = {"scenario": str(scn_file), "out": str(out), "timeout": timeout, "status_dir": str(work)}
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)
     procs = []
     try:
         for r in range(world):
             p = ctx.Process(target=_worker_process, name=f"flexpl-worker-{r}",
-                            args=(argv, dict(env, RANK=str(r), LOCAL_RANK=str(r), **(rank_env(r) if rank_env else {})),
+                            args=(spec, dict(env, RANK=str(r), LOCAL_RANK=str(r), **(rank_env(r) if rank_env else {})),
                                   str(work / f"rank{r}.log")))
             p.start()
             procs.append(p)

@@ -1,4 +1,4 @@
-"""One worker of a distributed run (``flexpl worker``): set up, meet the peers, run the rounds, gather to rank 0.
+"""One worker of a distributed run (``flexpl worker``, :mod:`flexpl.cli.worker`): set up, meet the peers, run the rounds, gather to rank 0.
 
 Rank 0 writes the run's results (rounds.csv after every round, summary.json at the end).
 Part of :mod:`flexpl.dist`, whose docstring describes the whole backend.
@@ -6,7 +6,6 @@ Part of :mod:`flexpl.dist`, whose docstring describes the whole backend.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ from flexpl.dist.ranks import WorkerFailure, _log, _Status, _where, node_ranks
 from flexpl.errors import UserError
 from flexpl.io import injected_faults as faults
 
-if TYPE_CHECKING:  # heavy imports stay inside the functions: the CLI imports this module for its parser
+if TYPE_CHECKING:  # heavy imports stay inside the functions
     from flexpl.config.scenario import Scenario
     from flexpl.dist.transport import Comm
 
@@ -215,19 +214,6 @@ def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], 
     return summary
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``flexpl worker`` (rank and world size come from torchrun's environment)."""
-    p.add_argument("scenario", nargs="?", default=None, help="built-in scenario name or YAML file (default: edge-fmnist)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one field, e.g. --set training.rounds=3 (repeatable)")
-    p.add_argument("--strategy", default=None, help="preset: centralized, fl, sl, sfl, mp, fpl, fpl-features")
-    p.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
-    p.add_argument("--out", default=None, help="output folder (written by rank 0)")
-    p.add_argument("--timeout", type=float, default=None,
-                   help="seconds to wait for a peer before giving up (default: engine.timeout_s)")
-    p.add_argument("--status-dir", default=None, help=argparse.SUPPRESS)  # set by the launcher
-
-
 def _env_int(name: str) -> int:
     raw = os.environ.get(name)
     if raw is None or not raw.isdigit():
@@ -236,44 +222,27 @@ def _env_int(name: str) -> int:
     return int(raw)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, exit 2, as the CLI's parser
-        raise UserError(f"{self.prog}: {message} (see --help)")
+def start_rank(scenario: str | None, sets: Sequence[str] = (), strategy: str | None = None, seed: int | None = None,
+               out: str | None = None, timeout: float | None = None, status_dir: str | None = None) -> NoReturn:
+    """One rank of a distributed run (``flexpl worker``); its rank and the world size come from the
+    environment (``RANK``, ``WORLD_SIZE``: torchrun's, or the launcher's).
 
-
-def worker_main(argv: Sequence[str]) -> int:
-    """``flexpl worker ARGV`` without the CLI: what the launcher runs in each worker process.
-
-    Parses ``argv`` as the ``worker`` command does and calls :func:`main`; a user error
-    (bad argument, bad scenario) prints one line and returns 2. Other paths end in
-    ``os._exit`` inside :func:`main`.
-    """
-    p = _Parser(prog="flexpl worker", description="one rank of a distributed run")
-    add_arguments(p)
-    try:
-        return main(p.parse_args(list(argv)))
-    except UserError as exc:
-        print(f"flexpl: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def main(args: argparse.Namespace) -> int:
-    """flexpl worker: one rank of a distributed run; exit 0, 2 (user error) or 3 (a peer failed).
-
-    Every way out ends in ``os._exit``: tearing down torch and a gloo process group takes
-    seconds (and can wait on a dead peer), and everything worth keeping is written by then.
+    A user error before the run starts (environment, scenario, ``timeout``) is raised. After
+    that every way out ends in ``os._exit``: 0, 2 (user error) or 3 (a peer failed); tearing
+    down torch and a gloo process group takes seconds (and can wait on a dead peer), and
+    everything worth keeping is written by then.
     """
     from flexpl.config.scenario import load_scenario
 
     rank, world = _env_int("RANK"), _env_int("WORLD_SIZE")
-    scn = load_scenario(args.scenario, args.set, args.strategy, args.seed)
-    timeout = args.timeout if args.timeout is not None else scn.engine.timeout_s
+    scn = load_scenario(scenario, list(sets), strategy, seed)
+    timeout = timeout if timeout is not None else scn.engine.timeout_s
     if timeout <= 0:
         raise UserError(f"--timeout: must be a positive number of seconds, got {timeout:g}")
-    out = Path(args.out or f"results/{scn.name}-{scn.strategy}")
+    folder = Path(out or f"results/{scn.name}-{scn.strategy}")
     code = 0
     try:
-        run_worker(scn, rank, world, out, timeout, args.status_dir)
+        run_worker(scn, rank, world, folder, timeout, status_dir)
     except UserError as exc:  # WorkerFailure included
         print(f"flexpl: error: {exc}", file=sys.stderr)
         code = EXIT_PEER_FAILURE if isinstance(exc, WorkerFailure) else 2
@@ -283,3 +252,13 @@ def main(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def launched_rank(spec: dict[str, Any]) -> int:
+    """What the launcher runs in each worker process: :func:`start_rank` with ``spec``'s arguments;
+    a user error before the run starts is one line on stderr and exit code 2."""
+    try:
+        start_rank(**spec)
+    except UserError as exc:
+        print(f"flexpl: error: {exc}", file=sys.stderr)
+        return 2

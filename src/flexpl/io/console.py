@@ -1,4 +1,4 @@
-"""The console every command prints to (stderr, rich), the number format of its tables, and
+"""The console every command prints to (stderr, rich), its tables and their number format, and
 the one progress bar of ``run``, ``compare``, ``sweep``, ``plan`` and the dist launcher.
 
 Below the CLI (engine, planner, sweep) code prints through this module, so nothing under
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,6 +34,21 @@ def fmt(v: Any) -> str:
     if isinstance(v, int) and abs(v) >= 10**6:
         return f"{v:.3e}"
     return str(v)
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], left: int = 1,
+          caption: str | None = None) -> Any:
+    """A rich table as every command prints one: title (and caption) at the left, the first ``left``
+    columns left-aligned (names), the others right-aligned (numbers); ``rows`` hold the cells as text
+    (numbers through :func:`fmt`)."""
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for i, c in enumerate(columns):
+        t.add_column(c, justify="left" if i < left else "right")
+    for r in rows:
+        t.add_row(*r)
+    return t
 
 
 @contextmanager

@@ -60,24 +60,17 @@ from flexpl.planner.choose import (
     choose,
     parse_constraint,
 )
-from flexpl.planner.command import (
-    add_arguments,
-    cost_candidates,
-    main,
-    plan_scenario,
-    plot_pareto,
-    validate,
-    write_best,
-)
+from flexpl.planner.figures import plot_pareto
 from flexpl.planner.placement import PlanContext, RoundCost, WalkedRound
 from flexpl.planner.predict import Planner, Prediction
+from flexpl.planner.recommend import cost_candidates, plan_scenario, rank, write_best, write_plans
 from flexpl.planner.shapes import StageCosts, StageProbe, batch_sizes, saved_activation_bytes
 from flexpl.planner.walk import ShapeWalk
 
 __all__ = [
     "BOOL_COLUMNS", "CSV_COLUMNS", "ID_COLUMNS", "MEMORY_FITS", "NUMERIC_COLUMNS", "OBJECTIVES", "SYNC_EVERY",
     "Candidate", "Constraint", "PlanContext", "Planner", "Prediction", "RoundCost", "ShapeWalk",
-    "StageCosts", "StageProbe", "WalkedRound", "add_arguments", "batch_sizes", "candidate_data", "choose",
-    "cost_candidates", "enumerate_candidates", "main", "parse_constraint",
-    "plan_scenario", "plot_pareto", "saved_activation_bytes", "validate", "write_best",
+    "StageCosts", "StageProbe", "WalkedRound", "batch_sizes", "candidate_data", "choose",
+    "cost_candidates", "enumerate_candidates", "parse_constraint",
+    "plan_scenario", "plot_pareto", "rank", "saved_activation_bytes", "write_best", "write_plans",
 ]

@@ -15,14 +15,13 @@ URIs, so the page needs no network, no JavaScript and no external CSS:
 Runs are found as DIR itself when it holds summary.json, else every folder at most two
 levels below DIR that holds one (a compare folder's strategies, a sweep's cells).
 
-This module assembles the page and runs the command; its parts live beside it:
+This module assembles the page (``flexpl report`` is :mod:`flexpl.cli.report`); its parts live beside it:
 :mod:`flexpl.report.runs` reads the runs, :mod:`flexpl.report.plots` draws the figures,
 :mod:`flexpl.report.tables` writes the HTML tables.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import html
 from pathlib import Path
@@ -198,14 +197,3 @@ def maybe_report(out: Path, quiet: bool) -> None:
         from flexpl.io.console import make_console
 
         make_console().print(f"report: {path}")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``flexpl report DIR``."""
-    parser.add_argument("dir", metavar="DIR", help="a run, compare or sweep folder")
-
-
-def main(args: argparse.Namespace) -> int:
-    """flexpl report: build DIR/report.html and print its path."""
-    print(build_report(args.dir))
-    return 0

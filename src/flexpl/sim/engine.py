@@ -276,7 +276,7 @@ class Engine(TensorStep, WorkingModels, Evaluation):
         """Inside the block, the replicas serving ``nodes`` are meta copies without optimizers.
 
         ``train_step`` then walks those nodes' steps on shapes only: it records the same
-        trace and changes no weights (the worker processes of ``flexpl.sim.exec.executor`` do
+        trace and changes no weights (the worker processes of ``flexpl.sim.exec.processes`` do
         the arithmetic). Each replica must serve only nodes in ``nodes`` or none of them.
         """
         swapped: list[tuple[ReplicaState, BlockModel, torch.optim.Optimizer | None, bool]] = []

@@ -47,7 +47,7 @@ from flexpl.plan.spec import Plan
 from flexpl.sim import checkpoint, failures
 from flexpl.sim.engine import Engine
 from flexpl.sim.evaluate import extract_patch, patch_input
-from flexpl.sim.exec import executor
+from flexpl.sim.exec import policy, processes
 from flexpl.sim.exec import vectorized as vecwork
 from flexpl.sim.node_data import NodeData
 from flexpl.sim.plugins import configure
@@ -96,9 +96,9 @@ class Setup:
     model_params: int
     model_bytes: int
     recorder: Recorder
-    executor: executor.Choice = field(default_factory=lambda: executor.Choice("sequential", "default"))
-    pool: executor.ProcessPool | None = None
-    steps: executor.StepPool | None = None
+    executor: policy.Choice = field(default_factory=lambda: policy.Choice("sequential", "default"))
+    pool: processes.ProcessPool | None = None
+    steps: processes.StepPool | None = None
     val: tuple[torch.Tensor, torch.Tensor] | None = None  # held-out training samples (data.validation_fraction)
     vecwork: vecwork.VecWork | None = None  # vectorized working models (flexpl.sim.exec.vectorized)
 
@@ -187,11 +187,11 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
                   for st in plan.stages]
         # work per sample of the whole model (only needed to weigh worker processes)
         fwd = count_fwd_bwd(full, (1,) + tuple(data.input_shape), False)[0] if plan.junction == "batch" else 0
-        choice = executor.choose(scn, plan, stages, [len(r) for r in layout.replicas], fwd, len(data.train_y))
+        choice = policy.choose(scn, plan, stages, [len(r) for r in layout.replicas], fwd, len(data.train_y))
         fit = vecwork.fits(scn, layout, stages, None)  # (every node is here: no pass over the clients)
         choice = vecwork.prefer(scn, choice, layout, stages, None, fit)  # [Note: vectorized working models]
     else:  # the distributed backend and shape-only walks run replicas where they live
-        choice, fit = executor.Choice("sequential", "distributed backend or shape-only walk"), False
+        choice, fit = policy.Choice("sequential", "distributed backend or shape-only walk"), False
     # [Note: vectorized working models] working-model plans train K clients at a time on one stacked arena
     stacked_work = choice.mode == "vectorized" and fit
     engine = Engine(layout, full, scn.training.optimizer, transport_factory(recorder), recorder, grid, is_local,
@@ -271,8 +271,8 @@ def _play_round(st: Setup, totals: Totals, rnd: int, attempt: int, selected: lis
             loss_sum, n_sum, seen = st.pool.train_round(eng, plan_batches, train_round, fed_step, rnd)
         elif st.vecwork is not None:  # K clients at a time on one stacked working arena
             loss_sum, n_sum, seen = st.vecwork.train_round(eng, by_name, plan_batches, train_round, fed_step, rnd)
-        elif eng.vector_chunk:  # batched small ops: one thread is faster (see flexpl.sim.exec.executor)
-            with executor.threads(1):
+        elif eng.vector_chunk:  # batched small ops: one thread is faster (see flexpl.sim.exec.policy)
+            with policy.threads(1):
                 loss_sum, n_sum, seen = train_round(eng, by_name, plan_batches, fed_step, rnd)
         else:
             loss_sum, n_sum, seen = train_round(eng, by_name, plan_batches, fed_step, rnd)
@@ -369,10 +369,10 @@ def _run(scn: Scenario, st: Setup, t_wall: float, on_round: Callable[[dict[str, 
     fed_round = [s for s, x in enumerate(plan.stages) if x.sync.kind == "fedavg" and x.sync.unit == "round"]
     fed_step = [s for s, x in enumerate(plan.stages) if x.sync.kind == "fedavg" and x.sync.unit == "step"]
     if st.executor.mode == "processes" and first <= tr.rounds:
-        if executor.separable(plan):  # a share of the data nodes per worker, for a whole round
-            st.pool = executor.ProcessPool(eng, by_name, st.executor.workers)
+        if policy.separable(plan):  # a share of the data nodes per worker, for a whole round
+            st.pool = processes.ProcessPool(eng, by_name, st.executor.workers)
         else:  # the per-node replicas of each step, side by side
-            st.steps = eng.remote = executor.StepPool(eng, st.executor.workers)
+            st.steps = eng.remote = processes.StepPool(eng, st.executor.workers)
     # checkpoints are written in the background; the run waits for the last one (see checkpoint.Writer)
     writer = checkpoint.Writer() if checkpoint_dir is not None else None
     done = False

@@ -2,7 +2,7 @@
 stepped together.
 
 ``flexpl.sim.engine`` builds them; ``flexpl.sim.tensor_step``, ``flexpl.sim.exec.working`` and
-``flexpl.sim.exec.executor`` read and fill them.
+``flexpl.sim.exec`` (policy, processes) read and fill them.
 """
 
 from __future__ import annotations
@@ -58,4 +58,4 @@ class VecChunk:
     in_grads: list[torch.Tensor] | None = None  # after backward: each input's gradient, if it is sent back
     done: bool = False     # backward and optimizer step already run
     stepped: bool = False  # the optimizer step already ran (stacked, or in a worker)
-    remote: Any = None     # the worker pool that runs it (flexpl.sim.exec.executor.StepPool), or None
+    remote: Any = None     # the worker pool that runs it (flexpl.sim.exec.processes.StepPool), or None

@@ -3,7 +3,7 @@
 The walker (``flexpl.plan.step``) groups streams at junctions, moves values through the
 transport, records every forward and backward; these hooks do the arithmetic on tensors:
 one replica after another (sequential), or replicas of a stage run ahead side by side
-(``vector_chunk``: ``vmap``; ``remote``: worker processes, ``flexpl.sim.exec.executor.StepPool``),
+(``vector_chunk``: ``vmap``; ``remote``: worker processes, ``flexpl.sim.exec.processes.StepPool``),
 whose outputs the walker then records replica by replica as if run one by one.
 Replicas on the meta device (``ReplicaState.shape_only``) run on shapes only.
 

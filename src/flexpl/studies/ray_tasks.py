@@ -15,7 +15,6 @@ Ray is an optional extra: ``pip install 'flexpl[ray]'``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import re
@@ -47,14 +46,6 @@ class TaskError(UserError):
     def __init__(self, key: Hashable, message: str) -> None:
         super().__init__(message)
         self.key = key
-
-
-def add_argument(parser: argparse.ArgumentParser, what: str) -> None:
-    """Add ``--ray [ADDRESS]`` to ``parser``; ``what`` says what runs as Ray tasks (for --help)."""
-    parser.add_argument("--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",
-                        help=f"run {what} as a Ray task (pip install 'flexpl[ray]'): alone, on a local Ray "
-                             "with --jobs CPUs (default every core); with ADDRESS (auto, HOST:PORT, "
-                             "ray://HOST:PORT), on that cluster, which must see --out")
 
 
 def check_address(address: str | None) -> None:
@@ -156,7 +147,7 @@ def _in_worker(fn: Callable[..., Any], cpus: int, *args: Any) -> tuple[str, Any]
     """
     import torch
 
-    from flexpl.sim.exec.executor import WORKERS_ENV
+    from flexpl.sim.exec.policy import WORKERS_ENV
 
     torch.set_num_threads(cpus)  # a worker process serves many tasks: set both every time
     os.environ[WORKERS_ENV] = str(cpus)

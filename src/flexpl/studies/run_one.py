@@ -11,37 +11,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flexpl.io.console import fmt, make_console, progress
+from flexpl.io.console import make_console, progress, table
 
 
 def data_table(st: Any) -> Any:
     """The rich table of a set-up run's data: samples, label entropy and label histogram per data node."""
-    from rich.table import Table
-
-    t = Table(title=f"data: {st.data.name}, partition {st.scn.data.partition.kind}", title_justify="left")
-    for c in ("node", "samples", "label entropy (bits)", "labels"):
-        t.add_column(c)
     shown = 16  # a thousand devices would fill the screen: the first ones, then a count
-    for name, s in zip(st.topo.data_nodes[:shown], st.parts_summary[:shown]):  # (only the rows shown are made)
-        hist = s["histogram"]
-        t.add_row(name, str(s["samples"]), f"{s['entropy_bits']:.2f}", " ".join(str(h) for h in hist))
+    rows = [(name, str(s["samples"]), f"{s['entropy_bits']:.2f}", " ".join(str(h) for h in s["histogram"]))
+            for name, s in zip(st.topo.data_nodes[:shown], st.parts_summary[:shown])]  # only the rows shown
     if len(st.parts_summary) > shown:
-        t.add_row(f"... {len(st.parts_summary) - shown} more", "", "", "")
-    return t
-
-
-def summary_table(summaries: list[dict[str, Any]], title: str) -> Any:
-    """The rich table of run summaries: one row per run, the columns of ``results.SUMMARY_COLUMNS``."""
-    from rich.table import Table
-
-    from flexpl.io.results import SUMMARY_COLUMNS
-
-    t = Table(title=title, title_justify="left")
-    for c in SUMMARY_COLUMNS:
-        t.add_column(c, justify="right" if c != "strategy" else "left")
-    for s in summaries:
-        t.add_row(*(fmt(s.get(c)) for c in SUMMARY_COLUMNS))
-    return t
+        rows.append((f"... {len(st.parts_summary) - shown} more", "", "", ""))
+    return table(f"data: {st.data.name}, partition {st.scn.data.partition.kind}",
+                 ("node", "samples", "label entropy (bits)", "labels"), rows, left=4)
 
 
 def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, seed: int | None,

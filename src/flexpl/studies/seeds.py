@@ -151,37 +151,3 @@ def device_energy(summary: Mapping[str, Any], data_nodes: Sequence[str]) -> floa
     vals = [per_node[n].get("energy_j") for n in data_nodes if isinstance(per_node.get(n), Mapping)]
     vals = [v for v in vals if isinstance(v, int | float)]
     return float(sum(vals)) if vals else None
-
-
-def seeds_table(aggs: list[dict[str, Any]], title: str, key: str = "strategy") -> Any:
-    """The comparison table over seeds: mean ± std per column; "≈" where a gap is within the spread."""
-    from rich.table import Table
-
-    from flexpl.io.console import fmt
-    from flexpl.io.results import SUMMARY_COLUMNS
-
-    marks = within_spread(aggs)
-    t = Table(title=title, title_justify="left",
-              caption="≈: final accuracy within the larger std of the best strategy's (not separable "
-                      "by these seeds)" if any(marks) else None, caption_justify="left")
-    cols = [c for c in SUMMARY_COLUMNS if c != "strategy"]
-    if any("device_energy_j_total_mean" in a for a in aggs):
-        cols.insert(cols.index("energy_j_total") + 1, "device_energy_j_total")
-    t.add_column(key)
-    for c in cols:
-        t.add_column(c, justify="right")
-    for agg, mark in zip(aggs, marks):
-        cells = []
-        for c in cols:
-            m, sd = agg.get(f"{c}_mean"), agg.get(f"{c}_std")
-            if m is None:
-                cells.append("-")
-                continue
-            cell = f"{fmt(float(m))} ± {float(sd or 0.0):.2g}"
-            if f"{c}_n" in agg:
-                cell += f" (n={agg[f'{c}_n']})"
-            if c == "final_accuracy" and mark:
-                cell = "≈ " + cell
-            cells.append(cell)
-        t.add_row(str(agg.get(key)), *cells)
-    return t

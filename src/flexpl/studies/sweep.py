@@ -2,10 +2,10 @@
 
     flexpl sweep digits-star --grid strategy=fl,fpl --grid data.partition.alpha=0.1,1.0
 
-Each ``--grid KEY=V1,V2,...`` adds one axis. ``strategy`` picks the preset; any other KEY
-is a ``--set`` dotted key whose values are parsed as YAML. Every cell runs into its own
-folder, named from its grid values (``strategy=fl__data.partition.alpha=0.1``), through the
-same :func:`flexpl.studies.run_one.run_one` as ``flexpl run``.
+Each ``--grid KEY=V1,V2,...`` adds one axis (:mod:`flexpl.studies.grid` parses them into
+cells). Every cell runs into its own folder, named from its grid values
+(``strategy=fl__data.partition.alpha=0.1``), through the same
+:func:`flexpl.studies.run_one.run_one` as ``flexpl run``.
 
 Resuming: a cell counts as done when its ``summary.json`` exists (``run_one`` writes it
 last) *and* records the digest of the scenario this command would run, so rerunning the
@@ -17,117 +17,16 @@ runs each cell as a Ray task instead, on a local Ray or a cluster (see :mod:`fle
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import itertools
 import json
 import os
-import re
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flexpl.costs.targets import add_target_arguments, target_columns, target_sets
+from flexpl.costs.targets import target_columns
 from flexpl.errors import UserError
-
-# Characters kept verbatim in a cell's folder name; anything else becomes "_" (plus a hash).
-_SAFE = re.compile(r"[^A-Za-z0-9._=+-]")
-_MAX_NAME = 180  # leaves room under the usual 255-byte file-name limit
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One point of the grid: its folder name, its (key, raw value) pairs and what to run."""
-
-    name: str
-    values: tuple[tuple[str, str], ...]
-    strategy: str | None
-    sets: tuple[str, ...]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Sweep options (the CLI has already added scenario, --set, --seed, --out, --quiet)."""
-    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                        help="one axis of the grid (repeatable); KEY 'strategy' picks the preset, any "
-                             "other KEY is a --set dotted key, e.g. --grid data.partition.alpha=0.1,1.0")
-    parser.add_argument("--jobs", type=int, default=None, metavar="N",
-                        help="run cells in N worker processes (default 1); with --ray, the local Ray's CPUs")
-    parser.add_argument("--seeds", default=None, metavar="K1,K2,...",
-                        help="run every cell once per seed (into <cell>/seed<k>); sweep.csv then holds "
-                             "mean ± std per cell (<column>_mean, <column>_std), sweep_seeds.csv every run")
-    add_target_arguments(parser)
-    from flexpl.studies import ray_tasks as ray_exec
-
-    ray_exec.add_argument(parser, "each cell")
-
-
-def split_values(raw: str) -> list[str]:
-    """Split ``V1,V2,...`` on commas that are not inside ``[...]`` or ``{...}`` (YAML lists stay whole)."""
-    out, depth, cur = [], 0, []
-    for ch in raw:
-        if ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-        if ch == "," and depth == 0:
-            out.append("".join(cur).strip())
-            cur = []
-        else:
-            cur.append(ch)
-    out.append("".join(cur).strip())
-    return out
-
-
-def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
-    """Parse ``--grid KEY=V1,V2`` items into ``[(key, [raw values])]``; a bad item is a ``UserError``."""
-    if not specs:
-        raise UserError("--grid: no grid given; add at least one axis, e.g. --grid strategy=fl,fpl")
-    axes: list[tuple[str, list[str]]] = []
-    for spec in specs:
-        if "=" not in spec:
-            raise UserError(f"--grid: '{spec}' is not KEY=V1,V2,... (e.g. --grid strategy=fl,fpl)")
-        key, raw = spec.split("=", 1)
-        key = key.strip()
-        if not key or any(not part for part in key.split(".")):
-            raise UserError(f"--grid: bad key '{key}' in '{spec}'; use 'strategy' or a dotted "
-                            "scenario field such as data.partition.alpha")
-        values = split_values(raw)
-        if any(v == "" for v in values):
-            raise UserError(f"--grid {key}: empty value in '{raw}'; give comma-separated values, "
-                            f"e.g. --grid {key}=1,2")
-        if len(set(values)) != len(values):
-            raise UserError(f"--grid {key}: repeated value in '{raw}'; list each value once")
-        if any(k == key for k, _ in axes):
-            raise UserError(f"--grid: key '{key}' given twice; put all its values in one --grid")
-        axes.append((key, values))
-    return axes
-
-
-def cell_name(values: Sequence[tuple[str, str]]) -> str:
-    """A stable, readable folder name such as ``strategy=fl__data.partition.alpha=0.1``.
-
-    Characters that are unsafe in a file name become ``_``; then a short hash of the exact
-    values is appended so that two cells never share a folder.
-    """
-    exact = "__".join(f"{k}={v}" for k, v in values)
-    name = _SAFE.sub("_", exact)
-    if name != exact or len(name) > _MAX_NAME:
-        digest = hashlib.sha1(exact.encode()).hexdigest()[:8]
-        name = f"{name[:_MAX_NAME]}__{digest}"
-    return name
-
-
-def make_cells(axes: Sequence[tuple[str, list[str]]]) -> list[Cell]:
-    """The Cartesian product of the axes, in the order given (first axis varies slowest)."""
-    cells = []
-    for combo in itertools.product(*(vals for _, vals in axes)):
-        values = tuple((k, v) for (k, _), v in zip(axes, combo))
-        strategy = next((v for k, v in values if k == "strategy"), None)
-        sets = tuple(f"{k}={v}" for k, v in values if k != "strategy")
-        cells.append(Cell(cell_name(values), values, strategy, sets))
-    return cells
+from flexpl.studies.grid import Cell, make_cells, parse_grid, seed_cells
 
 
 def _check_cells(scenario: str | None, sets: Sequence[str], seed: int | None,
@@ -168,7 +67,7 @@ def _init_worker() -> None:
     import torch
 
     # N workers on N cores: one intra-op thread each avoids oversubscribing the CPU, and no
-    # run forks worker processes of its own (see flexpl.sim.exec.executor.WORKERS_ENV).
+    # run forks worker processes of its own (see flexpl.sim.exec.policy.WORKERS_ENV).
     torch.set_num_threads(1)
     os.environ["FLEXPL_WORKERS"] = "1"
 
@@ -232,14 +131,6 @@ def _write_cell_rows(path: Path, rows: list[dict[str, Any]], cells: Sequence[Cel
         for r in rows:
             columns.extend(k for k in r if k not in columns)
     write_csv(path, rows, columns)
-
-
-def seed_cells(cells: Sequence[Cell], seeds: Sequence[int]) -> list[Cell]:
-    """Every cell once per seed: folder ``<cell>/seed<k>``, the seed given as a ``seed=<k>`` override."""
-    from flexpl.studies.seeds import SEED_DIR
-
-    return [Cell(f"{c.name}/{SEED_DIR.format(k)}", c.values, c.strategy, (*c.sets, f"seed={k}"))
-            for c in cells for k in seeds]
 
 
 def write_sweep_seeds_csv(out: Path, cells: Sequence[Cell], seeds: Sequence[int],
@@ -421,21 +312,7 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
                 done(c, summary)
         else:
             _run_parallel(scenario, sets, seed, out, todo, jobs, checked, watch, done, failed)
-    if not quiet:
-        if seeds is not None:
-            _print_seeds_table(console, out, base_cells, seeds)
-        else:
-            _print_table(console, out, cells)
     return out
-
-
-def _print_seeds_table(console: Any, out: Path, cells: Sequence[Cell], seeds: Sequence[int]) -> None:
-    from flexpl.studies.seeds import seeds_table
-
-    aggs = write_sweep_seeds_csv(out, cells, seeds)
-    console.print(seeds_table(aggs, f"sweep: {len(cells)} cells x seeds {','.join(map(str, seeds))} "
-                                     "(mean ± sample std)", key="cell"))
-    console.print(f"sweep table in {out}/sweep.csv (per seed: sweep_seeds.csv)")
 
 
 def _run_parallel(scenario: str | None, sets: Sequence[str], seed: int | None, out: Path,
@@ -502,47 +379,3 @@ def _run_ray(scenario: str | None, sets: Sequence[str], seed: int | None, out: P
             ray_exec.run_tasks(ray, tasks, finished)
         except ray_exec.TaskError as exc:
             raise failed(by_name[exc.key], exc) from None
-
-
-def _print_table(console: Any, out: Path, cells: Sequence[Cell]) -> None:
-    from rich.table import Table
-
-    from flexpl.io.console import fmt as _fmt
-
-    cols = ["final_accuracy", "bytes_total", "energy_j_total", "sim_time_s"]
-    t = Table(title=f"sweep: {len(cells)} cells", title_justify="left")
-    t.add_column("cell")
-    for c in cols:
-        t.add_column(c, justify="right")
-    with_targets = []
-    for c in cells:
-        try:
-            s = json.loads((out / c.name / "summary.json").read_text())
-        except (OSError, ValueError):
-            continue
-        t.add_row(c.name, *(_fmt(s.get(k)) for k in cols))
-        if s.get("to_target"):
-            with_targets.append({**s, "strategy": c.name})
-    console.print(t)
-    if with_targets:
-        from flexpl.costs.targets import rich_table
-
-        console.print(rich_table(with_targets))
-    console.print(f"sweep table in {out}/sweep.csv")
-
-
-def main(args: argparse.Namespace) -> int:
-    """flexpl sweep: run the grid, write sweep.csv, then build report.html in the sweep folder."""
-    from flexpl.studies.seeds import parse_seeds
-
-    args.set = [*args.set, *target_sets(args)]
-
-    ray = getattr(args, "ray", None)
-    jobs = 1 if args.jobs is None or ray is not None else args.jobs  # with --ray, --jobs sizes the local Ray
-    out = run_sweep(args.scenario, args.set, args.grid, args.seed, Path(args.out) if args.out else None,
-                    jobs=jobs, quiet=args.quiet, seeds=parse_seeds(getattr(args, "seeds", None)),
-                    ray=ray, ray_cpus=args.jobs if ray is not None else None)
-    from flexpl.report.html import maybe_report
-
-    maybe_report(out, args.quiet)  # one warning line if the report cannot be drawn here
-    return 0

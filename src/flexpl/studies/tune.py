@@ -17,10 +17,10 @@ setting was chosen).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,32 +29,17 @@ import yaml
 from flexpl.errors import UserError
 
 DEFAULT_VALIDATION_FRACTION = 0.1
-DEFAULT_STRATEGIES = "centralized,fl,sl,sfl,mp,fpl"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Tune options (the CLI has already added scenario, --set, --seed, --out, --quiet)."""
-    parser.add_argument("--strategies", default=DEFAULT_STRATEGIES,
-                        help=f"comma-separated presets, each tuned separately (default: {DEFAULT_STRATEGIES})")
-    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                        help="values to try for one scenario field (repeatable; all combinations are tried), "
-                             "e.g. --grid training.optimizer.lr=0.005,0.02,0.05")
-    parser.add_argument("--seeds", default=None, metavar="S1,S2,...",
-                        help="seeds to average the validation accuracy over (default: the scenario's seed)")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="run cells in N worker processes")
+@dataclass
+class Tuning:
+    """What :func:`run_tune` found: the folder, the chosen values, ``tune.csv``'s rows and the grid behind them."""
 
-
-def parse_seeds(raw: str | None, default: int) -> list[int]:
-    """``"0,1,2"`` -> ``[0, 1, 2]``; None -> ``[default]``; anything else is a one-line UserError."""
-    if raw is None:
-        return [default]
-    try:
-        seeds = [int(v) for v in raw.split(",")]
-    except ValueError:
-        raise UserError(f"--seeds: '{raw}' is not a comma-separated list of integers (e.g. --seeds 0,1,2)") from None
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds: '{raw}': give distinct non-negative integers, e.g. --seeds 0,1,2")
-    return seeds
+    out: Path
+    tuned: dict[str, dict[str, Any]]  # {strategy: {key: value}}, as in tuned.yaml
+    rows: list[dict[str, Any]]  # tune.csv: one per strategy and setting
+    keys: list[str]  # the keys of the tuned fields (--grid), in order
+    cells: list[Any]  # every (strategy, setting, seed) cell of the sweep (flexpl.studies.grid.Cell)
 
 
 def tuned_sets(path: str | Path) -> list[str]:
@@ -106,13 +91,14 @@ def choose(cells: list[tuple[str, tuple[tuple[str, str], ...], int, dict[str, An
 
 
 def run_tune(scenario: str | None, sets: list[str], strategies: list[str], grid: list[str], seeds: list[int] | None,
-             out: Path | None, jobs: int = 1, quiet: bool = False) -> tuple[Path, dict[str, dict[str, Any]]]:
+             out: Path | None, jobs: int = 1, quiet: bool = False) -> Tuning:
     """Run the tuning grid (through :func:`flexpl.studies.sweep.run_sweep`), write tuned.yaml and tune.csv."""
     from flexpl.config.scenario import load_scenario
-    from flexpl.io.console import make_console as _console
+    from flexpl.io.console import make_console
     from flexpl.io.results import write_csv, write_yaml
     from flexpl.plan.layout import PRESETS
-    from flexpl.studies.sweep import make_cells, parse_grid, run_sweep
+    from flexpl.studies.grid import make_cells, parse_grid
+    from flexpl.studies.sweep import run_sweep
 
     if not strategies:
         raise UserError("--strategies: give at least one strategy, e.g. --strategies fl,sl")
@@ -125,17 +111,17 @@ def run_tune(scenario: str | None, sets: list[str], strategies: list[str], grid:
             raise UserError(f"--grid {key}: use --{'strategies' if key == 'strategy' else 'seeds'} for that")
     scn = load_scenario(scenario, sets)
     seeds = seeds or [scn.seed]
-    console = _console(quiet)
     sets = list(sets)
     if scn.data.validation_fraction == 0:
         sets.append(f"data.validation_fraction={DEFAULT_VALIDATION_FRACTION}")
-        console.print(f"tune: data.validation_fraction is 0 in this scenario; holding out "
-                      f"{DEFAULT_VALIDATION_FRACTION} of each data node's samples for validation")
+        make_console(quiet).print(f"tune: data.validation_fraction is 0 in this scenario; holding out "
+                                  f"{DEFAULT_VALIDATION_FRACTION} of each data node's samples for validation")
     sets.append("training.eval_test=false")  # choose on validation data only: never evaluate on the test set
     full_grid = [f"strategy={','.join(strategies)}", *grid, f"seed={','.join(map(str, seeds))}"]
     out = run_sweep(scenario, sets, full_grid, None, out or Path(f"results/{scn.name}-tune"), jobs=jobs, quiet=quiet)
     cells = []
-    for c in make_cells(parse_grid(full_grid)):
+    every = make_cells(parse_grid(full_grid))
+    for c in every:
         try:
             summary = json.loads((out / c.name / "summary.json").read_text())
         except (OSError, ValueError):
@@ -145,34 +131,4 @@ def run_tune(scenario: str | None, sets: list[str], strategies: list[str], grid:
     tuned, rows = choose(cells)
     write_yaml(out / "tuned.yaml", tuned)
     write_csv(out / "tune.csv", rows)
-    if not quiet:
-        _print_table(console, rows, [k for k, _ in axes])
-        console.print(f"chosen values in {out}/tuned.yaml (flexpl compare --tuned {out}/tuned.yaml); "
-                      f"table in {out}/tune.csv")
-    return out, tuned
-
-
-def _print_table(console: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
-    from rich.table import Table
-
-    from flexpl.io.console import fmt as _fmt
-
-    t = Table(title="tune: validation accuracy after the last round, mean over seeds (* = chosen)",
-              title_justify="left")
-    for c in ["strategy", *keys, "val_accuracy_mean", "val_accuracy_std", "diverged"]:
-        t.add_column(c, justify="left" if c == "strategy" else "right")
-    for r in rows:
-        t.add_row(("* " if r["chosen"] else "  ") + r["strategy"], *(str(r[k]) for k in keys),
-                  _fmt(r["val_accuracy_mean"]), _fmt(r["val_accuracy_std"]), str(r["diverged"]))
-    console.print(t)
-
-
-def main(args: argparse.Namespace) -> int:
-    """flexpl tune: run the grid per strategy and seed, choose on validation accuracy, write tuned.yaml."""
-    if args.seed is not None and args.seeds is not None:
-        raise UserError("--seed: give either --seed N or --seeds S1,S2,... (tune averages over --seeds)")
-    seeds = parse_seeds(args.seeds, 0) if args.seeds is not None else ([args.seed] if args.seed is not None else None)
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    run_tune(args.scenario, list(args.set), strategies, list(args.grid), seeds,
-             Path(args.out) if args.out else None, jobs=args.jobs, quiet=args.quiet)
-    return 0
+    return Tuning(out, tuned, rows, [k for k, _ in axes], every)

@@ -9,6 +9,7 @@ overrides of any field.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -22,7 +23,7 @@ from pydantic import (
     ValidationError,
 )
 
-from flexpl.errors import UserError
+from flexpl.errors import UserError, one_line
 
 __all__ = [
     "DeviceProfile",
@@ -85,8 +86,9 @@ _M = TypeVar("_M", DeviceProfile, LinkProfile)
 # --------------------------------------------------------------------------- errors
 
 
-def _what_is_allowed(err: dict[str, Any], model: type[BaseModel]) -> str:
-    """Turn one pydantic error into a short 'what is allowed' phrase."""
+def _what_is_allowed(model: type[BaseModel], err: Mapping[str, Any]) -> str:
+    """Turn one pydantic error into a short 'what is allowed' phrase (for :func:`flexpl.errors.one_line`,
+    which names each problem's field)."""
     kind = err.get("type", "")
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
@@ -102,16 +104,6 @@ def _what_is_allowed(err: dict[str, Any], model: type[BaseModel]) -> str:
     if kind.startswith("float") or kind.startswith("int"):
         return f"must be a number (got {err.get('input')!r})"
     return f"{err.get('msg', 'invalid value')} (got {err.get('input')!r})"
-
-
-def _one_line(exc: ValidationError, model: type[BaseModel], prefix: str) -> str:
-    """Render a ValidationError as one line naming ``prefix.<key>`` for each problem."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
-        where = f"{prefix}.{loc}" if prefix and loc else (loc or prefix)
-        parts.append(f"{where}: {_what_is_allowed(err, model)}")
-    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- loading
@@ -138,7 +130,8 @@ def _parse_profiles_doc(
             try:
                 parsed[str(name)] = model.model_validate(fields)
             except ValidationError as exc:
-                raise UserError(f"{source}: {_one_line(exc, model, f'{section}.{name}')}") from None
+                problems = one_line(exc, functools.partial(_what_is_allowed, model), f"{section}.{name}", every=True)
+                raise UserError(f"{source}: {problems}") from None
         out.append(parsed)
     return out[0], out[1]
 
@@ -221,9 +214,8 @@ def _resolve(
         try:
             base = model.model_validate(doc)
         except ValidationError as exc:
-            raise UserError(
-                f"{field}: profile file {str(path)!r}: {_one_line(exc, model, '')}"
-            ) from None
+            problems = one_line(exc, functools.partial(_what_is_allowed, model), every=True)
+            raise UserError(f"{field}: profile file {str(path)!r}: {problems}") from None
     else:
         if name not in builtins:
             raise UserError(
@@ -243,7 +235,7 @@ def _resolve(
     try:
         return model.model_validate(merged)
     except ValidationError as exc:
-        raise UserError(_one_line(exc, model, field)) from None
+        raise UserError(one_line(exc, functools.partial(_what_is_allowed, model), field, every=True)) from None
 
 
 def device_profile(

@@ -158,7 +158,7 @@ def test_bad_target_input_is_one_line_exit_2(tmp_path, capsys, args, field):
 def test_console_table_one_row_per_run_and_target():
     from rich.console import Console
 
-    from flexpl.costs.targets import rich_table
+    from flexpl.cli.tables import targets_table as rich_table
 
     s = {"strategy": "fl", "to_target": cost_to_targets(
         [{"round": 3, "accuracy": 0.72, "bytes": 5, "energy_j": 1.5, "device_energy_j": 1.0,

@@ -132,14 +132,6 @@ def test_a_simulator_run_writes_through_the_writer(tmp_path, monkeypatch):
     assert len(_rows(tmp_path / "run" / "timeline.csv")) > 0
 
 
-def test_cli_keeps_the_old_names():
-    from flexpl import cli
-    from flexpl.studies import run_one as runs
-
-    assert cli.timeline_rows is timeline_rows and cli.run_one is runs.run_one
-    assert cli.SUMMARY_COLUMNS is results.SUMMARY_COLUMNS
-
-
 def test_config_yaml_is_pyyamls_safe_dump_text_for_every_builtin_scenario():
     """dump_yaml (libyaml's emitter when present) writes the same text as yaml.safe_dump."""
     from flexpl.config.load import builtin_scenarios

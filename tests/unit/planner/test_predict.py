@@ -19,6 +19,7 @@ from flexpl.models import build_model
 from flexpl.plan.layout import PRESETS
 from flexpl.sim.engine import stage_module
 from flexpl.sim.simulator import run, setup
+from flexpl.studies.validate_plans import validate
 from tests.conftest import chain_scenario, digits_star, saved_storages
 
 FIELDS = ("kind", "resource", "duration", "amount", "src", "dst", "label", "what")
@@ -323,7 +324,7 @@ def test_validate_adds_measured_accuracy():
             pass
 
     by_label = {c.label: c for c in cands}
-    P.validate(scn, planner, by_label, rows, 2, Quiet())
+    validate(scn, planner, by_label, rows, 2, Quiet())
     measured = [r for r in rows if r["accuracy"] is not None]
     assert [r["plan"] for r in measured] == [r["plan"] for r in rows if r["feasible"]][:2]
     assert all(r["validated_rounds"] == 2 for r in measured)

@@ -1,4 +1,4 @@
-"""Aggregators (flexpl.sim.aggregate), by hand: FedAvg, FedProx's client gradient, FedAdam over two rounds."""
+"""Aggregators (flexpl.models.aggregate), by hand: FedAvg, FedProx's client gradient, FedAdam over two rounds."""
 
 from __future__ import annotations
 

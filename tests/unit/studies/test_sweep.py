@@ -10,8 +10,8 @@ import pytest
 
 from flexpl import cli
 from flexpl.errors import UserError
+from flexpl.studies import grid, sweep
 from flexpl.studies import run_one as runs
-from flexpl.studies import sweep
 
 SETS = ["--set", "training.rounds=2", "--set", "data.partition.kind=dirichlet"]
 GRID = ["--grid", "strategy=fl,fpl", "--grid", "data.partition.alpha=0.1,1.0"]
@@ -37,24 +37,24 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_parse_grid_and_cells_in_order():
-    axes = sweep.parse_grid(["strategy=fl,fpl", "data.partition.alpha=0.1, 1.0", "plan.cut=[1,2],3"])
+    axes = grid.parse_grid(["strategy=fl,fpl", "data.partition.alpha=0.1, 1.0", "plan.cut=[1,2],3"])
     assert axes == [("strategy", ["fl", "fpl"]), ("data.partition.alpha", ["0.1", "1.0"]),
                     ("plan.cut", ["[1,2]", "3"])]
-    cells = sweep.make_cells(axes[:2])
+    cells = grid.make_cells(axes[:2])
     assert [c.name for c in cells] == CELLS  # first axis varies slowest
     assert cells[1].strategy == "fl" and cells[1].sets == ("data.partition.alpha=1.0",)
 
 
 def test_split_values_keeps_yaml_lists_whole():
-    assert sweep.split_values("1,[2, 3],{a: 1, b: 2}") == ["1", "[2, 3]", "{a: 1, b: 2}"]
+    assert grid.split_values("1,[2, 3],{a: 1, b: 2}") == ["1", "[2, 3]", "{a: 1, b: 2}"]
 
 
 def test_cell_names_are_safe_and_unique():
-    a = sweep.cell_name([("model.hidden", "[64, 32]")])
-    b = sweep.cell_name([("model.hidden", "[64,32]")])
+    a = grid.cell_name([("model.hidden", "[64, 32]")])
+    b = grid.cell_name([("model.hidden", "[64,32]")])
     assert "/" not in a and " " not in a and a != b
-    assert sweep.cell_name([("strategy", "fl")]) == "strategy=fl"  # readable names stay as they are
-    assert len(sweep.cell_name([("k", "x" * 400)])) < 200
+    assert grid.cell_name([("strategy", "fl")]) == "strategy=fl"  # readable names stay as they are
+    assert len(grid.cell_name([("k", "x" * 400)])) < 200
 
 
 @pytest.mark.parametrize("spec", ["strategy", "=fl", "a..b=1", "strategy=fl,,fpl", "strategy=fl,fl",
@@ -67,9 +67,9 @@ def test_bad_grid_is_a_user_error_naming_grid(spec, tmp_path, capsys):
 
 def test_no_grid_and_repeated_key_are_user_errors():
     with pytest.raises(UserError, match="--grid"):
-        sweep.parse_grid([])
+        grid.parse_grid([])
     with pytest.raises(UserError, match="given twice"):
-        sweep.parse_grid(["strategy=fl", "strategy=fpl"])
+        grid.parse_grid(["strategy=fl", "strategy=fpl"])
 
 
 @pytest.mark.slow

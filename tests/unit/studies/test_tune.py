@@ -14,6 +14,7 @@ from flexpl.cli import main
 from flexpl.errors import UserError
 from flexpl.sim import simulator
 from flexpl.studies import tune as tune_mod
+from flexpl.studies.seeds import parse_seeds
 
 SETS = ["--set", "training.rounds=2", "--set", "training.checkpoint_every=0"]
 GRID = ["--grid", "training.optimizer.lr=0.0005,0.05", "--grid", "training.optimizer.momentum=0.0,0.9"]
@@ -86,7 +87,7 @@ def test_choose_averages_seeds_and_ranks_diverged_last() -> None:
 
 def test_bad_tune_input_is_one_line(tmp_path) -> None:
     with pytest.raises(UserError, match="--seeds"):
-        tune_mod.parse_seeds("0,x", 0)
+        parse_seeds("0,x")
     assert main(["tune", "digits-star", "--grid", "strategy=fl", "--out", str(tmp_path / "x")]) == 2
     (tmp_path / "bad.yaml").write_text("fl: 0.1\n")
     with pytest.raises(UserError, match="--tuned"):

@@ -1,4 +1,4 @@
-"""``flexpl calibrate`` (flexpl.system.calibrate): FLOP/s is counted FLOPs over median pass times, and the
+"""``flexpl calibrate`` (flexpl.costs.calibrate): FLOP/s is counted FLOPs over median pass times, and the
 profile it writes loads and runs in a scenario."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ This buys three things without changing any arithmetic:
 - vectorized execution: a contiguous run of replicas is ``params[name][a:b]``, a view that
   ``torch.func.vmap`` consumes without copying (see ``Engine.train_step``);
 - worker processes: with ``shared=True`` the stacked tensors live in shared memory, so
-  processes forked after setup train the very same rows (see ``flexpl.sim.exec.executor``).
+  processes forked after setup train the very same rows (see ``flexpl.sim.exec.processes``).
 
 [Note: pre-made optimizer state] ``torch.optim`` creates its state lazily on the first
 step. Here it exists from the start, zeroed, and a reset zeroes it in place. This is the

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from flexpl.models import BlockModel
-from flexpl.sim.exec.executor import WORKERS_ENV, Choice, _sum_losses, threads
+from flexpl.sim.exec.policy import WORKERS_ENV, Choice, threads
+from flexpl.sim.exec.processes import _sum_losses
 from flexpl.sim.exec.working import working_stages
 from flexpl.sim.replica import clip_coefficients
 
@@ -161,7 +162,7 @@ def prefer(scn: Scenario, choice: Any, layout: Layout, stages: list[nn.Module],
            is_local: Callable[[str], bool] | None, fit: bool | None = None) -> Any:
     """``engine.executor: auto``: the vectorized mode for plans whose clients train stacked here (:func:`fits`,
     at most :data:`MAX_AUTO_PARAMS` parameters per client, at least :data:`MIN_AUTO_CLIENTS` clients a round),
-    else ``choice`` (``executor.choose``'s). ``fit``: :func:`fits`, if already known."""
+    else ``choice`` (``policy.choose``'s). ``fit``: :func:`fits`, if already known."""
     if scn.engine.executor != "auto" or not (fits(scn, layout, stages, is_local) if fit is None else fit):
         return choice
     if sum(p.numel() for m in stages for p in m.parameters()) > MAX_AUTO_PARAMS:

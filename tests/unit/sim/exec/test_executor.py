@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from flexpl.sim.engine import path_state
-from flexpl.sim.exec import executor
+from flexpl.sim.exec import policy, processes
 from flexpl.sim.simulator import run, setup
 from tests.conftest import chain_scenario, digits_star
 
 COSTS = ("flops_total", "bytes_total", "wasted_bytes")
 CLOCK = ("sim_time_s", "energy_j_total", "energy_j_compute", "energy_j_comm")
-# [Note: mode equivalence] in flexpl/sim/exec/executor.py: processes is bitwise equal to sequential
+# [Note: mode equivalence] in flexpl/sim/exec/policy.py: processes is bitwise equal to sequential
 # on one thread (the tests' setting); vectorized agrees to float round-off.
 VECTOR_RTOL = 1e-5
 ONE_ROUND = ["training.rounds=1"]  # the later --set wins over _run's three rounds
@@ -107,12 +107,12 @@ def test_auto_picks_a_mode_per_plan_and_model() -> None:
     ]:
         scn = digits_star([f"strategy={strategy}", "engine.workers=2"])
         plan = setup(scn).plan
-        ch = executor.choose(scn, plan, stages, [4] * len(plan.stages), flops, 60000)
+        ch = policy.choose(scn, plan, stages, [4] * len(plan.stages), flops, 60000)
         assert ch.mode == expected, (strategy, flops)
     # a round trains only the sampled clients' samples: 1 % of them is too little work to fork for
     scn = digits_star(["strategy=fl", "engine.workers=2", "training.clients_per_round=0.01"])
     plan = setup(scn).plan
-    assert executor.choose(scn, plan, [big], [4], 1e6, 60000).mode == "sequential"
+    assert policy.choose(scn, plan, [big], [4], 1e6, 60000).mode == "sequential"
     scn = digits_star(["engine.executor=processes", "strategy=sl"])
     assert setup(scn).executor.mode == "sequential"  # asked, but not possible: said in the reason
     assert "side by side" in setup(scn).executor.reason
@@ -122,8 +122,8 @@ def test_separable_and_stepwise_plans() -> None:
     for strategy, sep, step in [("fl", True, True), ("sfl", True, True), ("fpl", False, True),
                                 ("sl", False, False), ("mp", False, False), ("centralized", False, False)]:
         st = setup(digits_star([f"strategy={strategy}", "engine.executor=sequential"]))
-        assert executor.separable(st.plan) is sep, strategy
-        assert executor.stepwise(st.plan) is step, strategy
+        assert policy.separable(st.plan) is sep, strategy
+        assert policy.stepwise(st.plan) is step, strategy
 
 
 def test_fpl_step_workers_on_a_multi_hop_plan_with_synced_trunks() -> None:
@@ -145,7 +145,7 @@ def test_fpl_step_workers_on_a_multi_hop_plan_with_synced_trunks() -> None:
 
 
 def test_split_balances_work_and_keeps_order() -> None:
-    shares = executor._split({"a": 10, "b": 1, "c": 9, "d": 2}, 2)
+    shares = processes._split({"a": 10, "b": 1, "c": 9, "d": 2}, 2)
     assert sorted(sum({"a": 10, "b": 1, "c": 9, "d": 2}[n] for n in s) for s in shares) == [11, 11]
     assert all(s == sorted(s) for s in shares)
 

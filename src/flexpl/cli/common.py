@@ -1,0 +1,69 @@
+"""What the commands share: the parser that turns argparse's errors into one line, and the
+arguments several commands take (the scenario and its overrides, cost-to-target, ``--ray``)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import NoReturn
+
+from flexpl.errors import UserError
+from flexpl.studies.ray_tasks import LOCAL
+
+DEFAULT_STRATEGIES = "centralized,fl,sl,sfl,mp,fpl"  # what compare runs and tune tunes without --strategies
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one :class:`UserError` line (exit 2), not usage and a message."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message} (see --help)")
+
+
+def scenario_arguments(p: argparse.ArgumentParser) -> None:
+    """The scenario and ``--set``, ``--seed``, ``--out``, ``--quiet`` (run, compare, sweep, tune, plan)."""
+    p.add_argument("scenario", nargs="?", default=None, help="built-in scenario name or YAML file (default: edge-fmnist)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field, e.g. --set training.rounds=3 (repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
+    p.add_argument("--out", default=None, help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+
+
+def target_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--target-accuracy A`` (repeatable) and ``--stop-at-target`` for run, compare and sweep."""
+    parser.add_argument("--target-accuracy", action="append", type=float, default=None, metavar="A",
+                        help="report the round and cumulative costs at which test accuracy first reaches A "
+                             "(repeatable; replaces the scenario's evaluation.targets)")
+    parser.add_argument("--stop-at-target", action="store_true",
+                        help="stop each run after the round in which it reaches its highest target")
+
+
+def target_sets(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` items that ``--target-accuracy`` / ``--stop-at-target`` stand for (checked here)."""
+    sets: list[str] = []
+    targets = getattr(args, "target_accuracy", None)
+    if targets:
+        for a in targets:
+            if not (math.isfinite(a) and 0.0 < a <= 1.0):
+                raise UserError(f"--target-accuracy: a target accuracy is in (0, 1], got {a:g}; "
+                                "e.g. --target-accuracy 0.7")
+        if len(set(targets)) != len(targets):
+            raise UserError("--target-accuracy: the same target is given twice; give each accuracy once")
+        sets.append("evaluation.targets=[" + ",".join(repr(float(a)) for a in targets) + "]")
+    if getattr(args, "stop_at_target", False):
+        sets.append("evaluation.stop_at_target=true")
+    return sets
+
+
+def ray_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--ray [ADDRESS]`` to ``parser``; ``what`` says what runs as Ray tasks (for --help)."""
+    parser.add_argument("--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",
+                        help=f"run {what} as a Ray task (pip install 'flexpl[ray]'): alone, on a local Ray "
+                             "with --jobs CPUs (default every core); with ADDRESS (auto, HOST:PORT, "
+                             "ray://HOST:PORT), on that cluster, which must see --out")
+
+
+def names(raw: str) -> list[str]:
+    """``"fl, sl,"`` -> ``["fl", "sl"]``: a comma-separated list such as ``--strategies``."""
+    return [s.strip() for s in raw.split(",") if s.strip()]

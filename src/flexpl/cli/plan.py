@@ -1,0 +1,104 @@
+"""``flexpl plan``: cost every candidate plan without training, print the Pareto front, recommend one.
+
+The planner itself is :mod:`flexpl.planner`; this module reads the flags, shows the progress
+and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from flexpl.cli.common import ray_argument, scenario_arguments
+from flexpl.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from flexpl.planner.choose import OBJECTIVES
+
+    scenario_arguments(parser)
+    parser.add_argument("--objective", choices=sorted(OBJECTIVES), default="energy",
+                        help="what the recommended plan minimises, per round (default: energy)")
+    parser.add_argument("--constraint", action="append", default=[], metavar="EXPR",
+                        help="COLUMN<=VALUE (or >=, <, >, ==), e.g. energy_j_per_round<=50, or a boolean "
+                             "column such as device_memory_fits (repeatable)")
+    parser.add_argument("--top", type=int, default=10, metavar="N", help="rows of the Pareto table (default 10)")
+    parser.add_argument("--validate", type=int, default=0, metavar="K",
+                        help="train the K best feasible plans for min(rounds, 3) rounds and add their accuracy")
+    ray_argument(parser, "each of --validate's K trainings")
+
+
+def main(args: argparse.Namespace) -> int:
+    """flexpl plan: cost every candidate plan, print the Pareto front, write plans.csv, pareto.png, best.yaml."""
+    from flexpl.config.scenario import load_scenario
+    from flexpl.io.console import make_console, progress
+    from flexpl.planner.choose import choose, parse_constraint
+    from flexpl.planner.recommend import cost_candidates, rank, write_plans
+
+    if args.top < 1:
+        raise UserError(f"--top: must be a positive integer, got {args.top}")
+    if args.validate < 0:
+        raise UserError(f"--validate: must be 0 or a positive integer, got {args.validate}")
+    if args.ray is not None:  # fail before the costing, not after it
+        from flexpl.studies import ray_tasks
+
+        if not args.validate:
+            raise UserError("--ray: only --validate K trains (as Ray tasks); add --validate K or drop --ray")
+        ray_tasks.require(args.ray)
+    constraints = [parse_constraint(c) for c in args.constraint]  # bad input fails before any work
+    scn = load_scenario(args.scenario, args.set, None, args.seed)
+    console = make_console(args.quiet)
+    t0 = time.perf_counter()
+    with progress(args.quiet or not console.is_terminal, console) as bar:
+        task = bar.add_task("costing plans", total=None)
+        planner, cands, rows = cost_candidates(scn, progress=lambda i, n: bar.update(task, completed=i, total=n))
+    wall = time.perf_counter() - t0
+    best = choose(rows, constraints, args.objective)  # raises the one-line "no plan meets ..." error
+    rank(rows, args.objective)
+    by_label = {c.label: c for c in cands}
+    if args.validate:
+        from flexpl.studies.validate_plans import validate
+
+        validate(scn, planner, by_label, rows, args.validate, console, args.ray)
+    out = write_plans(Path(args.out or f"results/{scn.name}-plan"), scn, rows, planner.skipped,
+                      by_label[best["plan"]], best, args.objective)
+    front = [r for r in rows if r["pareto"]]
+    n_feasible = sum(r["feasible"] for r in rows)
+    console.print(_table(front, args.objective, args.top,
+                         f"{scn.name}: Pareto-optimal plans ({len(front)} of {n_feasible} feasible, {len(rows)} "
+                         f"costed in {wall:.2f} s), {args.objective} against bytes and time"))
+    # the best feasible plan of every family, for context when one plan dominates the front
+    families = list(dict.fromkeys(r["family"] for r in rows if r["feasible"]))
+    per_family = [next(r for r in rows if r["feasible"] and r["family"] == f) for f in families]
+    console.print(_table(per_family, args.objective, len(per_family),
+                         f"best feasible plan of each family, by {args.objective}"))
+    if getattr(scn.failures, "active", False):
+        console.print("note: predictions assume no failures (the scenario's failure model is not costed)")
+    if planner.skipped:  # said even with --quiet: a candidate that silently vanished would mislead
+        names = [s["plan"] for s in planner.skipped]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        reasons = "; ".join(dict.fromkeys(s["reason"] for s in planner.skipped[:5]))
+        print(f"flexpl: warning: plan skipped {len(names)} candidate(s) that cannot run here ({shown}): "
+              f"{reasons} -- every one and why in {out / 'skipped.csv'}", file=sys.stderr)
+    console.print(f"recommended ({args.objective}): {best['plan']} -> {out}/best.yaml")
+    console.print(f"every plan in {out}/plans.csv, the front in {out}/pareto.png")
+    return 0
+
+
+def _table(rows: list[dict[str, Any]], objective: str, top: int, title: str) -> Any:
+    """The first ``top`` of ``rows``: the objective, bytes, time, energy and memory per round ("*": recommended)."""
+    from flexpl.io.console import fmt, table
+    from flexpl.planner.choose import OBJECTIVES
+
+    col = OBJECTIVES[objective]
+    cols = list(dict.fromkeys((col, "bytes_per_round", "sim_time_s_per_round", "energy_j_per_round",
+                               "device_energy_j_per_round", "max_device_bytes_per_round",
+                               "peak_memory_device_max")))
+    if any(r.get("accuracy") is not None for r in rows):
+        cols.append("accuracy")
+    return table(title, ["plan", *(c.replace("_per_round", "/round") for c in cols)],
+                 ([("* " if r.get("recommended") else "") + r["plan"],
+                   *(fmt(r.get(c)) if r.get(c) is not None else "-" for c in cols)] for r in rows[:top]))

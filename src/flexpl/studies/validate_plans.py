@@ -1,0 +1,63 @@
+"""``flexpl plan --validate K``: train the K best feasible plans for a few rounds and add their accuracy."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from flexpl.errors import UserError
+from flexpl.planner.candidates import Candidate, candidate_data
+
+if TYPE_CHECKING:
+    from flexpl.config.scenario import Scenario
+    from flexpl.planner.predict import Planner
+
+
+def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows: list[dict[str, Any]], k: int,
+             console: Any, ray: str | None = None, ray_cpus: int | None = None) -> None:
+    """Train the ``k`` best feasible plans for min(rounds, 3) rounds; add their measured accuracy.
+
+    With ``ray`` (an address, or "" for a local Ray with ``ray_cpus`` CPUs) each plan trains
+    as a Ray task (:mod:`flexpl.studies.ray_tasks`) on the planner's dataset, shipped once.
+    """
+    from flexpl.config.scenario import apply_strategy_overrides, validate_scenario
+    from flexpl.sim.simulator import run, setup
+
+    rounds = min(scn.training.rounds, 3)
+    for r in rows:
+        r.setdefault("accuracy", None)
+        r.setdefault("validated_rounds", None)
+    chosen = [r for r in rows if r["feasible"]][:k]
+    scns = []
+    for r in chosen:
+        data = candidate_data(scn, cands[r["plan"]])
+        data["training"]["rounds"] = rounds
+        if data.get("strategy") != scn.strategy:  # the scenario's own strategy has them applied already
+            apply_strategy_overrides(data)
+        scns.append(validate_scenario(data))
+    if ray is not None:
+        from flexpl.studies import ray_tasks as ray_exec
+
+        def accuracy(sc: Scenario, dataset: Any) -> float:  # runs in a Ray worker
+            return run(sc, st=setup(sc, dataset=dataset)).summary["final_accuracy"]
+
+        ray_exec.require(ray)
+        console.print(f"validating {len(chosen)} plans ({rounds} rounds) as Ray tasks")
+        with ray_exec.session(ray, ray_cpus) as rt:
+            ref = rt.put(planner.data)
+            by_plan = {r["plan"]: r for r in chosen}
+
+            def done(plan: Any, acc: float) -> None:
+                by_plan[plan]["accuracy"], by_plan[plan]["validated_rounds"] = acc, rounds
+                n = sum(r["validated_rounds"] is not None for r in chosen)
+                console.print(f"validated [{n}/{len(chosen)}] {plan}: accuracy {acc:.4f}")
+
+            try:
+                ray_exec.run_tasks(rt, [ray_exec.Task(r["plan"], accuracy, (sc, ref), sc.engine.workers or 1)
+                                        for r, sc in zip(chosen, scns)], done)
+            except ray_exec.TaskError as exc:
+                raise UserError(f"--validate {exc.key}: {exc}") from None
+        return
+    for i, (r, sc) in enumerate(zip(chosen, scns)):
+        console.print(f"validating [{i + 1}/{len(chosen)}] {r['plan']} ({rounds} rounds)")
+        s = run(sc, st=setup(sc, dataset=planner.data)).summary
+        r["accuracy"], r["validated_rounds"] = s["final_accuracy"], rounds

@@ -95,10 +95,27 @@ class Table:
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> Table:
-    """A :class:`Table` of dict ``rows`` (``columns``: which, in order; default every key, first seen first)."""
+def _pandas() -> Any:
+    try:
+        import pandas
+    except ImportError:
+        raise UserError("as_frame/to_pandas: pandas is not installed; pip install pandas "
+                        "(or flexpl[track]), or use the pandas-free Table") from None
+    return pandas
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, *,
+          as_frame: bool = False) -> Any:
+    """A :class:`Table` of dict ``rows`` (``columns``: which, in order; default every key, first seen first).
+
+    ``as_frame=True`` returns a ``pandas.DataFrame`` with the same columns and rows instead
+    (a :class:`~flexpl.errors.UserError` naming the install where pandas is missing).
+    """
     cols = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
-    return Table(cols, [[r.get(c) for c in cols] for r in rows])
+    t = Table(cols, [[r.get(c) for c in cols] for r in rows])
+    if as_frame:
+        return _pandas().DataFrame(t.rows, columns=t.columns)
+    return t
 
 
 @dataclass
@@ -115,6 +132,10 @@ class Result:
         if columns is None:
             columns = [c for c in DEFAULT_COLUMNS if any(c in r for r in self.rounds)]
         return table(self.rounds, columns)
+
+    def to_pandas(self, columns: Sequence[str] | None = None) -> Any:
+        """The rounds as a ``pandas.DataFrame``, one row per round, every column of rounds.csv (or ``columns``)."""
+        return table(self.rounds, columns, as_frame=True)
 
     def __repr__(self) -> str:
         s = self.summary

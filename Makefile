@@ -4,6 +4,8 @@
 # The ray extra (flexpl sweep --ray) is part of setup: its wheel is 79 MB and installs in
 # 15-30 s, and its tests (tests/test_ray.py, a local Ray) run in `make test` as in CI;
 # FLEXPL_REQUIRE_RAY makes them fail, not skip, where Ray is missing.
+# The track extra (--track tensorboard|mlflow, pandas) is part of setup too; tests/integration/
+# test_track.py starts its own MLflow server, and FLEXPL_REQUIRE_TRACK makes it fail where it is missing.
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -21,7 +23,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,ray]'
+	$(PY) -m pip install -q -e '.[dev,ray,track]'
 	touch $(STAMP)
 
 data:
@@ -36,7 +38,7 @@ run: setup data
 	$(FLEXPL) compare edge-fmnist $(RUN_SETS) --out $(OUT)
 
 test: setup data
-	FLEXPL_REQUIRE_RAY=1 $(PY) -m pytest
+	FLEXPL_REQUIRE_RAY=1 FLEXPL_REQUIRE_TRACK=1 $(PY) -m pytest
 
 # the equivalence tests (two execution paths compared) again under ATEN's portable kernels, and
 # under AVX2 where this CPU has more (AVX-512): a tolerance that holds on one kernel path only fails here

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from flexpl.errors import UserError
 from flexpl.studies.ray_tasks import LOCAL
@@ -67,3 +67,26 @@ def ray_argument(parser: argparse.ArgumentParser, what: str) -> None:
 def names(raw: str) -> list[str]:
     """``"fl, sl,"`` -> ``["fl", "sl"]``: a comma-separated list such as ``--strategies``."""
     return [s.strip() for s in raw.split(",") if s.strip()]
+
+
+def track_argument(parser: argparse.ArgumentParser) -> None:
+    """``--track tensorboard[:DIR] | mlflow[:URI]`` (repeatable): log the finished results to a tracker."""
+    parser.add_argument("--track", action="append", default=[], metavar="KIND[:WHERE]",
+                        help="after the run, log its rounds, bill, parameters and files to an experiment tracker: "
+                             "tensorboard[:DIR] (default DIR: OUT/tensorboard) or mlflow[:URI] (default: "
+                             "MLFLOW_TRACKING_URI or ./mlruns); repeatable; needs flexpl[track]")
+
+
+def check_track(args: argparse.Namespace) -> list[Any]:
+    """The parsed ``--track`` values, checked before any work (a bad one is one line, exit 2)."""
+    from flexpl.report.track import parse_track
+
+    return parse_track(getattr(args, "track", None))
+
+
+def track_results(out: Any, trackers: list[Any]) -> None:
+    """Log the finished folder ``out`` to ``trackers``; a tracker's failure is a warning line, never an error."""
+    if trackers:
+        from flexpl.report.track import track_folder
+
+        track_folder(out, trackers)

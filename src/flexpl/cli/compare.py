@@ -6,11 +6,14 @@ import argparse
 
 from flexpl.cli.common import (
     DEFAULT_STRATEGIES,
+    check_track,
     names,
     ray_argument,
     scenario_arguments,
     target_arguments,
     target_sets,
+    track_argument,
+    track_results,
 )
 from flexpl.errors import UserError
 
@@ -27,6 +30,7 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
                    help="with --ray and no ADDRESS: the local Ray's CPUs (default every core)")
     ray_argument(c, "each strategy (each strategy and seed with --seeds)")
     target_arguments(c)
+    track_argument(c)
 
 
 def main(a: argparse.Namespace) -> int:
@@ -42,6 +46,7 @@ def main(a: argparse.Namespace) -> int:
         from flexpl.studies.tune import tuned_sets
 
         a.set = [*a.set, *tuned_sets(a.tuned)]
+    trackers = check_track(a)
     a.set = [*a.set, *target_sets(a)]
     strategies = names(a.strategies)
     for s in strategies:
@@ -81,4 +86,5 @@ def main(a: argparse.Namespace) -> int:
                 c.print(targets_table(summaries))
             c.print(f"comparison in {out}/comparison.csv")
     maybe_report(out, a.quiet)
+    track_results(out, trackers)
     return 0

@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from flexpl.cli.common import scenario_arguments, target_arguments, target_sets
+from flexpl.cli.common import (
+    check_track,
+    scenario_arguments,
+    target_arguments,
+    target_sets,
+    track_argument,
+    track_results,
+)
 from flexpl.errors import UserError
 
 
@@ -26,6 +33,7 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
                    help="with --emulate-links: device profile from `flexpl calibrate --threads 1` for every node "
                         "(default: calibrate this machine once and cache it)")
     target_arguments(r)
+    track_argument(r)
 
 
 def main(a: argparse.Namespace) -> int:
@@ -33,6 +41,7 @@ def main(a: argparse.Namespace) -> int:
     from flexpl.config.scenario import DEFAULT_SCENARIO, load_scenario
 
     scenario = a.scenario
+    trackers = check_track(a)
     a.set = [*a.set, *target_sets(a)]
     if a.resume:
         out = Path(a.resume)
@@ -86,4 +95,5 @@ def main(a: argparse.Namespace) -> int:
         if s.get("to_target"):
             c.print(targets_table([s]))
         c.print(f"results in {out}/ (summary.json, rounds.csv, config.yaml)")
+    track_results(out, trackers)
     return 0

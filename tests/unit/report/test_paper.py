@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,7 +71,10 @@ def test_cli_writes_and_prints(tmp_path: Path) -> None:
 
 
 def test_as_frame_and_to_pandas() -> None:
-    pd = pytest.importorskip("pandas")
+    if os.environ.get("FLEXPL_REQUIRE_TRACK"):  # make test: pandas comes with flexpl[track]
+        import pandas as pd
+    else:
+        pd = pytest.importorskip("pandas")
     from flexpl.api import Result, table
 
     rows = [{"round": 1, "accuracy": 0.5}, {"round": 2, "accuracy": 0.75, "bytes": 10}]
@@ -79,3 +83,12 @@ def test_as_frame_and_to_pandas() -> None:
     assert df["accuracy"].tolist() == [0.5, 0.75]
     r = Result(rows, {})
     assert r.to_pandas()["round"].tolist() == [1, 2]
+
+
+def test_as_frame_without_pandas_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flexpl.api import table
+    from flexpl.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas now raises ImportError
+    with pytest.raises(UserError, match="pandas is not installed; pip install pandas"):
+        table([{"a": 1}], as_frame=True)

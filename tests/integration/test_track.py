@@ -1,0 +1,154 @@
+"""--track: a real MLflow tracking server and real TensorBoard event files, read back and compared to the files.
+
+One compare (digits-star, 2 rounds, fl and fpl) is tracked to both; the values read back through
+``MlflowClient`` must equal rounds.csv and summary.json exactly (TensorBoard keeps float32, so its
+values must equal float32 of the file's). Logging the same folder again (what a resumed or re-run
+compare does) keeps one run per strategy with every round once, and an unreachable URI is one
+warning line with the results folder complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flexpl.report.track import final_metrics, parse_track, track_folder
+
+if not os.environ.get("FLEXPL_REQUIRE_TRACK"):  # make test sets it: there a missing package fails, not skips
+    pytest.importorskip("mlflow", reason="needs flexpl[track] (make setup installs it)")
+    pytest.importorskip("tensorboard", reason="needs flexpl[track] (make setup installs it)")
+from mlflow.tracking import MlflowClient  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    d = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    exe = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen([str(exe), "server", "--backend-store-uri", f"sqlite:///{d / 'db.sqlite'}",
+                             "--default-artifact-root", str(d / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                assert proc.poll() is None, "mlflow server exited"
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not answer in 120 s")
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def tracked(server: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
+    d = tmp_path_factory.mktemp("compare")
+    out, tb = d / "cmp", d / "tb"
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "flexpl.cli", "compare", "digits-star", "--strategies", "fl,fpl",
+                        "--set", "training.rounds=2", "--seed", "0", "--out", str(out), "--quiet",
+                        "--track", f"mlflow:{server}", "--track", f"tensorboard:{tb}"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "warning" not in p.stderr, p.stderr
+    return server, out, tb
+
+
+def _rounds(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "rounds.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _children(client: MlflowClient, out: Path) -> tuple[object, dict[str, object]]:
+    exp = client.get_experiment_by_name("flexpl/digits-star")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parent = [r for r in runs if r.data.tags.get("flexpl.folder") == str(out.resolve())]
+    assert len(parent) == 1
+    kids = {r.data.tags["mlflow.runName"]: r for r in runs
+            if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id}
+    return parent[0], kids
+
+
+def test_mlflow_equals_the_files(tracked: tuple[str, Path, Path]) -> None:
+    uri, out, _ = tracked
+    client = MlflowClient(tracking_uri=uri)
+    parent, kids = _children(client, out)
+    assert sorted(kids) == ["fl", "fpl"]
+    assert "report.html" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    for name, run in kids.items():
+        rows = _rounds(out / name)
+        summary = json.loads((out / name / "summary.json").read_text())
+        rid = run.info.run_id
+        for col in [c for c in rows[0] if c != "round" and rows[0][c] not in ("", "nan")]:
+            hist = sorted((m.step, m.value) for m in client.get_metric_history(rid, col))
+            assert hist == [(int(r["round"]), float(r[col])) for r in rows], col
+        finals = final_metrics(summary)
+        assert finals["final/bytes_total"] == summary["bytes_total"]
+        assert any(k.startswith("link/") for k in finals) and any(k.startswith("node/") for k in finals)
+        for k, v in finals.items():
+            assert run.data.metrics[k] == v, k
+        assert run.data.params["flexpl.strategy"] == name
+        assert run.data.params["flexpl.executor"] == summary["executor"]
+        assert run.data.params["training.rounds"] == "2"
+        arts = {a.path for a in client.list_artifacts(rid)}
+        assert {"summary.json", "rounds.csv", "config.yaml"} <= arts
+
+
+def test_tensorboard_equals_the_files(tracked: tuple[str, Path, Path]) -> None:
+    _, out, tb = tracked
+    for name in ("fl", "fpl"):
+        acc = EventAccumulator(str(tb / name), size_guidance={"scalars": 0})
+        acc.Reload()
+        rows = _rounds(out / name)
+        for col in [c for c in rows[0] if c != "round" and rows[0][c] not in ("", "nan")]:
+            got = [(e.step, e.value) for e in acc.Scalars(col)]
+            assert got == [(int(r["round"]), float(np.float32(float(r[col])))) for r in rows], col
+
+
+def test_tracking_again_continues_the_same_runs(tracked: tuple[str, Path, Path]) -> None:
+    uri, out, tb = tracked
+    assert track_folder(out, parse_track([f"mlflow:{uri}", f"tensorboard:{tb}"])) == []
+    client = MlflowClient(tracking_uri=uri)
+    _, kids = _children(client, out)
+    assert sorted(kids) == ["fl", "fpl"]  # no new runs
+    for name, run in kids.items():
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")]
+        assert sorted(steps) == [1, 2]  # every round once
+        acc = EventAccumulator(str(tb / name), size_guidance={"scalars": 0})
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("accuracy")] == [1, 2]
+
+
+def test_unreachable_uri_is_one_warning(tracked: tuple[str, Path, Path], capsys: pytest.CaptureFixture) -> None:
+    _, out, _ = tracked
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    warnings = track_folder(out, parse_track([f"mlflow:http://127.0.0.1:{_free_port()}"]))
+    assert len(warnings) == 1 and "cannot reach" in warnings[0]
+    assert capsys.readouterr().err.count("\n") == 1
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from flexpl.errors import UserError
-from flexpl.report.track import Tracker, final_metrics, flatten, parse_track, round_metrics, run_params
+from flexpl.report.track import (
+    Tracker,
+    final_metrics,
+    flatten,
+    parse_track,
+    round_metrics,
+    run_params,
+)
 
 
 def test_parse_track() -> None:

@@ -142,6 +142,11 @@ def render_html(root: Path, runs: list[Run], pngs: dict[str, bytes], fronts: dic
         ("energy", "Energy per node", fig("energy_per_node")),
         ("network", "Network", fig("bytes_per_link")),
         ("timeline", "Timeline", fig("timeline") + tl_note),
+        *([("plan", "The plan on the topology", "".join(
+            _img(k, pngs[k], f"{k[len('plan_'):]}: the topology by tier with each link's bandwidth (up/down) and "
+                 "duplex; the blocks each node runs and where replicas are averaged; the bytes that crossed each "
+                 "link in the last round, by kind (raw data in red).") for k in pngs if k.startswith("plan_")))]
+          if any(k.startswith("plan_") for k in pngs) else []),
         ("scenario", "Resolved scenario", _configs(runs)),
     ]
     groups = seed_groups_of(runs)
@@ -164,6 +169,32 @@ def render_html(root: Path, runs: list[Run], pngs: dict[str, bytes], fronts: dic
             "</main></body></html>\n")
 
 
+MAX_PLAN_PICTURES = 8
+
+
+def plan_pictures(runs: list[Run]) -> dict[str, bytes]:
+    """``plan_<label>`` -> PNG of :mod:`flexpl.report.plan_picture` for each strategy (cell): its first seed's
+    run, the first :data:`MAX_PLAN_PICTURES` only; a run that cannot be drawn (no timeline.csv) is left out."""
+    import re
+    import sys
+
+    from flexpl.report.plan_picture import draw, picture_of_run
+
+    out: dict[str, bytes] = {}
+    seen: set[str] = set()
+    for r in runs:
+        group = re.sub(r"/seed\d+$", "", r.name)
+        if group in seen or len(out) >= MAX_PLAN_PICTURES or not (r.path / "timeline.csv").is_file():
+            continue
+        seen.add(group)
+        try:
+            out[f"plan_{re.sub(r'[^A-Za-z0-9_.=-]+', '_', r.label)}"] = draw(picture_of_run(r.path))
+        except (UserError, OSError, KeyError, ValueError) as exc:
+            print(f"flexpl: warning: report draws no plan picture for {r.name}: {exc}".splitlines()[0],
+                  file=sys.stderr)
+    return out
+
+
 def build_report(root: str | Path) -> Path:
     """Write ``root/report.html`` (and ``root/fig_*.png``) for the runs under ``root``; return its path."""
     from flexpl.io.results import atomic_write
@@ -176,6 +207,7 @@ def build_report(root: str | Path) -> Path:
         raise UserError(f"report: no finished run in '{root}' (no summary.json in it or in its "
                         "subfolders); run flexpl run/compare/sweep first")
     pngs, fronts = make_figures(runs)
+    pngs.update(plan_pictures(runs))
     for name, png in pngs.items():
         atomic_write(root / f"fig_{name}.png", png)
     path = root / "report.html"

@@ -65,6 +65,7 @@ def main(args: argparse.Namespace) -> int:
         validate(scn, planner, by_label, rows, args.validate, console, args.ray)
     out = write_plans(Path(args.out or f"results/{scn.name}-plan"), scn, rows, planner.skipped,
                       by_label[best["plan"]], best, args.objective)
+    picture = _draw_best(scn, planner, by_label[best["plan"]], out)
     front = [r for r in rows if r["pareto"]]
     n_feasible = sum(r["feasible"] for r in rows)
     console.print(_table(front, args.objective, args.top,
@@ -84,8 +85,23 @@ def main(args: argparse.Namespace) -> int:
         print(f"flexpl: warning: plan skipped {len(names)} candidate(s) that cannot run here ({shown}): "
               f"{reasons} -- every one and why in {out / 'skipped.csv'}", file=sys.stderr)
     console.print(f"recommended ({args.objective}): {best['plan']} -> {out}/best.yaml")
-    console.print(f"every plan in {out}/plans.csv, the front in {out}/pareto.png")
+    console.print(f"every plan in {out}/plans.csv, the front in {out}/pareto.png"
+                  + (f", the recommended plan drawn in {picture}" if picture else ""))
     return 0
+
+
+def _draw_best(scn: Any, planner: Any, cand: Any, out: Path) -> Path | None:
+    """Draw the recommended plan on the topology into ``out/best_plan.png`` (None, with a warning, if it cannot)."""
+    from flexpl.io.results import atomic_write
+    from flexpl.report.plan_picture import draw, picture_of_scenario
+
+    try:
+        png = draw(picture_of_scenario(scn, cand.plan, cand.strategy, planner=planner))
+    except (ImportError, UserError) as exc:
+        print(f"flexpl: warning: no best_plan.png in {out}/: {exc}".splitlines()[0], file=sys.stderr)
+        return None
+    atomic_write(out / "best_plan.png", png)
+    return out / "best_plan.png"
 
 
 def _table(rows: list[dict[str, Any]], objective: str, top: int, title: str) -> Any:

@@ -158,13 +158,16 @@ def picture_of_run(folder: str | Path) -> PlanPicture:
 
 
 def picture_of_scenario(scn: Any, plan: Mapping[str, Any] | None = None, strategy: str | None = None,
-                        dataset: Any = None) -> PlanPicture:
-    """The picture of a scenario's plan (or ``strategy``/``plan``) without training: the planner's walk of round 1."""
+                        dataset: Any = None, planner: Any = None) -> PlanPicture:
+    """The picture of a scenario's plan (or ``strategy``/``plan``) without training: the planner's walk of round 1.
+
+    ``planner``: a :class:`flexpl.planner.predict.Planner` of ``scn`` already built (``flexpl plan``'s), else one is made.
+    """
     from flexpl.costs.trace import COMPUTE
     from flexpl.planner.candidates import Candidate
     from flexpl.planner.predict import Planner
 
-    planner = Planner(scn, dataset)
+    planner = planner or Planner(scn, dataset)
     strategy = strategy or scn.strategy
     if plan is None and strategy == scn.strategy and scn.plan is not None:
         plan = scn.plan.model_dump(exclude_none=True, exclude_defaults=True)
@@ -172,6 +175,12 @@ def picture_of_scenario(scn: Any, plan: Mapping[str, Any] | None = None, strateg
     kind = next(iter(planner.round_kinds(ctx)))  # round 1
     walked = planner.round_cost(ctx, kind)
     ct = walked.compressed
+    if ct is None:  # this round was clocked already (flexpl plan): walk it again, uncached
+        from flexpl.planner.walk import ShapeWalk
+
+        walk = ShapeWalk(ctx)
+        walk.relay_holder = kind[3]
+        ct = walk.walk(kind[0], kind[1], kind[4])
     t, repeat = ct.trace, ct.repeat()
     rows = [{"resource_kind": "node" if t.kind[i] == COMPUTE else "link", "what": t.what[i], "label": t.label[i],
              "src": t.src[i], "dst": t.dst[i], "bytes": 0 if t.kind[i] == COMPUTE else t.amount[i] * repeat[i]}

@@ -83,3 +83,17 @@ def test_picture_data_counts_only_the_rows_given() -> None:
     assert [n.tier for n in pic.nodes] == ["cloud", "edge", "device"]
     assert [n.averages for n in pic.nodes] == [[1], [], []]
     assert {e.name: e.bytes for e in pic.edges} == {"d-e": {"activations": 10.0}, "e-c": {"weights": 7.0}}
+
+
+def test_picture_with_flexpl_plans_planner_equals_its_prediction() -> None:
+    """flexpl plan draws its recommended plan with its own planner (walks already clocked): bytes as predicted."""
+    from flexpl.planner.candidates import Candidate
+    from flexpl.planner.predict import Planner
+
+    scn = load_scenario("digits-star", strategy="sfl", overrides={"training.rounds": 1})
+    planner = Planner(scn)
+    cand = Candidate("sfl", "sfl", None, "sfl")
+    pred = planner.predict(cand)  # clocks the round: its cached walk no longer holds the trace
+    pic = picture_of_scenario(scn, cand.plan, cand.strategy, planner=planner)
+    assert {e.name: e.total for e in pic.edges} == {k: v["bytes"] for k, v in pred.per_link.items()}
+    assert {"weights", "activations", "gradients", "labels"} <= {k for e in pic.edges for k in e.bytes}

@@ -152,3 +152,19 @@ def test_unreachable_uri_is_one_warning(tracked: tuple[str, Path, Path], capsys:
     assert len(warnings) == 1 and "cannot reach" in warnings[0]
     assert capsys.readouterr().err.count("\n") == 1
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+
+
+def test_sweep_tracks_one_folder_per_cell(tmp_path: Path) -> None:
+    out, tb = tmp_path / "sweep", tmp_path / "tb"
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "flexpl.cli", "sweep", "digits-star", "--grid", "strategy=fl,fpl",
+                        "--set", "training.rounds=1", "--out", str(out), "--quiet", "--track", f"tensorboard:{tb}"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr
+    cells = sorted(d.name for d in out.iterdir() if (d / "summary.json").is_file())
+    assert len(cells) == 2 and sorted(d.name for d in tb.iterdir()) == cells
+    for cell in cells:
+        acc = EventAccumulator(str(tb / cell), size_guidance={"scalars": 0})
+        acc.Reload()
+        row = _rounds(out / cell)[0]
+        assert [(e.step, e.value) for e in acc.Scalars("bytes")] == [(1, float(np.float32(float(row["bytes"]))))]

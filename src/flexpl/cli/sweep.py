@@ -8,7 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flexpl.cli.common import ray_argument, scenario_arguments, target_arguments, target_sets
+from flexpl.cli.common import (
+    check_track,
+    ray_argument,
+    scenario_arguments,
+    target_arguments,
+    target_sets,
+    track_argument,
+    track_results,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "mean ± std per cell (<column>_mean, <column>_std), sweep_seeds.csv every run")
     target_arguments(parser)
     ray_argument(parser, "each cell")
+    track_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -32,6 +41,7 @@ def main(args: argparse.Namespace) -> int:
     from flexpl.studies.seeds import parse_seeds
     from flexpl.studies.sweep import run_sweep
 
+    trackers = check_track(args)
     args.set = [*args.set, *target_sets(args)]
     seeds = parse_seeds(args.seeds)
     ray = args.ray
@@ -47,6 +57,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             print_table(make_console(), out, cells)
     maybe_report(out, args.quiet)  # one warning line if the report cannot be drawn here
+    track_results(out, trackers)  # after every file is written: a tracker's failure loses nothing
     return 0
 
 

@@ -48,11 +48,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _call(args: argparse.Namespace) -> int:
+    """Run the command, refusing user code where ``--no-user-code`` asks or the command only reads results."""
+    import contextlib
+
+    from flexpl.cli.common import announce_user_code
+    from flexpl.io.user_code import forbid_user_code
+
+    guard: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if getattr(args, "no_user_code", False):
+        guard = forbid_user_code("--no-user-code is given")
+    elif args.command == "report":
+        guard = forbid_user_code("flexpl report reads results and never imports code")
+    if hasattr(args, "scenario") and hasattr(args, "no_user_code"):
+        announce_user_code(args)
+    with guard:
+        return int(args.func(args) or 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: exit 0 on success, 2 on a user error (one line on stderr), 1 on an internal error."""
     try:
         args = build_parser().parse_args(argv)
-        return int(args.func(args) or 0)
+        return _call(args)
     except UserError as exc:
         print(f"flexpl: error: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Any, NoReturn
 
 from flexpl.errors import UserError
@@ -28,6 +29,23 @@ def scenario_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
     p.add_argument("--out", default=None, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+    p.add_argument("--no-user-code", action="store_true",
+                   help="refuse a scenario that names Python code to import (model/dataset factory, loss, "
+                        "aggregator); FLEXPL_NO_USER_CODE=1 does the same")
+
+
+def announce_user_code(args: argparse.Namespace) -> None:
+    """Print which modules and functions the scenario will import (one line, unless ``--quiet``)."""
+    from flexpl.config.scenario import scenario_user_code
+
+    scenario = args.scenario
+    resume = getattr(args, "resume", None)
+    if scenario is None and resume:
+        scenario = str(Path(resume) / "config.yaml")
+    found = scenario_user_code(scenario, list(args.set))
+    if found and not args.quiet:
+        print("flexpl: this scenario imports user code: " + ", ".join(f"{f}={p}" for f, p in found)
+              + " (--no-user-code refuses it)")
 
 
 def target_arguments(parser: argparse.ArgumentParser) -> None:

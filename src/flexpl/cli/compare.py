@@ -64,27 +64,30 @@ def main(a: argparse.Namespace) -> int:
         raise UserError("--jobs: compare runs its strategies one after another; --jobs sizes the local Ray "
                         "of --ray (add --ray, or drop --jobs)")
     out = prepare_out_dir(a.out or f"results/{scn.name}-compare")
-    if seeds is not None:  # several seeds: one folder per seed, mean +- std (flexpl.studies.seeds)
-        from flexpl.cli.tables import seeds_table
-        from flexpl.studies.compare import compare_seeds
+    from flexpl.io.lock import hold_folder
 
-        aggs = compare_seeds(a.scenario, a.set, strategies, seeds, scn.data_nodes, out, a.quiet, a.ray, a.jobs)
-        if not a.quiet:
-            c = make_console()
-            c.print(seeds_table(aggs, f"{scn.name}: {scn.training.rounds} rounds, seeds "
-                                      f"{','.join(map(str, seeds))} (mean ± sample std)"))
-            c.print(f"comparison in {out}/comparison.csv (per seed: comparison_seeds.csv)")
-    else:
-        from flexpl.cli.tables import summary_table, targets_table
-        from flexpl.studies.compare import compare
+    with hold_folder(out, "flexpl compare"):  # a second command into this folder is refused
+        if seeds is not None:  # several seeds: one folder per seed, mean +- std (flexpl.studies.seeds)
+            from flexpl.cli.tables import seeds_table
+            from flexpl.studies.compare import compare_seeds
 
-        summaries = compare(a.scenario, a.set, strategies, a.seed, out, a.quiet, a.ray, a.jobs)
-        if not a.quiet:
-            c = make_console()
-            c.print(summary_table(summaries, f"{scn.name}: {scn.training.rounds} rounds, seed {scn.seed}"))
-            if any(s.get("to_target") for s in summaries):
-                c.print(targets_table(summaries))
-            c.print(f"comparison in {out}/comparison.csv")
-    maybe_report(out, a.quiet)
-    track_results(out, trackers)
+            aggs = compare_seeds(a.scenario, a.set, strategies, seeds, scn.data_nodes, out, a.quiet, a.ray, a.jobs)
+            if not a.quiet:
+                c = make_console()
+                c.print(seeds_table(aggs, f"{scn.name}: {scn.training.rounds} rounds, seeds "
+                                          f"{','.join(map(str, seeds))} (mean ± sample std)"))
+                c.print(f"comparison in {out}/comparison.csv (per seed: comparison_seeds.csv)")
+        else:
+            from flexpl.cli.tables import summary_table, targets_table
+            from flexpl.studies.compare import compare
+
+            summaries = compare(a.scenario, a.set, strategies, a.seed, out, a.quiet, a.ray, a.jobs)
+            if not a.quiet:
+                c = make_console()
+                c.print(summary_table(summaries, f"{scn.name}: {scn.training.rounds} rounds, seed {scn.seed}"))
+                if any(s.get("to_target") for s in summaries):
+                    c.print(targets_table(summaries))
+                c.print(f"comparison in {out}/comparison.csv")
+        maybe_report(out, a.quiet)
+        track_results(out, trackers)
     return 0

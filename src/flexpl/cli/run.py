@@ -58,34 +58,37 @@ def main(a: argparse.Namespace) -> int:
         raise UserError("--emulate-links: runs the dist backend only; add --backend dist")
     if a.emulate_profile and not a.emulate_links:
         raise UserError("--emulate-profile: only used with --emulate-links; add --emulate-links")
-    if (a.backend or scn.engine.backend) == "dist":  # one process per node: flexpl.dist
-        from flexpl.dist.launch import run_dist
-        from flexpl.dist.ranks import WorkerFailure
+    from flexpl.io.lock import hold_folder
 
-        if a.resume:
-            raise UserError("--resume: the dist backend cannot resume a run; use --backend sim")
-        if scn.evaluation.stop_at_target:
-            raise UserError("--stop-at-target: the dist backend cannot stop at a target; use --backend sim "
-                            "(--target-accuracy alone works)")
-        if a.timeout is not None and a.timeout <= 0:
-            raise UserError(f"--timeout: must be a positive number of seconds, got {a.timeout:g}")
-        from flexpl.planner.memory import check_fits
+    with hold_folder(out, "flexpl run"):  # a second command into this folder is refused
+        if (a.backend or scn.engine.backend) == "dist":  # one process per node: flexpl.dist
+            from flexpl.dist.launch import run_dist
+            from flexpl.dist.ranks import WorkerFailure
 
-        check_fits(scn)
-        try:
-            if a.emulate_links:  # namespaces + HTB: flexpl.dist.emulate.links
-                from flexpl.dist.emulate.links import run_emulated
+            if a.resume:
+                raise UserError("--resume: the dist backend cannot resume a run; use --backend sim")
+            if scn.evaluation.stop_at_target:
+                raise UserError("--stop-at-target: the dist backend cannot stop at a target; use --backend sim "
+                                "(--target-accuracy alone works)")
+            if a.timeout is not None and a.timeout <= 0:
+                raise UserError(f"--timeout: must be a positive number of seconds, got {a.timeout:g}")
+            from flexpl.planner.memory import check_fits
 
-                s = run_emulated(scn, out, a.timeout, a.quiet, a.emulate_profile)
-            else:
-                s = run_dist(scn, out, a.timeout, a.quiet)
-        except WorkerFailure as exc:  # a worker died, hung or failed: one line, exit 3
-            print(f"flexpl: error: {exc}", file=sys.stderr)
-            return 3
-    else:
-        from flexpl.studies.run_one import run_one
+            check_fits(scn)
+            try:
+                if a.emulate_links:  # namespaces + HTB: flexpl.dist.emulate.links
+                    from flexpl.dist.emulate.links import run_emulated
 
-        s = run_one(scenario or DEFAULT_SCENARIO, a.set, a.strategy, a.seed, out, a.quiet, resume=bool(a.resume))
+                    s = run_emulated(scn, out, a.timeout, a.quiet, a.emulate_profile)
+                else:
+                    s = run_dist(scn, out, a.timeout, a.quiet)
+            except WorkerFailure as exc:  # a worker died, hung or failed: one line, exit 3
+                print(f"flexpl: error: {exc}", file=sys.stderr)
+                return 3
+        else:
+            from flexpl.studies.run_one import run_one
+
+            s = run_one(scenario or DEFAULT_SCENARIO, a.set, a.strategy, a.seed, out, a.quiet, resume=bool(a.resume))
     if not a.quiet:
         from flexpl.cli.tables import summary_table, targets_table
         from flexpl.io.console import make_console

@@ -249,3 +249,22 @@ def scenario_from_data(data: dict[str, Any], sets: list[str] | None = None, stra
         if not any(str(exc).startswith(k) for k in applied):
             raise
         raise UserError(f"{exc} (after strategy_overrides.{data.get('strategy')}: {', '.join(applied)})") from None
+
+
+def scenario_user_code(name_or_path: str | None, sets: list[str] | None = None) -> list[tuple[str, str]]:
+    """The ``(field, "module:function")`` user code a scenario and its ``--set`` items would import.
+
+    Read from the YAML without validating (nothing is imported); a scenario that does not
+    read or parse gives ``[]`` (loading it reports the problem in one line).
+    """
+    from flexpl.io.user_code import user_code_in
+
+    try:
+        data = yaml.safe_load(_read_scenario_text(name_or_path or DEFAULT_SCENARIO)[0])
+        if not isinstance(data, dict):
+            return []
+        for item in sets or []:
+            apply_set(data, item)
+    except (UserError, yaml.YAMLError, OSError, ValueError, TypeError):
+        return []
+    return user_code_in(data)

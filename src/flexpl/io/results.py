@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -51,10 +52,23 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(no_space_message(p, len(data.encode() if isinstance(data, str) else data))) from None
         raise
+
+
+def no_space_message(path: Path, needed: int) -> str:
+    """One line for a full disk: the file, the bytes it needs, the bytes free, and how to go on."""
+    try:
+        st = os.statvfs(path.parent)
+        free = f"{st.f_bavail * st.f_frsize:,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    return (f"no space left on the device writing '{path}' ({needed:,} bytes needed, {free}); the previous "
+            f"version of the file is kept; free space and rerun with --resume {path.parent}")
 
 
 def _clean(obj: Any) -> Any:

@@ -3,16 +3,68 @@
 A scenario can name a model factory, a dataset loader, a loss or an aggregator by import
 path (``model: {factory: "mypkg.models:build"}``), so every process that loads the scenario
 (``flexpl worker`` under torchrun, the dist backend's workers) builds the same object.
+
+Such code runs with the user's rights, so FlexPL says which code a scenario will import
+(:func:`user_code_in`, printed by ``flexpl scenarios --show FILE`` and at the start of every
+run) and can refuse it: ``--no-user-code`` or ``FLEXPL_NO_USER_CODE=1`` (:func:`forbid_user_code`,
+:func:`user_code_forbidden`). A module name must be a dotted name of identifiers (no relative
+import, no file path), so it is looked up on ``sys.path`` (and the current folder) only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from flexpl.errors import UserError
+
+NO_USER_CODE_ENV = "FLEXPL_NO_USER_CODE"
+_forbidden: list[str] = []  # why user code may not be imported now (innermost last)
+
+
+def user_code_forbidden() -> str | None:
+    """Why importing user code is refused now (``--no-user-code``, the environment, a reading command), or None."""
+    if _forbidden:
+        return _forbidden[-1]
+    if os.environ.get(NO_USER_CODE_ENV, "").strip().lower() not in ("", "0", "false", "no"):
+        return f"{NO_USER_CODE_ENV} is set"
+    return None
+
+
+@contextlib.contextmanager
+def forbid_user_code(reason: str) -> Iterator[None]:
+    """Inside the block, :func:`import_object` refuses every import path in one line that gives ``reason``."""
+    _forbidden.append(reason)
+    try:
+        yield
+    finally:
+        _forbidden.pop()
+
+
+def user_code_in(data: Any, where: str = "") -> list[tuple[str, str]]:
+    """Every ``(field, "module:function")`` a scenario (plain data) would import, in file order.
+
+    The fields are ``model.factory``, ``data.dataset.factory``, ``training.loss``,
+    ``training.aggregator.kind`` and the same under ``strategy_overrides``: any ``factory``,
+    ``loss`` or aggregator ``kind`` whose value is an import path.
+    """
+    found: list[tuple[str, str]] = []
+    if isinstance(data, Mapping):
+        for k, v in data.items():
+            field = f"{where}.{k}" if where else str(k)
+            if isinstance(v, str) and is_import_path(v) and (
+                    k in ("factory", "loss") or (k == "kind" and where.endswith("aggregator"))):
+                found.append((field, v))
+            else:
+                found.extend(user_code_in(v, field))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            found.extend(user_code_in(v, f"{where}[{i}]"))
+    return found
 
 
 def is_import_path(text: Any) -> bool:
@@ -30,6 +82,14 @@ def import_object(path: Any, field: str) -> Any:
         raise UserError(f"{field}: {path!r} is not an import path; write 'module:function' "
                         "(e.g. mypkg.models:build)")
     mod_name, attr = path.split(":")
+    if not all(part.isidentifier() for part in mod_name.split(".")) or not all(
+            part.isidentifier() for part in attr.split(".")):
+        raise UserError(f"{field}: {path!r} is not an import path; write 'module:function' with dotted Python "
+                        "names (no relative import, no file path), e.g. mypkg.models:build")
+    why = user_code_forbidden()
+    if why:
+        raise UserError(f"{field}: the scenario imports user code '{path}', refused because {why}; "
+                        "remove that field or run without --no-user-code")
     try:
         mod = importlib.import_module(mod_name)
     except ModuleNotFoundError as exc:

@@ -164,6 +164,8 @@ class Writer:
         _PENDING.discard(self)
         if self._error is not None:
             (path, exc), self._error = self._error, None
+            if isinstance(exc, UserError):  # a full disk: atomic_write's line names the file and the space needed
+                raise UserError(f"checkpoint: {exc}")
             why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise UserError(f"checkpoint: writing '{path}' failed ({why}); the previous checkpoint is kept; "
                             "free space or fix the permissions of the output folder and rerun with --resume")

@@ -76,10 +76,13 @@ def _run_cell(scenario: str | None, sets: Sequence[str], strategy: str | None, s
               out: Path) -> dict[str, Any]:
     """Run one cell into ``out`` (in this process or a worker); returns its summary."""
     from flexpl.errors import Diverged
+    from flexpl.io.lock import hold_folder
     from flexpl.studies import run_one as runs
 
     try:
-        return runs.run_one(scenario, list(sets), strategy, seed, out, quiet=True, label=out.name, show_data=False)
+        with hold_folder(out, "flexpl sweep cell", field=f"sweep cell {out.name}"):  # never run twice at once
+            return runs.run_one(scenario, list(sets), strategy, seed, out, quiet=True, label=out.name,
+                                show_data=False)
     except Diverged as exc:  # a result of the grid, not a failure of the sweep: its summary says "diverged"
         return dict(exc.summary or {"diverged": str(exc)})
 
@@ -243,6 +246,7 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
     ``ray_cpus`` CPUs, default every core) every cell runs as a Ray task; ``jobs`` is then unused.
     """
     from flexpl.io.console import make_console, progress
+    from flexpl.io.lock import hold_folder
     from flexpl.io.results import prepare_out_dir, write_yaml
 
     if jobs < 1:
@@ -262,56 +266,57 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
         cells = seed_cells(cells, seeds)
     checked = _check_cells(scenario, sets, seed, cells)
     out = prepare_out_dir(out or f"results/{checked[cells[0].name][2]}-sweep")
-    meta = {"scenario": scenario, "set": list(sets), "seed": seed,
-            "grid": {k: v for k, v in axes}, "cells": [c.name for c in cells]}
-    if seeds is not None:
-        meta["seeds"] = list(seeds)
-    write_yaml(out / "sweep.yaml", meta)
-
-    digests = {name: d for name, (d, _, _) in checked.items()}
-
-    def rebuild_csv() -> None:  # one row per cell, or per cell over its seeds
+    with hold_folder(out, "flexpl sweep"):  # a second command into this folder is refused
+        meta = {"scenario": scenario, "set": list(sets), "seed": seed,
+                "grid": {k: v for k, v in axes}, "cells": [c.name for c in cells]}
         if seeds is not None:
-            write_sweep_seeds_csv(out, base_cells, seeds, digests)
-        else:
-            write_sweep_csv(out, cells, digests)
-    todo = [c for c in cells if not is_finished(out / c.name, checked[c.name][0])]
-    console = make_console(quiet)
-    if len(todo) < len(cells):
-        console.print(f"sweep: {len(cells) - len(todo)} of {len(cells)} cells already finished in {out}/; "
-                      "running the rest")
-    rebuild_csv()
-    for c in cells:
-        if c not in todo and on_cell:
-            on_cell(c, None)
+            meta["seeds"] = list(seeds)
+        write_yaml(out / "sweep.yaml", meta)
 
-    with progress(quiet, console) as bar, _RoundWatcher(bar, out) as watch:
-        overall = bar.add_task("cells", total=len(cells), completed=len(cells) - len(todo), info="")
+        digests = {name: d for name, (d, _, _) in checked.items()}
 
-        def done(c: Cell, summary: dict[str, Any]) -> None:
-            watch.remove(c.name)
-            rebuild_csv()  # after every cell, so an interrupted sweep keeps its rows
-            acc = summary.get("final_accuracy")
-            bar.update(overall, advance=1,
-                            info=f"last: {c.name}" + (f"  acc {acc:.4f}" if isinstance(acc, float) else ""))
-            if on_cell:
-                on_cell(c, summary)
+        def rebuild_csv() -> None:  # one row per cell, or per cell over its seeds
+            if seeds is not None:
+                write_sweep_seeds_csv(out, base_cells, seeds, digests)
+            else:
+                write_sweep_csv(out, cells, digests)
+        todo = [c for c in cells if not is_finished(out / c.name, checked[c.name][0])]
+        console = make_console(quiet)
+        if len(todo) < len(cells):
+            console.print(f"sweep: {len(cells) - len(todo)} of {len(cells)} cells already finished in {out}/; "
+                          "running the rest")
+        rebuild_csv()
+        for c in cells:
+            if c not in todo and on_cell:
+                on_cell(c, None)
 
-        def failed(c: Cell, exc: UserError) -> UserError:
-            return UserError(f"sweep cell {c.name}: {exc}")
+        with progress(quiet, console) as bar, _RoundWatcher(bar, out) as watch:
+            overall = bar.add_task("cells", total=len(cells), completed=len(cells) - len(todo), info="")
 
-        if ray is not None:
-            _run_ray(scenario, sets, seed, out, todo, checked, watch, done, failed, ray, ray_cpus)
-        elif jobs == 1:
-            for c in todo:
-                watch.add(c.name, checked[c.name][1])
-                try:
-                    summary = _run_cell(scenario, [*sets, *c.sets], c.strategy, seed, out / c.name)
-                except UserError as exc:
-                    raise failed(c, exc) from None
-                done(c, summary)
-        else:
-            _run_parallel(scenario, sets, seed, out, todo, jobs, checked, watch, done, failed)
+            def done(c: Cell, summary: dict[str, Any]) -> None:
+                watch.remove(c.name)
+                rebuild_csv()  # after every cell, so an interrupted sweep keeps its rows
+                acc = summary.get("final_accuracy")
+                bar.update(overall, advance=1,
+                                info=f"last: {c.name}" + (f"  acc {acc:.4f}" if isinstance(acc, float) else ""))
+                if on_cell:
+                    on_cell(c, summary)
+
+            def failed(c: Cell, exc: UserError) -> UserError:
+                return UserError(f"sweep cell {c.name}: {exc}")
+
+            if ray is not None:
+                _run_ray(scenario, sets, seed, out, todo, checked, watch, done, failed, ray, ray_cpus)
+            elif jobs == 1:
+                for c in todo:
+                    watch.add(c.name, checked[c.name][1])
+                    try:
+                        summary = _run_cell(scenario, [*sets, *c.sets], c.strategy, seed, out / c.name)
+                    except UserError as exc:
+                        raise failed(c, exc) from None
+                    done(c, summary)
+            else:
+                _run_parallel(scenario, sets, seed, out, todo, jobs, checked, watch, done, failed)
     return out
 
 

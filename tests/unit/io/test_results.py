@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from flexpl.costs.trace import timeline_rows
+from flexpl.errors import UserError
 from flexpl.io import results
 from flexpl.io.results import IN_PROGRESS, RunWriter
 
@@ -79,8 +80,8 @@ def test_a_summary_that_cannot_be_written_leaves_no_summary_and_the_run_marked(t
             raise OSError(28, "No space left on device")
         real(src, dst)
     monkeypatch.setattr(os, "replace", full_disk)
-    with pytest.raises(OSError, match="No space"):
-        w.finish({"rounds": 1})
+    with pytest.raises(UserError, match="no space left on the device writing .*summary.json.* bytes needed"):
+        w.finish({"rounds": 1})  # one line for the command line (exit 2), not a traceback
     assert not (tmp_path / "summary.json").exists()  # never half a summary
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
     assert (tmp_path / IN_PROGRESS).exists()  # readers see an unfinished run

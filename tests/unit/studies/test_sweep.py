@@ -82,7 +82,7 @@ def test_sweep_resumes_after_a_crash(tmp_path, monkeypatch):
     def crash_in_second_cell(scenario, sets, strategy, seed, out_dir, quiet, label="", show_data=False):
         calls.append(out_dir.name)
         if len(calls) == 2:  # killed mid-cell: a folder and part of rounds.csv, but no summary.json
-            out_dir.mkdir(parents=True)
+            out_dir.mkdir(parents=True, exist_ok=True)  # the cell lock made it
             (out_dir / "rounds.csv").write_text("round,accuracy\n1,0.5\n")
             raise RuntimeError("killed")
         return real(scenario, sets, strategy, seed, out_dir, quiet, label, show_data)

@@ -1,0 +1,99 @@
+"""Code a scenario imports: listed before it runs, refused by --no-user-code, never imported by report,
+only dotted names on sys.path, and checkpoints that refuse pickled objects."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from flexpl.cli import main
+
+MOD = "flexpl_i28_probe"
+SCENARIO = f"""name: probe
+data: {{dataset: {{factory: "{MOD}:data", n: 10}}}}
+model: {{factory: "{MOD}:build"}}
+training: {{loss: "{MOD}:loss", aggregator: {{kind: "{MOD}:agg"}}}}
+"""
+
+
+@pytest.fixture
+def probe(tmp_path, monkeypatch):
+    """A module that must not be imported (importing it writes a marker file), on sys.path."""
+    marker = tmp_path / "imported"
+    (tmp_path / f"{MOD}.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n"
+                                        "def build(**k): raise SystemExit('ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(MOD, None)
+    f = tmp_path / "probe.yaml"
+    f.write_text(SCENARIO)
+    yield f, marker
+    sys.modules.pop(MOD, None)
+
+
+def test_show_file_lists_every_import_without_importing(probe, capsys):
+    f, marker = probe
+    assert main(["scenarios", "--show", str(f)]) == 0
+    out = capsys.readouterr().out
+    for line in [f"data.dataset.factory: {MOD}:data", f"model.factory: {MOD}:build",
+                 f"training.loss: {MOD}:loss", f"training.aggregator.kind: {MOD}:agg"]:
+        assert f"#   {line}\n" in out
+    assert not marker.exists()
+    assert main(["scenarios", "--show", "digits-star"]) == 0
+    assert capsys.readouterr().out.endswith("# user code this scenario imports: none\n")
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_no_user_code_refuses_in_one_line_before_anything(probe, tmp_path, capsys, monkeypatch, how):
+    f, marker = probe
+    argv = ["run", str(f), "--out", str(tmp_path / "res")]
+    if how == "flag":
+        argv.append("--no-user-code")
+    else:
+        monkeypatch.setenv("FLEXPL_NO_USER_CODE", "1")
+    assert main(argv) == 2
+    cap = capsys.readouterr()
+    assert len(cap.err.strip().splitlines()) == 1 and "refused because" in cap.err and MOD in cap.err
+    assert f"imports user code: data.dataset.factory={MOD}:data" in cap.out  # listed at the start
+    assert not marker.exists() and not (tmp_path / "res").exists()
+
+
+@pytest.mark.parametrize("path", ["..evil:build", "/etc/passwd:x", "a/b:c", "os:system()"])
+def test_an_import_path_is_dotted_names_only(tmp_path, capsys, path):
+    f = tmp_path / "s.yaml"
+    f.write_text(f'name: s\nmodel: {{factory: "{path}"}}\n')
+    assert main(["plan", str(f), "--out", str(tmp_path / "p"), "--quiet"]) == 2  # a240843: '..evil' -> TypeError
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("flexpl: error: model.factory:"), err
+
+
+def test_report_never_imports_user_code(probe, tmp_path, capsys):
+    _, marker = probe
+    out = tmp_path / "run"
+    assert main(["run", "digits-star", "--out", str(out), "--quiet", "--set", "training.rounds=1",
+                 "--set", "training.max_steps_per_round=2"]) == 0
+    cfg = out / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("model:\n", f"model:\n  factory: {MOD}:build\n", 1))
+    main(["report", str(out)])  # may warn about the edited config; it must not import it
+    assert not marker.exists() and MOD not in sys.modules
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    quick = ["--quiet", "--set", "training.rounds=2", "--set", "training.max_steps_per_round=2"]
+    assert main(["run", "digits-star", "--out", str(out), *quick]) == 0
+    marker = tmp_path / "unpickled"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    blob = torch.load(out / "checkpoint.pt", weights_only=True)
+    blob["engine"] = Evil()
+    torch.save(blob, out / "checkpoint.pt")
+    assert main(["run", "digits-star", "--resume", str(out), *quick]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "corrupted or not a FlexPL checkpoint" in err, err
+    assert not marker.exists()

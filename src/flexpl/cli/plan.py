@@ -70,6 +70,8 @@ def main(args: argparse.Namespace) -> int:
     console.print(_table(front, args.objective, args.top,
                          f"{scn.name}: Pareto-optimal plans ({len(front)} of {n_feasible} feasible, {len(rows)} "
                          f"costed in {wall:.2f} s), {args.objective} against bytes and time"))
+    console.print(f"{len(rows)} candidates fall into {planner.n_classes} learning classes "
+                  "(plans that train alike; column learning_class of plans.csv)")
     # the best feasible plan of every family, for context when one plan dominates the front
     families = list(dict.fromkeys(r["family"] for r in rows if r["feasible"]))
     per_family = [next(r for r in rows if r["feasible"] and r["family"] == f) for f in families]

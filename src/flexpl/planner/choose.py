@@ -25,7 +25,7 @@ NUMERIC_COLUMNS = (
     "max_params_total", "flops_total", "bytes_total", "sim_time_s", "energy_j_total", "device_energy_j_total",
     "raw_bytes_per_round", "stages", "sync_every")
 BOOL_COLUMNS = ("device_memory_fits", "raw_data_moved")
-ID_COLUMNS = ("plan", "strategy", "family", "cut", "grouping", "sync_every", "stages")
+ID_COLUMNS = ("plan", "strategy", "family", "cut", "grouping", "sync_every", "stages", "learning_class")
 CSV_COLUMNS = (*ID_COLUMNS, "flops_per_round", "bytes_per_round", "sim_time_s_per_round", "energy_j_per_round",
                "device_energy_j_per_round", "energy_j_compute_per_round", "energy_j_comm_per_round",
                "max_device_bytes_per_round", "raw_bytes_per_round", "raw_data_moved", "peak_memory_bytes_max",

@@ -37,9 +37,13 @@ def cost_candidates(scn: Scenario, dataset: Dataset | None = None,
     """Predict every candidate of ``scn`` (each distinct plan once); returns planner, candidates, rows.
 
     Candidates that cannot run on this scenario are listed, with the reason, in ``planner.skipped``.
+    Every row gets its ``learning_class`` (:mod:`flexpl.planner.classes`); ``planner.learning_keys``
+    maps each class to its key and ``planner.n_classes`` counts them.
     """
+    from flexpl.planner.classes import assign_classes, learning_key
+
     planner = Planner(scn, dataset)
-    cands, rows = [], []
+    cands, rows, keys = [], [], []
     all_cands = planner.candidates()
     seen: set[str] = set()
     for i, cand in enumerate(all_cands):
@@ -54,8 +58,13 @@ def cost_candidates(scn: Scenario, dataset: Dataset | None = None,
             continue
         cands.append(cand)
         rows.append(pred.row)
+        keys.append(learning_key(planner.context(cand).plan, planner.training_for(cand.strategy)))
         if progress:
             progress(i + 1, len(all_cands))
+    names, planner.n_classes = assign_classes(keys)
+    planner.learning_keys = dict(zip(names, keys))
+    for row, name in zip(rows, names):
+        row["learning_class"] = name
     return planner, cands, rows
 
 

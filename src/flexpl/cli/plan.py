@@ -92,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
     if args.validate:
         from flexpl.studies.validate_plans import validate
 
-        validate(scn, planner, by_label, rows, args.validate, console, args.ray)
+        validate(scn, planner, by_label, rows, args.validate, console, args.ray, targets=targets or None)
     out = write_plans(Path(args.out or f"results/{scn.name}-plan"), scn, rows, planner.skipped,
                       by_label[best["plan"]], best, args.objective)
     front = [r for r in rows if r["pareto"]]
@@ -117,6 +117,8 @@ def main(args: argparse.Namespace) -> int:
               f"{reasons} -- every one and why in {out / 'skipped.csv'}", file=sys.stderr)
     if pilots is not None:
         _print_targets(console, rows, pilots, targets, constraints, args.objective, scn.training.rounds)
+        if args.validate and args.ray is None:
+            console.print(_validated(rows, targets))
     moves = " (it moves raw data off the devices)" if best.get("raw_data_moved") else ""
     console.print(f"recommended ({args.objective}): {best['plan']}{moves} -> {out}/best.yaml")
     console.print(f"every plan in {out}/plans.csv, the front in {out}/pareto.png")
@@ -188,3 +190,28 @@ def _print_targets(console: Any, rows: list[dict[str, Any]], pilots: Any, target
                       f"{best[f'round_to_target{sfx}']} [{best[f'round_to_target_lo{sfx}']}, "
                       f"{best[f'round_to_target_hi{sfx}']}], {col} {best[col + sfx]:.4g}, bytes "
                       f"{best[f'bytes_to_target{sfx}']:.4g}{moves}")
+
+
+def _validated(rows: list[dict[str, Any]], targets: list[float]) -> Any:
+    """Predicted against measured round, bytes and device energy to each target, for the validated plans."""
+    from flexpl.io.console import fmt, table
+
+    def show(v: Any) -> str:
+        return "-" if v is None or v == float("inf") else fmt(v)
+
+    body = []
+    for r in rows:
+        if r.get("validated_rounds") is None:
+            continue
+        for a in targets:
+            sfx = f"_{a:g}"
+            body.append((r["plan"], f"{a:g}",
+                         f"{show(r.get(f'round_to_target{sfx}'))} [{show(r.get(f'round_to_target_lo{sfx}'))}, "
+                         f"{show(r.get(f'round_to_target_hi{sfx}'))}]",
+                         show(r.get(f"measured_round{sfx}")), show(r.get(f"bytes_to_target{sfx}")),
+                         show(r.get(f"measured_bytes_to_target{sfx}")),
+                         show(r.get(f"device_energy_j_to_target{sfx}")),
+                         show(r.get(f"measured_device_energy_j_to_target{sfx}"))))
+    return table("validated: predicted against measured, to each target",
+                 ["plan", "target", "round (pred) [lo, hi]", "round (meas)", "bytes (pred)", "bytes (meas)",
+                  "device J (pred)", "device J (meas)"], body)

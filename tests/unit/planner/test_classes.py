@@ -6,7 +6,8 @@ import pytest
 
 from flexpl.config.scenario import apply_strategy_overrides, load_scenario, validate_scenario
 from flexpl.planner.candidates import candidate_data
-from flexpl.planner.recommend import cost_candidates
+from flexpl.planner.classes import assign_classes, learning_key
+from flexpl.planner.predict import Planner
 from flexpl.sim.simulator import run, setup
 
 SETS = ["training.rounds=2", "engine.executor=sequential"]
@@ -14,9 +15,13 @@ SETS = ["training.rounds=2", "engine.executor=sequential"]
 
 @pytest.fixture(scope="module")
 def costed():
+    """Every digits-star candidate with its learning class (as cost_candidates assigns them, without the costing)."""
     scn = load_scenario("digits-star", SETS, None, 0)
-    planner, cands, rows = cost_candidates(scn)
-    by_label = {c.label: (c, r) for c, r in zip(cands, rows)}
+    planner = Planner(scn)
+    cands = planner.candidates()
+    names, planner.n_classes = assign_classes(
+        [learning_key(planner.context(c).plan, planner.training_for(c.strategy)) for c in cands])
+    by_label = {c.label: (c, {"plan": c.label, "learning_class": n}) for c, n in zip(cands, names)}
     return scn, planner, by_label
 
 
@@ -68,3 +73,20 @@ def test_digits_star_candidates_fall_into_fewer_classes(costed):
     for cand, row in rows.values():
         if cand.family == "sfl":
             assert row["learning_class"] == rows[f"fl every={cand.sync_every}"][1]["learning_class"]
+
+
+def test_validate_to_a_target_measures_the_round_and_stops_there(costed):
+    from flexpl.studies.validate_plans import validate
+
+    scn, planner, by_label = costed
+    cand, row = by_label["mp cut=1"]
+    row = {**row, "feasible": True}
+    validate(scn, planner, {cand.label: cand}, [row], 1, _Quiet(), targets=[0.8, 0.99])
+    # measured in the exploration above: mp reaches 0.919 in round 1, and never 0.99 in 2 rounds
+    assert row["measured_round_0.8"] == 1 and row["measured_bytes_to_target_0.8"] > 0
+    assert row["measured_round_0.99"] is None and row["validated_rounds"] == 2
+
+
+class _Quiet:
+    def print(self, *_a, **_k) -> None:
+        pass

@@ -8,7 +8,9 @@ rules, each checked bitwise over two rounds of ``digits-star`` (one executor, ``
 1. **Adjacent stages with the same replication and the same sync are one stage.** A cut between
    them only moves blocks from one host to another: SplitFed at any cut equals FL with the same
    FedAvg period (``per_node``/``fedavg`` on both sides); model parallelism at any cut equals
-   itself (``single``/``none``); a per-device cut equals its parent plan (the front's two pieces
+   itself (``single``/``none``), and so does a three-stage plan's middle on one node and tail
+   with the trunk they split (``fpl3 cut=1,2 middle@edge`` = ``fpl cut=1 trunk@cloud``, checked
+   on a device-edge-cloud chain); a per-device cut equals its parent plan (the front's two pieces
    are both ``per_node``).
 2. **A stage with no block is no stage.** ``fpl cut=0`` (an empty front, unsynced) equals
    ``fpl-sync cut=0`` (an empty front, averaged).

@@ -90,3 +90,17 @@ def test_validate_to_a_target_measures_the_round_and_stops_there(costed):
 class _Quiet:
     def print(self, *_a, **_k) -> None:
         pass
+
+
+def test_a_middle_stage_on_one_node_equals_the_trunk_it_splits():
+    """Rule 1 with single, unsynced stages in lockstep: fpl3's middle + tail = fpl's trunk (an edge in between)."""
+    from tests.conftest import chain_scenario
+
+    scn = chain_scenario(SETS)
+    planner = Planner(scn)
+    cands = {c.label: c for c in planner.candidates()}
+    a, b = cands["fpl cut=1 trunk@cloud"], cands["fpl3 cut=1,2 middle@edge"]
+    keys = [learning_key(planner.context(c).plan, planner.training_for(c.strategy)) for c in (a, b)]
+    assert keys[0] == keys[1]
+    costed = (scn, planner, {c.label: (c, {}) for c in (a, b)})
+    assert _accuracies(costed, a.label) == _accuracies(costed, b.label)

@@ -26,6 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="COLUMN<=VALUE (or >=, <, >, ==), e.g. energy_j_per_round<=50, or a boolean "
                              "column such as device_memory_fits (repeatable)")
     parser.add_argument("--top", type=int, default=10, metavar="N", help="rows of the Pareto table (default 10)")
+    parser.add_argument("--target-accuracy", type=float, action="append", default=[], metavar="A",
+                        help="predict for every plan the round at which it reaches accuracy A (in (0, 1]) and "
+                             "its bytes, energy, time and FLOPs to A, from short pilots of one plan per "
+                             "learning class (repeatable; the first A is what the *_to_target objectives read)")
+    parser.add_argument("--pilot-budget", type=int, default=None, metavar="ROUNDS",
+                        help="rounds the pilots may train, all classes together (default: successive halving "
+                             "from 2 rounds per class, doubling for the better half, up to training.rounds)")
     parser.add_argument("--validate", type=int, default=0, metavar="K",
                         help="train the K best feasible plans for min(rounds, 3) rounds and add their accuracy")
     ray_argument(parser, "each of --validate's K trainings")
@@ -42,6 +49,16 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--top: must be a positive integer, got {args.top}")
     if args.validate < 0:
         raise UserError(f"--validate: must be 0 or a positive integer, got {args.validate}")
+    from flexpl.planner.choose import TARGET_OBJECTIVES
+    from flexpl.planner.curves import check_target
+
+    targets = list(dict.fromkeys(check_target(a) for a in args.target_accuracy))
+    if args.pilot_budget is not None and not targets:
+        raise UserError("--pilot-budget: only --target-accuracy A runs pilots; add --target-accuracy or drop it")
+    if args.pilot_budget is not None and args.pilot_budget < 1:
+        raise UserError(f"--pilot-budget: must be a positive number of rounds, got {args.pilot_budget}")
+    if args.objective in TARGET_OBJECTIVES and not targets:
+        raise UserError(f"--objective {args.objective}: costs to a target need --target-accuracy A (e.g. 0.7)")
     if args.ray is not None:  # fail before the costing, not after it
         from flexpl.studies import ray_tasks
 
@@ -49,6 +66,8 @@ def main(args: argparse.Namespace) -> int:
             raise UserError("--ray: only --validate K trains (as Ray tasks); add --validate K or drop --ray")
         ray_tasks.require(args.ray)
     constraints = [parse_constraint(c) for c in args.constraint]  # bad input fails before any work
+    if not targets and any(c.column == "reaches" for c in constraints):
+        raise UserError("--constraint reaches: needs --target-accuracy A (e.g. 0.7)")
     scn = load_scenario(args.scenario, args.set, None, args.seed)
     console = make_console(args.quiet)
     t0 = time.perf_counter()
@@ -56,13 +75,24 @@ def main(args: argparse.Namespace) -> int:
         task = bar.add_task("costing plans", total=None)
         planner, cands, rows = cost_candidates(scn, progress=lambda i, n: bar.update(task, completed=i, total=n))
     wall = time.perf_counter() - t0
+    pilots = None
+    if targets:
+        from flexpl.planner.recommend import add_targets
+        from flexpl.studies.pilots import check_budget, run_pilots
+
+        budget = check_budget(args.pilot_budget, planner.n_classes, scn.training.rounds)
+        console.print(f"pilots: {planner.n_classes} learning classes, budget {budget} rounds, seed {scn.seed}")
+        pilots = run_pilots(scn, planner, {c.label: c for c in cands}, rows, budget,
+                            None if args.quiet else console,
+                            _pilot_score(rows, constraints, args.objective, targets[0], scn.training.rounds, scn.seed))
+        add_targets(rows, pilots.accuracy, targets, scn.training.rounds, scn.seed)
     best = choose(rows, constraints, args.objective)  # raises the one-line "no plan meets ..." error
     rank(rows, args.objective)
     by_label = {c.label: c for c in cands}
     if args.validate:
         from flexpl.studies.validate_plans import validate
 
-        validate(scn, planner, by_label, rows, args.validate, console, args.ray)
+        validate(scn, planner, by_label, rows, args.validate, console, args.ray, targets=targets or None)
     out = write_plans(Path(args.out or f"results/{scn.name}-plan"), scn, rows, planner.skipped,
                       by_label[best["plan"]], best, args.objective)
     picture = _draw_best(scn, planner, by_label[best["plan"]], out)
@@ -71,6 +101,8 @@ def main(args: argparse.Namespace) -> int:
     console.print(_table(front, args.objective, args.top,
                          f"{scn.name}: Pareto-optimal plans ({len(front)} of {n_feasible} feasible, {len(rows)} "
                          f"costed in {wall:.2f} s), {args.objective} against bytes and time"))
+    console.print(f"{len(rows)} candidates fall into {planner.n_classes} learning classes "
+                  "(plans that train alike; column learning_class of plans.csv)")
     # the best feasible plan of every family, for context when one plan dominates the front
     families = list(dict.fromkeys(r["family"] for r in rows if r["feasible"]))
     per_family = [next(r for r in rows if r["feasible"] and r["family"] == f) for f in families]
@@ -84,7 +116,12 @@ def main(args: argparse.Namespace) -> int:
         reasons = "; ".join(dict.fromkeys(s["reason"] for s in planner.skipped[:5]))
         print(f"flexpl: warning: plan skipped {len(names)} candidate(s) that cannot run here ({shown}): "
               f"{reasons} -- every one and why in {out / 'skipped.csv'}", file=sys.stderr)
-    console.print(f"recommended ({args.objective}): {best['plan']} -> {out}/best.yaml")
+    if pilots is not None:
+        _print_targets(console, rows, pilots, targets, constraints, args.objective, scn.training.rounds)
+        if args.validate and args.ray is None:
+            console.print(_validated(rows, targets))
+    moves = " (it moves raw data off the devices)" if best.get("raw_data_moved") else ""
+    console.print(f"recommended ({args.objective}): {best['plan']}{moves} -> {out}/best.yaml")
     console.print(f"every plan in {out}/plans.csv, the front in {out}/pareto.png"
                   + (f", the recommended plan drawn in {picture}" if picture else ""))
     return 0
@@ -113,8 +150,84 @@ def _table(rows: list[dict[str, Any]], objective: str, top: int, title: str) -> 
     cols = list(dict.fromkeys((col, "bytes_per_round", "sim_time_s_per_round", "energy_j_per_round",
                                "device_energy_j_per_round", "max_device_bytes_per_round",
                                "peak_memory_device_max")))
+    if "round_to_target" in (rows[0] if rows else {}):
+        cols += ["round_to_target", "pilot_accuracy"]
     if any(r.get("accuracy") is not None for r in rows):
         cols.append("accuracy")
     return table(title, ["plan", *(c.replace("_per_round", "/round") for c in cols)],
                  ([("* " if r.get("recommended") else "") + r["plan"],
                    *(fmt(r.get(c)) if r.get(c) is not None else "-" for c in cols)] for r in rows[:top]))
+
+
+def _pilot_score(rows: list[dict[str, Any]], constraints: list[Any], objective: str, target: float,
+                 max_rounds: int, seed: int) -> Any:
+    """Successive halving keeps the classes whose cheapest feasible member is predicted cheapest to ``target``."""
+    import math
+
+    from flexpl.planner.choose import MEMORY_FITS, OBJECTIVES, TARGET_OBJECTIVES
+    from flexpl.planner.curves import TO_TARGET, predict_reach
+
+    col = OBJECTIVES[objective if objective in TARGET_OBJECTIVES else "device_energy_to_target"]
+    per_round = next(k for k, v in TO_TARGET.items() if v == col)
+    cheapest: dict[str, float] = {}
+    for r in rows:
+        if all(c.holds(r) for c in (MEMORY_FITS, *constraints)):
+            cheapest[r["learning_class"]] = min(cheapest.get(r["learning_class"], math.inf), float(r[per_round]))
+
+    def score(cls: str, acc: list[float]) -> float:
+        reach = predict_reach(acc, target, max_rounds, seed)
+        return math.inf if reach.round is None else reach.round * cheapest.get(cls, math.inf)
+    return score
+
+
+def _print_targets(console: Any, rows: list[dict[str, Any]], pilots: Any, targets: list[float],
+                   constraints: list[Any], objective: str, max_rounds: int) -> None:
+    """The pilots' cost against training every class to each target, and each target's pick."""
+    from flexpl.planner.choose import OBJECTIVES, TARGET_OBJECTIVES, pick
+
+    rungs = ", ".join(f"{n} x {r}" for r, n in pilots.rungs)
+    console.print(f"pilots trained {pilots.rounds_trained} rounds in {pilots.wall_s:.1f} s (classes x rounds: "
+                  f"{rungs}; seed {pilots.seed})")
+    by_class = {r["learning_class"]: r for r in rows}
+    obj = objective if objective in TARGET_OBJECTIVES else "device_energy_to_target"
+    for a in targets:
+        sfx = f"_{a:g}"
+        reached = [r for r in by_class.values() if r.get(f"reaches{sfx}")]
+        full = sum(r[f"round_to_target{sfx}"] for r in reached) + max_rounds * (len(by_class) - len(reached))
+        console.print(f"target {a:g}: {len(reached)} of {len(by_class)} classes reach it within {max_rounds} rounds; "
+                      f"training every class to it (or to the last round) would take {full} rounds")
+        best = pick(rows, constraints, obj, sfx)
+        if best is None:
+            console.print(f"target {a:g}: no feasible plan reaches it (by {obj})")
+            continue
+        moves = "; it moves raw data off the devices" if best["raw_data_moved"] else ""
+        col = OBJECTIVES[obj]
+        console.print(f"target {a:g}: pick by {obj}: {best['plan']} (class {best['learning_class']}), round "
+                      f"{best[f'round_to_target{sfx}']} [{best[f'round_to_target_lo{sfx}']}, "
+                      f"{best[f'round_to_target_hi{sfx}']}], {col} {best[col + sfx]:.4g}, bytes "
+                      f"{best[f'bytes_to_target{sfx}']:.4g}{moves}")
+
+
+def _validated(rows: list[dict[str, Any]], targets: list[float]) -> Any:
+    """Predicted against measured round, bytes and device energy to each target, for the validated plans."""
+    from flexpl.io.console import fmt, table
+
+    def show(v: Any) -> str:
+        return "-" if v is None or v == float("inf") else fmt(v)
+
+    body = []
+    for r in rows:
+        if r.get("validated_rounds") is None:
+            continue
+        for a in targets:
+            sfx = f"_{a:g}"
+            body.append((r["plan"], f"{a:g}",
+                         f"{show(r.get(f'round_to_target{sfx}'))} [{show(r.get(f'round_to_target_lo{sfx}'))}, "
+                         f"{show(r.get(f'round_to_target_hi{sfx}'))}]",
+                         show(r.get(f"measured_round{sfx}")), show(r.get(f"bytes_to_target{sfx}")),
+                         show(r.get(f"measured_bytes_to_target{sfx}")),
+                         show(r.get(f"device_energy_j_to_target{sfx}")),
+                         show(r.get(f"measured_device_energy_j_to_target{sfx}"))))
+    return table("validated: predicted against measured, to each target",
+                 ["plan", "target", "round (pred) [lo, hi]", "round (meas)", "bytes (pred)", "bytes (meas)",
+                  "device J (pred)", "device J (meas)"], body)

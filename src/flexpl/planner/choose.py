@@ -16,7 +16,11 @@ if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
 
 
 OBJECTIVES = {"energy": "energy_j_per_round", "time": "sim_time_s_per_round", "bytes": "bytes_per_round",
-              "device_energy": "device_energy_j_per_round"}
+              "device_energy": "device_energy_j_per_round",
+              # to a target accuracy (flexpl plan --target-accuracy A): predicted round x per-round bill
+              "device_energy_to_target": "device_energy_j_to_target", "bytes_to_target": "bytes_to_target",
+              "time_to_target": "sim_time_s_to_target", "energy_to_target": "energy_j_to_target"}
+TARGET_OBJECTIVES = frozenset(k for k in OBJECTIVES if k.endswith("_to_target"))
 # predicted columns a --constraint may name (booleans accept a bare name or ==true/false)
 NUMERIC_COLUMNS = (
     "flops_per_round", "bytes_per_round", "sim_time_s_per_round", "energy_j_per_round",
@@ -24,8 +28,8 @@ NUMERIC_COLUMNS = (
     "max_device_bytes_per_round", "peak_memory_bytes_max", "peak_memory_device_max", "params_total",
     "max_params_total", "flops_total", "bytes_total", "sim_time_s", "energy_j_total", "device_energy_j_total",
     "raw_bytes_per_round", "stages", "sync_every")
-BOOL_COLUMNS = ("device_memory_fits", "raw_data_moved")
-ID_COLUMNS = ("plan", "strategy", "family", "cut", "grouping", "sync_every", "stages")
+BOOL_COLUMNS = ("device_memory_fits", "raw_data_moved", "reaches")
+ID_COLUMNS = ("plan", "strategy", "family", "cut", "grouping", "sync_every", "stages", "learning_class")
 CSV_COLUMNS = (*ID_COLUMNS, "flops_per_round", "bytes_per_round", "sim_time_s_per_round", "energy_j_per_round",
                "device_energy_j_per_round", "energy_j_compute_per_round", "energy_j_comm_per_round",
                "max_device_bytes_per_round", "raw_bytes_per_round", "raw_data_moved", "peak_memory_bytes_max",
@@ -94,6 +98,18 @@ def parse_constraint(text: str) -> Constraint:
 
 
 MEMORY_FITS = Constraint("device_memory_fits", "device_memory_fits", "==", True)
+REACHES = Constraint("reaches", "reaches", "==", True)  # a to-target objective: the plan reaches the target
+
+
+def pick(rows: Sequence[dict[str, Any]], constraints: Sequence[Constraint], objective: str,
+         suffix: str = "") -> dict[str, Any] | None:
+    """The plan a to-target ``objective`` picks for the target whose columns end in ``suffix`` (no row changed).
+
+    Feasible: fits in memory, meets ``constraints`` and reaches that target; None when no plan is.
+    """
+    col = OBJECTIVES[objective] + suffix
+    ok = [r for r in rows if all(c.holds(r) for c in (MEMORY_FITS, *constraints)) and r.get(f"reaches{suffix}")]
+    return min(ok, key=lambda r: (r[col], r["bytes_per_round"], r["sim_time_s_per_round"])) if ok else None
 
 
 def choose(rows: list[dict[str, Any]], constraints: Sequence[Constraint], objective: str) -> dict[str, Any]:
@@ -106,6 +122,10 @@ def choose(rows: list[dict[str, Any]], constraints: Sequence[Constraint], object
     """
     col = OBJECTIVES[objective]
     every = [MEMORY_FITS, *constraints]
+    if objective in TARGET_OBJECTIVES:
+        if not rows or col not in rows[0]:
+            raise UserError(f"--objective {objective}: costs to a target need --target-accuracy A (e.g. 0.7)")
+        every.append(REACHES)
     for r in rows:
         r["feasible"] = all(c.holds(r) for c in every)
         r["pareto"] = r["recommended"] = False

@@ -87,6 +87,9 @@ class Planner:
         self._training: dict[str, Any] = {}  # strategy -> its training section (training_for)
         # candidates cost_candidates could not cost here: {"plan", "family", "reason"} (skipped.csv)
         self.skipped: list[dict[str, str]] = []
+        # learning classes of the costed candidates (flexpl.planner.classes; set by cost_candidates)
+        self.learning_keys: dict[str, str] = {}
+        self.n_classes = 0
 
     def candidates(self) -> list[Candidate]:
         """Every candidate of :func:`enumerate_candidates`, plus the scenario's own plan if it is explicit."""

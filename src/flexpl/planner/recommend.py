@@ -37,9 +37,13 @@ def cost_candidates(scn: Scenario, dataset: Dataset | None = None,
     """Predict every candidate of ``scn`` (each distinct plan once); returns planner, candidates, rows.
 
     Candidates that cannot run on this scenario are listed, with the reason, in ``planner.skipped``.
+    Every row gets its ``learning_class`` (:mod:`flexpl.planner.classes`); ``planner.learning_keys``
+    maps each class to its key and ``planner.n_classes`` counts them.
     """
+    from flexpl.planner.classes import assign_classes, learning_key
+
     planner = Planner(scn, dataset)
-    cands, rows = [], []
+    cands, rows, keys = [], [], []
     all_cands = planner.candidates()
     seen: set[str] = set()
     for i, cand in enumerate(all_cands):
@@ -54,15 +58,47 @@ def cost_candidates(scn: Scenario, dataset: Dataset | None = None,
             continue
         cands.append(cand)
         rows.append(pred.row)
+        keys.append(learning_key(planner.context(cand).plan, planner.training_for(cand.strategy)))
         if progress:
             progress(i + 1, len(all_cands))
+    names, planner.n_classes = assign_classes(keys)
+    planner.learning_keys = dict(zip(names, keys))
+    for row, name in zip(rows, names):
+        row["learning_class"] = name
     return planner, cands, rows
+
+
+def add_targets(rows: list[dict[str, Any]], accuracy: dict[str, list[float]], targets: Sequence[float],
+                max_rounds: int, seed: int = 0) -> dict[str, dict[float, Any]]:
+    """Add the to-target columns to every row from its class's pilot accuracies; returns class -> target -> Reach.
+
+    For each target ``A``: ``reaches_A``, ``round_to_target_A`` (and ``_lo``/``_hi``) and the bill to
+    the target (``bytes_to_target_A``, ...: :func:`flexpl.planner.curves.target_columns`); the first
+    target's columns are also written without the suffix (what the ``*_to_target`` objectives read).
+    A class whose pilot has fewer than two rounds (successive halving dropped it before) gets no prediction.
+    """
+    from flexpl.planner.curves import Reach, predict_reach, target_columns
+
+    reach: dict[str, dict[float, Any]] = {}
+    for cls, acc in accuracy.items():
+        reach[cls] = {a: predict_reach(acc, a, max_rounds, seed) for a in targets}
+    for r in rows:
+        for i, a in enumerate(targets):
+            got = reach.get(r["learning_class"], {}).get(a) or Reach(a, None, None, None, max_rounds)
+            cols = target_columns(r, got, f"_{a:g}")
+            r.update(cols)
+            if i == 0:
+                r.update({k[: -len(f"_{a:g}")]: v for k, v in cols.items()})
+        cls_acc = accuracy.get(r["learning_class"])
+        r["pilot_rounds"] = len(cls_acc) if cls_acc else 0
+        r["pilot_accuracy"] = cls_acc[-1] if cls_acc else None
+    return reach
 
 
 def rank(rows: list[dict[str, Any]], objective: str) -> None:
     """Sort ``rows`` in place: feasible plans first, then by the objective, then by bytes per round."""
     col = OBJECTIVES[objective]
-    rows.sort(key=lambda r: (not r["feasible"], r[col], r["bytes_per_round"]))
+    rows.sort(key=lambda r: (not r["feasible"], r.get(col, 0.0), r["bytes_per_round"]))
 
 
 def write_best(path: Path, scn: Scenario, cand: Candidate, row: dict[str, Any], objective: str) -> None:
@@ -90,7 +126,8 @@ def write_plans(out: Path, scn: Scenario, rows: list[dict[str, Any]], skipped: l
     from flexpl.planner.figures import plot_pareto
 
     out = prepare_out_dir(out)
-    write_csv(out / "plans.csv", rows, list(CSV_COLUMNS))
+    extra = [k for k in (rows[0] if rows else {}) if k not in CSV_COLUMNS]  # the to-target columns, if any
+    write_csv(out / "plans.csv", rows, [*CSV_COLUMNS, *extra])
     write_csv(out / "skipped.csv", skipped, ["plan", "family", "reason"])
     plot_pareto(rows, objective, out / "pareto.png")
     write_best(out / "best.yaml", scn, best, best_row, objective)

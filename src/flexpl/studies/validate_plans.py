@@ -13,8 +13,14 @@ if TYPE_CHECKING:
 
 
 def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows: list[dict[str, Any]], k: int,
-             console: Any, ray: str | None = None, ray_cpus: int | None = None) -> None:
+             console: Any, ray: str | None = None, ray_cpus: int | None = None,
+             targets: list[float] | None = None) -> None:
     """Train the ``k`` best feasible plans for min(rounds, 3) rounds; add their measured accuracy.
+
+    With ``targets`` (``flexpl plan --target-accuracy``) each plan trains up to the scenario's
+    rounds and stops once it reaches the highest target; the measured round, bytes and device
+    energy to each target ``A`` go into ``measured_round_A``, ``measured_bytes_to_target_A`` and
+    ``measured_device_energy_j_to_target_A`` (None where it was not reached).
 
     With ``ray`` (an address, or "" for a local Ray with ``ray_cpus`` CPUs) each plan trains
     as a Ray task (:mod:`flexpl.studies.ray_tasks`) on the planner's dataset, shipped once.
@@ -22,7 +28,7 @@ def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows:
     from flexpl.config.scenario import apply_strategy_overrides, validate_scenario
     from flexpl.sim.simulator import run, setup
 
-    rounds = min(scn.training.rounds, 3)
+    rounds = scn.training.rounds if targets else min(scn.training.rounds, 3)
     for r in rows:
         r.setdefault("accuracy", None)
         r.setdefault("validated_rounds", None)
@@ -31,6 +37,10 @@ def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows:
     for r in chosen:
         data = candidate_data(scn, cands[r["plan"]])
         data["training"]["rounds"] = rounds
+        if targets:
+            data.setdefault("evaluation", {})
+            data["evaluation"]["targets"] = sorted(targets)
+            data["evaluation"]["stop_at_target"] = True
         if data.get("strategy") != scn.strategy:  # the scenario's own strategy has them applied already
             apply_strategy_overrides(data)
         scns.append(validate_scenario(data))
@@ -59,5 +69,13 @@ def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows:
         return
     for i, (r, sc) in enumerate(zip(chosen, scns)):
         console.print(f"validating [{i + 1}/{len(chosen)}] {r['plan']} ({rounds} rounds)")
-        s = run(sc, st=setup(sc, dataset=planner.data)).summary
-        r["accuracy"], r["validated_rounds"] = s["final_accuracy"], rounds
+        res = run(sc, st=setup(sc, dataset=planner.data))
+        s = res.summary
+        r["accuracy"], r["validated_rounds"] = s["final_accuracy"], len(res.rounds)
+        for a in targets or ():
+            from flexpl.costs.targets import target_key
+
+            hit = (s.get("to_target") or {}).get(target_key(a))
+            r[f"measured_round_{a:g}"] = hit["round"] if hit else None
+            r[f"measured_bytes_to_target_{a:g}"] = hit["bytes"] if hit else None
+            r[f"measured_device_energy_j_to_target_{a:g}"] = hit["device_energy_j"] if hit else None

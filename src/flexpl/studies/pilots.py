@@ -1,0 +1,121 @@
+"""Accuracy pilots for ``flexpl plan --target-accuracy``: one representative per learning class, successive halving.
+
+Every learning class (:mod:`flexpl.planner.classes`) trains one representative (its member with the
+fewest FLOPs per round: the class's members learn alike, so the cheapest to simulate stands for all).
+Rung 1 trains every class for ``first`` rounds (2); each later rung doubles the rounds and keeps the
+better half of the classes (by ``score``: the predicted cost to the target, or the last accuracy), until a rung would pass the scenario's rounds or
+the budget (rounds trained, all pilots together). A pilot runs the scenario's own number of rounds
+and is stopped after the rung's rounds, so its round ``r`` is the full run's round ``r`` (a FedAvg
+period longer than the pilot is not cut short); a later rung reruns the class from round 1 (the
+runs are deterministic, so it repeats the same rounds before going further). Seeds: the scenario's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from flexpl.errors import UserError
+from flexpl.planner.candidates import Candidate, candidate_data
+
+if TYPE_CHECKING:
+    from flexpl.config.scenario import Scenario
+    from flexpl.planner.predict import Planner
+
+FIRST_RUNG = 2
+
+
+@dataclass
+class Pilots:
+    """What the pilots measured: accuracies per class (round 1 onwards), their representative, the cost."""
+
+    accuracy: dict[str, list[float]] = field(default_factory=dict)
+    representative: dict[str, str] = field(default_factory=dict)
+    rounds_trained: int = 0
+    wall_s: float = 0.0
+    seed: int = 0
+    rungs: list[tuple[int, int]] = field(default_factory=list)  # (rounds, classes trained)
+
+
+class _Stop(Exception):
+    pass
+
+
+def default_budget(n_classes: int, rounds: int) -> int:
+    """Rounds that successive halving spends with no budget given: every rung up to the scenario's rounds."""
+    total, r, n = 0, FIRST_RUNG, n_classes
+    while n >= 1 and r <= rounds:
+        total += r * n
+        if n == 1:
+            break
+        r, n = r * 2, (n + 1) // 2
+    return total
+
+
+def check_budget(budget: int | None, n_classes: int, rounds: int) -> int:
+    """The budget in rounds (the default when None), or a one-line UserError if it cannot train rung 1."""
+    if rounds < FIRST_RUNG:
+        raise UserError(f"--target-accuracy: the scenario trains {rounds} round(s); pilots need at least "
+                        f"{FIRST_RUNG} (set training.rounds)")
+    if budget is None:
+        return default_budget(n_classes, rounds)
+    need = FIRST_RUNG * n_classes
+    if budget < need:
+        raise UserError(f"--pilot-budget: {budget} rounds cannot give each of the {n_classes} learning classes "
+                        f"{FIRST_RUNG} rounds; give at least {need}")
+    return budget
+
+
+def _train(scn: Scenario, cand: Candidate, rounds: int, planner: Planner) -> list[float]:
+    from flexpl.config.scenario import apply_strategy_overrides, validate_scenario
+    from flexpl.sim.simulator import run, setup
+
+    data = candidate_data(scn, cand)
+    if data.get("strategy") != scn.strategy:
+        apply_strategy_overrides(data)
+    sc = validate_scenario(data)
+    acc: list[float] = []
+
+    def on_round(row: dict[str, Any]) -> None:
+        acc.append(float(row["accuracy"]))
+        if len(acc) >= rounds:
+            raise _Stop
+
+    try:
+        run(sc, on_round=on_round, st=setup(sc, dataset=planner.data))
+    except _Stop:
+        pass
+    return acc
+
+
+def run_pilots(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows: list[dict[str, Any]],
+               budget: int, console: Any = None, score: Callable[[str, list[float]], float] | None = None
+               ) -> Pilots:
+    """Train one representative per learning class by successive halving within ``budget`` rounds.
+
+    ``score(class, accuracies)``: lower is more promising (default: minus the last accuracy).
+    """
+    rank = score or (lambda _cls, acc: -acc[-1])
+    t0 = time.perf_counter()
+    out = Pilots(seed=scn.seed)
+    for r in sorted(rows, key=lambda r: r["flops_per_round"]):
+        out.representative.setdefault(r["learning_class"], r["plan"])
+    alive = list(out.representative)
+    max_rounds = scn.training.rounds
+    rung = FIRST_RUNG
+    while alive and rung <= max_rounds and out.rounds_trained + rung * len(alive) <= budget:
+        for i, cls in enumerate(alive):
+            plan = out.representative[cls]
+            if console is not None:
+                console.print(f"pilot [{i + 1}/{len(alive)}] {cls} ({plan}): {rung} rounds")
+            out.accuracy[cls] = _train(scn, cands[plan], rung, planner)
+            out.rounds_trained += rung
+        out.rungs.append((rung, len(alive)))
+        if len(alive) == 1:
+            break
+        alive = sorted(alive, key=lambda c: (rank(c, out.accuracy[c]), -out.accuracy[c][-1]))[:(len(alive) + 1) // 2]
+        rung *= 2
+    out.wall_s = time.perf_counter() - t0
+    return out

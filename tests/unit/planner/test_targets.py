@@ -1,0 +1,120 @@
+"""Cost to a target accuracy: curve fit and interval on scripted accuracies, columns = round x bill, errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from flexpl.errors import UserError
+from flexpl.planner.choose import choose, parse_constraint, pick
+from flexpl.planner.curves import check_target, fit_curve, predict_reach, target_columns
+from flexpl.planner.recommend import add_targets
+from flexpl.studies.pilots import check_budget, default_budget
+
+
+def _saturating(n: int, a: float = 0.9, b: float = 0.8, c: float = 0.3, noise: float = 0.0) -> list[float]:
+    r = np.arange(1, n + 1)
+    rng = np.random.default_rng(0)
+    return list(a - b * np.exp(-c * r) + rng.normal(0, noise, n))
+
+
+def test_fit_recovers_a_saturating_curve():
+    f = fit_curve(_saturating(8))
+    assert abs(float(f(np.array([50.0]))[0]) - 0.9) < 0.01
+    assert abs(float(f(np.array([3.0]))[0]) - (0.9 - 0.8 * math.exp(-0.9))) < 0.01
+
+
+def test_predicted_round_from_a_short_pilot_matches_the_true_curve():
+    truth = _saturating(40)
+    true_round = next(i + 1 for i, v in enumerate(truth) if v >= 0.85)  # beyond the pilot's 8 rounds
+    reach = predict_reach(_saturating(8), 0.85, 40)
+    assert true_round > 8 and reach.reaches
+    assert abs(reach.round - true_round) <= 1
+    assert reach.lo <= reach.round <= reach.hi
+
+
+def test_noise_widens_the_interval():
+    clean = predict_reach(_saturating(6), 0.85, 60)
+    noisy = predict_reach(_saturating(6, noise=0.03), 0.85, 60)
+    assert noisy.round > 6  # no pilot round measured the target: both are predictions
+    assert (noisy.hi or 61) - (noisy.lo or 0) > clean.hi - clean.lo
+
+
+def test_a_target_above_the_plateau_is_not_reached():
+    reach = predict_reach(_saturating(8), 0.97, 20)
+    assert not reach.reaches and reach.round is None
+
+
+def test_a_measured_hit_is_the_round():
+    reach = predict_reach([0.5, 0.72, 0.71, 0.74], 0.7, 20)
+    assert reach.round == 2 and reach.hi == 2
+
+
+def test_to_target_columns_are_the_round_times_the_per_round_bill():
+    row = {"bytes_per_round": 1000, "energy_j_per_round": 2.5, "device_energy_j_per_round": 1.5,
+           "sim_time_s_per_round": 4.0, "flops_per_round": 1e6}
+    reach = predict_reach(_saturating(8), 0.85, 40)
+    cols = target_columns(row, reach)
+    assert cols["bytes_to_target"] == 1000 * reach.round
+    assert cols["device_energy_j_to_target_lo"] == 1.5 * reach.lo
+    assert cols["sim_time_s_to_target_hi"] == 4.0 * reach.hi
+    never = target_columns(row, predict_reach(_saturating(8), 0.99, 40))
+    assert never["reaches"] is False and math.isinf(never["energy_j_to_target"])
+
+
+def _rows():
+    base = {"device_memory_fits": True, "bytes_per_round": 10.0, "sim_time_s_per_round": 1.0,
+            "energy_j_per_round": 1.0, "flops_per_round": 1.0}
+    return [  # cheap per round but learns slowly; dear per round but learns fast; one that moves raw data
+        {**base, "plan": "slow", "learning_class": "C1", "device_energy_j_per_round": 1.0, "raw_data_moved": False},
+        {**base, "plan": "fast", "learning_class": "C2", "device_energy_j_per_round": 2.0, "raw_data_moved": False},
+        {**base, "plan": "raw", "learning_class": "C3", "device_energy_j_per_round": 0.1, "raw_data_moved": True},
+    ]
+
+
+def test_the_pick_is_the_cheapest_to_the_target_not_per_round():
+    rows = _rows()
+    acc = {"C1": _saturating(8, c=0.1), "C2": _saturating(8, c=0.8), "C3": _saturating(8, c=0.8)}
+    add_targets(rows, acc, [0.8], 40)
+    by = {r["plan"]: r for r in rows}
+    assert by["fast"]["round_to_target"] < by["slow"]["round_to_target"]
+    assert by["slow"]["round_to_target_0.8"] == by["slow"]["round_to_target"]
+    no_raw = [parse_constraint("raw_data_moved==false")]
+    assert pick(rows, no_raw, "device_energy_to_target")["plan"] == "fast"
+    assert choose(rows, no_raw, "device_energy_to_target")["plan"] == "fast"
+    assert choose(rows, [], "device_energy")["plan"] == "raw"
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, float("nan")])
+def test_bad_targets_are_one_line_errors(bad):
+    with pytest.raises(UserError, match=r"--target-accuracy: must be a fraction in \(0, 1\]"):
+        check_target(bad)
+
+
+def test_bad_budgets_are_one_line_errors():
+    with pytest.raises(UserError, match="--pilot-budget: 5 rounds cannot give each of the 4 learning classes"):
+        check_budget(5, 4, 20)
+    with pytest.raises(UserError, match="pilots need at least 2"):
+        check_budget(None, 4, 1)
+    assert check_budget(None, 4, 20) == default_budget(4, 20) == 4 * 2 + 2 * 4 + 1 * 8
+
+
+def test_a_to_target_objective_without_targets_is_a_one_line_error():
+    with pytest.raises(UserError, match="--objective device_energy_to_target: .*--target-accuracy"):
+        choose(_rows(), [], "device_energy_to_target")
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--target-accuracy", "1.5"], "--target-accuracy: must be a fraction in (0, 1]"),
+    (["--target-accuracy", "0.7", "--pilot-budget", "0"], "--pilot-budget: must be a positive number of rounds"),
+    (["--pilot-budget", "10"], "--pilot-budget: only --target-accuracy A runs pilots"),
+    (["--objective", "bytes_to_target"], "--objective bytes_to_target: costs to a target need --target-accuracy"),
+])
+def test_the_command_says_one_line_and_exits_2(args, fragment, capsys):
+    from flexpl.cli import main
+
+    assert main(["plan", "digits-star", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1 and "Traceback" not in err

@@ -6,6 +6,7 @@ import argparse
 
 from flexpl.cli.common import (
     DEFAULT_STRATEGIES,
+    device_arguments,
     names,
     ray_argument,
     scenario_arguments,
@@ -27,6 +28,7 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
                    help="with --ray and no ADDRESS: the local Ray's CPUs (default every core)")
     ray_argument(c, "each strategy (each strategy and seed with --seeds)")
     target_arguments(c)
+    device_arguments(c)
 
 
 def main(a: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from flexpl.cli.common import scenario_arguments, target_arguments, target_sets
+from flexpl.cli.common import device_arguments, scenario_arguments, target_arguments, target_sets
 from flexpl.errors import UserError
 
 
@@ -26,6 +26,7 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
                    help="with --emulate-links: device profile from `flexpl calibrate --threads 1` for every node "
                         "(default: calibrate this machine once and cache it)")
     target_arguments(r)
+    device_arguments(r)
 
 
 def main(a: argparse.Namespace) -> int:

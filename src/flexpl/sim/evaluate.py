@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from flexpl.errors import UserError
+from flexpl.sim.device import compute, to_device
 
 
 class Evaluation:
@@ -72,12 +73,15 @@ class Evaluation:
                 key = tuple(id(m) for m in mods)
                 paths.setdefault(key, mods)
                 node_path[n] = key
+        dev, precision = getattr(self, "device", torch.device("cpu")), getattr(self, "precision", "fp32")
+        y = to_device(y, dev)
         logits = {k: [] for k in paths}
-        for i in range(0, x.shape[0], chunk):
-            xb = x[i:i + chunk]
-            for k, mods in paths.items():
-                logits[k].append(self._forward_features(xb) if mods is None else _forward(mods, xb))
-        logits = {k: torch.cat(v) for k, v in logits.items()}
+        with torch.no_grad(), compute(dev, precision):
+            for i in range(0, x.shape[0], chunk):
+                xb = to_device(x[i:i + chunk], dev)  # each test batch moved once, shared by every path
+                for k, mods in paths.items():
+                    logits[k].append(self._forward_features(xb) if mods is None else _forward(mods, xb))
+        logits = {k: torch.cat(v).float() for k, v in logits.items()}
         acc = {k: float((v.argmax(1) == y).float().mean()) for k, v in logits.items()}
         loss = {k: float(self.loss_fn(v, y)) for k, v in logits.items()}
         total = sum(node_weights.values())

@@ -57,9 +57,23 @@ def target_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop each run after the round in which it reaches its highest target")
 
 
+def device_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--precision`` (run, compare): where the simulator computes, and in which precision."""
+    parser.add_argument("--device", default=None, metavar="DEVICE",
+                        help="auto, cpu, cuda or cuda:N: where replicas, evaluation and aggregation run "
+                             "(engine.device; auto: CUDA when there is one); the bill does not change")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                        help="compute precision (training.precision); weights and activations stay fp32 on the wire")
+
+
 def target_sets(args: argparse.Namespace) -> list[str]:
-    """The ``--set`` items that ``--target-accuracy`` / ``--stop-at-target`` stand for (checked here)."""
+    """The ``--set`` items that ``--target-accuracy`` / ``--stop-at-target`` (and ``--device``,
+    ``--precision``) stand for (checked here)."""
     sets: list[str] = []
+    if getattr(args, "device", None) is not None:
+        sets.append(f"engine.device={args.device}")
+    if getattr(args, "precision", None) is not None:
+        sets.append(f"training.precision={args.precision}")
     targets = getattr(args, "target_accuracy", None)
     if targets:
         for a in targets:

@@ -7,6 +7,7 @@ import argparse
 from flexpl.cli.common import (
     DEFAULT_STRATEGIES,
     check_track,
+    device_arguments,
     names,
     ray_argument,
     scenario_arguments,
@@ -31,6 +32,7 @@ def add_arguments(c: argparse.ArgumentParser) -> None:
     ray_argument(c, "each strategy (each strategy and seed with --seeds)")
     target_arguments(c)
     track_argument(c)
+    device_arguments(c)
 
 
 def main(a: argparse.Namespace) -> int:

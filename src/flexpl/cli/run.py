@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flexpl.cli.common import (
     check_track,
+    device_arguments,
     scenario_arguments,
     target_arguments,
     target_sets,
@@ -34,6 +35,7 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
                         "(default: calibrate this machine once and cache it)")
     target_arguments(r)
     track_argument(r)
+    device_arguments(r)
 
 
 def main(a: argparse.Namespace) -> int:

@@ -5,11 +5,14 @@ Part of the scenario schema, :mod:`flexpl.config.scenario`.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from flexpl.config.base import _Strict
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")  # (as flexpl.sim.device.DEVICE_PATTERN)
 
 
 class EnergyCfg(_Strict):
@@ -52,6 +55,16 @@ class EngineCfg(_Strict):
     executor: Literal["auto", "sequential", "processes", "vectorized"] = "auto"
     workers: PositiveInt | None = None  # processes: worker count (default: CPU cores, at most one per data node)
     vector_chunk: PositiveInt = 32  # vectorized: replicas trained together in one vmapped call (or working-model clients per stacked arena)
+    # simulator: where replicas, working models, evaluation and aggregation run (flexpl.sim.device);
+    # auto: CUDA when there is one, else the CPU. The bill does not depend on it.
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        if not _DEVICE.match(v):
+            raise ValueError(f"engine.device: '{v}' is not a device; use auto, cpu, cuda or cuda:N")
+        return v
 
 
 Probability = Field(0.0, ge=0.0, le=1.0)

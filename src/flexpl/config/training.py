@@ -84,6 +84,9 @@ class TrainingCfg(_Strict):
     # the training loss: a name (flexpl.models.aggregate.LOSSES, or register_loss) or an import path "module:function"
     # taking (logits, labels) and returning the batch mean; billed in FLOPs like cross-entropy
     loss: str = "cross_entropy"
+    # the compute's precision: bf16 runs each stage's forward under torch.autocast (flexpl.sim.device); weights,
+    # optimizer state and what crosses a link stay fp32, so the bill is fp32's
+    precision: Literal["fp32", "bf16"] = "fp32"
     aggregator: AggregatorCfg = Field(default_factory=lambda: AggregatorCfg())
 
     @field_validator("loss")

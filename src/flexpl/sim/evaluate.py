@@ -4,10 +4,16 @@ mixes it in."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from flexpl.errors import UserError
+from flexpl.sim.device import compute, to_device
+
+# test samples per evaluation batch (see [Note: shared evaluation] and benchmarks/eval_chunk.py)
+EVAL_CHUNK = 256
 
 
 class Evaluation:
@@ -34,7 +40,7 @@ class Evaluation:
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, node_weights: dict[str, float],
-                 chunk: int = 2000) -> dict[str, float]:
+                 chunk: int = EVAL_CHUNK) -> dict[str, float]:
         """Test accuracy and loss of every data node's path; weighted mean, worst path and ensemble.
 
         Modules run in eval mode (batch norm uses its running statistics and does not update
@@ -72,12 +78,18 @@ class Evaluation:
                 key = tuple(id(m) for m in mods)
                 paths.setdefault(key, mods)
                 node_path[n] = key
+        dev, precision = getattr(self, "device", torch.device("cpu")), getattr(self, "precision", "fp32")
+        y = to_device(y, dev)
         logits = {k: [] for k in paths}
-        for i in range(0, x.shape[0], chunk):
-            xb = x[i:i + chunk]
-            for k, mods in paths.items():
-                logits[k].append(self._forward_features(xb) if mods is None else _forward(mods, xb))
-        logits = {k: torch.cat(v) for k, v in logits.items()}
+        with torch.inference_mode(), compute(dev, precision):
+            for i in range(0, x.shape[0], chunk):
+                xb = to_device(x[i:i + chunk], dev)  # each test batch moved once, shared by every path
+                if self.features:
+                    logits["joint"].append(self._forward_features(xb))
+                    continue
+                for k, out in forward_paths(paths, xb).items():
+                    logits[k].append(out)
+        logits = {k: torch.cat(v).float() for k, v in logits.items()}
         acc = {k: float((v.argmax(1) == y).float().mean()) for k, v in logits.items()}
         loss = {k: float(self.loss_fn(v, y)) for k, v in logits.items()}
         total = sum(node_weights.values())
@@ -109,10 +121,38 @@ class Evaluation:
         return h
 
 
-def _forward(mods: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor:
-    for m in mods:
-        x = m(x)
-    return x
+def forward_paths(paths: dict[Any, tuple[nn.Module, ...]], x: torch.Tensor) -> dict[Any, torch.Tensor]:
+    """Every path's output on the test batch ``x``, stage by stage, sharing what paths share.
+
+    [Note: shared evaluation] Paths that meet the same modules up to a stage share that
+    prefix's activation (computed once); paths whose prefixes differ but that meet the same
+    module at a stage (an FPL group's trunk behind its devices' fronts) run it once on their
+    inputs stacked along the batch. In eval mode every sample is computed on its own (batch
+    norm uses its running statistics), so each path's output is what running it alone gives.
+    """
+    acts: dict[tuple[int, ...], torch.Tensor] = {(): x}
+    n_stages = max(len(m) for m in paths.values())
+    for s in range(n_stages):
+        groups: dict[int, tuple[nn.Module, list[tuple[int, ...]]]] = {}
+        done: set[tuple[int, ...]] = set()
+        for mods in paths.values():
+            prefix = tuple(id(m) for m in mods[:s])
+            nxt = prefix + (id(mods[s]),)
+            if nxt in done:
+                continue
+            done.add(nxt)
+            groups.setdefault(id(mods[s]), (mods[s], []))[1].append(prefix)
+        nxt_acts: dict[tuple[int, ...], torch.Tensor] = {}
+        for mid, (module, prefixes) in groups.items():
+            if len(prefixes) == 1:
+                outs = [module(acts[prefixes[0]])]
+            else:  # one call on the stacked inputs, split back
+                ins = [acts[p] for p in prefixes]
+                outs = list(module(torch.cat(ins, 0)).split([t.shape[0] for t in ins], 0))
+            for p, o in zip(prefixes, outs):
+                nxt_acts[p + (mid,)] = o
+        acts = nxt_acts
+    return {k: acts[tuple(id(m) for m in mods)] for k, mods in paths.items()}
 
 
 def patch_grid(n: int, h: int, w: int) -> tuple[int, int] | None:

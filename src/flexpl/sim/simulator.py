@@ -45,6 +45,7 @@ from flexpl.plan.layout import build_plan, place
 from flexpl.plan.program import end_blocks, start_blocks, step_blocks, uploads_after, walk
 from flexpl.plan.spec import Plan
 from flexpl.sim import checkpoint, failures
+from flexpl.sim.device import check_precision, resolve_device
 from flexpl.sim.engine import Engine
 from flexpl.sim.evaluate import extract_patch, patch_input
 from flexpl.sim.exec import policy, processes
@@ -190,8 +191,21 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         choice = policy.choose(scn, plan, stages, [len(r) for r in layout.replicas], fwd, len(data.train_y))
         fit = vecwork.fits(scn, layout, stages, None)  # (every node is here: no pass over the clients)
         choice = vecwork.prefer(scn, choice, layout, stages, None, fit)  # [Note: vectorized working models]
-    else:  # the distributed backend and shape-only walks run replicas where they live
+        dev = resolve_device(scn.engine.device)
+        check_precision(scn.training.precision, dev)
+        if (dev.type != "cpu" or scn.training.precision != "fp32") and choice.mode != "sequential":
+            if scn.engine.executor != "auto":
+                raise UserError(f"engine.executor: {scn.engine.executor} runs fp32 on the CPU only; with "
+                                f"engine.device={scn.engine.device} and training.precision={scn.training.precision} "
+                                "use engine.executor=sequential (or auto)")
+            choice, fit = policy.Choice("sequential", f"on {dev} in {scn.training.precision}: sequential"), False
+    else:  # the distributed backend and shape-only walks run replicas where they live, on the CPU
+        if scn.engine.device.startswith("cuda"):
+            raise UserError(f"engine.device: {scn.engine.device} is for the simulator; the distributed backend "
+                            "and shape-only walks run on the CPU: use engine.device=cpu (or auto)")
         choice, fit = policy.Choice("sequential", "distributed backend or shape-only walk"), False
+        dev = torch.device("cpu")
+    full = full.to(dev)  # every replica, working model and global copy is a copy of it, on its device
     # [Note: vectorized working models] working-model plans train K clients at a time on one stacked arena
     stacked_work = choice.mode == "vectorized" and fit
     engine = Engine(layout, full, scn.training.optimizer, transport_factory(recorder), recorder, grid, is_local,
@@ -199,6 +213,7 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
                     vector_chunk=scn.engine.vector_chunk if choice.mode == "vectorized" and not stacked_work else None,
                     # [Note: working models] reproduce FedAvg's sum only, and keep no client for a failure to drop
                     working=not scn.failures.active and scn.training.aggregator.kind == "fedavg")
+    engine.device, engine.precision = dev, scn.training.precision
     configure(engine, scn)  # training.loss and training.aggregator (flexpl.sim.plugins)
     val = None
     if scn.data.validation_fraction > 0:  # evaluated like the test set, full images on every path

@@ -21,6 +21,7 @@ import torch
 
 from flexpl.plan.step import StepRecord
 from flexpl.plan.step import train_step as walk_step
+from flexpl.sim.device import compute
 
 if TYPE_CHECKING:
     from flexpl.costs.trace import Event
@@ -87,7 +88,15 @@ class TensorStep:
         else:
             inp = parts[0] if len(parts) == 1 else torch.cat(parts, dim)
             inp = inp.detach().requires_grad_(self.input_grad[s])  # [Note: stage boundaries]
-            out = self._shape_out(s, rep.module, inp) if rep.shape_only else rep.module(inp)
+            if rep.shape_only:
+                out = self._shape_out(s, rep.module, inp)
+            elif self.precision == "fp32":
+                out = rep.module(inp)
+            else:  # the compute in bf16; what leaves the stage is fp32, as it is billed and sent
+                with compute(self.device, self.precision):
+                    out = rep.module(inp)
+                if out.is_floating_point() and out.dtype != torch.float32:
+                    out = out.float()
         f_fwd, f_bwd = self.flops.get(s, rep.module, tuple(inp.shape), self.input_grad[s],
                                       s == len(self.replicas) - 1)
         return inp, out, f_fwd, f_bwd
@@ -149,6 +158,10 @@ class TensorStep:
         gi = torch.empty(rec.inp.shape, dtype=rec.inp.dtype, device="meta") if rec.rep.shape_only \
             else rec.inp.grad
         return [gi] if len(rec.members) == 1 else list(gi.split(rec.sizes, rec.dim))
+
+    # where and in which precision replicas compute (flexpl.sim.device; set by the simulator's setup)
+    device: torch.device = torch.device("cpu")
+    precision: str = "fp32"
 
     # (provided by Engine)
     transport: Any

@@ -1,0 +1,76 @@
+"""Seconds per round on whatever device is here: fog-cifar (full-width ResNet-18 on the Fashion-MNIST
+3x32x32 fallback where CIFAR-10 is absent), cnn-100 and mlp-1000, one FedAvg round each, per executor,
+side by side.
+
+    PYTHONPATH=src python benchmarks/gpu.py [--device auto|cpu|cuda|cuda:N] [--max-train N]
+        [--cases fog-cifar,cnn-100,mlp-1000] [--executors sequential,processes] [--precision fp32|bf16]
+
+
+Prints the device, then per case and executor: seconds for the round (training only: the test
+evaluation is off), samples trained, seconds per 1,000 samples, and the round's FLOPs and bytes
+(which must not depend on the device or the executor). ``processes`` runs on the CPU in fp32 only
+and is skipped elsewhere; the Ray executor is not built yet (``ray`` prints n/a).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from flexpl.api import load_scenario
+from flexpl.errors import UserError
+from flexpl.sim.device import resolve_device
+from flexpl.sim.simulator import run, setup
+
+CASES = {  # scenario -> its overrides for one timed round
+    "fog-cifar": ["strategy=fl"],
+    "cnn-100": ["strategy=fl"],
+    "mlp-1000": ["strategy=fl"],
+}
+
+
+def one(case: str, executor: str, a: argparse.Namespace) -> str:
+    """One round of ``case`` on ``executor``: the printed row."""
+    sets = [*CASES[case], "training.rounds=1", "training.eval_test=false", "training.checkpoint_every=0",
+            f"data.max_train={a.max_train}", f"engine.executor={executor}", f"engine.device={a.device}",
+            f"training.precision={a.precision}"]
+    try:
+        scn = load_scenario(case, overrides=sets)
+        st = setup(scn)
+    except UserError as exc:
+        return f"{case:10} {executor:10} skipped: {exc}"
+    samples = int(sum(len(n) for n in st.nodes) * scn.training.clients_per_round * scn.training.local_epochs)
+    t = time.perf_counter()
+    res = run(scn, st=st)
+    if st.engine.device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t
+    row = res.rounds[0]
+    return (f"{case:10} {st.executor.mode:10} {dt:>9.2f} {samples:>8} {1000 * dt / max(samples, 1):>10.3f} "
+            f"{row['flops']:>14.4g} {row['bytes']:>12.4g}  ({st.data.name})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--max-train", type=int, default=2000, help="training samples in all (default 2000)")
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--executors", default="sequential,processes,ray")
+    a = ap.parse_args()
+    dev = resolve_device(a.device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {dev} ({name}); precision {a.precision}; max_train {a.max_train}; torch {torch.__version__}")
+    print(f"{'case':10} {'executor':10} {'s/round':>9} {'samples':>8} {'s/1k samp':>10} {'flops':>14} {'bytes':>12}")
+    for case in a.cases.split(","):
+        for executor in a.executors.split(","):
+            if executor == "ray":
+                print(f"{case:10} {'ray':10} n/a (the Ray executor is not built yet)")
+                continue
+            print(one(case, executor, a), flush=True)
+
+
+if __name__ == "__main__":
+    main()

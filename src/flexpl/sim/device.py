@@ -1,0 +1,75 @@
+"""Where the simulator computes: ``engine.device`` and ``training.precision``.
+
+The device only decides where tensors live and run; the bill (FLOPs, bytes, clock, energy)
+is read from shapes and never depends on it. ``bf16`` runs each stage's forward under
+``torch.autocast`` and casts what leaves a stage back to fp32, so weights and activations
+travel (and are billed) at fp32 width.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+
+import torch
+
+from flexpl.errors import UserError
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto | cpu | cuda | cuda:N`` as a torch device; ``auto`` is CUDA when there is one, else the CPU.
+
+    Raises a one-line :class:`UserError` for a malformed string, CUDA without CUDA, or a CUDA
+    index past the last device.
+    """
+    if not DEVICE_PATTERN.match(spec):
+        raise UserError(f"engine.device: '{spec}' is not a device; use auto, cpu, cuda or cuda:N")
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError(f"engine.device: '{spec}' asks for CUDA but this torch sees no CUDA device; "
+                        "use engine.device=cpu (or auto)")
+    dev = torch.device(spec)
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"engine.device: '{spec}' but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                        f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return dev
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast computes natively on ``device``."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:  # CPU: oneDNN's bf16 kernels need AVX512-BF16 / AMX (or at least AVX512 for emulation)
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """One-line :class:`UserError` where ``training.precision: bf16`` is not supported on ``device``."""
+    if precision == "bf16" and not bf16_supported(device):
+        raise UserError(f"training.precision: bf16 autocast is not supported on this {device.type.upper()} "
+                        "(no native bf16 kernels); use training.precision=fp32")
+
+
+@contextlib.contextmanager
+def compute(device: torch.device, precision: str) -> Iterator[None]:
+    """The context a stage's forward runs in: ``torch.autocast`` to bf16 where asked, else nothing."""
+    if precision == "bf16":
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device`` (asynchronous from pinned memory on CUDA); the same tensor where it already is."""
+    if t.device == device or t.is_meta:
+        return t
+    return t.to(device, non_blocking=t.is_pinned())

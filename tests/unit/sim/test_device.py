@@ -1,0 +1,86 @@
+"""``engine.device`` and ``training.precision`` (flexpl.sim.device): an explicit CPU changes nothing,
+bad or absent devices are one-line errors, bf16 computes in bf16 and bills what fp32 bills."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flexpl.cli import main
+from flexpl.errors import UserError
+from flexpl.sim import device as devmod
+from flexpl.sim.simulator import run, setup
+from tests.conftest import digits_star
+
+# cost columns of a round: what the bill says, whatever the device or precision
+BILL = ("flops", "bytes", "sim_time_s", "energy_j", "eval_flops", "device_energy_j")
+
+
+def _drop_run_keys(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in ("wall_s", "scenario_sha256")}
+
+
+@pytest.mark.parametrize("strategy", ["fl", "fpl"])
+def test_explicit_cpu_is_bitwise_the_default(strategy: str) -> None:
+    sets = [f"strategy={strategy}", "training.rounds=2", "training.max_steps_per_round=4"]
+    default = run(digits_star(sets))
+    cpu = run(digits_star([*sets, "engine.device=cpu"]))
+    assert cpu.rounds == default.rounds  # accuracies, losses and the bill, bit for bit
+    assert _drop_run_keys(cpu.summary) == _drop_run_keys(default.summary)
+
+
+def test_auto_resolves_to_cuda_only_where_there_is_one() -> None:
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert devmod.resolve_device("auto").type == want
+    assert devmod.resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda:x", "CPU", "cuda:0:1"])
+def test_a_bad_device_string_is_one_line_naming_the_field(bad: str) -> None:
+    with pytest.raises(UserError, match=r"^engine\.device: .* use auto, cpu, cuda or cuda:N$"):
+        digits_star([f"engine.device={bad}"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")
+def test_cuda_without_cuda_is_a_one_line_error_exit_2(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(UserError, match=r"^engine\.device: 'cuda:1' asks for CUDA but .*use engine\.device=cpu"):
+        setup(digits_star(["engine.device=cuda:1"]))
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "summary.json").write_text('{"precious": true}\n')
+    assert main(["run", "digits-star", "--device", "cuda", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "engine.device: 'cuda' asks for CUDA" in err and "Traceback" not in err
+    assert (out / "summary.json").read_text() == '{"precious": true}\n'  # nothing already written is lost
+
+
+def test_bf16_where_unsupported_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(devmod, "bf16_supported", lambda device: False)
+    with pytest.raises(UserError, match=r"^training\.precision: bf16 autocast is not supported .*precision=fp32$"):
+        setup(digits_star(["training.precision=bf16"]))
+
+
+def test_bf16_on_cpu_computes_in_bf16_and_bills_what_fp32_bills(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CPU autocast runs (emulated) where oneDNN has no native bf16; support is forced so that the path runs here
+    monkeypatch.setattr(devmod, "bf16_supported", lambda device: True)
+    sets = ["strategy=fpl", "training.rounds=1", "training.max_steps_per_round=6"]
+    cnn = {"name": "cnn"}
+    fp32 = run(digits_star(sets, model=cnn))
+    seen: list[torch.dtype] = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: seen.append(o.dtype) if isinstance(m, torch.nn.Conv2d) and torch.is_tensor(o) else None)
+    try:
+        bf16 = run(digits_star([*sets, "training.precision=bf16"], model=cnn))
+    finally:
+        handle.remove()
+    assert torch.bfloat16 in seen  # the convolutions did compute in bf16
+    for a, b in zip(fp32.rounds, bf16.rounds, strict=True):
+        assert {k: a[k] for k in BILL} == {k: b[k] for k in BILL}  # FLOPs, bytes (fp32 on the wire), clock, energy
+    assert bf16.rounds[0]["train_loss"] != fp32.rounds[0]["train_loss"]  # ... while the arithmetic is bf16's
+    assert abs(bf16.rounds[0]["train_loss"] - fp32.rounds[0]["train_loss"]) < 0.1
+
+
+def test_a_parallel_executor_on_bf16_asked_explicitly_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(devmod, "bf16_supported", lambda device: True)
+    with pytest.raises(UserError, match=r"^engine\.executor: vectorized runs fp32 on the CPU only"):
+        setup(digits_star(["strategy=fl", "training.precision=bf16", "engine.executor=vectorized"]))

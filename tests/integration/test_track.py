@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -61,9 +62,13 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         else:
             pytest.fail("mlflow server did not answer in 120 s")
         yield uri
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    finally:  # the whole process group (the server's workers too), without waiting out a graceful shutdown
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +173,96 @@ def test_sweep_tracks_one_folder_per_cell(tmp_path: Path) -> None:
         acc.Reload()
         row = _rounds(out / cell)[0]
         assert [(e.step, e.value) for e in acc.Scalars("bytes")] == [(1, float(np.float32(float(row["bytes"]))))]
+
+
+def _cli(*args: str) -> None:
+    """``flexpl ARGS`` in this process (no second torch import); it must exit 0."""
+    from flexpl.cli import main
+
+    assert main(list(args)) == 0
+
+
+def _tb_scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_tune_tracks_one_folder_per_cell(tmp_path: Path) -> None:
+    out, tb = tmp_path / "tune", tmp_path / "tb"
+    _cli("tune", "digits-star", "--strategies", "fl", "--grid", "training.optimizer.lr=0.01,0.05",
+         "--set", "training.rounds=1", "--set", "training.max_steps_per_round=2", "--out", str(out), "--quiet",
+         "--track", f"tensorboard:{tb}")
+    cells = sorted(d.name for d in out.iterdir() if (d / "summary.json").is_file())
+    assert len(cells) == 2 and sorted(d.name for d in tb.iterdir()) == cells
+    for cell in cells:
+        row = _rounds(out / cell)[0]
+        assert _tb_scalars(tb / cell, "bytes") == [(1, float(np.float32(float(row["bytes"]))))]
+        # tune scores on held-out training data: val_accuracy is there, test accuracy is not
+        assert _tb_scalars(tb / cell, "val_accuracy") == [(1, float(np.float32(float(row["val_accuracy"]))))]
+
+
+def test_plan_validate_tracks_each_validated_plan(server: str, tmp_path: Path) -> None:
+    out, tb = tmp_path / "plan", tmp_path / "tb"
+    _cli("plan", "digits-star", "--set", "training.rounds=2", "--set", "training.max_steps_per_round=2",
+         "--validate", "1", "--out", str(out), "--quiet", "--track", f"mlflow:{server}", "--track", f"tensorboard:{tb}")
+    with open(out / "plans.csv", newline="") as f:
+        validated = [r for r in csv.DictReader(f) if r["validated_rounds"]]
+    (folder,) = [d for d in (out / "validate").iterdir() if d.is_dir()]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert len(validated) == 1 and float(validated[0]["accuracy"]) == summary["final_accuracy"]
+    assert summary["strategy"] == validated[0]["strategy"]
+    client = MlflowClient(tracking_uri=server)
+    _, kids = _children(client, out / "validate")
+    assert list(kids) == [folder.name]
+    rows = _rounds(folder)
+    hist = sorted((m.step, m.value) for m in client.get_metric_history(kids[folder.name].info.run_id, "bytes"))
+    assert hist == [(int(r["round"]), float(r["bytes"])) for r in rows]
+    assert [s for s, _ in _tb_scalars(tb / folder.name, "accuracy")] == [1, 2]
+
+
+def test_plan_track_without_validate_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    from flexpl.cli import main
+
+    assert main(["plan", "digits-star", "--track", "tensorboard"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_scenario_tracking_adds_to_track_and_leaves_the_hash(tmp_path: Path) -> None:
+    """``tracking:`` in the scenario and the same ``--track``: tracked once; the scenario hashes as untracked."""
+    from flexpl.config.scenario import load_scenario
+    from flexpl.io.results import stale_reason
+
+    out, tb = tmp_path / "run", tmp_path / "tb"
+    sets = ["--set", "training.rounds=1", "--set", "training.max_steps_per_round=2"]
+    _cli("run", "digits-star", *sets, "--set", f'tracking=["tensorboard:{tb}"]', "--track", f"tensorboard:{tb}",
+         "--out", str(out), "--quiet")
+    assert len([f for f in tb.iterdir() if f.name.startswith("events.out")]) == 1
+    assert [s for s, _ in _tb_scalars(tb, "accuracy")] == [1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scenario_sha256"] == load_scenario("digits-star", [s for s in sets if s != "--set"]).digest()
+    assert stale_reason(out, summary) is None
+    assert f"tensorboard:{tb}" in (out / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[foo]", "tracking[0]: unknown tracker 'foo'; use tensorboard[:DIR] or mlflow[:URI]"),
+    ('["mlflow:"]', "tracking[0]: 'mlflow:' names no URI after ':'"),
+    ("tensorboard", "tracking: must be a list"),
+])
+@pytest.mark.parametrize("command", ["run", "sweep", "tune"])
+def test_bad_scenario_tracking_is_one_line_exit_2(command: str, value: str, message: str,
+                                                 capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    from flexpl.cli import main
+
+    assert main([command, "digits-star", "--set", f"tracking={value}", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "x").exists()
+
+
+def test_merge_trackers_keeps_each_once() -> None:
+    from flexpl.report.track import Tracker, merge_trackers
+
+    got = merge_trackers(["tensorboard", "mlflow:http://h:1"], parse_track(["mlflow:http://h:1", "tensorboard:d"]))
+    assert got == [Tracker("tensorboard"), Tracker("mlflow", "http://h:1"), Tracker("tensorboard", "d")]

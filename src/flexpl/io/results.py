@@ -167,6 +167,8 @@ def config_digest(folder: Path) -> str | None:
         data = yaml.load((folder / "config.yaml").read_text(), Loader=_LOADER)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
+    if isinstance(data, dict):  # tracking never changes a result: not part of the digest (Scenario.digest)
+        data.pop("tracking", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

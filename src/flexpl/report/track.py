@@ -30,12 +30,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from flexpl.config.tracking import TRACKERS, tracker_problem
 from flexpl.errors import UserError
 from flexpl.report.runs import discover_runs
 
-KINDS = ("tensorboard", "mlflow")
+KINDS = TRACKERS
 HINT = {"tensorboard": "pip install 'flexpl[track]' (or tensorboard)", "mlflow": "pip install 'flexpl[track]' (or mlflow)"}
 ARTIFACTS = ("summary.json", "rounds.csv", "config.yaml", "timeline.csv", "report.html")
+# what a compare, sweep, tune or plan --validate writes beside its run folders
+PARENT_ARTIFACTS = ("comparison.csv", "comparison_seeds.csv", "sweep.csv", "sweep_seeds.csv", "tune.csv",
+                    "tuned.yaml", "report.html")
 
 
 @dataclass(frozen=True)
@@ -46,17 +50,23 @@ class Tracker:
     where: str | None = None
 
 
-def parse_track(specs: Sequence[str] | None) -> list[Tracker]:
-    """``--track`` values (``tensorboard[:DIR]``, ``mlflow[:URI]``) as :class:`Tracker` s; a bad one is a UserError."""
+def parse_track(specs: Sequence[str] | None, field: str = "--track") -> list[Tracker]:
+    """``--track`` values (``tensorboard[:DIR]``, ``mlflow[:URI]``) as :class:`Tracker` s; a bad one is a UserError.
+
+    ``field`` names where the values came from in the error (``--track``, ``tracking``).
+    """
     out = []
-    for spec in specs or ():
-        kind, sep, where = spec.partition(":")
-        if kind not in KINDS:
-            raise UserError(f"--track: unknown tracker '{kind}'; use tensorboard[:DIR] or mlflow[:URI]")
-        if sep and not where:
-            raise UserError(f"--track: '{spec}' names no {'folder' if kind == 'tensorboard' else 'URI'} after ':'")
+    for i, spec in enumerate(specs or ()):
+        if (why := tracker_problem(spec)) is not None:
+            raise UserError(f"{field}{f'[{i}]' if field != '--track' else ''}: {why}")
+        kind, _, where = spec.partition(":")
         out.append(Tracker(kind, where or None))
     return out
+
+
+def merge_trackers(scenario: Sequence[str] | None, command_line: Sequence[Tracker]) -> list[Tracker]:
+    """The scenario's ``tracking:`` entries, then the command line's ``--track`` ones; each tracker once."""
+    return list(dict.fromkeys([*parse_track(scenario, "tracking"), *command_line]))
 
 
 # ---------------------------------------------------------------- what is logged (pure, tested on its own)
@@ -264,7 +274,7 @@ def _mlflow(root: Path, uri: str | None, runs: list[tuple[str, Path, dict[str, A
     for name, folder, summary in runs:
         run_id, new = find_or_create(folder, name, parent)
         log_one(run_id, new, folder, summary, ts)
-    for f in ("comparison.csv", "comparison_seeds.csv", "sweep.csv", "sweep_seeds.csv", "report.html"):
+    for f in PARENT_ARTIFACTS:
         if (root / f).is_file():
             client.log_artifact(parent, str(root / f))
     for png in sorted(root.glob("fig_*.png")):

@@ -325,7 +325,8 @@ def _simulate_sim(scn: Scenario, out: str | Path | None, on_round: Callable[[dic
             on_round(row)
 
     try:
-        result = run(scn, on_round=each, st=st, keep_traces=True, checkpoint_dir=folder, resume=resume)
+        result = run(scn, on_round=each, st=st, keep_traces=True, checkpoint_dir=folder, resume=resume,
+                     on_round_bill=writer.round_bill)
     except Diverged as exc:
         if exc.summary is not None:
             writer.finish(exc.summary, exc.rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import socket
@@ -266,3 +267,58 @@ def test_merge_trackers_keeps_each_once() -> None:
 
     got = merge_trackers(["tensorboard", "mlflow:http://h:1"], parse_track(["mlflow:http://h:1", "tensorboard:d"]))
     assert got == [Tracker("tensorboard"), Tracker("mlflow", "http://h:1"), Tracker("tensorboard", "d")]
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_per_round_node_energy_and_link_bytes(tracked: tuple[str, Path, Path]) -> None:
+    """rounds_nodes.csv / rounds_links.csv: tracked per round exactly as written, summing to summary.json's totals."""
+    uri, out, tb = tracked
+    client = MlflowClient(tracking_uri=uri)
+    _, kids = _children(client, out)
+    for name in ("fl", "fpl"):
+        summary = json.loads((out / name / "summary.json").read_text())
+        acc = EventAccumulator(str(tb / name), size_guidance={"scalars": 0})
+        acc.Reload()
+        tags = set(acc.Tags()["scalars"])
+        for file, key, group, mlflow_col in (("rounds_nodes.csv", "node", "per_node", "energy_j"),
+                                             ("rounds_links.csv", "link", "per_link", "bytes")):
+            rows = _csv(out / name / file)
+            assert {r[key] for r in rows} == set(summary[group])  # every node and link did something
+            for who, total in summary[group].items():
+                mine = [r for r in rows if r[key] == who]
+                for col in [c for c in rows[0] if c not in ("round", key)]:
+                    assert math.isclose(sum(float(r[col]) for r in mine), total[col], rel_tol=1e-9, abs_tol=1e-12)
+                    tag = f"round/{key}/{who}/{col}"
+                    assert tag in tags
+                    assert [(e.step, e.value) for e in acc.Scalars(tag)] == \
+                        [(int(r["round"]), float(np.float32(float(r[col])))) for r in mine], tag
+                hist = sorted((m.step, m.value) for m in client.get_metric_history(
+                    kids[name].info.run_id, f"round/{key}/{who}/{mlflow_col}"))
+                assert hist == [(int(r["round"]), float(r[mlflow_col])) for r in mine]
+
+
+def test_killed_and_resumed_run_is_tracked_once(tmp_path: Path) -> None:
+    """kill -9 in round 2 (after round 1's checkpoint), then --resume with the same --track: one tracked run,
+    every round once, and the per-round files hold every round once. (TensorBoard only: MLflow's
+    continuing of a run tracked again is test_tracking_again_continues_the_same_runs.)"""
+    out, tb = tmp_path / "run", tmp_path / "tb"
+    track = ["--track", f"tensorboard:{tb}"]
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "FLEXPL_TEST_KILL_AT": "2:1"}
+    p = subprocess.run([sys.executable, "-m", "flexpl.cli", "run", "digits-star", "--set", "training.rounds=2",
+                        "--set", "training.max_steps_per_round=2", "--out", str(out), "--quiet", *track],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert not (out / "summary.json").exists() and [r["round"] for r in _rounds(out)] == ["1"]
+    _cli("run", "--resume", str(out), "--quiet", *track)
+    rounds = [int(r["round"]) for r in _rounds(out)]
+    assert rounds == [1, 2]
+    nodes = _csv(out / "rounds_nodes.csv")
+    assert sorted({(r["round"], r["node"]) for r in nodes}) == sorted((r["round"], r["node"]) for r in nodes)
+    assert {int(r["round"]) for r in nodes} == {1, 2}
+    assert len([f for f in tb.iterdir() if f.name.startswith("events.out")]) == 1
+    assert [s for s, _ in _tb_scalars(tb, "accuracy")] == rounds
+    assert [s for s, _ in _tb_scalars(tb, "round/link/dev0-server/bytes")] == rounds

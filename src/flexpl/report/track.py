@@ -32,11 +32,12 @@ from urllib.parse import urlparse
 
 from flexpl.config.tracking import TRACKERS, tracker_problem
 from flexpl.errors import UserError
+from flexpl.io.results import ROUND_BILL_FILES
 from flexpl.report.runs import discover_runs
 
 KINDS = TRACKERS
 HINT = {"tensorboard": "pip install 'flexpl[track]' (or tensorboard)", "mlflow": "pip install 'flexpl[track]' (or mlflow)"}
-ARTIFACTS = ("summary.json", "rounds.csv", "config.yaml", "timeline.csv", "report.html")
+ARTIFACTS = ("summary.json", "rounds.csv", "config.yaml", "timeline.csv", "report.html", *ROUND_BILL_FILES)
 # what a compare, sweep, tune or plan --validate writes beside its run folders
 PARENT_ARTIFACTS = ("comparison.csv", "comparison_seeds.csv", "sweep.csv", "sweep_seeds.csv", "tune.csv",
                     "tuned.yaml", "report.html")
@@ -86,18 +87,37 @@ def _num(v: Any) -> float | None:
     return None
 
 
-def round_metrics(folder: Path) -> list[tuple[int, dict[str, float]]]:
-    """rounds.csv as ``(round, {column: value})``: every numeric column, empty and NaN cells left out."""
+def _read(path: Path) -> list[dict[str, str]]:
     try:
-        with open(folder / "rounds.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
     except OSError:
         return []
+
+
+def round_bill_metrics(folder: Path) -> dict[int, dict[str, float]]:
+    """Each round's own per-node and per-link figures, from ``rounds_nodes.csv`` and ``rounds_links.csv``:
+    ``{round: {"round/node/<name>/<column>": value, "round/link/<name>/<column>": value}}``."""
+    out: dict[int, dict[str, float]] = {}
+    for name, cols in ROUND_BILL_FILES.items():
+        key = cols[1]
+        for r in _read(folder / name):
+            vals = out.setdefault(int(float(r["round"])), {})
+            for k, v in r.items():
+                if k not in ("round", key) and (x := _num(v)) is not None:
+                    vals[f"round/{key}/{r[key]}/{k}"] = x
+    return out
+
+
+def round_metrics(folder: Path) -> list[tuple[int, dict[str, float]]]:
+    """rounds.csv as ``(round, {column: value})``: every numeric column, empty and NaN cells left out;
+    with each round's per-node and per-link figures (:func:`round_bill_metrics`) where the run wrote them."""
+    per = round_bill_metrics(folder)
     out = []
-    for r in rows:
+    for r in _read(folder / "rounds.csv"):
         step = int(float(r["round"]))
         vals = {k: x for k, v in r.items() if k != "round" and (x := _num(v)) is not None}
-        out.append((step, vals))
+        out.append((step, {**vals, **per.get(step, {})}))
     return out
 
 

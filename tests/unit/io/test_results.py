@@ -127,8 +127,10 @@ def test_a_simulator_run_writes_through_the_writer(tmp_path, monkeypatch):
     s = run_one("digits-star", ["training.rounds=2", "training.max_steps_per_round=1"], "fl", None,
                 tmp_path / "run", quiet=True, show_data=False)
     files = [n for n in order if n != "checkpoint.pt"]
-    assert files == [IN_PROGRESS, "config.yaml", "rounds.csv", "rounds.csv", "timeline.csv", "rounds.csv",
-                     "summary.json"]
+    # rounds_nodes.csv and rounds_links.csv start with round 1's rows (before its checkpoint), then are appended
+    assert files == [IN_PROGRESS, "config.yaml", "rounds_nodes.csv", "rounds_links.csv", "rounds.csv", "rounds.csv",
+                     "timeline.csv", "rounds.csv", "summary.json"]
+    assert {r["round"] for r in _rows(tmp_path / "run" / "rounds_links.csv")} == {"1", "2"}
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["rounds"] == s["rounds"] == 2
     assert len(_rows(tmp_path / "run" / "timeline.csv")) > 0
 

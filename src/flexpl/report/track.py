@@ -1,13 +1,17 @@
-"""Experiment trackers: a finished run (compare, sweep) folder logged to TensorBoard and MLflow.
+"""Experiment trackers: a finished run's folder (run, compare, sweep, tune, plan --validate) logged to
+TensorBoard and MLflow.
 
-The values are read back from the files the run wrote (rounds.csv, summary.json, config.yaml),
-so a tracker shows exactly the run's results and tracking can never change a run: per round
-(step = round) every numeric column of rounds.csv; once, the resolved scenario flattened as
+The values are read back from the files the run wrote (rounds.csv, rounds_nodes.csv,
+rounds_links.csv, summary.json, config.yaml), so a tracker shows exactly the run's results and
+tracking can never change a run: per round (step = round) every numeric column of rounds.csv
+and each round's own per-node and per-link figures (``round/node/<n>/<column>``,
+``round/link/<l>/<column>``); once, the resolved scenario flattened as
 parameters, the plan, executor, seed and versions, the summary's numbers as final metrics
 (with ``node/<n>/<key>`` per node, ``link/<l>/<key>`` per link and ``to_target/<t>/<key>``),
 and the files as artifacts. A folder with several runs (compare, sweep) makes one parent run
 and a child run per run folder (MLflow nested runs; TensorBoard one sub-folder per run, so
-they overlay).
+they overlay). The trackers come from ``--track`` and the scenario's ``tracking:``
+(:func:`merge_trackers`).
 
 Logging the same folder again (a resumed or re-run compare) continues the run tracked before
 (MLflow: the run tagged ``flexpl.folder`` with that folder) and logs only the rounds it lacks.

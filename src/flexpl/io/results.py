@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import hashlib
@@ -260,10 +261,13 @@ class RunWriter:
             if rows:
                 buf = io.StringIO()
                 csv.DictWriter(buf, fieldnames=columns, lineterminator="\n").writerows(rows)
+                size = path.stat().st_size
                 try:
                     with open(path, "a", newline="") as f:
                         f.write(buf.getvalue())
                 except OSError as exc:
+                    with contextlib.suppress(OSError):  # no half round left behind
+                        os.truncate(path, size)
                     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                         raise UserError(no_space_message(path, len(buf.getvalue()))) from None
                     raise

@@ -315,7 +315,7 @@ def track_folder(root: str | Path, trackers: Sequence[Tracker]) -> list[str]:
     line, and the folder's results are left as they are.
     """
     root = Path(root)
-    runs = _runs(root)
+    runs = _runs(root) if root.is_dir() else []
     warnings: list[str] = []
 
     def warn(msg: str) -> None:

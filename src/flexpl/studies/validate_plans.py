@@ -51,6 +51,8 @@ def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows:
         if data.get("strategy") != scn.strategy:  # the scenario's own strategy has them applied already
             apply_strategy_overrides(data)
         scns.append(validate_scenario(data))
+    if out is not None:
+        shutil.rmtree(out, ignore_errors=True)  # only this validation's plans in it
     if ray is not None:
         from flexpl.studies import ray_tasks as ray_exec
 
@@ -75,8 +77,6 @@ def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows:
                 raise UserError(f"--validate {exc.key}: {exc}") from None
         return
     folders: list[str] = []
-    if out is not None:
-        shutil.rmtree(out, ignore_errors=True)  # only this validation's plans in it
     for i, (r, sc) in enumerate(zip(chosen, scns)):
         console.print(f"validating [{i + 1}/{len(chosen)}] {r['plan']} ({rounds} rounds)")
         res = run(sc, st=setup(sc, dataset=planner.data))

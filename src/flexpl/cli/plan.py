@@ -139,7 +139,11 @@ def main(args: argparse.Namespace) -> int:
     console.print(f"every plan in {out}/plans.csv, the front in {out}/pareto.png"
                   + (f", the recommended plan drawn in {picture}" if picture else ""))
     if args.validate:  # each validated plan's run folder: one parent run, a child per plan
-        track_results(out / "validate", trackers)
+        from dataclasses import replace
+
+        # TensorBoard's default folder: OUT/tensorboard, not inside validate/ (which the next --validate replaces)
+        track_results(out / "validate", [replace(t, where=str(out / "tensorboard"))
+                                         if t.kind == "tensorboard" and t.where is None else t for t in trackers])
     return 0
 
 

@@ -306,7 +306,8 @@ def test_scenario_field_notes_name_fields_that_exist():
 
 
 def test_results_page_describes_every_column(tmp_path: Path):
-    """Every field of summary.json and column of rounds.csv and timeline.csv a run writes is on the page."""
+    """Every field of summary.json and column of rounds.csv, timeline.csv, rounds_nodes.csv and rounds_links.csv
+    a run writes is on the page."""
     import flexpl
 
     page = (DOCS / "reference" / "results.md").read_text()
@@ -316,7 +317,7 @@ def test_results_page_describes_every_column(tmp_path: Path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     names = set(summary) | {f"per_node.{k}" for n in summary["per_node"].values() for k in n}
     names |= {f"per_link.{k}" for n in summary.get("per_link", {}).values() for k in n}
-    for f in ("rounds.csv", "timeline.csv"):
+    for f in ("rounds.csv", "timeline.csv", "rounds_nodes.csv", "rounds_links.csv"):
         with open(tmp_path / "run" / f) as fh:
             names |= set(next(csv.reader(fh)))
     from flexpl.planner import CSV_COLUMNS

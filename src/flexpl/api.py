@@ -270,7 +270,8 @@ def _read_rounds(path: Path) -> list[dict[str, Any]]:
 
 def _paths(out: Path) -> dict[str, Path]:
     names = {"out": "", "summary": "summary.json", "rounds": "rounds.csv", "config": "config.yaml",
-             "timeline": "timeline.csv", "checkpoint": "checkpoint.pt"}
+             "timeline": "timeline.csv", "checkpoint": "checkpoint.pt", "rounds_nodes": "rounds_nodes.csv",
+             "rounds_links": "rounds_links.csv"}
     return {k: out / v if v else out for k, v in names.items() if (out / v).exists()}
 
 
@@ -325,7 +326,8 @@ def _simulate_sim(scn: Scenario, out: str | Path | None, on_round: Callable[[dic
             on_round(row)
 
     try:
-        result = run(scn, on_round=each, st=st, keep_traces=True, checkpoint_dir=folder, resume=resume)
+        result = run(scn, on_round=each, st=st, keep_traces=True, checkpoint_dir=folder, resume=resume,
+                     on_round_bill=writer.round_bill)
     except Diverged as exc:
         if exc.summary is not None:
             writer.finish(exc.summary, exc.rows)

@@ -103,7 +103,7 @@ def test_dataset_objects_and_registered_names(tmp_path):
     res = flexpl.simulate(scn, dataset=(x[:100], y[:100], x[100:], y[100:]), model=_seq((6,), 3),
                           out=tmp_path / "run")
     assert sum(res.summary["per_node"][n]["flops"] > 0 for n in ("dev0", "dev1")) == 2
-    assert {"summary", "rounds", "config", "timeline"} <= set(res.paths)
+    assert {"summary", "rounds", "config", "timeline", "rounds_nodes", "rounds_links"} <= set(res.paths)
     assert (tmp_path / "run" / "summary.json").exists()
     flexpl.register_dataset("api-test-blobs", lambda seed: (x[:100], y[:100], x[100:], y[100:]))
     flexpl.register_model("api-test-seq", _seq, cuts=["b2"])

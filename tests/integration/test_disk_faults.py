@@ -102,11 +102,15 @@ def test_a_disk_that_fills_loses_nothing_and_resume_is_bit_identical(tmpfs, unbr
     assert main(["run", *QUICK, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     # the checkpoint is written in the background: the next round's rounds.csv may meet the full disk first
-    named = [target, "rounds.csv"] if target == "checkpoint.pt" else [target]
+    # (or the next round's rows appended to rounds_nodes.csv / rounds_links.csv)
+    named = [target, "rounds.csv", *results.ROUND_BILL_FILES] if target == "checkpoint.pt" else [target]
     assert len(err.splitlines()) == 1 and any(f"{out / n}'" in err for n in named) and "bytes needed" in err, err
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
     for name, data in seen["before"].items():  # nothing already written is lost or changed
-        assert after.get(name) == data, name
+        if name in results.ROUND_BILL_FILES:  # appended, not rewritten: whole rounds may have been added
+            assert after.get(name, b"").startswith(data) and after[name].endswith(b"\n"), name
+        else:
+            assert after.get(name) == data, name
     assert not (out / "summary.json").exists()
     if (out / "checkpoint.pt").exists():  # the previous checkpoint still loads
         blob = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -120,6 +124,8 @@ def test_a_disk_that_fills_loses_nothing_and_resume_is_bit_identical(tmpfs, unbr
     assert _same(ref, got)  # every weight and optimizer tensor bit-identical
     assert [{k: v for k, v in r.items() if "wall" not in k} for r in _rows(out)] == [
         {k: v for k, v in r.items() if "wall" not in k} for r in _rows(unbroken)]
+    for name in results.ROUND_BILL_FILES:  # every round once, byte for byte as the unbroken run's
+        assert (out / name).read_bytes() == (unbroken / name).read_bytes(), name
 
 
 def test_a_read_only_out_is_refused_before_training(tmpfs, capsys, monkeypatch):

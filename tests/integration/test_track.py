@@ -4,14 +4,23 @@ One compare (digits-star, 2 rounds, fl and fpl) is tracked to both; the values r
 ``MlflowClient`` must equal rounds.csv and summary.json exactly (TensorBoard keeps float32, so its
 values must equal float32 of the file's). Logging the same folder again (what a resumed or re-run
 compare does) keeps one run per strategy with every round once, and an unreachable URI is one
-warning line with the results folder complete.
+warning line with the results folder complete. The per-round per-node and per-link figures
+(rounds_nodes.csv, rounds_links.csv) are tracked exactly and sum to summary.json's totals; tune
+and plan --validate track a child per cell or plan; a scenario's ``tracking:`` adds to --track;
+a run killed with kill -9 and resumed is tracked once. One MLflow server serves the module
+(it takes most of the module's time to start); the commands run in this process where no kill
+is needed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -61,22 +70,28 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         else:
             pytest.fail("mlflow server did not answer in 120 s")
         yield uri
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    finally:  # the whole process group (the server's workers too), without waiting out a graceful shutdown
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
 def tracked(server: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
+    from flexpl.cli import main
+
     d = tmp_path_factory.mktemp("compare")
     out, tb = d / "cmp", d / "tb"
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "flexpl.cli", "compare", "digits-star", "--strategies", "fl,fpl",
-                        "--set", "training.rounds=2", "--seed", "0", "--out", str(out), "--quiet",
-                        "--track", f"mlflow:{server}", "--track", f"tensorboard:{tb}"],
-                       capture_output=True, text=True, env=env, timeout=600)
-    assert p.returncode == 0, p.stderr
-    assert "warning" not in p.stderr, p.stderr
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):  # in this process: no second torch import
+        rc = main(["compare", "digits-star", "--strategies", "fl,fpl", "--set", "training.rounds=2",
+                   "--set", "training.max_steps_per_round=2", "--seed", "0", "--out", str(out), "--quiet",
+                   "--track", f"mlflow:{server}", "--track", f"tensorboard:{tb}"])
+    assert rc == 0, err.getvalue()
+    assert "warning" not in err.getvalue(), err.getvalue()
     return server, out, tb
 
 
@@ -156,11 +171,8 @@ def test_unreachable_uri_is_one_warning(tracked: tuple[str, Path, Path], capsys:
 
 def test_sweep_tracks_one_folder_per_cell(tmp_path: Path) -> None:
     out, tb = tmp_path / "sweep", tmp_path / "tb"
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "flexpl.cli", "sweep", "digits-star", "--grid", "strategy=fl,fpl",
-                        "--set", "training.rounds=1", "--out", str(out), "--quiet", "--track", f"tensorboard:{tb}"],
-                       capture_output=True, text=True, env=env, timeout=600)
-    assert p.returncode == 0, p.stderr
+    _cli("sweep", "digits-star", "--grid", "strategy=fl,fpl", "--set", "training.rounds=1",
+         "--set", "training.max_steps_per_round=2", "--out", str(out), "--quiet", "--track", f"tensorboard:{tb}")
     cells = sorted(d.name for d in out.iterdir() if (d / "summary.json").is_file())
     assert len(cells) == 2 and sorted(d.name for d in tb.iterdir()) == cells
     for cell in cells:
@@ -168,3 +180,151 @@ def test_sweep_tracks_one_folder_per_cell(tmp_path: Path) -> None:
         acc.Reload()
         row = _rounds(out / cell)[0]
         assert [(e.step, e.value) for e in acc.Scalars("bytes")] == [(1, float(np.float32(float(row["bytes"]))))]
+
+
+def _cli(*args: str) -> None:
+    """``flexpl ARGS`` in this process (no second torch import); it must exit 0."""
+    from flexpl.cli import main
+
+    assert main(list(args)) == 0
+
+
+def _tb_scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_tune_tracks_one_folder_per_cell(tmp_path: Path) -> None:
+    out, tb = tmp_path / "tune", tmp_path / "tb"
+    _cli("tune", "digits-star", "--strategies", "fl", "--grid", "training.optimizer.lr=0.01,0.05",
+         "--set", "training.rounds=1", "--set", "training.max_steps_per_round=2", "--out", str(out), "--quiet",
+         "--track", f"tensorboard:{tb}")
+    cells = sorted(d.name for d in out.iterdir() if (d / "summary.json").is_file())
+    assert len(cells) == 2 and sorted(d.name for d in tb.iterdir()) == cells
+    for cell in cells:
+        row = _rounds(out / cell)[0]
+        assert _tb_scalars(tb / cell, "bytes") == [(1, float(np.float32(float(row["bytes"]))))]
+        # tune scores on held-out training data: val_accuracy is there, test accuracy is not
+        assert _tb_scalars(tb / cell, "val_accuracy") == [(1, float(np.float32(float(row["val_accuracy"]))))]
+
+
+def test_plan_validate_tracks_each_validated_plan(server: str, tmp_path: Path) -> None:
+    out, tb = tmp_path / "plan", tmp_path / "tb"
+    _cli("plan", "digits-star", "--set", "training.rounds=2", "--set", "training.max_steps_per_round=2",
+         "--validate", "1", "--out", str(out), "--quiet", "--track", f"mlflow:{server}", "--track", f"tensorboard:{tb}")
+    with open(out / "plans.csv", newline="") as f:
+        validated = [r for r in csv.DictReader(f) if r["validated_rounds"]]
+    (folder,) = [d for d in (out / "validate").iterdir() if d.is_dir()]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert len(validated) == 1 and float(validated[0]["accuracy"]) == summary["final_accuracy"]
+    assert summary["strategy"] == validated[0]["strategy"]
+    client = MlflowClient(tracking_uri=server)
+    _, kids = _children(client, out / "validate")
+    assert list(kids) == [folder.name]
+    rows = _rounds(folder)
+    hist = sorted((m.step, m.value) for m in client.get_metric_history(kids[folder.name].info.run_id, "bytes"))
+    assert hist == [(int(r["round"]), float(r["bytes"])) for r in rows]
+    assert [s for s, _ in _tb_scalars(tb / folder.name, "accuracy")] == [1, 2]
+
+
+def test_plan_track_without_validate_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    from flexpl.cli import main
+
+    assert main(["plan", "digits-star", "--track", "tensorboard"]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_scenario_tracking_adds_to_track_and_leaves_the_hash(tmp_path: Path) -> None:
+    """``tracking:`` in the scenario and the same ``--track``: tracked once; the scenario hashes as untracked."""
+    from flexpl.config.scenario import load_scenario
+    from flexpl.io.results import stale_reason
+
+    out, tb = tmp_path / "run", tmp_path / "tb"
+    sets = ["--set", "training.rounds=1", "--set", "training.max_steps_per_round=2"]
+    _cli("run", "digits-star", *sets, "--set", f'tracking=["tensorboard:{tb}"]', "--track", f"tensorboard:{tb}",
+         "--out", str(out), "--quiet")
+    assert len([f for f in tb.iterdir() if f.name.startswith("events.out")]) == 1
+    assert [s for s, _ in _tb_scalars(tb, "accuracy")] == [1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scenario_sha256"] == load_scenario("digits-star", [s for s in sets if s != "--set"]).digest()
+    assert stale_reason(out, summary) is None
+    assert f"tensorboard:{tb}" in (out / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[foo]", "tracking[0]: unknown tracker 'foo'; use tensorboard[:DIR] or mlflow[:URI]"),
+    ('["mlflow:"]', "tracking[0]: 'mlflow:' names no URI after ':'"),
+    ("tensorboard", "tracking: must be a list"),
+])
+@pytest.mark.parametrize("command", ["run", "sweep", "tune"])
+def test_bad_scenario_tracking_is_one_line_exit_2(command: str, value: str, message: str,
+                                                 capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    from flexpl.cli import main
+
+    assert main([command, "digits-star", "--set", f"tracking={value}", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "x").exists()
+
+
+def test_merge_trackers_keeps_each_once() -> None:
+    from flexpl.report.track import Tracker, merge_trackers
+
+    got = merge_trackers(["tensorboard", "mlflow:http://h:1"], parse_track(["mlflow:http://h:1", "tensorboard:d"]))
+    assert got == [Tracker("tensorboard"), Tracker("mlflow", "http://h:1"), Tracker("tensorboard", "d")]
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_per_round_node_energy_and_link_bytes(tracked: tuple[str, Path, Path]) -> None:
+    """rounds_nodes.csv / rounds_links.csv: tracked per round exactly as written, summing to summary.json's totals."""
+    uri, out, tb = tracked
+    client = MlflowClient(tracking_uri=uri)
+    _, kids = _children(client, out)
+    for name in ("fl", "fpl"):
+        summary = json.loads((out / name / "summary.json").read_text())
+        acc = EventAccumulator(str(tb / name), size_guidance={"scalars": 0})
+        acc.Reload()
+        tags = set(acc.Tags()["scalars"])
+        for file, key, group, mlflow_col in (("rounds_nodes.csv", "node", "per_node", "energy_j"),
+                                             ("rounds_links.csv", "link", "per_link", "bytes")):
+            rows = _csv(out / name / file)
+            assert {r[key] for r in rows} == set(summary[group])  # every node and link did something
+            for who, total in summary[group].items():
+                mine = [r for r in rows if r[key] == who]
+                for col in [c for c in rows[0] if c not in ("round", key)]:
+                    assert math.isclose(sum(float(r[col]) for r in mine), total[col], rel_tol=1e-9, abs_tol=1e-12)
+                    tag = f"round/{key}/{who}/{col}"
+                    assert tag in tags
+                    assert [(e.step, e.value) for e in acc.Scalars(tag)] == \
+                        [(int(r["round"]), float(np.float32(float(r[col])))) for r in mine], tag
+                hist = sorted((m.step, m.value) for m in client.get_metric_history(
+                    kids[name].info.run_id, f"round/{key}/{who}/{mlflow_col}"))
+                assert hist == [(int(r["round"]), float(r[mlflow_col])) for r in mine]
+
+
+def test_killed_and_resumed_run_is_tracked_once(tmp_path: Path) -> None:
+    """kill -9 in round 2 (after round 1's checkpoint), then --resume with the same --track: one tracked run,
+    every round once, and the per-round files hold every round once. (TensorBoard only: MLflow's
+    continuing of a run tracked again is test_tracking_again_continues_the_same_runs.)"""
+    out, tb = tmp_path / "run", tmp_path / "tb"
+    track = ["--track", f"tensorboard:{tb}"]
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "FLEXPL_TEST_KILL_AT": "2:1"}
+    p = subprocess.run([sys.executable, "-m", "flexpl.cli", "run", "digits-star", "--set", "training.rounds=2",
+                        "--set", "training.max_steps_per_round=2", "--out", str(out), "--quiet", *track],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert not (out / "summary.json").exists() and [r["round"] for r in _rounds(out)] == ["1"]
+    _cli("run", "--resume", str(out), "--quiet", *track)
+    rounds = [int(r["round"]) for r in _rounds(out)]
+    assert rounds == [1, 2]
+    nodes = _csv(out / "rounds_nodes.csv")
+    assert sorted({(r["round"], r["node"]) for r in nodes}) == sorted((r["round"], r["node"]) for r in nodes)
+    assert {int(r["round"]) for r in nodes} == {1, 2}
+    assert len([f for f in tb.iterdir() if f.name.startswith("events.out")]) == 1
+    assert [s for s, _ in _tb_scalars(tb, "accuracy")] == rounds
+    assert [s for s, _ in _tb_scalars(tb, "round/link/dev0-server/bytes")] == rounds

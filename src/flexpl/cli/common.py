@@ -106,7 +106,8 @@ def track_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--track", action="append", default=[], metavar="KIND[:WHERE]",
                         help="after the run, log its rounds, bill, parameters and files to an experiment tracker: "
                              "tensorboard[:DIR] (default DIR: OUT/tensorboard) or mlflow[:URI] (default: "
-                             "MLFLOW_TRACKING_URI or ./mlruns); repeatable; needs flexpl[track]")
+                             "MLFLOW_TRACKING_URI or ./mlruns); repeatable, added to the scenario's tracking: "
+                             "list; needs flexpl[track]")
 
 
 def check_track(args: argparse.Namespace) -> list[Any]:
@@ -114,6 +115,13 @@ def check_track(args: argparse.Namespace) -> list[Any]:
     from flexpl.report.track import parse_track
 
     return parse_track(getattr(args, "track", None))
+
+
+def scenario_trackers(tracking: list[str] | None, trackers: list[Any]) -> list[Any]:
+    """The scenario's ``tracking:`` entries merged with the command line's ``--track`` (each tracker once)."""
+    from flexpl.report.track import merge_trackers
+
+    return merge_trackers(tracking, trackers)
 
 
 def track_results(out: Any, trackers: list[Any]) -> None:

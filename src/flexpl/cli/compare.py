@@ -11,6 +11,7 @@ from flexpl.cli.common import (
     names,
     ray_argument,
     scenario_arguments,
+    scenario_trackers,
     target_arguments,
     target_sets,
     track_argument,
@@ -55,6 +56,7 @@ def main(a: argparse.Namespace) -> int:
         if s not in PRESETS:
             raise UserError(f"--strategies: unknown strategy '{s}'; allowed: {', '.join(PRESETS)}")
     scn = load_scenario(a.scenario, a.set, None, a.seed)
+    trackers = scenario_trackers(scn.tracking, trackers)  # the scenario's tracking:, then --track
     seeds = parse_seeds(a.seeds)
     if seeds is not None and a.seed is not None:
         raise UserError("--seeds: give either --seed or --seeds, not both")

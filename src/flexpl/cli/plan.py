@@ -12,7 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flexpl.cli.common import ray_argument, scenario_arguments
+from flexpl.cli.common import (
+    check_track,
+    ray_argument,
+    scenario_arguments,
+    scenario_trackers,
+    track_argument,
+    track_results,
+)
 from flexpl.errors import UserError
 
 
@@ -36,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--validate", type=int, default=0, metavar="K",
                         help="train the K best feasible plans for min(rounds, 3) rounds and add their accuracy")
     ray_argument(parser, "each of --validate's K trainings")
+    track_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -49,6 +57,9 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--top: must be a positive integer, got {args.top}")
     if args.validate < 0:
         raise UserError(f"--validate: must be 0 or a positive integer, got {args.validate}")
+    trackers = check_track(args)
+    if args.track and not args.validate:
+        raise UserError("--track: plan trains nothing to track without --validate K; add --validate K or drop --track")
     from flexpl.planner.choose import TARGET_OBJECTIVES
     from flexpl.planner.curves import check_target
 
@@ -69,6 +80,8 @@ def main(args: argparse.Namespace) -> int:
     if not targets and any(c.column == "reaches" for c in constraints):
         raise UserError("--constraint reaches: needs --target-accuracy A (e.g. 0.7)")
     scn = load_scenario(args.scenario, args.set, None, args.seed)
+    trackers = scenario_trackers(scn.tracking, trackers) if args.validate else []  # tracking:, then --track
+    out = Path(args.out or f"results/{scn.name}-plan")
     console = make_console(args.quiet)
     t0 = time.perf_counter()
     with progress(args.quiet or not console.is_terminal, console) as bar:
@@ -92,8 +105,9 @@ def main(args: argparse.Namespace) -> int:
     if args.validate:
         from flexpl.studies.validate_plans import validate
 
-        validate(scn, planner, by_label, rows, args.validate, console, args.ray, targets=targets or None)
-    out = write_plans(Path(args.out or f"results/{scn.name}-plan"), scn, rows, planner.skipped,
+        validate(scn, planner, by_label, rows, args.validate, console, args.ray, targets=targets or None,
+                 out=out / "validate")
+    out = write_plans(out, scn, rows, planner.skipped,
                       by_label[best["plan"]], best, args.objective)
     picture = _draw_best(scn, planner, by_label[best["plan"]], out)
     front = [r for r in rows if r["pareto"]]
@@ -124,6 +138,12 @@ def main(args: argparse.Namespace) -> int:
     console.print(f"recommended ({args.objective}): {best['plan']}{moves} -> {out}/best.yaml")
     console.print(f"every plan in {out}/plans.csv, the front in {out}/pareto.png"
                   + (f", the recommended plan drawn in {picture}" if picture else ""))
+    if args.validate:  # each validated plan's run folder: one parent run, a child per plan
+        from dataclasses import replace
+
+        # TensorBoard's default folder: OUT/tensorboard, not inside validate/ (which the next --validate replaces)
+        track_results(out / "validate", [replace(t, where=str(out / "tensorboard"))
+                                         if t.kind == "tensorboard" and t.where is None else t for t in trackers])
     return 0
 
 

@@ -10,6 +10,7 @@ from flexpl.cli.common import (
     check_track,
     device_arguments,
     scenario_arguments,
+    scenario_trackers,
     target_arguments,
     target_sets,
     track_argument,
@@ -54,6 +55,7 @@ def main(a: argparse.Namespace) -> int:
                 raise UserError(f"--resume: '{out}' holds no config.yaml; give the scenario too")
             scenario = str(out / "config.yaml")
     scn = load_scenario(scenario, a.set, a.strategy, a.seed)
+    trackers = scenario_trackers(scn.tracking, trackers)  # the scenario's tracking:, then --track
     if not a.resume:
         out = Path(a.out or f"results/{scn.name}-{scn.strategy}")
     if a.emulate_links and (a.backend or scn.engine.backend) != "dist":

@@ -12,6 +12,7 @@ from flexpl.cli.common import (
     check_track,
     ray_argument,
     scenario_arguments,
+    scenario_trackers,
     target_arguments,
     target_sets,
     track_argument,
@@ -36,12 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """flexpl sweep: run the grid, write sweep.csv, then build report.html in the sweep folder."""
+    from flexpl.config.scenario import scenario_tracking
     from flexpl.report.html import maybe_report
     from flexpl.studies.grid import make_cells, parse_grid
     from flexpl.studies.seeds import parse_seeds
     from flexpl.studies.sweep import run_sweep
 
     trackers = check_track(args)
+    trackers = scenario_trackers(scenario_tracking(args.scenario, list(args.set)), trackers)  # tracking:, then --track
     args.set = [*args.set, *target_sets(args)]
     seeds = parse_seeds(args.seeds)
     ray = args.ray

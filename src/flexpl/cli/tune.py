@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flexpl.cli.common import DEFAULT_STRATEGIES, names, scenario_arguments
+from flexpl.cli.common import (
+    DEFAULT_STRATEGIES,
+    check_track,
+    names,
+    scenario_arguments,
+    scenario_trackers,
+    track_argument,
+    track_results,
+)
 from flexpl.errors import UserError
 
 
@@ -19,13 +27,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default=None, metavar="S1,S2,...",
                         help="seeds to average the validation accuracy over (default: the scenario's seed)")
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="run cells in N worker processes")
+    track_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     """flexpl tune: run the grid per strategy and seed, choose on validation accuracy, write tuned.yaml."""
+    from flexpl.config.scenario import scenario_tracking
     from flexpl.studies.seeds import parse_seeds
     from flexpl.studies.tune import run_tune
 
+    trackers = check_track(args)
+    trackers = scenario_trackers(scenario_tracking(args.scenario, list(args.set)), trackers)  # tracking:, then --track
     if args.seed is not None and args.seeds is not None:
         raise UserError("--seed: give either --seed N or --seeds S1,S2,... (tune averages over --seeds)")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else ([args.seed] if args.seed is not None else None)
@@ -44,4 +56,5 @@ def main(args: argparse.Namespace) -> int:
                              for r in t.rows)))
         console.print(f"chosen values in {t.out}/tuned.yaml (flexpl compare --tuned {t.out}/tuned.yaml); "
                       f"table in {t.out}/tune.csv")
+    track_results(t.out, trackers)  # one parent run, a child per cell (and seed)
     return 0

@@ -37,6 +37,7 @@ from flexpl.config.load import (
     parse_set,
 )
 from flexpl.config.plan import LinkCfg, NodeCfg, PlanCfg
+from flexpl.config.tracking import check_tracking
 from flexpl.config.training import TrainingCfg
 from flexpl.errors import UserError
 from flexpl.io.user_code import import_object
@@ -116,6 +117,13 @@ class Scenario(_Strict):
     failures: FailuresCfg = Field(default_factory=FailuresCfg)
     # dotted-key overrides applied only when that strategy runs (see apply_strategy_overrides)
     strategy_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # experiment trackers, as --track: tensorboard[:DIR], mlflow[:URI] (flexpl.config.tracking)
+    tracking: list[str] = Field(default_factory=list)
+
+    @field_validator("tracking", mode="before")
+    @classmethod
+    def _check_tracking(cls, v: Any) -> list[str]:
+        return check_tracking(v)
 
     @field_validator("model")
     @classmethod
@@ -197,12 +205,21 @@ class Scenario(_Strict):
         return [n.name for n in self.nodes if n.holds_data]
 
     def resolved(self) -> dict[str, Any]:
-        """The scenario as plain data (what ``config.yaml`` holds)."""
-        return self.model_dump(mode="json")
+        """The scenario as plain data (what ``config.yaml`` holds); ``tracking`` only when it names a tracker."""
+        data = self.model_dump(mode="json")
+        if not data.get("tracking"):
+            data.pop("tracking", None)
+        return data
 
     def digest(self) -> str:
-        """SHA-256 of the resolved scenario (stable key order)."""
-        return hashlib.sha256(json.dumps(self.resolved(), sort_keys=True).encode()).hexdigest()
+        """SHA-256 of the resolved scenario (stable key order), without ``tracking``.
+
+        Tracking never changes a result, so a scenario hashes the same tracked or not (and as it
+        did before the key existed); :func:`flexpl.io.results.config_digest` leaves it out too.
+        """
+        data = self.resolved()
+        data.pop("tracking", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- loading
@@ -268,3 +285,23 @@ def scenario_user_code(name_or_path: str | None, sets: list[str] | None = None) 
     except (UserError, yaml.YAMLError, OSError, ValueError, TypeError):
         return []
     return user_code_in(data)
+
+
+def scenario_tracking(name_or_path: str | None, sets: list[str] | None = None) -> list[str]:
+    """A scenario's ``tracking:`` entries after its ``--set`` items, checked, without validating the rest.
+
+    For the commands that load the scenario per cell (sweep, tune); a bad entry is a one-line
+    UserError, and a scenario that does not read or parse gives ``[]`` (loading it reports that).
+    """
+    try:
+        data = yaml.safe_load(_read_scenario_text(name_or_path or DEFAULT_SCENARIO)[0])
+        if not isinstance(data, dict):
+            return []
+        for item in sets or []:
+            apply_set(data, item)
+    except (UserError, yaml.YAMLError, OSError, ValueError, TypeError):
+        return []
+    try:
+        return list(check_tracking(data.get("tracking", [])))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None

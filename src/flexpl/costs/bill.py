@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,3 +165,39 @@ def bill(totals: Totals, topo: Topology, sim_time: float, include_idle: bool, in
                     "energy_j_idle": idle_j[n], "idle_s": idle_s[n],
                     "eval_flops": int(ev_f), "eval_energy_j": ev_e}
     return {**out, "idle_j": idle_j, "per_node": nodes}
+
+
+def node_link_totals(totals: Totals, topo: Topology, sim_time: float, include_idle: bool,
+                     include_eval: bool) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Every node's and link's figures so far (the columns of :data:`flexpl.io.results.ROUND_BILL_FILES`), on the terms of
+    summary.json's ``per_node`` and ``per_link`` (the same :func:`bill`): the cumulative figures whose
+    differences from round to round are a round's own."""
+    b = bill(totals, topo, sim_time, include_idle, include_eval)
+    nodes = {}
+    for n, d in totals.node.items():
+        bn = b["per_node"][n]
+        nodes[n] = {"energy_j": bn["energy_j"], "energy_j_compute": d["energy_j_compute"],
+                    "energy_j_comm": d["energy_j_comm"], "energy_j_idle": bn["energy_j_idle"],
+                    "flops": bn["flops"], "bytes_sent": int(d["bytes_sent"]),
+                    "bytes_received": int(d["bytes_received"]), "busy_s": d["busy_s"],
+                    "eval_flops": bn["eval_flops"], "eval_energy_j": bn["eval_energy_j"]}
+    links = {n: {"bytes": int(d["bytes"]), "busy_s": d["busy_s"], "energy_j": d["energy_j"]}
+             for n, d in totals.link.items()}
+    return nodes, links
+
+
+def round_rows(rnd: int, now: Mapping[str, Mapping[str, float]], before: Mapping[str, Mapping[str, float]],
+               key: str) -> list[dict[str, Any]]:
+    """One round's own figures, ``now`` less ``before`` (cumulative, by name), as rows ``{round, key: name, ...}``.
+
+    A name whose figures did not change in the round (a client not selected) gets no row.
+    """
+    rows = []
+    for name, d in now.items():
+        b = before.get(name, {})
+        if d == b:  # the common case among thousands of clients, compared in C
+            continue
+        delta = {k: v - b.get(k, 0) for k, v in d.items()}
+        if any(delta.values()):
+            rows.append({"round": rnd, key: name, **delta})
+    return rows

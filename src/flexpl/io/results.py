@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import hashlib
@@ -140,7 +141,15 @@ def write_run(out: Path, summary: dict[str, Any], rounds: list[dict[str, Any]],
 # check that a summary's scenario_sha256 is the digest of the config.yaml beside it.
 IN_PROGRESS = "IN_PROGRESS"
 # What a run (and a report built in its folder) writes; an earlier run's copies are removed.
-RUN_FILES = ("summary.json", "rounds.csv", "timeline.csv", "checkpoint.pt", "report.html")
+RUN_FILES = ("summary.json", "rounds.csv", "timeline.csv", "checkpoint.pt", "report.html", "rounds_nodes.csv",
+             "rounds_links.csv")
+# each round's own per-node and per-link figures (RunWriter.round_bill; flexpl.costs.bill.node_link_totals):
+# file -> its columns (summary.json's per_node / per_link keys)
+ROUND_BILL_FILES = {
+    "rounds_nodes.csv": ("round", "node", "energy_j", "energy_j_compute", "energy_j_comm", "energy_j_idle", "flops",
+                         "bytes_sent", "bytes_received", "busy_s", "eval_flops", "eval_energy_j"),
+    "rounds_links.csv": ("round", "link", "bytes", "busy_s", "energy_j"),
+}
 
 
 def begin_run(out: Path, scenario_sha256: str, resume: bool = False) -> None:
@@ -153,7 +162,7 @@ def begin_run(out: Path, scenario_sha256: str, resume: bool = False) -> None:
 
     write_json(out / IN_PROGRESS, {"scenario_sha256": scenario_sha256, "pid": os.getpid(),
                                    "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-    keep = ("checkpoint.pt", "rounds.csv") if resume else ()
+    keep = ("checkpoint.pt", "rounds.csv", *ROUND_BILL_FILES) if resume else ()
     for name in RUN_FILES:
         if name not in keep:
             (out / name).unlink(missing_ok=True)
@@ -167,6 +176,8 @@ def config_digest(folder: Path) -> str | None:
         data = yaml.load((folder / "config.yaml").read_text(), Loader=_LOADER)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
+    if isinstance(data, dict):  # tracking never changes a result: not part of the digest (Scenario.digest)
+        data.pop("tracking", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -195,11 +206,14 @@ class RunWriter:
        [Note: stale results]), then ``config.yaml`` (the resolved scenario), once;
     2. :meth:`round` after every finished round: the row is appended and ``rounds.csv``
        rewritten atomically, so the rounds completed so far survive a crash;
+    3. :meth:`round_bill` after every round (simulator): the round's own per-node and per-link
+       figures appended to ``rounds_nodes.csv`` and ``rounds_links.csv`` (appended, not rewritten:
+       10,000 nodes over hundreds of rounds; a resumed run first drops the rounds it runs again);
     3. :meth:`timeline`: ``timeline.csv``, the last round's actions on the virtual clock;
     4. :meth:`finish`: ``rounds.csv``, ``config.yaml`` (unless :meth:`begin` wrote it), then ``summary.json`` last (its
        presence marks a finished run), and the ``IN_PROGRESS`` marker goes.
 
-    Every file is written atomically (a temporary file renamed over it).
+    Every file but the two appended ones is written atomically (a temporary file renamed over it).
     """
 
     def __init__(self, out: str | Path, scenario_sha256: str, config: Mapping[str, Any]) -> None:
@@ -208,6 +222,7 @@ class RunWriter:
         self._config_written = False
         self.config = config
         self.rows: list[dict[str, Any]] = []
+        self._bill_started = False
 
     def begin(self, resume: bool = False) -> RunWriter:
         """Create the folder, mark the run in progress, write config.yaml (``resume``: keep checkpoint and rounds)."""
@@ -221,6 +236,43 @@ class RunWriter:
         """Append one finished round's row and rewrite rounds.csv with every row so far."""
         self.rows.append(row)
         write_csv(self.out / "rounds.csv", self.rows)
+
+    def round_bill(self, nodes: list[dict[str, Any]], links: list[dict[str, Any]]) -> None:
+        """Append one round's per-node and per-link rows (``flexpl.costs.bill.round_rows``) to
+        ``rounds_nodes.csv`` and ``rounds_links.csv``.
+
+        The first call of a writer starts both files: a fresh run's are gone already
+        (:func:`begin_run`); a resumed run's keep only the rounds before the first one given here
+        (a round the killed run appended after its last checkpoint is run, and appended, again).
+        The rows of a round are appended before that round's checkpoint is saved, so a checkpoint
+        never stands for a round whose rows are missing.
+        """
+        rnd = next((r["round"] for r in (*nodes, *links)), None)
+        for (name, cols), rows in zip(ROUND_BILL_FILES.items(), (nodes, links)):
+            columns = list(cols)
+            path = self.out / name
+            if not self._bill_started:
+                kept = []
+                if rnd is not None and path.is_file():
+                    with open(path, newline="") as f:
+                        kept = [r for r in csv.DictReader(f) if None not in r.values()
+                                and r.get("round", "").isdigit() and int(r["round"]) < rnd]
+                write_csv(path, kept, columns)
+            if rows:
+                buf = io.StringIO()
+                csv.DictWriter(buf, fieldnames=columns, lineterminator="\n").writerows(rows)
+                size = path.stat().st_size
+                try:
+                    with open(path, "a", newline="") as f:
+                        f.write(buf.getvalue())
+                except OSError as exc:
+                    with contextlib.suppress(OSError):  # no half round left behind
+                        os.truncate(path, size)
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise UserError(no_space_message(path, len(buf.getvalue()))) from None
+                    raise
+        if rnd is not None:
+            self._bill_started = True
 
     def timeline(self, rows: list[dict[str, Any]]) -> None:
         """Write timeline.csv: one row per action of a round's trace (``flexpl.costs.trace.timeline_rows``)."""

@@ -1,13 +1,17 @@
-"""Experiment trackers: a finished run (compare, sweep) folder logged to TensorBoard and MLflow.
+"""Experiment trackers: a finished run's folder (run, compare, sweep, tune, plan --validate) logged to
+TensorBoard and MLflow.
 
-The values are read back from the files the run wrote (rounds.csv, summary.json, config.yaml),
-so a tracker shows exactly the run's results and tracking can never change a run: per round
-(step = round) every numeric column of rounds.csv; once, the resolved scenario flattened as
+The values are read back from the files the run wrote (rounds.csv, rounds_nodes.csv,
+rounds_links.csv, summary.json, config.yaml), so a tracker shows exactly the run's results and
+tracking can never change a run: per round (step = round) every numeric column of rounds.csv
+and each round's own per-node and per-link figures (``round/node/<n>/<column>``,
+``round/link/<l>/<column>``); once, the resolved scenario flattened as
 parameters, the plan, executor, seed and versions, the summary's numbers as final metrics
 (with ``node/<n>/<key>`` per node, ``link/<l>/<key>`` per link and ``to_target/<t>/<key>``),
 and the files as artifacts. A folder with several runs (compare, sweep) makes one parent run
 and a child run per run folder (MLflow nested runs; TensorBoard one sub-folder per run, so
-they overlay).
+they overlay). The trackers come from ``--track`` and the scenario's ``tracking:``
+(:func:`merge_trackers`).
 
 Logging the same folder again (a resumed or re-run compare) continues the run tracked before
 (MLflow: the run tagged ``flexpl.folder`` with that folder) and logs only the rounds it lacks.
@@ -30,12 +34,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from flexpl.config.tracking import TRACKERS, tracker_problem
 from flexpl.errors import UserError
+from flexpl.io.results import ROUND_BILL_FILES
 from flexpl.report.runs import discover_runs
 
-KINDS = ("tensorboard", "mlflow")
+KINDS = TRACKERS
 HINT = {"tensorboard": "pip install 'flexpl[track]' (or tensorboard)", "mlflow": "pip install 'flexpl[track]' (or mlflow)"}
-ARTIFACTS = ("summary.json", "rounds.csv", "config.yaml", "timeline.csv", "report.html")
+ARTIFACTS = ("summary.json", "rounds.csv", "config.yaml", "timeline.csv", "report.html", *ROUND_BILL_FILES)
+# what a compare, sweep, tune or plan --validate writes beside its run folders
+PARENT_ARTIFACTS = ("comparison.csv", "comparison_seeds.csv", "sweep.csv", "sweep_seeds.csv", "tune.csv",
+                    "tuned.yaml", "report.html")
 
 
 @dataclass(frozen=True)
@@ -46,17 +55,23 @@ class Tracker:
     where: str | None = None
 
 
-def parse_track(specs: Sequence[str] | None) -> list[Tracker]:
-    """``--track`` values (``tensorboard[:DIR]``, ``mlflow[:URI]``) as :class:`Tracker` s; a bad one is a UserError."""
+def parse_track(specs: Sequence[str] | None, field: str = "--track") -> list[Tracker]:
+    """``--track`` values (``tensorboard[:DIR]``, ``mlflow[:URI]``) as :class:`Tracker` s; a bad one is a UserError.
+
+    ``field`` names where the values came from in the error (``--track``, ``tracking``).
+    """
     out = []
-    for spec in specs or ():
-        kind, sep, where = spec.partition(":")
-        if kind not in KINDS:
-            raise UserError(f"--track: unknown tracker '{kind}'; use tensorboard[:DIR] or mlflow[:URI]")
-        if sep and not where:
-            raise UserError(f"--track: '{spec}' names no {'folder' if kind == 'tensorboard' else 'URI'} after ':'")
+    for i, spec in enumerate(specs or ()):
+        if (why := tracker_problem(spec)) is not None:
+            raise UserError(f"{field}{f'[{i}]' if field != '--track' else ''}: {why}")
+        kind, _, where = spec.partition(":")
         out.append(Tracker(kind, where or None))
     return out
+
+
+def merge_trackers(scenario: Sequence[str] | None, command_line: Sequence[Tracker]) -> list[Tracker]:
+    """The scenario's ``tracking:`` entries, then the command line's ``--track`` ones; each tracker once."""
+    return list(dict.fromkeys([*parse_track(scenario, "tracking"), *command_line]))
 
 
 # ---------------------------------------------------------------- what is logged (pure, tested on its own)
@@ -76,18 +91,37 @@ def _num(v: Any) -> float | None:
     return None
 
 
-def round_metrics(folder: Path) -> list[tuple[int, dict[str, float]]]:
-    """rounds.csv as ``(round, {column: value})``: every numeric column, empty and NaN cells left out."""
+def _read(path: Path) -> list[dict[str, str]]:
     try:
-        with open(folder / "rounds.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
     except OSError:
         return []
+
+
+def round_bill_metrics(folder: Path) -> dict[int, dict[str, float]]:
+    """Each round's own per-node and per-link figures, from ``rounds_nodes.csv`` and ``rounds_links.csv``:
+    ``{round: {"round/node/<name>/<column>": value, "round/link/<name>/<column>": value}}``."""
+    out: dict[int, dict[str, float]] = {}
+    for name, cols in ROUND_BILL_FILES.items():
+        key = cols[1]
+        for r in _read(folder / name):
+            vals = out.setdefault(int(float(r["round"])), {})
+            for k, v in r.items():
+                if k not in ("round", key) and (x := _num(v)) is not None:
+                    vals[f"round/{key}/{r[key]}/{k}"] = x
+    return out
+
+
+def round_metrics(folder: Path) -> list[tuple[int, dict[str, float]]]:
+    """rounds.csv as ``(round, {column: value})``: every numeric column, empty and NaN cells left out;
+    with each round's per-node and per-link figures (:func:`round_bill_metrics`) where the run wrote them."""
+    per = round_bill_metrics(folder)
     out = []
-    for r in rows:
+    for r in _read(folder / "rounds.csv"):
         step = int(float(r["round"]))
         vals = {k: x for k, v in r.items() if k != "round" and (x := _num(v)) is not None}
-        out.append((step, vals))
+        out.append((step, {**vals, **per.get(step, {})}))
     return out
 
 
@@ -264,7 +298,7 @@ def _mlflow(root: Path, uri: str | None, runs: list[tuple[str, Path, dict[str, A
     for name, folder, summary in runs:
         run_id, new = find_or_create(folder, name, parent)
         log_one(run_id, new, folder, summary, ts)
-    for f in ("comparison.csv", "comparison_seeds.csv", "sweep.csv", "sweep_seeds.csv", "report.html"):
+    for f in PARENT_ARTIFACTS:
         if (root / f).is_file():
             client.log_artifact(parent, str(root / f))
     for png in sorted(root.glob("fig_*.png")):
@@ -281,7 +315,7 @@ def track_folder(root: str | Path, trackers: Sequence[Tracker]) -> list[str]:
     line, and the folder's results are left as they are.
     """
     root = Path(root)
-    runs = _runs(root)
+    runs = _runs(root) if root.is_dir() else []
     warnings: list[str] = []
 
     def warn(msg: str) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from flexpl.config.scenario import Scenario
-from flexpl.costs.bill import Totals, bill
+from flexpl.costs.bill import Totals, bill, node_link_totals, round_rows
 from flexpl.costs.clock import schedule
 from flexpl.costs.evaluation import eval_flops
 from flexpl.costs.flops import count_fwd_bwd
@@ -331,13 +331,17 @@ def diverged(st: Setup, rnd: int, loss: float) -> Diverged:
 def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
         st: Setup | None = None, keep_traces: bool = False,
         evaluate: Callable[[Setup], dict[str, float]] | None = None,
-        checkpoint_dir: Path | None = None, resume: bool = False) -> RunResult:
+        checkpoint_dir: Path | None = None, resume: bool = False,
+        on_round_bill: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None] | None = None) -> RunResult:
     """Train ``scn`` on the simulator and return its costs and accuracy per round.
 
     ``evaluate`` replaces the test-set evaluation (the planner passes one that returns
     nothing; the distributed backend evaluates on rank 0). With ``checkpoint_dir``, the
     run state is saved there every ``training.checkpoint_every`` rounds; with ``resume``,
     the run continues from that checkpoint and ends bit-identical to an uninterrupted run.
+    ``on_round_bill(node_rows, link_rows)`` is given each round's own per-node and per-link
+    figures (:func:`flexpl.costs.bill.round_rows`) before the round's checkpoint is saved and
+    before ``on_round``; a resumed run gives them for the rounds it runs, not the restored ones.
     """
     t_wall = time.perf_counter()
     st = st or setup(scn)
@@ -347,14 +351,15 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
     # allocate enough); frozen, collections see only what the rounds make. Unfrozen on the way out.
     gc.freeze()
     try:
-        return _run(scn, st, t_wall, on_round, keep_traces, evaluate, checkpoint_dir, resume)
+        return _run(scn, st, t_wall, on_round, keep_traces, evaluate, checkpoint_dir, resume, on_round_bill)
     finally:
         gc.unfreeze()
 
 
 def _run(scn: Scenario, st: Setup, t_wall: float, on_round: Callable[[dict[str, Any]], None] | None,
          keep_traces: bool, evaluate: Callable[[Setup], dict[str, float]] | None, checkpoint_dir: Path | None,
-         resume: bool) -> RunResult:
+         resume: bool, on_round_bill: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
+         ) -> RunResult:
     """:func:`run` after set-up."""
     eng, topo, plan, tr = st.engine, st.topo, st.plan, scn.training
     totals = Totals.empty(topo)
@@ -394,7 +399,7 @@ def _run(scn: Scenario, st: Setup, t_wall: float, on_round: Callable[[dict[str, 
     try:
         rows, totals, ev, traces = _rounds(st, first, totals, rows, ev, synced_last_round, by_name, weights,
                                            fed_round, fed_step, on_round, keep_traces, evaluate, checkpoint_dir,
-                                           writer)
+                                           writer, on_round_bill)
         done = True
     except Diverged as exc:  # the rounds completed so far, summed up (rows and totals grow in place)
         last = rows[-1] if rows else {}
@@ -418,9 +423,14 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
             synced_last_round: bool, by_name: dict[str, NodeData], weights: dict[str, float],
             fed_round: list[int], fed_step: list[int], on_round: Callable[[dict[str, Any]], None] | None,
             keep_traces: bool, evaluate: Callable[[Setup], dict[str, float]] | None,
-            checkpoint_dir: Path | None, writer: checkpoint.Writer | None = None) -> tuple[list[dict[str, Any]], Totals, dict[str, float], list]:
+            checkpoint_dir: Path | None, writer: checkpoint.Writer | None = None,
+            on_round_bill: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
+            ) -> tuple[list[dict[str, Any]], Totals, dict[str, float], list]:
     """Rounds ``first`` .. last of :func:`run`."""
     scn, eng, topo, plan, tr = st.scn, st.engine, st.topo, st.plan, st.scn.training
+    # the per-node and per-link figures so far (a resumed run's: its checkpoint's), for on_round_bill
+    before = node_link_totals(totals, topo, totals.sim_time, scn.energy.include_idle, scn.costs.include_eval) \
+        if on_round_bill is not None else None
     train = list(by_name.values())
     fail = scn.failures
     traces = []
@@ -485,6 +495,10 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
         rows.append(row)
         # evaluation.stop_at_target: this round reached the highest target, so it is the last one
         stop = scn.evaluation.stop_at_target and reached_all(rows, scn.evaluation.targets)
+        if on_round_bill is not None and before is not None:  # before the checkpoint: see RunWriter.round_bill
+            now = node_link_totals(totals, topo, totals.sim_time, scn.energy.include_idle, scn.costs.include_eval)
+            on_round_bill(round_rows(rnd, now[0], before[0], "node"), round_rows(rnd, now[1], before[1], "link"))
+            before = now
         if checkpoint_dir is not None and tr.checkpoint_every and (rnd % tr.checkpoint_every == 0
                                                                    or rnd == tr.rounds or stop):
             checkpoint.save(checkpoint_dir / checkpoint.FILENAME, scenario_sha256=scn.digest(), round_index=rnd,

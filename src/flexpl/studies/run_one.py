@@ -66,7 +66,8 @@ def run_one(scenario: str | None, sets: Sequence[str], strategy: str | None, see
                                              f"t {row['sim_time_s']:.1f}s")
 
         try:
-            result = run(scn, on_round=on_round, st=st, keep_traces=True, checkpoint_dir=out, resume=resume)
+            result = run(scn, on_round=on_round, st=st, keep_traces=True, checkpoint_dir=out, resume=resume,
+                         on_round_bill=writer.round_bill)  # rounds_nodes.csv, rounds_links.csv
         except Diverged as exc:  # keep what was completed: rounds.csv is written; the summary of those rounds too
             if exc.summary is not None:
                 writer.finish(exc.summary, exc.rows)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flexpl.errors import UserError
@@ -14,7 +17,7 @@ if TYPE_CHECKING:
 
 def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows: list[dict[str, Any]], k: int,
              console: Any, ray: str | None = None, ray_cpus: int | None = None,
-             targets: list[float] | None = None) -> None:
+             targets: list[float] | None = None, out: Path | None = None) -> None:
     """Train the ``k`` best feasible plans for min(rounds, 3) rounds; add their measured accuracy.
 
     With ``targets`` (``flexpl plan --target-accuracy``) each plan trains up to the scenario's
@@ -24,6 +27,10 @@ def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows:
 
     With ``ray`` (an address, or "" for a local Ray with ``ray_cpus`` CPUs) each plan trains
     as a Ray task (:mod:`flexpl.studies.ray_tasks`) on the planner's dataset, shipped once.
+
+    With ``out`` (``flexpl plan`` passes ``OUT/validate``), each plan trained here (not as a Ray
+    task) is written as a run folder ``out/<plan>`` (:func:`run_folder_name`; summary.json,
+    rounds.csv, config.yaml), which ``--track`` logs; an earlier plan's ``out`` is replaced.
     """
     from flexpl.config.scenario import apply_strategy_overrides, validate_scenario
     from flexpl.sim.simulator import run, setup
@@ -44,6 +51,8 @@ def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows:
         if data.get("strategy") != scn.strategy:  # the scenario's own strategy has them applied already
             apply_strategy_overrides(data)
         scns.append(validate_scenario(data))
+    if out is not None:
+        shutil.rmtree(out, ignore_errors=True)  # only this validation's plans in it
     if ray is not None:
         from flexpl.studies import ray_tasks as ray_exec
 
@@ -67,10 +76,18 @@ def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows:
             except ray_exec.TaskError as exc:
                 raise UserError(f"--validate {exc.key}: {exc}") from None
         return
+    folders: list[str] = []
     for i, (r, sc) in enumerate(zip(chosen, scns)):
         console.print(f"validating [{i + 1}/{len(chosen)}] {r['plan']} ({rounds} rounds)")
         res = run(sc, st=setup(sc, dataset=planner.data))
         s = res.summary
+        if out is not None:
+            from flexpl.io.results import RunWriter
+
+            name = run_folder_name(r["plan"])
+            name = name if name not in folders else f"{name}_{i + 1}"
+            folders.append(name)
+            RunWriter(out / name, sc.digest(), sc.resolved()).begin().finish(s, res.rounds)
         r["accuracy"], r["validated_rounds"] = s["final_accuracy"], len(res.rounds)
         for a in targets or ():
             from flexpl.costs.targets import target_key
@@ -79,3 +96,9 @@ def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows:
             r[f"measured_round_{a:g}"] = hit["round"] if hit else None
             r[f"measured_bytes_to_target_{a:g}"] = hit["bytes"] if hit else None
             r[f"measured_device_energy_j_to_target_{a:g}"] = hit["device_energy_j"] if hit else None
+
+
+def run_folder_name(plan: str) -> str:
+    """A plan's label as a folder name: ``fl every=2`` -> ``fl_every=2`` (characters other than letters,
+    digits, ``.``, ``_``, ``=``, ``+`` and ``-`` become ``_``)."""
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", plan).strip("_") or "plan"

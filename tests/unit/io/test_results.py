@@ -127,8 +127,10 @@ def test_a_simulator_run_writes_through_the_writer(tmp_path, monkeypatch):
     s = run_one("digits-star", ["training.rounds=2", "training.max_steps_per_round=1"], "fl", None,
                 tmp_path / "run", quiet=True, show_data=False)
     files = [n for n in order if n != "checkpoint.pt"]
-    assert files == [IN_PROGRESS, "config.yaml", "rounds.csv", "rounds.csv", "timeline.csv", "rounds.csv",
-                     "summary.json"]
+    # rounds_nodes.csv and rounds_links.csv start with round 1's rows (before its checkpoint), then are appended
+    assert files == [IN_PROGRESS, "config.yaml", "rounds_nodes.csv", "rounds_links.csv", "rounds.csv", "rounds.csv",
+                     "timeline.csv", "rounds.csv", "summary.json"]
+    assert {r["round"] for r in _rows(tmp_path / "run" / "rounds_links.csv")} == {"1", "2"}
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["rounds"] == s["rounds"] == 2
     assert len(_rows(tmp_path / "run" / "timeline.csv")) > 0
 
@@ -155,3 +157,30 @@ def test_config_yaml_is_dumped_once_and_written_once(tmp_path, monkeypatch):
     w.finish({"scenario_sha256": "abc"})
     assert len(dumps) == 1 and order.count("config.yaml") == 1
     assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text()) == CONFIG
+
+
+def test_round_bill_appends_and_a_resumed_writer_drops_the_rounds_it_runs_again(tmp_path):
+    """rounds_nodes.csv / rounds_links.csv grow by a round at a time; a resumed writer keeps only earlier rounds
+    (a row the killed run appended after its last checkpoint, or half a line, goes)."""
+    out = tmp_path / "run"
+
+    def node(r, n, e):
+        return {"round": r, "node": n, "energy_j": e, "flops": 10 * r}
+
+    w = RunWriter(out, "abc", CONFIG).begin()
+    w.round_bill([node(1, "a", 0.5), node(1, "b", 0.25)], [{"round": 1, "link": "a-b", "bytes": 8}])
+    w.round_bill([node(2, "a", 0.5)], [])
+    w.round_bill([node(3, "b", 0.125)], [{"round": 3, "link": "a-b", "bytes": 4}])
+    with open(out / "rounds_nodes.csv", "a") as f:
+        f.write("4,a,0.")  # killed mid-append
+    assert [(r["round"], r["node"]) for r in _rows(out / "rounds_nodes.csv")][:4] == [
+        ("1", "a"), ("1", "b"), ("2", "a"), ("3", "b")]
+    assert _rows(out / "rounds_links.csv")[0] == {"round": "1", "link": "a-b", "bytes": "8", "busy_s": "",
+                                                  "energy_j": ""}
+    w2 = RunWriter(out, "abc", CONFIG).begin(resume=True)  # the checkpoint was round 2's: round 3 runs again
+    w2.round_bill([node(3, "a", 1.0)], [{"round": 3, "link": "a-b", "bytes": 6}])
+    assert [(r["round"], r["node"], r["energy_j"]) for r in _rows(out / "rounds_nodes.csv")] == [
+        ("1", "a", "0.5"), ("1", "b", "0.25"), ("2", "a", "0.5"), ("3", "a", "1.0")]
+    assert [(r["round"], r["bytes"]) for r in _rows(out / "rounds_links.csv")] == [("1", "8"), ("3", "6")]
+    RunWriter(out, "abc", CONFIG).begin()  # a fresh run into the folder removes them
+    assert not (out / "rounds_nodes.csv").exists() and not (out / "rounds_links.csv").exists()

@@ -57,7 +57,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     proc = subprocess.Popen([str(exe), "server", "--backend-store-uri", f"sqlite:///{d / 'db.sqlite'}",
                              "--default-artifact-root", str(d / "artifacts"), "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            # no job runner: it starts five more MLflow processes a tracking test never uses
+                            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
     uri = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):

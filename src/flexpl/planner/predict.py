@@ -52,6 +52,7 @@ class Prediction:
     per_node: dict[str, dict[str, float]]
     per_link: dict[str, dict[str, float]]
     fast_clock: bool
+    raw_bytes: int = 0  # raw samples that left a data node, all rounds (raw_bytes_per_round x rounds)
 
 
 class Planner:
@@ -305,7 +306,7 @@ class Planner:
             "predict_ms": 1000 * (time.perf_counter() - t0),
         }
         per_node = {n: {**d, "energy_j": node_energy[n], "energy_j_idle": idle[n]} for n, d in total.node.items()}
-        return Prediction(row, peak, per_node, total.link, fast)
+        return Prediction(row, peak, per_node, total.link, fast, raw_bytes)
 
     def memory(self, ctx: PlanContext, activations: dict[tuple[int, int], int]
                ) -> tuple[dict[str, int], dict[str, int]]:

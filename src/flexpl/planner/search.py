@@ -295,14 +295,37 @@ def _linear(st: CutStructure, con: Constraint) -> list[_Linear]:
         kind, nodes, scale = per_node[col]
         return [_Linear(((ix[f"{kind}:{n}"], 1.0 / scale),), float(val), op == "<") for n in nodes]
     key = _ADDITIVE_COLUMNS.get(col)
-    if key is None or key not in ix or op == "==":
-        raise UserError(f"--search device-cuts: constraint '{con.text}' is not separable over devices; "
-                        f"the search takes <=, <, >=, > on {', '.join(k for k in _ADDITIVE_COLUMNS if k != 'stages')}, "
-                        "<= on peak_memory_bytes_max, peak_memory_device_max, max_device_bytes_per_round, "
-                        "device_memory_fits and raw_data_moved")
+    if key is None or col == "stages" or op == "==":
+        raise UserError(_not_separable(con))
+    if key not in ix:
+        raise UserError(f"--search device-cuts: energy.include_idle makes energy follow the simulated time, "
+                        f"which is not separable; constraint '{con.text}' cannot be searched")
     scale = st.rounds if col in _PER_ROUND else 1
     sign = 1.0 if op in ("<=", "<") else -1.0
     return [_Linear(((ix[key], sign / scale),), sign * float(val), op in ("<", ">"))]
+
+
+def check_search(objective: str, constraints: Sequence[Constraint]) -> None:
+    """Raise the one-line UserError the search would raise for ``objective`` or a constraint, before any work."""
+    if objective not in SEARCH_OBJECTIVES:
+        raise UserError(f"--search device-cuts: objective '{objective}' is not searched; "
+                        f"allowed: {', '.join(SEARCH_OBJECTIVES)}")
+    for con in constraints:
+        ok = (con.column in ("raw_data_moved", "reaches")
+              or (con.column == "device_memory_fits" and con.value is True)
+              or (con.column in _MAX_COLUMNS and con.op in ("<=", "<"))
+              or (con.column in _ADDITIVE_COLUMNS and con.column != "stages" and con.op != "=="))
+        if not ok:
+            raise UserError(_not_separable(con))
+
+
+_MAX_COLUMNS = ("peak_memory_bytes_max", "peak_memory_device_max", "max_device_bytes_per_round")
+
+
+def _not_separable(con: Constraint) -> str:
+    return (f"--search device-cuts: constraint '{con.text}' is not separable over devices; "
+            f"the search takes <=, <, >=, > on {', '.join(k for k in _ADDITIVE_COLUMNS if k != 'stages')}, "
+            f"<= on {', '.join(_MAX_COLUMNS)}, device_memory_fits and raw_data_moved")
 
 
 def _objective_key(st: CutStructure, objective: str) -> str:
@@ -406,7 +429,8 @@ def best_device_cuts(planner: Planner, parent: Candidate, objective: str, constr
     t0 = time.perf_counter()
     st = structure or cut_structure(planner, parent, devices, options)
     key = _objective_key(st, objective)
-    lins = [x for con in (MEMORY_FITS, *constraints) for x in _linear(st, con)]
+    # "reaches" (a target) is the parent's learning class's: the same for every plan of the space
+    lins = [x for con in (MEMORY_FITS, *constraints) if con.column != "reaches" for x in _linear(st, con)]
     ix = {k: i for i, k in enumerate(st.keys)}
     walks = st.walks
     proven = True

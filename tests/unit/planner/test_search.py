@@ -120,3 +120,30 @@ def test_refusals_are_one_line_user_errors(star):
     with pytest.raises(UserError, match="not an FPL preset"):
         cut_structure(planner, P.Candidate("fl", "fl", None, "fl"))
     assert with_cuts(parent, {"dev0": 2}) is parent  # the parent's own cut changes nothing
+
+
+def test_plan_search_adds_the_best_device_cuts(tmp_path):
+    import csv
+
+    from flexpl.cli import main as cli
+
+    out = tmp_path / "plan"
+    assert cli(["plan", "digits-star", "--search", "device-cuts", "--objective", "energy", "--out", str(out),
+                "--quiet", "--set", "training.rounds=2"]) == 0
+    rows = list(csv.DictReader((out / "plans.csv").open()))
+    found = [r for r in rows if r["family"].endswith("-search")]
+    assert found
+    by_plan = {r["plan"]: r for r in rows}
+    for r in found:
+        parent = by_plan[r["plan"].split(" devcuts=")[0]]
+        assert float(r["energy_j_per_round"]) < float(parent["energy_j_per_round"])
+        assert r["learning_class"] == parent["learning_class"]
+
+
+def test_plan_search_refuses_what_it_cannot_separate_before_costing(capsys):
+    from flexpl.cli import main as cli
+
+    assert cli(["plan", "digits-star", "--search", "device-cuts", "--constraint", "sim_time_s_per_round<=1",
+                "--out", "/nonexistent-never-written"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not separable" in err

@@ -22,7 +22,6 @@ from flexpl.data.partition import partition_flat
 from flexpl.errors import UserError
 from flexpl.models import check_cuts, default_cut, model_cuts
 from flexpl.models.aggregate import make_aggregator, resolve_loss
-from flexpl.plan.device_cuts import front_costs
 from flexpl.plan.layout import build_plan, place
 from flexpl.plan.program import relay_holder_after, relays, uploads_after
 from flexpl.planner.candidates import Candidate, enumerate_candidates
@@ -36,7 +35,7 @@ from flexpl.planner.placement import (
     _per,
     _round_synced,
 )
-from flexpl.planner.shapes import StageCosts, batch_sizes
+from flexpl.planner.shapes import StageCosts, StageFront, batch_sizes
 from flexpl.planner.walk import ShapeWalk
 from flexpl.sim.evaluate import patch_input
 from flexpl.sim.plugins import prox_flops
@@ -75,7 +74,8 @@ class Planner:
         self.default_cut = default_cut(spec, self.costs.model(self.plain))
 
         meta = self.costs.model(self.plain)
-        self.front = front_costs(meta, self.data.input_shape, model_cuts(spec, meta)[1])  # the -ecut rules' costs
+        # the -ecut rules' costs (flexpl.plan.device_cuts.FrontCosts), from the stage counts the candidates share
+        self.front = StageFront(self.costs, self.plain, self.data.input_shape, model_cuts(spec, meta)[1])
         d = scn.data
         _, offsets = partition_flat(self.data.train_y.numpy(), len(self.topo.data_nodes), d.partition.kind,
                                     seed=scn.seed, alpha=d.partition.alpha,

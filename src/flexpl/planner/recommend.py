@@ -89,12 +89,22 @@ def search_device_cuts(planner: Planner, cands: list[Candidate], rows: list[dict
         if res.candidate is None or res.candidate is parent or res.row is None:
             continue
         key = learning_key(planner.context(res.candidate).plan, planner.training_for(parent.strategy))
-        cls = by_label[parent.label]["learning_class"]
-        if planner.learning_keys.get(cls) != key:  # the class rules say a per-device cut trains as its parent
-            raise AssertionError(f"{res.candidate.label}: not in its parent's learning class {cls}")
+        cls = by_label[parent.label]["learning_class"]  # the class rules: a per-device cut trains as its parent
+        if planner.learning_keys.get(cls) != key:  # (were it ever not so: its own class, not its parent's)
+            cls = next((c for c, k in planner.learning_keys.items() if k == key), None) or _new_class(planner, key)
         cands.append(res.candidate)
         rows.append({**res.row, "learning_class": cls})
     return results
+
+
+def _new_class(planner: Planner, key: str) -> str:
+    """A learning class for ``key`` after the ones :func:`cost_candidates` named (``C<n>``)."""
+    planner.n_classes += 1
+    name = f"C{planner.n_classes}"
+    while name in planner.learning_keys:
+        name += "+"
+    planner.learning_keys[name] = key
+    return name
 
 
 def add_targets(rows: list[dict[str, Any]], accuracy: dict[str, list[float]], targets: Sequence[float],

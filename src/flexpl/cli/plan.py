@@ -87,7 +87,14 @@ def main(args: argparse.Namespace) -> int:
         from flexpl.planner.recommend import search_device_cuts
 
         t1 = time.perf_counter()
-        found = search_device_cuts(planner, cands, rows, args.objective, constraints)
+        def said(r: Any) -> None:
+            what = ("no feasible plan" if r.candidate is None else "the parent's own cuts" if r.candidate is r.parent
+                    else r.candidate.label.removeprefix(r.parent.label).strip())
+            console.print(f"  {r.parent.label}: {r.space:,} plans, {r.walks} walks, {r.seconds:.1f} s -> {what}"
+                          + ("" if r.proven else " (best walked, not proven)"))
+
+        found = search_device_cuts(planner, cands, rows, args.objective, constraints,
+                                   None if args.quiet else said)
         searched = sum(r.space for r in found)
         console.print(f"search device-cuts: {searched:,} plans of {len(found)} FPL presets searched exactly by "
                       f"structure ({sum(r.walks for r in found)} exact walks) in {time.perf_counter() - t1:.1f} s; "

@@ -130,7 +130,8 @@ class StageCosts:
         self._stages: dict[tuple, BlockModel] = {}
         self._probes: dict[tuple, StageProbe] = {}
         self._per_sample: dict[tuple, tuple | None] = {}
-        self._weights: dict[tuple, tuple[int, int, int]] = {}
+        self._weights: dict[tuple, tuple[int, int, int, int, int]] = {}
+        self._disjoint_of: dict[tuple, bool] = {}
         self._blocks: dict[tuple, _BlockCount] = {}
 
     def model(self, variant: tuple) -> BlockModel:
@@ -214,21 +215,44 @@ class StageCosts:
 
     def float_elements(self, variant: tuple, start: int, end: int) -> int:
         """Floating-point elements of a stage's state dict (what FedAvg averages)."""
-        return sum(t.numel() for t in self.stage(variant, start, end).state_dict().values() if t.is_floating_point())
+        return self._sizes(variant, start, end)[4]
 
     def weights(self, variant: tuple, start: int, end: int, trainable_count: bool = False) -> tuple[int, int, int]:
-        """(parameter count, trainable parameter bytes, state-dict bytes) of a stage."""
+        """(parameter count, trainable parameter bytes, state-dict bytes) of a stage (with ``trainable_count``:
+        the trainable parameters, as the optimizer sees them, instead of all)."""
+        params, trainable, state, n_trainable, _ = self._sizes(variant, start, end)
+        return (n_trainable if trainable_count else params), trainable, state
+
+    def _sizes(self, variant: tuple, start: int, end: int) -> tuple[int, int, int, int, int]:
+        """(parameters, trainable bytes, state-dict bytes, trainable parameters, floating state elements) of a
+        stage: the sum of its blocks' when no two blocks of the model share a tensor, else of the stage."""
         key = (variant, start, end)
         hit = self._weights.get(key)
         if hit is None:
-            mod = self.stage(variant, start, end)
-            params = sum(p.numel() for p in mod.parameters())
-            trainable = sum(p.numel() * p.element_size() for p in mod.parameters() if p.requires_grad)
-            state = sum(t.numel() * t.element_size() for t in mod.state_dict().values())
-            hit = self._weights[key] = (params, trainable, state)
-        if trainable_count:  # trainable parameters, as the optimizer sees them
-            mod = self.stage(variant, start, end)
-            return sum(p.numel() for p in mod.parameters() if p.requires_grad), hit[1], hit[2]
+            if end - start > 1 and self._disjoint(variant):
+                parts = [self._sizes(variant, k, k + 1) for k in range(start, end)]
+                hit = tuple(sum(p[i] for p in parts) for i in range(5))  # type: ignore[assignment]
+            else:
+                mod = self.stage(variant, start, end)
+                ps = list(mod.parameters())
+                sd = mod.state_dict().values()
+                hit = (sum(p.numel() for p in ps), sum(p.numel() * p.element_size() for p in ps if p.requires_grad),
+                       sum(t.numel() * t.element_size() for t in sd), sum(p.numel() for p in ps if p.requires_grad),
+                       sum(t.numel() for t in sd if t.is_floating_point()))
+            self._weights[key] = hit
+        return hit  # type: ignore[return-value]
+
+    def _disjoint(self, variant: tuple) -> bool:
+        """Whether no parameter or buffer of the variant's model belongs to two blocks (then stages add up)."""
+        hit = self._disjoint_of.get(variant)
+        if hit is None:
+            seen: set[int] = set()
+            hit = True
+            for block in self.model(variant).blocks.values():
+                mine = {id(t) for t in (*block.parameters(), *block.buffers())}
+                hit = hit and not (mine & seen)
+                seen |= mine
+            self._disjoint_of[variant] = hit
         return hit
 
 

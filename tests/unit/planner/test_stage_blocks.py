@@ -52,3 +52,20 @@ def test_the_ecut_rules_front_costs_are_the_stage_counts():
     model = costs.model(variant)
     direct, shared = front_costs(model, (1, 28, 28)), StageFront(costs, variant, (1, 28, 28))
     assert all(direct(d) == shared(d) for d in range(1, len(model.block_names) + 1))
+
+
+@pytest.mark.parametrize("spec,shape", MODELS, ids=lambda v: str(v)[:24])
+def test_stage_weights_from_blocks_equal_the_stage(spec, shape):
+    costs = StageCosts(spec, 10, 0)
+    variant = (shape, None, 1)
+    n = len(costs.model(variant).block_names)
+    for a in range(n):
+        for b in range(a, n + 1):
+            mod = costs.stage(variant, a, b)
+            ps, sd = list(mod.parameters()), mod.state_dict().values()
+            assert costs.weights(variant, a, b) == (
+                sum(p.numel() for p in ps), sum(p.numel() * p.element_size() for p in ps if p.requires_grad),
+                sum(t.numel() * t.element_size() for t in sd))
+            assert costs.weights(variant, a, b, trainable_count=True)[0] == sum(
+                p.numel() for p in ps if p.requires_grad)
+            assert costs.float_elements(variant, a, b) == sum(t.numel() for t in sd if t.is_floating_point())

@@ -82,7 +82,8 @@ def test_search_equals_brute_force(space, objective, request):
             assert got.cuts is None
             continue
         best = min(r[col] for r in ok)
-        assert got.proven and got.row is not None and got.value == best, (objective, texts)
+        # equal up to the rounding of float sums (plans that tie to 1e-16 may swap); integers exactly
+        assert got.proven and got.row is not None and math.isclose(got.value, best, rel_tol=1e-12), (objective, texts)
         assert all(c.holds(got.row) for c in (MEMORY_FITS, *cons))
         again = planner.predict(got.candidate).row  # the pick's row is its exact walk
         assert all(got.row[k] == again[k] for k in again if k != "predict_ms")

@@ -104,9 +104,9 @@ class CutStructure:
     memory: dict[str, float]
     # plans whose devices all take different cuts below c (no device is free to vary): walked one by one
     explicit: dict[tuple[int, ...], list[float]]
-    walks: int = 0
+    walks: int = 0  # exact walks the structure took
     seconds: float = 0.0
-    node_keys: dict[str, dict[str, int]] = field(default_factory=dict)
+    devices_all: list[str] = field(default_factory=list)  # every data node (the searched ones or not)
 
     @property
     def space(self) -> int:
@@ -148,8 +148,6 @@ class CutStructure:
         if col == "max_device_bytes_per_round":
             return _per(round(max(q[ix[f"bytes:{n}"]] for n in self.devices_all)), self.rounds)
         raise KeyError(col)
-
-    devices_all: list[str] = field(default_factory=list)
 
 
 def _float_key(key: str) -> bool:

@@ -120,7 +120,7 @@ class StageCosts:
     ``requires_grad`` along), and only the last block of the last stage has the loss. Saved
     activations add once the storage two blocks share is counted once: the tensor between block
     ``k`` and ``k + 1`` is saved by either, both, or neither (``saved_other``, ``in_saved``,
-    ``out_saved``). Tests compare every stage of the zoo's models with a direct count.
+    ``out_saved``). Tests compare stages of the zoo's models with a direct count.
     """
 
     def __init__(self, spec: Any, num_classes: int, seed: int) -> None:

@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "from 2 rounds per class, doubling for the better half, up to training.rounds)")
     parser.add_argument("--validate", type=int, default=0, metavar="K",
                         help="train the K best feasible plans for min(rounds, 3) rounds and add their accuracy")
+    parser.add_argument("--search", choices=["device-cuts"], default=None,
+                        help="device-cuts: for every FPL preset (fpl, fpl-sync, fpl-group at each cut), also find "
+                             "the cut of each device (0..the plan's cut) that minimises the objective under the "
+                             "constraints, exactly, over all (cut+1)^devices plans, costed by their structure from "
+                             "the exact walk; the found plans join plans.csv (family '<parent>-search')")
     ray_argument(parser, "each of --validate's K trainings")
     track_argument(parser)
 
@@ -79,6 +84,10 @@ def main(args: argparse.Namespace) -> int:
     constraints = [parse_constraint(c) for c in args.constraint]  # bad input fails before any work
     if not targets and any(c.column == "reaches" for c in constraints):
         raise UserError("--constraint reaches: needs --target-accuracy A (e.g. 0.7)")
+    if args.search == "device-cuts":
+        from flexpl.planner.search import check_search
+
+        check_search(args.objective, constraints)  # fail before the costing, not after it
     scn = load_scenario(args.scenario, args.set, None, args.seed)
     trackers = scenario_trackers(scn.tracking, trackers) if args.validate else []  # tracking:, then --track
     out = Path(args.out or f"results/{scn.name}-plan")
@@ -87,6 +96,25 @@ def main(args: argparse.Namespace) -> int:
     with progress(args.quiet or not console.is_terminal, console) as bar:
         task = bar.add_task("costing plans", total=None)
         planner, cands, rows = cost_candidates(scn, progress=lambda i, n: bar.update(task, completed=i, total=n))
+    if args.search == "device-cuts":
+        from flexpl.planner.recommend import search_device_cuts
+
+        t1 = time.perf_counter()
+        def said(r: Any) -> None:
+            what = ("no feasible plan" if r.candidate is None else "the parent's own cuts" if r.candidate is r.parent
+                    else r.candidate.label.removeprefix(r.parent.label).strip())
+            console.print(f"  {r.parent.label}: {r.space:,} plans, {r.walks} walks, {r.seconds:.1f} s -> {what}"
+                          + ("" if r.proven else " (best walked, not proven)"))
+
+        found = search_device_cuts(planner, cands, rows, args.objective, constraints,
+                                   None if args.quiet else said)
+        searched = sum(r.space for r in found)
+        console.print(f"search device-cuts: {searched:,} plans of {len(found)} FPL presets searched exactly by "
+                      f"structure ({sum(r.walks for r in found)} exact walks) in {time.perf_counter() - t1:.1f} s; "
+                      f"{sum(r.candidate is not None and r.candidate is not r.parent for r in found)} better "
+                      "per-device cuts added"
+                      + ("" if all(r.proven for r in found) else
+                         " (objective time: the walk budget ran out before some minimum was proven)"))
     wall = time.perf_counter() - t0
     pilots = None
     if targets:

@@ -19,6 +19,9 @@
 4. **Choice.** Constraints (``COLUMN<=VALUE``), the Pareto front of the objective against
    bytes and time, ``plans.csv``, ``pareto.png`` and ``best.yaml``. ``--validate K`` trains
    the K best feasible plans for a few rounds and adds their accuracy.
+5. **Search** (``--search device-cuts``, :mod:`flexpl.planner.search`). Each FPL preset's
+   per-device cuts, ``(c + 1) ** N`` plans, costed by their structure from a few exact walks
+   and minimised exactly; see [Note: separable costs] there.
 
 This is the planner the background asks for (RightTrain, Malandrino & Chiasserini,
 arXiv 2202.11349: choose data/model parallelism and layer placement jointly under energy,

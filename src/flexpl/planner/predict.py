@@ -22,7 +22,6 @@ from flexpl.data.partition import partition_flat
 from flexpl.errors import UserError
 from flexpl.models import check_cuts, default_cut, model_cuts
 from flexpl.models.aggregate import make_aggregator, resolve_loss
-from flexpl.plan.device_cuts import front_costs
 from flexpl.plan.layout import build_plan, place
 from flexpl.plan.program import relay_holder_after, relays, uploads_after
 from flexpl.planner.candidates import Candidate, enumerate_candidates
@@ -36,7 +35,7 @@ from flexpl.planner.placement import (
     _per,
     _round_synced,
 )
-from flexpl.planner.shapes import StageCosts, batch_sizes
+from flexpl.planner.shapes import StageCosts, StageFront, batch_sizes
 from flexpl.planner.walk import ShapeWalk
 from flexpl.sim.evaluate import patch_input
 from flexpl.sim.plugins import prox_flops
@@ -52,6 +51,7 @@ class Prediction:
     per_node: dict[str, dict[str, float]]
     per_link: dict[str, dict[str, float]]
     fast_clock: bool
+    raw_bytes: int = 0  # raw samples that left a data node, all rounds (raw_bytes_per_round x rounds)
 
 
 class Planner:
@@ -74,7 +74,8 @@ class Planner:
         self.default_cut = default_cut(spec, self.costs.model(self.plain))
 
         meta = self.costs.model(self.plain)
-        self.front = front_costs(meta, self.data.input_shape, model_cuts(spec, meta)[1])  # the -ecut rules' costs
+        # the -ecut rules' costs (flexpl.plan.device_cuts.FrontCosts), from the stage counts the candidates share
+        self.front = StageFront(self.costs, self.plain, self.data.input_shape, model_cuts(spec, meta)[1])
         d = scn.data
         _, offsets = partition_flat(self.data.train_y.numpy(), len(self.topo.data_nodes), d.partition.kind,
                                     seed=scn.seed, alpha=d.partition.alpha,
@@ -305,7 +306,7 @@ class Planner:
             "predict_ms": 1000 * (time.perf_counter() - t0),
         }
         per_node = {n: {**d, "energy_j": node_energy[n], "energy_j_idle": idle[n]} for n, d in total.node.items()}
-        return Prediction(row, peak, per_node, total.link, fast)
+        return Prediction(row, peak, per_node, total.link, fast, raw_bytes)
 
     def memory(self, ctx: PlanContext, activations: dict[tuple[int, int], int]
                ) -> tuple[dict[str, int], dict[str, int]]:

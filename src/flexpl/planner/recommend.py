@@ -68,6 +68,45 @@ def cost_candidates(scn: Scenario, dataset: Dataset | None = None,
     return planner, cands, rows
 
 
+def search_device_cuts(planner: Planner, cands: list[Candidate], rows: list[dict[str, Any]], objective: str,
+                       constraints: Sequence[Constraint], progress: Callable[[Any], None] | None = None
+                       ) -> list[Any]:
+    """``flexpl plan --search device-cuts``: for every costed FPL preset (:func:`flexpl.planner.search.searchable`),
+    the per-device cuts that minimise ``objective`` under ``constraints``, found exactly by structure
+    (:func:`flexpl.planner.search.best_device_cuts`); each found plan that differs from its parent joins
+    ``cands`` and ``rows`` (its exact walk, in its parent's learning class). Returns the search results.
+    """
+    from flexpl.planner.classes import learning_key
+    from flexpl.planner.search import best_device_cuts, searchable
+
+    results = []
+    by_label = {r["plan"]: r for r in rows}
+    for parent in [c for c in cands if searchable(c)]:
+        res = best_device_cuts(planner, parent, objective, constraints)
+        results.append(res)
+        if progress:
+            progress(res)
+        if res.candidate is None or res.candidate is parent or res.row is None:
+            continue
+        key = learning_key(planner.context(res.candidate).plan, planner.training_for(parent.strategy))
+        cls = by_label[parent.label]["learning_class"]  # the class rules: a per-device cut trains as its parent
+        if planner.learning_keys.get(cls) != key:  # (were it ever not so: its own class, not its parent's)
+            cls = next((c for c, k in planner.learning_keys.items() if k == key), None) or _new_class(planner, key)
+        cands.append(res.candidate)
+        rows.append({**res.row, "learning_class": cls})
+    return results
+
+
+def _new_class(planner: Planner, key: str) -> str:
+    """A learning class for ``key`` after the ones :func:`cost_candidates` named (``C<n>``)."""
+    planner.n_classes += 1
+    name = f"C{planner.n_classes}"
+    while name in planner.learning_keys:
+        name += "+"
+    planner.learning_keys[name] = key
+    return name
+
+
 def add_targets(rows: list[dict[str, Any]], accuracy: dict[str, list[float]], targets: Sequence[float],
                 max_rounds: int, seed: int = 0) -> dict[str, dict[float, Any]]:
     """Add the to-target columns to every row from its class's pilot accuracies; returns class -> target -> Reach.

@@ -352,7 +352,9 @@ def warn_half_duplex(scn: Scenario, quiet: bool) -> list[str]:
 def run_emulated(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
                  profile: str | None = None) -> dict[str, Any]:
     """``flexpl run --backend dist --emulate-links``: the dist backend in shaped namespaces; returns the summary."""
-    from flexpl.dist.emulate.comm import control_ip
+    import secrets
+
+    from flexpl.dist.emulate.comm import TOKEN_ENV, control_ip
     from flexpl.dist.launch import run_dist
     from flexpl.dist.ranks import node_ranks
 
@@ -366,7 +368,8 @@ def run_emulated(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
     net = ShapedNetwork(scn, ranks)
     try:
         net.up()
-        env = {"MASTER_ADDR": control_ip(0), "GLOO_SOCKET_IFNAME": "eth0", EMULATE_ENV: "1"}
+        env = {"MASTER_ADDR": control_ip(0), "GLOO_SOCKET_IFNAME": "eth0", EMULATE_ENV: "1",
+               TOKEN_ENV: secrets.token_hex(8)}  # data connections greet with it (comm.py)
         summary = run_dist(scn, out, timeout_s, quiet, extra_env=env,
                            rank_env=lambda r: {NETNS_ENV: net.ns(r)})
     finally:

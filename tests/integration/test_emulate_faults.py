@@ -1,0 +1,114 @@
+"""Faults under ``--backend dist --emulate-links``: bytes that are not a FlexPL message on a data port,
+a peer killed mid-round, a link taken down mid-round and one that comes back.
+
+Each run is the 4-node chain of ``test_emulate`` (cloud <- edge <- dev0, dev1; ranks 0..3),
+small and on fast links, so that a run takes a few seconds. Faults come from the test-only
+hooks of :mod:`flexpl.io.injected_faults` (``FLEXPL_DIST_FAULT``) or from the test itself
+(``ip link set down`` on a run's veth).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flexpl.dist.emulate import links as emulate
+from flexpl.io.results import write_yaml
+from tests.integration.test_emulate import REASON, shaped_chain
+
+pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+ROOT = Path(__file__).resolve().parents[2]
+# Start-up (imports, namespaces, the fork server's torch) takes 5-30 s on a loaded 2-core machine; a
+# fault that must be noticed at once is given a timeout far longer than that, and the run must end before it.
+LONG = 120
+PROFILE = "flops_per_s: 2.0e9\nactive_power_w: 10.0\nidle_power_w: 2.0\nmemory_bytes: 8.0e9\n"
+
+
+def _scenario(tmp_path: Path, rounds: int = 3) -> Path:
+    scn = shaped_chain("fl", rounds=rounds, steps=1, width=64, rate=10.0)  # 100 Mbit/s, tiny model: quick
+    path = tmp_path / "scn.yaml"
+    write_yaml(path, scn.resolved())
+    (tmp_path / "profile.yaml").write_text(PROFILE)
+    return path
+
+
+def _flexpl(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """``flexpl run SCENARIO --backend dist --emulate-links`` in a child process (its own launcher pid)."""
+    import os
+
+    e = dict(os.environ, PYTHONPATH=str(ROOT / "src"), **(env or {}))
+    return subprocess.Popen([sys.executable, "-m", "flexpl.cli", "run", str(tmp_path / "scn.yaml"),
+                             "--backend", "dist", "--emulate-links", "--emulate-profile",
+                             str(tmp_path / "profile.yaml"), "--out", str(tmp_path / "out"), "--quiet", *args],
+                            env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, list[str]]:
+    try:
+        _out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _out, err = proc.communicate()
+        pytest.fail(f"the run did not stop within {timeout} s: {err[-2000:]}")
+    assert not emulate.list_namespaces(f"flexpl-{proc.pid}-")  # cleaned up on every way out
+    return proc.returncode, [ln for ln in err.splitlines() if ln.strip()]
+
+
+def _rounds(out: Path) -> list[int]:
+    return [int(r["round"]) for r in csv.DictReader((out / "rounds.csv").open())]
+
+
+def _no_traceback(out: Path) -> None:
+    for log in (out / "workers").glob("rank*.log"):
+        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+@pytest.mark.parametrize("mode", ["pickle-frame", "garbage-frame"])
+def test_a_frame_that_is_not_a_flexpl_message_stops_the_run_in_one_line(tmp_path, mode):
+    """The edge (rank 1) writes a pickle or junk instead of its first message of round 2: the receiver
+    refuses it in one line naming itself, the edge, the link and the round; nothing is unpickled."""
+    _scenario(tmp_path)
+    marker = tmp_path / "unpickled"
+    t0 = time.monotonic()
+    code, err = _finish(_flexpl(tmp_path, "--timeout", str(LONG), env={"FLEXPL_DIST_FAULT": f"1:2:{mode}",
+                                                                       "FLEXPL_DIST_FAULT_MARKER": str(marker)}))
+    assert code == 3 and len(err) == 1, err
+    assert re.fullmatch(r"flexpl: error: node 'dev[01]' \(rank [23]\) failed in round 2: malformed message from "
+                        r"node 'edge' \(rank 1\) on link dev[01]-edge: .*", err[0]), err
+    assert time.monotonic() - t0 < LONG  # refused at once, not after the timeout
+    assert not marker.exists()
+    assert _rounds(tmp_path / "out") == [1] and not (tmp_path / "out" / "summary.json").exists()
+    _no_traceback(tmp_path / "out")
+
+
+def test_a_greeting_that_is_not_a_flexpl_peer_stops_the_run_at_setup(tmp_path):
+    """The edge greets its devices with a pickle instead of its rank: refused during set-up, in one line."""
+    _scenario(tmp_path)
+    marker = tmp_path / "unpickled"
+    t0 = time.monotonic()
+    code, err = _finish(_flexpl(tmp_path, "--timeout", str(LONG), env={"FLEXPL_DIST_FAULT": "1:0:pickle-hello",
+                                                                       "FLEXPL_DIST_FAULT_MARKER": str(marker)}))
+    assert code == 3 and len(err) == 1, err
+    assert time.monotonic() - t0 < LONG
+    assert re.fullmatch(r"flexpl: error: node 'dev[01]' \(rank [23]\) failed during setup: refused a connection "
+                        r"to its data port from 10\.78\.0\.3: .*", err[0]), err
+    assert not marker.exists()
+    _no_traceback(tmp_path / "out")
+
+
+def test_the_small_chain_runs_unbroken(tmp_path):
+    """The run the faults break, without a fault: every accounted byte crossed a shaped link."""
+    _scenario(tmp_path, rounds=1)
+    code, err = _finish(_flexpl(tmp_path, "--timeout", "30"))
+    assert code == 0, err
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["measured_bytes_total"] == s["bytes_total"] > 0

@@ -112,3 +112,64 @@ def test_the_small_chain_runs_unbroken(tmp_path):
     assert code == 0, err
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert s["measured_bytes_total"] == s["bytes_total"] > 0
+
+
+def test_a_peer_killed_mid_round_stops_the_run_in_one_line(tmp_path):
+    """dev1 (rank 3) dies at its first step of round 2: named with the round, well within the timeout."""
+    _scenario(tmp_path)
+    t0 = time.monotonic()
+    code, err = _finish(_flexpl(tmp_path, "--timeout", str(LONG), env={"FLEXPL_DIST_FAULT": "3:2:exit"}))
+    assert code == 3 and err == ["flexpl: error: node 'dev1' (rank 3) stopped responding in round 2 "
+                                 "(exited with code 17)"], err
+    assert time.monotonic() - t0 < LONG  # a dead peer closes its connections: noticed at once
+    assert _rounds(tmp_path / "out") == [1] and not (tmp_path / "out" / "summary.json").exists()
+    for r in (0, 1, 2):  # the ranks that lost it say so in one line each, no traceback
+        log = (tmp_path / "out" / "workers" / f"rank{r}.log").read_text()
+        assert "Traceback" not in log and len([ln for ln in log.splitlines() if ln.startswith("flexpl:")]) <= 1
+
+
+def test_a_link_taken_down_mid_round_stops_the_run_within_the_timeout_naming_it(tmp_path):
+    """dev1's data veth goes down as it uploads in round 2 and stays down: the run stops after the
+    timeout (5 s) with one line naming the link dev1-edge and the round."""
+    _scenario(tmp_path)
+    proc = _flexpl(tmp_path, "--timeout", "5", env={"FLEXPL_DIST_FAULT": "3:2:link-down"})
+    code, err = _finish(proc)
+    ended = time.time()
+    assert code == 3 and len(err) == 1, err
+    assert re.fullmatch(r"flexpl: error: link dev1-edge went down \(the data interface of node 'dev1' is down\): "
+                        r"node '\w+' \(rank \d\) stopped responding in round 2 \(timeout 5s\)", err[0]), err
+    log = (tmp_path / "out" / "workers" / "rank3.log").read_text()
+    down_at = re.search(r"\[flexpl worker (\d\d):(\d\d):(\d\d)\] rank 3 \(dev1\): test hook: data link down", log)
+    assert down_at, log
+    now = time.localtime(ended)  # the workers' log times are local time, to the second
+    since = (now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec
+             - sum(int(v) * m for v, m in zip(down_at.groups(), (3600, 60, 1)))) % 86400
+    assert since <= 5 + 10, since  # the timeout, plus the launcher's and a loaded machine's seconds
+    assert _rounds(tmp_path / "out") == [1] and not (tmp_path / "out" / "summary.json").exists()
+    _no_traceback(tmp_path / "out")
+
+
+def test_a_link_that_comes_back_after_a_pause_is_ridden_through(tmp_path):
+    """dev1's data veth is down for 1.5 s in round 2: TCP resends what was lost, the run finishes with the
+    simulator's accuracy and bytes, and round 2 took the pause longer."""
+    import torch
+
+    from flexpl.config.scenario import load_scenario
+    from flexpl.sim.simulator import run
+
+    _scenario(tmp_path)
+    code, err = _finish(_flexpl(tmp_path, "--timeout", "30", env={"FLEXPL_DIST_FAULT": "3:2:link-flap"}))
+    assert code == 0, err
+    out = tmp_path / "out"
+    assert "test hook: data link down for 1.5 s" in (out / "workers" / "rank3.log").read_text()
+    d = json.loads((out / "summary.json").read_text())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every worker
+    try:
+        s = run(emulate.emulated_scenario(load_scenario(str(tmp_path / "scn.yaml")), tmp_path / "profile.yaml")).summary
+    finally:
+        torch.set_num_threads(threads)
+    assert d["measured_bytes_total"] == d["bytes_total"] == s["bytes_total"]
+    assert d["final_accuracy"] == s["final_accuracy"] and d["final_loss"] == s["final_loss"]
+    walls = [float(r["wall_s"]) for r in csv.DictReader((out / "rounds.csv").open())]
+    assert walls[1] >= 1.5, walls  # the pause fell in round 2, and the run waited it out

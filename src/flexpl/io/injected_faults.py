@@ -15,11 +15,14 @@ for users; unset (the default), both hooks do nothing.
     ``raise`` raises a ``RuntimeError`` there, ``slow-eval`` (rank 0) sleeps through three
     timeouts while evaluating. The worker asks :func:`dist_fault` for its hook once.
     Under ``--emulate-links`` three more modes write bytes that are not a FlexPL message to
-    a peer's data port (:func:`frame_fault`, read by ``flexpl.dist.emulate.comm.EmuComm``):
+    a peer's data port (:func:`emulation_fault`, read by ``flexpl.dist.emulate.comm.EmuComm``):
     ``pickle-frame`` and ``garbage-frame`` replace the rank's first training message of the
     round with a pickled object (whose unpickling would create the file named by
     ``FLEXPL_DIST_FAULT_MARKER``) or with junk bytes; ``pickle-hello`` (round 0: set-up)
     replaces its greeting on every data connection it opens with such a pickle.
+    ``link-down`` and ``link-flap`` set the rank's data veth down (on the hub's side, as a
+    pulled cable) just before its first training message of the round: for good, or for
+    ``FLAP_S`` seconds.
 
 A malformed value is a ``UserError`` naming the variable and the expected form.
 """
@@ -39,7 +42,9 @@ from flexpl.errors import UserError
 KILL_ENV = "FLEXPL_TEST_KILL_AT"
 DIST_ENV = "FLEXPL_DIST_FAULT"
 FRAME_MODES = ("pickle-frame", "garbage-frame", "pickle-hello")
-DIST_MODES = ("exit", "hang", "raise", "slow-eval", *FRAME_MODES)
+LINK_MODES = ("link-down", "link-flap")
+DIST_MODES = ("exit", "hang", "raise", "slow-eval", *FRAME_MODES, *LINK_MODES)
+FLAP_S = 1.5  # how long link-flap keeps the link down
 MARKER_ENV = "FLEXPL_DIST_FAULT_MARKER"
 GARBAGE = bytes(range(256)) * 4  # junk a peer's data port must refuse
 
@@ -89,10 +94,11 @@ def evil_pickle() -> bytes:
     return pickle.dumps(_Touch(os.environ.get(MARKER_ENV) or os.devnull))
 
 
-def frame_fault(rank: int) -> tuple[int, str] | None:
-    """(round, mode) when ``FLEXPL_DIST_FAULT`` asks ``rank`` to send a non-FlexPL message (see above), else None."""
+def emulation_fault(rank: int) -> tuple[int, str] | None:
+    """(round, mode) when ``FLEXPL_DIST_FAULT`` asks ``rank`` for a fault of the emulated network (a message
+    that is not FlexPL's, a link down; see above), else None."""
     spec = _parse(os.environ.get(DIST_ENV, ""))
-    if spec is None or spec[0] != rank or spec[2] not in FRAME_MODES:
+    if spec is None or spec[0] != rank or spec[2] not in (*FRAME_MODES, *LINK_MODES):
         return None
     return spec[1], spec[2]
 

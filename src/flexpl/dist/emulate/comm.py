@@ -116,7 +116,7 @@ class EmuComm(Comm):
         self.socks: dict[int, socket.socket] = {}
         self.round = 1
         self.log: list[list] = []  # [round, link, src rank, dst rank, bytes, seconds] per received message
-        self.fault = faults.frame_fault(rank)  # test hook: send bytes that are not a FlexPL message
+        self.fault = faults.emulation_fault(rank)  # test hook: junk on a data port, a link down
         self.token = os.environ.get(TOKEN_ENV, "").encode()[:16].ljust(16, b"\0")
         self.node_of: dict[int, str] = {}
 
@@ -240,6 +240,9 @@ class EmuComm(Comm):
         """Queue ``tensors`` as one message (one latency) to ``peer``; copied now, sent by the link's thread."""
         if any(t.is_meta for t in tensors):
             raise RuntimeError(f"internal error: rank {self.rank} was asked to send a tensor it does not hold")
+        if self.fault and self.fault[0] == self.round and self.fault[1] in faults.LINK_MODES:
+            mode, self.fault = self.fault[1], None
+            _pull_cable(self.rank, self.node_of.get(self.rank, "?"), faults.FLAP_S if mode == "link-flap" else None)
         if self.fault and self.fault[0] == self.round and self.fault[1] in ("pickle-frame", "garbage-frame"):
             mode, self.fault = self.fault[1], None
             self.out_q[peer].put(_Raw(faults.evil_pickle() if mode == "pickle-frame" else faults.GARBAGE))
@@ -321,6 +324,21 @@ def _read(s: socket.socket, n: int) -> bytearray:
             raise ConnectionError("connection closed")
         got += k
     return buf
+
+
+def _pull_cable(rank: int, node: str, seconds: float | None) -> None:
+    """Test hook: set this rank's data veth down (the hub's end), for ``seconds`` or for good."""
+    import subprocess
+
+    from flexpl.dist.emulate.links import NETNS_ENV, data_veth
+    from flexpl.dist.ranks import _log
+
+    hub, veth = data_veth(os.environ[NETNS_ENV], rank)
+    subprocess.run(["ip", "-n", hub, "link", "set", veth, "down"], check=True)
+    _log(f"rank {rank} ({node}): test hook: data link down" + (f" for {seconds:g} s" if seconds else ""))
+    if seconds:
+        threading.Timer(seconds, subprocess.run, (["ip", "-n", hub, "link", "set", veth, "up"],),
+                        {"check": True}).start()
 
 
 def _read_payload(s: socket.socket, n: int) -> bytes | bytearray:

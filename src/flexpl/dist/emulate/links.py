@@ -123,6 +123,11 @@ def cleanup_stale() -> None:
 # ---------------------------------------------------------------- the namespaces
 
 
+def data_veth(ns: str, rank: int) -> tuple[str, str]:
+    """(hub namespace, interface) of the hub's end of ``rank``'s data veth, from the rank's namespace ``ns``."""
+    return f"{ns.rsplit('-', 1)[0]}-hub", f"d{rank}"
+
+
 class ShapedNetwork:
     """The namespaces, bridges, veths and HTB classes of one emulated run."""
 
@@ -195,6 +200,17 @@ class ShapedNetwork:
                        f"filter add dev eth1 parent 1: protocol ip prio 1 u32 match ip dst {data_ip(peer)}/32 "
                        f"flowid 1:{cid:x}"]
             _ip("tc", "-n", self.ns(r), "-batch", "-", stdin="\n".join(tc) + "\n")
+
+    def data_down(self) -> list[int]:
+        """Ranks whose data veth is down (either end), e.g. a cable pulled during the run."""
+        hub = _ip("ip", "-n", self.hub, "-br", "link", "show", check=False)
+        state = {ln.split()[0].split("@")[0]: ln.split()[1] for ln in hub.splitlines() if len(ln.split()) > 1}
+        out = []
+        for r in range(self.world):
+            mine = _ip("ip", "-n", self.ns(r), "-br", "link", "show", "eth1", check=False).split()
+            if state.get(f"d{r}") != "UP" or (len(mine) > 1 and mine[1] != "UP"):
+                out.append(r)
+        return out
 
     def down(self) -> None:
         """Delete everything; close the watchdog's pipe (it then finds nothing left and exits)."""
@@ -356,7 +372,8 @@ def run_emulated(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
 
     from flexpl.dist.emulate.comm import TOKEN_ENV, control_ip
     from flexpl.dist.launch import run_dist
-    from flexpl.dist.ranks import node_ranks
+    from flexpl.dist.ranks import WorkerFailure, node_ranks
+    from flexpl.sim.simulator import build_topology
 
     check_host()
     scn = emulated_scenario(scn, calibrated_profile(profile, quiet))
@@ -370,8 +387,18 @@ def run_emulated(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
         net.up()
         env = {"MASTER_ADDR": control_ip(0), "GLOO_SOCKET_IFNAME": "eth0", EMULATE_ENV: "1",
                TOKEN_ENV: secrets.token_hex(8)}  # data connections greet with it (comm.py)
-        summary = run_dist(scn, out, timeout_s, quiet, extra_env=env,
-                           rank_env=lambda r: {NETNS_ENV: net.ns(r)})
+        try:
+            summary = run_dist(scn, out, timeout_s, quiet, extra_env=env,
+                               rank_env=lambda r: {NETNS_ENV: net.ns(r)})
+        except WorkerFailure as exc:  # a data link that went down is the likelier cause: name it first
+            down = net.data_down()
+            if not down:
+                raise
+            names = sorted(name for name, (a, b, _p) in build_topology(scn).links.items()
+                           if ranks[a] in down or ranks[b] in down)
+            nodes = " and ".join(f"'{node_of[r]}'" for r in down)
+            raise WorkerFailure(f"link {', '.join(names)} went down (the data interface of node {nodes} is "
+                                f"down): {exc}") from None
     finally:
         net.down()
     out = Path(out).resolve()

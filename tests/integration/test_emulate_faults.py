@@ -11,23 +11,22 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from flexpl.cli import main
 from flexpl.dist.emulate import links as emulate
 from flexpl.io.results import write_yaml
 from tests.integration.test_emulate import REASON, shaped_chain
 
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
-ROOT = Path(__file__).resolve().parents[2]
-# Start-up (imports, namespaces, the fork server's torch) takes 5-30 s on a loaded 2-core machine; a
-# fault that must be noticed at once is given a timeout far longer than that, and the run must end before it.
+# A fault that must be noticed at once is given a timeout far longer than a run (the first run of a
+# session also starts the fork server: 15-30 s on a loaded 2-core machine); the run must end before it.
 LONG = 120
 PROFILE = "flops_per_s: 2.0e9\nactive_power_w: 10.0\nidle_power_w: 2.0\nmemory_bytes: 8.0e9\n"
 
@@ -40,27 +39,19 @@ def _scenario(tmp_path: Path, rounds: int = 3) -> Path:
     return path
 
 
-def _flexpl(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
-) -> subprocess.Popen:
-    """``flexpl run SCENARIO --backend dist --emulate-links`` in a child process (its own launcher pid)."""
-    import os
-
-    e = dict(os.environ, PYTHONPATH=str(ROOT / "src"), **(env or {}))
-    return subprocess.Popen([sys.executable, "-m", "flexpl.cli", "run", str(tmp_path / "scn.yaml"),
-                             "--backend", "dist", "--emulate-links", "--emulate-profile",
-                             str(tmp_path / "profile.yaml"), "--out", str(tmp_path / "out"), "--quiet", *args],
-                            env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, list[str]]:
-    try:
-        _out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _out, err = proc.communicate()
-        pytest.fail(f"the run did not stop within {timeout} s: {err[-2000:]}")
-    assert not emulate.list_namespaces(f"flexpl-{proc.pid}-")  # cleaned up on every way out
-    return proc.returncode, [ln for ln in err.splitlines() if ln.strip()]
+def _run(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str,
+         env: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    """``flexpl run SCENARIO --backend dist --emulate-links``, in this process (its fork server stays warm
+    from one test to the next); returns the exit code and the lines on stderr."""
+    for k, v in (env or {}).items():
+        monkeypatch.setenv(k, v)
+    capsys.readouterr()
+    code = main(["run", str(tmp_path / "scn.yaml"), "--backend", "dist", "--emulate-links", "--emulate-profile",
+                 str(tmp_path / "profile.yaml"), "--out", str(tmp_path / "out"), "--quiet", *args])
+    for k in env or {}:
+        monkeypatch.delenv(k)
+    assert not emulate.list_namespaces(f"flexpl-{os.getpid()}-")  # cleaned up on every way out
+    return code, [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
 
 
 def _rounds(out: Path) -> list[int]:
@@ -73,14 +64,14 @@ def _no_traceback(out: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", ["pickle-frame", "garbage-frame"])
-def test_a_frame_that_is_not_a_flexpl_message_stops_the_run_in_one_line(tmp_path, mode):
+def test_a_frame_that_is_not_a_flexpl_message_stops_the_run_in_one_line(tmp_path, capsys, monkeypatch, mode):
     """The edge (rank 1) writes a pickle or junk instead of its first message of round 2: the receiver
     refuses it in one line naming itself, the edge, the link and the round; nothing is unpickled."""
     _scenario(tmp_path)
     marker = tmp_path / "unpickled"
     t0 = time.monotonic()
-    code, err = _finish(_flexpl(tmp_path, "--timeout", str(LONG), env={"FLEXPL_DIST_FAULT": f"1:2:{mode}",
-                                                                       "FLEXPL_DIST_FAULT_MARKER": str(marker)}))
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", str(LONG),
+                     env={"FLEXPL_DIST_FAULT": f"1:2:{mode}", "FLEXPL_DIST_FAULT_MARKER": str(marker)})
     assert code == 3 and len(err) == 1, err
     assert re.fullmatch(r"flexpl: error: node 'dev[01]' \(rank [23]\) failed in round 2: malformed message from "
                         r"node 'edge' \(rank 1\) on link dev[01]-edge: .*", err[0]), err
@@ -90,13 +81,13 @@ def test_a_frame_that_is_not_a_flexpl_message_stops_the_run_in_one_line(tmp_path
     _no_traceback(tmp_path / "out")
 
 
-def test_a_greeting_that_is_not_a_flexpl_peer_stops_the_run_at_setup(tmp_path):
+def test_a_greeting_that_is_not_a_flexpl_peer_stops_the_run_at_setup(tmp_path, capsys, monkeypatch):
     """The edge greets its devices with a pickle instead of its rank: refused during set-up, in one line."""
     _scenario(tmp_path)
     marker = tmp_path / "unpickled"
     t0 = time.monotonic()
-    code, err = _finish(_flexpl(tmp_path, "--timeout", str(LONG), env={"FLEXPL_DIST_FAULT": "1:0:pickle-hello",
-                                                                       "FLEXPL_DIST_FAULT_MARKER": str(marker)}))
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", str(LONG),
+                     env={"FLEXPL_DIST_FAULT": "1:0:pickle-hello", "FLEXPL_DIST_FAULT_MARKER": str(marker)})
     assert code == 3 and len(err) == 1, err
     assert time.monotonic() - t0 < LONG
     assert re.fullmatch(r"flexpl: error: node 'dev[01]' \(rank [23]\) failed during setup: refused a connection "
@@ -105,20 +96,20 @@ def test_a_greeting_that_is_not_a_flexpl_peer_stops_the_run_at_setup(tmp_path):
     _no_traceback(tmp_path / "out")
 
 
-def test_the_small_chain_runs_unbroken(tmp_path):
+def test_the_small_chain_runs_unbroken(tmp_path, capsys, monkeypatch):
     """The run the faults break, without a fault: every accounted byte crossed a shaped link."""
     _scenario(tmp_path, rounds=1)
-    code, err = _finish(_flexpl(tmp_path, "--timeout", "30"))
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "30")
     assert code == 0, err
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert s["measured_bytes_total"] == s["bytes_total"] > 0
 
 
-def test_a_peer_killed_mid_round_stops_the_run_in_one_line(tmp_path):
+def test_a_peer_killed_mid_round_stops_the_run_in_one_line(tmp_path, capsys, monkeypatch):
     """dev1 (rank 3) dies at its first step of round 2: named with the round, well within the timeout."""
     _scenario(tmp_path)
     t0 = time.monotonic()
-    code, err = _finish(_flexpl(tmp_path, "--timeout", str(LONG), env={"FLEXPL_DIST_FAULT": "3:2:exit"}))
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", str(LONG), env={"FLEXPL_DIST_FAULT": "3:2:exit"})
     assert code == 3 and err == ["flexpl: error: node 'dev1' (rank 3) stopped responding in round 2 "
                                  "(exited with code 17)"], err
     assert time.monotonic() - t0 < LONG  # a dead peer closes its connections: noticed at once
@@ -128,12 +119,11 @@ def test_a_peer_killed_mid_round_stops_the_run_in_one_line(tmp_path):
         assert "Traceback" not in log and len([ln for ln in log.splitlines() if ln.startswith("flexpl:")]) <= 1
 
 
-def test_a_link_taken_down_mid_round_stops_the_run_within_the_timeout_naming_it(tmp_path):
+def test_a_link_taken_down_mid_round_stops_the_run_within_the_timeout_naming_it(tmp_path, capsys, monkeypatch):
     """dev1's data veth goes down as it uploads in round 2 and stays down: the run stops after the
     timeout (5 s) with one line naming the link dev1-edge and the round."""
     _scenario(tmp_path)
-    proc = _flexpl(tmp_path, "--timeout", "5", env={"FLEXPL_DIST_FAULT": "3:2:link-down"})
-    code, err = _finish(proc)
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "5", env={"FLEXPL_DIST_FAULT": "3:2:link-down"})
     ended = time.time()
     assert code == 3 and len(err) == 1, err
     assert re.fullmatch(r"flexpl: error: link dev1-edge went down \(the data interface of node 'dev1' is down\): "
@@ -149,7 +139,7 @@ def test_a_link_taken_down_mid_round_stops_the_run_within_the_timeout_naming_it(
     _no_traceback(tmp_path / "out")
 
 
-def test_a_link_that_comes_back_after_a_pause_is_ridden_through(tmp_path):
+def test_a_link_that_comes_back_after_a_pause_is_ridden_through(tmp_path, capsys, monkeypatch):
     """dev1's data veth is down for 1.5 s in round 2: TCP resends what was lost, the run finishes with the
     simulator's accuracy and bytes, and round 2 took the pause longer."""
     import torch
@@ -158,7 +148,7 @@ def test_a_link_that_comes_back_after_a_pause_is_ridden_through(tmp_path):
     from flexpl.sim.simulator import run
 
     _scenario(tmp_path)
-    code, err = _finish(_flexpl(tmp_path, "--timeout", "30", env={"FLEXPL_DIST_FAULT": "3:2:link-flap"}))
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "30", env={"FLEXPL_DIST_FAULT": "3:2:link-flap"})
     assert code == 0, err
     out = tmp_path / "out"
     assert "test hook: data link down for 1.5 s" in (out / "workers" / "rank3.log").read_text()

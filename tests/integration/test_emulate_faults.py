@@ -58,6 +58,23 @@ def _rounds(out: Path) -> list[int]:
     return [int(r["round"]) for r in csv.DictReader((out / "rounds.csv").open())]
 
 
+def _assert_as_simulated(tmp_path: Path, d: dict) -> None:
+    """``d`` (an emulated run's summary) has the simulator's bytes, accuracy and loss (one thread, as every worker)."""
+    import torch
+
+    from flexpl.config.scenario import load_scenario
+    from flexpl.sim.simulator import run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        s = run(emulate.emulated_scenario(load_scenario(str(tmp_path / "scn.yaml")), tmp_path / "profile.yaml")).summary
+    finally:
+        torch.set_num_threads(threads)
+    assert d["measured_bytes_total"] == d["bytes_total"] == s["bytes_total"]
+    assert d["final_accuracy"] == s["final_accuracy"] and d["final_loss"] == s["final_loss"]
+
+
 def _no_traceback(out: Path) -> None:
     for log in (out / "workers").glob("rank*.log"):
         assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
@@ -121,7 +138,8 @@ def test_a_peer_killed_mid_round_stops_the_run_in_one_line(tmp_path, capsys, mon
 
 def test_a_link_taken_down_mid_round_stops_the_run_within_the_timeout_naming_it(tmp_path, capsys, monkeypatch):
     """dev1's data veth goes down as it uploads in round 2 and stays down: the run stops after the
-    timeout (5 s) with one line naming the link dev1-edge and the round."""
+    timeout (5 s) with one line naming the link dev1-edge and the round; rounds.csv keeps round 1, and
+    the command run again without the fault ends as an unbroken run."""
     _scenario(tmp_path)
     code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "5", env={"FLEXPL_DIST_FAULT": "3:2:link-down"})
     ended = time.time()
@@ -137,29 +155,22 @@ def test_a_link_taken_down_mid_round_stops_the_run_within_the_timeout_naming_it(
     assert since <= 5 + 10, since  # the timeout, plus the launcher's and a loaded machine's seconds
     assert _rounds(tmp_path / "out") == [1] and not (tmp_path / "out" / "summary.json").exists()
     _no_traceback(tmp_path / "out")
+    # the same command without the fault (the dist backend has no --resume) finishes as an unbroken run
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "30")
+    assert code == 0, err
+    assert _rounds(tmp_path / "out") == [1, 2, 3]
+    _assert_as_simulated(tmp_path, json.loads((tmp_path / "out" / "summary.json").read_text()))
 
 
 def test_a_link_that_comes_back_after_a_pause_is_ridden_through(tmp_path, capsys, monkeypatch):
     """dev1's data veth is down for 1.5 s in round 2: TCP resends what was lost, the run finishes with the
     simulator's accuracy and bytes, and round 2 took the pause longer."""
-    import torch
-
-    from flexpl.config.scenario import load_scenario
-    from flexpl.sim.simulator import run
-
     _scenario(tmp_path)
     code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "30", env={"FLEXPL_DIST_FAULT": "3:2:link-flap"})
     assert code == 0, err
     out = tmp_path / "out"
     assert "test hook: data link down for 1.5 s" in (out / "workers" / "rank3.log").read_text()
     d = json.loads((out / "summary.json").read_text())
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as every worker
-    try:
-        s = run(emulate.emulated_scenario(load_scenario(str(tmp_path / "scn.yaml")), tmp_path / "profile.yaml")).summary
-    finally:
-        torch.set_num_threads(threads)
-    assert d["measured_bytes_total"] == d["bytes_total"] == s["bytes_total"]
-    assert d["final_accuracy"] == s["final_accuracy"] and d["final_loss"] == s["final_loss"]
+    _assert_as_simulated(tmp_path, d)
     walls = [float(r["wall_s"]) for r in csv.DictReader((out / "rounds.csv").open())]
     assert walls[1] >= 1.5, walls  # the pause fell in round 2, and the run waited it out

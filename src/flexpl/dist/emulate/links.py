@@ -25,6 +25,11 @@ direction: predicted and measured transfer seconds) are written to the run folde
 both are printed. Predictions are read from the run itself (rounds.csv and the rounds'
 traces), never computed here.
 
+Faults: a worker that fails is named by the launcher as without emulation; when a run stops
+and a data veth is down (a pulled cable: ``ip link set down``, or the ``link-down`` test hook
+of :mod:`flexpl.io.injected_faults`), the line names the link(s) of that node first. A link
+that comes back within ``engine.timeout_s`` is ridden through (TCP resends what was lost).
+
 Clean-up: the launcher deletes its namespaces (which removes the veths and bridges inside
 them) on every way out; a watchdog process started with the namespaces waits on a pipe
 that only the launcher holds and, when it closes (the launcher exited or was killed with

@@ -326,14 +326,19 @@ def _read(s: socket.socket, n: int) -> bytearray:
     return buf
 
 
+def data_veth(ns: str, rank: int) -> tuple[str, str]:
+    """(hub namespace, interface) of the hub's end of ``rank``'s data veth, from the rank's namespace ``ns``
+    (``flexpl-<pid>-<rank>``; see ``links.ShapedNetwork``)."""
+    return f"{ns.rsplit('-', 1)[0]}-hub", f"d{rank}"
+
+
 def _pull_cable(rank: int, node: str, seconds: float | None) -> None:
     """Test hook: set this rank's data veth down (the hub's end), for ``seconds`` or for good."""
     import subprocess
 
-    from flexpl.dist.emulate.links import NETNS_ENV, data_veth
     from flexpl.dist.ranks import _log
 
-    hub, veth = data_veth(os.environ[NETNS_ENV], rank)
+    hub, veth = data_veth(os.environ["FLEXPL_NETNS"], rank)  # links.NETNS_ENV: this rank's namespace
     subprocess.run(["ip", "-n", hub, "link", "set", veth, "down"], check=True)
     _log(f"rank {rank} ({node}): test hook: data link down" + (f" for {seconds:g} s" if seconds else ""))
     if seconds:

@@ -128,9 +128,6 @@ def cleanup_stale() -> None:
 # ---------------------------------------------------------------- the namespaces
 
 
-def data_veth(ns: str, rank: int) -> tuple[str, str]:
-    """(hub namespace, interface) of the hub's end of ``rank``'s data veth, from the rank's namespace ``ns``."""
-    return f"{ns.rsplit('-', 1)[0]}-hub", f"d{rank}"
 
 
 class ShapedNetwork:

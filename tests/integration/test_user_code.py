@@ -97,3 +97,77 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "corrupted or not a FlexPL checkpoint" in err, err
     assert not marker.exists()
+
+
+def _marker_module(folder: Path, name: str, marker: Path, body: str = "") -> None:
+    """A module whose import writes ``marker`` (what must not happen where it is checked)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n{body}")
+
+
+def test_a_sweep_over_finished_cells_never_imports_user_code(tmp_path, monkeypatch):
+    """The rerun of a finished sweep reads digests and summaries only (7ac78af imported the loss module
+    while checking the cells)."""
+    mod, marker = "flexpl_i28_loss", tmp_path / "imported"
+    _marker_module(tmp_path / "code", mod, marker, "import torch.nn.functional as F\n"
+                   "def loss(logits, y):\n    return F.cross_entropy(logits, y)\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    argv = ["sweep", "digits-star", "--set", f"training.loss={mod}:loss", "--set", "training.rounds=1",
+            "--set", "training.max_steps_per_round=2", "--grid", "strategy=fl", "--out", str(tmp_path / "sw"),
+            "--quiet"]
+    try:
+        assert main(argv) == 0 and marker.exists()  # the cell ran with the user's loss
+        marker.unlink()
+        sys.modules.pop(mod, None)
+        assert main(argv) == 0  # every cell finished: nothing to run, nothing to import
+        assert not marker.exists() and mod not in sys.modules
+        assert (tmp_path / "sw" / "sweep.csv").read_text().count("\n") == 2  # and the row is still there
+    finally:
+        sys.modules.pop(mod, None)
+
+
+def test_plan_on_a_results_folder_never_imports_user_code(probe, tmp_path, capsys):
+    _, marker = probe
+    out = tmp_path / "run"
+    assert main(["run", "digits-star", "--out", str(out), "--quiet", "--set", "training.rounds=1",
+                 "--set", "training.max_steps_per_round=2"]) == 0
+    cfg = out / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("model:\n", f"model:\n  factory: {MOD}:build\n", 1))
+    capsys.readouterr()
+    assert main(["plan", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a folder" in err, err
+    assert not marker.exists() and MOD not in sys.modules
+
+
+def test_an_import_path_reaches_sys_path_and_the_scenarios_folder_only(tmp_path, monkeypatch, capsys):
+    """A module in the current folder (7ac78af's fallback) is refused; one beside the scenario file is found."""
+    from flexpl.config.scenario import load_scenario
+    from flexpl.io.results import write_yaml
+
+    far, near = "flexpl_i28_far", "flexpl_i28_near"
+    far_marker, near_marker = tmp_path / "far-imported", tmp_path / "near-imported"
+    build = "def build(**kw):\n    import torch\n    return torch.nn.Sequential(torch.nn.Linear(64, 10))\n"
+    _marker_module(tmp_path / "elsewhere", far, far_marker, build)
+    _marker_module(tmp_path / "scn", near, near_marker, build)
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the module exists only here: not on sys.path, not beside the file
+    path = tmp_path / "scn" / "s.yaml"
+    data = load_scenario("digits-star").resolved()
+
+    def name(module: str) -> None:
+        write_yaml(path, dict(data, model={"factory": f"{module}:build"}))
+    name(far)
+    saved = list(sys.path)
+    try:
+        assert main(["plan", str(path), "--out", str(tmp_path / "p"), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(
+            f"flexpl: error: model.factory: cannot import '{far}' from sys.path or the scenario's folder"), err
+        assert not far_marker.exists() and far not in sys.modules
+        name(near)
+        assert load_scenario(str(path)).model["factory"] == f"{near}:build"
+        assert near_marker.exists()  # found beside the scenario file
+    finally:
+        sys.path[:] = saved
+        for m in (far, near):
+            sys.modules.pop(m, None)

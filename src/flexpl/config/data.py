@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
 from flexpl.config.base import _Strict
-from flexpl.io.user_code import import_object
+from flexpl.io.user_code import check_import_path, import_object, user_code_checked
 
 
 class PartitionCfg(_Strict):
@@ -66,7 +66,8 @@ class DataCfg(_Strict):
                 raise ValueError("data.dataset.factory: required field is missing (e.g. data.dataset: "
                                  "{factory: 'mypkg.data:load'})")
 
-            if not callable(import_object(v["factory"], "data.dataset.factory")):
+            check_import_path(v["factory"], "data.dataset.factory")
+            if user_code_checked() and not callable(import_object(v["factory"], "data.dataset.factory")):
                 raise ValueError(f"data.dataset.factory: '{v['factory']}' is not callable")
             return v
         if v not in DATASETS and v not in REGISTERED:

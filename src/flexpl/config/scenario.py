@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Annotated, Any
 
 import yaml
@@ -40,7 +41,7 @@ from flexpl.config.plan import LinkCfg, NodeCfg, PlanCfg
 from flexpl.config.tracking import check_tracking
 from flexpl.config.training import TrainingCfg
 from flexpl.errors import UserError
-from flexpl.io.user_code import import_object
+from flexpl.io.user_code import check_import_path, import_object, scenario_folder, user_code_checked
 
 DEFAULT_SCENARIO = "edge-fmnist"
 
@@ -74,7 +75,8 @@ def check_model_spec(spec: Any) -> None:
         if "name" in spec:
             raise ValueError("model.factory: give either name or factory, not both")
 
-        if not callable(import_object(spec["factory"], "model.factory")):
+        check_import_path(spec["factory"], "model.factory")
+        if user_code_checked() and not callable(import_object(spec["factory"], "model.factory")):
             raise ValueError(f"model.factory: '{spec['factory']}' is not callable")
         return
     name = spec.get("name")
@@ -247,7 +249,9 @@ def load_scenario(name_or_path: str | None = None, sets: list[str] | None = None
         raise UserError(f"scenario: '{where}' is not valid YAML{pos}; fix the syntax") from None
     if not isinstance(data, dict):
         raise UserError(f"scenario: '{where}' must hold a mapping of fields (name, data, model, nodes, ...)")
-    return scenario_from_data(data, sets, strategy, seed)
+    folder = os.path.dirname(os.path.abspath(where)) if os.path.isfile(where) else None
+    with scenario_folder(folder):  # user code it names: on sys.path or beside the file, nowhere else
+        return scenario_from_data(data, sets, strategy, seed)
 
 
 def scenario_from_data(data: dict[str, Any], sets: list[str] | None = None, strategy: str | None = None,

@@ -92,7 +92,11 @@ class TrainingCfg(_Strict):
     @field_validator("loss")
     @classmethod
     def _check_loss(cls, v: str) -> str:
+        from flexpl.io.user_code import check_import_path, is_import_path, user_code_checked
         from flexpl.models.aggregate import resolve_loss
 
+        if is_import_path(v) and not user_code_checked():  # reading finished results: spelling only
+            check_import_path(v, "training.loss")
+            return v
         resolve_loss(v)  # a one-line UserError naming training.loss
         return v

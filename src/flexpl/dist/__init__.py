@@ -26,6 +26,9 @@ longest local computation between two messages, e.g. a local epoch; rank 0's eva
 is covered by keepalives); a worker that loses a peer writes a one-line report and exits 3. The launcher watches its workers, names the
 node that died or hangs (following who waits for whom), kills the rest and raises
 ``WorkerFailure``. Rank 0 writes rounds.csv after every round, so finished rounds survive.
+Nothing that travels between ranks is unpickled: tensors land in buffers whose shape and
+dtype the receiver knows (gloo here; raw framed bytes under ``--emulate-links``, where a
+message that is not FlexPL's stops the run in one line, see ``emulate/comm.py``).
 
 The backend's parts: :mod:`flexpl.dist.ranks` (ranks, status files, the failure),
 :mod:`flexpl.dist.messages` (gathers, barriers, keepalives, evaluation weights),

@@ -52,6 +52,14 @@ class PeerFailure(RuntimeError):
         self.detail = detail
 
 
+class MalformedMessage(RuntimeError):
+    """Bytes from another rank (or a stranger) that are not a FlexPL message; refused, never deserialized.
+
+    The message is one line naming where they came from (see ``emulate/comm.py``
+    [Note: nothing is unpickled]).
+    """
+
+
 class Comm:
     """Blocking point-to-point sends/receives with a timeout, byte counters and a 'blocked on' status.
 

@@ -42,7 +42,7 @@ def run_worker(scn: Scenario, rank: int, world: int, out: Path, timeout_s: float
     """Run this rank's part of ``scn``; rank 0 writes the results into ``out`` and returns the summary."""
     import torch
 
-    from flexpl.dist.transport import Comm, PeerFailure
+    from flexpl.dist.transport import Comm, MalformedMessage, PeerFailure
 
     # one thread per worker: the simulator's arithmetic depends on the thread count, and
     # the workers share the machine's cores anyway
@@ -70,6 +70,9 @@ def run_worker(scn: Scenario, rank: int, world: int, out: Path, timeout_s: float
         status.set(state="failed", kind="peer", peer=exc.peer, message=line)
         _log(f"rank {rank} ({me}): {exc.op} with rank {exc.peer} failed: {exc.detail}")
         raise WorkerFailure(line) from None
+    except MalformedMessage as exc:  # refused bytes that are not a FlexPL message: one line, no traceback
+        status.set(state="failed", kind="error", peer=None, message=str(exc))
+        raise WorkerFailure(f"node '{me}' (rank {rank}) failed {_where(status.info)}: {exc}") from None
     except BaseException as exc:
         if not isinstance(exc, SystemExit | KeyboardInterrupt):
             status.set(state="failed", kind="error", peer=None, message=str(exc) or type(exc).__name__)

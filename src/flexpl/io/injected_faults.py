@@ -14,6 +14,15 @@ for users; unset (the default), both hooks do nothing.
     ``os._exit(17)`` at its first training step, ``hang`` sleeps there (a hung node),
     ``raise`` raises a ``RuntimeError`` there, ``slow-eval`` (rank 0) sleeps through three
     timeouts while evaluating. The worker asks :func:`dist_fault` for its hook once.
+    Under ``--emulate-links`` three more modes write bytes that are not a FlexPL message to
+    a peer's data port (:func:`emulation_fault`, read by ``flexpl.dist.emulate.comm.EmuComm``):
+    ``pickle-frame`` and ``garbage-frame`` replace the rank's first training message of the
+    round with a pickled object (whose unpickling would create the file named by
+    ``FLEXPL_DIST_FAULT_MARKER``) or with junk bytes; ``pickle-hello`` (round 0: set-up)
+    replaces its greeting on every data connection it opens with such a pickle.
+    ``link-down`` and ``link-flap`` set the rank's data veth down (on the hub's side, as a
+    pulled cable) just before its first training message of the round: for good, or for
+    ``FLAP_S`` seconds.
 
 A malformed value is a ``UserError`` naming the variable and the expected form.
 """
@@ -22,15 +31,22 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 from flexpl.errors import UserError
 
 KILL_ENV = "FLEXPL_TEST_KILL_AT"
 DIST_ENV = "FLEXPL_DIST_FAULT"
-DIST_MODES = ("exit", "hang", "raise", "slow-eval")
+FRAME_MODES = ("pickle-frame", "garbage-frame", "pickle-hello")
+LINK_MODES = ("link-down", "link-flap")
+DIST_MODES = ("exit", "hang", "raise", "slow-eval", *FRAME_MODES, *LINK_MODES)
+FLAP_S = 1.5  # how long link-flap keeps the link down
+MARKER_ENV = "FLEXPL_DIST_FAULT_MARKER"
+GARBAGE = bytes(range(256)) * 4  # junk a peer's data port must refuse
 
 
 @functools.lru_cache(maxsize=8)
@@ -63,14 +79,33 @@ def after_train_step(rnd: int, step: int, before_kill: Callable[[], None] | None
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def dist_fault(rank: int, timeout_s: float) -> Callable[[int, str], None]:
-    """This rank's hook from ``FLEXPL_DIST_FAULT``: called with (round, ``"train"`` or ``"eval"``).
+class _Touch:
+    """A pickled object whose unpickling creates a file: what a peer must never unpickle."""
 
-    A no-op when the variable is unset or names another rank.
-    """
-    spec = os.environ.get(DIST_ENV, "")
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+def evil_pickle() -> bytes:
+    """A pickle that, if anyone unpickled it, would create ``FLEXPL_DIST_FAULT_MARKER``'s file."""
+    return pickle.dumps(_Touch(os.environ.get(MARKER_ENV) or os.devnull))
+
+
+def emulation_fault(rank: int) -> tuple[int, str] | None:
+    """(round, mode) when ``FLEXPL_DIST_FAULT`` asks ``rank`` for a fault of the emulated network (a message
+    that is not FlexPL's, a link down; see above), else None."""
+    spec = _parse(os.environ.get(DIST_ENV, ""))
+    if spec is None or spec[0] != rank or spec[2] not in (*FRAME_MODES, *LINK_MODES):
+        return None
+    return spec[1], spec[2]
+
+
+def _parse(spec: str) -> tuple[int, int, str] | None:
     if not spec:
-        return lambda rnd, where: None
+        return None
     try:
         r, rnd_at, mode = spec.split(":")
         r_i, rnd_i = int(r), int(rnd_at)
@@ -79,6 +114,18 @@ def dist_fault(rank: int, timeout_s: float) -> Callable[[int, str], None]:
                         "unset it for a normal run") from None
     if mode not in DIST_MODES:
         raise UserError(f"{DIST_ENV}: unknown mode '{mode}'; allowed: {', '.join(DIST_MODES)}")
+    return r_i, rnd_i, mode
+
+
+def dist_fault(rank: int, timeout_s: float) -> Callable[[int, str], None]:
+    """This rank's hook from ``FLEXPL_DIST_FAULT``: called with (round, ``"train"`` or ``"eval"``).
+
+    A no-op when the variable is unset or names another rank.
+    """
+    spec = _parse(os.environ.get(DIST_ENV, ""))
+    if spec is None:
+        return lambda rnd, where: None
+    r_i, rnd_i, mode = spec
 
     def hook(rnd: int, where: str) -> None:
         if r_i != rank or rnd != rnd_i:

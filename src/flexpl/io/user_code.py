@@ -8,7 +8,10 @@ Such code runs with the user's rights, so FlexPL says which code a scenario will
 (:func:`user_code_in`, printed by ``flexpl scenarios --show FILE`` and at the start of every
 run) and can refuse it: ``--no-user-code`` or ``FLEXPL_NO_USER_CODE=1`` (:func:`forbid_user_code`,
 :func:`user_code_forbidden`). A module name must be a dotted name of identifiers (no relative
-import, no file path), so it is looked up on ``sys.path`` (and the current folder) only.
+import, no file path), and it is looked up on ``sys.path`` and in the folder of the scenario
+file that names it (:func:`scenario_folder`) only: never in the current folder or elsewhere.
+Commands that only read finished results validate a scenario with :func:`user_code_unchecked`,
+which checks an import path's spelling and imports nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from flexpl.errors import UserError
 
 NO_USER_CODE_ENV = "FLEXPL_NO_USER_CODE"
 _forbidden: list[str] = []  # why user code may not be imported now (innermost last)
+_folders: list[str] = []  # folders of the scenario files being loaded (innermost last)
+_unchecked: list[bool] = []  # inside user_code_unchecked()
 
 
 def user_code_forbidden() -> str | None:
@@ -43,6 +48,35 @@ def forbid_user_code(reason: str) -> Iterator[None]:
         yield
     finally:
         _forbidden.pop()
+
+
+@contextlib.contextmanager
+def scenario_folder(folder: str | os.PathLike[str] | None) -> Iterator[None]:
+    """Inside the block, a module not found on ``sys.path`` is looked up in ``folder`` (a scenario file's own)."""
+    _folders.append(os.path.abspath(folder) if folder is not None else "")
+    try:
+        yield
+    finally:
+        _folders.pop()
+
+
+@contextlib.contextmanager
+def user_code_unchecked() -> Iterator[None]:
+    """Inside the block, validating a scenario checks import paths' spelling only and imports nothing.
+
+    For commands that read finished results (``flexpl sweep`` deciding which cells are done):
+    they need a scenario's digest, not its code.
+    """
+    _unchecked.append(True)
+    try:
+        yield
+    finally:
+        _unchecked.pop()
+
+
+def user_code_checked() -> bool:
+    """False inside :func:`user_code_unchecked`: validators then must not import an import path."""
+    return not _unchecked
 
 
 def user_code_in(data: Any, where: str = "") -> list[tuple[str, str]]:
@@ -72,12 +106,8 @@ def is_import_path(text: Any) -> bool:
     return isinstance(text, str) and text.count(":") == 1 and all(text.split(":")) and " " not in text
 
 
-def import_object(path: Any, field: str) -> Any:
-    """The object ``path`` (``"module:attr"``, ``attr`` may be dotted) names; one-line ``UserError`` naming ``field``.
-
-    The current directory is tried too when the module is not found on ``sys.path`` (a
-    console script such as ``flexpl`` does not put it there).
-    """
+def check_import_path(path: Any, field: str) -> tuple[str, str]:
+    """``(module, attribute)`` of a well-spelled import path; else a one-line ``UserError`` naming ``field``."""
     if not is_import_path(path):
         raise UserError(f"{field}: {path!r} is not an import path; write 'module:function' "
                         "(e.g. mypkg.models:build)")
@@ -86,23 +116,36 @@ def import_object(path: Any, field: str) -> Any:
             part.isidentifier() for part in attr.split(".")):
         raise UserError(f"{field}: {path!r} is not an import path; write 'module:function' with dotted Python "
                         "names (no relative import, no file path), e.g. mypkg.models:build")
+    return mod_name, attr
+
+
+def import_object(path: Any, field: str) -> Any:
+    """The object ``path`` (``"module:attr"``, ``attr`` may be dotted) names; one-line ``UserError`` naming ``field``.
+
+    The module is looked up on ``sys.path`` and, when not found there, in the folder of the
+    scenario file being loaded (:func:`scenario_folder`), which then stays on ``sys.path``
+    (so processes started from this one find it too); nowhere else.
+    """
+    mod_name, attr = check_import_path(path, field)
     why = user_code_forbidden()
     if why:
         raise UserError(f"{field}: the scenario imports user code '{path}', refused because {why}; "
                         "remove that field or run without --no-user-code")
+    where = "sys.path" + (f" or the scenario's folder {_folders[-1]}" if _folders and _folders[-1] else "")
     try:
         mod = importlib.import_module(mod_name)
     except ModuleNotFoundError as exc:
-        cwd = os.getcwd()
-        if exc.name != mod_name.split(".")[0] or cwd in sys.path:
-            raise UserError(f"{field}: cannot import '{mod_name}': {exc}; check the spelling and PYTHONPATH") from None
-        sys.path.append(cwd)
+        folder = _folders[-1] if _folders else ""
+        if exc.name != mod_name.split(".")[0] or not folder or folder in sys.path:
+            raise UserError(f"{field}: cannot import '{mod_name}' from {where}: {exc}; put it beside the "
+                            "scenario file or on PYTHONPATH") from None
+        sys.path.append(folder)
         try:
             mod = importlib.import_module(mod_name)
         except ModuleNotFoundError as exc2:
-            sys.path.remove(cwd)
-            raise UserError(f"{field}: cannot import '{mod_name}': {exc2}; check the spelling and "
-                            "PYTHONPATH") from None
+            sys.path.remove(folder)
+            raise UserError(f"{field}: cannot import '{mod_name}' from {where}: {exc2}; put it beside the "
+                            "scenario file or on PYTHONPATH") from None
     obj: Any = mod
     for part in attr.split("."):
         if not hasattr(obj, part):

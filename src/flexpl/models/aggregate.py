@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from flexpl.errors import UserError
-from flexpl.io.user_code import import_object, is_import_path
+from flexpl.io.user_code import check_import_path, import_object, is_import_path, user_code_checked
 
 State = Mapping[str, torch.Tensor]
 
@@ -194,7 +194,8 @@ def check_aggregator_cfg(cfg: Any) -> None:
     if not is_import_path(cfg.kind):
         raise ValueError(f"training.aggregator.kind: unknown aggregator {cfg.kind!r}; allowed: "
                          f"{', '.join(AGGREGATORS)} or an import path 'module:Class'")
-    if not callable(import_object(cfg.kind, "training.aggregator.kind")):
+    check_import_path(cfg.kind, "training.aggregator.kind")
+    if user_code_checked() and not callable(import_object(cfg.kind, "training.aggregator.kind")):
         raise ValueError(f"training.aggregator.kind: '{cfg.kind}' is not callable")
 
 

@@ -141,13 +141,18 @@ def _stages_of_summary_plan(plan: Mapping[str, Any], server: str) -> list[StageI
 
 
 def picture_of_run(folder: str | Path) -> PlanPicture:
-    """The picture of a finished run: its config.yaml's topology, summary.json's plan, timeline.csv's last round."""
+    """The picture of a finished run: its config.yaml's topology, summary.json's plan, timeline.csv's last round.
+
+    Reads the run only: user code its scenario names is not imported.
+    """
     from flexpl.config.scenario import load_scenario
+    from flexpl.io.user_code import user_code_unchecked
     from flexpl.system.topology import Topology
 
     folder = Path(folder)
     summary = json.loads((folder / "summary.json").read_text())
-    scn = load_scenario(str(folder / "config.yaml"), [], None, None)
+    with user_code_unchecked():  # the topology is all it needs: the run's code is never imported here
+        scn = load_scenario(str(folder / "config.yaml"), [], None, None)
     topo = Topology.from_scenario(scn)
     with open(folder / "timeline.csv", newline="") as f:
         rows = list(csv.DictReader(f))

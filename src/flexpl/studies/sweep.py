@@ -30,19 +30,25 @@ from flexpl.studies.grid import Cell, make_cells, parse_grid, seed_cells
 
 
 def _check_cells(scenario: str | None, sets: Sequence[str], seed: int | None,
-                 cells: Sequence[Cell]) -> dict[str, tuple[str, int, str]]:
+                 cells: Sequence[Cell], imports: bool = True) -> dict[str, tuple[str, int, str]]:
     """Load every cell's scenario before running any, so a bad value fails at once.
 
-    Returns cell name -> (scenario digest, rounds, scenario name).
+    Returns cell name -> (scenario digest, rounds, scenario name). With ``imports`` false,
+    user code the scenario names is checked for spelling only and not imported (deciding
+    which cells are finished must not run anyone's code).
     """
+    import contextlib
+
     from flexpl.config.scenario import load_scenario
+    from flexpl.io.user_code import user_code_unchecked
     from flexpl.plan.layout import PRESETS
 
     out = {}
     for c in cells:
         label = " ".join(f"{k}={v}" for k, v in c.values)
         try:
-            scn = load_scenario(scenario, [*sets, *c.sets], c.strategy, seed)
+            with contextlib.nullcontext() if imports else user_code_unchecked():
+                scn = load_scenario(scenario, [*sets, *c.sets], c.strategy, seed)
         except UserError as exc:
             raise UserError(f"--grid {label}: {exc}") from None
         if scn.strategy not in PRESETS and not (scn.plan and scn.plan.stages):
@@ -264,7 +270,7 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
         if any(k == "seed" for k, _ in axes):
             raise UserError("--seeds: the grid already varies 'seed'; drop --grid seed=... or --seeds")
         cells = seed_cells(cells, seeds)
-    checked = _check_cells(scenario, sets, seed, cells)
+    checked = _check_cells(scenario, sets, seed, cells, imports=False)  # finished cells import nothing
     out = prepare_out_dir(out or f"results/{checked[cells[0].name][2]}-sweep")
     with hold_folder(out, "flexpl sweep"):  # a second command into this folder is refused
         meta = {"scenario": scenario, "set": list(sets), "seed": seed,
@@ -281,6 +287,7 @@ def run_sweep(scenario: str | None, sets: Sequence[str], grid: Sequence[str], se
             else:
                 write_sweep_csv(out, cells, digests)
         todo = [c for c in cells if not is_finished(out / c.name, checked[c.name][0])]
+        _check_cells(scenario, sets, seed, todo)  # the cells to run, with their user code: fails before any runs
         console = make_console(quiet)
         if len(todo) < len(cells):
             console.print(f"sweep: {len(cells) - len(todo)} of {len(cells)} cells already finished in {out}/; "

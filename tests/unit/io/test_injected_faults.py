@@ -91,3 +91,21 @@ def test_the_engine_reads_no_fault_variable_itself():
     readers = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
                      if p.name != "injected_faults.py" and any(v in p.read_text() for v in (faults.KILL_ENV, faults.DIST_ENV)))
     assert readers == []
+
+
+def test_emulation_faults_are_for_their_rank_only_and_the_pickle_is_a_real_threat(monkeypatch, tmp_path):
+    """The data-port tests' pickle would create its marker if anyone unpickled it, so their 'marker
+    absent' can fail."""
+    import pickle
+
+    monkeypatch.setenv("FLEXPL_DIST_FAULT", "1:2:pickle-frame")
+    assert faults.emulation_fault(1) == (2, "pickle-frame") and faults.emulation_fault(2) is None
+    monkeypatch.setenv("FLEXPL_DIST_FAULT", "3:2:link-flap")
+    assert faults.emulation_fault(3) == (2, "link-flap")
+    faults.dist_fault(3, 1.0)(2, "train")  # not a training-step fault: nothing happens there
+    monkeypatch.setenv("FLEXPL_DIST_FAULT", "3:2:exit")
+    assert faults.emulation_fault(3) is None
+    marker = tmp_path / "unpickled"
+    monkeypatch.setenv("FLEXPL_DIST_FAULT_MARKER", str(marker))
+    pickle.loads(faults.evil_pickle()).close()
+    assert marker.exists()

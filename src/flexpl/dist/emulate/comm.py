@@ -39,18 +39,31 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
 from flexpl.costs.flops import count_fwd_bwd
 from flexpl.costs.trace import HOP
-from flexpl.dist.transport import TAG_TRAIN, Comm, PeerFailure
+from flexpl.dist.transport import TAG_TRAIN, Comm, MalformedMessage, PeerFailure
+from flexpl.io import injected_faults as faults
 from flexpl.sim.transport import tensor_bytes
 from flexpl.system.topology import Topology
 
 DATA_PORT = 29611
-_HEADER = struct.Struct("<Qd")  # payload bytes, sender's pick-up time (time.monotonic)
+# [Note: nothing is unpickled] The data port carries raw tensor bytes only. A connection
+# opens with a greeting (magic, the run's token, the sender's rank) and every message with
+# a header (magic, payload bytes, sender's pick-up time); the receiver knows the shape and
+# dtype of every message it expects (``recv_bundle``'s specs), checks the announced size
+# against them before it takes the payload, and copies the bytes into fresh tensors. A
+# greeting or header that does not fit (a pickle, junk, a stranger, a wrong size) stops
+# the receiving rank with a one-line ``MalformedMessage``; nothing is ever deserialized.
+_HELLO = struct.Struct("<8s16sI")  # magic, run token, sender's rank
+_HELLO_MAGIC = b"FLEXPL\x00\x01"
+_HEADER = struct.Struct("<4sQd")  # magic, payload bytes, sender's pick-up time (time.monotonic)
+_MAGIC = b"FXPM"
+_CHUNK = 1 << 26  # a payload is read in pieces of at most 64 MiB: a huge announced size allocates nothing
+TOKEN_ENV = "FLEXPL_RUN_TOKEN"  # set by the launcher: a random token every rank of one run shares
 
 
 def data_ip(rank: int) -> str:
@@ -74,6 +87,20 @@ def _from_bytes(buf: memoryview, shape: Sequence[int], dtype: torch.dtype) -> to
     return torch.frombuffer(bytearray(buf), dtype=dtype).reshape(tuple(shape))
 
 
+class _Head:
+    """A message header as the receiver thread saw it (the payload follows in the queue)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+class _Raw:
+    """Bytes a sender thread writes as they are, without a frame (the fault hook's junk)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
 class EmuComm(Comm):
     """``Comm`` whose training sends go over per-link TCP connections (queued, eager); the rest over gloo."""
 
@@ -89,12 +116,15 @@ class EmuComm(Comm):
         self.socks: dict[int, socket.socket] = {}
         self.round = 1
         self.log: list[list] = []  # [round, link, src rank, dst rank, bytes, seconds] per received message
+        self.fault = faults.emulation_fault(rank)  # test hook: junk on a data port, a link down
+        self.token = os.environ.get(TOKEN_ENV, "").encode()[:16].ljust(16, b"\0")
+        self.node_of: dict[int, str] = {}
 
     # ------------------------------------------------------------ set-up
 
     def connect(self, topo: Topology, rank_of: Mapping[str, int]) -> None:
         """Open one connection per neighbour (the lower rank connects) and start its threads."""
-        node_of = {r: n for n, r in rank_of.items()}
+        node_of = self.node_of = {r: n for n, r in rank_of.items()}
         me = node_of[self.rank]
         self.latency: dict[int, float] = {}
         for _name, (a, b, prof) in topo.links.items():
@@ -110,15 +140,23 @@ class EmuComm(Comm):
                     if time.monotonic() > deadline:
                         raise PeerFailure(peer, "connect", "timeout", "no data connection") from None
                     time.sleep(0.05)
-            s.sendall(struct.pack("<I", self.rank))
+            if self.fault and self.fault[1] == "pickle-hello":
+                s.sendall(faults.evil_pickle())
+            else:
+                s.sendall(_HELLO.pack(_HELLO_MAGIC, self.token, self.rank))
             self.socks[peer] = s
         self.listener.settimeout(self.timeout.total_seconds())
-        for _ in [p for p in self.latency if p < self.rank]:
-            s, _addr = self.listener.accept()
-            s.settimeout(None)
-            peer = struct.unpack("<I", _read(s, 4))[0]
-            self.socks[peer] = s
-        self.listener.close()
+        lower = {p for p in self.latency if p < self.rank}
+        try:
+            while lower - self.socks.keys():
+                try:
+                    s, addr = self.listener.accept()
+                except TimeoutError:
+                    waiting = min(lower - self.socks.keys())
+                    raise PeerFailure(waiting, "connect", "timeout", "no data connection") from None
+                self.socks[self._greeted(s, addr[0], lower)] = s
+        finally:
+            self.listener.close()
         for peer, s in self.socks.items():
             s.settimeout(None)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -127,16 +165,40 @@ class EmuComm(Comm):
             threading.Thread(target=self._sender, args=(peer, s), daemon=True).start()
             threading.Thread(target=self._receiver, args=(peer, s), daemon=True).start()
 
+    def _greeted(self, s: socket.socket, addr: str, lower: set[int]) -> int:
+        """The rank that opened ``s``, from its greeting; ``MalformedMessage`` unless it is a peer of this run."""
+        s.settimeout(self.timeout.total_seconds())
+        why = None
+        try:
+            magic, token, peer = _HELLO.unpack(_read(s, _HELLO.size))
+        except (OSError, ConnectionError):
+            magic, token, peer = b"", b"", -1
+            why = "it sent no greeting"
+        if why is None and magic != _HELLO_MAGIC:
+            why = f"not a FlexPL greeting (it starts {bytes(magic[:8]).hex(' ')})"
+        elif why is None and token != self.token:
+            why = "a greeting from another run (wrong token)"
+        elif why is None and (peer not in lower or peer in self.socks):
+            why = f"it claims rank {peer}, which has no link to this rank or is connected already"
+        if why is not None:
+            s.close()
+            raise MalformedMessage(f"refused a connection to its data port from {addr}: {why}; nothing it sent "
+                                   "was unpickled")
+        return int(peer)
+
     def _sender(self, peer: int, s: socket.socket) -> None:
         lat = self.latency[peer]
         q = self.out_q[peer]
         try:
             while True:
                 payload = q.get()
+                if isinstance(payload, _Raw):  # test hook: bytes that are not a FlexPL message
+                    s.sendall(payload.data)
+                    continue
                 picked = time.monotonic()
                 if lat > 0:  # the link's latency (no netem on this kernel): before the bytes leave
                     time.sleep(lat)
-                s.sendall(_HEADER.pack(len(payload), picked))
+                s.sendall(_HEADER.pack(_MAGIC, len(payload), picked))
                 if payload:
                     s.sendall(payload)
         except OSError:
@@ -147,8 +209,12 @@ class EmuComm(Comm):
         prev_done = 0.0
         try:
             while True:
-                n, picked = _HEADER.unpack(_read(s, _HEADER.size))
-                buf = _read(s, n)
+                magic, n, picked = _HEADER.unpack(_read(s, _HEADER.size))
+                if magic != _MAGIC:  # a pickle, junk, anything but our header: read nothing more
+                    q.put(MalformedMessage(f"not a FlexPL message (it starts {bytes(magic).hex(' ')})"))
+                    return
+                q.put(_Head(n))  # recv_bundle checks the size before the payload is taken
+                buf = _read_payload(s, n)
                 done = time.monotonic()
                 q.put((buf, done - max(picked, prev_done)))
                 prev_done = done
@@ -174,12 +240,35 @@ class EmuComm(Comm):
         """Queue ``tensors`` as one message (one latency) to ``peer``; copied now, sent by the link's thread."""
         if any(t.is_meta for t in tensors):
             raise RuntimeError(f"internal error: rank {self.rank} was asked to send a tensor it does not hold")
+        if self.fault and self.fault[0] == self.round and self.fault[1] in faults.LINK_MODES:
+            mode, self.fault = self.fault[1], None
+            _pull_cable(self.rank, self.node_of.get(self.rank, "?"), faults.FLAP_S if mode == "link-flap" else None)
+        if self.fault and self.fault[0] == self.round and self.fault[1] in ("pickle-frame", "garbage-frame"):
+            mode, self.fault = self.fault[1], None
+            self.out_q[peer].put(_Raw(faults.evil_pickle() if mode == "pickle-frame" else faults.GARBAGE))
         self.out_q[peer].put(b"".join(_as_bytes(t) for t in tensors))
         self.sent[link] = self.sent.get(link, 0) + sum(tensor_bytes(t) for t in tensors)
 
     def recv_bundle(self, specs: Sequence[tuple[Sequence[int], torch.dtype]], peer: int,
                     link: str) -> list[torch.Tensor]:
         """The next message from ``peer``, cut into tensors of the given shapes and dtypes."""
+        sizes = [int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size() for shape, dtype in specs]
+        head = self._next(peer, link)
+        if not isinstance(head, _Head) or head.n != sum(sizes):
+            self._malformed(peer, link, f"it announces {getattr(head, 'n', '?')} bytes where {sum(sizes)} "
+                                        "are expected")
+        buf, seconds = self._next(peer, link)
+        view = memoryview(buf)
+        out, off = [], 0
+        for (shape, dtype), n in zip(specs, sizes):
+            out.append(_from_bytes(view[off:off + n], shape, dtype))
+            off += n
+        self.received[link] = self.received.get(link, 0) + off
+        self.log.append([self.round, link, peer, self.rank, off, seconds])
+        return out
+
+    def _next(self, peer: int, link: str) -> Any:
+        """The next item the receiver thread of ``peer`` queued; a failure as ``PeerFailure`` or ``MalformedMessage``."""
         self.blocked = ("recv", peer, time.time())
         try:
             got = self.in_q[peer].get(timeout=self.timeout.total_seconds())
@@ -187,21 +276,15 @@ class EmuComm(Comm):
             raise PeerFailure(peer, "recv", "timeout", "no data within the timeout") from None
         finally:
             self.blocked = None
+        if isinstance(got, MalformedMessage):
+            self._malformed(peer, link, str(got))
         if isinstance(got, BaseException):
             raise PeerFailure(peer, "recv", "closed", str(got) or type(got).__name__)
-        buf, seconds = got
-        view = memoryview(buf)
-        out, off = [], 0
-        for shape, dtype in specs:
-            n = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
-            out.append(_from_bytes(view[off:off + n], shape, dtype))
-            off += n
-        if off != len(buf):
-            raise RuntimeError(f"internal error: rank {self.rank} got {len(buf)} bytes from rank {peer}, "
-                               f"expected {off}")
-        self.received[link] = self.received.get(link, 0) + off
-        self.log.append([self.round, link, peer, self.rank, off, seconds])
-        return out
+        return got
+
+    def _malformed(self, peer: int, link: str, why: str) -> NoReturn:
+        raise MalformedMessage(f"malformed message from node '{self.node_of.get(peer, '?')}' (rank {peer}) on link "
+                               f"{link}: {why}; refused, nothing was unpickled")
 
     def dump(self, path: Path) -> None:
         """Write the measured times of the messages this rank received."""
@@ -241,6 +324,37 @@ def _read(s: socket.socket, n: int) -> bytearray:
             raise ConnectionError("connection closed")
         got += k
     return buf
+
+
+def data_veth(ns: str, rank: int) -> tuple[str, str]:
+    """(hub namespace, interface) of the hub's end of ``rank``'s data veth, from the rank's namespace ``ns``
+    (``flexpl-<pid>-<rank>``; see ``links.ShapedNetwork``)."""
+    return f"{ns.rsplit('-', 1)[0]}-hub", f"d{rank}"
+
+
+def _pull_cable(rank: int, node: str, seconds: float | None) -> None:
+    """Test hook: set this rank's data veth down (the hub's end), for ``seconds`` or for good."""
+    import subprocess
+
+    from flexpl.dist.ranks import _log
+
+    hub, veth = data_veth(os.environ["FLEXPL_NETNS"], rank)  # links.NETNS_ENV: this rank's namespace
+    subprocess.run(["ip", "-n", hub, "link", "set", veth, "down"], check=True)
+    _log(f"rank {rank} ({node}): test hook: data link down" + (f" for {seconds:g} s" if seconds else ""))
+    if seconds:
+        threading.Timer(seconds, subprocess.run, (["ip", "-n", hub, "link", "set", veth, "up"],),
+                        {"check": True}).start()
+
+
+def _read_payload(s: socket.socket, n: int) -> bytes | bytearray:
+    """``n`` bytes from ``s``, allocated as they arrive (in pieces of at most ``_CHUNK``)."""
+    if n <= _CHUNK:
+        return _read(s, n)
+    parts = []
+    while n > 0:
+        parts.append(_read(s, min(n, _CHUNK)))
+        n -= len(parts[-1])
+    return b"".join(parts)
 
 
 # ---------------------------------------------------------------- worker side of the launcher

@@ -25,6 +25,11 @@ direction: predicted and measured transfer seconds) are written to the run folde
 both are printed. Predictions are read from the run itself (rounds.csv and the rounds'
 traces), never computed here.
 
+Faults: a worker that fails is named by the launcher as without emulation; when a run stops
+and a data veth is down (a pulled cable: ``ip link set down``, or the ``link-down`` test hook
+of :mod:`flexpl.io.injected_faults`), the line names the link(s) of that node first. A link
+that comes back within ``engine.timeout_s`` is ridden through (TCP resends what was lost).
+
 Clean-up: the launcher deletes its namespaces (which removes the veths and bridges inside
 them) on every way out; a watchdog process started with the namespaces waits on a pipe
 that only the launcher holds and, when it closes (the launcher exited or was killed with
@@ -123,6 +128,8 @@ def cleanup_stale() -> None:
 # ---------------------------------------------------------------- the namespaces
 
 
+
+
 class ShapedNetwork:
     """The namespaces, bridges, veths and HTB classes of one emulated run."""
 
@@ -195,6 +202,17 @@ class ShapedNetwork:
                        f"filter add dev eth1 parent 1: protocol ip prio 1 u32 match ip dst {data_ip(peer)}/32 "
                        f"flowid 1:{cid:x}"]
             _ip("tc", "-n", self.ns(r), "-batch", "-", stdin="\n".join(tc) + "\n")
+
+    def data_down(self) -> list[int]:
+        """Ranks whose data veth is down (either end), e.g. a cable pulled during the run."""
+        hub = _ip("ip", "-n", self.hub, "-br", "link", "show", check=False)
+        state = {ln.split()[0].split("@")[0]: ln.split()[1] for ln in hub.splitlines() if len(ln.split()) > 1}
+        out = []
+        for r in range(self.world):
+            mine = _ip("ip", "-n", self.ns(r), "-br", "link", "show", "eth1", check=False).split()
+            if state.get(f"d{r}") != "UP" or (len(mine) > 1 and mine[1] != "UP"):
+                out.append(r)
+        return out
 
     def down(self) -> None:
         """Delete everything; close the watchdog's pipe (it then finds nothing left and exits)."""
@@ -352,9 +370,12 @@ def warn_half_duplex(scn: Scenario, quiet: bool) -> list[str]:
 def run_emulated(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
                  profile: str | None = None) -> dict[str, Any]:
     """``flexpl run --backend dist --emulate-links``: the dist backend in shaped namespaces; returns the summary."""
-    from flexpl.dist.emulate.comm import control_ip
+    import secrets
+
+    from flexpl.dist.emulate.comm import TOKEN_ENV, control_ip
     from flexpl.dist.launch import run_dist
-    from flexpl.dist.ranks import node_ranks
+    from flexpl.dist.ranks import WorkerFailure, node_ranks
+    from flexpl.sim.simulator import build_topology
 
     check_host()
     scn = emulated_scenario(scn, calibrated_profile(profile, quiet))
@@ -366,9 +387,20 @@ def run_emulated(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
     net = ShapedNetwork(scn, ranks)
     try:
         net.up()
-        env = {"MASTER_ADDR": control_ip(0), "GLOO_SOCKET_IFNAME": "eth0", EMULATE_ENV: "1"}
-        summary = run_dist(scn, out, timeout_s, quiet, extra_env=env,
-                           rank_env=lambda r: {NETNS_ENV: net.ns(r)})
+        env = {"MASTER_ADDR": control_ip(0), "GLOO_SOCKET_IFNAME": "eth0", EMULATE_ENV: "1",
+               TOKEN_ENV: secrets.token_hex(8)}  # data connections greet with it (comm.py)
+        try:
+            summary = run_dist(scn, out, timeout_s, quiet, extra_env=env,
+                               rank_env=lambda r: {NETNS_ENV: net.ns(r)})
+        except WorkerFailure as exc:  # a data link that went down is the likelier cause: name it first
+            down = net.data_down()
+            if not down:
+                raise
+            names = sorted(name for name, (a, b, _p) in build_topology(scn).links.items()
+                           if ranks[a] in down or ranks[b] in down)
+            nodes = " and ".join(f"'{node_of[r]}'" for r in down)
+            raise WorkerFailure(f"link {', '.join(names)} went down (the data interface of node {nodes} is "
+                                f"down): {exc}") from None
     finally:
         net.down()
     out = Path(out).resolve()

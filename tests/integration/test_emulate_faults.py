@@ -1,0 +1,176 @@
+"""Faults under ``--backend dist --emulate-links``: bytes that are not a FlexPL message on a data port,
+a peer killed mid-round, a link taken down mid-round and one that comes back.
+
+Each run is the 4-node chain of ``test_emulate`` (cloud <- edge <- dev0, dev1; ranks 0..3),
+small and on fast links, so that a run takes a few seconds. Faults come from the test-only
+hooks of :mod:`flexpl.io.injected_faults` (``FLEXPL_DIST_FAULT``) or from the test itself
+(``ip link set down`` on a run's veth).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from flexpl.cli import main
+from flexpl.dist.emulate import links as emulate
+from flexpl.io.results import write_yaml
+from tests.integration.test_emulate import REASON, shaped_chain
+
+pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+# A fault that must be noticed at once is given a timeout far longer than a run (the first run of a
+# session also starts the fork server: 15-30 s on a loaded 2-core machine); the run must end before it.
+LONG = 120
+PROFILE = "flops_per_s: 2.0e9\nactive_power_w: 10.0\nidle_power_w: 2.0\nmemory_bytes: 8.0e9\n"
+
+
+def _scenario(tmp_path: Path, rounds: int = 3) -> Path:
+    scn = shaped_chain("fl", rounds=rounds, steps=1, width=64, rate=10.0)  # 100 Mbit/s, tiny model: quick
+    path = tmp_path / "scn.yaml"
+    write_yaml(path, scn.resolved())
+    (tmp_path / "profile.yaml").write_text(PROFILE)
+    return path
+
+
+def _run(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str,
+         env: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    """``flexpl run SCENARIO --backend dist --emulate-links``, in this process (its fork server stays warm
+    from one test to the next); returns the exit code and the lines on stderr."""
+    for k, v in (env or {}).items():
+        monkeypatch.setenv(k, v)
+    capsys.readouterr()
+    code = main(["run", str(tmp_path / "scn.yaml"), "--backend", "dist", "--emulate-links", "--emulate-profile",
+                 str(tmp_path / "profile.yaml"), "--out", str(tmp_path / "out"), "--quiet", *args])
+    for k in env or {}:
+        monkeypatch.delenv(k)
+    assert not emulate.list_namespaces(f"flexpl-{os.getpid()}-")  # cleaned up on every way out
+    return code, [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+
+
+def _rounds(out: Path) -> list[int]:
+    return [int(r["round"]) for r in csv.DictReader((out / "rounds.csv").open())]
+
+
+def _assert_as_simulated(tmp_path: Path, d: dict) -> None:
+    """``d`` (an emulated run's summary) has the simulator's bytes, accuracy and loss (one thread, as every worker)."""
+    import torch
+
+    from flexpl.config.scenario import load_scenario
+    from flexpl.sim.simulator import run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        s = run(emulate.emulated_scenario(load_scenario(str(tmp_path / "scn.yaml")), tmp_path / "profile.yaml")).summary
+    finally:
+        torch.set_num_threads(threads)
+    assert d["measured_bytes_total"] == d["bytes_total"] == s["bytes_total"]
+    assert d["final_accuracy"] == s["final_accuracy"] and d["final_loss"] == s["final_loss"]
+
+
+def _no_traceback(out: Path) -> None:
+    for log in (out / "workers").glob("rank*.log"):
+        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+@pytest.mark.parametrize("mode", ["pickle-frame", "garbage-frame"])
+def test_a_frame_that_is_not_a_flexpl_message_stops_the_run_in_one_line(tmp_path, capsys, monkeypatch, mode):
+    """The edge (rank 1) writes a pickle or junk instead of its first message of round 2: the receiver
+    refuses it in one line naming itself, the edge, the link and the round; nothing is unpickled."""
+    _scenario(tmp_path)
+    marker = tmp_path / "unpickled"
+    t0 = time.monotonic()
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", str(LONG),
+                     env={"FLEXPL_DIST_FAULT": f"1:2:{mode}", "FLEXPL_DIST_FAULT_MARKER": str(marker)})
+    assert code == 3 and len(err) == 1, err
+    assert re.fullmatch(r"flexpl: error: node 'dev[01]' \(rank [23]\) failed in round 2: malformed message from "
+                        r"node 'edge' \(rank 1\) on link dev[01]-edge: .*", err[0]), err
+    assert time.monotonic() - t0 < LONG  # refused at once, not after the timeout
+    assert not marker.exists()
+    assert _rounds(tmp_path / "out") == [1] and not (tmp_path / "out" / "summary.json").exists()
+    _no_traceback(tmp_path / "out")
+
+
+def test_a_greeting_that_is_not_a_flexpl_peer_stops_the_run_at_setup(tmp_path, capsys, monkeypatch):
+    """The edge greets its devices with a pickle instead of its rank: refused during set-up, in one line."""
+    _scenario(tmp_path)
+    marker = tmp_path / "unpickled"
+    t0 = time.monotonic()
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", str(LONG),
+                     env={"FLEXPL_DIST_FAULT": "1:0:pickle-hello", "FLEXPL_DIST_FAULT_MARKER": str(marker)})
+    assert code == 3 and len(err) == 1, err
+    assert time.monotonic() - t0 < LONG
+    assert re.fullmatch(r"flexpl: error: node 'dev[01]' \(rank [23]\) failed during setup: refused a connection "
+                        r"to its data port from 10\.78\.0\.3: .*", err[0]), err
+    assert not marker.exists()
+    _no_traceback(tmp_path / "out")
+
+
+def test_the_small_chain_runs_unbroken(tmp_path, capsys, monkeypatch):
+    """The run the faults break, without a fault: every accounted byte crossed a shaped link."""
+    _scenario(tmp_path, rounds=1)
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "30")
+    assert code == 0, err
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["measured_bytes_total"] == s["bytes_total"] > 0
+
+
+def test_a_peer_killed_mid_round_stops_the_run_in_one_line(tmp_path, capsys, monkeypatch):
+    """dev1 (rank 3) dies at its first step of round 2: named with the round, well within the timeout."""
+    _scenario(tmp_path)
+    t0 = time.monotonic()
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", str(LONG), env={"FLEXPL_DIST_FAULT": "3:2:exit"})
+    assert code == 3 and err == ["flexpl: error: node 'dev1' (rank 3) stopped responding in round 2 "
+                                 "(exited with code 17)"], err
+    assert time.monotonic() - t0 < LONG  # a dead peer closes its connections: noticed at once
+    assert _rounds(tmp_path / "out") == [1] and not (tmp_path / "out" / "summary.json").exists()
+    for r in (0, 1, 2):  # the ranks that lost it say so in one line each, no traceback
+        log = (tmp_path / "out" / "workers" / f"rank{r}.log").read_text()
+        assert "Traceback" not in log and len([ln for ln in log.splitlines() if ln.startswith("flexpl:")]) <= 1
+
+
+def test_a_link_taken_down_mid_round_stops_the_run_within_the_timeout_naming_it(tmp_path, capsys, monkeypatch):
+    """dev1's data veth goes down as it uploads in round 2 and stays down: the run stops after the
+    timeout (5 s) with one line naming the link dev1-edge and the round; rounds.csv keeps round 1, and
+    the command run again without the fault ends as an unbroken run."""
+    _scenario(tmp_path)
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "5", env={"FLEXPL_DIST_FAULT": "3:2:link-down"})
+    ended = time.time()
+    assert code == 3 and len(err) == 1, err
+    assert re.fullmatch(r"flexpl: error: link dev1-edge went down \(the data interface of node 'dev1' is down\): "
+                        r"node '\w+' \(rank \d\) stopped responding in round 2 \(timeout 5s\)", err[0]), err
+    log = (tmp_path / "out" / "workers" / "rank3.log").read_text()
+    down_at = re.search(r"\[flexpl worker (\d\d):(\d\d):(\d\d)\] rank 3 \(dev1\): test hook: data link down", log)
+    assert down_at, log
+    now = time.localtime(ended)  # the workers' log times are local time, to the second
+    since = (now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec
+             - sum(int(v) * m for v, m in zip(down_at.groups(), (3600, 60, 1)))) % 86400
+    assert since <= 5 + 10, since  # the timeout, plus the launcher's and a loaded machine's seconds
+    assert _rounds(tmp_path / "out") == [1] and not (tmp_path / "out" / "summary.json").exists()
+    _no_traceback(tmp_path / "out")
+    # the same command without the fault (the dist backend has no --resume) finishes as an unbroken run
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "30")
+    assert code == 0, err
+    assert _rounds(tmp_path / "out") == [1, 2, 3]
+    _assert_as_simulated(tmp_path, json.loads((tmp_path / "out" / "summary.json").read_text()))
+
+
+def test_a_link_that_comes_back_after_a_pause_is_ridden_through(tmp_path, capsys, monkeypatch):
+    """dev1's data veth is down for 1.5 s in round 2: TCP resends what was lost, the run finishes with the
+    simulator's accuracy and bytes, and round 2 took the pause longer."""
+    _scenario(tmp_path)
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "30", env={"FLEXPL_DIST_FAULT": "3:2:link-flap"})
+    assert code == 0, err
+    out = tmp_path / "out"
+    assert "test hook: data link down for 1.5 s" in (out / "workers" / "rank3.log").read_text()
+    d = json.loads((out / "summary.json").read_text())
+    _assert_as_simulated(tmp_path, d)
+    walls = [float(r["wall_s"]) for r in csv.DictReader((out / "rounds.csv").open())]
+    assert walls[1] >= 1.5, walls  # the pause fell in round 2, and the run waited it out

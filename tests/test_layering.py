@@ -316,3 +316,13 @@ def test_packages_on_one_level_do_not_import_each_other(layer):
     among = sorted(f"{m} -> {d}" for m, deps in IMPORTS.items() for d in deps
                    if package(m) in pkgs and package(d) in pkgs and package(m) != package(d))
     assert among == []
+
+
+def test_the_command_line_parser_imports_no_heavy_package():
+    """``flexpl --help`` builds every command's parser without torch, numpy, matplotlib, ray or mlflow
+    (each command imports them in its ``main``; ``flexpl.planner`` resolves its names on first use)."""
+    code = ("import sys; from flexpl.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'numpy', 'matplotlib', 'ray', 'mlflow', 'pandas') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

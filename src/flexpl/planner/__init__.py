@@ -51,24 +51,52 @@ Makespans are clocked only for the rounds a plan has (``WalkedRound.clock``).
 """
 
 
-from flexpl.planner.candidates import SYNC_EVERY, Candidate, candidate_data, enumerate_candidates
-from flexpl.planner.choose import (
-    BOOL_COLUMNS,
-    CSV_COLUMNS,
-    ID_COLUMNS,
-    MEMORY_FITS,
-    NUMERIC_COLUMNS,
-    OBJECTIVES,
-    Constraint,
-    choose,
-    parse_constraint,
-)
-from flexpl.planner.figures import plot_pareto
-from flexpl.planner.placement import PlanContext, RoundCost, WalkedRound
-from flexpl.planner.predict import Planner, Prediction
-from flexpl.planner.recommend import cost_candidates, plan_scenario, rank, write_best, write_plans
-from flexpl.planner.shapes import StageCosts, StageProbe, batch_sizes, saved_activation_bytes
-from flexpl.planner.walk import ShapeWalk
+# The public names, imported from their modules on first use (PEP 562): importing one light
+# module of the planner (``flexpl.planner.choose`` for ``flexpl plan --help``) costs no torch import.
+_WHERE = {
+    "Candidate": "candidates",
+    "SYNC_EVERY": "candidates",
+    "candidate_data": "candidates",
+    "enumerate_candidates": "candidates",
+    "BOOL_COLUMNS": "choose",
+    "CSV_COLUMNS": "choose",
+    "Constraint": "choose",
+    "ID_COLUMNS": "choose",
+    "MEMORY_FITS": "choose",
+    "NUMERIC_COLUMNS": "choose",
+    "OBJECTIVES": "choose",
+    "choose": "choose",
+    "parse_constraint": "choose",
+    "plot_pareto": "figures",
+    "PlanContext": "placement",
+    "RoundCost": "placement",
+    "WalkedRound": "placement",
+    "Planner": "predict",
+    "Prediction": "predict",
+    "cost_candidates": "recommend",
+    "plan_scenario": "recommend",
+    "rank": "recommend",
+    "write_best": "recommend",
+    "write_plans": "recommend",
+    "StageCosts": "shapes",
+    "StageProbe": "shapes",
+    "batch_sizes": "shapes",
+    "saved_activation_bytes": "shapes",
+    "ShapeWalk": "walk",
+}
+
+
+def __getattr__(name: str) -> object:
+    """``flexpl.planner.NAME``: the public name from its module, imported now."""
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'flexpl.planner' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"flexpl.planner.{mod}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BOOL_COLUMNS", "CSV_COLUMNS", "ID_COLUMNS", "MEMORY_FITS", "NUMERIC_COLUMNS", "OBJECTIVES", "SYNC_EVERY",

@@ -112,7 +112,8 @@ def add_targets(rows: list[dict[str, Any]], accuracy: dict[str, list[float]], ta
     """Add the to-target columns to every row from its class's pilot accuracies; returns class -> target -> Reach.
 
     For each target ``A``: ``reaches_A``, ``round_to_target_A`` (and ``_lo``/``_hi``) and the bill to
-    the target (``bytes_to_target_A``, ...: :func:`flexpl.planner.curves.target_columns`); the first
+    the target (``bytes_to_target_A``, ...: the row's exact cumulative bill through that round,
+    :func:`flexpl.planner.curves.target_columns`); the first
     target's columns are also written without the suffix (what the ``*_to_target`` objectives read).
     A class whose pilot has fewer than two rounds (successive halving dropped it before) gets no prediction.
     """
@@ -165,7 +166,10 @@ def write_plans(out: Path, scn: Scenario, rows: list[dict[str, Any]], skipped: l
     from flexpl.planner.figures import plot_pareto
 
     out = prepare_out_dir(out)
-    extra = [k for k in (rows[0] if rows else {}) if k not in CSV_COLUMNS]  # the to-target columns, if any
+    from flexpl.planner.curves import CUMULATIVE
+
+    # the to-target columns, if any (not the cumulative bill they come from)
+    extra = [k for k in (rows[0] if rows else {}) if k not in CSV_COLUMNS and k != CUMULATIVE]
     write_csv(out / "plans.csv", rows, [*CSV_COLUMNS, *extra])
     write_csv(out / "skipped.csv", skipped, ["plan", "family", "reason"])
     plot_pareto(rows, objective, out / "pareto.png")

@@ -136,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
         validate(scn, planner, by_label, rows, args.validate, console, args.ray, targets=targets or None,
                  out=out / "validate")
     out = write_plans(out, scn, rows, planner.skipped,
-                      by_label[best["plan"]], best, args.objective)
+                      by_label[best["plan"]], best, args.objective, targets[0] if targets else None)
     picture = _draw_best(scn, planner, by_label[best["plan"]], out)
     front = [r for r in rows if r["pareto"]]
     n_feasible = sum(r["feasible"] for r in rows)
@@ -165,6 +165,7 @@ def main(args: argparse.Namespace) -> int:
     moves = " (it moves raw data off the devices)" if best.get("raw_data_moved") else ""
     console.print(f"recommended ({args.objective}): {best['plan']}{moves} -> {out}/best.yaml")
     console.print(f"every plan in {out}/plans.csv, the front in {out}/pareto.png"
+                  + (f" (and the fronts of the cost to {targets[0]:g})" if targets else "")
                   + (f", the recommended plan drawn in {picture}" if picture else ""))
     if args.validate:  # each validated plan's run folder: one parent run, a child per plan
         from dataclasses import replace

@@ -134,24 +134,47 @@ def test_the_command_says_one_line_and_exits_2(args, fragment, capsys):
     assert fragment in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+def test_sampled_clients_and_idle_energy_follow_the_simulator_round_by_round():
+    """Half the clients per round (each round its own) and idle energy (it follows the clock so far)."""
+    _check_cumulative(["engine.executor=sequential", "training.clients_per_round=0.5", "energy.include_idle=true"])
+
+
 def test_the_bill_to_a_round_is_the_cumulative_walk_and_the_simulators_rounds_csv():
     """FedAvg every 2 rounds over 3: round 1 downloads, round 2 uploads, round 3 does both; so the bill to
     round r is the walked cumulative bill, which equals what a real run counts through round r, not r x average."""
+    row, measured = _check_cumulative(["engine.executor=sequential"])
+    bill = row[CUMULATIVE]
+    per = [b - a for a, b in zip((0, *bill.bytes), bill.bytes)]
+    assert per[0] == per[1] and per[2] == per[0] + per[1]  # one way, the other way, both ways
+    for r, m in enumerate(measured):
+        assert math.isclose(bill.device_energy_j[r], m["device_energy_j"], rel_tol=1e-9), r + 1
+    cols = target_columns(row, Reach(0.7, 2, 1, 3, 3))
+    assert cols["bytes_to_target"] == measured[1]["bytes"] != 2 * row["bytes_per_round"]
+    assert cols["bytes_to_target_lo"] == measured[0]["bytes"]
+    assert cols["bytes_to_target_hi"] == measured[2]["bytes"]
+    assert cols["flops_to_target"] == measured[1]["flops"]
+    assert math.isclose(cols["device_energy_j_to_target"], measured[1]["device_energy_j"], rel_tol=1e-9)
+    assert math.isclose(cols["sim_time_s_to_target"], measured[1]["sim_time_s"], rel_tol=1e-9)
+    # a fractional round counts whole
+    assert cost_to_round(row, "bytes_per_round", 1.5) == measured[1]["bytes"]
+
+
+def _check_cumulative(sets: list[str], label: str = "fl every=2") -> tuple[dict, list[dict]]:
+    """Predict ``label`` on digits-star with ``sets``, run it, compare the cumulative bill with rounds.csv
+    (bytes, FLOPs, time, energy); returns the row and the run's rounds."""
     from flexpl import planner as P
     from flexpl.config.scenario import validate_scenario
     from flexpl.planner.candidates import candidate_data
     from flexpl.sim.simulator import run, setup
     from tests.conftest import digits_star
 
-    scn = digits_star(["engine.executor=sequential"])
+    scn = digits_star(sets)
     assert scn.training.rounds == 3
     data = setup(scn).data
     planner = P.Planner(scn, dataset=data)
-    cand = next(c for c in planner.candidates() if c.label == "fl every=2")
+    cand = next(c for c in planner.candidates() if c.label == label)
     row = planner.predict(cand).row
     bill = row[CUMULATIVE]
-    per = [b - a for a, b in zip((0, *bill.bytes), bill.bytes)]
-    assert per[0] == per[1] and per[2] == per[0] + per[1]  # one way, the other way, both ways
     assert bill.bytes[-1] == row["bytes_total"] and bill.flops[-1] == row["flops_total"]
     assert math.isclose(bill.energy_j[-1], row["energy_j_total"], rel_tol=1e-9)
     assert math.isclose(bill.device_energy_j[-1], row["device_energy_j_total"], rel_tol=1e-9)
@@ -163,17 +186,7 @@ def test_the_bill_to_a_round_is_the_cumulative_walk_and_the_simulators_rounds_cs
         assert bill.bytes[r] == m["bytes"] and bill.flops[r] == m["flops"], r + 1
         assert math.isclose(bill.sim_time_s[r], m["sim_time_s"], rel_tol=1e-9), r + 1
         assert math.isclose(bill.energy_j[r], m["energy_j"], rel_tol=1e-9), r + 1
-        assert math.isclose(bill.device_energy_j[r], m["device_energy_j"], rel_tol=1e-9), r + 1
-
-    cols = target_columns(row, Reach(0.7, 2, 1, 3, 3))
-    assert cols["bytes_to_target"] == measured[1]["bytes"] != 2 * row["bytes_per_round"]
-    assert cols["bytes_to_target_lo"] == measured[0]["bytes"]
-    assert cols["bytes_to_target_hi"] == measured[2]["bytes"]
-    assert cols["flops_to_target"] == measured[1]["flops"]
-    assert math.isclose(cols["device_energy_j_to_target"], measured[1]["device_energy_j"], rel_tol=1e-9)
-    assert math.isclose(cols["sim_time_s_to_target"], measured[1]["sim_time_s"], rel_tol=1e-9)
-    # a fractional round counts whole
-    assert cost_to_round(row, "bytes_per_round", 1.5) == measured[1]["bytes"]
+    return row, measured
 
 
 def test_a_round_beyond_the_scenarios_rounds_is_not_reached():

@@ -154,7 +154,11 @@ def write_best(path: Path, scn: Scenario, cand: Candidate, row: dict[str, Any], 
             f"# predicted per round: {row['energy_j_per_round']:.4g} J, {row['sim_time_s_per_round']:.4g} s, "
             f"{row['bytes_per_round']:.4g} bytes, {row['flops_per_round']:.4g} FLOPs; "
             f"device energy {row['device_energy_j_per_round']:.4g} J\n"
-            "# run it with: flexpl run best.yaml\n")
+            + (f"# predicted to reach the first target in round {row['round_to_target']}: "
+               f"{row['device_energy_j_to_target']:.4g} J on the devices, {row['bytes_to_target']:.4g} bytes, "
+               f"{row['sim_time_s_to_target']:.4g} s (the exact bill through that round)\n"
+               if row.get("reaches") else "")
+            + "# run it with: flexpl run best.yaml\n")
     atomic_write(path, head + yaml.safe_dump(data, sort_keys=False))
 
 

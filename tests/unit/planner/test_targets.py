@@ -202,3 +202,17 @@ def test_a_round_beyond_the_scenarios_rounds_is_not_reached():
     cols = target_columns(bill_row, Reach(0.85, 3, 2, 5, 6))  # reached at 3; the interval's top is beyond
     assert cols["reaches"] is True and cols["bytes_to_target"] == 30 and cols["bytes_to_target_lo"] == 20
     assert cols["round_to_target_hi"] is None and math.isinf(cols["bytes_to_target_hi"])
+
+
+def test_best_yaml_says_the_predicted_bill_to_the_target(tmp_path):
+    from flexpl.planner.candidates import Candidate
+    from flexpl.planner.recommend import write_best
+    from tests.conftest import digits_star
+
+    scn = digits_star()
+    row = _rows()[1]
+    add_targets([row], {"C2": _saturating(8, c=0.8)}, [0.8], 40)
+    write_best(tmp_path / "best.yaml", scn, Candidate("fl", "fl", None, "fl"), row, "device_energy_to_target")
+    text = (tmp_path / "best.yaml").read_text()
+    assert f"reach the first target in round {row['round_to_target']}: " in text
+    assert f"{row['device_energy_j_to_target']:.4g} J on the devices" in text

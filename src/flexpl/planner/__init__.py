@@ -63,7 +63,8 @@ from flexpl.planner.choose import (
     choose,
     parse_constraint,
 )
-from flexpl.planner.figures import plot_pareto
+from flexpl.planner.curves import CumulativeBill
+from flexpl.planner.figures import TargetFront, plot_pareto, target_fronts
 from flexpl.planner.placement import PlanContext, RoundCost, WalkedRound
 from flexpl.planner.predict import Planner, Prediction
 from flexpl.planner.recommend import cost_candidates, plan_scenario, rank, write_best, write_plans
@@ -72,8 +73,9 @@ from flexpl.planner.walk import ShapeWalk
 
 __all__ = [
     "BOOL_COLUMNS", "CSV_COLUMNS", "ID_COLUMNS", "MEMORY_FITS", "NUMERIC_COLUMNS", "OBJECTIVES", "SYNC_EVERY",
-    "Candidate", "Constraint", "PlanContext", "Planner", "Prediction", "RoundCost", "ShapeWalk",
-    "StageCosts", "StageProbe", "WalkedRound", "batch_sizes", "candidate_data", "choose",
+    "Candidate", "Constraint", "CumulativeBill", "PlanContext", "Planner", "Prediction", "RoundCost", "ShapeWalk",
+    "StageCosts", "StageProbe", "TargetFront", "WalkedRound", "batch_sizes", "candidate_data", "choose",
     "cost_candidates", "enumerate_candidates", "parse_constraint",
-    "plan_scenario", "plot_pareto", "rank", "saved_activation_bytes", "write_best", "write_plans",
+    "plan_scenario", "plot_pareto", "rank", "saved_activation_bytes", "target_fronts", "write_best",
+    "write_plans",
 ]

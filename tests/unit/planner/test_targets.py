@@ -216,3 +216,17 @@ def test_best_yaml_says_the_predicted_bill_to_the_target(tmp_path):
     text = (tmp_path / "best.yaml").read_text()
     assert f"reach the first target in round {row['round_to_target']}: " in text
     assert f"{row['device_energy_j_to_target']:.4g} J on the devices" in text
+
+
+def test_the_pilots_rank_a_class_by_its_cheapest_members_bill_through_the_predicted_round():
+    from flexpl.cli.plan import _pilot_score
+
+    row = _rows()[0]
+    # the same average per round (1 J), but one pays up front and one at the end
+    early = {**row, "plan": "early", CUMULATIVE: CumulativeBill((1,) * 4, (10,) * 4, (1.0,) * 4, (4.0,) * 4,
+                                                                 (4.0, 4.0, 4.0, 4.0))}
+    late = {**row, "plan": "late", CUMULATIVE: CumulativeBill((1,) * 4, (10,) * 4, (1.0,) * 4, (4.0,) * 4,
+                                                                (0.0, 0.0, 0.0, 4.0))}
+    acc = [0.5, 0.9]  # measured: reaches 0.8 in round 2
+    assert _pilot_score([early], [], "device_energy_to_target", 0.8, 4, 0)("C1", acc) == 4.0
+    assert _pilot_score([early, late], [], "device_energy_to_target", 0.8, 4, 0)("C1", acc) == 0.0

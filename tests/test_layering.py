@@ -326,3 +326,11 @@ def test_the_command_line_parser_imports_no_heavy_package():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
+
+
+def test_the_planners_lazy_names_all_resolve():
+    """Every name ``flexpl.planner`` exports is one it can import, and every lazy name is exported."""
+    import flexpl.planner as planner
+
+    assert sorted(planner._WHERE) == sorted(planner.__all__)
+    assert [n for n in planner.__all__ if getattr(planner, n, None) is None] == []

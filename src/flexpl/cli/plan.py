@@ -136,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
         validate(scn, planner, by_label, rows, args.validate, console, args.ray, targets=targets or None,
                  out=out / "validate")
     out = write_plans(out, scn, rows, planner.skipped,
-                      by_label[best["plan"]], best, args.objective)
+                      by_label[best["plan"]], best, args.objective, targets[0] if targets else None)
     picture = _draw_best(scn, planner, by_label[best["plan"]], out)
     front = [r for r in rows if r["pareto"]]
     n_feasible = sum(r["feasible"] for r in rows)
@@ -165,6 +165,7 @@ def main(args: argparse.Namespace) -> int:
     moves = " (it moves raw data off the devices)" if best.get("raw_data_moved") else ""
     console.print(f"recommended ({args.objective}): {best['plan']}{moves} -> {out}/best.yaml")
     console.print(f"every plan in {out}/plans.csv, the front in {out}/pareto.png"
+                  + (f" (and the fronts of the cost to {targets[0]:g})" if targets else "")
                   + (f", the recommended plan drawn in {picture}" if picture else ""))
     if args.validate:  # each validated plan's run folder: one parent run, a child per plan
         from dataclasses import replace
@@ -213,18 +214,19 @@ def _pilot_score(rows: list[dict[str, Any]], constraints: list[Any], objective: 
     import math
 
     from flexpl.planner.choose import MEMORY_FITS, OBJECTIVES, TARGET_OBJECTIVES
-    from flexpl.planner.curves import TO_TARGET, predict_reach
+    from flexpl.planner.curves import TO_TARGET, cost_to_round, predict_reach
 
     col = OBJECTIVES[objective if objective in TARGET_OBJECTIVES else "device_energy_to_target"]
     per_round = next(k for k, v in TO_TARGET.items() if v == col)
-    cheapest: dict[str, float] = {}
+    members: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if all(c.holds(r) for c in (MEMORY_FITS, *constraints)):
-            cheapest[r["learning_class"]] = min(cheapest.get(r["learning_class"], math.inf), float(r[per_round]))
+            members.setdefault(r["learning_class"], []).append(r)
 
     def score(cls: str, acc: list[float]) -> float:
         reach = predict_reach(acc, target, max_rounds, seed)
-        return math.inf if reach.round is None else reach.round * cheapest.get(cls, math.inf)
+        # the cheapest feasible member's exact bill through the predicted round
+        return min((cost_to_round(r, per_round, reach.round) for r in members.get(cls, [])), default=math.inf)
     return score
 
 

@@ -67,7 +67,10 @@ _WHERE = {
     "OBJECTIVES": "choose",
     "choose": "choose",
     "parse_constraint": "choose",
+    "CumulativeBill": "curves",
+    "TargetFront": "figures",
     "plot_pareto": "figures",
+    "target_fronts": "figures",
     "PlanContext": "placement",
     "RoundCost": "placement",
     "WalkedRound": "placement",
@@ -100,8 +103,9 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "BOOL_COLUMNS", "CSV_COLUMNS", "ID_COLUMNS", "MEMORY_FITS", "NUMERIC_COLUMNS", "OBJECTIVES", "SYNC_EVERY",
-    "Candidate", "Constraint", "PlanContext", "Planner", "Prediction", "RoundCost", "ShapeWalk",
-    "StageCosts", "StageProbe", "WalkedRound", "batch_sizes", "candidate_data", "choose",
+    "Candidate", "Constraint", "CumulativeBill", "PlanContext", "Planner", "Prediction", "RoundCost", "ShapeWalk",
+    "StageCosts", "StageProbe", "TargetFront", "WalkedRound", "batch_sizes", "candidate_data", "choose",
     "cost_candidates", "enumerate_candidates", "parse_constraint",
-    "plan_scenario", "plot_pareto", "rank", "saved_activation_bytes", "write_best", "write_plans",
+    "plan_scenario", "plot_pareto", "rank", "saved_activation_bytes", "target_fronts", "write_best",
+    "write_plans",
 ]

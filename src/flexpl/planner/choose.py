@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # heavy imports stay out of ``flexpl --help``
 
 OBJECTIVES = {"energy": "energy_j_per_round", "time": "sim_time_s_per_round", "bytes": "bytes_per_round",
               "device_energy": "device_energy_j_per_round",
-              # to a target accuracy (flexpl plan --target-accuracy A): predicted round x per-round bill
+              # to a target accuracy (flexpl plan --target-accuracy A): the exact bill through the predicted round
               "device_energy_to_target": "device_energy_j_to_target", "bytes_to_target": "bytes_to_target",
               "time_to_target": "sim_time_s_to_target", "energy_to_target": "energy_j_to_target"}
 TARGET_OBJECTIVES = frozenset(k for k in OBJECTIVES if k.endswith("_to_target"))

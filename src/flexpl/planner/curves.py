@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -106,18 +107,81 @@ def predict_reach(acc: Sequence[float], target: float, max_rounds: int, seed: in
 TO_TARGET = {"bytes_per_round": "bytes_to_target", "energy_j_per_round": "energy_j_to_target",
              "device_energy_j_per_round": "device_energy_j_to_target", "sim_time_s_per_round": "sim_time_s_to_target",
              "flops_per_round": "flops_to_target"}
+# the row key of a plan's cumulative bill (:class:`CumulativeBill`; not a column of plans.csv)
+CUMULATIVE = "cumulative_bill"
+
+
+@dataclass(frozen=True)
+class CumulativeBill:
+    """A plan's exact bill after each round: entry ``r - 1`` is what rounds ``1..r`` cost together.
+
+    The planner's walk fills it round by round (``Planner.predict``: each round's own kind: with or
+    without its FedAvg upload, the first round's download or collect, the clients it selects), on the
+    terms of the simulator's ``rounds.csv`` (``flops``, ``bytes``, ``sim_time_s``, ``energy_j``;
+    ``device_energy_j``: the data-holding nodes' energy, with their idle energy when the scenario
+    includes idle). Evaluation is not predicted.
+    """
+
+    flops: tuple[int, ...]
+    bytes: tuple[int, ...]
+    sim_time_s: tuple[float, ...]
+    energy_j: tuple[float, ...]
+    device_energy_j: tuple[float, ...]
+
+    # the per-round column of plans.csv -> the field that accumulates it
+    FIELDS: ClassVar[dict[str, str]] = {"bytes_per_round": "bytes", "energy_j_per_round": "energy_j",
+              "device_energy_j_per_round": "device_energy_j", "sim_time_s_per_round": "sim_time_s",
+              "flops_per_round": "flops"}
+
+    @property
+    def rounds(self) -> int:
+        """How many rounds the bill covers (the scenario's)."""
+        return len(self.bytes)
+
+    def at(self, per_round: str, rnd: float) -> float:
+        """The cumulative value of ``per_round``'s quantity through round ``ceil(rnd)`` (inf beyond the last)."""
+        r = math.ceil(rnd)
+        if r < 1:
+            raise ValueError(f"a round is 1 or more, got {rnd}")
+        if r > self.rounds:
+            return math.inf
+        return getattr(self, self.FIELDS[per_round])[r - 1]
+
+    @classmethod
+    def uniform(cls, row: dict, rounds: int) -> CumulativeBill:
+        """The bill of ``rounds`` identical rounds costing ``row``'s per-round columns (hand-made rows in tests)."""
+        def acc(col: str) -> tuple:
+            return tuple(row[col] * r for r in range(1, rounds + 1))
+        return cls(acc("flops_per_round"), acc("bytes_per_round"), acc("sim_time_s_per_round"),
+                   acc("energy_j_per_round"), acc("device_energy_j_per_round"))
+
+
+def cost_to_round(row: dict, per_round: str, rnd: float | None) -> float:
+    """``row``'s exact cumulative cost of ``per_round``'s quantity through round ``rnd`` (inf: None or beyond)."""
+    if rnd is None:
+        return math.inf
+    return row[CUMULATIVE].at(per_round, rnd)
 
 
 def target_columns(row: dict, reach: Reach, suffix: str = "") -> dict[str, object]:
-    """The to-target columns of one plan: predicted round (and interval) times its exact per-round bill.
+    """The to-target columns of one plan: its exact cumulative bill (``row[CUMULATIVE]``) through the predicted
+    round, and through the interval's bounds (a fractional round counts whole: ``ceil``).
 
-    A plan that does not reach the target within its rounds gets ``reaches = False`` and infinite costs.
+    A plan that does not reach the target within its rounds (none predicted, or one beyond its bill's
+    last round) gets ``reaches = False`` and infinite costs; a bound beyond the last round is None and
+    its costs infinite.
     """
-    out: dict[str, object] = {f"reaches{suffix}": reach.reaches, f"round_to_target{suffix}": reach.round,
-                              f"round_to_target_lo{suffix}": reach.lo, f"round_to_target_hi{suffix}": reach.hi}
+    bill: CumulativeBill = row[CUMULATIVE]
+
+    def within(r: float | None) -> float | None:
+        return r if r is not None and math.ceil(r) <= bill.rounds else None
+
+    rnd = within(reach.round)
+    lo, hi = (within(reach.lo), within(reach.hi)) if rnd is not None else (None, None)
+    out: dict[str, object] = {f"reaches{suffix}": rnd is not None, f"round_to_target{suffix}": rnd,
+                              f"round_to_target_lo{suffix}": lo, f"round_to_target_hi{suffix}": hi}
     for per_round, col in TO_TARGET.items():
-        v = float(row[per_round])
-        out[f"{col}{suffix}"] = v * reach.round if reach.round is not None else math.inf
-        out[f"{col}_lo{suffix}"] = v * reach.lo if reach.lo is not None else math.inf
-        out[f"{col}_hi{suffix}"] = v * reach.hi if reach.hi is not None else math.inf
+        out[f"{col}{suffix}"] = cost_to_round(row, per_round, rnd)
+        out[f"{col}_lo{suffix}"] = cost_to_round(row, per_round, lo)
+        out[f"{col}_hi{suffix}"] = cost_to_round(row, per_round, hi)
     return out

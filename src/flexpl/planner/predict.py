@@ -7,6 +7,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from flexpl.config.load import apply_strategy_overrides
@@ -25,6 +26,7 @@ from flexpl.models.aggregate import make_aggregator, resolve_loss
 from flexpl.plan.layout import build_plan, place
 from flexpl.plan.program import relay_holder_after, relays, uploads_after
 from flexpl.planner.candidates import Candidate, enumerate_candidates
+from flexpl.planner.curves import CUMULATIVE, CumulativeBill
 from flexpl.planner.placement import (
     PlanContext,
     RoundCost,
@@ -190,20 +192,24 @@ class Planner:
         return ctx
 
     def round_kinds(self, ctx: PlanContext) -> Counter:
-        """How many rounds of each kind the scenario runs: (clients, download first, upload last, relay holder,
-        collect), by the simulator's client selection and the sync rules of ``flexpl.plan.program``."""
+        """How many rounds of each kind the scenario runs (:meth:`round_sequence`), in order of first appearance."""
+        return Counter(self.round_sequence(ctx))
+
+    def round_sequence(self, ctx: PlanContext) -> list[tuple]:
+        """The kind of each round 1..R: (clients, download first, upload last, relay holder, collect), by the
+        simulator's client selection and the sync rules of ``flexpl.plan.program``."""
         scn, tr, plan = self.scn, self.scn.training, ctx.plan
         relay = relays(plan)
-        kinds: Counter = Counter()
+        seq: list[tuple] = []
         synced, holder = True, None
         for rnd in range(1, tr.rounds + 1):
             selected = tuple(ctx.train_nodes if plan.collect_data
                              else select_clients(ctx.train_nodes, tr.clients_per_round, scn.seed, rnd))
             upload = uploads_after(plan, rnd, tr.rounds)
-            kinds[(selected, synced, upload, holder if relay else None, plan.collect_data and rnd == 1)] += 1
+            seq.append((selected, synced, upload, holder if relay else None, plan.collect_data and rnd == 1))
             synced = upload
             holder = relay_holder_after(plan, selected) or holder
-        return kinds
+        return seq
 
     def round_cost(self, ctx: PlanContext, kind: tuple) -> WalkedRound:
         """Walk one kind of round and cost it, with and without its end-of-round upload.
@@ -253,13 +259,15 @@ class Planner:
         t0 = time.perf_counter()
         scn, topo = self.scn, self.topo
         ctx = self.context(cand)
-        kinds = self.round_kinds(ctx)
+        sequence = self.round_sequence(ctx)
+        kinds = Counter(sequence)
         total = Totals.empty(topo)
         sim_time = 0.0
         raw_bytes = 0
         fast = True
         activations: dict[tuple[int, int], int] = {}
         walks = [(self.round_cost(ctx, kind), kind[2] and bool(ctx.fed_round), count) for kind, count in kinds.items()]
+        of_kind = {kind: walked.cost[upload] for kind, (walked, upload, _) in zip(kinds, walks)}
         needs: dict[int, tuple[WalkedRound, set[bool]]] = {}
         for walked, upload, _ in walks:
             needs.setdefault(id(walked), (walked, set()))[1].add(upload)
@@ -303,10 +311,36 @@ class Planner:
             "max_params_total": max(params.values()), "rounds": rounds,
             "flops_total": int(total.flops), "bytes_total": int(total.bytes), "sim_time_s": sim_time,
             "energy_j_total": energy, "device_energy_j_total": device_energy,
+            CUMULATIVE: self.cumulative([of_kind[k] for k in sequence]),
             "predict_ms": 1000 * (time.perf_counter() - t0),
         }
         per_node = {n: {**d, "energy_j": node_energy[n], "energy_j_idle": idle[n]} for n, d in total.node.items()}
         return Prediction(row, peak, per_node, total.link, fast, raw_bytes)
+
+    def cumulative(self, rounds: list[RoundCost]) -> CumulativeBill:
+        """The exact bill after each round, from each round's own cost (``rounds``: round 1 first).
+
+        On the terms of the row's totals (:func:`flexpl.costs.bill.bill`): idle energy, when the scenario
+        includes it, is each node's idle power times the clock's span so far less its busy and radio time.
+        """
+        import numpy as np
+
+        topo, data = self.topo, self.scn.data_nodes
+        flops = tuple(accumulate(int(rc.totals.flops) for rc in rounds))
+        nbytes = tuple(accumulate(int(rc.totals.bytes) for rc in rounds))
+        span = list(accumulate(rc.makespan for rc in rounds))
+        energy = list(accumulate(rc.totals.energy for rc in rounds))
+        device = list(accumulate(sum(rc.totals.node[n]["energy_j"] for n in data) for rc in rounds))
+        if self.scn.energy.include_idle and rounds:
+            names = list(topo.nodes)
+            busy = np.cumsum([[rc.totals.node[n]["busy_s"] + rc.totals.node[n].get("comm_s", 0.0) for n in names]
+                              for rc in rounds], axis=0)
+            power = np.array([topo.nodes[n].idle_power_w for n in names])
+            idle_j = np.maximum(np.asarray(span)[:, None] - busy, 0.0) * power[None, :]
+            on_data = [i for i, n in enumerate(names) if n in set(data)]
+            energy = [e + float(i) for e, i in zip(energy, idle_j.sum(axis=1))]
+            device = [e + float(i) for e, i in zip(device, idle_j[:, on_data].sum(axis=1))]
+        return CumulativeBill(flops, nbytes, tuple(span), tuple(energy), tuple(device))
 
     def memory(self, ctx: PlanContext, activations: dict[tuple[int, int], int]
                ) -> tuple[dict[str, int], dict[str, int]]:

@@ -112,7 +112,8 @@ def add_targets(rows: list[dict[str, Any]], accuracy: dict[str, list[float]], ta
     """Add the to-target columns to every row from its class's pilot accuracies; returns class -> target -> Reach.
 
     For each target ``A``: ``reaches_A``, ``round_to_target_A`` (and ``_lo``/``_hi``) and the bill to
-    the target (``bytes_to_target_A``, ...: :func:`flexpl.planner.curves.target_columns`); the first
+    the target (``bytes_to_target_A``, ...: the row's exact cumulative bill through that round,
+    :func:`flexpl.planner.curves.target_columns`); the first
     target's columns are also written without the suffix (what the ``*_to_target`` objectives read).
     A class whose pilot has fewer than two rounds (successive halving dropped it before) gets no prediction.
     """
@@ -153,21 +154,29 @@ def write_best(path: Path, scn: Scenario, cand: Candidate, row: dict[str, Any], 
             f"# predicted per round: {row['energy_j_per_round']:.4g} J, {row['sim_time_s_per_round']:.4g} s, "
             f"{row['bytes_per_round']:.4g} bytes, {row['flops_per_round']:.4g} FLOPs; "
             f"device energy {row['device_energy_j_per_round']:.4g} J\n"
-            "# run it with: flexpl run best.yaml\n")
+            + (f"# predicted to reach the first target in round {row['round_to_target']}: "
+               f"{row['device_energy_j_to_target']:.4g} J on the devices, {row['bytes_to_target']:.4g} bytes, "
+               f"{row['sim_time_s_to_target']:.4g} s (the exact bill through that round)\n"
+               if row.get("reaches") else "")
+            + "# run it with: flexpl run best.yaml\n")
     atomic_write(path, head + yaml.safe_dump(data, sort_keys=False))
 
 
 def write_plans(out: Path, scn: Scenario, rows: list[dict[str, Any]], skipped: list[dict[str, Any]],
-                best: Candidate, best_row: dict[str, Any], objective: str) -> Path:
+                best: Candidate, best_row: dict[str, Any], objective: str, target: float | None = None) -> Path:
     """Write ``plans.csv`` (every costed plan), ``skipped.csv`` (the candidates that cannot run here, and why),
-    ``pareto.png`` and ``best.yaml`` (the recommended plan) into ``out``; returns the folder."""
+    ``pareto.png`` (with the cost-to-target fronts of ``target``, the first ``--target-accuracy``, when the
+    rows carry them) and ``best.yaml`` (the recommended plan) into ``out``; returns the folder."""
     from flexpl.io.results import prepare_out_dir, write_csv
     from flexpl.planner.figures import plot_pareto
 
     out = prepare_out_dir(out)
-    extra = [k for k in (rows[0] if rows else {}) if k not in CSV_COLUMNS]  # the to-target columns, if any
+    from flexpl.planner.curves import CUMULATIVE
+
+    # the to-target columns, if any (not the cumulative bill they come from)
+    extra = [k for k in (rows[0] if rows else {}) if k not in CSV_COLUMNS and k != CUMULATIVE]
     write_csv(out / "plans.csv", rows, [*CSV_COLUMNS, *extra])
     write_csv(out / "skipped.csv", skipped, ["plan", "family", "reason"])
-    plot_pareto(rows, objective, out / "pareto.png")
+    plot_pareto(rows, objective, out / "pareto.png", target)
     write_best(out / "best.yaml", scn, best, best_row, objective)
     return out

@@ -420,8 +420,10 @@ def best_device_cuts(planner: Planner, parent: Candidate, objective: str, constr
     """The per-device cuts of ``parent`` that minimise ``objective`` under ``constraints`` (and memory), exactly.
 
     ``objective``: a key of ``OBJECTIVES`` in ``SEARCH_OBJECTIVES`` (a to-target form ranks like its
-    per-round form: every per-device cut of a plan is in its parent's learning class, so it reaches the
-    target in the same round). The returned ``row`` is the exact walk of the chosen plan.
+    per-round form, by the whole run's bill: every per-device cut of a plan is in its parent's learning
+    class, so it reaches the target in the same round; the bill through that round can still order two
+    plans differently from the whole run's when its rounds differ, e.g. FedAvg every k rounds, and the
+    search does not see that). The returned ``row`` is the exact walk of the chosen plan.
     See [Note: separable costs] for why the minimum is exact.
     """
     t0 = time.perf_counter()

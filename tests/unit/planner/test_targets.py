@@ -1,4 +1,5 @@
-"""Cost to a target accuracy: curve fit and interval on scripted accuracies, columns = round x bill, errors."""
+"""Cost to a target accuracy: curve fit and interval on scripted accuracies, columns = the cumulative bill through
+the predicted round (= the simulator's rounds.csv), errors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ import pytest
 
 from flexpl.errors import UserError
 from flexpl.planner.choose import choose, parse_constraint, pick
-from flexpl.planner.curves import check_target, fit_curve, predict_reach, target_columns
+from flexpl.planner.curves import (
+    CUMULATIVE,
+    CumulativeBill,
+    Reach,
+    check_target,
+    cost_to_round,
+    fit_curve,
+    predict_reach,
+    target_columns,
+)
 from flexpl.planner.recommend import add_targets
 from flexpl.studies.pilots import check_budget, default_budget
 
@@ -52,9 +62,10 @@ def test_a_measured_hit_is_the_round():
     assert reach.round == 2 and reach.hi == 2
 
 
-def test_to_target_columns_are_the_round_times_the_per_round_bill():
+def test_to_target_columns_of_uniform_rounds_are_the_round_times_the_per_round_bill():
     row = {"bytes_per_round": 1000, "energy_j_per_round": 2.5, "device_energy_j_per_round": 1.5,
            "sim_time_s_per_round": 4.0, "flops_per_round": 1e6}
+    row[CUMULATIVE] = CumulativeBill.uniform(row, 40)
     reach = predict_reach(_saturating(8), 0.85, 40)
     cols = target_columns(row, reach)
     assert cols["bytes_to_target"] == 1000 * reach.round
@@ -67,11 +78,14 @@ def test_to_target_columns_are_the_round_times_the_per_round_bill():
 def _rows():
     base = {"device_memory_fits": True, "bytes_per_round": 10.0, "sim_time_s_per_round": 1.0,
             "energy_j_per_round": 1.0, "flops_per_round": 1.0}
-    return [  # cheap per round but learns slowly; dear per round but learns fast; one that moves raw data
+    rows = [  # cheap per round but learns slowly; dear per round but learns fast; one that moves raw data
         {**base, "plan": "slow", "learning_class": "C1", "device_energy_j_per_round": 1.0, "raw_data_moved": False},
         {**base, "plan": "fast", "learning_class": "C2", "device_energy_j_per_round": 2.0, "raw_data_moved": False},
         {**base, "plan": "raw", "learning_class": "C3", "device_energy_j_per_round": 0.1, "raw_data_moved": True},
     ]
+    for r in rows:
+        r[CUMULATIVE] = CumulativeBill.uniform(r, 40)
+    return rows
 
 
 def test_the_pick_is_the_cheapest_to_the_target_not_per_round():
@@ -118,3 +132,101 @@ def test_the_command_says_one_line_and_exits_2(args, fragment, capsys):
     assert main(["plan", "digits-star", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert fragment in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_sampled_clients_and_idle_energy_follow_the_simulator_round_by_round():
+    """Half the clients per round (each round its own) and idle energy (it follows the clock so far)."""
+    _check_cumulative(["engine.executor=sequential", "training.clients_per_round=0.5", "energy.include_idle=true"])
+
+
+def test_the_bill_to_a_round_is_the_cumulative_walk_and_the_simulators_rounds_csv():
+    """FedAvg every 2 rounds over 3: round 1 downloads, round 2 uploads, round 3 does both; so the bill to
+    round r is the walked cumulative bill, which equals what a real run counts through round r, not r x average."""
+    row, measured = _check_cumulative(["engine.executor=sequential"])
+    bill = row[CUMULATIVE]
+    per = [b - a for a, b in zip((0, *bill.bytes), bill.bytes)]
+    assert per[0] == per[1] and per[2] == per[0] + per[1]  # one way, the other way, both ways
+    for r, m in enumerate(measured):
+        assert math.isclose(bill.device_energy_j[r], m["device_energy_j"], rel_tol=1e-9), r + 1
+    cols = target_columns(row, Reach(0.7, 2, 1, 3, 3))
+    assert cols["bytes_to_target"] == measured[1]["bytes"] != 2 * row["bytes_per_round"]
+    assert cols["bytes_to_target_lo"] == measured[0]["bytes"]
+    assert cols["bytes_to_target_hi"] == measured[2]["bytes"]
+    assert cols["flops_to_target"] == measured[1]["flops"]
+    assert math.isclose(cols["device_energy_j_to_target"], measured[1]["device_energy_j"], rel_tol=1e-9)
+    assert math.isclose(cols["sim_time_s_to_target"], measured[1]["sim_time_s"], rel_tol=1e-9)
+    # a fractional round counts whole
+    assert cost_to_round(row, "bytes_per_round", 1.5) == measured[1]["bytes"]
+
+
+def _check_cumulative(sets: list[str], label: str = "fl every=2") -> tuple[dict, list[dict]]:
+    """Predict ``label`` on digits-star with ``sets``, run it, compare the cumulative bill with rounds.csv
+    (bytes, FLOPs, time, energy); returns the row and the run's rounds."""
+    from flexpl import planner as P
+    from flexpl.config.scenario import validate_scenario
+    from flexpl.planner.candidates import candidate_data
+    from flexpl.sim.simulator import run, setup
+    from tests.conftest import digits_star
+
+    scn = digits_star(sets)
+    assert scn.training.rounds == 3
+    data = setup(scn).data
+    planner = P.Planner(scn, dataset=data)
+    cand = next(c for c in planner.candidates() if c.label == label)
+    row = planner.predict(cand).row
+    bill = row[CUMULATIVE]
+    assert bill.bytes[-1] == row["bytes_total"] and bill.flops[-1] == row["flops_total"]
+    assert math.isclose(bill.energy_j[-1], row["energy_j_total"], rel_tol=1e-9)
+    assert math.isclose(bill.device_energy_j[-1], row["device_energy_j_total"], rel_tol=1e-9)
+    assert math.isclose(bill.sim_time_s[-1], row["sim_time_s"], rel_tol=1e-9)
+
+    sc = validate_scenario(candidate_data(scn, cand))
+    measured = run(sc, st=setup(sc, dataset=data)).rounds
+    for r, m in enumerate(measured):
+        assert bill.bytes[r] == m["bytes"] and bill.flops[r] == m["flops"], r + 1
+        assert math.isclose(bill.sim_time_s[r], m["sim_time_s"], rel_tol=1e-9), r + 1
+        assert math.isclose(bill.energy_j[r], m["energy_j"], rel_tol=1e-9), r + 1
+    return row, measured
+
+
+def test_a_round_beyond_the_scenarios_rounds_is_not_reached():
+    bill_row = {"bytes_per_round": 10, "energy_j_per_round": 1.0, "device_energy_j_per_round": 1.0,
+                "sim_time_s_per_round": 1.0, "flops_per_round": 5}
+    bill_row[CUMULATIVE] = CumulativeBill.uniform(bill_row, 3)
+    slow = predict_reach(_saturating(3, c=0.05), 0.85, 3)
+    assert slow.round is None
+    for reach in (slow, Reach(0.85, 4, 2, 6, 6)):  # none predicted, or one past the bill's 3 rounds
+        cols = target_columns(bill_row, reach)
+        assert cols["reaches"] is False and cols["round_to_target"] is None
+        assert math.isinf(cols["bytes_to_target"]) and math.isinf(cols["device_energy_j_to_target_lo"])
+    cols = target_columns(bill_row, Reach(0.85, 3, 2, 5, 6))  # reached at 3; the interval's top is beyond
+    assert cols["reaches"] is True and cols["bytes_to_target"] == 30 and cols["bytes_to_target_lo"] == 20
+    assert cols["round_to_target_hi"] is None and math.isinf(cols["bytes_to_target_hi"])
+
+
+def test_best_yaml_says_the_predicted_bill_to_the_target(tmp_path):
+    from flexpl.planner.candidates import Candidate
+    from flexpl.planner.recommend import write_best
+    from tests.conftest import digits_star
+
+    scn = digits_star()
+    row = _rows()[1]
+    add_targets([row], {"C2": _saturating(8, c=0.8)}, [0.8], 40)
+    write_best(tmp_path / "best.yaml", scn, Candidate("fl", "fl", None, "fl"), row, "device_energy_to_target")
+    text = (tmp_path / "best.yaml").read_text()
+    assert f"reach the first target in round {row['round_to_target']}: " in text
+    assert f"{row['device_energy_j_to_target']:.4g} J on the devices" in text
+
+
+def test_the_pilots_rank_a_class_by_its_cheapest_members_bill_through_the_predicted_round():
+    from flexpl.cli.plan import _pilot_score
+
+    row = _rows()[0]
+    # the same average per round (1 J), but one pays up front and one at the end
+    early = {**row, "plan": "early", CUMULATIVE: CumulativeBill((1,) * 4, (10,) * 4, (1.0,) * 4, (4.0,) * 4,
+                                                                 (4.0, 4.0, 4.0, 4.0))}
+    late = {**row, "plan": "late", CUMULATIVE: CumulativeBill((1,) * 4, (10,) * 4, (1.0,) * 4, (4.0,) * 4,
+                                                                (0.0, 0.0, 0.0, 4.0))}
+    acc = [0.5, 0.9]  # measured: reaches 0.8 in round 2
+    assert _pilot_score([early], [], "device_energy_to_target", 0.8, 4, 0)("C1", acc) == 4.0
+    assert _pilot_score([early, late], [], "device_energy_to_target", 0.8, 4, 0)("C1", acc) == 0.0

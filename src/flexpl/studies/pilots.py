@@ -6,15 +6,24 @@ Rung 1 trains every class for ``first`` rounds (2); each later rung doubles the 
 better half of the classes (by ``score``: the predicted cost to the target, or the last accuracy), until a rung would pass the scenario's rounds or
 the budget (rounds trained, all pilots together). A pilot runs the scenario's own number of rounds
 and is stopped after the rung's rounds, so its round ``r`` is the full run's round ``r`` (a FedAvg
-period longer than the pilot is not cut short); a later rung reruns the class from round 1 (the
-runs are deterministic, so it repeats the same rounds before going further). Seeds: the scenario's.
+period longer than the pilot is not cut short).
+
+A later rung continues each surviving class from where its previous rung stopped: every pilot saves
+its run state (:mod:`flexpl.sim.checkpoint`) in a temporary folder at every multiple of ``FIRST_RUNG``
+rounds, so at every rung's last round, and the next rung resumes it (``run(..., resume=True)``), which
+ends bit-identical to an uninterrupted run. The accuracies of rounds 1..r are therefore those of a
+pilot trained from scratch for r rounds, and only the new rounds are trained: a rung of r rounds after
+one of r/2 costs r/2 rounds per class (``rounds_trained`` and the budget count these). Only
+``training.checkpoint_every`` is changed (when to save; never what is learned). Seeds: the scenario's.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flexpl.errors import UserError
@@ -44,13 +53,17 @@ class _Stop(Exception):
 
 
 def default_budget(n_classes: int, rounds: int) -> int:
-    """Rounds that successive halving spends with no budget given: every rung up to the scenario's rounds."""
-    total, r, n = 0, FIRST_RUNG, n_classes
+    """Rounds that successive halving spends with no budget given: every rung up to the scenario's rounds.
+
+    A rung trains only its new rounds (it continues the previous rung's pilots): ``r - r/2`` per class,
+    ``FIRST_RUNG`` per class on rung 1.
+    """
+    total, done, r, n = 0, 0, FIRST_RUNG, n_classes
     while n >= 1 and r <= rounds:
-        total += r * n
+        total += (r - done) * n
         if n == 1:
             break
-        r, n = r * 2, (n + 1) // 2
+        done, r, n = r, r * 2, (n + 1) // 2
     return total
 
 
@@ -68,13 +81,20 @@ def check_budget(budget: int | None, n_classes: int, rounds: int) -> int:
     return budget
 
 
-def _train(scn: Scenario, cand: Candidate, rounds: int, planner: Planner) -> list[float]:
+def _train(scn: Scenario, cand: Candidate, rounds: int, planner: Planner, folder: Path, resume: bool
+           ) -> list[float]:
+    """Accuracies of rounds 1..``rounds`` of ``cand``'s pilot, continuing the one saved in ``folder`` if ``resume``.
+
+    The run state is saved in ``folder`` every ``FIRST_RUNG`` rounds (every rung ends on such a round):
+    a resumed pilot trains only the rounds after its checkpoint, and its restored rounds come first.
+    """
     from flexpl.config.scenario import apply_strategy_overrides, validate_scenario
     from flexpl.sim.simulator import run, setup
 
     data = candidate_data(scn, cand)
     if data.get("strategy") != scn.strategy:
         apply_strategy_overrides(data)
+    data.setdefault("training", {})["checkpoint_every"] = FIRST_RUNG  # when to save, not what is learned
     sc = validate_scenario(data)
     acc: list[float] = []
 
@@ -83,9 +103,10 @@ def _train(scn: Scenario, cand: Candidate, rounds: int, planner: Planner) -> lis
         if len(acc) >= rounds:
             raise _Stop
 
+    folder.mkdir(parents=True, exist_ok=True)
     try:
-        run(sc, on_round=on_round, st=setup(sc, dataset=planner.data))
-    except _Stop:
+        run(sc, on_round=on_round, st=setup(sc, dataset=planner.data), checkpoint_dir=folder, resume=resume)
+    except _Stop:  # raised after the round's checkpoint was saved (run waits for the write on its way out)
         pass
     return acc
 
@@ -104,18 +125,21 @@ def run_pilots(scn: Scenario, planner: Planner, cands: dict[str, Candidate], row
         out.representative.setdefault(r["learning_class"], r["plan"])
     alive = list(out.representative)
     max_rounds = scn.training.rounds
-    rung = FIRST_RUNG
-    while alive and rung <= max_rounds and out.rounds_trained + rung * len(alive) <= budget:
-        for i, cls in enumerate(alive):
-            plan = out.representative[cls]
-            if console is not None:
-                console.print(f"pilot [{i + 1}/{len(alive)}] {cls} ({plan}): {rung} rounds")
-            out.accuracy[cls] = _train(scn, cands[plan], rung, planner)
-            out.rounds_trained += rung
-        out.rungs.append((rung, len(alive)))
-        if len(alive) == 1:
-            break
-        alive = sorted(alive, key=lambda c: (rank(c, out.accuracy[c]), -out.accuracy[c][-1]))[:(len(alive) + 1) // 2]
-        rung *= 2
+    rung, done = FIRST_RUNG, 0  # done: the rounds every alive class has trained (its checkpoint's round)
+    with tempfile.TemporaryDirectory(prefix="flexpl-pilots-") as tmp:
+        while alive and rung <= max_rounds and out.rounds_trained + (rung - done) * len(alive) <= budget:
+            for i, cls in enumerate(alive):
+                plan = out.representative[cls]
+                if console is not None:
+                    console.print(f"pilot [{i + 1}/{len(alive)}] {cls} ({plan}): rounds {done + 1}-{rung}")
+                folder = Path(tmp) / f"pilot-{list(out.representative).index(cls)}"
+                out.accuracy[cls] = _train(scn, cands[plan], rung, planner, folder, resume=done > 0)
+                out.rounds_trained += rung - done
+            out.rungs.append((rung, len(alive)))
+            if len(alive) == 1:
+                break
+            alive = sorted(alive, key=lambda c: (rank(c, out.accuracy[c]),
+                                                 -out.accuracy[c][-1]))[:(len(alive) + 1) // 2]
+            done, rung = rung, rung * 2
     out.wall_s = time.perf_counter() - t0
     return out

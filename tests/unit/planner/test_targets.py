@@ -112,7 +112,8 @@ def test_bad_budgets_are_one_line_errors():
         check_budget(5, 4, 20)
     with pytest.raises(UserError, match="pilots need at least 2"):
         check_budget(None, 4, 1)
-    assert check_budget(None, 4, 20) == default_budget(4, 20) == 4 * 2 + 2 * 4 + 1 * 8
+    # rung 1: 2 rounds each; later rungs continue their pilots, so only the new rounds count
+    assert check_budget(None, 4, 20) == default_budget(4, 20) == 4 * 2 + 2 * (4 - 2) + 1 * (8 - 4)
 
 
 def test_a_to_target_objective_without_targets_is_a_one_line_error():

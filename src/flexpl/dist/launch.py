@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # heavy imports stay inside the functions: the CLI imports th
 # fraction of a second instead of importing torch (and torch._dynamo, which the first
 # optimizer pulls in) again: with many workers on few cores that dominates a short run.
 _PRELOAD = ["torch", "torch.distributed", "torch._dynamo", "flexpl.dist.launch", "flexpl.sim.simulator",
-            "flexpl.dist.transport", "sklearn.datasets"]
+            "flexpl.dist.transport"]
 
 
 def _free_port() -> int:

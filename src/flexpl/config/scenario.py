@@ -21,7 +21,6 @@ import yaml
 from pydantic import (
     BaseModel,
     Field,
-    NonNegativeInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -103,7 +102,9 @@ class Scenario(_Strict):
     """A whole scenario: data, model, training, topology, strategy or plan."""
 
     name: str = "scenario"
-    seed: NonNegativeInt = 0
+    # at most 2**32 - 1, the range every seeded generator takes (torch's is 64 bits; a 31-digit seed
+    # found by the fuzzer overflowed it in torch.manual_seed)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     data: DataCfg = Field(default_factory=DataCfg)
     model: str | dict[str, Any] = "mlp"
     training: TrainingCfg = Field(default_factory=TrainingCfg)

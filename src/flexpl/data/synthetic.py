@@ -53,7 +53,9 @@ class LazyImages:
         """Sample ``i`` (0 <= i < N), the same on every call."""
         if not 0 <= i < self.n:
             raise IndexError(f"sample {i} out of range 0..{self.n - 1}")
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.split) * 2_147_483_647 + i)
+        # modulo 2**63: the same seed as before wherever it fit, and a large scenario seed no longer
+        # overflows torch's 64-bit seed
+        g = torch.Generator().manual_seed(((self.seed * 1_000_003 + self.split) * 2_147_483_647 + i) % 2**63)
         x = torch.randn(self.sample_shape, generator=g)
         y = int(self.labels[i])
         # a label-dependent offset on one channel: learnable, cheap

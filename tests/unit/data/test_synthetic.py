@@ -69,3 +69,11 @@ def test_fog_imagenet_is_resnet50_on_synthetic_imagenet_shapes():
     d = load_data(scn.data, scn.seed)
     assert d.input_shape == (3, 224, 224) and d.num_classes == 1000
     assert len(d.train_y) // len(scn.data_nodes) == 300
+
+
+def test_the_largest_scenario_seed_draws_samples():
+    """seed 2**32 - 1 (the largest a scenario takes): the per-sample generator seed no longer overflows torch's."""
+    big = synthetic_dataset((1, 8, 8), 10, train=20, test=5, seed=2**32 - 1)
+    x = big.train_x[np.array([0, 19])]
+    assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+    assert torch.equal(x, synthetic_dataset((1, 8, 8), 10, train=20, test=5, seed=2**32 - 1).train_x[np.array([0, 19])])

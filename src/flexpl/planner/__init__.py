@@ -51,22 +51,27 @@ Makespans are clocked only for the rounds a plan has (``WalkedRound.clock``).
 """
 
 
-# The public names, imported from their modules on first use (PEP 562): importing one light
+# ``choose`` imports nothing heavy, and its names are bound here at once: the function ``choose`` must
+# win over the submodule of that name, which Python sets on this package when it is first imported.
+from flexpl.planner.choose import (  # noqa: E402
+    BOOL_COLUMNS,
+    CSV_COLUMNS,
+    ID_COLUMNS,
+    MEMORY_FITS,
+    NUMERIC_COLUMNS,
+    OBJECTIVES,
+    Constraint,
+    choose,
+    parse_constraint,
+)
+
+# The other public names, imported from their modules on first use (PEP 562): importing one light
 # module of the planner (``flexpl.planner.choose`` for ``flexpl plan --help``) costs no torch import.
 _WHERE = {
     "Candidate": "candidates",
     "SYNC_EVERY": "candidates",
     "candidate_data": "candidates",
     "enumerate_candidates": "candidates",
-    "BOOL_COLUMNS": "choose",
-    "CSV_COLUMNS": "choose",
-    "Constraint": "choose",
-    "ID_COLUMNS": "choose",
-    "MEMORY_FITS": "choose",
-    "NUMERIC_COLUMNS": "choose",
-    "OBJECTIVES": "choose",
-    "choose": "choose",
-    "parse_constraint": "choose",
     "CumulativeBill": "curves",
     "TargetFront": "figures",
     "plot_pareto": "figures",

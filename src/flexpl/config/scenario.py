@@ -281,15 +281,21 @@ def scenario_user_code(name_or_path: str | None, sets: list[str] | None = None) 
     """
     from flexpl.io.user_code import user_code_in
 
+    data = _raw_scenario(name_or_path, sets)
+    return user_code_in(data) if data is not None else []
+
+
+def _raw_scenario(name_or_path: str | None, sets: list[str] | None) -> dict[str, Any] | None:
+    """A scenario's YAML after its ``--set`` items, unvalidated; None where it does not read or parse."""
     try:
         data = yaml.safe_load(_read_scenario_text(name_or_path or DEFAULT_SCENARIO)[0])
         if not isinstance(data, dict):
-            return []
+            return None
         for item in sets or []:
             apply_set(data, item)
     except (UserError, yaml.YAMLError, OSError, ValueError, TypeError):
-        return []
-    return user_code_in(data)
+        return None
+    return data
 
 
 def scenario_tracking(name_or_path: str | None, sets: list[str] | None = None) -> list[str]:
@@ -298,13 +304,8 @@ def scenario_tracking(name_or_path: str | None, sets: list[str] | None = None) -
     For the commands that load the scenario per cell (sweep, tune); a bad entry is a one-line
     UserError, and a scenario that does not read or parse gives ``[]`` (loading it reports that).
     """
-    try:
-        data = yaml.safe_load(_read_scenario_text(name_or_path or DEFAULT_SCENARIO)[0])
-        if not isinstance(data, dict):
-            return []
-        for item in sets or []:
-            apply_set(data, item)
-    except (UserError, yaml.YAMLError, OSError, ValueError, TypeError):
+    data = _raw_scenario(name_or_path, sets)
+    if data is None:
         return []
     try:
         return list(check_tracking(data.get("tracking", [])))

@@ -67,7 +67,15 @@ def _call(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: exit 0 on success, 2 on a user error (one line on stderr), 1 on an internal error."""
+    """Entry point: exit 0 on success, 2 on a user error (one line on stderr), 1 on an internal error.
+
+    Run as the ``flexpl`` command (``argv`` None: the process's own arguments), the process
+    does without ``torch._dynamo`` (:mod:`flexpl.cli.lean`); a caller passing ``argv`` keeps torch as it is.
+    """
+    if argv is None:
+        from flexpl.cli.lean import spare_dynamo
+
+        spare_dynamo()
     try:
         args = build_parser().parse_args(argv)
         return _call(args)

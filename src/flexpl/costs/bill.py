@@ -144,8 +144,8 @@ def bill(totals: Totals, topo: Topology, sim_time: float, include_idle: bool, in
     ``include_idle``), ``idle_j`` (every node's idle energy, whether included or not),
     ``eval_flops``, ``eval_energy_j`` and ``per_node`` (``flops``, ``energy_j``, ``energy_j_idle``,
     ``idle_s``) on the same terms. ``per_node`` False (a round's row): the totals only, without
-    ``idle_j`` and ``per_node``, and no pass over the nodes unless idle energy is included (10,000
-    nodes, every round).
+    ``per_node`` (and ``idle_j`` only when idle energy is included), and no pass over the nodes
+    unless idle energy is included (10,000 nodes, every round).
     """
     idle_s = idle_seconds(totals, sim_time) if per_node or include_idle else {}
     idle_j = {n: topo.nodes[n].idle_power_w * idle_s[n] for n in idle_s}
@@ -155,7 +155,7 @@ def bill(totals: Totals, topo: Topology, sim_time: float, include_idle: bool, in
         "energy_j": totals.energy + energy_idle + (totals.eval_energy if include_eval else 0.0),
         "energy_j_idle": energy_idle, "eval_flops": int(totals.eval_flops), "eval_energy_j": totals.eval_energy}
     if not per_node:
-        return out
+        return {**out, "idle_j": idle_j} if include_idle else out
     nodes = {}
     for n, d in totals.node.items():
         ev_f, ev_e = d.get("eval_flops", 0), d.get("eval_energy_j", 0.0)

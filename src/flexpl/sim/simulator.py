@@ -490,8 +490,12 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
             row["val_accuracy"] = ev.get("val_accuracy", float("nan"))
             row["val_loss"] = ev.get("val_loss", float("nan"))
         row["lr"] = lr
-        # energy spent on the data-holding devices so far (what cost-to-target reports as device_energy_j)
-        row["device_energy_j"] = sum(totals.node[n]["energy_j"] for n in topo.data_nodes)
+        # energy spent on the data-holding devices so far (what cost-to-target reports as device_energy_j), on
+        # the terms of energy_j and summary.json's per_node: with idle energy and evaluation when the scenario
+        # includes them
+        row["device_energy_j"] = sum(
+            totals.node[n]["energy_j"] + (b["idle_j"][n] if scn.energy.include_idle else 0.0)
+            + (totals.node[n].get("eval_energy_j", 0.0) if scn.costs.include_eval else 0.0) for n in topo.data_nodes)
         rows.append(row)
         # evaluation.stop_at_target: this round reached the highest target, so it is the last one
         stop = scn.evaluation.stop_at_target and reached_all(rows, scn.evaluation.targets)

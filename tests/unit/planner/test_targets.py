@@ -187,6 +187,7 @@ def _check_cumulative(sets: list[str], label: str = "fl every=2") -> tuple[dict,
         assert bill.bytes[r] == m["bytes"] and bill.flops[r] == m["flops"], r + 1
         assert math.isclose(bill.sim_time_s[r], m["sim_time_s"], rel_tol=1e-9), r + 1
         assert math.isclose(bill.energy_j[r], m["energy_j"], rel_tol=1e-9), r + 1
+        assert math.isclose(bill.device_energy_j[r], m["device_energy_j"], rel_tol=1e-9), r + 1
     return row, measured
 
 

@@ -31,10 +31,15 @@ LONG = 120
 PROFILE = "flops_per_s: 2.0e9\nactive_power_w: 10.0\nidle_power_w: 2.0\nmemory_bytes: 8.0e9\n"
 
 
-def _scenario(tmp_path: Path, rounds: int = 3) -> Path:
-    scn = shaped_chain("fl", rounds=rounds, steps=1, width=64, rate=10.0)  # 100 Mbit/s, tiny model: quick
+def _scenario(tmp_path: Path, rounds: int = 3, loss: float = 0.0, half: tuple[int, ...] = ()) -> Path:
+    """The small chain; ``loss``: failures.transfer_loss; ``half``: indices of links made half duplex."""
+    data = shaped_chain("fl", rounds=rounds, steps=1, width=64, rate=10.0).resolved()  # 100 Mbit/s, tiny model
+    if loss:
+        data["failures"] = {"transfer_loss": loss}
+    for i in half:
+        data["links"][i]["duplex"] = "half"
     path = tmp_path / "scn.yaml"
-    write_yaml(path, scn.resolved())
+    write_yaml(path, data)
     (tmp_path / "profile.yaml").write_text(PROFILE)
     return path
 
@@ -58,8 +63,8 @@ def _rounds(out: Path) -> list[int]:
     return [int(r["round"]) for r in csv.DictReader((out / "rounds.csv").open())]
 
 
-def _assert_as_simulated(tmp_path: Path, d: dict) -> None:
-    """``d`` (an emulated run's summary) has the simulator's bytes, accuracy and loss (one thread, as every worker)."""
+def _simulated(scn: Path, profile: Path) -> dict:
+    """The simulator's summary of scenario file ``scn`` with every node on ``profile`` (one thread, as every worker)."""
     import torch
 
     from flexpl.config.scenario import load_scenario
@@ -68,9 +73,14 @@ def _assert_as_simulated(tmp_path: Path, d: dict) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        s = run(emulate.emulated_scenario(load_scenario(str(tmp_path / "scn.yaml")), tmp_path / "profile.yaml")).summary
+        return run(emulate.emulated_scenario(load_scenario(str(scn)), profile)).summary
     finally:
         torch.set_num_threads(threads)
+
+
+def _assert_as_simulated(tmp_path: Path, d: dict) -> None:
+    """``d`` (an emulated run's summary) has the simulator's bytes, accuracy and loss (one thread, as every worker)."""
+    s = _simulated(tmp_path / "scn.yaml", tmp_path / "profile.yaml")
     assert d["measured_bytes_total"] == d["bytes_total"] == s["bytes_total"]
     assert d["final_accuracy"] == s["final_accuracy"] and d["final_loss"] == s["final_loss"]
 
@@ -174,3 +184,28 @@ def test_a_link_that_comes_back_after_a_pause_is_ridden_through(tmp_path, capsys
     _assert_as_simulated(tmp_path, d)
     walls = [float(r["wall_s"]) for r in csv.DictReader((out / "rounds.csv").open())]
     assert walls[1] >= 1.5, walls  # the pause fell in round 2, and the run waited it out
+
+
+def test_lost_transfers_are_resent_on_the_emulated_links(tmp_path, capsys, monkeypatch):
+    """failures.transfer_loss=0.3: each lost try is resent over the shaped link (the receiver drops it),
+    so every link direction carries the billed bytes, resends included, as one hop per trace hop,
+    and the run ends with the simulator's bytes, accuracy and loss."""
+    _scenario(tmp_path, rounds=2, loss=0.3)
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "30")
+    assert code == 0, err
+    out = tmp_path / "out"
+    d = json.loads((out / "summary.json").read_text())
+    _assert_as_simulated(tmp_path, d)
+    for link, v in d["per_link"].items():
+        assert v["measured_bytes"] == v["bytes"], link
+    lossless = shaped_chain("fl", rounds=2, steps=1, width=64, rate=10.0)
+    path = tmp_path / "lossless.yaml"
+    write_yaml(path, lossless.resolved())
+    assert d["bytes_total"] > _simulated(path, tmp_path / "profile.yaml")["bytes_total"]
+    links = list(csv.DictReader((out / "links_measured.csv").open()))
+    for r in links:  # resends are part of their hop: as many messages as the clock's hops, all their bytes
+        assert int(r["measured_bytes"]) == int(r["bytes"]) and int(r["measured_messages"]) == int(r["messages"]), r
+    # the resends took the link's time again: measured seconds follow the predicted ones, resends included
+    pred = sum(float(r["predicted_s"]) for r in links)
+    meas = sum(float(r["measured_s"]) for r in links)
+    assert 0.5 * pred <= meas <= 3.0 * pred, (pred, meas)

@@ -119,6 +119,7 @@ class EmuComm(Comm):
         self.fault = faults.emulation_fault(rank)  # test hook: junk on a data port, a link down
         self.token = os.environ.get(TOKEN_ENV, "").encode()[:16].ljust(16, b"\0")
         self.node_of: dict[int, str] = {}
+        self._lost: dict[tuple[int, str], tuple[int, float]] = {}  # (peer, link) -> lost copies' bytes, seconds
 
     # ------------------------------------------------------------ set-up
 
@@ -236,8 +237,12 @@ class EmuComm(Comm):
             return super().recv(shape, dtype, peer, link, tag)
         return self.recv_bundle([(shape, dtype)], peer, link)[0]
 
-    def send_bundle(self, tensors: Sequence[torch.Tensor], peer: int, link: str) -> None:
-        """Queue ``tensors`` as one message (one latency) to ``peer``; copied now, sent by the link's thread."""
+    def send_bundle(self, tensors: Sequence[torch.Tensor], peer: int, link: str, copies: int = 1) -> None:
+        """Queue ``tensors`` as one message (one latency) to ``peer``; copied now, sent by the link's thread.
+
+        ``copies`` > 1 sends the message that many times in a row (a hop whose first tries
+        were lost, see ``transport.py`` [Note: lost transfers]); each copy pays the latency.
+        """
         if any(t.is_meta for t in tensors):
             raise RuntimeError(f"internal error: rank {self.rank} was asked to send a tensor it does not hold")
         if self.fault and self.fault[0] == self.round and self.fault[1] in faults.LINK_MODES:
@@ -246,12 +251,19 @@ class EmuComm(Comm):
         if self.fault and self.fault[0] == self.round and self.fault[1] in ("pickle-frame", "garbage-frame"):
             mode, self.fault = self.fault[1], None
             self.out_q[peer].put(_Raw(faults.evil_pickle() if mode == "pickle-frame" else faults.GARBAGE))
-        self.out_q[peer].put(b"".join(_as_bytes(t) for t in tensors))
-        self.sent[link] = self.sent.get(link, 0) + sum(tensor_bytes(t) for t in tensors)
+        payload = b"".join(_as_bytes(t) for t in tensors)
+        for _ in range(copies):
+            self.out_q[peer].put(payload)
+        self.sent[link] = self.sent.get(link, 0) + copies * sum(tensor_bytes(t) for t in tensors)
 
     def recv_bundle(self, specs: Sequence[tuple[Sequence[int], torch.dtype]], peer: int,
-                    link: str) -> list[torch.Tensor]:
-        """The next message from ``peer``, cut into tensors of the given shapes and dtypes."""
+                    link: str, lost: bool = False) -> list[torch.Tensor]:
+        """The next message from ``peer``, cut into tensors of the given shapes and dtypes.
+
+        ``lost``: a copy that stands for a lost try of the hop (``transport.py`` [Note: lost
+        transfers]); its bytes and seconds are counted and added to the hop's next message,
+        so that ``dump`` logs one entry per hop, as the clock's trace has.
+        """
         sizes = [int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size() for shape, dtype in specs]
         head = self._next(peer, link)
         if not isinstance(head, _Head) or head.n != sum(sizes):
@@ -264,7 +276,11 @@ class EmuComm(Comm):
             out.append(_from_bytes(view[off:off + n], shape, dtype))
             off += n
         self.received[link] = self.received.get(link, 0) + off
-        self.log.append([self.round, link, peer, self.rank, off, seconds])
+        was = self._lost.pop((peer, link), (0, 0.0))
+        if lost:
+            self._lost[(peer, link)] = (was[0] + off, was[1] + seconds)
+        else:
+            self.log.append([self.round, link, peer, self.rank, was[0] + off, was[1] + seconds])
         return out
 
     def _next(self, peer: int, link: str) -> Any:

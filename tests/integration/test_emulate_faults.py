@@ -209,3 +209,22 @@ def test_lost_transfers_are_resent_on_the_emulated_links(tmp_path, capsys, monke
     pred = sum(float(r["predicted_s"]) for r in links)
     meas = sum(float(r["measured_s"]) for r in links)
     assert 0.5 * pred <= meas <= 3.0 * pred, (pred, meas)
+
+
+def test_a_run_over_half_duplex_links_is_the_simulators(tmp_path, capsys, monkeypatch):
+    """Every link half duplex (both directions take turns on one medium): the run finishes with the
+    simulator's bytes, accuracy and loss, every link direction carrying its billed bytes, and no lock or
+    FIFO of the medium is left behind."""
+    import tempfile
+
+    _scenario(tmp_path, rounds=2, half=(0, 1, 2))
+    before = set(Path(tempfile.gettempdir()).glob("flexpl-medium-*"))
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "30")
+    assert code == 0 and err == [], err  # no warning about half duplex any more
+    out = tmp_path / "out"
+    d = json.loads((out / "summary.json").read_text())
+    _assert_as_simulated(tmp_path, d)
+    for r in csv.DictReader((out / "links_measured.csv").open()):
+        assert int(r["measured_bytes"]) == int(r["bytes"]) and int(r["measured_messages"]) == int(r["messages"]), r
+    assert set(Path(tempfile.gettempdir()).glob("flexpl-medium-*")) <= before
+    _no_traceback(out)

@@ -18,6 +18,10 @@ virtual clock assumes things that gloo's blocking point-to-point does not do:
   is one accounted transfer (a state dict travels as one bundle, so it pays the latency
   once, as in the clock).
 
+- a half-duplex link (``duplex: half``, e.g. Wi-Fi) is one medium for both directions: the
+  clock queues their hops on one resource. The kernel shapes each direction in its
+  sender's namespace, so here the two senders take turns instead [Note: half duplex].
+
 Bookkeeping (losses, evaluation weights, counters, keepalives) still goes through gloo,
 on the namespaces' control interface, which is not shaped and not measured.
 
@@ -29,12 +33,16 @@ arriving, to the moment its last byte arrived; both ends read the same ``CLOCK_M
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import queue
+import select
 import socket
 import struct
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -64,6 +72,18 @@ _HEADER = struct.Struct("<4sQd")  # magic, payload bytes, sender's pick-up time 
 _MAGIC = b"FXPM"
 _CHUNK = 1 << 26  # a payload is read in pieces of at most 64 MiB: a huge announced size allocates nothing
 TOKEN_ENV = "FLEXPL_RUN_TOKEN"  # set by the launcher: a random token every rank of one run shares
+MEDIUM_ENV = "FLEXPL_EMU_MEDIUM"  # set by the launcher: a folder for the half-duplex links' locks and FIFOs
+
+# [Note: half duplex] Both ends of a half-duplex link share one transmitter's worth of
+# air time: while one direction carries a message, the other waits. The two sender
+# threads (in two processes, in two network namespaces, on one filesystem) take turns on
+# an exclusive ``flock`` of the file ``half-<a>-<b>.lock`` in the run's medium folder
+# (``MEDIUM_ENV``): a sender takes it before the link's latency, writes the message, and
+# lets go once the receiver has read its last byte, which the receiver's thread says by
+# writing one byte to the FIFO ``ack-<src>-<dst>`` (beside the lock, so no byte of it
+# travels over the shaped network). A hop therefore holds the medium for latency + bytes
+# / bandwidth, as the clock's single resource does, and a message's measured time starts
+# when its sender got the medium. Full-duplex links take no lock.
 
 
 def data_ip(rank: int) -> str:
@@ -128,9 +148,13 @@ class EmuComm(Comm):
         node_of = self.node_of = {r: n for n, r in rank_of.items()}
         me = node_of[self.rank]
         self.latency: dict[int, float] = {}
+        self.half: dict[int, tuple[int, int, int]] = {}  # peer -> (medium lock fd, ack read fd, ack write fd)
         for _name, (a, b, prof) in topo.links.items():
             if me in (a, b):
-                self.latency[rank_of[b if a == me else a]] = prof.latency_s
+                peer = rank_of[b if a == me else a]
+                self.latency[peer] = prof.latency_s
+                if prof.duplex == "half":
+                    self.half[peer] = self._medium(peer)
         deadline = time.monotonic() + self.timeout.total_seconds()
         for peer in sorted(p for p in self.latency if p > self.rank):
             while True:
@@ -166,6 +190,20 @@ class EmuComm(Comm):
             threading.Thread(target=self._sender, args=(peer, s), daemon=True).start()
             threading.Thread(target=self._receiver, args=(peer, s), daemon=True).start()
 
+    def _medium(self, peer: int) -> tuple[int, int, int]:
+        """The half-duplex link to ``peer``: (lock fd, fd to read its acks, fd to ack its messages) [Note: half duplex]."""
+        folder = Path(os.environ.get(MEDIUM_ENV) or Path(tempfile.gettempdir()) / f"flexpl-medium-{self.token.hex()}")
+        folder.mkdir(parents=True, exist_ok=True)
+        lo, hi = sorted((self.rank, peer))
+        lock = os.open(folder / f"half-{lo}-{hi}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fds = [lock]
+        for src, dst in ((self.rank, peer), (peer, self.rank)):
+            fifo = folder / f"ack-{src}-{dst}"
+            with contextlib.suppress(FileExistsError):
+                os.mkfifo(fifo, 0o600)
+            fds.append(os.open(fifo, os.O_RDWR))  # read-write: opening never waits for the other end
+        return fds[0], fds[1], fds[2]
+
     def _greeted(self, s: socket.socket, addr: str, lower: set[int]) -> int:
         """The rank that opened ``s``, from its greeting; ``MalformedMessage`` unless it is a peer of this run."""
         s.settimeout(self.timeout.total_seconds())
@@ -190,23 +228,33 @@ class EmuComm(Comm):
     def _sender(self, peer: int, s: socket.socket) -> None:
         lat = self.latency[peer]
         q = self.out_q[peer]
+        half = self.half.get(peer)
         try:
             while True:
                 payload = q.get()
                 if isinstance(payload, _Raw):  # test hook: bytes that are not a FlexPL message
                     s.sendall(payload.data)
                     continue
+                if half:  # wait for the medium [Note: half duplex]
+                    fcntl.flock(half[0], fcntl.LOCK_EX)
                 picked = time.monotonic()
-                if lat > 0:  # the link's latency (no netem on this kernel): before the bytes leave
-                    time.sleep(lat)
-                s.sendall(_HEADER.pack(_MAGIC, len(payload), picked))
-                if payload:
-                    s.sendall(payload)
+                try:
+                    if lat > 0:  # the link's latency (no netem on this kernel): before the bytes leave
+                        time.sleep(lat)
+                    s.sendall(_HEADER.pack(_MAGIC, len(payload), picked))
+                    if payload:
+                        s.sendall(payload)
+                    if half and not _acked(half[1], self.timeout.total_seconds()):
+                        return  # the receiver is gone or stuck: its rank's own waits report it
+                finally:
+                    if half:
+                        fcntl.flock(half[0], fcntl.LOCK_UN)
         except OSError:
             return  # the receiver side of the peer notices; our recv from it fails too
 
     def _receiver(self, peer: int, s: socket.socket) -> None:
         q = self.in_q[peer]
+        ack = self.half[peer][2] if peer in self.half else None
         prev_done = 0.0
         try:
             while True:
@@ -217,6 +265,8 @@ class EmuComm(Comm):
                 q.put(_Head(n))  # recv_bundle checks the size before the payload is taken
                 buf = _read_payload(s, n)
                 done = time.monotonic()
+                if ack is not None:  # the last byte is in: the sender may let go of the medium
+                    os.write(ack, b"\x01")
                 q.put((buf, done - max(picked, prev_done)))
                 prev_done = done
         except (OSError, ConnectionError) as exc:
@@ -328,6 +378,12 @@ def warm_up() -> None:
     # that size: free one 32 MB block now so that activations come from the heap in round 1 too
     big = torch.ones(8 * 1024 * 1024)
     del big
+
+
+def _acked(fd: int, timeout_s: float) -> bool:
+    """Wait at most ``timeout_s`` for the receiver's one-byte ack on FIFO ``fd``; False if none came."""
+    ready, _, _ = select.select([fd], [], [], timeout_s)
+    return bool(ready) and len(os.read(fd, 1)) == 1
 
 
 def _read(s: socket.socket, n: int) -> bytearray:

@@ -228,3 +228,93 @@ def test_a_run_over_half_duplex_links_is_the_simulators(tmp_path, capsys, monkey
         assert int(r["measured_bytes"]) == int(r["bytes"]) and int(r["measured_messages"]) == int(r["messages"]), r
     assert set(Path(tempfile.gettempdir()).glob("flexpl-medium-*")) <= before
     _no_traceback(out)
+
+
+# A process outside the run: connects to a data port, sends a pickle (whose unpickling would create the
+# marker file) on one connection and junk on another, each time waiting until the worker hangs up. With
+# a status file, it waits first until that worker is in round 2 or later (mid-run).
+_STRANGER = r"""
+import json, pickle, socket, sys, time
+class Touch:
+    def __init__(self, path):
+        self.path = path
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+host, port, marker, status = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+frames = [pickle.dumps(Touch(marker)), bytes(range(256)) * 4]
+deadline = time.monotonic() + 60
+while status != "-":
+    try:
+        if json.load(open(status))["round"] >= 2:
+            break
+    except (OSError, ValueError):
+        pass
+    if time.monotonic() > deadline:
+        sys.exit("the worker never reached round 2")
+    time.sleep(0.01)
+while frames:
+    try:
+        s = socket.create_connection((host, port), timeout=5)
+    except OSError:
+        if time.monotonic() > deadline:
+            sys.exit("the data port never answered")
+        time.sleep(0.05)
+        continue
+    s.sendall(frames.pop(0))
+    try:
+        s.recv(1)  # b"" once the worker has closed it
+    except OSError:
+        pass
+    s.close()
+print("hung up on twice")
+"""
+
+
+def test_a_stranger_on_a_data_port_is_refused_and_the_run_carries_on(tmp_path, capsys, monkeypatch):
+    """A process in dev0's namespace (not the edge's peer) connects to the edge's data port, with a
+    pickle and with junk, twice during set-up and twice mid-run (round 2 or later): the edge hangs up on
+    it without unpickling anything, says so in one line of its log each time, and the run finishes as the
+    simulator's."""
+    import subprocess
+    import sys
+    import threading
+
+    from flexpl.dist.emulate.comm import DATA_PORT, data_ip
+
+    _scenario(tmp_path, rounds=20)  # ~0.2 s a round: the mid-run stranger has seconds to come in
+    marker = tmp_path / "unpickled"
+    ns = Path(f"/var/run/netns/flexpl-{os.getpid()}-2")  # dev0's namespace, once the run has made it
+    status = tmp_path / "out" / "workers" / "rank1.json"
+    done: list[subprocess.CompletedProcess] = []
+
+    def stranger(when: str) -> None:
+        deadline = time.monotonic() + 60
+        while not ns.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        done.append(subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-c", _STRANGER, data_ip(1),
+                                    str(DATA_PORT), str(marker), when], capture_output=True, text=True, timeout=90))
+
+    threads = [threading.Thread(target=stranger, args=(when,)) for when in ("-", str(status))]
+    for t in threads:
+        t.start()
+    try:
+        code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "30")
+    finally:
+        for t in threads:
+            t.join(timeout=90)
+    assert len(done) == 2 and all(p.returncode == 0 and "hung up on twice" in p.stdout for p in done), done
+    assert code == 0 and err == [], err
+    assert not marker.exists()
+    out = tmp_path / "out"
+    log = (out / "workers" / "rank1.log").read_text().splitlines()
+    refused = [i for i, ln in enumerate(log) if "refused" in ln]
+    assert len(refused) == 4, log
+    for i in refused:
+        assert re.search(r"rank 1 \(edge\): refused a connection to its data port from 10\.78\.0\.4: not a FlexPL "
+                         r"greeting \(it starts [0-9a-f ]+\); nothing it sent was unpickled; the run carries on$",
+                         log[i]), log[i]
+    connected = next(i for i, ln in enumerate(log) if "set up and connected" in ln)
+    assert sum(i > connected for i in refused) >= 2, log  # two came mid-run
+    assert _rounds(out) == list(range(1, 21))
+    _assert_as_simulated(tmp_path, json.loads((out / "summary.json").read_text()))
+    _no_traceback(out)

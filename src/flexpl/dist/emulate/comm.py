@@ -64,8 +64,11 @@ DATA_PORT = 29611
 # a header (magic, payload bytes, sender's pick-up time); the receiver knows the shape and
 # dtype of every message it expects (``recv_bundle``'s specs), checks the announced size
 # against them before it takes the payload, and copies the bytes into fresh tensors. A
-# greeting or header that does not fit (a pickle, junk, a stranger, a wrong size) stops
-# the receiving rank with a one-line ``MalformedMessage``; nothing is ever deserialized.
+# header that does not fit (a pickle, junk, a wrong size) on a peer's data connection
+# stops the receiving rank with a one-line ``MalformedMessage``; a connection whose
+# greeting does not fit is refused and the run carries on, unless it comes from a peer
+# the rank still waits for (see ``EmuComm._doorman`` [Note: strangers]). Nothing is ever
+# deserialized.
 _HELLO = struct.Struct("<8s16sI")  # magic, run token, sender's rank
 _HELLO_MAGIC = b"FLEXPL\x00\x01"
 _HEADER = struct.Struct("<4sQd")  # magic, payload bytes, sender's pick-up time (time.monotonic)
@@ -170,18 +173,18 @@ class EmuComm(Comm):
             else:
                 s.sendall(_HELLO.pack(_HELLO_MAGIC, self.token, self.rank))
             self.socks[peer] = s
-        self.listener.settimeout(self.timeout.total_seconds())
         lower = {p for p in self.latency if p < self.rank}
-        try:
-            while lower - self.socks.keys():
-                try:
-                    s, addr = self.listener.accept()
-                except TimeoutError:
-                    waiting = min(lower - self.socks.keys())
-                    raise PeerFailure(waiting, "connect", "timeout", "no data connection") from None
-                self.socks[self._greeted(s, addr[0], lower)] = s
-        finally:
-            self.listener.close()
+        arrivals: queue.Queue = queue.Queue()
+        threading.Thread(target=self._doorman, args=(lower, arrivals), daemon=True).start()
+        while lower - self.socks.keys():
+            try:
+                got = arrivals.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                raise PeerFailure(min(lower - self.socks.keys()), "connect", "timeout",
+                                  "no data connection") from None
+            if isinstance(got, MalformedMessage):
+                raise got
+            self.socks[got[0]] = got[1]
         for peer, s in self.socks.items():
             s.settimeout(None)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -203,6 +206,49 @@ class EmuComm(Comm):
                 os.mkfifo(fifo, 0o600)
             fds.append(os.open(fifo, os.O_RDWR))  # read-write: opening never waits for the other end
         return fds[0], fds[1], fds[2]
+
+    def _doorman(self, lower: set[int], arrivals: queue.Queue) -> None:
+        """Answer the data port for the whole run (a thread): each connection is greeted on a thread of its own.
+
+        [Note: strangers] The port stays open after set-up, as a server's does. A connection
+        whose greeting is a peer's of this run that ``connect`` still waits for goes to
+        ``arrivals``; any other (a pickle, junk, a wrong token, a rank already connected, a
+        late or early stranger) is closed unread beyond its greeting, named in one line of
+        the worker's log, and the run carries on. Only a bad greeting from the address of a
+        peer ``connect`` still waits for stops the rank (a ``MalformedMessage`` in
+        ``arrivals``): that peer is broken, and waiting for it would only time out.
+        """
+        claim = threading.Lock()
+        taken: set[int] = set()
+
+        def greet(s: socket.socket, addr: str) -> None:
+            try:
+                peer = self._greeted(s, addr, lower - taken)
+            except MalformedMessage as exc:
+                with claim:
+                    expected = any(data_ip(p) == addr for p in lower - taken)
+                if expected:
+                    arrivals.put(exc)
+                else:
+                    from flexpl.dist.ranks import _log
+
+                    _log(f"rank {self.rank} ({self.node_of.get(self.rank, '?')}): {exc}; the run carries on")
+                return
+            with claim:
+                fresh = peer not in taken
+                taken.add(peer)
+            if fresh:
+                arrivals.put((peer, s))
+            else:  # two greetings claimed one rank at once: the second is a stranger
+                s.close()
+
+        self.listener.settimeout(None)
+        while True:
+            try:
+                s, addr = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=greet, args=(s, addr[0]), daemon=True).start()
 
     def _greeted(self, s: socket.socket, addr: str, lower: set[int]) -> int:
         """The rank that opened ``s``, from its greeting; ``MalformedMessage`` unless it is a peer of this run."""

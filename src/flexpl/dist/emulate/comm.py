@@ -222,8 +222,10 @@ class EmuComm(Comm):
         taken: set[int] = set()
 
         def greet(s: socket.socket, addr: str) -> None:
+            with claim:  # greeting threads run side by side: read ``taken`` under the lock
+                waiting = lower - taken
             try:
-                peer = self._greeted(s, addr, lower - taken)
+                peer = self._greeted(s, addr, waiting)
             except MalformedMessage as exc:
                 with claim:
                     expected = any(data_ip(p) == addr for p in lower - taken)

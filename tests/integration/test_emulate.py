@@ -245,10 +245,11 @@ def _exchange_seconds(tmp_path: Path, duplex: str, nbytes: int = 1_000_000) -> f
 def test_a_half_duplex_link_carries_one_direction_at_a_time(tmp_path):
     """Both ends send 1 MB at once over a 10 Mbit/s link (0.8 s one way): a full-duplex link carries both
     in about 0.8 s, a half-duplex one (one medium, the senders take turns) in about the sum, 1.6 s.
-    (Measured on a loaded 2-core machine: full 0.84-0.93 s, its ACKs queue behind the data going the
-    other way; half 1.57-1.60 s.)"""
+    (Measured on a 2-core machine at load average 6-7.6: full 0.84-1.08 s, its ACKs queue behind the
+    data going the other way and it feels the load; half 1.56-1.60 s, held by the shaped rate, so it
+    cannot come in under twice the one-way time by much, whatever the load.)"""
     full = _exchange_seconds(tmp_path, "full")
     half = _exchange_seconds(tmp_path, "half")
     one_way = 8 * 1_000_000 / 1.0e7
-    assert 0.9 * one_way <= full <= 1.4 * one_way, (full, half)
-    assert half >= 1.6 * one_way and half >= 1.4 * full, (full, half)
+    assert 0.9 * one_way <= full <= 1.5 * one_way, (full, half)
+    assert half >= 1.8 * one_way and half > full, (full, half)  # without turns it would be about `full`

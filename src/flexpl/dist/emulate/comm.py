@@ -26,9 +26,10 @@ Bookkeeping (losses, evaluation weights, counters, keepalives) still goes throug
 on the namespaces' control interface, which is not shaped and not measured.
 
 Each received message is timed: from the moment the sender thread took it (before the
-latency) or, if later, the moment the previous message on that link direction finished
+latency; on a half-duplex link, once it got the medium) or, if later, the moment the previous message on that link direction finished
 arriving, to the moment its last byte arrived; both ends read the same ``CLOCK_MONOTONIC``
-(network namespaces share it). ``dump`` writes these times for the launcher's report.
+(network namespaces share it). ``dump`` writes these times for the launcher's report, one
+entry per hop: a lost transfer's resends are added to the copy that is kept.
 """
 
 from __future__ import annotations

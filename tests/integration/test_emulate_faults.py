@@ -31,10 +31,15 @@ LONG = 120
 PROFILE = "flops_per_s: 2.0e9\nactive_power_w: 10.0\nidle_power_w: 2.0\nmemory_bytes: 8.0e9\n"
 
 
-def _scenario(tmp_path: Path, rounds: int = 3) -> Path:
-    scn = shaped_chain("fl", rounds=rounds, steps=1, width=64, rate=10.0)  # 100 Mbit/s, tiny model: quick
+def _scenario(tmp_path: Path, rounds: int = 3, loss: float = 0.0, half: tuple[int, ...] = ()) -> Path:
+    """The small chain; ``loss``: failures.transfer_loss; ``half``: indices of links made half duplex."""
+    data = shaped_chain("fl", rounds=rounds, steps=1, width=64, rate=10.0).resolved()  # 100 Mbit/s, tiny model
+    if loss:
+        data["failures"] = {"transfer_loss": loss}
+    for i in half:
+        data["links"][i]["duplex"] = "half"
     path = tmp_path / "scn.yaml"
-    write_yaml(path, scn.resolved())
+    write_yaml(path, data)
     (tmp_path / "profile.yaml").write_text(PROFILE)
     return path
 
@@ -58,8 +63,8 @@ def _rounds(out: Path) -> list[int]:
     return [int(r["round"]) for r in csv.DictReader((out / "rounds.csv").open())]
 
 
-def _assert_as_simulated(tmp_path: Path, d: dict) -> None:
-    """``d`` (an emulated run's summary) has the simulator's bytes, accuracy and loss (one thread, as every worker)."""
+def _simulated(scn: Path, profile: Path) -> dict:
+    """The simulator's summary of scenario file ``scn`` with every node on ``profile`` (one thread, as every worker)."""
     import torch
 
     from flexpl.config.scenario import load_scenario
@@ -68,9 +73,14 @@ def _assert_as_simulated(tmp_path: Path, d: dict) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        s = run(emulate.emulated_scenario(load_scenario(str(tmp_path / "scn.yaml")), tmp_path / "profile.yaml")).summary
+        return run(emulate.emulated_scenario(load_scenario(str(scn)), profile)).summary
     finally:
         torch.set_num_threads(threads)
+
+
+def _assert_as_simulated(tmp_path: Path, d: dict) -> None:
+    """``d`` (an emulated run's summary) has the simulator's bytes, accuracy and loss (one thread, as every worker)."""
+    s = _simulated(tmp_path / "scn.yaml", tmp_path / "profile.yaml")
     assert d["measured_bytes_total"] == d["bytes_total"] == s["bytes_total"]
     assert d["final_accuracy"] == s["final_accuracy"] and d["final_loss"] == s["final_loss"]
 
@@ -174,3 +184,137 @@ def test_a_link_that_comes_back_after_a_pause_is_ridden_through(tmp_path, capsys
     _assert_as_simulated(tmp_path, d)
     walls = [float(r["wall_s"]) for r in csv.DictReader((out / "rounds.csv").open())]
     assert walls[1] >= 1.5, walls  # the pause fell in round 2, and the run waited it out
+
+
+def test_lost_transfers_are_resent_on_the_emulated_links(tmp_path, capsys, monkeypatch):
+    """failures.transfer_loss=0.3: each lost try is resent over the shaped link (the receiver drops it),
+    so every link direction carries the billed bytes, resends included, as one hop per trace hop,
+    and the run ends with the simulator's bytes, accuracy and loss."""
+    _scenario(tmp_path, rounds=2, loss=0.3)
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "30")
+    assert code == 0, err
+    out = tmp_path / "out"
+    d = json.loads((out / "summary.json").read_text())
+    _assert_as_simulated(tmp_path, d)
+    for link, v in d["per_link"].items():
+        assert v["measured_bytes"] == v["bytes"], link
+    lossless = shaped_chain("fl", rounds=2, steps=1, width=64, rate=10.0)
+    path = tmp_path / "lossless.yaml"
+    write_yaml(path, lossless.resolved())
+    assert d["bytes_total"] > _simulated(path, tmp_path / "profile.yaml")["bytes_total"]
+    links = list(csv.DictReader((out / "links_measured.csv").open()))
+    for r in links:  # resends are part of their hop: as many messages as the clock's hops, all their bytes
+        assert int(r["measured_bytes"]) == int(r["bytes"]) and int(r["measured_messages"]) == int(r["messages"]), r
+    # the resends took the link's time again: measured seconds follow the predicted ones, resends included
+    pred = sum(float(r["predicted_s"]) for r in links)
+    meas = sum(float(r["measured_s"]) for r in links)
+    assert 0.5 * pred <= meas <= 3.0 * pred, (pred, meas)
+
+
+def test_a_run_over_half_duplex_links_is_the_simulators(tmp_path, capsys, monkeypatch):
+    """Every link half duplex (both directions take turns on one medium): the run finishes with the
+    simulator's bytes, accuracy and loss, every link direction carrying its billed bytes, and no lock or
+    FIFO of the medium is left behind."""
+    import tempfile
+
+    _scenario(tmp_path, rounds=2, half=(0, 1, 2))
+    before = set(Path(tempfile.gettempdir()).glob("flexpl-medium-*"))
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "30")
+    assert code == 0 and err == [], err  # no warning about half duplex any more
+    out = tmp_path / "out"
+    d = json.loads((out / "summary.json").read_text())
+    _assert_as_simulated(tmp_path, d)
+    for r in csv.DictReader((out / "links_measured.csv").open()):
+        assert int(r["measured_bytes"]) == int(r["bytes"]) and int(r["measured_messages"]) == int(r["messages"]), r
+    assert set(Path(tempfile.gettempdir()).glob("flexpl-medium-*")) <= before
+    _no_traceback(out)
+
+
+# A process outside the run: connects to a data port, sends a pickle (whose unpickling would create the
+# marker file) on one connection and junk on another, each time waiting until the worker hangs up. With
+# a status file, it waits first until that worker is in round 2 or later (mid-run).
+_STRANGER = r"""
+import json, pickle, socket, sys, time
+class Touch:
+    def __init__(self, path):
+        self.path = path
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+host, port, marker, status = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+frames = [pickle.dumps(Touch(marker)), bytes(range(256)) * 4]
+deadline = time.monotonic() + 60
+while status != "-":
+    try:
+        if json.load(open(status))["round"] >= 2:
+            break
+    except (OSError, ValueError):
+        pass
+    if time.monotonic() > deadline:
+        sys.exit("the worker never reached round 2")
+    time.sleep(0.01)
+while frames:
+    try:
+        s = socket.create_connection((host, port), timeout=5)
+    except OSError:
+        if time.monotonic() > deadline:
+            sys.exit("the data port never answered")
+        time.sleep(0.05)
+        continue
+    s.sendall(frames.pop(0))
+    try:
+        s.recv(1)  # b"" once the worker has closed it
+    except OSError:
+        pass
+    s.close()
+print("hung up on twice")
+"""
+
+
+def test_a_stranger_on_a_data_port_is_refused_and_the_run_carries_on(tmp_path, capsys, monkeypatch):
+    """A process in dev0's namespace (not the edge's peer) connects to the edge's data port, with a
+    pickle and with junk, twice during set-up and twice mid-run (round 2 or later): the edge hangs up on
+    it without unpickling anything, says so in one line of its log each time, and the run finishes as the
+    simulator's."""
+    import subprocess
+    import sys
+    import threading
+
+    from flexpl.dist.emulate.comm import DATA_PORT, data_ip
+
+    _scenario(tmp_path, rounds=30)  # ~0.1-0.2 s a round: the mid-run stranger has seconds to come in
+    marker = tmp_path / "unpickled"
+    ns = Path(f"/var/run/netns/flexpl-{os.getpid()}-2")  # dev0's namespace, once the run has made it
+    status = tmp_path / "out" / "workers" / "rank1.json"
+    done: list[subprocess.CompletedProcess] = []
+
+    def stranger(when: str) -> None:
+        deadline = time.monotonic() + 60
+        while not ns.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        done.append(subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-c", _STRANGER, data_ip(1),
+                                    str(DATA_PORT), str(marker), when], capture_output=True, text=True, timeout=90))
+
+    threads = [threading.Thread(target=stranger, args=(when,)) for when in ("-", str(status))]
+    for t in threads:
+        t.start()
+    try:
+        code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "30")
+    finally:
+        for t in threads:
+            t.join(timeout=90)
+    assert len(done) == 2 and all(p.returncode == 0 and "hung up on twice" in p.stdout for p in done), done
+    assert code == 0 and err == [], err
+    assert not marker.exists()
+    out = tmp_path / "out"
+    log = (out / "workers" / "rank1.log").read_text().splitlines()
+    refused = [i for i, ln in enumerate(log) if "refused" in ln]
+    assert len(refused) == 4, log
+    for i in refused:
+        assert re.search(r"rank 1 \(edge\): refused a connection to its data port from 10\.78\.0\.4: not a FlexPL "
+                         r"greeting \(it starts [0-9a-f ]+\); nothing it sent was unpickled; the run carries on$",
+                         log[i]), log[i]
+    connected = next(i for i, ln in enumerate(log) if "set up and connected" in ln)
+    assert sum(i > connected for i in refused) >= 2, log  # two came mid-run
+    assert _rounds(out) == list(range(1, 31))
+    _assert_as_simulated(tmp_path, json.loads((out / "summary.json").read_text()))
+    _no_traceback(out)

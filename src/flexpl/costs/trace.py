@@ -60,6 +60,9 @@ class Recorder:
         self.loss: dict[str, float] = {}           # link -> probability that one transmission is lost
         self.loss_rng: np.random.Generator | None = None
         self.wasting = False                       # actions recorded now are thrown away
+        # tries each hop of the last ``transfer`` took (1 = no loss), an observation for the
+        # distributed transport, which resends a lost hop as often as the bill counts it
+        self.last_tries: list[int] = []
 
     @contextmanager
     def thrown_away(self) -> Iterator[None]:
@@ -111,8 +114,15 @@ class Recorder:
 
     def transfer(self, src: str, dst: str, nbytes: int, deps: Iterable[Event], what: str,
                  label: str = "") -> Event:
-        """Record a transfer routed hop by hop; returns the id of the last hop (None if src == dst)."""
+        """Record a transfer routed hop by hop; returns the id of the last hop (None if src == dst).
+
+        With a loss probability on a hop's link, the hop is tried until one try arrives
+        (``loss_rng``'s geometric draw): all tries are billed, the lost ones as wasted. The
+        tries per hop are kept in ``last_tries`` (what the distributed transport resends).
+        """
         hops = self.topo.route(src, dst)
+        tried: list[int] = []
+        self.last_tries = tried
         if not hops:
             d = self._deps(deps)
             return d[-1] if len(d) == 1 else (self.compute(src, 0, d, "join") if d else None)
@@ -127,6 +137,7 @@ class Recorder:
             duration = tries * (h.latency_s + 8.0 * nbytes / h.bandwidth_bps)
             ev = self._add(HOP, h.resource or h.link, duration, prev, what, tries * nbytes, h.src, h.dst, label,
                            wasted=(tries - 1) * nbytes)
+            tried.append(tries)
             prev = (ev,)
         return ev
 

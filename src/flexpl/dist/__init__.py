@@ -28,7 +28,10 @@ node that died or hangs (following who waits for whom), kills the rest and raise
 ``WorkerFailure``. Rank 0 writes rounds.csv after every round, so finished rounds survive.
 Nothing that travels between ranks is unpickled: tensors land in buffers whose shape and
 dtype the receiver knows (gloo here; raw framed bytes under ``--emulate-links``, where a
-message that is not FlexPL's stops the run in one line, see ``emulate/comm.py``).
+message that is not FlexPL's stops the run in one line and a stranger on a data port is
+refused while the run carries on, see ``emulate/comm.py``). The scenario's failure model
+runs as in the simulator; a lost transfer is really resent (``transport.py`` [Note: lost
+transfers]).
 
 The backend's parts: :mod:`flexpl.dist.ranks` (ranks, status files, the failure),
 :mod:`flexpl.dist.messages` (gathers, barriers, keepalives, evaluation weights),

@@ -20,12 +20,23 @@ receives between two ranks in posting order with the same tag, and both sides po
 shared hops in the same order), and hk completes. By induction every transfer completes,
 even if ``send`` blocked until the receiver was ready. A peer that dies or hangs breaks
 the induction, which is what the per-operation timeout turns into a clear error.
+
+[Note: lost transfers] With ``failures.transfer_loss`` (or a link's ``loss``), the
+``Recorder`` draws for each hop how many tries it takes until one arrives and bills them
+all. Every rank records the same trace with the same seeded draws, so both ends of a hop
+know its tries (``Recorder.last_tries``): the sender sends the hop that many times and
+the receiver reads every copy and keeps the last, the earlier ones standing for the
+transmissions lost on the way. The bytes that cross each link (``measured_bytes``) are
+then the billed bytes, resends included, and under ``--emulate-links`` each resend pays
+the link's latency and bandwidth again, as the clock's hop does. The copies are sent in a
+row, so the argument of [Note: no deadlock] is unchanged (a hop is a fixed number of
+sends matched by as many receives).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 
 import torch
@@ -137,44 +148,57 @@ class DistTransport:
         self.rank_of = dict(rank_of)
         self.comm = comm
 
-    def _carry(self, t: torch.Tensor, src: str, dst: str) -> torch.Tensor:
-        """Forward ``t`` from ``src`` to ``dst`` along the route; this rank does only its own hops."""
+    def _carry(self, t: torch.Tensor, src: str, dst: str, tries: Sequence[int] = ()) -> torch.Tensor:
+        """Forward ``t`` from ``src`` to ``dst`` along the route; this rank does only its own hops.
+
+        Hop ``i`` is sent ``tries[i]`` times (1 where not given) [Note: lost transfers]: the
+        receiver reads and drops all copies but the last.
+        """
         if src == dst:
             return t
         cur = t
-        for hop in self.topo.route(src, dst):
+        for i, hop in enumerate(self.topo.route(src, dst)):
+            n = tries[i] if i < len(tries) else 1
             if hop.src == self.me:
-                self.comm.send(cur, self.rank_of[hop.dst], hop.link)
+                for _ in range(n):
+                    self.comm.send(cur, self.rank_of[hop.dst], hop.link)
             elif hop.dst == self.me:
-                cur = self.comm.recv(t.shape, t.dtype, self.rank_of[hop.src], hop.link)
+                for _ in range(n):
+                    cur = self.comm.recv(t.shape, t.dtype, self.rank_of[hop.src], hop.link)
         return cur if self.me == dst else meta_like(t)
 
     def move(self, t: torch.Tensor, src: str, dst: str, what: str, deps: Iterable[Event],
              label: str = "") -> tuple[torch.Tensor, Event]:
         """Send ``t`` from ``src`` to ``dst`` (nothing if equal); returns it (real at ``dst``) and the arrival event."""
         ev = self.recorder.transfer(src, dst, tensor_bytes(t), deps, what, label)
-        return self._carry(t, src, dst), ev
+        if hasattr(self.comm, "send_bundle"):  # emulated links: a bundle of one (its resends logged as one hop)
+            return self._carry_bundle({"t": t}, src, dst, self.recorder.last_tries)["t"], ev
+        return self._carry(t, src, dst, self.recorder.last_tries), ev
 
     def move_state(self, state: Mapping[str, torch.Tensor], src: str, dst: str, what: str,
                    deps: Iterable[Event], label: str = "") -> tuple[dict[str, torch.Tensor], Event]:
         """Send a whole state dict, tensor by tensor in key order (accounted as one message)."""
         nbytes = sum(tensor_bytes(v) for v in state.values())
         ev = self.recorder.transfer(src, dst, nbytes, deps, what, label)
+        tries = self.recorder.last_tries
         if hasattr(self.comm, "send_bundle"):  # emulated links: one message, one latency (emulate_comm.py)
-            return self._carry_bundle(state, src, dst), ev
-        return {k: self._carry(v, src, dst) for k, v in state.items()}, ev
+            return self._carry_bundle(state, src, dst, tries), ev
+        return {k: self._carry(v, src, dst, tries) for k, v in state.items()}, ev
 
-    def _carry_bundle(self, state: Mapping[str, torch.Tensor], src: str, dst: str) -> dict[str, torch.Tensor]:
+    def _carry_bundle(self, state: Mapping[str, torch.Tensor], src: str, dst: str,
+                      tries: Sequence[int] = ()) -> dict[str, torch.Tensor]:
         """``_carry`` for a whole state dict sent as one message per hop (``EmuComm.send_bundle``)."""
         if src == dst:
             return dict(state)
         cur = list(state.values())
-        for hop in self.topo.route(src, dst):
+        specs = [(v.shape, v.dtype) for v in state.values()]
+        for i, hop in enumerate(self.topo.route(src, dst)):
+            n = tries[i] if i < len(tries) else 1
             if hop.src == self.me:
-                self.comm.send_bundle(cur, self.rank_of[hop.dst], hop.link)
+                self.comm.send_bundle(cur, self.rank_of[hop.dst], hop.link, copies=n)
             elif hop.dst == self.me:
-                cur = self.comm.recv_bundle([(v.shape, v.dtype) for v in state.values()],
-                                            self.rank_of[hop.src], hop.link)
+                for k in range(n):  # the copies before the last were lost on the way: read and dropped
+                    cur = self.comm.recv_bundle(specs, self.rank_of[hop.src], hop.link, lost=k < n - 1)
         if self.me == dst:
             return dict(zip(state.keys(), cur))
         return {k: meta_like(v) for k, v in state.items()}

@@ -188,3 +188,33 @@ def test_planner_bills_like_the_simulator_with_idle_energy_adam_and_a_half_duple
                                   "training.optimizer.name=adam", "training.optimizer.weight_decay=0.001"],
                                  links=links, strategy=strategy)
             _check_against_simulator(scn)
+
+
+def test_last_tries_reports_the_drawn_tries_without_changing_the_bill_or_the_draws():
+    """``Recorder.last_tries`` (what the distributed transport resends) is the per-hop draw, nothing more."""
+    import numpy as np
+
+    topo = build_topology(chain_scenario())
+
+    def record(peek: bool) -> tuple[list, list[list[int]]]:
+        rec = Recorder(topo)
+        rec.loss = {name: 0.5 for name in topo.links}
+        rec.loss_rng = np.random.default_rng(7)
+        seen = []
+        for _ in range(20):
+            rec.transfer("dev0", "cloud", 1000, [], "weights")
+            if peek:
+                seen.append(list(rec.last_tries))
+        t = rec.take()
+        return list(zip(t.amount, t.wasted, t.duration)), seen
+
+    plain, _ = record(False)
+    billed, seen = record(True)
+    assert billed == plain  # observing changes nothing
+    assert [n * 1000 for tries in seen for n in tries] == [a for a, _, _ in billed]
+    assert any(n > 1 for tries in seen for n in tries) and all(len(tries) == 2 for tries in seen)
+    rec = Recorder(topo)
+    rec.transfer("dev0", "dev0", 1000, [], "weights")
+    assert rec.last_tries == []
+    rec.transfer("dev0", "edge", 1000, [], "weights")
+    assert rec.last_tries == [1]  # no loss model: one try

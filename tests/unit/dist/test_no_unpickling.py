@@ -33,6 +33,7 @@ def port():
     c = emu.EmuComm.__new__(emu.EmuComm)  # the receiving half only: no listener on the data network
     Comm.__init__(c, 2, 10.0)
     c.node_of, c.in_q, c.round, c.log = {1: "edge", 2: "dev0"}, {1: queue.Queue()}, 2, []
+    c.half, c._lost = {}, {}  # no half-duplex link, no lost copy pending
     theirs, mine = socket.socketpair()
     threading.Thread(target=c._receiver, args=(1, mine), daemon=True).start()
     yield c, theirs

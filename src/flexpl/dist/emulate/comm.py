@@ -18,23 +18,32 @@ virtual clock assumes things that gloo's blocking point-to-point does not do:
   is one accounted transfer (a state dict travels as one bundle, so it pays the latency
   once, as in the clock).
 
+- a half-duplex link (``duplex: half``, e.g. Wi-Fi) is one medium for both directions: the
+  clock queues their hops on one resource. The kernel shapes each direction in its
+  sender's namespace, so here the two senders take turns instead [Note: half duplex].
+
 Bookkeeping (losses, evaluation weights, counters, keepalives) still goes through gloo,
 on the namespaces' control interface, which is not shaped and not measured.
 
 Each received message is timed: from the moment the sender thread took it (before the
-latency) or, if later, the moment the previous message on that link direction finished
+latency; on a half-duplex link, once it got the medium) or, if later, the moment the previous message on that link direction finished
 arriving, to the moment its last byte arrived; both ends read the same ``CLOCK_MONOTONIC``
-(network namespaces share it). ``dump`` writes these times for the launcher's report.
+(network namespaces share it). ``dump`` writes these times for the launcher's report, one
+entry per hop: a lost transfer's resends are added to the copy that is kept.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import queue
+import select
 import socket
 import struct
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -56,14 +65,29 @@ DATA_PORT = 29611
 # a header (magic, payload bytes, sender's pick-up time); the receiver knows the shape and
 # dtype of every message it expects (``recv_bundle``'s specs), checks the announced size
 # against them before it takes the payload, and copies the bytes into fresh tensors. A
-# greeting or header that does not fit (a pickle, junk, a stranger, a wrong size) stops
-# the receiving rank with a one-line ``MalformedMessage``; nothing is ever deserialized.
+# header that does not fit (a pickle, junk, a wrong size) on a peer's data connection
+# stops the receiving rank with a one-line ``MalformedMessage``; a connection whose
+# greeting does not fit is refused and the run carries on, unless it comes from a peer
+# the rank still waits for (see ``EmuComm._doorman`` [Note: strangers]). Nothing is ever
+# deserialized.
 _HELLO = struct.Struct("<8s16sI")  # magic, run token, sender's rank
 _HELLO_MAGIC = b"FLEXPL\x00\x01"
 _HEADER = struct.Struct("<4sQd")  # magic, payload bytes, sender's pick-up time (time.monotonic)
 _MAGIC = b"FXPM"
 _CHUNK = 1 << 26  # a payload is read in pieces of at most 64 MiB: a huge announced size allocates nothing
 TOKEN_ENV = "FLEXPL_RUN_TOKEN"  # set by the launcher: a random token every rank of one run shares
+MEDIUM_ENV = "FLEXPL_EMU_MEDIUM"  # set by the launcher: a folder for the half-duplex links' locks and FIFOs
+
+# [Note: half duplex] Both ends of a half-duplex link share one transmitter's worth of
+# air time: while one direction carries a message, the other waits. The two sender
+# threads (in two processes, in two network namespaces, on one filesystem) take turns on
+# an exclusive ``flock`` of the file ``half-<a>-<b>.lock`` in the run's medium folder
+# (``MEDIUM_ENV``): a sender takes it before the link's latency, writes the message, and
+# lets go once the receiver has read its last byte, which the receiver's thread says by
+# writing one byte to the FIFO ``ack-<src>-<dst>`` (beside the lock, so no byte of it
+# travels over the shaped network). A hop therefore holds the medium for latency + bytes
+# / bandwidth, as the clock's single resource does, and a message's measured time starts
+# when its sender got the medium. Full-duplex links take no lock.
 
 
 def data_ip(rank: int) -> str:
@@ -119,6 +143,7 @@ class EmuComm(Comm):
         self.fault = faults.emulation_fault(rank)  # test hook: junk on a data port, a link down
         self.token = os.environ.get(TOKEN_ENV, "").encode()[:16].ljust(16, b"\0")
         self.node_of: dict[int, str] = {}
+        self._lost: dict[tuple[int, str], tuple[int, float]] = {}  # (peer, link) -> lost copies' bytes, seconds
 
     # ------------------------------------------------------------ set-up
 
@@ -127,9 +152,13 @@ class EmuComm(Comm):
         node_of = self.node_of = {r: n for n, r in rank_of.items()}
         me = node_of[self.rank]
         self.latency: dict[int, float] = {}
+        self.half: dict[int, tuple[int, int, int]] = {}  # peer -> (medium lock fd, ack read fd, ack write fd)
         for _name, (a, b, prof) in topo.links.items():
             if me in (a, b):
-                self.latency[rank_of[b if a == me else a]] = prof.latency_s
+                peer = rank_of[b if a == me else a]
+                self.latency[peer] = prof.latency_s
+                if prof.duplex == "half":
+                    self.half[peer] = self._medium(peer)
         deadline = time.monotonic() + self.timeout.total_seconds()
         for peer in sorted(p for p in self.latency if p > self.rank):
             while True:
@@ -145,18 +174,18 @@ class EmuComm(Comm):
             else:
                 s.sendall(_HELLO.pack(_HELLO_MAGIC, self.token, self.rank))
             self.socks[peer] = s
-        self.listener.settimeout(self.timeout.total_seconds())
         lower = {p for p in self.latency if p < self.rank}
-        try:
-            while lower - self.socks.keys():
-                try:
-                    s, addr = self.listener.accept()
-                except TimeoutError:
-                    waiting = min(lower - self.socks.keys())
-                    raise PeerFailure(waiting, "connect", "timeout", "no data connection") from None
-                self.socks[self._greeted(s, addr[0], lower)] = s
-        finally:
-            self.listener.close()
+        arrivals: queue.Queue = queue.Queue()
+        threading.Thread(target=self._doorman, args=(lower, arrivals), daemon=True).start()
+        while lower - self.socks.keys():
+            try:
+                got = arrivals.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                raise PeerFailure(min(lower - self.socks.keys()), "connect", "timeout",
+                                  "no data connection") from None
+            if isinstance(got, MalformedMessage):
+                raise got
+            self.socks[got[0]] = got[1]
         for peer, s in self.socks.items():
             s.settimeout(None)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -164,6 +193,65 @@ class EmuComm(Comm):
             self.in_q[peer] = queue.Queue()
             threading.Thread(target=self._sender, args=(peer, s), daemon=True).start()
             threading.Thread(target=self._receiver, args=(peer, s), daemon=True).start()
+
+    def _medium(self, peer: int) -> tuple[int, int, int]:
+        """The half-duplex link to ``peer``: (lock fd, fd to read its acks, fd to ack its messages) [Note: half duplex]."""
+        folder = Path(os.environ.get(MEDIUM_ENV) or Path(tempfile.gettempdir()) / f"flexpl-medium-{self.token.hex()}")
+        folder.mkdir(parents=True, exist_ok=True)
+        lo, hi = sorted((self.rank, peer))
+        lock = os.open(folder / f"half-{lo}-{hi}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fds = [lock]
+        for src, dst in ((self.rank, peer), (peer, self.rank)):
+            fifo = folder / f"ack-{src}-{dst}"
+            with contextlib.suppress(FileExistsError):
+                os.mkfifo(fifo, 0o600)
+            fds.append(os.open(fifo, os.O_RDWR))  # read-write: opening never waits for the other end
+        return fds[0], fds[1], fds[2]
+
+    def _doorman(self, lower: set[int], arrivals: queue.Queue) -> None:
+        """Answer the data port for the whole run (a thread): each connection is greeted on a thread of its own.
+
+        [Note: strangers] The port stays open after set-up, as a server's does. A connection
+        whose greeting is a peer's of this run that ``connect`` still waits for goes to
+        ``arrivals``; any other (a pickle, junk, a wrong token, a rank already connected, a
+        late or early stranger) is closed unread beyond its greeting, named in one line of
+        the worker's log, and the run carries on. Only a bad greeting from the address of a
+        peer ``connect`` still waits for stops the rank (a ``MalformedMessage`` in
+        ``arrivals``): that peer is broken, and waiting for it would only time out.
+        """
+        claim = threading.Lock()
+        taken: set[int] = set()
+
+        def greet(s: socket.socket, addr: str) -> None:
+            with claim:  # greeting threads run side by side: read ``taken`` under the lock
+                waiting = lower - taken
+            try:
+                peer = self._greeted(s, addr, waiting)
+            except MalformedMessage as exc:
+                with claim:
+                    expected = any(data_ip(p) == addr for p in lower - taken)
+                if expected:
+                    arrivals.put(exc)
+                else:
+                    from flexpl.dist.ranks import _log
+
+                    _log(f"rank {self.rank} ({self.node_of.get(self.rank, '?')}): {exc}; the run carries on")
+                return
+            with claim:
+                fresh = peer not in taken
+                taken.add(peer)
+            if fresh:
+                arrivals.put((peer, s))
+            else:  # two greetings claimed one rank at once: the second is a stranger
+                s.close()
+
+        self.listener.settimeout(None)
+        while True:
+            try:
+                s, addr = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=greet, args=(s, addr[0]), daemon=True).start()
 
     def _greeted(self, s: socket.socket, addr: str, lower: set[int]) -> int:
         """The rank that opened ``s``, from its greeting; ``MalformedMessage`` unless it is a peer of this run."""
@@ -189,23 +277,33 @@ class EmuComm(Comm):
     def _sender(self, peer: int, s: socket.socket) -> None:
         lat = self.latency[peer]
         q = self.out_q[peer]
+        half = self.half.get(peer)
         try:
             while True:
                 payload = q.get()
                 if isinstance(payload, _Raw):  # test hook: bytes that are not a FlexPL message
                     s.sendall(payload.data)
                     continue
+                if half:  # wait for the medium [Note: half duplex]
+                    fcntl.flock(half[0], fcntl.LOCK_EX)
                 picked = time.monotonic()
-                if lat > 0:  # the link's latency (no netem on this kernel): before the bytes leave
-                    time.sleep(lat)
-                s.sendall(_HEADER.pack(_MAGIC, len(payload), picked))
-                if payload:
-                    s.sendall(payload)
+                try:
+                    if lat > 0:  # the link's latency (no netem on this kernel): before the bytes leave
+                        time.sleep(lat)
+                    s.sendall(_HEADER.pack(_MAGIC, len(payload), picked))
+                    if payload:
+                        s.sendall(payload)
+                    if half and not _acked(half[1], self.timeout.total_seconds()):
+                        return  # the receiver is gone or stuck: its rank's own waits report it
+                finally:
+                    if half:
+                        fcntl.flock(half[0], fcntl.LOCK_UN)
         except OSError:
             return  # the receiver side of the peer notices; our recv from it fails too
 
     def _receiver(self, peer: int, s: socket.socket) -> None:
         q = self.in_q[peer]
+        ack = self.half[peer][2] if peer in self.half else None
         prev_done = 0.0
         try:
             while True:
@@ -216,6 +314,8 @@ class EmuComm(Comm):
                 q.put(_Head(n))  # recv_bundle checks the size before the payload is taken
                 buf = _read_payload(s, n)
                 done = time.monotonic()
+                if ack is not None:  # the last byte is in: the sender may let go of the medium
+                    os.write(ack, b"\x01")
                 q.put((buf, done - max(picked, prev_done)))
                 prev_done = done
         except (OSError, ConnectionError) as exc:
@@ -236,8 +336,12 @@ class EmuComm(Comm):
             return super().recv(shape, dtype, peer, link, tag)
         return self.recv_bundle([(shape, dtype)], peer, link)[0]
 
-    def send_bundle(self, tensors: Sequence[torch.Tensor], peer: int, link: str) -> None:
-        """Queue ``tensors`` as one message (one latency) to ``peer``; copied now, sent by the link's thread."""
+    def send_bundle(self, tensors: Sequence[torch.Tensor], peer: int, link: str, copies: int = 1) -> None:
+        """Queue ``tensors`` as one message (one latency) to ``peer``; copied now, sent by the link's thread.
+
+        ``copies`` > 1 sends the message that many times in a row (a hop whose first tries
+        were lost, see ``transport.py`` [Note: lost transfers]); each copy pays the latency.
+        """
         if any(t.is_meta for t in tensors):
             raise RuntimeError(f"internal error: rank {self.rank} was asked to send a tensor it does not hold")
         if self.fault and self.fault[0] == self.round and self.fault[1] in faults.LINK_MODES:
@@ -246,12 +350,19 @@ class EmuComm(Comm):
         if self.fault and self.fault[0] == self.round and self.fault[1] in ("pickle-frame", "garbage-frame"):
             mode, self.fault = self.fault[1], None
             self.out_q[peer].put(_Raw(faults.evil_pickle() if mode == "pickle-frame" else faults.GARBAGE))
-        self.out_q[peer].put(b"".join(_as_bytes(t) for t in tensors))
-        self.sent[link] = self.sent.get(link, 0) + sum(tensor_bytes(t) for t in tensors)
+        payload = b"".join(_as_bytes(t) for t in tensors)
+        for _ in range(copies):
+            self.out_q[peer].put(payload)
+        self.sent[link] = self.sent.get(link, 0) + copies * sum(tensor_bytes(t) for t in tensors)
 
     def recv_bundle(self, specs: Sequence[tuple[Sequence[int], torch.dtype]], peer: int,
-                    link: str) -> list[torch.Tensor]:
-        """The next message from ``peer``, cut into tensors of the given shapes and dtypes."""
+                    link: str, lost: bool = False) -> list[torch.Tensor]:
+        """The next message from ``peer``, cut into tensors of the given shapes and dtypes.
+
+        ``lost``: a copy that stands for a lost try of the hop (``transport.py`` [Note: lost
+        transfers]); its bytes and seconds are counted and added to the hop's next message,
+        so that ``dump`` logs one entry per hop, as the clock's trace has.
+        """
         sizes = [int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size() for shape, dtype in specs]
         head = self._next(peer, link)
         if not isinstance(head, _Head) or head.n != sum(sizes):
@@ -264,7 +375,11 @@ class EmuComm(Comm):
             out.append(_from_bytes(view[off:off + n], shape, dtype))
             off += n
         self.received[link] = self.received.get(link, 0) + off
-        self.log.append([self.round, link, peer, self.rank, off, seconds])
+        was = self._lost.pop((peer, link), (0, 0.0))
+        if lost:
+            self._lost[(peer, link)] = (was[0] + off, was[1] + seconds)
+        else:
+            self.log.append([self.round, link, peer, self.rank, was[0] + off, was[1] + seconds])
         return out
 
     def _next(self, peer: int, link: str) -> Any:
@@ -312,6 +427,12 @@ def warm_up() -> None:
     # that size: free one 32 MB block now so that activations come from the heap in round 1 too
     big = torch.ones(8 * 1024 * 1024)
     del big
+
+
+def _acked(fd: int, timeout_s: float) -> bool:
+    """Wait at most ``timeout_s`` for the receiver's one-byte ack on FIFO ``fd``; False if none came."""
+    ready, _, _ = select.select([fd], [], [], timeout_s)
+    return bool(ready) and len(os.read(fd, 1)) == 1
 
 
 def _read(s: socket.socket, n: int) -> bytearray:

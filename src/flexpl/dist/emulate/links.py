@@ -9,7 +9,9 @@ bridges; each worker namespace has two veth interfaces into them:
   egress by HTB: one class per neighbour, at the bandwidth of the link in that
   direction (``bandwidth_up_bps`` from the link's first endpoint to its second,
   ``bandwidth_down_bps`` back), selected by a u32 filter on the neighbour's address.
-  Each direction has its own class, so links are full-duplex here.
+  Each direction has its own class; the two directions of a half-duplex link (``duplex:
+  half``) also take turns on one medium, by a lock the two senders share
+  (``comm.py`` [Note: half duplex]), so that both queue as on the clock's one resource.
 
 This kernel has ``htb`` and ``tbf`` but no ``netem``, so a link's latency is added by the
 transport: the sender waits ``latency_s`` before it writes each message.
@@ -350,29 +352,13 @@ def print_tables(rows: list[dict], links: list[dict], title: str, quiet: bool) -
 # ---------------------------------------------------------------- the run
 
 
-def warn_half_duplex(scn: Scenario, quiet: bool) -> list[str]:
-    """Warn (one line) about half-duplex links: the emulation shapes each direction apart.
-
-    Each direction of an emulated link leaves a different namespace, so the kernel cannot
-    make the two directions share one rate; the clock, for a half-duplex link (Wi-Fi), queues
-    them on one resource. Returns the names of such links.
-    """
-    from flexpl.sim.simulator import build_topology
-
-    half = sorted(name for name, (_a, _b, prof) in build_topology(scn).links.items() if prof.duplex == "half")
-    if half and not quiet:
-        print(f"warning: --emulate-links shapes every link full duplex; the clock queues both directions of "
-              f"the half-duplex link(s) {', '.join(half)} on one resource (set duplex: full to compare like "
-              f"with like)", file=sys.stderr)
-    return half
-
-
 def run_emulated(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
                  profile: str | None = None) -> dict[str, Any]:
     """``flexpl run --backend dist --emulate-links``: the dist backend in shaped namespaces; returns the summary."""
     import secrets
+    import tempfile
 
-    from flexpl.dist.emulate.comm import TOKEN_ENV, control_ip
+    from flexpl.dist.emulate.comm import MEDIUM_ENV, TOKEN_ENV, control_ip
     from flexpl.dist.launch import run_dist
     from flexpl.dist.ranks import WorkerFailure, node_ranks
     from flexpl.sim.simulator import build_topology
@@ -383,12 +369,13 @@ def run_emulated(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
     node_of = {r: n for n, r in ranks.items()}
     for f in (Path(out) / "workers").glob("emu_*.json"):  # no stale measurements from an earlier run
         f.unlink()
-    warn_half_duplex(scn, quiet)
     net = ShapedNetwork(scn, ranks)
+    medium = tempfile.mkdtemp(prefix="flexpl-medium-")  # half-duplex links' locks (comm.py [Note: half duplex])
     try:
         net.up()
         env = {"MASTER_ADDR": control_ip(0), "GLOO_SOCKET_IFNAME": "eth0", EMULATE_ENV: "1",
-               TOKEN_ENV: secrets.token_hex(8)}  # data connections greet with it (comm.py)
+               TOKEN_ENV: secrets.token_hex(8),  # data connections greet with it (comm.py)
+               MEDIUM_ENV: medium}
         try:
             summary = run_dist(scn, out, timeout_s, quiet, extra_env=env,
                                rank_env=lambda r: {NETNS_ENV: net.ns(r)})
@@ -403,6 +390,7 @@ def run_emulated(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
                                 f"down): {exc}") from None
     finally:
         net.down()
+        shutil.rmtree(medium, ignore_errors=True)
     out = Path(out).resolve()
     rows, links = write_reports(out, out / "workers", node_of)
     print_tables(rows, links, f"{scn.name} / {scn.strategy} (emulated links)", quiet)

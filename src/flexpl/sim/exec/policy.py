@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from flexpl.config.scenario import Scenario
     from flexpl.plan.layout import Plan
 
-MODES = ("sequential", "processes", "vectorized")
+MODES = ("sequential", "processes", "vectorized", "ray")
 # Modules a vectorized stage may hold: vmap turns these into batched matmuls and pointwise
 # ops, which beat a loop over replicas on a CPU. Convolutions become grouped convolutions,
 # which are slower on CPU than a loop (measured in the issue that asked for this), so
@@ -111,6 +111,8 @@ def choose(scn: Scenario, plan: Plan, stage_modules: list[nn.Module], n_replicas
     n_data = len(scn.data_nodes)
     workers = min(eng.workers or cores, n_data, int(os.environ.get(WORKERS_ENV) or n_data))
     asked = eng.executor
+    if asked == "ray":  # the set-up checks the plan (flexpl.sim.exec.ray_pool.supported) and sizes the actors
+        return Choice("ray", "asked")
     from flexpl.models.aggregate import make_aggregator
 
     if make_aggregator(scn.training.aggregator).proximal:  # the client term lives in Engine.opt_step (one process)

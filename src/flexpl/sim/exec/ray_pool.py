@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from flexpl.sim.engine import Engine
     from flexpl.sim.node_data import NodeData
 
+# how long the actors may take to start and set the scenario up (data, model) before the run gives up
+SETUP_TIMEOUT_S = 600.0
 # the executors that run any plan the simulator runs (named in the error for an unsupported one)
 OTHER_EXECUTORS = "sequential, processes or vectorized (or auto)"
 
@@ -151,14 +153,18 @@ def peak_rss_bytes() -> int:
 
 def worker_count(scn: Scenario, ray: Any) -> int:
     """Actors for this run: ``engine.workers``, else as many as the cluster's CPUs (or GPUs over
-    ``engine.gpus_per_worker``) hold; at most one per data node."""
+    ``engine.gpus_per_worker``) hold; at most one per data node. Asking for more actors than the
+    cluster holds is a ``UserError`` (Ray would wait forever for the rest)."""
     eng = scn.engine
-    if eng.workers:
-        n = eng.workers
-    else:
-        res = ray.cluster_resources()
-        n = int(res.get("GPU", 0) / eng.gpus_per_worker + 1e-9) if eng.gpus_per_worker else int(res.get("CPU", 1))
-    return max(1, min(n, len(scn.data_nodes)))
+    res = ray.cluster_resources()
+    gpus = eng.gpus_per_worker
+    cap = int(res.get("GPU", 0.0) / gpus + 1e-9) if gpus else int(res.get("CPU", 0.0))
+    what = f"{res.get('GPU', 0.0):g} GPUs for {gpus:g} each" if gpus else f"{res.get('CPU', 0.0):g} CPUs for 1 each"
+    n = min(eng.workers or cap, len(scn.data_nodes))
+    if cap < 1 or n > cap:
+        raise UserError(f"engine.executor=ray: {max(n, 1)} Ray actors do not fit the cluster ({what}); "
+                        "lower engine.workers or engine.gpus_per_worker, or add nodes")
+    return n
 
 
 class RayPool:
@@ -180,7 +186,8 @@ class RayPool:
             worker_scn.engine.device = "cuda" if gpus else "cpu"
             actor = ray.remote(RayWorker).options(num_cpus=1, num_gpus=gpus, max_restarts=0)
             self.actors = [actor.remote(worker_scn, 1) for _ in range(self.n)]
-            ray.get([a.ready.remote() for a in self.actors])  # set-up errors surface here, before round 1
+            # set-up errors surface here, before round 1
+            ray.get([a.ready.remote() for a in self.actors], timeout=SETUP_TIMEOUT_S)
         except BaseException:
             self.close()
             raise

@@ -81,3 +81,73 @@ def test_one_worker_sums_bitwise_as_the_sequential_engine() -> None:
     want = st.engine.global_[0].state_dict()
     assert all(torch.equal(part[0][k], want[k]) for k in want)
     assert os.getpid() == worker.ready()
+
+
+class _FakeRay:
+    """Enough of the ``ray`` module for ``RayPool``: actors are objects in this process, refs are values."""
+
+    def __init__(self, cpus: float) -> None:
+        self.cpus = cpus
+        self.killed = 0
+
+    def remote(self, cls: type) -> Any:
+        class Actor:
+            def __init__(self, obj: Any) -> None:
+                self.obj = obj
+
+            def __getattr__(self, name: str) -> Any:
+                method = getattr(self.obj, name)
+                return type("Method", (), {"remote": staticmethod(method)})()
+
+        class Cls:
+            def options(self, **kw: Any) -> Cls:
+                assert kw["num_cpus"] == 1
+                return self
+
+            def remote(self, *args: Any) -> Actor:
+                return Actor(cls(*args))
+        return Cls()
+
+    def put(self, value: Any) -> Any:
+        return value
+
+    def get(self, ref: Any, timeout: float | None = None) -> Any:
+        return ref
+
+    def kill(self, actor: Any) -> None:
+        self.killed += 1
+
+    def cluster_resources(self) -> dict[str, float]:
+        return {"CPU": self.cpus}
+
+
+@pytest.mark.parametrize("strategy,extra", [
+    ("fl", ["training.clients_per_round=0.5", "data.partition.kind=dirichlet", "data.partition.alpha=0.3"]),
+    ("sfl", ["training.optimizer.name=adam", "training.optimizer.lr=0.01"]),
+])
+def test_the_pool_with_actors_in_this_process_equals_sequential(strategy: str, extra: list[str],
+                                                                 monkeypatch) -> None:
+    """The parent's side of a round (deal, partial sums added and installed, losses in order, the walk on
+    shapes) with 3 actors faked in this process: the sequential trace, weights to round-off."""
+    import contextlib
+
+    from flexpl.studies import ray_tasks
+
+    fake = _FakeRay(3.0)
+    monkeypatch.setattr(ray_tasks, "session", lambda *a, **k: contextlib.nullcontext(fake))
+    out = {}
+    for mode in ("sequential", "ray"):
+        scn = digits_star([f"strategy={strategy}", f"engine.executor={mode}", "training.rounds=2"] + extra)
+        st = setup(scn)
+        res = run(scn, st=st, keep_traces=True)
+        out[mode] = res, {s: m.state_dict() for s, m in st.engine.global_.items()}
+    (ref, ref_w), (got, got_w) = out["sequential"], out["ray"]
+    assert got.summary["executor"] == "ray" and fake.killed == 3
+    for (ta, sa, ea), (tb, sb, eb) in zip(got.traces, ref.traces, strict=True):
+        assert sa == sb and ea == eb and all(getattr(ta, k) == getattr(tb, k) for k in ta.__dict__)
+    for k in ("flops_total", "bytes_total", "sim_time_s", "energy_j_total"):
+        assert got.summary[k] == ref.summary[k], k
+    for s, want in ref_w.items():
+        for k, t in want.items():
+            torch.testing.assert_close(got_w[s][k], t, rtol=1e-5, atol=1e-6)
+    assert [r["train_loss"] for r in got.rounds] == pytest.approx([r["train_loss"] for r in ref.rounds], rel=1e-5)

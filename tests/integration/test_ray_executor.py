@@ -168,6 +168,7 @@ def _run(strategy: str, mode: str, extra: list[str] | None = None) -> tuple[dict
     return res.summary, {s: m.state_dict() for s, m in st.engine.global_.items()}, res.rounds, res.traces
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 @needs_ray
 @pytest.mark.parametrize("strategy", ["fl", "sfl"])
@@ -193,6 +194,7 @@ def test_ray_executor_on_two_nodes_equals_sequential(cluster: str, strategy: str
     assert [r["accuracy"] for r in got_rows] == pytest.approx([r["accuracy"] for r in ref_rows], abs=0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 @needs_ray
 def test_run_with_ray_address_writes_the_sequential_bill(cluster: str, tmp_path: Path) -> None:

@@ -188,6 +188,18 @@ class RayPool:
             self.actors = [actor.remote(worker_scn, 1) for _ in range(self.n)]
             # set-up errors surface here, before round 1
             ray.get([a.ready.remote() for a in self.actors], timeout=SETUP_TIMEOUT_S)
+        except UserError:
+            self.close()
+            raise
+        except Exception as exc:
+            self.close()
+            if type(exc).__module__.startswith("ray."):  # an actor that did not start or failed its set-up
+                first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+                raise UserError(f"engine.executor=ray: the Ray actors did not set up ({type(exc).__name__}: "
+                                f"{first.strip()[:300]}); every node needs flexpl and the scenario's code "
+                                "installed; run with --set engine.executor=sequential to see set-up errors here"
+                                ) from None
+            raise
         except BaseException:
             self.close()
             raise

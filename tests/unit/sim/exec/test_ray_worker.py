@@ -42,6 +42,7 @@ def _reset_peak() -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_worker_holds_one_model_whatever_the_clients_a_round() -> None:
     """Peak memory while training 1,000 clients is that of 10: one working model, summed in place."""
     scn = validate_scenario(star(1000))
@@ -121,6 +122,7 @@ class _FakeRay:
         return {"CPU": self.cpus}
 
 
+@pytest.mark.equivalence
 @pytest.mark.parametrize("strategy,extra", [
     ("fl", ["training.clients_per_round=0.5", "data.partition.kind=dirichlet", "data.partition.alpha=0.3"]),
     ("sfl", ["training.optimizer.name=adam", "training.optimizer.lr=0.01"]),

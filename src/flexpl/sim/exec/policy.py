@@ -20,12 +20,16 @@ decides (:func:`choose`); :mod:`flexpl.sim.exec.processes` holds the worker proc
   (``Engine.shadow``) and so records the very trace the sequential engine records.
   FedAvg clients on working models (flexpl.sim.exec.fedavg_sum) are taken from one queue in FedAvg
   order, by the workers and by this process, which trains the ones its walk reaches first.
+- ``ray`` (asked for only): FedAvg/SplitFed clients dealt to Ray actors on one machine or a
+  cluster, each with one working model per stage, returning one partial FedAvg sum each,
+  while this process walks the round on shapes (``flexpl.sim.exec.ray_pool``, [Note: Ray workers]).
 
 [Note: mode equivalence] ``processes`` does each replica's arithmetic exactly as
 ``sequential`` does with one torch thread (bitwise equal then; with more threads, ops
 may sum in another order). ``vectorized`` batches each replica's matmuls and convolutions
 over replicas, so weights agree to float round-off: tests hold them to 1e-5 relative
-after several rounds. Costs (FLOPs, bytes, time, energy) are the same in every mode.
+after several rounds. ``ray`` adds the FedAvg sum per actor instead of client by client
+(bitwise with one actor), so weights agree to float round-off too. Costs (FLOPs, bytes, time, energy) are the same in every mode.
 """
 
 from __future__ import annotations

@@ -180,6 +180,10 @@ class RayPool:
         local_cpus = None if address else (scn.engine.workers or min(os.cpu_count() or 1, len(scn.data_nodes)))
         try:
             self.ray = ray = self.stack.enter_context(ray_tasks.session(address, local_cpus))
+            if _in_ray_task():
+                raise UserError("engine.executor=ray: this run is itself a Ray task (flexpl sweep/compare --ray), "
+                                "whose CPUs its actors would wait for; use one of the two: drop --ray there, "
+                                "or set engine.executor to sequential, processes or vectorized")
             self.n = worker_count(scn, ray)
             gpus = scn.engine.gpus_per_worker
             worker_scn = copy.deepcopy(scn)
@@ -255,3 +259,12 @@ class RayPool:
                 ray.kill(a)
         self.actors = []
         self.stack.close()
+
+
+def _in_ray_task() -> bool:
+    """True inside a Ray task or actor (not a driver)."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        return False
+    return getattr(ray_worker.global_worker, "mode", None) == getattr(ray_worker, "WORKER_MODE", 1)

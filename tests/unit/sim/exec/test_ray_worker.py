@@ -153,3 +153,17 @@ def test_the_pool_with_actors_in_this_process_equals_sequential(strategy: str, e
         for k, t in want.items():
             torch.testing.assert_close(got_w[s][k], t, rtol=1e-5, atol=1e-6)
     assert [r["train_loss"] for r in got.rounds] == pytest.approx([r["train_loss"] for r in ref.rounds], rel=1e-5)
+
+
+def test_a_run_inside_a_ray_task_refuses_actors_of_its_own(monkeypatch) -> None:
+    """A sweep cell run as a Ray task holds a CPU its actors would wait for: one line instead of a hang."""
+    import contextlib
+
+    from flexpl.errors import UserError
+    from flexpl.sim.exec import ray_pool
+    from flexpl.studies import ray_tasks
+
+    monkeypatch.setattr(ray_tasks, "session", lambda *a, **k: contextlib.nullcontext(_FakeRay(2.0)))
+    monkeypatch.setattr(ray_pool, "_in_ray_task", lambda: True)
+    with pytest.raises(UserError, match="this run is itself a Ray task"):
+        run(digits_star(["engine.executor=ray", "training.rounds=1"]))

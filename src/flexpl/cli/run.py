@@ -34,6 +34,10 @@ def add_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--emulate-profile", default=None, metavar="FILE",
                    help="with --emulate-links: device profile from `flexpl calibrate --threads 1` for every node "
                         "(default: calibrate this machine once and cache it)")
+    r.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="train the run's clients in Ray actors (engine.executor=ray; pip install 'flexpl[ray]'): "
+                        "alone, on a local Ray started for the run; with ADDRESS (auto, HOST:PORT, "
+                        "ray://HOST:PORT), on that cluster (engine.ray_address). The bill is the sequential one")
     target_arguments(r)
     track_argument(r)
     device_arguments(r)
@@ -45,7 +49,7 @@ def main(a: argparse.Namespace) -> int:
 
     scenario = a.scenario
     trackers = check_track(a)
-    a.set = [*a.set, *target_sets(a)]
+    a.set = [*a.set, *target_sets(a), *ray_sets(a.ray)]
     if a.resume:
         out = Path(a.resume)
         if a.out and Path(a.out) != out:
@@ -104,3 +108,17 @@ def main(a: argparse.Namespace) -> int:
         c.print(f"results in {out}/ (summary.json, rounds.csv, config.yaml)")
     track_results(out, trackers)
     return 0
+
+
+def ray_sets(address: str | None) -> list[str]:
+    """The ``--set`` items ``--ray [ADDRESS]`` stands for; a bad or unreachable address, or a missing Ray,
+    is a one-line error here, before any work."""
+    if address is None:
+        return []
+    from flexpl.studies.ray_tasks import require
+
+    require(address)
+    sets = ["engine.executor=ray"]
+    if address and address != "local":
+        sets.append(f'engine.ray_address="{address}"')
+    return sets

@@ -13,6 +13,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 from flexpl.config.base import _Strict
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")  # (as flexpl.sim.device.DEVICE_PATTERN)
+_RAY_ADDRESS = re.compile(r"^(auto|ray://\S+|[A-Za-z0-9._-]+:\d+)$")  # (as flexpl.studies.ray_tasks._ADDRESS)
 
 
 class EnergyCfg(_Strict):
@@ -52,18 +53,32 @@ class EngineCfg(_Strict):
     backend: Literal["sim", "dist"] = "sim"
     timeout_s: PositiveFloat = 60.0  # distributed backend: how long a rank waits for a peer
     # simulator: how replicas run (see flexpl.sim.exec.policy); auto picks per plan and model
-    executor: Literal["auto", "sequential", "processes", "vectorized"] = "auto"
-    workers: PositiveInt | None = None  # processes: worker count (default: CPU cores, at most one per data node)
+    executor: Literal["auto", "sequential", "processes", "vectorized", "ray"] = "auto"
+    # processes: worker count (default: CPU cores, at most one per data node); ray: Ray actors
+    # (default: as many as the cluster's CPUs, or GPUs / gpus_per_worker, hold; at most one per data node)
+    workers: PositiveInt | None = None
     vector_chunk: PositiveInt = 32  # vectorized: replicas trained together in one vmapped call (or working-model clients per stacked arena)
     # simulator: where replicas, working models, evaluation and aggregation run (flexpl.sim.device);
     # auto: CUDA when there is one, else the CPU. The bill does not depend on it.
     device: str = "auto"
+    # ray (flexpl.sim.exec.ray_pool): the cluster to join (auto, HOST:PORT or ray://HOST:PORT);
+    # None: a local Ray started for the run and stopped after it
+    ray_address: str | None = None
+    # ray: the GPU share each Ray actor asks for (fractional allowed, e.g. 0.25); 0: CPU actors
+    gpus_per_worker: float = Field(0.0, ge=0.0)
 
     @field_validator("device")
     @classmethod
     def _check_device(cls, v: str) -> str:
         if not _DEVICE.match(v):
             raise ValueError(f"engine.device: '{v}' is not a device; use auto, cpu, cuda or cuda:N")
+        return v
+
+    @field_validator("ray_address")
+    @classmethod
+    def _check_ray_address(cls, v: str | None) -> str | None:
+        if v is not None and not _RAY_ADDRESS.match(v):
+            raise ValueError(f"engine.ray_address: '{v}' is not a Ray address; use auto, HOST:PORT or ray://HOST:PORT")
         return v
 
 

@@ -52,10 +52,11 @@ class Engine(TensorStep, WorkingModels, Evaluation):
     def __init__(self, layout: Layout, full_model: BlockModel, opt_cfg: OptimizerCfg, transport,
                  recorder: Recorder, patch_grid: tuple[int, int] | None = None,
                  is_local: Callable[[str], bool] | None = None, shared: bool = False,
-                 vector_chunk: int | None = None, working: bool = False) -> None:
+                 vector_chunk: int | None = None, working: bool = False, working_any_host: bool = False) -> None:
         """``shared``: stacked replica state in shared memory (worker processes); ``vector_chunk``:
         run up to that many replicas of a stage together with ``vmap`` (None: one by one); ``working``:
-        clients whose state does not outlive the round train on one working model [Note: working models]."""
+        clients whose state does not outlive the round train on one working model [Note: working models];
+        ``working_any_host``: also where a path's replicas live on other nodes (``working_stages``' ``any_host``)."""
         self.layout = layout
         self.plan = layout.plan
         self.opt_cfg = opt_cfg
@@ -76,7 +77,7 @@ class Engine(TensorStep, WorkingModels, Evaluation):
         base = [stage_module(full_model, st.start, st.end) for st in self.plan.stages]
         # [Note: working models] (flexpl.sim.exec.fedavg_sum): stages whose replicas get no state of their own
         self.working: dict[int, WorkingModel] = {}
-        for s in working_stages(layout, base, opt_cfg, is_local, vector_chunk) if working else []:
+        for s in working_stages(layout, base, opt_cfg, is_local, vector_chunk, working_any_host) if working else []:
             self.working[s] = WorkingModel(base[s], opt_cfg, shared)
         self._build_replicas(base, opt_cfg, shared)
         self.vector_chunk = vector_chunk

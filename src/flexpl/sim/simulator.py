@@ -48,7 +48,7 @@ from flexpl.sim import checkpoint, failures
 from flexpl.sim.device import check_precision, resolve_device
 from flexpl.sim.engine import Engine
 from flexpl.sim.evaluate import extract_patch, patch_input
-from flexpl.sim.exec import policy, processes
+from flexpl.sim.exec import policy, processes, ray_pool
 from flexpl.sim.exec import vectorized as vecwork
 from flexpl.sim.node_data import NodeData
 from flexpl.sim.plugins import configure
@@ -98,10 +98,11 @@ class Setup:
     model_bytes: int
     recorder: Recorder
     executor: policy.Choice = field(default_factory=lambda: policy.Choice("sequential", "default"))
-    pool: processes.ProcessPool | None = None
+    pool: processes.ProcessPool | ray_pool.RayPool | None = None
     steps: processes.StepPool | None = None
     val: tuple[torch.Tensor, torch.Tensor] | None = None  # held-out training samples (data.validation_fraction)
     vecwork: vecwork.VecWork | None = None  # vectorized working models (flexpl.sim.exec.vectorized)
+    flops_per_sample: float = 0.0  # forward FLOPs of one sample through the whole model (weighs clients)
 
 
 def _model_spec(scn: Scenario) -> tuple[str, Any]:
@@ -135,11 +136,14 @@ def _without_gc(fn: Callable[_P, _R]) -> Callable[_P, _R]:
 
 @_without_gc
 def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTransport,
-          dataset: Dataset | None = None, is_local: Callable[[str], bool] | None = None) -> Setup:
+          dataset: Dataset | None = None, is_local: Callable[[str], bool] | None = None,
+          ray_worker: bool = False) -> Setup:
     """Load data, resolve the topology and plan, build the model and the engine.
 
     ``is_local`` says which nodes this process runs for real; the others' replicas and
     data live on the meta device (shapes only). Default: every node is local.
+    ``ray_worker``: the set-up of a Ray actor of ``engine.executor: ray`` (it trains on
+    ``engine.device``; the run's own process walks and aggregates on the CPU).
     """
     local = is_local or (lambda node: True)
     data = dataset or load_data(scn.data, scn.seed)
@@ -182,6 +186,7 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         data_nodes = [topo.server]
     layout = place(plan, topo, data_nodes)
     recorder = Recorder(topo)
+    fwd = 0.0
     if is_local is None and transport_factory is SimTransport:
         stages = [full.blocks[full.block_names[st.start]] if st.end - st.start == 1 else
                   torch.nn.Sequential(*[full.blocks[b] for b in full.block_names[st.start:st.end]])
@@ -191,9 +196,11 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         choice = policy.choose(scn, plan, stages, [len(r) for r in layout.replicas], fwd, len(data.train_y))
         fit = vecwork.fits(scn, layout, stages, None)  # (every node is here: no pass over the clients)
         choice = vecwork.prefer(scn, choice, layout, stages, None, fit)  # [Note: vectorized working models]
-        dev = resolve_device(scn.engine.device)
+        if choice.mode == "ray":  # [Note: Ray workers] the actors train; this process walks on shapes
+            fit = False
+        dev = resolve_device(scn.engine.device) if choice.mode != "ray" or ray_worker else torch.device("cpu")
         check_precision(scn.training.precision, dev)
-        if (dev.type != "cpu" or scn.training.precision != "fp32") and choice.mode != "sequential":
+        if (dev.type != "cpu" or scn.training.precision != "fp32") and choice.mode not in ("sequential", "ray"):
             if scn.engine.executor != "auto":
                 raise UserError(f"engine.executor: {scn.engine.executor} runs fp32 on the CPU only; with "
                                 f"engine.device={scn.engine.device} and training.precision={scn.training.precision} "
@@ -212,7 +219,10 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
                     shared=choice.mode == "processes",
                     vector_chunk=scn.engine.vector_chunk if choice.mode == "vectorized" and not stacked_work else None,
                     # [Note: working models] reproduce FedAvg's sum only, and keep no client for a failure to drop
-                    working=not scn.failures.active and scn.training.aggregator.kind == "fedavg")
+                    working=not scn.failures.active and scn.training.aggregator.kind == "fedavg",
+                    working_any_host=choice.mode == "ray")
+    if choice.mode == "ray" and not ray_pool.supported(engine):
+        raise ray_pool.unsupported(scn, plan)
     engine.device, engine.precision = dev, scn.training.precision
     configure(engine, scn)  # training.loss and training.aggregator (flexpl.sim.plugins)
     val = None
@@ -222,7 +232,7 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
     return Setup(scn, data, topo, plan, engine, nodes, Summaries(data.train_y.numpy(), *parts, data.num_classes),
                  count_params(probe), state_bytes(probe), recorder, choice, val=val,
                  vecwork=vecwork.VecWork(engine, scn.engine.vector_chunk, vecwork.thread_count(scn)) if stacked_work
-                 else None)
+                 else None, flops_per_sample=float(fwd))
 
 
 @dataclass
@@ -393,6 +403,8 @@ def _run(scn: Scenario, st: Setup, t_wall: float, on_round: Callable[[dict[str, 
             st.pool = processes.ProcessPool(eng, by_name, st.executor.workers)
         else:  # the per-node replicas of each step, side by side
             st.steps = eng.remote = processes.StepPool(eng, st.executor.workers)
+    if st.executor.mode == "ray" and first <= tr.rounds:  # [Note: Ray workers]
+        st.pool = ray_pool.RayPool(scn, eng, by_name, st.flops_per_sample)
     # checkpoints are written in the background; the run waits for the last one (see checkpoint.Writer)
     writer = checkpoint.Writer() if checkpoint_dir is not None else None
     done = False

@@ -152,6 +152,18 @@ class FedAvgSum:
         """Wait until every client this process finished is in the sum (a worker, at the end of its round)."""
         self._wait(glob, 0)
 
+    @torch.no_grad()
+    def install(self, total: State) -> None:
+        """The whole round's sum, added up elsewhere (the partial sums of Ray workers,
+        ``flexpl.sim.exec.ray_pool``): every position is in, :meth:`finish` returns ``total``."""
+        if self.coef is None:
+            raise RuntimeError("FedAvgSum.install: the round's weights are not known (no begin with weights)")
+        with self._lock():
+            for k, a in self.acc.items():
+                a.copy_(total[k])
+            self.ctl[0] = self.n
+            self.pending = {}
+
     def finish(self, weights: Sequence[float], glob: Callable[[], State]) -> dict[str, torch.Tensor]:
         """The average, once every position is in (the process that owns the round, at the upload).
 

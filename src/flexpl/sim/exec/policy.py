@@ -20,12 +20,16 @@ decides (:func:`choose`); :mod:`flexpl.sim.exec.processes` holds the worker proc
   (``Engine.shadow``) and so records the very trace the sequential engine records.
   FedAvg clients on working models (flexpl.sim.exec.fedavg_sum) are taken from one queue in FedAvg
   order, by the workers and by this process, which trains the ones its walk reaches first.
+- ``ray`` (asked for only): FedAvg/SplitFed clients dealt to Ray actors on one machine or a
+  cluster, each with one working model per stage, returning one partial FedAvg sum each,
+  while this process walks the round on shapes (``flexpl.sim.exec.ray_pool``, [Note: Ray workers]).
 
 [Note: mode equivalence] ``processes`` does each replica's arithmetic exactly as
 ``sequential`` does with one torch thread (bitwise equal then; with more threads, ops
 may sum in another order). ``vectorized`` batches each replica's matmuls and convolutions
 over replicas, so weights agree to float round-off: tests hold them to 1e-5 relative
-after several rounds. Costs (FLOPs, bytes, time, energy) are the same in every mode.
+after several rounds. ``ray`` adds the FedAvg sum per actor instead of client by client
+(bitwise with one actor), so weights agree to float round-off too. Costs (FLOPs, bytes, time, energy) are the same in every mode.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ if TYPE_CHECKING:
     from flexpl.config.scenario import Scenario
     from flexpl.plan.layout import Plan
 
-MODES = ("sequential", "processes", "vectorized")
+MODES = ("sequential", "processes", "vectorized", "ray")
 # Modules a vectorized stage may hold: vmap turns these into batched matmuls and pointwise
 # ops, which beat a loop over replicas on a CPU. Convolutions become grouped convolutions,
 # which are slower on CPU than a loop (measured in the issue that asked for this), so
@@ -111,6 +115,8 @@ def choose(scn: Scenario, plan: Plan, stage_modules: list[nn.Module], n_replicas
     n_data = len(scn.data_nodes)
     workers = min(eng.workers or cores, n_data, int(os.environ.get(WORKERS_ENV) or n_data))
     asked = eng.executor
+    if asked == "ray":  # the set-up checks the plan (flexpl.sim.exec.ray_pool.supported) and sizes the actors
+        return Choice("ray", "asked")
     from flexpl.models.aggregate import make_aggregator
 
     if make_aggregator(scn.training.aggregator).proximal:  # the client term lives in Engine.opt_step (one process)

@@ -57,7 +57,8 @@ class WorkingModel:
 
 
 def working_stages(layout: Layout, base: list[BlockModel], opt_cfg: OptimizerCfg,
-                   is_local: Callable[[str], bool] | None, vector_chunk: int | None) -> list[int]:
+                   is_local: Callable[[str], bool] | None, vector_chunk: int | None,
+                   any_host: bool = False) -> list[int]:
     """Stages whose clients can train on one working model [Note: working models].
 
     Every data node's path runs on replicas of its own (so the simulator trains node after
@@ -65,12 +66,16 @@ def working_stages(layout: Layout, base: list[BlockModel], opt_cfg: OptimizerCfg
     on every download, and the stage is here, has weights and no buffers (batch norm
     statistics are not averaged as weights). Anything else keeps a replica per client.
     ``is_local`` None: every node is here (no pass over the clients to ask).
+    ``any_host``: the replicas of a data node's path may live on other nodes (SplitFed's server
+    halves): the caller trains node after node itself (``engine.executor: ray``, whose workers
+    train client by client while the parent only walks the round on shapes).
     """
     plan = layout.plan
     if (plan.junction != "batch" or plan.schedule != "lockstep" or plan.collect_data or vector_chunk
             or not opt_cfg.reset_on_sync):
         return []
-    if not all(st.replication == "per_node" and st.host == "own" and not st.hosts for st in plan.stages):
+    if not all(st.replication == "per_node" and (any_host or (st.host == "own" and not st.hosts))
+               for st in plan.stages):
         return []
     if any(st.sync.kind not in ("none", "fedavg") or (st.sync.kind == "fedavg" and (
             st.sync.unit != "round" or st.sync.every != 1 or st.sync.scope != "all")) for st in plan.stages):

@@ -1,0 +1,270 @@
+"""``engine.executor: ray``: one run's FedAvg clients trained by Ray actors, on one machine or a cluster.
+
+[Note: Ray workers] For plans whose clients are independent within a round and start it
+from the averaged weights (FedAvg ``fl``, SplitFed ``sfl``: every stage per data node,
+averaged over all clients every round, optimizers reset on download; see
+:func:`supported`), a round's arithmetic splits by client. Each Ray actor
+(:class:`RayWorker`) is set up once per run from the scenario (same seed: the same data
+partition and initial model; the data is loaded in the actor) and holds one working model
+per stage ([Note: working models]), updated in place client after client: load the
+round's global weights, reset the optimizer, train the client's batches, add its weights
+times its FedAvg coefficient to the actor's partial sum. An actor's memory is therefore
+one model per stage plus its data, whatever the number of clients a round.
+
+Each round the parent (:class:`RayPool`) puts the global weights once (``ray.put``), deals
+the round's clients to the actors by expected work (:func:`deal`: samples x FLOPs per
+sample, longest first, to the least-loaded actor), and walks the round on shapes
+(``Engine.shadow``) while the actors train, so it records the very trace the sequential
+engine records: FLOPs, bytes, clock and energy are identical. Each actor returns ONE
+partial FedAvg sum per stage and its clients' per-step losses; the parent adds the
+partial sums (in actor order) and installs the total where the upload reads it
+(``FedAvgSum.install``); the losses are summed in the sequential engine's order. The sum
+is grouped by actor instead of client by client, so weights agree with ``sequential`` to
+float round-off (bitwise with one actor) [Note: mode equivalence].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from flexpl.errors import UserError
+from flexpl.sim.exec.processes import _sum_losses
+
+if TYPE_CHECKING:
+    from flexpl.config.scenario import Scenario
+    from flexpl.plan.spec import Plan
+    from flexpl.sim.engine import Engine
+    from flexpl.sim.node_data import NodeData
+
+# how long the actors may take to start and set the scenario up (data, model) before the run gives up
+SETUP_TIMEOUT_S = 600.0
+# the executors that run any plan the simulator runs (named in the error for an unsupported one)
+OTHER_EXECUTORS = "sequential, processes or vectorized (or auto)"
+
+
+def deal(work: Mapping[str, float], n: int) -> list[list[str]]:
+    """The clients ``work`` (name -> expected work) dealt to ``n`` workers: longest first, each to the
+    least-loaded worker (the lowest index on a tie); each worker's clients keep ``work``'s order.
+
+    Longest first to the least loaded keeps the largest load within 4/3 of the best possible
+    (Graham's LPT bound), so no worker waits long for one straggling client.
+    """
+    if n < 1:
+        raise ValueError(f"deal: at least one worker, got {n}")
+    order = {name: i for i, name in enumerate(work)}
+    load = [0.0] * n
+    owner: dict[str, int] = {}
+    for name in sorted(work, key=lambda k: (-work[k], order[k])):
+        w = min(range(n), key=lambda i: (load[i], i))
+        owner[name] = w
+        load[w] += work[name]
+    return [[name for name in work if owner[name] == w] for w in range(n)]
+
+
+def supported(eng: Engine) -> bool:
+    """True when every stage with weights trains on working models (see [Note: Ray workers])."""
+    from flexpl.models import count_params
+
+    return bool(eng.working) and all(
+        s in eng.working or not any(count_params(r.module) for r in eng.replicas[s][:1])
+        for s in range(len(eng.plan.stages)))
+
+
+def unsupported(scn: Scenario, plan: Plan) -> UserError:
+    """The one-line error for ``engine.executor: ray`` on a plan it does not run."""
+    return UserError(f"engine.executor=ray: the {plan.name} plan (strategy {scn.strategy}) is not supported yet; "
+                     "ray runs plans whose clients train independently every round from the averaged weights "
+                     "(FedAvg fl, SplitFed sfl; FedAvg aggregator, optimizers reset on sync, no failures, no "
+                     f"batch norm); use engine.executor={OTHER_EXECUTORS}")
+
+
+class RayWorker:
+    """A Ray actor: the scenario set up once, one working model per stage, trains dealt clients in place."""
+
+    def __init__(self, scn: Scenario, threads: int = 1) -> None:
+        """Set the scenario up as the parent did (same seed: same partition and initial model)."""
+        from flexpl.sim.simulator import setup
+
+        torch.set_num_threads(threads)
+        st = setup(scn, ray_worker=True)
+        self.eng = st.engine
+        self.by_name = {nd.name: nd for nd in st.nodes}
+
+    def ready(self) -> int:
+        """This actor's process id (the parent waits for every actor's set-up with it)."""
+        return os.getpid()
+
+    def peak_rss_bytes(self) -> int:
+        """This actor process's peak resident memory so far (Linux: ``VmHWM``; elsewhere ru_maxrss)."""
+        return peak_rss_bytes()
+
+    def train(self, glob: dict[int, dict[str, torch.Tensor]], lr: float,
+              clients: list[tuple[str, list[np.ndarray], dict[int, float]]],
+              ) -> tuple[dict[int, dict[str, torch.Tensor]], dict[str, list[tuple[float, int]]]]:
+        """Train ``clients`` (name, batch index arrays, FedAvg coefficient per stage) one after another,
+        each from ``glob`` with a fresh optimizer; returns the partial FedAvg sum per stage (coefficient
+        times weights, summed in the given order) and each client's (loss sum, samples) per step."""
+        eng = self.eng
+        with torch.no_grad():
+            for s, state in glob.items():
+                eng.global_[s].load_state_dict(state)
+        eng.lr_now.fill_(lr)
+        acc: dict[int, dict[str, torch.Tensor]] = {}
+        losses: dict[str, list[tuple[float, int]]] = {}
+        for name, idx_list, coef in clients:
+            for w in eng.working.values():
+                w.bound = None  # the next step binds this client: the global weights, a fresh optimizer
+            nd = self.by_name[name]
+            losses[name] = [eng.train_step({name: nd.batch(torch.tensor(idx))}) for idx in idx_list]
+            eng.recorder.take()  # the parent records the trace
+            with torch.no_grad():
+                for s, w in eng.working.items():
+                    state = w.module.state_dict()
+                    if s not in acc:
+                        acc[s] = {k: v.detach() * coef[s] for k, v in state.items()}
+                    else:
+                        for k, a in acc[s].items():
+                            a.add_(state[k].detach() * coef[s])
+        for w in eng.working.values():
+            w.bound = None
+        return {s: {k: v.cpu() for k, v in a.items()} for s, a in acc.items()}, losses
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far, in bytes."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def worker_count(scn: Scenario, ray: Any) -> int:
+    """Actors for this run: ``engine.workers``, else as many as the cluster's CPUs (or GPUs over
+    ``engine.gpus_per_worker``) hold; at most one per data node. Asking for more actors than the
+    cluster holds is a ``UserError`` (Ray would wait forever for the rest)."""
+    eng = scn.engine
+    res = ray.cluster_resources()
+    gpus = eng.gpus_per_worker
+    cap = int(res.get("GPU", 0.0) / gpus + 1e-9) if gpus else int(res.get("CPU", 0.0))
+    what = f"{res.get('GPU', 0.0):g} GPUs for {gpus:g} each" if gpus else f"{res.get('CPU', 0.0):g} CPUs for 1 each"
+    n = min(eng.workers or cap, len(scn.data_nodes))
+    if cap < 1 or n > cap:
+        raise UserError(f"engine.executor=ray: {max(n, 1)} Ray actors do not fit the cluster ({what}); "
+                        "lower engine.workers or engine.gpus_per_worker, or add nodes")
+    return n
+
+
+class RayPool:
+    """The Ray actors of one run and the parent's side of a round (see [Note: Ray workers])."""
+
+    def __init__(self, scn: Scenario, eng: Engine, by_name: Mapping[str, NodeData], flops_per_sample: float) -> None:
+        """Join ``engine.ray_address`` (or start a local Ray) and set up the actors, one per worker."""
+        from flexpl.studies import ray_tasks
+
+        self.stack = contextlib.ExitStack()
+        self.actors: list[Any] = []
+        address = scn.engine.ray_address
+        local_cpus = None if address else (scn.engine.workers or min(os.cpu_count() or 1, len(scn.data_nodes)))
+        try:
+            self.ray = ray = self.stack.enter_context(ray_tasks.session(address, local_cpus))
+            if _in_ray_task():
+                raise UserError("engine.executor=ray: this run is itself a Ray task (flexpl sweep/compare --ray), "
+                                "whose CPUs its actors would wait for; use one of the two: drop --ray there, "
+                                "or set engine.executor to sequential, processes or vectorized")
+            self.n = worker_count(scn, ray)
+            gpus = scn.engine.gpus_per_worker
+            worker_scn = copy.deepcopy(scn)
+            worker_scn.engine.device = "cuda" if gpus else "cpu"
+            actor = ray.remote(RayWorker).options(num_cpus=1, num_gpus=gpus, max_restarts=0)
+            self.actors = [actor.remote(worker_scn, 1) for _ in range(self.n)]
+            # set-up errors surface here, before round 1
+            ray.get([a.ready.remote() for a in self.actors], timeout=SETUP_TIMEOUT_S)
+        except UserError:
+            self.close()
+            raise
+        except Exception as exc:
+            self.close()
+            if type(exc).__module__.startswith("ray."):  # an actor that did not start or failed its set-up
+                first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+                raise UserError(f"engine.executor=ray: the Ray actors did not set up ({type(exc).__name__}: "
+                                f"{first.strip()[:300]}); every node needs flexpl and the scenario's code "
+                                "installed; run with --set engine.executor=sequential to see set-up errors here"
+                                ) from None
+            raise
+        except BaseException:
+            self.close()
+            raise
+        self.flops_per_sample = flops_per_sample
+        self.meta = {n: nd.meta() for n, nd in by_name.items()}
+
+    def train_round(self, eng: Engine, plan_batches: dict[str, list[torch.Tensor]],
+                    walk: Callable[..., tuple[float, int, dict[str, int]]], fed_step: Sequence[int],
+                    rnd: int) -> tuple[float, int, dict[str, int]]:
+        """One round: the actors train the clients dealt to them while this process walks the round on
+        shapes; the partial sums are added and installed for the upload. Returns loss sum, samples, seen."""
+        if fed_step:
+            raise RuntimeError("engine.executor=ray: step-level FedAvg is not supported")
+        ray = self.ray
+        samples = {n: sum(len(b) for b in bs) for n, bs in plan_batches.items()}
+        trained = eng.claim_order(samples)  # FedAvg order, clients with samples
+        coef = {s: {n: w.sum.coef[w.pos[eng.layout.serves[s][n]]] for n in trained}
+                for s, w in eng.working.items()}
+        shares = deal({n: samples[n] * max(self.flops_per_sample, 1.0) for n in trained}, self.n)
+        glob = ray.put({s: eng.global_[s].state_dict() for s in eng.working})
+        lr = float(eng.lr_now[0])
+        refs = [(self.actors[w], self.actors[w].train.remote(
+            glob, lr, [(n, [b.numpy() for b in plan_batches[n]], {s: coef[s][n] for s in coef}) for n in share]))
+            for w, share in enumerate(shares) if share]
+        log: list[tuple[list[str], int]] = []
+        with eng.shadow(set(plan_batches)):
+            _, _, seen = walk(eng, self.meta, plan_batches, list(fed_step), rnd, log)
+        losses: dict[str, list[tuple[float, int]]] = {}
+        total: dict[int, dict[str, torch.Tensor]] = {}
+        for _, ref in refs:
+            part, got = ray.get(ref)
+            losses.update(got)
+            for s, acc in part.items():
+                if s not in total:
+                    total[s] = acc
+                else:
+                    for k, a in total[s].items():
+                        a.add_(acc[k])
+        for s, w in eng.working.items():
+            if s in total:
+                w.sum.install(total[s])
+        return (*_sum_losses(log, losses), seen)
+
+    def peak_rss_bytes(self) -> list[int]:
+        """Each actor's peak resident memory so far, in bytes."""
+        return self.ray.get([a.peak_rss_bytes.remote() for a in self.actors])
+
+    def close(self) -> None:
+        """Stop the actors, and the Ray this run started (if it started one)."""
+        ray = getattr(self, "ray", None)
+        for a in getattr(self, "actors", []):
+            with contextlib.suppress(Exception):
+                ray.kill(a)
+        self.actors = []
+        self.stack.close()
+
+
+def _in_ray_task() -> bool:
+    """True inside a Ray task or actor (not a driver)."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        return False
+    return getattr(ray_worker.global_worker, "mode", None) == getattr(ray_worker, "WORKER_MODE", 1)

@@ -251,5 +251,7 @@ def test_a_half_duplex_link_carries_one_direction_at_a_time(tmp_path):
     full = _exchange_seconds(tmp_path, "full")
     half = _exchange_seconds(tmp_path, "half")
     one_way = 8 * 1_000_000 / 1.0e7
-    assert 0.9 * one_way <= full <= 1.5 * one_way, (full, half)
-    assert half >= 1.8 * one_way and half > full, (full, half)  # without turns it would be about `full`
+    # only the turns tell the two apart: the full-duplex time varies with the machine's load (its TCP
+    # acknowledgements queue behind the other direction), the half-duplex one is held by the shaped rate
+    assert full >= 0.9 * one_way, (full, half)
+    assert half >= 1.8 * one_way and full <= 0.85 * half, (full, half)  # without turns half would be about `full`

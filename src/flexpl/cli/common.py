@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from flexpl.errors import UserError
-from flexpl.studies.ray_tasks import LOCAL
+from flexpl.io.ray_cluster import LOCAL
 
 DEFAULT_STRATEGIES = "centralized,fl,sl,sfl,mp,fpl"  # what compare runs and tune tunes without --strategies
 

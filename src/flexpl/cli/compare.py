@@ -61,9 +61,9 @@ def main(a: argparse.Namespace) -> int:
     if seeds is not None and a.seed is not None:
         raise UserError("--seeds: give either --seed or --seeds, not both")
     if a.ray is not None:  # one line before any work: a bad address or --jobs, or Ray not installed
-        from flexpl.studies import ray_tasks
+        from flexpl.io.ray_cluster import require
 
-        ray_tasks.require(a.ray, a.jobs)
+        require(a.ray, a.jobs)
     elif a.jobs is not None:
         raise UserError("--jobs: compare runs its strategies one after another; --jobs sizes the local Ray "
                         "of --ray (add --ray, or drop --jobs)")

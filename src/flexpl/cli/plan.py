@@ -76,11 +76,11 @@ def main(args: argparse.Namespace) -> int:
     if args.objective in TARGET_OBJECTIVES and not targets:
         raise UserError(f"--objective {args.objective}: costs to a target need --target-accuracy A (e.g. 0.7)")
     if args.ray is not None:  # fail before the costing, not after it
-        from flexpl.studies import ray_tasks
+        from flexpl.io.ray_cluster import require
 
         if not args.validate:
             raise UserError("--ray: only --validate K trains (as Ray tasks); add --validate K or drop --ray")
-        ray_tasks.require(args.ray)
+        require(args.ray)
     constraints = [parse_constraint(c) for c in args.constraint]  # bad input fails before any work
     if not targets and any(c.column == "reaches" for c in constraints):
         raise UserError("--constraint reaches: needs --target-accuracy A (e.g. 0.7)")

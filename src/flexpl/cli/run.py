@@ -115,7 +115,7 @@ def ray_sets(address: str | None) -> list[str]:
     is a one-line error here, before any work."""
     if address is None:
         return []
-    from flexpl.studies.ray_tasks import require
+    from flexpl.io.ray_cluster import require
 
     require(address)
     sets = ["engine.executor=ray"]

@@ -13,7 +13,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 from flexpl.config.base import _Strict
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")  # (as flexpl.sim.device.DEVICE_PATTERN)
-_RAY_ADDRESS = re.compile(r"^(auto|ray://\S+|[A-Za-z0-9._-]+:\d+)$")  # (as flexpl.studies.ray_tasks._ADDRESS)
+_RAY_ADDRESS = re.compile(r"^(auto|ray://\S+|[A-Za-z0-9._-]+:\d+)$")  # (as flexpl.io.ray_cluster.ADDRESS)
 
 
 class EnergyCfg(_Strict):

@@ -404,7 +404,7 @@ def _run(scn: Scenario, st: Setup, t_wall: float, on_round: Callable[[dict[str, 
         else:  # the per-node replicas of each step, side by side
             st.steps = eng.remote = processes.StepPool(eng, st.executor.workers)
     if st.executor.mode == "ray" and first <= tr.rounds:  # [Note: Ray workers]
-        st.pool = ray_pool.RayPool(scn, eng, by_name, st.flops_per_sample)
+        st.pool = ray_pool.RayPool(scn, eng, by_name, st.flops_per_sample, setup)
     # checkpoints are written in the background; the run waits for the last one (see checkpoint.Writer)
     writer = checkpoint.Writer() if checkpoint_dir is not None else None
     done = False

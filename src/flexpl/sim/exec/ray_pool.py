@@ -88,10 +88,9 @@ def unsupported(scn: Scenario, plan: Plan) -> UserError:
 class RayWorker:
     """A Ray actor: the scenario set up once, one working model per stage, trains dealt clients in place."""
 
-    def __init__(self, scn: Scenario, threads: int = 1) -> None:
-        """Set the scenario up as the parent did (same seed: same partition and initial model)."""
-        from flexpl.sim.simulator import setup
-
+    def __init__(self, scn: Scenario, setup: Callable[..., Any], threads: int = 1) -> None:
+        """Set the scenario up as the parent did (same seed: same partition and initial model); ``setup`` is
+        the simulator's (:func:`flexpl.sim.simulator.setup`, passed in: the simulator imports this module)."""
         torch.set_num_threads(threads)
         st = setup(scn, ray_worker=True)
         self.eng = st.engine
@@ -170,16 +169,18 @@ def worker_count(scn: Scenario, ray: Any) -> int:
 class RayPool:
     """The Ray actors of one run and the parent's side of a round (see [Note: Ray workers])."""
 
-    def __init__(self, scn: Scenario, eng: Engine, by_name: Mapping[str, NodeData], flops_per_sample: float) -> None:
-        """Join ``engine.ray_address`` (or start a local Ray) and set up the actors, one per worker."""
-        from flexpl.studies import ray_tasks
+    def __init__(self, scn: Scenario, eng: Engine, by_name: Mapping[str, NodeData], flops_per_sample: float,
+                 setup: Callable[..., Any]) -> None:
+        """Join ``engine.ray_address`` (or start a local Ray) and set up the actors, one per worker, each with
+        ``setup`` (the simulator's)."""
+        from flexpl.io.ray_cluster import session
 
         self.stack = contextlib.ExitStack()
         self.actors: list[Any] = []
         address = scn.engine.ray_address
         local_cpus = None if address else (scn.engine.workers or min(os.cpu_count() or 1, len(scn.data_nodes)))
         try:
-            self.ray = ray = self.stack.enter_context(ray_tasks.session(address, local_cpus))
+            self.ray = ray = self.stack.enter_context(session(address, local_cpus))
             if _in_ray_task():
                 raise UserError("engine.executor=ray: this run is itself a Ray task (flexpl sweep/compare --ray), "
                                 "whose CPUs its actors would wait for; use one of the two: drop --ray there, "
@@ -189,7 +190,7 @@ class RayPool:
             worker_scn = copy.deepcopy(scn)
             worker_scn.engine.device = "cuda" if gpus else "cpu"
             actor = ray.remote(RayWorker).options(num_cpus=1, num_gpus=gpus, max_restarts=0)
-            self.actors = [actor.remote(worker_scn, 1) for _ in range(self.n)]
+            self.actors = [actor.remote(worker_scn, setup, 1) for _ in range(self.n)]
             # set-up errors surface here, before round 1
             ray.get([a.ready.remote() for a in self.actors], timeout=SETUP_TIMEOUT_S)
         except UserError:

@@ -46,7 +46,7 @@ def _reset_peak() -> bool:
 def test_a_worker_holds_one_model_whatever_the_clients_a_round() -> None:
     """Peak memory while training 1,000 clients is that of 10: one working model, summed in place."""
     scn = validate_scenario(star(1000))
-    worker = RayWorker(scn)
+    worker = RayWorker(scn, setup)
     eng = worker.eng
     assert list(eng.working) == [0] and len(eng.replicas[0]) == 1000
     assert len({id(r.module) for r in eng.replicas[0]}) == 1  # one module for every client
@@ -72,7 +72,7 @@ def test_one_worker_sums_bitwise_as_the_sequential_engine() -> None:
     st = setup(scn)
     glob0 = {s: {k: v.clone() for k, v in m.state_dict().items()} for s, m in st.engine.global_.items()}
     run(scn, st=st)
-    worker = RayWorker(digits_star(["engine.executor=ray"]))
+    worker = RayWorker(digits_star(["engine.executor=ray"]), setup)
     tr = scn.training
     plan = {n: batches(nd, scn.seed, 1, tr.local_epochs, tr.batch_size, tr.max_steps_per_round, None)
             for n, nd in worker.by_name.items()}
@@ -133,10 +133,10 @@ def test_the_pool_with_actors_in_this_process_equals_sequential(strategy: str, e
     shapes) with 3 actors faked in this process: the sequential trace, weights to round-off."""
     import contextlib
 
-    from flexpl.studies import ray_tasks
+    from flexpl.io import ray_cluster
 
     fake = _FakeRay(3.0)
-    monkeypatch.setattr(ray_tasks, "session", lambda *a, **k: contextlib.nullcontext(fake))
+    monkeypatch.setattr(ray_cluster, "session", lambda *a, **k: contextlib.nullcontext(fake))
     out = {}
     for mode in ("sequential", "ray"):
         scn = digits_star([f"strategy={strategy}", f"engine.executor={mode}", "training.rounds=2"] + extra)
@@ -161,9 +161,9 @@ def test_a_run_inside_a_ray_task_refuses_actors_of_its_own(monkeypatch) -> None:
 
     from flexpl.errors import UserError
     from flexpl.sim.exec import ray_pool
-    from flexpl.studies import ray_tasks
+    from flexpl.io import ray_cluster
 
-    monkeypatch.setattr(ray_tasks, "session", lambda *a, **k: contextlib.nullcontext(_FakeRay(2.0)))
+    monkeypatch.setattr(ray_cluster, "session", lambda *a, **k: contextlib.nullcontext(_FakeRay(2.0)))
     monkeypatch.setattr(ray_pool, "_in_ray_task", lambda: True)
     with pytest.raises(UserError, match="this run is itself a Ray task"):
         run(digits_star(["engine.executor=ray", "training.rounds=1"]))

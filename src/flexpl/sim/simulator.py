@@ -331,7 +331,7 @@ def diverged(st: Setup, rnd: int, loss: float) -> Diverged:
 def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
         st: Setup | None = None, keep_traces: bool = False,
         evaluate: Callable[[Setup], dict[str, float]] | None = None,
-        checkpoint_dir: Path | None = None, resume: bool = False,
+        checkpoint_dir: Path | checkpoint.Store | None = None, resume: bool = False,
         on_round_bill: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None] | None = None) -> RunResult:
     """Train ``scn`` on the simulator and return its costs and accuracy per round.
 
@@ -339,6 +339,8 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
     nothing; the distributed backend evaluates on rank 0). With ``checkpoint_dir``, the
     run state is saved there every ``training.checkpoint_every`` rounds; with ``resume``,
     the run continues from that checkpoint and ends bit-identical to an uninterrupted run.
+    ``checkpoint_dir`` may also be a :class:`flexpl.sim.checkpoint.Store` naming the files
+    (the distributed backend's per-rank files).
     ``on_round_bill(node_rows, link_rows)`` is given each round's own per-node and per-link
     figures (:func:`flexpl.costs.bill.round_rows`) before the round's checkpoint is saved and
     before ``on_round``; a resumed run gives them for the rounds it runs, not the restored ones.
@@ -357,8 +359,9 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
 
 
 def _run(scn: Scenario, st: Setup, t_wall: float, on_round: Callable[[dict[str, Any]], None] | None,
-         keep_traces: bool, evaluate: Callable[[Setup], dict[str, float]] | None, checkpoint_dir: Path | None,
-         resume: bool, on_round_bill: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
+         keep_traces: bool, evaluate: Callable[[Setup], dict[str, float]] | None,
+         checkpoint_dir: Path | checkpoint.Store | None, resume: bool,
+         on_round_bill: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
          ) -> RunResult:
     """:func:`run` after set-up."""
     eng, topo, plan, tr = st.engine, st.topo, st.plan, scn.training
@@ -367,8 +370,11 @@ def _run(scn: Scenario, st: Setup, t_wall: float, on_round: Callable[[dict[str, 
     synced_last_round = True
     ev: dict[str, float] = {}
     first = 1
-    if resume and checkpoint_dir is not None:
-        blob = checkpoint.load(checkpoint_dir / checkpoint.FILENAME, scn.digest())
+    store = checkpoint_dir if isinstance(checkpoint_dir, checkpoint.Store) or checkpoint_dir is None \
+        else checkpoint.Store(checkpoint_dir)
+    if resume and store is not None:
+        blob = checkpoint.load(store.load_path(), scn.digest())
+        store.restored(blob)
         checkpoint.load_engine_state(eng, blob["engine"])
         totals, rows, ev = checkpoint.totals_from(blob["totals"]), blob["rows"], blob["last_eval"]
         synced_last_round, first = blob["synced"], blob["round"] + 1
@@ -394,11 +400,11 @@ def _run(scn: Scenario, st: Setup, t_wall: float, on_round: Callable[[dict[str, 
         else:  # the per-node replicas of each step, side by side
             st.steps = eng.remote = processes.StepPool(eng, st.executor.workers)
     # checkpoints are written in the background; the run waits for the last one (see checkpoint.Writer)
-    writer = checkpoint.Writer() if checkpoint_dir is not None else None
+    writer = checkpoint.Writer() if store is not None and store.background else None
     done = False
     try:
         rows, totals, ev, traces = _rounds(st, first, totals, rows, ev, synced_last_round, by_name, weights,
-                                           fed_round, fed_step, on_round, keep_traces, evaluate, checkpoint_dir,
+                                           fed_round, fed_step, on_round, keep_traces, evaluate, store,
                                            writer, on_round_bill)
         done = True
     except Diverged as exc:  # the rounds completed so far, summed up (rows and totals grow in place)
@@ -423,7 +429,7 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
             synced_last_round: bool, by_name: dict[str, NodeData], weights: dict[str, float],
             fed_round: list[int], fed_step: list[int], on_round: Callable[[dict[str, Any]], None] | None,
             keep_traces: bool, evaluate: Callable[[Setup], dict[str, float]] | None,
-            checkpoint_dir: Path | None, writer: checkpoint.Writer | None = None,
+            store: checkpoint.Store | None, writer: checkpoint.Writer | None = None,
             on_round_bill: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
             ) -> tuple[list[dict[str, Any]], Totals, dict[str, float], list]:
     """Rounds ``first`` .. last of :func:`run`."""
@@ -499,11 +505,11 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
             now = node_link_totals(totals, topo, totals.sim_time, scn.energy.include_idle, scn.costs.include_eval)
             on_round_bill(round_rows(rnd, now[0], before[0], "node"), round_rows(rnd, now[1], before[1], "link"))
             before = now
-        if checkpoint_dir is not None and tr.checkpoint_every and (rnd % tr.checkpoint_every == 0
-                                                                   or rnd == tr.rounds or stop):
-            checkpoint.save(checkpoint_dir / checkpoint.FILENAME, scenario_sha256=scn.digest(), round_index=rnd,
+        if store is not None and tr.checkpoint_every and (rnd % tr.checkpoint_every == 0
+                                                          or rnd == tr.rounds or stop):
+            checkpoint.save(store.save_path(rnd), scenario_sha256=scn.digest(), round_index=rnd,
                             rows=rows, totals=totals, last_eval=ev, synced=synced_last_round, eng=eng,
-                            writer=writer)
+                            writer=writer, extra=store.extra())
         if on_round:
             on_round(row)
         if stop:

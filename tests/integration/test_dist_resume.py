@@ -1,9 +1,10 @@
 """Checkpoints of the dist backend: a run stopped by a dead rank resumes with ``--resume`` and ends as an unbroken run.
 
-Every run is digits-star (5 ranks: server, dev0..dev3) with fpl, 3 rounds of 2 steps: its fronts
-are not averaged, so each device rank's checkpoint holds real weights and optimizer state of
-its own and meta twins of the others'. Runs go through ``main([...])`` in this process, so the
-dist backend's fork server stays warm from one run to the next.
+Every run is digits-star (5 ranks: server, dev0..dev3) with fpl, 3 rounds of 2 steps, on
+``engine.backend: dist``: its fronts are not averaged, so each device rank's checkpoint holds
+real weights and optimizer state of its own and meta twins of the others'. Runs go through
+``main([...])`` (or ``flexpl.simulate``) in this process, so the dist backend's fork server
+stays warm from one run to the next.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ ROUNDS = 3
 
 def _scenario(folder: Path) -> Path:
     path = folder / "scn.yaml"
-    write_yaml(path, digits_star([f"training.rounds={ROUNDS}", "training.max_steps_per_round=2"],
-                                 strategy="fpl").resolved())
+    write_yaml(path, digits_star([f"training.rounds={ROUNDS}", "training.max_steps_per_round=2",
+                                  "engine.backend=dist"], strategy="fpl").resolved())
     return path
 
 
@@ -92,7 +93,10 @@ def test_a_rank_killed_mid_run_stops_it_in_one_line_and_resume_finishes_it(tmp_p
 def test_a_torn_save_resumes_from_the_round_every_rank_committed(tmp_path, monkeypatch, unbroken):
     """dev2 (rank 3) dies after writing its round-2 checkpoint and before the commit; rank 1's round-2 file is
     gone too (it did not get that far): the marker still names round 1, which every rank holds, and the
-    resumed run redoes round 2 (its row, already in rounds.csv, is rewritten) and ends as the unbroken run."""
+    resumed run (here from Python: ``flexpl.simulate(..., resume=True)``) redoes round 2 (its row, already in
+    rounds.csv, is rewritten) and ends as the unbroken run."""
+    import flexpl
+
     out = tmp_path / "out"
     monkeypatch.setenv("FLEXPL_DIST_FAULT", "3:2:exit-before-commit")
     assert _run(str(_scenario(tmp_path)), "--out", str(out)) == 3
@@ -102,8 +106,11 @@ def test_a_torn_save_resumes_from_the_round_every_rank_committed(tmp_path, monke
     rank_file(out, 1, 2).unlink(missing_ok=True)
     assert all(rank_file(out, r, 1).is_file() for r in range(5))
     assert [r["round"] for r in _rows(out)] == ["1", "2"]  # row 2 was written before the commit
-    assert _run("--resume", str(out)) == 0
+    with pytest.raises(flexpl.UserError, match="resume: give out"):
+        flexpl.simulate(out / "config.yaml", resume=True)
+    res = flexpl.simulate(out / "config.yaml", out=out, resume=True)
     _assert_as_unbroken(out, unbroken)
+    assert [r["round"] for r in res.rounds] == list(range(1, ROUNDS + 1)) and res.summary["backend"] == "dist"
 
 
 def test_resume_refuses_another_scenario_and_the_other_backends_checkpoint(tmp_path, capsys, unbroken):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,18 +79,26 @@ def check_resume(out: Path, scenario_sha256: str, world: int) -> int:
 
 
 class RankStore(checkpoint.Store):
-    """One rank's checkpoint files (see [Note: dist checkpoints]); saves its byte counters too."""
+    """One rank's checkpoint files (see [Note: dist checkpoints]); saves its byte counters too.
+
+    ``before_save`` runs before each save (the worker stops the round's wall clock there, so a
+    round's ``wall_s`` does not include writing its checkpoint).
+    """
 
     background = False  # the file must be whole before the commit that follows it
 
-    def __init__(self, out: Path, rank: int, comm: Comm, resume_round: int | None = None) -> None:
+    def __init__(self, out: Path, rank: int, comm: Comm, resume_round: int | None = None,
+                 before_save: Callable[[], None] | None = None) -> None:
         super().__init__(Path(out) / FOLDER)
         self.out, self.rank, self.comm, self.resume_round = Path(out), rank, comm, resume_round
+        self.before_save = before_save
         self.saved: int | None = None  # the round of the last file written, not yet committed
-        self.folder.mkdir(parents=True, exist_ok=True)
 
     def save_path(self, round_index: int) -> Path:
         """This rank's file for ``round_index`` (remembered: :meth:`commit` makes it the one to resume)."""
+        if self.before_save is not None:
+            self.before_save()
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.saved = round_index
         return rank_file(self.out, self.rank, round_index)
 

@@ -185,7 +185,6 @@ def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], 
         kept = _kept_rows(out, committed_round(out, scn.digest()))
     st, writer = _set_up_and_meet(scn, rank, world, me, ranks, comm, out, resume)
     resumed = agree_round(comm, world, out, scn.digest()) if resume else 0
-    store = RankStore(out, rank, comm, resumed if resume else None)
     eng = st.engine
     fault = faults.dist_fault(rank, comm.timeout.total_seconds())
     inner = eng.train_step
@@ -240,6 +239,8 @@ def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], 
                    progress=f"acc {row['accuracy']:.4f}  bytes {row['bytes']:.3e}")
         clock["start"], clock["end"] = time.perf_counter(), None
 
+    # the round's wall clock stops before its checkpoint is written (round_end gathers the losses once)
+    store = RankStore(out, rank, comm, resumed if resume else None, before_save=round_end)
     status.set(state="running", round=resumed + 1)
     result = run(scn, on_round=on_round, st=st, keep_traces=rank == 0, evaluate=evaluate, checkpoint_dir=store,
                  resume=resume)

@@ -145,3 +145,23 @@ def test_a_fresh_run_removes_an_earlier_dist_checkpoint(tmp_path):
     assert len(list((tmp_path / "checkpoint").iterdir())) == 4
     begin_run(tmp_path, "0" * 64)
     assert not (tmp_path / "checkpoint").exists()
+
+
+def test_centralized_with_rank_0_killed_resumes_as_unbroken(tmp_path, capsys, monkeypatch):
+    """centralized: the devices ship their samples to the server in round 1 only, so a resumed run rebuilds the
+    server's union from the data set (rank 0 holds the other nodes' samples as shapes only). Rank 0 itself dies
+    here, in round 2, and the run resumed from round 1 equals an unbroken one."""
+    scn = digits_star(["training.rounds=2", "training.max_steps_per_round=2", "engine.backend=dist"],
+                      strategy="centralized")
+    write_yaml(tmp_path / "scn.yaml", scn.resolved())
+    assert _run(str(tmp_path / "scn.yaml"), "--out", str(tmp_path / "ref")) == 0
+    monkeypatch.setenv("FLEXPL_DIST_FAULT", "0:2:exit")
+    capsys.readouterr()
+    assert _run(str(tmp_path / "scn.yaml"), "--out", str(tmp_path / "out")) == 3
+    monkeypatch.delenv("FLEXPL_DIST_FAULT")
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err == ["flexpl: error: node 'server' (rank 0) stopped responding in round 2 (exited with code 17)"], err
+    assert _committed(tmp_path / "out") == 1
+    assert _run("--resume", str(tmp_path / "out")) == 0
+    assert _rows(tmp_path / "out") == _rows(tmp_path / "ref")
+    assert _summary(tmp_path / "out") == _summary(tmp_path / "ref")

@@ -102,6 +102,9 @@ class Setup:
     steps: processes.StepPool | None = None
     val: tuple[torch.Tensor, torch.Tensor] | None = None  # held-out training samples (data.validation_fraction)
     vecwork: vecwork.VecWork | None = None  # vectorized working models (flexpl.sim.exec.vectorized)
+    # centralized on the dist backend: every data node's real samples, from which a resumed run rebuilds
+    # the server's union (its own nodes hold other nodes' samples as shapes only)
+    all_nodes: list[NodeData] | None = None
 
 
 def _model_spec(scn: Scenario) -> tuple[str, Any]:
@@ -153,6 +156,7 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
     check_cuts(spec, probe, [st.start for st in plan.stages])  # register_model(cuts=...)
     data_nodes = scn.data_nodes
     grid = None
+    all_nodes = None
     if plan.junction == "features":
         # every branch sees its own patch of every training sample
         grid, shape = patch_input(data.input_shape, len(data_nodes))
@@ -177,6 +181,8 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
             flat = np.concatenate(parts)
             offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
         nodes = _data_nodes(data, data_nodes, flat, offsets, is_local)
+        if is_local is not None and plan.collect_data:  # views of the whole set, nothing copied
+            all_nodes = _data_nodes(data, data_nodes, flat, offsets, None)
         parts = (flat, offsets)
     if plan.collect_data:
         data_nodes = [topo.server]
@@ -220,7 +226,7 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         vidx = torch.from_numpy(np.concatenate(held))
         val = (data.train_x[vidx], data.train_y[vidx])
     return Setup(scn, data, topo, plan, engine, nodes, Summaries(data.train_y.numpy(), *parts, data.num_classes),
-                 count_params(probe), state_bytes(probe), recorder, choice, val=val,
+                 count_params(probe), state_bytes(probe), recorder, choice, val=val, all_nodes=all_nodes,
                  vecwork=vecwork.VecWork(engine, scn.engine.vector_chunk, vecwork.thread_count(scn)) if stacked_work
                  else None)
 
@@ -389,7 +395,8 @@ def _run(scn: Scenario, st: Setup, t_wall: float, on_round: Callable[[dict[str, 
             walk(start_blocks(plan, [], False, collect_to=topo.server), runner)
             train = [runner.collected]
         else:  # a resumed run: shipped before the checkpoint
-            train = [eng.collect(st.nodes, topo.server, record=False)]
+            here = st.all_nodes if st.all_nodes is not None and eng.is_local(topo.server) else st.nodes
+            train = [eng.collect(here, topo.server, record=False)]
     by_name = {nd.name: nd for nd in train}
     weights = {nd.name: float(len(nd)) for nd in train}
     fed_round = [s for s, x in enumerate(plan.stages) if x.sync.kind == "fedavg" and x.sync.unit == "round"]

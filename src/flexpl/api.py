@@ -271,8 +271,7 @@ def _read_rounds(path: Path) -> list[dict[str, Any]]:
 def _paths(out: Path) -> dict[str, Path]:
     names = {"out": "", "summary": "summary.json", "rounds": "rounds.csv", "config": "config.yaml",
              "timeline": "timeline.csv", "checkpoint": "checkpoint.pt", "checkpoints": "checkpoint",
-             "rounds_nodes": "rounds_nodes.csv",
-             "rounds_links": "rounds_links.csv"}
+             "rounds_nodes": "rounds_nodes.csv", "rounds_links": "rounds_links.csv"}
     return {k: out / v if v else out for k, v in names.items() if (out / v).exists()}
 
 

@@ -22,8 +22,9 @@ from flexpl.errors import UserError
 def add_arguments(r: argparse.ArgumentParser) -> None:
     scenario_arguments(r)
     r.add_argument("--strategy", default=None, help="preset: centralized, fl, sl, sfl, mp, fpl, fpl-features, fpl-sync, fpl-group")
-    r.add_argument("--resume", default=None, metavar="DIR", help="continue a stopped run from its checkpoint in DIR (DIR/checkpoint.pt; "
-                        "dist backend: DIR/checkpoint/)")
+    r.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue a stopped run from its checkpoint in DIR (DIR/checkpoint.pt; dist backend: "
+                        "DIR/checkpoint/)")
     r.add_argument("--backend", choices=["sim", "dist"], default=None,
                    help="sim: in-process simulator; dist: one process per node over torch.distributed "
                         "(default: the scenario's engine.backend)")

@@ -15,7 +15,8 @@ for users; unset (the default), both hooks do nothing.
     ``raise`` raises a ``RuntimeError`` there, ``slow-eval`` (rank 0) sleeps through three
     timeouts while evaluating, ``exit-before-commit`` calls ``os._exit(17)`` at the end of the
     round, after its checkpoint file is written and before the checkpoint is committed (a torn
-    save: see [Note: dist checkpoints] in ``flexpl.dist.checkpoint``). The worker asks :func:`dist_fault` for its hook once.
+    save: see [Note: dist checkpoints] in ``flexpl.dist.checkpoint``). The worker asks
+    :func:`dist_fault` for its hook once.
     Under ``--emulate-links`` three more modes write bytes that are not a FlexPL message to
     a peer's data port (:func:`emulation_fault`, read by ``flexpl.dist.emulate.comm.EmuComm``):
     ``pickle-frame`` and ``garbage-frame`` replace the rank's first training message of the

@@ -1,5 +1,6 @@
 """Faults under ``--backend dist --emulate-links``: bytes that are not a FlexPL message on a data port,
-a peer killed mid-round, a link taken down mid-round and one that comes back.
+a peer killed mid-round, a link taken down mid-round (both runs then resumed with ``--resume``) and one that
+comes back.
 
 Each run is the 4-node chain of ``test_emulate`` (cloud <- edge <- dev0, dev1; ranks 0..3),
 small and on fast links, so that a run takes a few seconds. Faults come from the test-only
@@ -129,7 +130,8 @@ def test_the_small_chain_runs_unbroken(tmp_path, capsys, monkeypatch):
 
 
 def test_a_peer_killed_mid_round_stops_the_run_in_one_line(tmp_path, capsys, monkeypatch):
-    """dev1 (rank 3) dies at its first step of round 2: named with the round, well within the timeout."""
+    """dev1 (rank 3) dies at its first step of round 2: named with the round, well within the timeout;
+    --resume then runs rounds 2-3 and ends with the unbroken run's figures."""
     _scenario(tmp_path)
     t0 = time.monotonic()
     code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", str(LONG), env={"FLEXPL_DIST_FAULT": "3:2:exit"})
@@ -140,6 +142,10 @@ def test_a_peer_killed_mid_round_stops_the_run_in_one_line(tmp_path, capsys, mon
     for r in (0, 1, 2):  # the ranks that lost it say so in one line each, no traceback
         log = (tmp_path / "out" / "workers" / f"rank{r}.log").read_text()
         assert "Traceback" not in log and len([ln for ln in log.splitlines() if ln.startswith("flexpl:")]) <= 1
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "30", "--resume", str(tmp_path / "out"))
+    assert code == 0, err
+    assert _rounds(tmp_path / "out") == [1, 2, 3]
+    _assert_as_simulated(tmp_path, json.loads((tmp_path / "out" / "summary.json").read_text()))
 
 
 def test_a_link_taken_down_mid_round_stops_the_run_within_the_timeout_naming_it(tmp_path, capsys, monkeypatch):

@@ -270,8 +270,8 @@ def _read_rounds(path: Path) -> list[dict[str, Any]]:
 
 def _paths(out: Path) -> dict[str, Path]:
     names = {"out": "", "summary": "summary.json", "rounds": "rounds.csv", "config": "config.yaml",
-             "timeline": "timeline.csv", "checkpoint": "checkpoint.pt", "rounds_nodes": "rounds_nodes.csv",
-             "rounds_links": "rounds_links.csv"}
+             "timeline": "timeline.csv", "checkpoint": "checkpoint.pt", "checkpoints": "checkpoint",
+             "rounds_nodes": "rounds_nodes.csv", "rounds_links": "rounds_links.csv"}
     return {k: out / v if v else out for k, v in names.items() if (out / v).exists()}
 
 
@@ -284,7 +284,8 @@ def simulate(scenario: str | Path | Mapping[str, Any] | Scenario, *, model: Any 
     ``(input_shape, num_classes) -> nn.Sequential``, or a model name/mapping; ``dataset``: a
     :class:`flexpl.Dataset`, ``(train_x, train_y, test_x, test_y)``, a loader function or a
     dataset name. With ``out``, the run writes config.yaml, rounds.csv, summary.json,
-    timeline.csv and a checkpoint there (``resume=True`` continues a stopped run).
+    timeline.csv and a checkpoint there (``resume=True`` continues a stopped run; the dist
+    backend's checkpoints are a folder, ``checkpoint/``, with a file per rank).
     ``on_round(row)`` is called after every round. ``engine.backend: dist`` runs one process
     per node (call it under ``if __name__ == "__main__":``; ``out`` defaults to a temporary folder).
     """
@@ -343,8 +344,8 @@ def _simulate_dist(scn: Scenario, out: str | Path | None, on_round: Callable[[di
     from flexpl.dist.launch import launch
     from flexpl.planner.memory import check_fits
 
-    if resume:
-        raise UserError("resume: the dist backend cannot resume a run; use engine.backend sim")
+    if resume and out is None:
+        raise UserError("resume: give out, the folder of the stopped run")
     if scn.evaluation.stop_at_target:
         raise UserError("evaluation.stop_at_target: the dist backend cannot stop at a target; use engine.backend sim")
     check_fits(scn)
@@ -360,7 +361,7 @@ def _simulate_dist(scn: Scenario, out: str | Path | None, on_round: Callable[[di
             seen[0] = max(seen[0], min(done, len(rows)))
 
     try:
-        summary = launch(scn, folder, on_progress=progress)
+        summary = launch(scn, folder, on_progress=progress, resume=resume)
         rounds = _read_rounds(folder / "rounds.csv")
         if on_round:
             for row in rounds[seen[0]:]:

@@ -1,5 +1,6 @@
 """Faults under ``--backend dist --emulate-links``: bytes that are not a FlexPL message on a data port,
-a peer killed mid-round, a link taken down mid-round and one that comes back.
+a peer killed mid-round, a link taken down mid-round (both runs then resumed with ``--resume``) and one that
+comes back.
 
 Each run is the 4-node chain of ``test_emulate`` (cloud <- edge <- dev0, dev1; ranks 0..3),
 small and on fast links, so that a run takes a few seconds. Faults come from the test-only
@@ -15,6 +16,7 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,8 +65,8 @@ def _rounds(out: Path) -> list[int]:
     return [int(r["round"]) for r in csv.DictReader((out / "rounds.csv").open())]
 
 
-def _simulated(scn: Path, profile: Path) -> dict:
-    """The simulator's summary of scenario file ``scn`` with every node on ``profile`` (one thread, as every worker)."""
+def _simulated_run(scn: Path, profile: Path) -> Any:
+    """The simulator's run of scenario file ``scn`` with every node on ``profile`` (one thread, as every worker)."""
     import torch
 
     from flexpl.config.scenario import load_scenario
@@ -73,16 +75,26 @@ def _simulated(scn: Path, profile: Path) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return run(emulate.emulated_scenario(load_scenario(str(scn)), profile)).summary
+        return run(emulate.emulated_scenario(load_scenario(str(scn)), profile))
     finally:
         torch.set_num_threads(threads)
 
 
-def _assert_as_simulated(tmp_path: Path, d: dict) -> None:
-    """``d`` (an emulated run's summary) has the simulator's bytes, accuracy and loss (one thread, as every worker)."""
-    s = _simulated(tmp_path / "scn.yaml", tmp_path / "profile.yaml")
+def _simulated(scn: Path, profile: Path) -> dict:
+    """The simulator's summary of scenario file ``scn`` with every node on ``profile``."""
+    return _simulated_run(scn, profile).summary
+
+
+def _assert_as_simulated(tmp_path: Path, d: dict) -> Any:
+    """``d`` (an emulated run's summary) has the simulator's bytes, accuracy and loss (one thread, as every worker);
+    returns the simulator's run (an unbroken run's figures, round by round)."""
+    res = _simulated_run(tmp_path / "scn.yaml", tmp_path / "profile.yaml")
+    s = res.summary
     assert d["measured_bytes_total"] == d["bytes_total"] == s["bytes_total"]
     assert d["final_accuracy"] == s["final_accuracy"] and d["final_loss"] == s["final_loss"]
+    for k in ("flops_total", "sim_time_s", "energy_j_total"):
+        assert d[k] == s[k], k
+    return res
 
 
 def _no_traceback(out: Path) -> None:
@@ -133,7 +145,8 @@ def test_the_small_chain_runs_unbroken(tmp_path, capsys, monkeypatch):
 
 
 def test_a_peer_killed_mid_round_stops_the_run_in_one_line(tmp_path, capsys, monkeypatch):
-    """dev1 (rank 3) dies at its first step of round 2: named with the round, well within the timeout."""
+    """dev1 (rank 3) dies at its first step of round 2: named with the round, well within the timeout;
+    --resume then runs rounds 2-3 and ends with the unbroken run's figures."""
     _scenario(tmp_path)
     t0 = time.monotonic()
     code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", str(LONG), env={"FLEXPL_DIST_FAULT": "3:2:exit"})
@@ -144,12 +157,16 @@ def test_a_peer_killed_mid_round_stops_the_run_in_one_line(tmp_path, capsys, mon
     for r in (0, 1, 2):  # the ranks that lost it say so in one line each, no traceback
         log = (tmp_path / "out" / "workers" / f"rank{r}.log").read_text()
         assert "Traceback" not in log and len([ln for ln in log.splitlines() if ln.startswith("flexpl:")]) <= 1
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "30", "--resume", str(tmp_path / "out"))
+    assert code == 0, err
+    assert _rounds(tmp_path / "out") == [1, 2, 3]
+    _assert_as_simulated(tmp_path, json.loads((tmp_path / "out" / "summary.json").read_text()))
 
 
 def test_a_link_taken_down_mid_round_stops_the_run_within_the_timeout_naming_it(tmp_path, capsys, monkeypatch):
     """dev1's data veth goes down as it uploads in round 2 and stays down: the run stops after the
-    timeout (5 s) with one line naming the link dev1-edge and the round; rounds.csv keeps round 1, and
-    the command run again without the fault ends as an unbroken run."""
+    timeout (5 s) with one line naming the link dev1-edge and the round; rounds.csv keeps round 1, the
+    checkpoint of round 1 is intact, and --resume runs rounds 2-3 and ends as an unbroken run."""
     _scenario(tmp_path)
     code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "5", env={"FLEXPL_DIST_FAULT": "3:2:link-down"})
     ended = time.time()
@@ -163,13 +180,20 @@ def test_a_link_taken_down_mid_round_stops_the_run_within_the_timeout_naming_it(
     since = (now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec
              - sum(int(v) * m for v, m in zip(down_at.groups(), (3600, 60, 1)))) % 86400
     assert since <= 5 + 10, since  # the timeout, plus the launcher's and a loaded machine's seconds
-    assert _rounds(tmp_path / "out") == [1] and not (tmp_path / "out" / "summary.json").exists()
-    _no_traceback(tmp_path / "out")
-    # the same command without the fault (the dist backend has no --resume) finishes as an unbroken run
-    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "30")
+    out = tmp_path / "out"
+    assert _rounds(out) == [1] and not (out / "summary.json").exists()
+    _no_traceback(out)
+    assert json.loads((out / "checkpoint" / "committed.json").read_text())["round"] == 1
+    # resumed without the fault: rounds 2 and 3 run, and every round's figures are the unbroken run's
+    code, err = _run(tmp_path, capsys, monkeypatch, "--timeout", "30", "--resume", str(out))
     assert code == 0, err
-    assert _rounds(tmp_path / "out") == [1, 2, 3]
-    _assert_as_simulated(tmp_path, json.loads((tmp_path / "out" / "summary.json").read_text()))
+    assert _rounds(out) == [1, 2, 3]
+    sim = _assert_as_simulated(tmp_path, json.loads((out / "summary.json").read_text()))
+    for row, want in zip(csv.DictReader((out / "rounds.csv").open()), sim.rounds, strict=True):
+        for k in ("accuracy", "loss", "bytes", "flops", "sim_time_s", "energy_j"):
+            assert float(row[k]) == want[k], (row["round"], k)
+    # links_measured.csv: the rounds this launch ran, under their own numbers
+    assert {int(r["round"]) for r in csv.DictReader((out / "links_measured.csv").open())} == {2, 3}
 
 
 def test_a_link_that_comes_back_after_a_pause_is_ridden_through(tmp_path, capsys, monkeypatch):

@@ -22,7 +22,9 @@ from flexpl.errors import UserError
 def add_arguments(r: argparse.ArgumentParser) -> None:
     scenario_arguments(r)
     r.add_argument("--strategy", default=None, help="preset: centralized, fl, sl, sfl, mp, fpl, fpl-features, fpl-sync, fpl-group")
-    r.add_argument("--resume", default=None, metavar="DIR", help="continue a stopped run from DIR/checkpoint.pt")
+    r.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue a stopped run from its checkpoint in DIR (DIR/checkpoint.pt; dist backend: "
+                        "DIR/checkpoint/)")
     r.add_argument("--backend", choices=["sim", "dist"], default=None,
                    help="sim: in-process simulator; dist: one process per node over torch.distributed "
                         "(default: the scenario's engine.backend)")
@@ -73,8 +75,6 @@ def main(a: argparse.Namespace) -> int:
             from flexpl.dist.launch import run_dist
             from flexpl.dist.ranks import WorkerFailure
 
-            if a.resume:
-                raise UserError("--resume: the dist backend cannot resume a run; use --backend sim")
             if scn.evaluation.stop_at_target:
                 raise UserError("--stop-at-target: the dist backend cannot stop at a target; use --backend sim "
                                 "(--target-accuracy alone works)")
@@ -87,9 +87,9 @@ def main(a: argparse.Namespace) -> int:
                 if a.emulate_links:  # namespaces + HTB: flexpl.dist.emulate.links
                     from flexpl.dist.emulate.links import run_emulated
 
-                    s = run_emulated(scn, out, a.timeout, a.quiet, a.emulate_profile)
+                    s = run_emulated(scn, out, a.timeout, a.quiet, a.emulate_profile, resume=bool(a.resume))
                 else:
-                    s = run_dist(scn, out, a.timeout, a.quiet)
+                    s = run_dist(scn, out, a.timeout, a.quiet, resume=bool(a.resume))
             except WorkerFailure as exc:  # a worker died, hung or failed: one line, exit 3
                 print(f"flexpl: error: {exc}", file=sys.stderr)
                 return 3

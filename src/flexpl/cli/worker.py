@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder (written by rank 0)")
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds to wait for a peer before giving up (default: engine.timeout_s)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run stopped in --out from the checkpoint its ranks committed (OUT/checkpoint/)")
     p.add_argument("--status-dir", default=None, help=argparse.SUPPRESS)  # hidden: where the rank writes its status
 
 
@@ -31,7 +33,8 @@ def main(args: argparse.Namespace) -> int:
     """flexpl worker: one rank of a distributed run; exit 0, 2 (user error) or 3 (a peer failed)."""
     from flexpl.dist.worker import start_rank
 
-    start_rank(args.scenario, args.set, args.strategy, args.seed, args.out, args.timeout, args.status_dir)
+    start_rank(args.scenario, args.set, args.strategy, args.seed, args.out, args.timeout, args.status_dir,
+               args.resume)
 
 
 def worker_main(argv: Sequence[str]) -> int:

@@ -25,7 +25,9 @@ Faults: every send/receive waits at most ``engine.timeout_s`` (so it must exceed
 longest local computation between two messages, e.g. a local epoch; rank 0's evaluation
 is covered by keepalives); a worker that loses a peer writes a one-line report and exits 3. The launcher watches its workers, names the
 node that died or hangs (following who waits for whom), kills the rest and raises
-``WorkerFailure``. Rank 0 writes rounds.csv after every round, so finished rounds survive.
+``WorkerFailure``. Rank 0 writes rounds.csv after every round, so finished rounds survive,
+and every rank checkpoints what it holds; ``--resume`` continues from the round every rank
+committed (:mod:`flexpl.dist.checkpoint`, [Note: dist checkpoints]).
 Nothing that travels between ranks is unpickled: tensors land in buffers whose shape and
 dtype the receiver knows (gloo here; raw framed bytes under ``--emulate-links``, where a
 message that is not FlexPL's stops the run in one line and a stranger on a data port is
@@ -36,6 +38,7 @@ transfers]).
 The backend's parts: :mod:`flexpl.dist.ranks` (ranks, status files, the failure),
 :mod:`flexpl.dist.messages` (gathers, barriers, keepalives, evaluation weights),
 :mod:`flexpl.dist.worker` (one worker, ``flexpl worker``),
-:mod:`flexpl.dist.launch` (the launcher) and :mod:`flexpl.dist.transport` (the transport);
+:mod:`flexpl.dist.launch` (the launcher), :mod:`flexpl.dist.transport` (the transport) and
+:mod:`flexpl.dist.checkpoint` (checkpoints per rank, the commit marker);
 :mod:`flexpl.dist.emulate` runs it over kernel-shaped links.
 """

@@ -100,7 +100,7 @@ def _worker_process(spec: dict[str, Any], env: dict[str, str], log: str) -> None
 def launch(scn: Scenario, out: Path, timeout_s: float | None = None,
            on_progress: Callable[[int, str], None] | None = None,
            extra_env: dict[str, str] | None = None,
-           rank_env: Callable[[int], dict[str, str]] | None = None) -> dict[str, Any]:
+           rank_env: Callable[[int], dict[str, str]] | None = None, resume: bool = False) -> dict[str, Any]:
     """Run ``scn`` with one worker process per node on this machine (gloo over 127.0.0.1); returns the summary.
 
     Workers are forked from a fork server that has imported torch once, and rendezvous
@@ -109,7 +109,8 @@ def launch(scn: Scenario, out: Path, timeout_s: float | None = None,
     ``WorkerFailure`` names the node and the round. ``rank_env(rank)`` adds variables for
     one rank (``--emulate-links``: its network namespace). As with any ``multiprocessing`` code,
     a script that calls this must do so under ``if __name__ == "__main__":`` (the fork
-    server imports the caller's main module).
+    server imports the caller's main module). ``resume``: every rank continues from the round
+    committed in ``out/checkpoint/`` (see [Note: dist checkpoints] in :mod:`flexpl.dist.checkpoint`).
     """
     import multiprocessing
 
@@ -120,7 +121,11 @@ def launch(scn: Scenario, out: Path, timeout_s: float | None = None,
     ranks = node_ranks(scn)
     node_of = {r: n for n, r in ranks.items()}
     world = len(ranks)
-    begin_run(out, scn.digest())  # no stale results from an earlier run (see [Note: stale results])
+    if resume:  # a missing, foreign or torn-beyond-repair checkpoint is an input error: the folder stays as it is
+        from flexpl.dist.checkpoint import check_resume
+
+        check_resume(out, scn.digest(), world)
+    begin_run(out, scn.digest(), resume=resume)  # no stale results from an earlier run (see [Note: stale results])
     work = out / "workers"
     work.mkdir(exist_ok=True)
     for f in work.glob("rank*.json"):
@@ -132,7 +137,7 @@ def launch(scn: Scenario, out: Path, timeout_s: float | None = None,
                 "LOCAL_WORLD_SIZE": str(world), "OMP_NUM_THREADS": "1"})
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the workers talk over loopback only
     env.update(extra_env or {})
-    spec = {"scenario": str(scn_file), "out": str(out), "timeout": timeout, "status_dir": str(work)}
+    spec = {"scenario": str(scn_file), "out": str(out), "timeout": timeout, "status_dir": str(work), "resume": resume}
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)
     procs = []
@@ -187,8 +192,9 @@ def _supervise(procs: list, work: Path, node_of: dict[int, str], timeout_s: floa
 
 def run_dist(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
              extra_env: dict[str, str] | None = None,
-             rank_env: Callable[[int], dict[str, str]] | None = None) -> dict[str, Any]:
-    """``flexpl run --backend dist``: launch the workers with a progress bar; returns the summary."""
+             rank_env: Callable[[int], dict[str, str]] | None = None, resume: bool = False) -> dict[str, Any]:
+    """``flexpl run --backend dist``: launch the workers with a progress bar; returns the summary
+    (``resume``: continue the run stopped in ``out``)."""
     from flexpl.io.console import progress
 
     with progress(quiet) as bar:
@@ -196,4 +202,4 @@ def run_dist(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
                             total=scn.training.rounds, info="")
         return launch(scn, out, timeout_s,
                       on_progress=lambda done, info: bar.update(task, completed=done, info=info),
-                      extra_env=extra_env, rank_env=rank_env)
+                      extra_env=extra_env, rank_env=rank_env, resume=resume)

@@ -38,8 +38,11 @@ EXIT_PEER_FAILURE = 3
 
 
 def run_worker(scn: Scenario, rank: int, world: int, out: Path, timeout_s: float,
-               status_dir: str | None = None) -> dict[str, Any] | None:
-    """Run this rank's part of ``scn``; rank 0 writes the results into ``out`` and returns the summary."""
+               status_dir: str | None = None, resume: bool = False) -> dict[str, Any] | None:
+    """Run this rank's part of ``scn``; rank 0 writes the results into ``out`` and returns the summary.
+
+    ``resume``: continue from the checkpoint every rank committed in ``out`` (see [Note: dist checkpoints]).
+    """
     import torch
 
     from flexpl.dist.transport import Comm, MalformedMessage, PeerFailure
@@ -63,7 +66,7 @@ def run_worker(scn: Scenario, rank: int, world: int, out: Path, timeout_s: float
         comm = Comm(rank, timeout_s)
     status = _Status(status_dir, rank, me, comm)
     try:
-        return _work(scn, rank, world, me, ranks, comm, status, out)
+        return _work(scn, rank, world, me, ranks, comm, status, out, resume)
     except PeerFailure as exc:
         what = f"timeout {timeout_s:g}s" if exc.reason == "timeout" else f"connection {exc.reason}"
         line = f"node '{node_of[exc.peer]}' (rank {exc.peer}) stopped responding {_where(status.info)} ({what})"
@@ -118,9 +121,10 @@ def _gather_summary(scn: Scenario, world: int, comm: Comm, st: Any, result: Any,
 
 
 def _set_up_and_meet(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], comm: Comm,
-                     out: Path) -> tuple[Any, Any]:
+                     out: Path, resume: bool = False) -> tuple[Any, Any]:
     """Set up this rank's simulator state, start the results folder (rank 0), meet the others; returns
-    the state and the run's writer (only rank 0 writes)."""
+    the state and the run's writer (only rank 0 writes). ``resume``: the folder keeps its checkpoint
+    and rounds.csv."""
     from datetime import timedelta
 
     import torch.distributed as dist
@@ -134,7 +138,7 @@ def _set_up_and_meet(scn: Scenario, rank: int, world: int, me: str, ranks: dict[
                is_local=lambda node: node == me)
     writer = RunWriter(out, scn.digest(), scn.resolved())
     if rank == 0:
-        writer.begin()  # see [Note: stale results] in flexpl.io.results
+        writer.begin(resume=resume)  # see [Note: stale results] in flexpl.io.results
     startup = max(comm.timeout.total_seconds(), STARTUP_TIMEOUT_S)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=startup))
     if hasattr(comm, "connect"):  # EmuComm: one data connection per neighbour; first-step costs paid now
@@ -147,15 +151,40 @@ def _set_up_and_meet(scn: Scenario, rank: int, world: int, me: str, ranks: dict[
     return st, writer
 
 
+def _kept_rows(out: Path, upto: int) -> dict[int, dict[str, float]]:
+    """Rounds 1..``upto`` of the stopped run's rounds.csv: what rank 0 alone knew of them (``train_loss`` summed
+    over every rank, ``wall_s``), by round."""
+    import csv
+
+    kept: dict[int, dict[str, float]] = {}
+    try:
+        with (out / "rounds.csv").open(newline="") as fh:
+            for r in csv.DictReader(fh):
+                if r.get("round", "").isdigit() and int(r["round"]) <= upto:
+                    kept[int(r["round"])] = {"train_loss": float(r["train_loss"]), "wall_s": float(r["wall_s"])}
+    except (OSError, KeyError, TypeError, ValueError):
+        pass  # reported below, in one line
+    missing = [k for k in range(1, upto + 1) if k not in kept]
+    if missing:
+        raise UserError(f"--resume: '{out / 'rounds.csv'}' lacks round {missing[0]} of the checkpoint (round {upto}); "
+                        "it was changed after the run stopped: rerun from the start without --resume")
+    return kept
+
+
 def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], comm: Comm,
-          status: _Status, out: Path) -> dict[str, Any] | None:
+          status: _Status, out: Path, resume: bool = False) -> dict[str, Any] | None:
     """The worker's run: set up, meet the others, the simulator's round loop, then the final gather."""
     import torch
     import torch.distributed as dist
 
+    from flexpl.dist.checkpoint import RankStore, agree_round, committed_round
     from flexpl.sim.simulator import run
 
-    st, writer = _set_up_and_meet(scn, rank, world, me, ranks, comm, out)
+    kept: dict[int, dict[str, float]] = {}
+    if rank == 0 and resume:  # before the writer starts rewriting rounds.csv with the restored rows
+        kept = _kept_rows(out, committed_round(out, scn.digest()))
+    st, writer = _set_up_and_meet(scn, rank, world, me, ranks, comm, out, resume)
+    resumed = agree_round(comm, world, out, scn.digest()) if resume else 0
     eng = st.engine
     fault = faults.dist_fault(rank, comm.timeout.total_seconds())
     inner = eng.train_step
@@ -191,19 +220,30 @@ def _work(scn: Scenario, rank: int, world: int, me: str, ranks: dict[str, int], 
         return _while_rank0_works(comm, world, work) or {}
 
     def on_round(row: dict[str, Any]) -> None:
-        round_end()
-        if rank == 0:
-            row["train_loss"] = clock["loss"]  # every rank's share, not only rank 0's
-            row["wall_s"] = clock["end"] - clock["start"]
-            writer.round(row)  # rounds completed so far survive a crash
+        if row["round"] <= resumed:  # restored from the checkpoint: nothing ran, nothing to gather
+            if rank == 0:
+                row.update(kept[row["round"]])  # as the stopped run wrote them
+                writer.round(row)
+        else:
+            round_end()
+            if rank == 0:
+                row["train_loss"] = clock["loss"]  # every rank's share, not only rank 0's
+                row["wall_s"] = clock["end"] - clock["start"]
+                writer.round(row)  # rounds completed so far survive a crash
+            fault(row["round"], "commit")
+            if store.saved == row["round"]:  # its row is in rounds.csv: the round can be resumed from
+                store.commit(world, scn.digest())
         local[0], local[1] = 0.0, 0
         comm.round = row["round"] + 1  # EmuComm tags what it measures with the round
         status.set(round=row["round"] + 1, rounds_done=row["round"],
                    progress=f"acc {row['accuracy']:.4f}  bytes {row['bytes']:.3e}")
         clock["start"], clock["end"] = time.perf_counter(), None
 
-    status.set(state="running", round=1)
-    result = run(scn, on_round=on_round, st=st, keep_traces=rank == 0, evaluate=evaluate)
+    # the round's wall clock stops before its checkpoint is written (round_end gathers the losses once)
+    store = RankStore(out, rank, comm, resumed if resume else None, before_save=round_end)
+    status.set(state="running", round=resumed + 1)
+    result = run(scn, on_round=on_round, st=st, keep_traces=rank == 0, evaluate=evaluate, checkpoint_dir=store,
+                 resume=resume)
     status.set(state="finishing")
     _log(f"rank {rank} ({me}): {len(result.rounds)} round(s) in {result.summary['wall_s']:.1f}s")
 
@@ -226,9 +266,11 @@ def _env_int(name: str) -> int:
 
 
 def start_rank(scenario: str | None, sets: Sequence[str] = (), strategy: str | None = None, seed: int | None = None,
-               out: str | None = None, timeout: float | None = None, status_dir: str | None = None) -> NoReturn:
+               out: str | None = None, timeout: float | None = None, status_dir: str | None = None,
+               resume: bool = False) -> NoReturn:
     """One rank of a distributed run (``flexpl worker``); its rank and the world size come from the
-    environment (``RANK``, ``WORLD_SIZE``: torchrun's, or the launcher's).
+    environment (``RANK``, ``WORLD_SIZE``: torchrun's, or the launcher's). ``resume``: continue
+    from the checkpoint committed in ``out`` (see [Note: dist checkpoints]).
 
     A user error before the run starts (environment, scenario, ``timeout``) is raised. After
     that every way out ends in ``os._exit``: 0, 2 (user error) or 3 (a peer failed); tearing
@@ -245,7 +287,7 @@ def start_rank(scenario: str | None, sets: Sequence[str] = (), strategy: str | N
     folder = Path(out or f"results/{scn.name}-{scn.strategy}")
     code = 0
     try:
-        run_worker(scn, rank, world, folder, timeout, status_dir)
+        run_worker(scn, rank, world, folder, timeout, status_dir, resume)
     except UserError as exc:  # WorkerFailure included
         print(f"flexpl: error: {exc}", file=sys.stderr)
         code = EXIT_PEER_FAILURE if isinstance(exc, WorkerFailure) else 2

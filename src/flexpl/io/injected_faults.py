@@ -13,7 +13,10 @@ for users; unset (the default), both hooks do nothing.
     In a distributed run, the worker of rank ``RANK``, in round ``ROUND``: ``exit`` calls
     ``os._exit(17)`` at its first training step, ``hang`` sleeps there (a hung node),
     ``raise`` raises a ``RuntimeError`` there, ``slow-eval`` (rank 0) sleeps through three
-    timeouts while evaluating. The worker asks :func:`dist_fault` for its hook once.
+    timeouts while evaluating, ``exit-before-commit`` calls ``os._exit(17)`` at the end of the
+    round, after its checkpoint file is written and before the checkpoint is committed (a torn
+    save: see [Note: dist checkpoints] in ``flexpl.dist.checkpoint``). The worker asks
+    :func:`dist_fault` for its hook once.
     Under ``--emulate-links`` three more modes write bytes that are not a FlexPL message to
     a peer's data port (:func:`emulation_fault`, read by ``flexpl.dist.emulate.comm.EmuComm``):
     ``pickle-frame`` and ``garbage-frame`` replace the rank's first training message of the
@@ -43,7 +46,7 @@ KILL_ENV = "FLEXPL_TEST_KILL_AT"
 DIST_ENV = "FLEXPL_DIST_FAULT"
 FRAME_MODES = ("pickle-frame", "garbage-frame", "pickle-hello")
 LINK_MODES = ("link-down", "link-flap")
-DIST_MODES = ("exit", "hang", "raise", "slow-eval", *FRAME_MODES, *LINK_MODES)
+DIST_MODES = ("exit", "hang", "raise", "slow-eval", "exit-before-commit", *FRAME_MODES, *LINK_MODES)
 FLAP_S = 1.5  # how long link-flap keeps the link down
 MARKER_ENV = "FLEXPL_DIST_FAULT_MARKER"
 GARBAGE = bytes(range(256)) * 4  # junk a peer's data port must refuse
@@ -118,7 +121,7 @@ def _parse(spec: str) -> tuple[int, int, str] | None:
 
 
 def dist_fault(rank: int, timeout_s: float) -> Callable[[int, str], None]:
-    """This rank's hook from ``FLEXPL_DIST_FAULT``: called with (round, ``"train"`` or ``"eval"``).
+    """This rank's hook from ``FLEXPL_DIST_FAULT``: called with (round, ``"train"``, ``"eval"`` or ``"commit"``).
 
     A no-op when the variable is unset or names another rank.
     """
@@ -134,7 +137,7 @@ def dist_fault(rank: int, timeout_s: float) -> Callable[[int, str], None]:
             time.sleep(3 * timeout_s)
         elif mode == "hang" and where == "train":
             time.sleep(10**6)
-        elif mode == "exit" and where == "train":
+        elif (mode == "exit" and where == "train") or (mode == "exit-before-commit" and where == "commit"):
             os._exit(17)
         elif mode == "raise" and where == "train":
             raise RuntimeError(f"injected fault ({DIST_ENV})")

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -152,11 +153,28 @@ ROUND_BILL_FILES = {
 }
 
 
+# the dist backend's checkpoints: a file per rank and round and rank 0's commit marker (flexpl.dist.checkpoint)
+DIST_CHECKPOINTS = "checkpoint"
+_DIST_CHECKPOINT_FILE = re.compile(r"rank\d+-round\d+\.pt|committed\.json|\..+")
+
+
+def _remove_dist_checkpoints(folder: Path) -> None:
+    """An earlier dist run's checkpoint files (and their temporary files) removed; the folder too if then empty."""
+    if not folder.is_dir():
+        return
+    for f in folder.iterdir():
+        if _DIST_CHECKPOINT_FILE.fullmatch(f.name) and f.is_file():
+            f.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # something else lives there: left alone
+        folder.rmdir()
+
+
 def begin_run(out: Path, scenario_sha256: str, resume: bool = False) -> None:
     """Mark ``out`` as holding a run in progress, then remove an earlier run's results.
 
     Call it after every input check and before the first write into ``out``. With
-    ``resume``, the checkpoint and rounds.csv stay (the run continues from them).
+    ``resume``, the checkpoint (the simulator's file, the dist backend's folder) and rounds.csv
+    stay (the run continues from them).
     """
     import datetime as _dt
 
@@ -166,6 +184,8 @@ def begin_run(out: Path, scenario_sha256: str, resume: bool = False) -> None:
     for name in RUN_FILES:
         if name not in keep:
             (out / name).unlink(missing_ok=True)
+    if not resume:
+        _remove_dist_checkpoints(out / DIST_CHECKPOINTS)
     for fig in out.glob("fig_*.png"):  # an earlier report's figures
         fig.unlink()
 

@@ -38,6 +38,7 @@ from flexpl.sim.engine import Engine
 FORMAT = 2  # 2: a replica's "module" or "opt" may be None (not needed to continue; see surviving_state)
 READABLE = (1, 2)
 FILENAME = "checkpoint.pt"
+DIST_FOLDER = "checkpoint"  # the dist backend's per-rank checkpoints (flexpl.dist.checkpoint)
 
 
 def surviving_state(eng: Engine, synced: bool) -> list[tuple[bool, bool]]:
@@ -188,17 +189,50 @@ def drain() -> None:
         w.close(raise_errors=False)
 
 
+class Store:
+    """Where a run's checkpoints go: the simulator's one file, ``FOLDER/checkpoint.pt``, overwritten at every save.
+
+    :func:`flexpl.sim.simulator.run` asks it for the file of each save and of a resume, adds
+    :meth:`extra` to each saved blob and hands a loaded blob to :meth:`restored`. The
+    distributed backend's per-rank store (:class:`flexpl.dist.checkpoint.RankStore`) names a
+    file per rank and round, writes in the foreground and keeps the rank's byte counters.
+    """
+
+    background = True  # written by a Writer's thread (see [Note: background checkpoints])
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def save_path(self, round_index: int) -> Path:
+        """The file the checkpoint of ``round_index`` is written to."""
+        return self.folder / FILENAME
+
+    def load_path(self) -> Path:
+        """The file a resumed run loads."""
+        return self.folder / FILENAME
+
+    def extra(self) -> dict[str, Any]:
+        """More state to save beside the run's (numbers, tensors, dicts and lists of them)."""
+        return {}
+
+    def restored(self, blob: dict[str, Any]) -> None:
+        """Called with the loaded checkpoint before the run continues from it."""
+
+
 def save(path: Path, *, scenario_sha256: str, round_index: int, rows: list[dict[str, Any]], totals: Totals,
-         last_eval: dict[str, float], synced: bool, eng: Engine, writer: Writer | None = None) -> None:
+         last_eval: dict[str, float], synced: bool, eng: Engine, writer: Writer | None = None,
+         extra: dict[str, Any] | None = None) -> None:
     """Save the run state after ``round_index`` atomically (temporary file, fsync, rename).
 
     Without ``writer``, the write happens here; with one, a snapshot is taken here and
     written by the writer's background thread (see [Note: background checkpoints]).
+    ``extra`` is saved as the blob's ``"extra"`` (see :meth:`Store.extra`).
     """
     blob = {
         "format": FORMAT, "scenario_sha256": scenario_sha256, "round": round_index, "rows": rows,
         "totals": totals_dict(totals), "last_eval": last_eval, "synced": synced,
         "engine": engine_state(eng, surviving_state(eng, synced)), "torch_rng": torch.get_rng_state(),
+        "extra": extra or {},
     }
     if writer is None:
         write_blob(path, blob)
@@ -210,6 +244,9 @@ def save(path: Path, *, scenario_sha256: str, round_index: int, rows: list[dict[
 def load(path: Path, scenario_sha256: str) -> dict[str, Any]:
     """Read a checkpoint safely; refuse a corrupted one or one written by another scenario."""
     if not path.exists():
+        if path.name == FILENAME and (path.parent / DIST_FOLDER).is_dir():
+            raise UserError(f"--resume: '{path.parent}' holds a checkpoint of the dist backend ({DIST_FOLDER}/), "
+                            "not the simulator's; resume it with --backend dist")
         raise UserError(f"--resume: no checkpoint in '{path.parent}' (expected {path.name}); "
                         "start the run without --resume")
     try:

@@ -444,10 +444,14 @@ class Engine(TensorStep, WorkingModels, Evaluation):
         """Ship every data node's raw samples and labels to ``dst`` (centralized training); returns the union there.
 
         ``record=False`` rebuilds the union without moving anything (a resumed run, whose
-        upload happened before the checkpoint).
+        upload happened before the checkpoint); shapes only where ``dst`` is not this process's.
         """
         if not record:
-            return NodeData(dst, torch.cat([nd.x for nd in nodes]), torch.cat([nd.y for nd in nodes]), 0)
+            xs, ys = [nd.x for nd in nodes], [nd.y for nd in nodes]
+            if not self.is_local(dst):  # the dist backend: the union lives on dst's rank only
+                xs = [torch.empty(t.shape, dtype=t.dtype, device="meta") for t in xs]
+                ys = [torch.empty(t.shape, dtype=t.dtype, device="meta") for t in ys]
+            return NodeData(dst, torch.cat(xs), torch.cat(ys), 0)
         xs, ys = [], []
         for nd in nodes:
             xs.append(self.transport.move(nd.x, nd.name, dst, "data", [], "data")[0])

@@ -103,6 +103,9 @@ class Setup:
     val: tuple[torch.Tensor, torch.Tensor] | None = None  # held-out training samples (data.validation_fraction)
     vecwork: vecwork.VecWork | None = None  # vectorized working models (flexpl.sim.exec.vectorized)
     flops_per_sample: float = 0.0  # forward FLOPs of one sample through the whole model (weighs clients)
+    # centralized on the dist backend: every data node's real samples, from which a resumed run rebuilds
+    # the server's union (its own nodes hold other nodes' samples as shapes only)
+    all_nodes: list[NodeData] | None = None
 
 
 def _model_spec(scn: Scenario) -> tuple[str, Any]:
@@ -157,6 +160,7 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
     check_cuts(spec, probe, [st.start for st in plan.stages])  # register_model(cuts=...)
     data_nodes = scn.data_nodes
     grid = None
+    all_nodes = None
     if plan.junction == "features":
         # every branch sees its own patch of every training sample
         grid, shape = patch_input(data.input_shape, len(data_nodes))
@@ -181,6 +185,8 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
             flat = np.concatenate(parts)
             offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
         nodes = _data_nodes(data, data_nodes, flat, offsets, is_local)
+        if is_local is not None and plan.collect_data:  # views of the whole set, nothing copied
+            all_nodes = _data_nodes(data, data_nodes, flat, offsets, None)
         parts = (flat, offsets)
     if plan.collect_data:
         data_nodes = [topo.server]
@@ -230,7 +236,7 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         vidx = torch.from_numpy(np.concatenate(held))
         val = (data.train_x[vidx], data.train_y[vidx])
     return Setup(scn, data, topo, plan, engine, nodes, Summaries(data.train_y.numpy(), *parts, data.num_classes),
-                 count_params(probe), state_bytes(probe), recorder, choice, val=val,
+                 count_params(probe), state_bytes(probe), recorder, choice, val=val, all_nodes=all_nodes,
                  vecwork=vecwork.VecWork(engine, scn.engine.vector_chunk, vecwork.thread_count(scn)) if stacked_work
                  else None, flops_per_sample=float(fwd))
 
@@ -341,7 +347,7 @@ def diverged(st: Setup, rnd: int, loss: float) -> Diverged:
 def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
         st: Setup | None = None, keep_traces: bool = False,
         evaluate: Callable[[Setup], dict[str, float]] | None = None,
-        checkpoint_dir: Path | None = None, resume: bool = False,
+        checkpoint_dir: Path | checkpoint.Store | None = None, resume: bool = False,
         on_round_bill: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None] | None = None) -> RunResult:
     """Train ``scn`` on the simulator and return its costs and accuracy per round.
 
@@ -349,6 +355,8 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
     nothing; the distributed backend evaluates on rank 0). With ``checkpoint_dir``, the
     run state is saved there every ``training.checkpoint_every`` rounds; with ``resume``,
     the run continues from that checkpoint and ends bit-identical to an uninterrupted run.
+    ``checkpoint_dir`` may also be a :class:`flexpl.sim.checkpoint.Store` naming the files
+    (the distributed backend's per-rank files).
     ``on_round_bill(node_rows, link_rows)`` is given each round's own per-node and per-link
     figures (:func:`flexpl.costs.bill.round_rows`) before the round's checkpoint is saved and
     before ``on_round``; a resumed run gives them for the rounds it runs, not the restored ones.
@@ -367,8 +375,9 @@ def run(scn: Scenario, on_round: Callable[[dict[str, Any]], None] | None = None,
 
 
 def _run(scn: Scenario, st: Setup, t_wall: float, on_round: Callable[[dict[str, Any]], None] | None,
-         keep_traces: bool, evaluate: Callable[[Setup], dict[str, float]] | None, checkpoint_dir: Path | None,
-         resume: bool, on_round_bill: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
+         keep_traces: bool, evaluate: Callable[[Setup], dict[str, float]] | None,
+         checkpoint_dir: Path | checkpoint.Store | None, resume: bool,
+         on_round_bill: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
          ) -> RunResult:
     """:func:`run` after set-up."""
     eng, topo, plan, tr = st.engine, st.topo, st.plan, scn.training
@@ -377,8 +386,11 @@ def _run(scn: Scenario, st: Setup, t_wall: float, on_round: Callable[[dict[str, 
     synced_last_round = True
     ev: dict[str, float] = {}
     first = 1
-    if resume and checkpoint_dir is not None:
-        blob = checkpoint.load(checkpoint_dir / checkpoint.FILENAME, scn.digest())
+    store = checkpoint_dir if isinstance(checkpoint_dir, checkpoint.Store) or checkpoint_dir is None \
+        else checkpoint.Store(checkpoint_dir)
+    if resume and store is not None:
+        blob = checkpoint.load(store.load_path(), scn.digest())
+        store.restored(blob)
         checkpoint.load_engine_state(eng, blob["engine"])
         totals, rows, ev = checkpoint.totals_from(blob["totals"]), blob["rows"], blob["last_eval"]
         synced_last_round, first = blob["synced"], blob["round"] + 1
@@ -393,7 +405,8 @@ def _run(scn: Scenario, st: Setup, t_wall: float, on_round: Callable[[dict[str, 
             walk(start_blocks(plan, [], False, collect_to=topo.server), runner)
             train = [runner.collected]
         else:  # a resumed run: shipped before the checkpoint
-            train = [eng.collect(st.nodes, topo.server, record=False)]
+            here = st.all_nodes if st.all_nodes is not None and eng.is_local(topo.server) else st.nodes
+            train = [eng.collect(here, topo.server, record=False)]
     by_name = {nd.name: nd for nd in train}
     weights = {nd.name: float(len(nd)) for nd in train}
     fed_round = [s for s, x in enumerate(plan.stages) if x.sync.kind == "fedavg" and x.sync.unit == "round"]
@@ -406,11 +419,11 @@ def _run(scn: Scenario, st: Setup, t_wall: float, on_round: Callable[[dict[str, 
     if st.executor.mode == "ray" and first <= tr.rounds:  # [Note: Ray workers]
         st.pool = ray_pool.RayPool(scn, eng, by_name, st.flops_per_sample, setup)
     # checkpoints are written in the background; the run waits for the last one (see checkpoint.Writer)
-    writer = checkpoint.Writer() if checkpoint_dir is not None else None
+    writer = checkpoint.Writer() if store is not None and store.background else None
     done = False
     try:
         rows, totals, ev, traces = _rounds(st, first, totals, rows, ev, synced_last_round, by_name, weights,
-                                           fed_round, fed_step, on_round, keep_traces, evaluate, checkpoint_dir,
+                                           fed_round, fed_step, on_round, keep_traces, evaluate, store,
                                            writer, on_round_bill)
         done = True
     except Diverged as exc:  # the rounds completed so far, summed up (rows and totals grow in place)
@@ -435,7 +448,7 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
             synced_last_round: bool, by_name: dict[str, NodeData], weights: dict[str, float],
             fed_round: list[int], fed_step: list[int], on_round: Callable[[dict[str, Any]], None] | None,
             keep_traces: bool, evaluate: Callable[[Setup], dict[str, float]] | None,
-            checkpoint_dir: Path | None, writer: checkpoint.Writer | None = None,
+            store: checkpoint.Store | None, writer: checkpoint.Writer | None = None,
             on_round_bill: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
             ) -> tuple[list[dict[str, Any]], Totals, dict[str, float], list]:
     """Rounds ``first`` .. last of :func:`run`."""
@@ -515,11 +528,11 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
             now = node_link_totals(totals, topo, totals.sim_time, scn.energy.include_idle, scn.costs.include_eval)
             on_round_bill(round_rows(rnd, now[0], before[0], "node"), round_rows(rnd, now[1], before[1], "link"))
             before = now
-        if checkpoint_dir is not None and tr.checkpoint_every and (rnd % tr.checkpoint_every == 0
-                                                                   or rnd == tr.rounds or stop):
-            checkpoint.save(checkpoint_dir / checkpoint.FILENAME, scenario_sha256=scn.digest(), round_index=rnd,
+        if store is not None and tr.checkpoint_every and (rnd % tr.checkpoint_every == 0
+                                                          or rnd == tr.rounds or stop):
+            checkpoint.save(store.save_path(rnd), scenario_sha256=scn.digest(), round_index=rnd,
                             rows=rows, totals=totals, last_eval=ev, synced=synced_last_round, eng=eng,
-                            writer=writer)
+                            writer=writer, extra=store.extra())
         if on_round:
             on_round(row)
         if stop:

@@ -306,7 +306,8 @@ def write_reports(out: Path, work: Path, node_of: dict[int, str]) -> tuple[list[
             m[1] += nbytes
             m[2] += secs
     links = []
-    for rnd, per in enumerate(predicted, start=1):
+    # the rounds this launch ran: the last ones (a resumed run's traces start after its checkpoint)
+    for rnd, per in enumerate(predicted, start=len(rounds) - len(predicted) + 1):
         for key, (count, nbytes, secs) in sorted(per.items()):
             link, src, dst = key.split("|")
             m = measured.get((rnd, link, src, dst), [0, 0, 0.0])
@@ -353,8 +354,9 @@ def print_tables(rows: list[dict], links: list[dict], title: str, quiet: bool) -
 
 
 def run_emulated(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
-                 profile: str | None = None) -> dict[str, Any]:
-    """``flexpl run --backend dist --emulate-links``: the dist backend in shaped namespaces; returns the summary."""
+                 profile: str | None = None, resume: bool = False) -> dict[str, Any]:
+    """``flexpl run --backend dist --emulate-links``: the dist backend in shaped namespaces; returns the summary
+    (``resume``: continue the run stopped in ``out`` from its checkpoint)."""
     import secrets
     import tempfile
 
@@ -367,6 +369,10 @@ def run_emulated(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
     scn = emulated_scenario(scn, calibrated_profile(profile, quiet))
     ranks = node_ranks(scn)
     node_of = {r: n for n, r in ranks.items()}
+    if resume:  # refused in one line before any namespace is made
+        from flexpl.dist.checkpoint import check_resume
+
+        check_resume(Path(out), scn.digest(), len(ranks))
     for f in (Path(out) / "workers").glob("emu_*.json"):  # no stale measurements from an earlier run
         f.unlink()
     net = ShapedNetwork(scn, ranks)
@@ -378,7 +384,7 @@ def run_emulated(scn: Scenario, out: Path, timeout_s: float | None, quiet: bool,
                MEDIUM_ENV: medium}
         try:
             summary = run_dist(scn, out, timeout_s, quiet, extra_env=env,
-                               rank_env=lambda r: {NETNS_ENV: net.ns(r)})
+                               rank_env=lambda r: {NETNS_ENV: net.ns(r)}, resume=resume)
         except WorkerFailure as exc:  # a data link that went down is the likelier cause: name it first
             down = net.data_down()
             if not down:

@@ -160,8 +160,8 @@ def test_a_run_inside_a_ray_task_refuses_actors_of_its_own(monkeypatch) -> None:
     import contextlib
 
     from flexpl.errors import UserError
-    from flexpl.sim.exec import ray_pool
     from flexpl.io import ray_cluster
+    from flexpl.sim.exec import ray_pool
 
     monkeypatch.setattr(ray_cluster, "session", lambda *a, **k: contextlib.nullcontext(_FakeRay(2.0)))
     monkeypatch.setattr(ray_pool, "_in_ray_task", lambda: True)

@@ -70,10 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: exit 0 on success, 2 on a user error (one line on stderr), 1 on an internal error.
 
     Run as the ``flexpl`` command (``argv`` None: the process's own arguments), the process
-    does without ``torch._dynamo`` (:mod:`flexpl.cli.lean`); a caller passing ``argv`` keeps torch as it is.
+    does without ``torch._dynamo`` (:mod:`flexpl.io.lean`); a caller passing ``argv`` keeps torch as it is.
     """
     if argv is None:
-        from flexpl.cli.lean import spare_dynamo
+        from flexpl.io.lean import spare_dynamo
 
         spare_dynamo()
     try:

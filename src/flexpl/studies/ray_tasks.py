@@ -54,7 +54,10 @@ def _in_worker(fn: Callable[..., Any], cpus: int, *args: Any) -> tuple[str, Any]
     """
     import torch
 
+    from flexpl.io.lean import spare_dynamo
     from flexpl.sim.exec.policy import WORKERS_ENV
+
+    spare_dynamo()  # this worker runs FlexPL's work only: no torch._dynamo (flexpl.io.lean)
 
     torch.set_num_threads(cpus)  # a worker process serves many tasks: set both every time
     os.environ[WORKERS_ENV] = str(cpus)

@@ -91,6 +91,9 @@ class RayWorker:
     def __init__(self, scn: Scenario, setup: Callable[..., Any], threads: int = 1) -> None:
         """Set the scenario up as the parent did (same seed: same partition and initial model); ``setup`` is
         the simulator's (:func:`flexpl.sim.simulator.setup`, passed in: the simulator imports this module)."""
+        from flexpl.io.lean import spare_dynamo
+
+        spare_dynamo()  # an actor runs FlexPL's work only: no torch._dynamo (flexpl.io.lean)
         torch.set_num_threads(threads)
         st = setup(scn, ray_worker=True)
         self.eng = st.engine

@@ -1,4 +1,4 @@
-"""The ``flexpl`` command's process does without ``torch._dynamo``: 2-4 s less per process.
+"""A FlexPL process does without ``torch._dynamo``: 2-4 s less per process.
 
 [Note: a process without dynamo] Many torch functions FlexPL calls (an optimizer's
 ``add_param_group``, FlopCounterMode's dispatch handler, the decompositions it counts
@@ -6,8 +6,8 @@ through) are wrapped in torch's ``_disable_dynamo``, which imports ``torch._dyna
 wrapped function's first call, only to hide that function from ``torch.compile``. The
 import takes 2-4 s on a 2-core machine (a third of a small run's wall, paid again by
 every process a test or a sweep starts). FlexPL compiles nothing, so there is nothing to
-hide: when the ``flexpl`` command starts (not when flexpl is imported as a library),
-:func:`spare_dynamo` puts a stand-in under the name ``torch._dynamo`` whose ``disable``
+hide: when the ``flexpl`` command starts, and in the Ray actors and task workers that run
+FlexPL's work (not when flexpl is imported as a library), :func:`spare_dynamo` puts a stand-in under the name ``torch._dynamo`` whose ``disable``
 returns the function itself (which the wrapper caches). Anything else asked of the
 stand-in (code in the process that really uses dynamo) removes it and imports the real
 module, so such code runs as usual; only the functions already called stay un-hidden

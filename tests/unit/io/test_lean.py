@@ -1,4 +1,4 @@
-"""The ``flexpl`` command's process runs without importing torch._dynamo, with results unchanged (flexpl.cli.lean)."""
+"""The ``flexpl`` command's process runs without importing torch._dynamo, with results unchanged (flexpl.io.lean)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_the_command_never_imports_dynamo_and_gives_the_same_results(tmp_path):
 
 _FALLTHROUGH = """
 import sys, torch
-from flexpl.cli.lean import spare_dynamo
+from flexpl.io.lean import spare_dynamo
 assert spare_dynamo()
 assert not spare_dynamo()  # installed once
 import torch._dynamo

@@ -23,9 +23,12 @@ from typing import Any
 
 from flexpl.errors import UserError
 
-# _owned: whether the Ray that session() (flexpl.io.ray_cluster) yields now was started by it
-from flexpl.io.ray_cluster import largest_node_cpus
+# connecting to Ray lives in flexpl.io.ray_cluster (the ray executor uses it too); its names are
+# also this module's, for the studies. _owned: whether the Ray session() yields now was started by it
+from flexpl.io.ray_cluster import LOCAL, check_address, largest_node_cpus, require, session
 from flexpl.io.ray_cluster import owned_stack as _owned
+
+__all__ = ["LOCAL", "Task", "TaskError", "check_address", "largest_node_cpus", "require", "run_tasks", "session"]
 
 
 @dataclass(frozen=True)

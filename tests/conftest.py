@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,13 @@ from flexpl.config.scenario import Scenario, validate_scenario
 # One thread: these tiny models run several times faster single-threaded on a busy 2-core
 # machine, and results do not depend on who else is running.
 torch.set_num_threads(1)
+
+# Every Ray the tests start (local ones for sweeps, a 2-node cluster for the ray executor) runs on
+# loopback without token authentication. Ray 2.60 turns tokens on where ~/.ray/auth_token exists and
+# fixes a process's choice at its first ray.init: a test process that had started a local Ray with
+# tokens then refused the cluster's calls ("Missing authorization header"), and the cluster dropped
+# that driver's actors (the ray executor's tests failed after test_ray.py's, never alone).
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 @contextlib.contextmanager

@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
     """flexpl plan: cost every candidate plan, print the Pareto front, write plans.csv, pareto.png, best.yaml."""
     from flexpl.config.scenario import load_scenario
     from flexpl.io.console import make_console, progress
-    from flexpl.planner.choose import choose, parse_constraint
+    from flexpl.planner.choose import MEMORY_FITS, choose, parse_constraint
     from flexpl.planner.recommend import cost_candidates, rank, write_plans
 
     if args.top < 1:
@@ -139,7 +139,8 @@ def main(args: argparse.Namespace) -> int:
                  out=out / "validate")
     drawn = _draw_best_aside(scn, planner, by_label[best["plan"]], out)  # beside plans.csv and pareto.png
     out = write_plans(out, scn, rows, planner.skipped,
-                      by_label[best["plan"]], best, args.objective, targets[0] if targets else None)
+                      by_label[best["plan"]], best, args.objective, targets or None,
+                      lambda r: all(c.holds(r) for c in (MEMORY_FITS, *constraints)))
     picture = drawn()
     front = [r for r in rows if r["pareto"]]
     n_feasible = sum(r["feasible"] for r in rows)

@@ -1,9 +1,10 @@
 """``pareto.png`` of ``flexpl plan``: each plan's objective against its bytes and its time per round, and,
-with ``--target-accuracy``, the fronts of the cost to the (first) target (:func:`target_fronts`)."""
+with ``--target-accuracy``, one row of cost-to-target fronts per target (:func:`target_fronts`)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,13 +44,16 @@ def _to_target(objective: str) -> str:
     return OBJECTIVES[objective if objective in TARGET_OBJECTIVES else f"{objective}_to_target"]
 
 
-def target_fronts(rows: list[dict[str, Any]], objective: str, suffix: str = "") -> list[TargetFront]:
+def target_fronts(rows: list[dict[str, Any]], objective: str, suffix: str = "",
+                  allowed: Callable[[dict[str, Any]], bool] | None = None) -> list[TargetFront]:
     """The cost-to-target panels of ``pareto.png`` for the target whose columns end in ``suffix``.
 
     x: the objective's cost to the target (a per-round objective: its to-target form); y: the predicted
     round, then the other to-target cost (bytes, or device energy when the objective is bytes). Drawn:
-    the feasible plans that reach the target; the classes none of whose plans reach it are counted.
-    Empty when the rows carry no to-target columns.
+    the plans that reach the target and are ``allowed`` (default: ``feasible``; for a target other
+    than the first, ``flexpl plan`` passes "meets the constraints", since ``feasible`` under a
+    to-target objective also means reaching the first target); the classes none of whose plans reach
+    it are counted. Empty when the rows carry no to-target columns.
     """
     if not rows or f"reaches{suffix}" not in rows[0]:
         return []
@@ -57,7 +61,8 @@ def target_fronts(rows: list[dict[str, Any]], objective: str, suffix: str = "") 
     other = "device_energy_j_to_target" if col == "bytes_to_target" else "bytes_to_target"
     classes = {r["learning_class"] for r in rows}
     reached = {r["learning_class"] for r in rows if r[f"reaches{suffix}"]}
-    drawn = [r for r in rows if r.get("feasible") and r[f"reaches{suffix}"]]
+    ok = allowed or (lambda r: bool(r.get("feasible")))
+    drawn = [r for r in rows if ok(r) and r[f"reaches{suffix}"]]
 
     def num(v: Any) -> float:
         return math.inf if v is None else float(v)
@@ -75,9 +80,12 @@ def target_fronts(rows: list[dict[str, Any]], objective: str, suffix: str = "") 
     return out
 
 
-def plot_pareto(rows: list[dict[str, Any]], objective: str, path: Path, target: float | None = None) -> None:
+def plot_pareto(rows: list[dict[str, Any]], objective: str, path: Path, target: float | Sequence[float] | None = None,
+                allowed: Callable[[dict[str, Any]], bool] | None = None) -> None:
     """``pareto.png``: the objective against bytes and against time per round, the front highlighted; with
-    to-target columns (``target``: the first ``--target-accuracy``), a second row of cost-to-target fronts."""
+    to-target columns, one more row of cost-to-target fronts per target (``target``: the ``--target-accuracy``
+    values, first first; a single float: that target's unsuffixed columns). ``allowed``: which plans the
+    rows of the targets after the first may draw (:func:`target_fronts`)."""
     import io
 
     import matplotlib
@@ -88,8 +96,12 @@ def plot_pareto(rows: list[dict[str, Any]], objective: str, path: Path, target: 
     from flexpl.io.results import atomic_write
 
     col = OBJECTIVES[objective]
-    fronts = target_fronts(rows, objective)
-    fig, grid = plt.subplots(2 if fronts else 1, 2, figsize=(12, 10 if fronts else 5), squeeze=False)
+    targets = [target] if isinstance(target, (int, float)) else list(target or [])
+    # one row per target: the first's unsuffixed columns (what the objective reads), then each other's own
+    fronts = [target_fronts(rows, objective)] if target_fronts(rows, objective) else []
+    if fronts:
+        fronts += [f for a in targets[1:] if (f := target_fronts(rows, objective, f"_{a:g}", allowed))]
+    fig, grid = plt.subplots(1 + len(fronts), 2, figsize=(12, 5 * (1 + len(fronts))), squeeze=False)
     axes = grid[0]
     for ax, x in zip(axes, ("bytes_per_round", "sim_time_s_per_round")):
         for feasible, style in ((False, {"c": "lightgrey", "marker": "x"}), (True, {"c": "tab:blue", "s": 14})):
@@ -110,10 +122,12 @@ def plot_pareto(rows: list[dict[str, Any]], objective: str, path: Path, target: 
         ax.set_ylabel(col.replace("_", " "))
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
-    for ax, f in zip(grid[1] if fronts else (), fronts):
-        _draw_front(ax, f, target)
+    for i, row_fronts in enumerate(fronts):
+        for ax, f in zip(grid[1 + i], row_fronts):
+            _draw_front(ax, f, targets[i] if i < len(targets) else None)
+    shown = ", ".join(f"{a:g}" for a in targets[:len(fronts)])
     fig.suptitle(f"flexpl plan: {objective} against bytes and time (per round)"
-                 + (f"; below, cost to accuracy {target:g}" if fronts and target is not None else ""))
+                 + (f"; below, cost to accuracy {shown} (a row each)" if fronts and shown else ""))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)

@@ -163,10 +163,14 @@ def write_best(path: Path, scn: Scenario, cand: Candidate, row: dict[str, Any], 
 
 
 def write_plans(out: Path, scn: Scenario, rows: list[dict[str, Any]], skipped: list[dict[str, Any]],
-                best: Candidate, best_row: dict[str, Any], objective: str, target: float | None = None) -> Path:
+                best: Candidate, best_row: dict[str, Any], objective: str,
+                target: float | Sequence[float] | None = None,
+                allowed: Callable[[dict[str, Any]], bool] | None = None) -> Path:
     """Write ``plans.csv`` (every costed plan), ``skipped.csv`` (the candidates that cannot run here, and why),
-    ``pareto.png`` (with the cost-to-target fronts of ``target``, the first ``--target-accuracy``, when the
-    rows carry them) and ``best.yaml`` (the recommended plan) into ``out``; returns the folder."""
+    ``pareto.png`` (with a row of cost-to-target fronts per ``target``, the ``--target-accuracy`` values, when
+    the rows carry them; ``allowed``: the plans the rows after the first may draw,
+    :func:`flexpl.planner.figures.target_fronts`) and ``best.yaml`` (the recommended plan) into ``out``;
+    returns the folder."""
     from flexpl.io.results import prepare_out_dir, write_csv
     from flexpl.planner.figures import plot_pareto
 
@@ -177,6 +181,6 @@ def write_plans(out: Path, scn: Scenario, rows: list[dict[str, Any]], skipped: l
     extra = [k for k in (rows[0] if rows else {}) if k not in CSV_COLUMNS and k != CUMULATIVE]
     write_csv(out / "plans.csv", rows, [*CSV_COLUMNS, *extra])
     write_csv(out / "skipped.csv", skipped, ["plan", "family", "reason"])
-    plot_pareto(rows, objective, out / "pareto.png", target)
+    plot_pareto(rows, objective, out / "pareto.png", target, allowed)
     write_best(out / "best.yaml", scn, best, best_row, objective)
     return out

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flexpl.planner.choose import choose, parse_constraint
+from flexpl.planner.choose import MEMORY_FITS, choose, parse_constraint
 from flexpl.planner.curves import CUMULATIVE, CumulativeBill
 from flexpl.planner.figures import plot_pareto, target_fronts
 from flexpl.planner.recommend import add_targets
 from tests.unit.planner.test_targets import _rows, _saturating
 
 
-def _targeted() -> list[dict]:
+def _targeted(targets: tuple[float, ...] = (0.8,)) -> list[dict]:
     rows = _rows()
     cheap = {**rows[0], "plan": "slow-cheap", "device_energy_j_per_round": 0.1}  # class C1: learns as "slow"
     never = {**rows[1], "plan": "never", "learning_class": "C4"}
@@ -19,7 +19,7 @@ def _targeted() -> list[dict]:
     rows += [cheap, never]
     acc = {"C1": _saturating(8, c=0.1), "C2": _saturating(8, c=0.8), "C3": _saturating(8, c=0.8),
            "C4": [0.3] * 8}
-    add_targets(rows, acc, [0.8], 40)
+    add_targets(rows, acc, list(targets), 40)
     choose(rows, [parse_constraint("raw_data_moved==false")], "device_energy_to_target")
     return rows
 
@@ -53,3 +53,25 @@ def test_pareto_png_is_written_with_the_target_fronts(tmp_path: Path):
     rows[0]["pareto"] = rows[0]["recommended"] = True  # as choose marks a plan (only feasible ones are drawn)
     plot_pareto(rows, "device_energy_to_target", tmp_path / "pareto.png", 0.8)
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_target_gets_its_own_row_of_fronts(tmp_path: Path, monkeypatch):
+    rows = _targeted((0.8, 0.6))
+    raw_ok = parse_constraint("raw_data_moved==false")
+    allowed = lambda r: all(c.holds(r) for c in (MEMORY_FITS, raw_ok))  # noqa: E731
+    # the second target's panels read its own columns and draw the plans that meet the constraints
+    by_round = target_fronts(rows, "device_energy_to_target", "_0.6", allowed)[0]
+    assert {p.plan for p in by_round.points} == {"slow", "slow-cheap", "fast"}
+    for p in by_round.points:
+        row = next(r for r in rows if r["plan"] == p.plan)
+        assert p.y == row["round_to_target_0.6"] and p.x == row["device_energy_j_to_target_0.6"]
+    assert by_round.points[0].y < next(r for r in rows if r["plan"] == by_round.points[0].plan)["round_to_target"]
+    drawn: list[tuple[str, str]] = []
+    import flexpl.planner.figures as figures
+
+    real = figures._draw_front
+    monkeypatch.setattr(figures, "_draw_front", lambda ax, f, t: (drawn.append((f.y, t)), real(ax, f, t)))
+    rows[0]["pareto"] = rows[0]["recommended"] = True
+    plot_pareto(rows, "device_energy_to_target", tmp_path / "pareto.png", [0.8, 0.6], allowed)
+    assert drawn == [("round_to_target", 0.8), ("bytes_to_target", 0.8), ("round_to_target", 0.6),
+                     ("bytes_to_target", 0.6)]

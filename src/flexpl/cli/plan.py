@@ -57,8 +57,8 @@ def main(args: argparse.Namespace) -> int:
     """flexpl plan: cost every candidate plan, print the Pareto front, write plans.csv, pareto.png, best.yaml."""
     from flexpl.config.scenario import load_scenario
     from flexpl.io.console import make_console, progress
-    from flexpl.planner.choose import MEMORY_FITS, choose, parse_constraint
-    from flexpl.planner.recommend import cost_candidates, rank, write_plans
+    from flexpl.planner.choose import MEMORY_FITS, TARGET_OBJECTIVES, choose, parse_constraint
+    from flexpl.planner.recommend import add_targets, cost_candidates, rank, write_plans
 
     if args.top < 1:
         raise UserError(f"--top: must be a positive integer, got {args.top}")
@@ -67,7 +67,6 @@ def main(args: argparse.Namespace) -> int:
     trackers = check_track(args)
     if args.track and not args.validate:
         raise UserError("--track: plan trains nothing to track without --validate K; add --validate K or drop --track")
-    from flexpl.planner.choose import TARGET_OBJECTIVES
     from flexpl.planner.curves import check_target
 
     targets = list(dict.fromkeys(check_target(a) for a in args.target_accuracy))
@@ -98,7 +97,18 @@ def main(args: argparse.Namespace) -> int:
     with progress(args.quiet or not console.is_terminal, console) as bar:
         task = bar.add_task("costing plans", total=None)
         planner, cands, rows = cost_candidates(scn, progress=lambda i, n: bar.update(task, completed=i, total=n))
-    if args.search == "device-cuts":
+    wall = time.perf_counter() - t0
+    pilots = reach = None
+    if targets:
+        from flexpl.studies.pilots import check_budget, run_pilots
+
+        budget = check_budget(args.pilot_budget, planner.n_classes, scn.training.rounds)
+        console.print(f"pilots: {planner.n_classes} learning classes, budget {budget} rounds, seed {scn.seed}")
+        pilots = run_pilots(scn, planner, {c.label: c for c in cands}, rows, budget,
+                            None if args.quiet else console,
+                            _pilot_score(rows, constraints, args.objective, targets[0], scn.training.rounds, scn.seed))
+        reach = add_targets(rows, pilots.accuracy, targets, scn.training.rounds, scn.seed)
+    if args.search == "device-cuts":  # after the pilots: a to-target objective searches the bill to the target
         from flexpl.planner.recommend import search_device_cuts
 
         t1 = time.perf_counter()
@@ -108,8 +118,10 @@ def main(args: argparse.Namespace) -> int:
             console.print(f"  {r.parent.label}: {r.space:,} plans, {r.walks} walks, {r.seconds:.1f} s -> {what}"
                           + ("" if r.proven else " (best walked, not proven)"))
 
+        to_round = ({cls: by_t[targets[0]].round for cls, by_t in reach.items()}
+                    if reach is not None and args.objective in TARGET_OBJECTIVES else None)
         found = search_device_cuts(planner, cands, rows, args.objective, constraints,
-                                   None if args.quiet else said)
+                                   None if args.quiet else said, to_round)
         searched = sum(r.space for r in found)
         console.print(f"search device-cuts: {searched:,} plans of {len(found)} FPL presets searched exactly by "
                       f"structure ({sum(r.walks for r in found)} exact walks) in {time.perf_counter() - t1:.1f} s; "
@@ -117,18 +129,9 @@ def main(args: argparse.Namespace) -> int:
                       "per-device cuts added"
                       + ("" if all(r.proven for r in found) else
                          " (objective time: the walk budget ran out before some minimum was proven)"))
-    wall = time.perf_counter() - t0
-    pilots = None
-    if targets:
-        from flexpl.planner.recommend import add_targets
-        from flexpl.studies.pilots import check_budget, run_pilots
-
-        budget = check_budget(args.pilot_budget, planner.n_classes, scn.training.rounds)
-        console.print(f"pilots: {planner.n_classes} learning classes, budget {budget} rounds, seed {scn.seed}")
-        pilots = run_pilots(scn, planner, {c.label: c for c in cands}, rows, budget,
-                            None if args.quiet else console,
-                            _pilot_score(rows, constraints, args.objective, targets[0], scn.training.rounds, scn.seed))
-        add_targets(rows, pilots.accuracy, targets, scn.training.rounds, scn.seed)
+        if reach is not None:  # the found plans' to-target columns (their classes' pilots)
+            add_targets(rows, pilots.accuracy, targets, scn.training.rounds, scn.seed)
+        wall += time.perf_counter() - t1
     best = choose(rows, constraints, args.objective)  # raises the one-line "no plan meets ..." error
     rank(rows, args.objective)
     by_label = {c.label: c for c in cands}
@@ -169,7 +172,7 @@ def main(args: argparse.Namespace) -> int:
     moves = " (it moves raw data off the devices)" if best.get("raw_data_moved") else ""
     console.print(f"recommended ({args.objective}): {best['plan']}{moves} -> {out}/best.yaml")
     console.print(f"every plan in {out}/plans.csv, the front in {out}/pareto.png"
-                  + (f" (and the fronts of the cost to {targets[0]:g})" if targets else "")
+                  + (f" (and the fronts of the cost to {', '.join(f'{a:g}' for a in targets)})" if targets else "")
                   + (f", the recommended plan drawn in {picture}" if picture else ""))
     if args.validate:  # each validated plan's run folder: one parent run, a child per plan
         from dataclasses import replace

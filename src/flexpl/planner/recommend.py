@@ -7,7 +7,7 @@ choice (constraints, Pareto front, the recommendation: :mod:`flexpl.planner.choo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,12 +69,16 @@ def cost_candidates(scn: Scenario, dataset: Dataset | None = None,
 
 
 def search_device_cuts(planner: Planner, cands: list[Candidate], rows: list[dict[str, Any]], objective: str,
-                       constraints: Sequence[Constraint], progress: Callable[[Any], None] | None = None
-                       ) -> list[Any]:
+                       constraints: Sequence[Constraint], progress: Callable[[Any], None] | None = None,
+                       to_round: Mapping[str, int | None] | None = None) -> list[Any]:
     """``flexpl plan --search device-cuts``: for every costed FPL preset (:func:`flexpl.planner.search.searchable`),
     the per-device cuts that minimise ``objective`` under ``constraints``, found exactly by structure
     (:func:`flexpl.planner.search.best_device_cuts`); each found plan that differs from its parent joins
     ``cands`` and ``rows`` (its exact walk, in its parent's learning class). Returns the search results.
+
+    ``to_round`` (learning class -> the round it is predicted to reach the first target, None if not):
+    a to-target ``objective`` then minimises each parent's exact bill through its class's round; a
+    parent whose class does not reach the target is ranked by the whole run's bill.
     """
     from flexpl.planner.classes import learning_key
     from flexpl.planner.search import best_device_cuts, searchable
@@ -82,7 +86,8 @@ def search_device_cuts(planner: Planner, cands: list[Candidate], rows: list[dict
     results = []
     by_label = {r["plan"]: r for r in rows}
     for parent in [c for c in cands if searchable(c)]:
-        res = best_device_cuts(planner, parent, objective, constraints)
+        rnd = (to_round or {}).get(by_label[parent.label]["learning_class"])
+        res = best_device_cuts(planner, parent, objective, constraints, to_round=rnd)
         results.append(res)
         if progress:
             progress(res)

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from flexpl.errors import UserError
 from flexpl.planner.candidates import Candidate
 from flexpl.planner.choose import MEMORY_FITS, OBJECTIVES, Constraint
+from flexpl.planner.curves import CUMULATIVE
 
 if TYPE_CHECKING:
     from flexpl.planner.predict import Planner, Prediction
@@ -62,6 +63,9 @@ _ADDITIVE_COLUMNS = {  # column -> (total key, divide by rounds)
 }
 _PER_ROUND = frozenset(k for k in _ADDITIVE_COLUMNS if k.endswith("_per_round"))
 _ENERGY = frozenset({"energy", "dev_energy", "energy_compute", "energy_comm"})
+# with a round R to the target (:func:`cut_structure`'s ``to_round``): the exact bill through round R
+_TO_ROUND = {"flops@R": "flops_per_round", "bytes@R": "bytes_per_round", "energy@R": "energy_j_per_round",
+             "dev_energy@R": "device_energy_j_per_round"}
 SEARCH_COLUMNS = (*_ADDITIVE_COLUMNS, "raw_data_moved", "device_memory_fits", "peak_memory_bytes_max",
                   "peak_memory_device_max", "max_device_bytes_per_round")
 
@@ -107,6 +111,7 @@ class CutStructure:
     walks: int = 0  # exact walks the structure took
     seconds: float = 0.0
     devices_all: list[str] = field(default_factory=list)  # every data node (the searched ones or not)
+    to_round: int | None = None  # the round the "@R" keys accumulate the bill through (None: no such keys)
 
     @property
     def space(self) -> int:
@@ -151,7 +156,7 @@ class CutStructure:
 
 
 def _float_key(key: str) -> bool:
-    return key in _ENERGY
+    return key in _ENERGY or key in ("energy@R", "dev_energy@R")
 
 
 def _per(total: int, rounds: int) -> int | float:
@@ -177,7 +182,8 @@ def with_cuts(parent: Candidate, cuts: dict[str, int]) -> Candidate:
                      parent.family + "-search", parent.cut, parent.grouping, parent.sync_every)
 
 
-def _quantities(pred: Prediction, planner: Planner, include_idle: bool) -> dict[str, float]:
+def _quantities(pred: Prediction, planner: Planner, include_idle: bool, to_round: int | None = None
+                ) -> dict[str, float]:
     row = pred.row
     out: dict[str, float] = {
         "flops": row["flops_total"], "bytes": row["bytes_total"], "energy": row["energy_j_total"],
@@ -192,18 +198,24 @@ def _quantities(pred: Prediction, planner: Planner, include_idle: bool) -> dict[
         out[f"busy:{n}"] = d["busy_s"]
     for name, d in pred.per_link.items():
         out[f"busy:{name}"] = d["busy_s"]
+    if to_round is not None:  # the exact cumulative bill through round R (additive like the run's totals)
+        bill = row[CUMULATIVE]
+        for k, per_round in _TO_ROUND.items():
+            out[k] = bill.at(per_round, to_round)
     if include_idle:  # idle energy follows the simulated time, which is not separable
-        for k in _ENERGY:
-            out.pop(k)
+        for k in (*_ENERGY, "energy@R", "dev_energy@R"):
+            out.pop(k, None)
     return out
 
 
 def cut_structure(planner: Planner, parent: Candidate, devices: Sequence[str] | None = None,
-                  options: Sequence[int] | None = None) -> CutStructure:
+                  options: Sequence[int] | None = None, to_round: int | None = None) -> CutStructure:
     """Walk the plans that determine ``parent``'s per-device-cut space exactly (see [Note: separable costs]).
 
     ``devices``: the data nodes whose cut is searched (default all; the others keep the parent's cut);
-    ``options``: the cuts they may take (default ``0..c``, the model's allowed cuts only).
+    ``options``: the cuts they may take (default ``0..c``, the model's allowed cuts only); ``to_round``:
+    also structure the exact bill through that round (FLOPs, bytes, energy, device energy: the keys
+    ``flops@R``, ...), which the to-target objectives minimise.
     """
     if not searchable(parent):
         raise UserError(f"--search device-cuts: '{parent.label}' is not an FPL preset with a cut of at least 1")
@@ -216,13 +228,15 @@ def cut_structure(planner: Planner, parent: Candidate, devices: Sequence[str] | 
                   {e for e in range(c + 1) if allowed is None or e in allowed or e == c} | {c})
     if any(not 0 <= e <= c for e in opts):
         raise UserError(f"--search device-cuts: cuts {opts} out of range 0..{c}")
+    if to_round is not None and not 1 <= to_round <= planner.scn.training.rounds:
+        raise ValueError(f"cut_structure: to_round {to_round} is not a round of the run (1..{planner.scn.training.rounds})")
     idle = bool(planner.scn.energy.include_idle)
     seen: dict[tuple[int, ...], dict[str, float]] = {}
 
     def walk(cuts: dict[str, int]) -> dict[str, float]:
         key = tuple(cuts.get(n, c) for n in devs)
         if key not in seen:
-            seen[key] = _quantities(planner.predict(with_cuts(parent, cuts)), planner, idle)
+            seen[key] = _quantities(planner.predict(with_cuts(parent, cuts)), planner, idle, to_round)
         return seen[key]
 
     def vec(cuts: dict[str, int]) -> list[float]:
@@ -252,7 +266,8 @@ def cut_structure(planner: Planner, parent: Candidate, devices: Sequence[str] | 
             explicit[combo] = vec(dict(zip(devs, combo)))
     memory = {n: float(topo.nodes[n].memory_bytes) for n in topo.nodes}
     st = CutStructure(parent, c, devs, opts, keys, planner.scn.training.rounds, base, level, delta, memory, explicit,
-                      len(seen), time.perf_counter() - t0, devices_all=list(planner.scn.data_nodes))
+                      len(seen), time.perf_counter() - t0, devices_all=list(planner.scn.data_nodes),
+                      to_round=to_round)
     return st
 
 
@@ -332,6 +347,8 @@ def _objective_key(st: CutStructure, objective: str) -> str:
                         f"allowed: {', '.join(SEARCH_OBJECTIVES)}")
     key = {"energy": "energy", "device_energy": "dev_energy", "bytes": "bytes",
            "time": "time"}[objective.removesuffix("_to_target")]
+    if key != "time" and objective.endswith("_to_target") and st.to_round is not None:
+        key += "@R"  # the exact bill through the round the plans reach the target
     if key != "time" and key not in st.keys:
         raise UserError(f"--search device-cuts: energy.include_idle makes energy follow the simulated time, "
                         f"which is not separable; objective '{objective}' cannot be searched")
@@ -416,18 +433,23 @@ def _slack(bound: float) -> float:
 
 def best_device_cuts(planner: Planner, parent: Candidate, objective: str, constraints: Sequence[Constraint] = (),
                      devices: Sequence[str] | None = None, options: Sequence[int] | None = None,
-                     max_walks: int = 200, structure: CutStructure | None = None) -> SearchResult:
+                     max_walks: int = 200, structure: CutStructure | None = None, to_round: int | None = None
+                     ) -> SearchResult:
     """The per-device cuts of ``parent`` that minimise ``objective`` under ``constraints`` (and memory), exactly.
 
-    ``objective``: a key of ``OBJECTIVES`` in ``SEARCH_OBJECTIVES`` (a to-target form ranks like its
-    per-round form, by the whole run's bill: every per-device cut of a plan is in its parent's learning
-    class, so it reaches the target in the same round; the bill through that round can still order two
-    plans differently from the whole run's when its rounds differ, e.g. FedAvg every k rounds, and the
-    search does not see that). The returned ``row`` is the exact walk of the chosen plan.
-    See [Note: separable costs] for why the minimum is exact.
+    ``objective``: a key of ``OBJECTIVES`` in ``SEARCH_OBJECTIVES``. A to-target form with ``to_round`` R
+    (the round the parent's learning class reaches the target: every per-device cut of a plan is in
+    its class, so every plan of the space reaches it in that round) minimises the exact bill through
+    round R, which FedAvg every k rounds, round 1's download and the clients each round selects can
+    order differently from the whole run's; without ``to_round`` it ranks by the whole run's bill.
+    ``structure`` (reused) must have been built with the same ``to_round``. The returned ``row`` is
+    the exact walk of the chosen plan and ``value`` its objective (through round R for a to-target form
+    with ``to_round``, else per round). See [Note: separable costs] for why the minimum is exact.
     """
     t0 = time.perf_counter()
-    st = structure or cut_structure(planner, parent, devices, options)
+    st = structure or cut_structure(planner, parent, devices, options, to_round)
+    if st.to_round != to_round:
+        raise ValueError(f"best_device_cuts: the structure accumulates to round {st.to_round}, asked {to_round}")
     key = _objective_key(st, objective)
     # "reaches" (a target) is the parent's learning class's: the same for every plan of the space
     lins = [x for con in (MEMORY_FITS, *constraints) if con.column != "reaches" for x in _linear(st, con)]
@@ -445,11 +467,18 @@ def best_device_cuts(planner: Planner, parent: Candidate, objective: str, constr
         cand = with_cuts(parent, cuts)
         row = dict(planner.predict(cand).row)
         walks += 1
-        value = row[OBJECTIVES[objective.removesuffix("_to_target") if objective.endswith("_to_target")
-                               else objective]]
+        value = _value(row, objective, to_round)
     full = {n: (cuts or {}).get(n, st.cut) for n in planner.scn.data_nodes} if cuts is not None else None
     return SearchResult(parent, full, cand, row, value, st.space, walks,
                         st.seconds + time.perf_counter() - t0, proven)
+
+
+def _value(row: dict[str, Any], objective: str, to_round: int | None) -> float:
+    """``objective``'s value on a walked ``row``: through round ``to_round`` for a to-target form given it, else per round."""
+    per_round = OBJECTIVES[objective.removesuffix("_to_target") if objective.endswith("_to_target") else objective]
+    if objective.endswith("_to_target") and to_round is not None:
+        return float(row[CUMULATIVE].at(per_round, to_round))
+    return float(row[per_round])
 
 
 def _time_bound(st: CutStructure, q: Sequence[float]) -> float:
@@ -485,24 +514,24 @@ def _min_time(planner: Planner, st: CutStructure, lins: list[_Linear], max_walks
 
 
 def brute_force(planner: Planner, parent: Candidate, objective: str, constraints: Sequence[Constraint] = (),
-                devices: Sequence[str] | None = None, options: Sequence[int] | None = None
-                ) -> tuple[dict[str, int] | None, float, list[dict[str, Any]]]:
+                devices: Sequence[str] | None = None, options: Sequence[int] | None = None,
+                to_round: int | None = None) -> tuple[dict[str, int] | None, float, list[dict[str, Any]]]:
     """Every plan of the space walked exactly (:meth:`Planner.predict`); returns the best cuts, its value, all rows.
 
-    The check of :func:`best_device_cuts`: slow (one walk per plan), for small spaces.
+    The check of :func:`best_device_cuts` (``to_round`` as there): slow (one walk per plan), for small spaces.
     """
     from flexpl.planner.choose import MEMORY_FITS as fits
 
     c = int((parent.plan or {})["cut"])
     devs = list(devices) if devices is not None else list(planner.topo.data_nodes)
     opts = sorted(set(options)) if options is not None else list(range(c + 1))
-    col = OBJECTIVES[objective.removesuffix("_to_target") if objective.endswith("_to_target") else objective]
     rows, best, best_val = [], None, math.inf
     for combo in itertools.product(opts, repeat=len(devs)):
         cuts = dict(zip(devs, combo))
         row = dict(planner.predict(with_cuts(parent, cuts)).row)
         row["_cuts"] = cuts
         rows.append(row)
-        if all(x.holds(row) for x in (fits, *constraints)) and row[col] < best_val:
-            best_val, best = row[col], cuts
+        val = _value(row, objective, to_round)
+        if all(x.holds(row) for x in (fits, *constraints)) and val < best_val:
+            best_val, best = val, cuts
     return best, best_val, rows

@@ -14,8 +14,10 @@ import pytest
 from flexpl import planner as P
 from flexpl.errors import UserError
 from flexpl.planner.choose import MEMORY_FITS, OBJECTIVES, parse_constraint
+from flexpl.planner.curves import CUMULATIVE
 from flexpl.planner.search import (
     SEARCH_COLUMNS,
+    _objective_key,
     best_device_cuts,
     brute_force,
     cut_structure,
@@ -148,3 +150,74 @@ def test_plan_search_refuses_what_it_cannot_separate_before_costing(capsys):
                 "--out", "/nonexistent-never-written"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not separable" in err
+
+
+@pytest.mark.parametrize("space", ["star", "edges"])
+def test_a_to_target_objective_minimises_the_exact_bill_through_its_round(space, request):
+    """With the round R at which the parent's class reaches the target, the structure carries the exact
+    cumulative bill through R, and the search's minimum equals brute force over every plan's bill to R."""
+    planner, parent, devs, _, rows = request.getfixturevalue(space)
+    st = cut_structure(planner, parent, devs, to_round=1)  # the fixtures' runs have 2 rounds; round 1 downloads
+    for r in rows:
+        q = st.vector(r["_cuts"])
+        bill = r[CUMULATIVE]
+        for key, per_round in (("flops@R", "flops_per_round"), ("bytes@R", "bytes_per_round"),
+                               ("energy@R", "energy_j_per_round"), ("dev_energy@R", "device_energy_j_per_round")):
+            assert _same(q[st.keys.index(key)], bill.at(per_round, 1)), (r["_cuts"], key)
+    differs = 0
+    for objective in ("energy_to_target", "device_energy_to_target", "bytes_to_target"):
+        per_round = OBJECTIVES[objective.removesuffix("_to_target")]
+        for texts in _constraints(rows):
+            cons = [parse_constraint(t) for t in texts]
+            ok = [r for r in rows if all(c.holds(r) for c in (MEMORY_FITS, *cons))]
+            got = best_device_cuts(planner, parent, objective, cons, devs, structure=st, to_round=1)
+            if not ok:
+                assert got.cuts is None
+                continue
+            best = min(r[CUMULATIVE].at(per_round, 1) for r in ok)
+            assert got.row is not None and math.isclose(got.value, best, rel_tol=1e-12), (objective, texts)
+            assert got.value == got.row[CUMULATIVE].at(per_round, 1)
+            whole = min(ok, key=lambda r: r[per_round])
+            differs += whole[CUMULATIVE].at(per_round, 1) > best * (1 + 1e-9)
+    assert differs == 0  # these spaces' rounds cost alike: the whole run's pick is also the cheapest to round 1
+    assert _objective_key(st, "bytes_to_target") == "bytes@R" and _objective_key(st, "bytes") == "bytes"
+    with pytest.raises(ValueError, match="accumulates to round 1"):
+        best_device_cuts(planner, parent, "bytes_to_target", (), devs, structure=st, to_round=2)
+
+
+def test_plan_searches_the_bill_to_the_pilots_round_and_targets_the_found_plans(tmp_path, monkeypatch):
+    """``flexpl plan --target-accuracy A --search device-cuts`` pilots first, then searches each FPL parent
+    by its class's predicted round (scripted pilots here: every class at 0.95 from round 1, so R = 1)."""
+    import csv
+
+    from flexpl.cli import main as cli
+    from flexpl.studies import pilots as pilots_mod
+
+    seen: dict[str, int | None] = {}
+    real = best_device_cuts
+
+    def spy(planner, parent, objective, constraints=(), *a, to_round=None, **k):
+        seen[parent.label] = to_round
+        return real(planner, parent, objective, constraints, *a, to_round=to_round, **k)
+
+    def scripted(scn, planner, cands, rows, budget, console=None, score=None):
+        out = pilots_mod.Pilots(seed=scn.seed)
+        for r in rows:
+            out.representative.setdefault(r["learning_class"], r["plan"])
+            out.accuracy[r["learning_class"]] = [0.95, 0.96]
+        out.rounds_trained, out.rungs = 2 * len(out.accuracy), [(2, len(out.accuracy))]
+        return out
+
+    monkeypatch.setattr(pilots_mod, "run_pilots", scripted)
+    monkeypatch.setattr("flexpl.planner.search.best_device_cuts", spy)
+    out = tmp_path / "plan"
+    assert cli(["plan", "digits-star", "--set", "training.rounds=2", "--target-accuracy", "0.9",
+                "--target-accuracy", "0.95", "--search", "device-cuts", "--objective", "device_energy_to_target",
+                "--out", str(out), "--quiet"]) == 0
+    assert seen and set(seen.values()) == {1}  # every searched parent: its class's round to the first target
+    rows = list(csv.DictReader((out / "plans.csv").open()))
+    found = [r for r in rows if r["family"].endswith("-search")]
+    assert found
+    for r in found:  # the found plans have their class's to-target columns: the bill through round 1
+        assert r["round_to_target"] == "1" and r["reaches_0.95"] == "True"
+        assert float(r["device_energy_j_to_target"]) == float(r["device_energy_j_to_target_0.9"]) > 0

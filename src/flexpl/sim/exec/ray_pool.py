@@ -1,4 +1,5 @@
-"""``engine.executor: ray``: one run's FedAvg clients trained by Ray actors, on one machine or a cluster.
+"""``engine.executor: ray``: one run's FedAvg clients (or FPL's edge groups) trained by Ray actors, on one
+machine or a cluster.
 
 [Note: Ray workers] For plans whose clients are independent within a round and start it
 from the averaged weights (FedAvg ``fl``, SplitFed ``sfl``: every stage per data node,

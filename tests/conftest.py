@@ -55,6 +55,25 @@ def digits_star(sets: list[str] | None = None, **top: Any) -> Scenario:
     return validate_scenario(data)
 
 
+def digits_edges(sets: list[str] | None = None, **top: Any) -> Scenario:
+    """digits-star's data, model and devices behind two edge servers (two each) and a cloud: ``fpl``
+    gets one trunk per edge, averaged at the cloud."""
+    data = yaml.safe_load(resources.files("flexpl.scenarios").joinpath("digits-star.yaml").read_text())
+    data.update({"name": "digits-edges", "server": "cloud",
+                 "nodes": [{"name": "cloud", "profile": "cloud-server"}, {"name": "edge0", "profile": "edge-server"},
+                           {"name": "edge1", "profile": "edge-server"}] + data["nodes"][1:],
+                 "links": [{"between": ["dev0", "edge0"], "profile": "wifi"},
+                           {"between": ["dev1", "edge0"], "profile": "lte"},
+                           {"between": ["dev2", "edge1"], "profile": "wifi"},
+                           {"between": ["dev3", "edge1"], "profile": "ethernet"},
+                           {"between": ["edge0", "cloud"], "profile": "fiber"},
+                           {"between": ["edge1", "cloud"], "profile": "fiber"}]})
+    data.update(copy.deepcopy(top))
+    for s in sets or []:
+        apply_set(data, s)
+    return validate_scenario(data)
+
+
 def chain_scenario(sets: list[str] | None = None, n_dev: int = 2, **top: Any) -> Scenario:
     """Devices -> edge -> cloud (multi-hop), digits data, small MLP."""
     data: dict[str, Any] = {

@@ -32,7 +32,7 @@ from flexpl import cli
 from flexpl.errors import UserError
 from flexpl.sim.exec.ray_pool import deal, peak_rss_bytes
 from flexpl.sim.simulator import run, setup
-from tests.conftest import digits_star
+from tests.conftest import digits_edges, digits_star
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY and not os.environ.get("FLEXPL_REQUIRE_RAY"),
@@ -161,24 +161,37 @@ def cluster() -> Iterator[str]:
             os.environ["RAY_AUTH_MODE"] = old_mode
 
 
-def _run(strategy: str, mode: str, extra: list[str] | None = None) -> tuple[dict, dict, list[dict], Any]:
-    scn = digits_star([f"strategy={strategy}", f"engine.executor={mode}", "training.rounds=2"] + (extra or []))
+def _run(strategy: str, mode: str, extra: list[str] | None = None, scenario: Any = digits_star,
+         ) -> tuple[dict, dict, list[dict], Any]:
+    """A run's summary, its weights (every aggregated model, and every replica as ``(stage, replica)``),
+    rows and traces."""
+    scn = scenario([f"strategy={strategy}", f"engine.executor={mode}", "training.rounds=2"] + (extra or []))
     st = setup(scn)
     res = run(scn, st=st, keep_traces=True)
-    return res.summary, {s: m.state_dict() for s, m in st.engine.global_.items()}, res.rounds, res.traces
+    weights: dict[Any, dict[str, torch.Tensor]] = {s: m.state_dict() for s, m in st.engine.global_.items()}
+    if scenario is digits_edges:  # [Note: Ray groups] the fronts too, fetched from the actors that train them
+        weights.update({(s, r): rep.module.state_dict() for s, reps in enumerate(st.engine.replicas)
+                        for r, rep in enumerate(reps)})
+    return res.summary, weights, res.rounds, res.traces
 
 
 @pytest.mark.slow
 @pytest.mark.ray
 @needs_ray
-@pytest.mark.parametrize("strategy", ["fl", "sfl"])
-def test_ray_executor_on_two_nodes_equals_sequential(cluster: str, strategy: str) -> None:
+@pytest.mark.parametrize("strategy,scenario,extra", [
+    ("fl", digits_star, []),
+    ("sfl", digits_star, []),
+    # FPL with one trunk per edge: each edge's group on one actor, its fronts kept there [Note: Ray groups]
+    ("fpl", digits_edges, ["training.rounds=3", "training.optimizer.name=adam", "training.optimizer.lr=0.01"]),
+])
+def test_ray_executor_on_two_nodes_equals_sequential(cluster: str, strategy: str, scenario: Any,
+                                                     extra: list[str]) -> None:
     """Two actors, one per node: the whole trace (and so FLOPs, bytes, clock, energy) is the sequential
     one; the weights, losses and accuracy agree to float round-off."""
     import ray
 
-    ref_sum, ref_w, ref_rows, ref_tr = _run(strategy, "sequential")
-    got_sum, got_w, got_rows, got_tr = _run(strategy, "ray")
+    ref_sum, ref_w, ref_rows, ref_tr = _run(strategy, "sequential", extra, scenario)
+    got_sum, got_w, got_rows, got_tr = _run(strategy, "ray", extra, scenario)
     assert got_sum["executor"] == "ray" and ray.is_initialized()  # (a Ray the caller started is left running)
     assert {k: v for k, v in got_sum.items() if k not in VOLATILE} == \
         {k: v for k, v in ref_sum.items() if k not in VOLATILE}

@@ -227,7 +227,7 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
                     # [Note: working models] reproduce FedAvg's sum only, and keep no client for a failure to drop
                     working=not scn.failures.active and scn.training.aggregator.kind == "fedavg",
                     working_any_host=choice.mode == "ray")
-    if choice.mode == "ray" and not ray_pool.supported(engine):
+    if choice.mode == "ray" and not (ray_pool.supported(engine) or ray_pool.grouped(scn, engine)):
         raise ray_pool.unsupported(scn, plan)
     engine.device, engine.precision = dev, scn.training.precision
     configure(engine, scn)  # training.loss and training.aggregator (flexpl.sim.plugins)
@@ -425,6 +425,8 @@ def _run(scn: Scenario, st: Setup, t_wall: float, on_round: Callable[[dict[str, 
         rows, totals, ev, traces = _rounds(st, first, totals, rows, ev, synced_last_round, by_name, weights,
                                            fed_round, fed_step, on_round, keep_traces, evaluate, store,
                                            writer, on_round_bill)
+        if isinstance(st.pool, ray_pool.RayPool):  # the run's last state here [Note: Ray groups]
+            st.pool.pull(eng)
         done = True
     except Diverged as exc:  # the rounds completed so far, summed up (rows and totals grow in place)
         last = rows[-1] if rows else {}
@@ -487,6 +489,8 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
         if keep_traces:
             traces.append((trace, starts, ends))
         if rnd % tr.eval_every == 0 or rnd == tr.rounds:
+            if isinstance(st.pool, ray_pool.RayPool):  # the fronts the actors train [Note: Ray groups]
+                st.pool.pull(eng)
             n_eval = 0  # samples evaluated: billed apart from training (costs.include_eval adds it)
             if evaluate:
                 ev = evaluate(st)
@@ -530,6 +534,8 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
             before = now
         if store is not None and tr.checkpoint_every and (rnd % tr.checkpoint_every == 0
                                                           or rnd == tr.rounds or stop):
+            if isinstance(st.pool, ray_pool.RayPool):  # the fronts the actors train [Note: Ray groups]
+                st.pool.pull(eng)
             checkpoint.save(store.save_path(rnd), scenario_sha256=scn.digest(), round_index=rnd,
                             rows=rows, totals=totals, last_eval=ev, synced=synced_last_round, eng=eng,
                             writer=writer, extra=store.extra())

@@ -22,7 +22,8 @@ decides (:func:`choose`); :mod:`flexpl.sim.exec.processes` holds the worker proc
   order, by the workers and by this process, which trains the ones its walk reaches first.
 - ``ray`` (asked for only): FedAvg/SplitFed clients dealt to Ray actors on one machine or a
   cluster, each with one working model per stage, returning one partial FedAvg sum each,
-  while this process walks the round on shapes (``flexpl.sim.exec.ray_pool``, [Note: Ray workers]).
+  while this process walks the round on shapes (``flexpl.sim.exec.ray_pool``, [Note: Ray workers]);
+  FPL with per-edge trunks by edge group, each group on one actor for the whole run ([Note: Ray groups]).
 
 [Note: mode equivalence] ``processes`` does each replica's arithmetic exactly as
 ``sequential`` does with one torch thread (bitwise equal then; with more threads, ops

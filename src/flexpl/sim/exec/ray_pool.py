@@ -1,4 +1,5 @@
-"""``engine.executor: ray``: one run's FedAvg clients trained by Ray actors, on one machine or a cluster.
+"""``engine.executor: ray``: one run's FedAvg clients (or FPL's edge groups) trained by Ray actors, on one
+machine or a cluster.
 
 [Note: Ray workers] For plans whose clients are independent within a round and start it
 from the averaged weights (FedAvg ``fl``, SplitFed ``sfl``: every stage per data node,
@@ -21,6 +22,26 @@ partial sums (in actor order) and installs the total where the upload reads it
 (``FedAvgSum.install``); the losses are summed in the sequential engine's order. The sum
 is grouped by actor instead of client by client, so weights agree with ``sequential`` to
 float round-off (bitwise with one actor) [Note: mode equivalence].
+
+[Note: Ray groups] FPL plans with per-edge trunks (``fpl`` behind several edge servers,
+``fpl-sync``, ``fpl-group``; see :func:`grouped`) do not split by client: a trunk trains on
+the stacked activations of its edge's devices every step. They split by *group* instead:
+the data nodes that share a replica in some stage (:func:`groups`: one edge with its
+devices), which exchange no tensors with other groups within a round. The groups are dealt
+to the actors once per run (:func:`deal` by samples x FLOPs per sample) and stay there, so
+state that outlives a round stays where it trains: the fronts that are never averaged (and
+their optimizer state) live in the actor owning their group for the whole run. Each round
+the parent downloads (on its own replicas, recording the trace as ``sequential``), sends
+each actor its groups' averaged replicas (weights and optimizer state, as downloaded), and
+walks the round on shapes while each actor runs the sequential engine's steps for its
+groups' nodes (``train_round`` on those nodes: a group's arithmetic is the sequential
+one). The actors send back the trained averaged replicas; the parent loads them and
+averages them in the round-end upload exactly as ``sequential`` does, so the weights agree
+to float round-off (bitwise where torch is deterministic); only the training loss is summed
+per actor. The parent fetches the never-averaged fronts (weights and optimizer state) from
+the actors only when it needs them: before evaluating (accuracy per device path), before a
+checkpoint, and at the end of the run. A resumed run pushes the checkpoint's fronts to the
+actors when they start.
 """
 
 from __future__ import annotations
@@ -39,7 +60,7 @@ from flexpl.sim.exec.processes import _sum_losses
 
 if TYPE_CHECKING:
     from flexpl.config.scenario import Scenario
-    from flexpl.plan.spec import Plan
+    from flexpl.plan.spec import Layout, Plan
     from flexpl.sim.engine import Engine
     from flexpl.sim.node_data import NodeData
 
@@ -77,12 +98,82 @@ def supported(eng: Engine) -> bool:
         for s in range(len(eng.plan.stages)))
 
 
+def groups(layout: Layout) -> list[list[str]]:
+    """The data nodes in groups that share no replica (in data-node order): nodes served by one replica of
+    some stage (one edge's devices, for a per-edge trunk) are in one group [Note: Ray groups]."""
+    nodes = list(layout.serves[0]) if layout.serves else []
+    root = {n: n for n in nodes}
+
+    def find(n: str) -> str:
+        while root[n] != n:
+            root[n] = root[root[n]]
+            n = root[n]
+        return n
+
+    for reps in layout.replicas:
+        for r in reps:
+            a = find(r.members[0])
+            for m in r.members[1:]:
+                b = find(m)
+                if b != a:
+                    root[b] = a
+    out: dict[str, list[str]] = {}
+    for n in nodes:
+        out.setdefault(find(n), []).append(n)
+    return list(out.values())
+
+
+def grouped(scn: Scenario, eng: Engine) -> bool:
+    """True for the FPL plans with per-edge trunks that ray runs by group [Note: Ray groups]: lockstep
+    steps with a batch junction, every stage per device (on the device itself) or per group, FedAvg at
+    the end of a round or no sync; at least two groups; no failures, no FedProx, no batch norm."""
+    plan = eng.plan
+    if plan.junction != "batch" or plan.schedule != "lockstep" or plan.collect_data or eng.working:
+        return False
+    from flexpl.models.aggregate import make_aggregator
+
+    if scn.failures.active or make_aggregator(scn.training.aggregator).proximal:
+        return False
+    if not all((st.replication == "per_node" and st.host == "own" and not st.hosts)
+               or st.replication == "per_group" for st in plan.stages):
+        return False
+    if not any(st.replication == "per_group" for st in plan.stages):
+        return False
+    if any(st.sync.kind not in ("none", "fedavg") or (st.sync.kind == "fedavg" and st.sync.unit != "round")
+           for st in plan.stages):
+        return False
+    if any(any(True for _ in reps[0].module.buffers()) for reps in eng.replicas if reps):
+        return False
+    return len(groups(eng.layout)) >= 2
+
+
 def unsupported(scn: Scenario, plan: Plan) -> UserError:
     """The one-line error for ``engine.executor: ray`` on a plan it does not run."""
     return UserError(f"engine.executor=ray: the {plan.name} plan (strategy {scn.strategy}) is not supported yet; "
                      "ray runs plans whose clients train independently every round from the averaged weights "
-                     "(FedAvg fl, SplitFed sfl; FedAvg aggregator, optimizers reset on sync, no failures, no "
-                     f"batch norm); use engine.executor={OTHER_EXECUTORS}")
+                     "(FedAvg fl, SplitFed sfl; FedAvg aggregator, optimizers reset on sync) and FPL with "
+                     "per-edge trunks (fpl, fpl-sync, fpl-group behind 2 or more edge servers: every stage per "
+                     "device or per edge, averaged per round or never), with no failures, no FedProx, no "
+                     f"batch norm; use engine.executor={OTHER_EXECUTORS}")
+
+
+def replica_state(eng: Engine, s: int, r: int) -> dict[str, Any]:
+    """A copy of replica ``r`` of stage ``s``: its weights and its optimizer's state."""
+    from flexpl.sim.checkpoint import snapshot
+
+    rep = eng.replicas[s][r]
+    return snapshot({"module": rep.module.state_dict(), "opt": rep.opt.state_dict() if rep.opt is not None else None})
+
+
+def load_replica(eng: Engine, s: int, r: int, state: Mapping[str, Any]) -> None:
+    """Load what :func:`replica_state` copied into replica ``r`` of stage ``s`` (its arena row too)."""
+    rep = eng.replicas[s][r]
+    rep.module.load_state_dict(state["module"])
+    if rep.opt is not None and state["opt"] is not None:
+        rep.opt.load_state_dict(state["opt"])
+        arena = eng.arenas.get(s)
+        if arena is not None:  # the loaded state back into the stacked rows (as after a checkpoint)
+            arena.absorb(r, rep.module, rep.opt)
 
 
 class RayWorker:
@@ -139,6 +230,34 @@ class RayWorker:
         return {s: {k: v.cpu() for k, v in a.items()} for s, a in acc.items()}, losses
 
 
+    # ---------------------------------------------------------------- groups [Note: Ray groups]
+
+    def load(self, states: Mapping[tuple[int, int], Mapping[str, Any]]) -> None:
+        """Load replicas' weights and optimizer state, (stage, replica) -> :func:`replica_state`."""
+        for (s, r), state in states.items():
+            load_replica(self.eng, s, r, state)
+
+    def states(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], dict[str, Any]]:
+        """The weights and optimizer state of the replicas ``keys`` (stage, replica)."""
+        return {(s, r): replica_state(self.eng, s, r) for s, r in keys}
+
+    def train_groups(self, lr: float, rnd: int, nodes: dict[str, list[np.ndarray]],
+                     synced: Mapping[tuple[int, int], Mapping[str, Any]], train_round: Callable[..., Any],
+                     ) -> tuple[dict[tuple[int, int], dict[str, Any]], float, int]:
+        """One round of this actor's groups: load the averaged replicas ``synced`` as the parent downloaded
+        them, run the sequential engine's steps for ``nodes`` (name -> batch index arrays, in the round's
+        order; ``train_round`` is the simulator's), and return those replicas trained, the loss sum and
+        the samples."""
+        eng = self.eng
+        self.load(synced)
+        eng.lr_now.fill_(lr)
+        batches = {n: [torch.from_numpy(i) for i in idx] for n, idx in nodes.items()}
+        eng.expect_round({n: sum(len(b) for b in bs) for n, bs in batches.items()})
+        loss_sum, n_sum, _ = train_round(eng, self.by_name, batches, [], rnd)
+        eng.recorder.take()  # the parent records the trace
+        return self.states(list(synced)), float(loss_sum), int(n_sum)
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident memory so far, in bytes."""
     try:
@@ -153,16 +272,16 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def worker_count(scn: Scenario, ray: Any) -> int:
+def worker_count(scn: Scenario, ray: Any, units: int | None = None) -> int:
     """Actors for this run: ``engine.workers``, else as many as the cluster's CPUs (or GPUs over
-    ``engine.gpus_per_worker``) hold; at most one per data node. Asking for more actors than the
+    ``engine.gpus_per_worker``) hold; at most one per data node (``units``: per group). Asking for more actors than the
     cluster holds is a ``UserError`` (Ray would wait forever for the rest)."""
     eng = scn.engine
     res = ray.cluster_resources()
     gpus = eng.gpus_per_worker
     cap = int(res.get("GPU", 0.0) / gpus + 1e-9) if gpus else int(res.get("CPU", 0.0))
     what = f"{res.get('GPU', 0.0):g} GPUs for {gpus:g} each" if gpus else f"{res.get('CPU', 0.0):g} CPUs for 1 each"
-    n = min(eng.workers or cap, len(scn.data_nodes))
+    n = min(eng.workers or cap, units or len(scn.data_nodes))
     if cap < 1 or n > cap:
         raise UserError(f"engine.executor=ray: {max(n, 1)} Ray actors do not fit the cluster ({what}); "
                         "lower engine.workers or engine.gpus_per_worker, or add nodes")
@@ -180,6 +299,10 @@ class RayPool:
 
         self.stack = contextlib.ExitStack()
         self.actors: list[Any] = []
+        self.groups: list[list[str]] | None = None
+        self.owned: list[list[str]] = []  # [Note: Ray groups] each actor's data nodes, for the whole run
+        self.owner: dict[str, int] = {}
+        self.stale = False  # actors hold never-averaged replicas newer than this process's
         address = scn.engine.ray_address
         local_cpus = None if address else (scn.engine.workers or min(os.cpu_count() or 1, len(scn.data_nodes)))
         try:
@@ -188,7 +311,9 @@ class RayPool:
                 raise UserError("engine.executor=ray: this run is itself a Ray task (flexpl sweep/compare --ray), "
                                 "whose CPUs its actors would wait for; use one of the two: drop --ray there, "
                                 "or set engine.executor to sequential, processes or vectorized")
-            self.n = worker_count(scn, ray)
+            # [Note: Ray groups] plans that do not split by client split by group (an edge with its devices)
+            self.groups = None if supported(eng) else groups(eng.layout)
+            self.n = worker_count(scn, ray, len(self.groups) if self.groups is not None else None)
             gpus = scn.engine.gpus_per_worker
             worker_scn = copy.deepcopy(scn)
             worker_scn.engine.device = "cuda" if gpus else "cpu"
@@ -196,6 +321,8 @@ class RayPool:
             self.actors = [actor.remote(worker_scn, setup, 1) for _ in range(self.n)]
             # set-up errors surface here, before round 1
             ray.get([a.ready.remote() for a in self.actors], timeout=SETUP_TIMEOUT_S)
+            if self.groups is not None:
+                self._deal_groups(eng, by_name, flops_per_sample)
         except UserError:
             self.close()
             raise
@@ -214,6 +341,63 @@ class RayPool:
         self.flops_per_sample = flops_per_sample
         self.meta = {n: nd.meta() for n, nd in by_name.items()}
 
+    # ---------------------------------------------------------------- groups [Note: Ray groups]
+
+    def _keys(self, eng: Engine, nodes: Sequence[str], synced: bool) -> list[tuple[int, int]]:
+        """(stage, replica) of the replicas serving ``nodes`` in the stages averaged (``synced``) or never."""
+        serves = eng.layout.serves
+        return [(s, r) for s, st in enumerate(eng.plan.stages) if (st.sync.kind == "fedavg") == synced
+                for r in sorted({serves[s][n] for n in nodes})]
+
+    def _deal_groups(self, eng: Engine, by_name: Mapping[str, NodeData], flops_per_sample: float) -> None:
+        """Deal the groups to the actors for the whole run, by samples x FLOPs per sample, and give each
+        actor its groups' never-averaged replicas as this process holds them (a resumed run's: restored)."""
+        assert self.groups is not None
+        work = {g[0]: sum(len(by_name[n]) for n in g) * max(flops_per_sample, 1.0) for g in self.groups}
+        members = {g[0]: g for g in self.groups}
+        self.owned = [[n for first in share for n in members[first]] for share in deal(work, self.n)]
+        self.owner = {n: w for w, nodes in enumerate(self.owned) for n in nodes}
+        self.ray.get([a.load.remote({k: replica_state(eng, *k) for k in self._keys(eng, nodes, False)})
+                      for a, nodes in zip(self.actors, self.owned)], timeout=SETUP_TIMEOUT_S)
+        self.stale = False
+
+    def pull(self, eng: Engine) -> None:
+        """Fetch the never-averaged replicas (e.g. FPL fronts) from the actors that train them, once after
+        each round that trained: this process evaluates and checkpoints its own replicas. No-op for fl/sfl."""
+        if self.groups is None or not self.stale:
+            return
+        got = self.ray.get([a.states.remote(self._keys(eng, nodes, False))
+                            for a, nodes in zip(self.actors, self.owned)])
+        for part in got:
+            for (s, r), state in part.items():
+                load_replica(eng, s, r, state)
+        self.stale = False
+
+    def _train_groups(self, eng: Engine, plan_batches: dict[str, list[torch.Tensor]],
+                      walk: Callable[..., tuple[float, int, dict[str, int]]], rnd: int,
+                      ) -> tuple[float, int, dict[str, int]]:
+        """One round by group: each actor trains its groups' nodes from the averaged replicas as downloaded
+        here, while this process walks the round on shapes; the trained averaged replicas come back."""
+        lr = float(eng.lr_now[0])
+        jobs = []
+        for w, actor in enumerate(self.actors):
+            nodes = [n for n in plan_batches if self.owner[n] == w]  # the round's order
+            if not nodes:
+                continue
+            synced = {k: replica_state(eng, *k) for k in self._keys(eng, nodes, True)}
+            jobs.append(actor.train_groups.remote(lr, rnd, {n: [b.numpy() for b in plan_batches[n]] for n in nodes},
+                                                  synced, walk))
+        with eng.shadow(set(plan_batches)):
+            _, _, seen = walk(eng, self.meta, plan_batches, [], rnd)
+        loss_sum, n_sum = 0.0, 0
+        for ref in jobs:
+            states, ls, ns = self.ray.get(ref)
+            for (s, r), state in states.items():
+                load_replica(eng, s, r, state)
+            loss_sum, n_sum = loss_sum + ls, n_sum + ns
+        self.stale = True
+        return loss_sum, n_sum, seen
+
     def train_round(self, eng: Engine, plan_batches: dict[str, list[torch.Tensor]],
                     walk: Callable[..., tuple[float, int, dict[str, int]]], fed_step: Sequence[int],
                     rnd: int) -> tuple[float, int, dict[str, int]]:
@@ -221,6 +405,8 @@ class RayPool:
         shapes; the partial sums are added and installed for the upload. Returns loss sum, samples, seen."""
         if fed_step:
             raise RuntimeError("engine.executor=ray: step-level FedAvg is not supported")
+        if self.groups is not None:
+            return self._train_groups(eng, plan_batches, walk, rnd)
         ray = self.ray
         samples = {n: sum(len(b) for b in bs) for n, bs in plan_batches.items()}
         trained = eng.claim_order(samples)  # FedAvg order, clients with samples

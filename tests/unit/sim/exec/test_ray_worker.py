@@ -13,7 +13,7 @@ from flexpl.config.scenario import validate_scenario
 from flexpl.data.batching import batches
 from flexpl.sim.exec.ray_pool import RayWorker, peak_rss_bytes
 from flexpl.sim.simulator import run, setup
-from tests.conftest import digits_star
+from tests.conftest import digits_edges, digits_star
 
 
 def star(clients: int) -> dict[str, Any]:
@@ -90,6 +90,7 @@ class _FakeRay:
     def __init__(self, cpus: float) -> None:
         self.cpus = cpus
         self.killed = 0
+        self.objs: list[Any] = []  # the actors' objects, in creation order
 
     def remote(self, cls: type) -> Any:
         class Actor:
@@ -106,7 +107,9 @@ class _FakeRay:
                 return self
 
             def remote(self, *args: Any) -> Actor:
-                return Actor(cls(*args))
+                fake.objs.append(cls(*args))
+                return Actor(fake.objs[-1])
+        fake = self
         return Cls()
 
     def put(self, value: Any) -> Any:
@@ -167,3 +170,113 @@ def test_a_run_inside_a_ray_task_refuses_actors_of_its_own(monkeypatch) -> None:
     monkeypatch.setattr(ray_pool, "_in_ray_task", lambda: True)
     with pytest.raises(UserError, match="this run is itself a Ray task"):
         run(digits_star(["engine.executor=ray", "training.rounds=1"]))
+
+
+def _fake_session(monkeypatch, cpus: float = 3.0) -> _FakeRay:
+    import contextlib
+
+    from flexpl.io import ray_cluster
+
+    fake = _FakeRay(cpus)
+    monkeypatch.setattr(ray_cluster, "session", lambda *a, **k: contextlib.nullcontext(fake))
+    return fake
+
+
+def _replicas(eng: Any) -> dict[tuple[int, int], dict[str, torch.Tensor]]:
+    return {(s, r): {k: v.clone() for k, v in rep.module.state_dict().items()}
+            for s, reps in enumerate(eng.replicas) for r, rep in enumerate(reps)}
+
+
+def test_groups_are_the_nodes_that_share_a_replica() -> None:
+    from flexpl.sim.exec.ray_pool import groups
+
+    assert groups(setup(digits_edges(["strategy=fpl"])).engine.layout) == [["dev0", "dev1"], ["dev2", "dev3"]]
+    assert groups(setup(digits_edges(["strategy=fl"])).engine.layout) == [["dev0"], ["dev1"], ["dev2"], ["dev3"]]
+    assert groups(setup(digits_star(["strategy=fpl"])).engine.layout) == [["dev0", "dev1", "dev2", "dev3"]]
+
+
+@pytest.mark.equivalence
+@pytest.mark.parametrize("strategy,extra", [
+    ("fpl", []),
+    ("fpl-sync", ["training.aggregator.kind=fedadam"]),  # (the server's moments stay in this process)
+    ("fpl-group", []),
+    # optimizer state kept across rounds (Adam, trunks averaged every 2 rounds), half the clients a round
+    ("fpl", ["training.optimizer.name=adam", "training.optimizer.lr=0.01", "training.clients_per_round=0.5",
+             "plan.trunk_sync_every=2", "training.rounds=3"]),
+])
+def test_the_pool_runs_fpl_edges_by_group_equal_to_sequential(strategy: str, extra: list[str],
+                                                              monkeypatch) -> None:
+    """FPL with one trunk per edge, each edge's group on one of 2 actors faked in this process: the
+    sequential trace; every replica (fronts that are never averaged included) and the accuracy to
+    round-off. The fronts live in the actor owning their edge; the parent fetches them to evaluate."""
+    fake = _fake_session(monkeypatch)
+    out = {}
+    for mode in ("sequential", "ray"):
+        scn = digits_edges([f"strategy={strategy}", f"engine.executor={mode}", "training.rounds=2"] + extra)
+        st = setup(scn)
+        init = _replicas(st.engine)
+        res = run(scn, st=st, keep_traces=True)
+        out[mode] = res, _replicas(st.engine), {s: m.state_dict() for s, m in st.engine.global_.items()}
+    (ref, ref_r, ref_g), (got, got_r, got_g) = out["sequential"], out["ray"]
+    assert got.summary["executor"] == "ray" and len(fake.objs) == 2 and fake.killed == 2
+    for (ta, sa, ea), (tb, sb, eb) in zip(got.traces, ref.traces, strict=True):
+        assert sa == sb and ea == eb and all(getattr(ta, k) == getattr(tb, k) for k in ta.__dict__)
+    for k in ("flops_total", "bytes_total", "sim_time_s", "energy_j_total", "eval_flops"):
+        assert got.summary[k] == ref.summary[k], k
+    for key, want in ref_r.items():
+        for k, t in want.items():
+            torch.testing.assert_close(got_r[key][k], t, rtol=1e-5, atol=1e-6)
+    for s, want in ref_g.items():
+        for k, t in want.items():
+            torch.testing.assert_close(got_g[s][k], t, rtol=1e-5, atol=1e-6)
+    assert [r["accuracy"] for r in got.rounds] == pytest.approx([r["accuracy"] for r in ref.rounds], abs=1e-6)
+    assert [r["train_loss"] for r in got.rounds] == pytest.approx([r["train_loss"] for r in ref.rounds], rel=1e-5)
+    # each edge's devices trained in one actor only: the other actor's copies of their fronts never moved
+    owned = [["dev0", "dev1"], ["dev2", "dev3"]]
+    for w, obj in enumerate(fake.objs):
+        fronts = {n: obj.eng.replicas[0][obj.eng.layout.serves[0][n]].module.state_dict() for n in obj.by_name}
+        for mine, nodes in ((True, owned[w]), (False, owned[1 - w])):
+            for n in nodes:
+                r = obj.eng.layout.serves[0][n]
+                want = got_r[(0, r)] if mine else init[(0, r)]
+                assert all(torch.equal(fronts[n][k], want[k]) for k in want), (w, n, mine)
+
+
+def test_a_resumed_fpl_run_on_ray_gives_its_actors_the_checkpointed_fronts(monkeypatch, tmp_path) -> None:
+    """Stopped after round 2 and resumed: the checkpoint holds the fronts (and their Adam state) fetched
+    from the actors, the new actors get them back, and round 3 ends where an uninterrupted run ends."""
+    _fake_session(monkeypatch)
+    sets = ["strategy=fpl", "training.rounds=3", "training.optimizer.name=adam", "training.optimizer.lr=0.01",
+            "training.checkpoint_every=1"]
+
+    class Stop(Exception):
+        pass
+
+    def stop(row: dict) -> None:
+        if row["round"] == 2:
+            raise Stop
+
+    full_st = setup(digits_edges([*sets, "engine.executor=sequential"]))
+    full = run(full_st.scn, st=full_st)
+    scn = digits_edges([*sets, "engine.executor=ray"])
+    with pytest.raises(Stop):
+        run(scn, checkpoint_dir=tmp_path, on_round=stop)
+    st = setup(scn)
+    res = run(scn, st=st, checkpoint_dir=tmp_path, resume=True)
+    assert [r["round"] for r in res.rounds] == [1, 2, 3]
+    want, got = _replicas(full_st.engine), _replicas(st.engine)
+    for key, w in want.items():
+        for k, t in w.items():
+            torch.testing.assert_close(got[key][k], t, rtol=1e-5, atol=1e-6)
+    assert res.summary["flops_total"] == full.summary["flops_total"]
+    assert res.rounds[-1]["accuracy"] == pytest.approx(full.rounds[-1]["accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("extra", [["failures.dropout=0.2"], ["training.aggregator.kind=fedprox"]])
+def test_fpl_variants_ray_does_not_run_are_refused_in_one_line(extra: list[str], monkeypatch) -> None:
+    from flexpl.errors import UserError
+
+    _fake_session(monkeypatch)
+    with pytest.raises(UserError, match="not supported yet.*FPL with per-edge trunks") as err:
+        setup(digits_edges(["strategy=fpl", "engine.executor=ray", *extra]))
+    assert "\n" not in str(err.value)

@@ -1,5 +1,5 @@
-"""Errors the command line turns into an exit code: ``UserError`` (one line, exit 2, never a traceback) and
-``Diverged`` (exit 3)."""
+"""Errors the command line turns into an exit code: ``UserError`` (one line, exit 2, never a traceback),
+``WorkerFailure`` and ``Diverged`` (exit 3)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ class MissingData(UserError):
 
     Raised by the dataset loaders of ``flexpl.data``.
     """
+
+
+class WorkerFailure(UserError):
+    """A worker of a run (a distributed rank, a Ray actor) died, hung or failed: one line naming it and the
+    round, exit 3 (not the user's input: the run may be started again, with ``--resume`` if it saved)."""
 
 
 class Diverged(Exception):

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from flexpl.cli import calibrate, compare, plan, report, run, scenarios, sweep, tune, worker
 from flexpl.cli.common import Parser
-from flexpl.errors import UserError
+from flexpl.errors import UserError, WorkerFailure
 
 # The commands in the order --help lists them: (name, module, help).
 COMMANDS = [
@@ -79,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return _call(args)
+    except WorkerFailure as exc:  # a rank or Ray actor died, hung or failed: one line, exit 3
+        print(f"flexpl: error: {exc}", file=sys.stderr)
+        return 3
     except UserError as exc:
         print(f"flexpl: error: {exc}", file=sys.stderr)
         return 2

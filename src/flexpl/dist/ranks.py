@@ -15,15 +15,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flexpl.errors import UserError
+from flexpl.errors import UserError, WorkerFailure
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions: the CLI imports this module for its parser
     from flexpl.config.scenario import Scenario
     from flexpl.dist.transport import Comm
-
-
-class WorkerFailure(UserError):
-    """A worker of a distributed run died, hung or failed; the message names the node and round."""
 
 
 # ---------------------------------------------------------------- ranks

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from flexpl.errors import UserError
+from flexpl.errors import UserError, WorkerFailure
 from flexpl.sim.exec.processes import _sum_losses
 
 if TYPE_CHECKING:
@@ -320,7 +320,7 @@ class RayPool:
             actor = ray.remote(RayWorker).options(num_cpus=1, num_gpus=gpus, max_restarts=0)
             self.actors = [actor.remote(worker_scn, setup, 1) for _ in range(self.n)]
             # set-up errors surface here, before round 1
-            ray.get([a.ready.remote() for a in self.actors], timeout=SETUP_TIMEOUT_S)
+            self.pids = ray.get([a.ready.remote() for a in self.actors], timeout=SETUP_TIMEOUT_S)
             if self.groups is not None:
                 self._deal_groups(eng, by_name, flops_per_sample)
         except UserError:
@@ -361,13 +361,25 @@ class RayPool:
                       for a, nodes in zip(self.actors, self.owned)], timeout=SETUP_TIMEOUT_S)
         self.stale = False
 
+    def _get(self, ref: Any, w: int, what: str) -> Any:
+        """``ray.get(ref)`` of actor ``w``'s call; an actor that died (its process killed, its node lost) is a
+        one-line :class:`~flexpl.errors.WorkerFailure` naming it and ``what`` it was doing (exit 3)."""
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayActorError as exc:
+            why = " ".join(str(exc).split())[:160]
+            raise WorkerFailure(f"engine.executor=ray: Ray actor {w + 1} of {self.n} (pid {self.pids[w]}) died "
+                                f"{what} ({type(exc).__name__}: {why}); the run stops: run it again (flexpl run "
+                                "--resume OUT continues from its last checkpoint, if training.checkpoint_every "
+                                "saved one)") from None
+
     def pull(self, eng: Engine) -> None:
         """Fetch the never-averaged replicas (e.g. FPL fronts) from the actors that train them, once after
         each round that trained: this process evaluates and checkpoints its own replicas. No-op for fl/sfl."""
         if self.groups is None or not self.stale:
             return
-        got = self.ray.get([a.states.remote(self._keys(eng, nodes, False))
-                            for a, nodes in zip(self.actors, self.owned)])
+        got = [self._get(a.states.remote(self._keys(eng, nodes, False)), w, "sending its fronts")
+               for w, (a, nodes) in enumerate(zip(self.actors, self.owned))]
         for part in got:
             for (s, r), state in part.items():
                 load_replica(eng, s, r, state)
@@ -385,13 +397,13 @@ class RayPool:
             if not nodes:
                 continue
             synced = {k: replica_state(eng, *k) for k in self._keys(eng, nodes, True)}
-            jobs.append(actor.train_groups.remote(lr, rnd, {n: [b.numpy() for b in plan_batches[n]] for n in nodes},
-                                                  synced, walk))
+            jobs.append((w, actor.train_groups.remote(lr, rnd, {n: [b.numpy() for b in plan_batches[n]] for n in nodes},
+                                                  synced, walk)))
         with eng.shadow(set(plan_batches)):
             _, _, seen = walk(eng, self.meta, plan_batches, [], rnd)
         loss_sum, n_sum = 0.0, 0
-        for ref in jobs:
-            states, ls, ns = self.ray.get(ref)
+        for w, ref in jobs:
+            states, ls, ns = self._get(ref, w, f"in round {rnd}")
             for (s, r), state in states.items():
                 load_replica(eng, s, r, state)
             loss_sum, n_sum = loss_sum + ls, n_sum + ns
@@ -415,7 +427,7 @@ class RayPool:
         shares = deal({n: samples[n] * max(self.flops_per_sample, 1.0) for n in trained}, self.n)
         glob = ray.put({s: eng.global_[s].state_dict() for s in eng.working})
         lr = float(eng.lr_now[0])
-        refs = [(self.actors[w], self.actors[w].train.remote(
+        refs = [(w, self.actors[w].train.remote(
             glob, lr, [(n, [b.numpy() for b in plan_batches[n]], {s: coef[s][n] for s in coef}) for n in share]))
             for w, share in enumerate(shares) if share]
         log: list[tuple[list[str], int]] = []
@@ -423,8 +435,8 @@ class RayPool:
             _, _, seen = walk(eng, self.meta, plan_batches, list(fed_step), rnd, log)
         losses: dict[str, list[tuple[float, int]]] = {}
         total: dict[int, dict[str, torch.Tensor]] = {}
-        for _, ref in refs:
-            part, got = ray.get(ref)
+        for w, ref in refs:
+            part, got = self._get(ref, w, f"in round {rnd}")
             losses.update(got)
             for s, acc in part.items():
                 if s not in total:

@@ -280,3 +280,56 @@ def test_fpl_variants_ray_does_not_run_are_refused_in_one_line(extra: list[str],
     with pytest.raises(UserError, match="not supported yet.*FPL with per-edge trunks") as err:
         setup(digits_edges(["strategy=fpl", "engine.executor=ray", *extra]))
     assert "\n" not in str(err.value)
+
+
+class _ActorDied(Exception):
+    """Stands for ``ray.exceptions.RayActorError`` (an actor's process died)."""
+
+
+class _Dead:
+    """What a fake actor 'returns' when its process died mid-call: ``get`` raises ``_ActorDied``."""
+
+
+class _DyingRay(_FakeRay):
+    exceptions = type("exceptions", (), {"RayActorError": _ActorDied})
+
+    def get(self, ref: Any, timeout: float | None = None) -> Any:
+        if isinstance(ref, _Dead):
+            raise _ActorDied("The actor died unexpectedly before finishing this task.")
+        return ref
+
+
+@pytest.mark.parametrize("strategy", ["fl", "fpl"])
+def test_an_actor_dying_mid_round_is_one_line_and_exit_3(strategy: str, monkeypatch, tmp_path, capsys) -> None:
+    """An actor's process dies in round 2: the run stops with one line naming the actor, its pid and the
+    round (exit 3), and round 1's files stay as written."""
+    import contextlib
+
+    from flexpl.cli import main
+    from flexpl.io import ray_cluster
+    from flexpl.sim.exec import ray_pool
+
+    fake = _DyingRay(2.0)
+    monkeypatch.setattr(ray_cluster, "session", lambda *a, **k: contextlib.nullcontext(fake))
+    method = "train" if strategy == "fl" else "train_groups"
+    real = getattr(ray_pool.RayWorker, method)
+    calls = []
+
+    def dies_in_round_2(self, *args: Any) -> Any:
+        calls.append(1)
+        return _Dead() if len(calls) == 3 else real(self, *args)  # 2 actors: call 3 is round 2's first
+
+    monkeypatch.setattr(ray_pool.RayWorker, method, dies_in_round_2)
+    out = tmp_path / "run"
+    scenario = digits_star if strategy == "fl" else digits_edges
+    path = tmp_path / "scn.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(scenario([f"strategy={strategy}", "engine.executor=ray",
+                                             "training.rounds=3"]).resolved()))
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Ray actor 1 of 2" in err[0] and f"pid {os.getpid()}" in err[0], err
+    assert "in round 2" in err[0] and "--resume" in err[0]
+    rows = (out / "rounds.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("1,")  # round 1 kept, nothing of round 2

@@ -153,6 +153,39 @@ def test_plan_validate_through_ray_matches_the_local_path(local_ray):
 @pytest.mark.slow
 @pytest.mark.ray
 @needs_ray
+def test_pilots_and_validation_to_a_target_through_ray_match_the_local_path(local_ray):
+    """``flexpl plan --target-accuracy A --validate K --ray``: each rung's pilots and each validated plan as
+    Ray tasks give the local path's accuracies, rungs and measured rounds, bytes and energy to A."""
+    from flexpl.studies.pilots import default_budget, run_pilots
+
+    scn = digits_star(["training.rounds=4"])
+    planner, cands, rows, _ = P.plan_scenario(scn, [], "energy")
+    keep = {"centralized", "fl every=2", "sl cut=1", "fpl cut=1 trunk@server"}  # 4 classes, as test_pilots
+    rows = [r for r in rows if r["plan"] in keep]
+    by_label = {c.label: c for c in cands if c.label in keep}
+
+    class Quiet:
+        def print(self, *a, **k) -> None:
+            pass
+
+    got = []
+    for ray in (None, ""):
+        p = run_pilots(scn, planner, by_label, rows, default_budget(4, 4), ray=ray)
+        vrows = [{**r, "feasible": True} for r in rows]
+        validate(scn, planner, by_label, vrows, 2, Quiet(), ray=ray, ray_cpus=2, targets=[0.5, 0.999])
+        measured = [{k: v for k, v in r.items() if k.startswith("measured_") or k in ("accuracy", "validated_rounds")}
+                    for r in vrows[:2]]
+        got.append((p.accuracy, p.rungs, p.rounds_trained, p.representative, measured))
+    local, remote = got
+    assert local[1] == [(2, 4), (4, 2)] and sorted(len(a) for a in local[0].values()) == [2, 2, 4, 4]
+    assert any(m["measured_round_0.5"] for m in local[4]) and all(m["measured_round_0.999"] is None
+                                                                  for m in local[4])
+    assert remote == local
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@needs_ray
 def test_ray_compare_writes_the_same_comparison_csv_as_the_local_path(local_ray, tmp_path):
     local, remote = tmp_path / "local", tmp_path / "ray"
     argv = ["compare", "digits-star", "--set", "training.rounds=1", "--strategies", "fl,fpl", "--quiet"]
@@ -269,7 +302,7 @@ def test_ray_missing_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys)
     (["sweep", "digits-star", *GRID, "--ray", "not an address"], "is not a Ray address"),
     (["sweep", "digits-star", *GRID, "--ray", "10.0.0.1:6379", "--jobs", "2"], "--jobs: with --ray ADDRESS"),
     (["sweep", "digits-star", *GRID, "--ray", "--jobs", "0"], "--jobs: must be at least 1"),
-    (["plan", "digits-star", "--ray"], "--ray: only --validate K"),
+    (["plan", "digits-star", "--ray"], "--ray: only --target-accuracy's pilots and --validate K"),
     (["compare", "digits-star", "--ray", "not an address"], "is not a Ray address"),
     (["compare", "digits-star", "--jobs", "2"], "--jobs sizes the local Ray of --ray"),
 ])

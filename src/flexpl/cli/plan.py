@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -49,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the cut of each device (0..the plan's cut) that minimises the objective under the "
                              "constraints, exactly, over all (cut+1)^devices plans, costed by their structure from "
                              "the exact walk; the found plans join plans.csv (family '<parent>-search')")
-    ray_argument(parser, "each of --validate's K trainings")
+    ray_argument(parser, "each pilot of a --target-accuracy rung and each of --validate's K trainings")
     track_argument(parser)
 
 
@@ -79,8 +80,9 @@ def main(args: argparse.Namespace) -> int:
     if args.ray is not None:  # fail before the costing, not after it
         from flexpl.io.ray_cluster import require
 
-        if not args.validate:
-            raise UserError("--ray: only --validate K trains (as Ray tasks); add --validate K or drop --ray")
+        if not args.validate and not targets:
+            raise UserError("--ray: only --target-accuracy's pilots and --validate K train (as Ray tasks); add one "
+                            "or drop --ray")
         require(args.ray)
     constraints = [parse_constraint(c) for c in args.constraint]  # bad input fails before any work
     if not targets and any(c.column == "reaches" for c in constraints):
@@ -104,9 +106,14 @@ def main(args: argparse.Namespace) -> int:
 
         budget = check_budget(args.pilot_budget, planner.n_classes, scn.training.rounds)
         console.print(f"pilots: {planner.n_classes} learning classes, budget {budget} rounds, seed {scn.seed}")
+        # on a cluster (an ADDRESS), the pilots' checkpoints go where its nodes see them: in --out
+        folder = out / "pilots-checkpoints" if args.ray else None  # args.ray "": a local Ray
         pilots = run_pilots(scn, planner, {c.label: c for c in cands}, rows, budget,
                             None if args.quiet else console,
-                            _pilot_score(rows, constraints, args.objective, targets[0], scn.training.rounds, scn.seed))
+                            _pilot_score(rows, constraints, args.objective, targets[0], scn.training.rounds, scn.seed),
+                            ray=args.ray, folder=folder)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
         reach = add_targets(rows, pilots.accuracy, targets, scn.training.rounds, scn.seed)
     if args.search == "device-cuts":  # after the pilots: a to-target objective searches the bill to the target
         from flexpl.planner.recommend import search_device_cuts
@@ -167,7 +174,7 @@ def main(args: argparse.Namespace) -> int:
               f"{reasons} -- every one and why in {out / 'skipped.csv'}", file=sys.stderr)
     if pilots is not None:
         _print_targets(console, rows, pilots, targets, constraints, args.objective, scn.training.rounds)
-        if args.validate and args.ray is None:
+        if args.validate:
             console.print(_validated(rows, targets))
     moves = " (it moves raw data off the devices)" if best.get("raw_data_moved") else ""
     console.print(f"recommended ({args.objective}): {best['plan']}{moves} -> {out}/best.yaml")

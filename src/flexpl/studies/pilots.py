@@ -15,10 +15,17 @@ ends bit-identical to an uninterrupted run. The accuracies of rounds 1..r are th
 pilot trained from scratch for r rounds, and only the new rounds are trained: a rung of r rounds after
 one of r/2 costs r/2 rounds per class (``rounds_trained`` and the budget count these). Only
 ``training.checkpoint_every`` is changed (when to save; never what is learned). Seeds: the scenario's.
+
+With ``ray`` (``flexpl plan --target-accuracy A --ray [ADDRESS]``) each rung's pilots run side by side
+as Ray tasks (:mod:`flexpl.studies.ray_tasks`, the planner's dataset shipped once), each continuing
+its checkpoint in ``folder`` (which a cluster's nodes must see: ``flexpl plan`` passes a folder in
+``--out``); the accuracies are those of the pilots run here, bit for bit (the same code, seeds and
+checkpoints), and the rungs and their order are unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -81,7 +88,7 @@ def check_budget(budget: int | None, n_classes: int, rounds: int) -> int:
     return budget
 
 
-def _train(scn: Scenario, cand: Candidate, rounds: int, planner: Planner, folder: Path, resume: bool
+def _train(scn: Scenario, cand: Candidate, rounds: int, dataset: Any, folder: Path, resume: bool
            ) -> list[float]:
     """Accuracies of rounds 1..``rounds`` of ``cand``'s pilot, continuing the one saved in ``folder`` if ``resume``.
 
@@ -105,18 +112,20 @@ def _train(scn: Scenario, cand: Candidate, rounds: int, planner: Planner, folder
 
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        run(sc, on_round=on_round, st=setup(sc, dataset=planner.data), checkpoint_dir=folder, resume=resume)
+        run(sc, on_round=on_round, st=setup(sc, dataset=dataset), checkpoint_dir=folder, resume=resume)
     except _Stop:  # raised after the round's checkpoint was saved (run waits for the write on its way out)
         pass
     return acc
 
 
 def run_pilots(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows: list[dict[str, Any]],
-               budget: int, console: Any = None, score: Callable[[str, list[float]], float] | None = None
-               ) -> Pilots:
+               budget: int, console: Any = None, score: Callable[[str, list[float]], float] | None = None,
+               ray: str | None = None, ray_cpus: int | None = None, folder: Path | None = None) -> Pilots:
     """Train one representative per learning class by successive halving within ``budget`` rounds.
 
-    ``score(class, accuracies)``: lower is more promising (default: minus the last accuracy).
+    ``score(class, accuracies)``: lower is more promising (default: minus the last accuracy). ``ray``:
+    an address, or "" for a local Ray with ``ray_cpus`` CPUs: each rung's pilots as Ray tasks, their
+    checkpoints in ``folder`` (default: a temporary folder, which only a local Ray sees).
     """
     rank = score or (lambda _cls, acc: -acc[-1])
     t0 = time.perf_counter()
@@ -126,15 +135,21 @@ def run_pilots(scn: Scenario, planner: Planner, cands: dict[str, Candidate], row
     alive = list(out.representative)
     max_rounds = scn.training.rounds
     rung, done = FIRST_RUNG, 0  # done: the rounds every alive class has trained (its checkpoint's round)
-    with tempfile.TemporaryDirectory(prefix="flexpl-pilots-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = folder or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flexpl-pilots-")))
+        train_rung = (_ray_trainer(stack, scn, cands, out, planner.data, tmp, ray, ray_cpus, console)
+                      if ray is not None else None)
         while alive and rung <= max_rounds and out.rounds_trained + (rung - done) * len(alive) <= budget:
-            for i, cls in enumerate(alive):
-                plan = out.representative[cls]
-                if console is not None:
-                    console.print(f"pilot [{i + 1}/{len(alive)}] {cls} ({plan}): rounds {done + 1}-{rung}")
-                folder = Path(tmp) / f"pilot-{list(out.representative).index(cls)}"
-                out.accuracy[cls] = _train(scn, cands[plan], rung, planner, folder, resume=done > 0)
-                out.rounds_trained += rung - done
+            if train_rung is not None:
+                train_rung(alive, rung, done)
+            else:
+                for i, cls in enumerate(alive):
+                    plan = out.representative[cls]
+                    if console is not None:
+                        console.print(f"pilot [{i + 1}/{len(alive)}] {cls} ({plan}): rounds {done + 1}-{rung}")
+                    where = tmp / f"pilot-{list(out.representative).index(cls)}"
+                    out.accuracy[cls] = _train(scn, cands[plan], rung, planner.data, where, done > 0)
+            out.rounds_trained += (rung - done) * len(alive)
             out.rungs.append((rung, len(alive)))
             if len(alive) == 1:
                 break
@@ -143,3 +158,33 @@ def run_pilots(scn: Scenario, planner: Planner, cands: dict[str, Candidate], row
             done, rung = rung, rung * 2
     out.wall_s = time.perf_counter() - t0
     return out
+
+
+def _ray_trainer(stack: contextlib.ExitStack, scn: Scenario, cands: dict[str, Candidate], out: Pilots,
+                 dataset: Any, tmp: Path, ray: str, ray_cpus: int | None, console: Any) -> Callable[..., None]:
+    """A function that trains one rung's classes (``alive``, to round ``rung`` from round ``done``) as Ray
+    tasks in the Ray session ``stack`` holds, filling ``out.accuracy``."""
+    from flexpl.studies import ray_tasks as ray_exec
+
+    ray_exec.require(ray, ray_cpus)
+    rt = stack.enter_context(ray_exec.session(ray, ray_cpus))
+    ref = rt.put(dataset)
+    index = {cls: i for i, cls in enumerate(out.representative)}
+
+    def rung_of(alive: list[str], rung: int, done: int) -> None:
+        if console is not None:
+            console.print(f"pilots: {len(alive)} classes, rounds {done + 1}-{rung}, as Ray tasks")
+
+        def finished(cls: Any, acc: list[float]) -> None:
+            out.accuracy[cls] = acc
+            if console is not None:
+                console.print(f"pilot {cls} ({out.representative[cls]}): accuracy {acc[-1]:.4f} in round {rung}")
+
+        tasks = [ray_exec.Task(cls, _train, (scn, cands[out.representative[cls]], rung, ref,
+                                             tmp / f"pilot-{index[cls]}", done > 0),
+                               scn.engine.workers or 1) for cls in alive]
+        try:
+            ray_exec.run_tasks(rt, tasks, finished)
+        except ray_exec.TaskError as exc:
+            raise UserError(f"--target-accuracy pilot {exc.key}: {exc}") from None
+    return rung_of

@@ -26,7 +26,8 @@ def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows:
     ``measured_device_energy_j_to_target_A`` (None where it was not reached).
 
     With ``ray`` (an address, or "" for a local Ray with ``ray_cpus`` CPUs) each plan trains
-    as a Ray task (:mod:`flexpl.studies.ray_tasks`) on the planner's dataset, shipped once.
+    as a Ray task (:mod:`flexpl.studies.ray_tasks`) on the planner's dataset, shipped once, with the
+    same columns (targets included); no run folder is written then.
 
     With ``out`` (``flexpl plan`` passes ``OUT/validate``), each plan trained here (not as a Ray
     task) is written as a run folder ``out/<plan>`` (:func:`run_folder_name`; summary.json,
@@ -56,8 +57,9 @@ def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows:
     if ray is not None:
         from flexpl.studies import ray_tasks as ray_exec
 
-        def accuracy(sc: Scenario, dataset: Any) -> float:  # runs in a Ray worker
-            return run(sc, st=setup(sc, dataset=dataset)).summary["final_accuracy"]
+        def accuracy(sc: Scenario, dataset: Any) -> tuple[float, int, dict[str, Any]]:  # runs in a Ray worker
+            res = run(sc, st=setup(sc, dataset=dataset))
+            return res.summary["final_accuracy"], len(res.rounds), res.summary.get("to_target") or {}
 
         ray_exec.require(ray)
         console.print(f"validating {len(chosen)} plans ({rounds} rounds) as Ray tasks")
@@ -65,8 +67,10 @@ def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows:
             ref = rt.put(planner.data)
             by_plan = {r["plan"]: r for r in chosen}
 
-            def done(plan: Any, acc: float) -> None:
-                by_plan[plan]["accuracy"], by_plan[plan]["validated_rounds"] = acc, rounds
+            def done(plan: Any, got: tuple[float, int, dict[str, Any]]) -> None:
+                acc, n_rounds, to_target = got
+                by_plan[plan]["accuracy"], by_plan[plan]["validated_rounds"] = acc, n_rounds
+                _measured(by_plan[plan], targets, to_target)
                 n = sum(r["validated_rounds"] is not None for r in chosen)
                 console.print(f"validated [{n}/{len(chosen)}] {plan}: accuracy {acc:.4f}")
 
@@ -89,13 +93,18 @@ def validate(scn: Scenario, planner: Planner, cands: dict[str, Candidate], rows:
             folders.append(name)
             RunWriter(out / name, sc.digest(), sc.resolved()).begin().finish(s, res.rounds)
         r["accuracy"], r["validated_rounds"] = s["final_accuracy"], len(res.rounds)
-        for a in targets or ():
-            from flexpl.costs.targets import target_key
+        _measured(r, targets, s.get("to_target") or {})
 
-            hit = (s.get("to_target") or {}).get(target_key(a))
-            r[f"measured_round_{a:g}"] = hit["round"] if hit else None
-            r[f"measured_bytes_to_target_{a:g}"] = hit["bytes"] if hit else None
-            r[f"measured_device_energy_j_to_target_{a:g}"] = hit["device_energy_j"] if hit else None
+
+def _measured(r: dict[str, Any], targets: list[float] | None, to_target: dict[str, Any]) -> None:
+    """The measured round, bytes and device energy to each target into ``r`` (None where not reached)."""
+    from flexpl.costs.targets import target_key
+
+    for a in targets or ():
+        hit = to_target.get(target_key(a))
+        r[f"measured_round_{a:g}"] = hit["round"] if hit else None
+        r[f"measured_bytes_to_target_{a:g}"] = hit["bytes"] if hit else None
+        r[f"measured_device_energy_j_to_target_{a:g}"] = hit["device_energy_j"] if hit else None
 
 
 def run_folder_name(plan: str) -> str:

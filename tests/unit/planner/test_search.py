@@ -200,7 +200,7 @@ def test_plan_searches_the_bill_to_the_pilots_round_and_targets_the_found_plans(
         seen[parent.label] = to_round
         return real(planner, parent, objective, constraints, *a, to_round=to_round, **k)
 
-    def scripted(scn, planner, cands, rows, budget, console=None, score=None):
+    def scripted(scn, planner, cands, rows, budget, console=None, score=None, **ray):
         out = pilots_mod.Pilots(seed=scn.seed)
         for r in rows:
             out.representative.setdefault(r["learning_class"], r["plan"])

@@ -73,8 +73,9 @@ class Evaluation:
             paths, node_path = {key: shared}, dict.fromkeys(nodes, key)
         else:
             paths, node_path = {}, {}
-            for n in nodes:
-                mods = tuple(self.eval_module(s, layout.serves[s][n]) for s in range(len(self.plan.stages)))
+            for n in nodes:  # a stage without blocks (an empty front, cut 0) is the identity: left out
+                mods = tuple(m for m in (self.eval_module(s, layout.serves[s][n]) for s in range(len(self.plan.stages)))
+                             if not is_identity(m))
                 key = tuple(id(m) for m in mods)
                 paths.setdefault(key, mods)
                 node_path[n] = key
@@ -121,6 +122,13 @@ class Evaluation:
         return h
 
 
+def is_identity(module: nn.Module) -> bool:
+    """A stage module without blocks (e.g. a device's front at cut 0): what it returns is its input."""
+    from flexpl.models import BlockModel
+
+    return isinstance(module, BlockModel) and len(module.blocks) == 0
+
+
 def forward_paths(paths: dict[Any, tuple[nn.Module, ...]], x: torch.Tensor) -> dict[Any, torch.Tensor]:
     """Every path's output on the test batch ``x``, stage by stage, sharing what paths share.
 
@@ -129,20 +137,24 @@ def forward_paths(paths: dict[Any, tuple[nn.Module, ...]], x: torch.Tensor) -> d
     module at a stage (an FPL group's trunk behind its devices' fronts) run it once on their
     inputs stacked along the batch. In eval mode every sample is computed on its own (batch
     norm uses its running statistics), so each path's output is what running it alone gives.
+    Paths may have different lengths (identity stages left out): a shorter one is done early.
     """
     acts: dict[tuple[int, ...], torch.Tensor] = {(): x}
     n_stages = max(len(m) for m in paths.values())
     for s in range(n_stages):
         groups: dict[int, tuple[nn.Module, list[tuple[int, ...]]]] = {}
         done: set[tuple[int, ...]] = set()
+        nxt_acts: dict[tuple[int, ...], torch.Tensor] = {}
         for mods in paths.values():
             prefix = tuple(id(m) for m in mods[:s])
+            if s >= len(mods):  # this path ended at an earlier stage: its output carries on
+                nxt_acts[prefix] = acts[prefix]
+                continue
             nxt = prefix + (id(mods[s]),)
             if nxt in done:
                 continue
             done.add(nxt)
             groups.setdefault(id(mods[s]), (mods[s], []))[1].append(prefix)
-        nxt_acts: dict[tuple[int, ...], torch.Tensor] = {}
         for mid, (module, prefixes) in groups.items():
             if len(prefixes) == 1:
                 outs = [module(acts[prefixes[0]])]

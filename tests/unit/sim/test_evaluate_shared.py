@@ -48,3 +48,36 @@ def test_shared_evaluation_gives_the_accuracies_of_one_path_at_a_time(strategy: 
         ens = torch.stack([lg for _, _, lg in ref.values()]).mean(0)
         assert ev["accuracy_ensemble"] == float((ens.argmax(1) == y).float().mean())
         assert ev["loss"] == pytest.approx(sum(ref[n][1] * v for n, v in w.items()) / total, rel=1e-5)
+
+
+def test_empty_fronts_are_left_out_so_devices_behind_one_middle_share_one_path() -> None:
+    """fpl3 with cut 0 (no front): each device's path is its edge's middle and the cloud's tail, so the four
+    devices behind two edges are 2 paths, not 4, with the accuracies of each path run alone. (With the
+    middles averaged by FedAvg, every device meets the averaged middle: 1 path.)"""
+    from tests.conftest import digits_edges
+
+    plan = {"name": "fpl3", "cut": [0, 1], "stages": [
+        {"replication": "per_node", "host": "own"},
+        {"replication": "per_group", "host": "own"},  # one middle per edge, never averaged
+        {"replication": "single", "host": "cloud"}]}
+    scn = digits_edges(["strategy=fpl", "training.rounds=1", "training.max_steps_per_round=5"], plan=plan)
+    st = setup(scn)
+    run(scn, st=st)
+    eng, x, y = st.engine, st.data.test_x, st.data.test_y
+    assert sum(p.numel() for p in eng.replicas[0][0].module.parameters()) == 0  # the empty front
+    w = {n.name: float(len(n)) for n in st.nodes}
+    ref = _one_by_one(eng, x, y, w)
+    assert len({lg.sum().item() for _, _, lg in ref.values()}) == 2  # two edges: two different paths
+    ev = eng.evaluate(x, y, w, chunk=256)
+    assert ev["paths"] == 2
+    total = sum(w.values())
+    assert ev["accuracy"] == pytest.approx(sum(ref[n][0] * v for n, v in w.items()) / total, abs=1e-12)
+    assert ev["accuracy_min"] == min(a for a, _, _ in ref.values())
+    ens = torch.stack([lg for _, _, lg in ref.values()]).mean(0)
+    assert ev["accuracy_ensemble"] == float((ens.argmax(1) == y).float().mean())
+    synced = {**plan, "stages": [plan["stages"][0], {**plan["stages"][1], "sync": {"kind": "fedavg"}},
+                                 plan["stages"][2]]}
+    scn = digits_edges(["strategy=fpl", "training.rounds=1", "training.max_steps_per_round=5"], plan=synced)
+    st = setup(scn)
+    run(scn, st=st)
+    assert st.engine.evaluate(st.data.test_x, st.data.test_y, w)["paths"] == 1

@@ -115,3 +115,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if INTEGRATION in item.path.parents:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def flexpl_forks():
+    """``flexpl`` commands forked from one server that imported the package once (tests/forkserver.py), one
+    torch thread: ``flexpl_forks.completed(argv, env={...})`` is ``subprocess.run([flexpl, *argv], env=dict(
+    os.environ, OMP_NUM_THREADS="1", ...), capture_output=True, text=True)`` without importing torch again."""
+    from tests.forkserver import ForkServer
+
+    server = ForkServer()
+    yield server
+    server.close()

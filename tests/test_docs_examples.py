@@ -18,7 +18,7 @@ The README is checked, not run: its tour repeats docs/getting-started.md (which 
 flexpl commands are parsed and its Python compiled (tests/test_api.py runs its API example).
 
 Pages are written for speed: digits-star, a round or two. The flexpl commands are forked from
-one warm server (tests/docs_forkserver.py: the package imported and warmed up once, one torch
+one warm server (tests/forkserver.py --warm-up: the package imported and warmed up once, one torch
 thread, as ``OMP_NUM_THREADS=1 flexpl ...``); ``FLEXPL_DOCS_SUBPROCESS=1`` runs each as a fresh
 ``python -m flexpl.cli`` process instead (slower, the same results).
 """
@@ -31,9 +31,7 @@ import importlib.util
 import json
 import os
 import re
-import select
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -42,6 +40,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.forkserver import ForkServer
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -125,54 +125,6 @@ def flexpl_argv(command: str) -> list[str] | None:
 # ---------------------------------------------------------------- running flexpl
 
 
-class ForkServer:
-    """tests/docs_forkserver.py, started once: it imports and warms up while the first pages' Python runs."""
-
-    def __init__(self) -> None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-                   OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "docs_forkserver.py")], cwd=ROOT,
-                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
-
-    def _answer(self, timeout: float | None) -> dict | None:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            return None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise AssertionError("the docs fork server died")
-        return json.loads(line)
-
-    def run(self, argv: list[str], cwd: Path) -> tuple[int, str]:
-        log = cwd / ".flexpl-command.log"
-        self.proc.stdin.write(json.dumps({"argv": argv, "cwd": str(cwd), "log": str(log)}) + "\n")
-        self.proc.stdin.flush()
-        pid = self._answer(None)["pid"]  # the server answers once it is warm
-        done = self._answer(COMMAND_TIMEOUT)
-        if done is None:
-            os.kill(pid, signal.SIGKILL)  # our own command, by its id
-            self._answer(None)
-            return -9, f"timed out after {COMMAND_TIMEOUT} s\n" + (log.read_text() if log.exists() else "")
-        return done["rc"], log.read_text() if log.exists() else ""
-
-    def cpu_seconds(self) -> float:
-        """CPU seconds of the server and of the commands it forked and reaped (Linux)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            return 0.0
-        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 SERVER: ForkServer | None = None
 
 
@@ -187,7 +139,7 @@ def run_flexpl(argv: list[str], cwd: Path) -> tuple[int, str]:
                            timeout=COMMAND_TIMEOUT)
         return p.returncode, p.stdout + p.stderr
     assert SERVER is not None
-    return SERVER.run(argv, cwd)
+    return SERVER.run(argv, cwd, COMMAND_TIMEOUT)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -195,7 +147,7 @@ def fork_server():
     """Start the fork server before the first page, so its warm-up overlaps the pages' Python blocks."""
     global SERVER
     if os.environ.get("FLEXPL_DOCS_SUBPROCESS") != "1":
-        SERVER = ForkServer()
+        SERVER = ForkServer(warm_up=True)  # it imports and warms up while the first pages' Python runs
     yield
     if SERVER is not None:
         SERVER.close()

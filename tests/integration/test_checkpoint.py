@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -15,14 +13,19 @@ import torch
 
 from flexpl.cli import main
 
-FLEXPL = str(Path(sys.executable).parent / "flexpl")
-# one thread in the subprocesses: same arithmetic in both runs, and fast on a busy machine
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+@pytest.fixture
+def _flexpl(flexpl_forks):
+    """``_flexpl(*ARGS, timeout=300, **env)``: ``flexpl ARGS`` in a process of its own (one torch thread, ``env``
+    added), output captured; forked from a server that imported the package (tests/forkserver.py), so that each
+    run, killed run and resume here is a fresh process without paying torch's import again."""
+
+    def run(*args: str, timeout: int = 300, prelude: str = "", **env: str) -> subprocess.CompletedProcess:
+        return flexpl_forks.completed(list(args), timeout=timeout, env=env, prelude=prelude)
+
+    return run
 
 
-def _flexpl(*args: str, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
-    """``flexpl ARGS`` in a subprocess (one torch thread, ``env`` added), output captured."""
-    return subprocess.run([FLEXPL, *args], env=dict(ENV, **env), capture_output=True, text=True, timeout=timeout)
 SETS = ["--set", "training.rounds=4", "--set", "training.max_steps_per_round=6"]
 
 
@@ -39,11 +42,11 @@ def _weights(d: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy, executor", [("fl", "auto"), ("fpl", "auto"), ("sl", "auto"),
                                                 ("fl", "processes"), ("fpl", "processes")])
-def test_kill_9_mid_round_then_resume_is_bit_identical(tmp_path, strategy, executor):
+def test_kill_9_mid_round_then_resume_is_bit_identical(tmp_path, _flexpl, strategy, executor):
     """Also with worker processes: the killed run's workers exit with it; the resumed run forks new ones."""
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     SETS = [*globals()["SETS"], "--set", f"engine.executor={executor}"]
-    # both runs in subprocesses: same thread count, so the same float arithmetic
+    # both runs in processes of their own: same thread count, so the same float arithmetic
     r = _flexpl("run", "digits-star", *SETS, "--strategy", strategy, "--out", str(ref), "--quiet")
     assert r.returncode == 0, r.stderr
     # SIGKILL after step 4 of round 3
@@ -106,20 +109,18 @@ def test_checkpoint_loads_without_pickle_and_leaves_no_temporary_files(tmp_path)
 # Runs flexpl with os.fsync SIGKILLing the process while it writes a new checkpoint: the new
 # bytes are written (to wherever the writer puts them) but never renamed into place.
 _KILL_IN_CHECKPOINT_WRITE = """
-import os, signal, sys
+import os, signal
 real_fsync = os.fsync
 def fsync(fd):
     if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).lstrip(".").startswith("checkpoint.pt"):
         os.kill(os.getpid(), signal.SIGKILL)
     real_fsync(fd)
 os.fsync = fsync
-from flexpl.cli import main
-sys.exit(main(sys.argv[1:]))
 """
 
 
 @pytest.mark.slow
-def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one_whole(tmp_path):
+def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one_whole(tmp_path, _flexpl):
     out = tmp_path / "run"
     sets = ["--set", "training.rounds=2", "--set", "training.max_steps_per_round=2"]
     r = _flexpl("run", "digits-star", *sets, "--out", str(out), "--quiet", FLEXPL_TEST_KILL_AT="2:1")
@@ -127,8 +128,7 @@ def test_kill_9_while_writing_a_checkpoint_keeps_the_previous_one_whole(tmp_path
     before = (out / "checkpoint.pt").read_bytes()
     assert torch.load(out / "checkpoint.pt", weights_only=True)["round"] == 1
     # resume: round 2 runs, and the process dies in the middle of saving its checkpoint
-    r = subprocess.run([sys.executable, "-c", _KILL_IN_CHECKPOINT_WRITE, "run", "--resume", str(out), "--quiet"],
-                       env=ENV, capture_output=True, text=True, timeout=300)
+    r = _flexpl("run", "--resume", str(out), "--quiet", prelude=_KILL_IN_CHECKPOINT_WRITE)
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert (out / "checkpoint.pt").read_bytes() == before  # the old checkpoint, byte for byte
     assert not (out / "summary.json").exists()
@@ -162,7 +162,7 @@ def test_checkpoint_holds_only_the_state_the_next_round_reads(tmp_path):
 
 
 @pytest.mark.slow
-def test_mlp_1000_kill_9_after_round_1_then_resume_is_bit_identical(tmp_path):
+def test_mlp_1000_kill_9_after_round_1_then_resume_is_bit_identical(tmp_path, _flexpl):
     """1,000 FedAvg clients: the checkpoint holds the global model only, and resuming from it is exact."""
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     sets = ["--set", "data.max_train=3000", "--set", "data.partition.kind=iid", "--set", "training.rounds=2"]
@@ -244,7 +244,7 @@ def test_a_failed_checkpoint_write_is_a_one_line_error(tmp_path, monkeypatch, ca
 # Runs flexpl with the background write of round 2's checkpoint SIGKILLing the process once the
 # training thread has written round 2's row: the checkpoint is round 1's, rounds.csv has rows 1-2.
 _KILL_IN_BACKGROUND_WRITE = """
-import os, signal, sys, time
+import os, signal, time
 from flexpl.sim import checkpoint
 real = checkpoint.write_blob
 def write(path, blob):
@@ -255,19 +255,16 @@ def write(path, blob):
         os.kill(os.getpid(), signal.SIGKILL)
     real(path, blob)
 checkpoint.write_blob = write
-from flexpl.cli import main
-sys.exit(main(sys.argv[1:]))
 """
 
 
 @pytest.mark.slow
-def test_kill_9_during_a_background_write_then_resume_is_bit_identical(tmp_path):
+def test_kill_9_during_a_background_write_then_resume_is_bit_identical(tmp_path, _flexpl):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     sets = ["--set", "training.rounds=3", "--set", "training.max_steps_per_round=4", "--strategy", "fpl"]
     r = _flexpl("run", "digits-star", *sets, "--out", str(ref), "--quiet")
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-c", _KILL_IN_BACKGROUND_WRITE, "run", "digits-star", *sets,
-                        "--out", str(cut), "--quiet"], env=ENV, capture_output=True, text=True, timeout=300)
+    r = _flexpl("run", "digits-star", *sets, "--out", str(cut), "--quiet", prelude=_KILL_IN_BACKGROUND_WRITE)
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert torch.load(cut / "checkpoint.pt", weights_only=True)["round"] == 1
     assert len((cut / "rounds.csv").read_text().strip().splitlines()) == 1 + 2  # row 2 is ahead of the checkpoint

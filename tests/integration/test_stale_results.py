@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,21 +21,20 @@ from flexpl.studies.grid import make_cells, parse_grid
 from flexpl.studies.sweep import is_finished as _finished
 from flexpl.studies.sweep import write_sweep_csv
 
-FLEXPL = str(Path(sys.executable).parent / "flexpl")
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
 A = ["--strategy", "fl", "--set", "training.rounds=2", "--set", "training.max_steps_per_round=2"]
 B = ["--strategy", "sl", "--set", "training.rounds=2", "--set", "training.max_steps_per_round=3"]
 
 
 @pytest.mark.slow
-def test_kill_9_between_two_different_runs_leaves_no_stale_summary(tmp_path, capsys):
+def test_kill_9_between_two_different_runs_leaves_no_stale_summary(tmp_path, capsys, flexpl_forks):
     out = tmp_path / "run"
     assert main(["run", "digits-star", *A, "--out", str(out), "--quiet"]) == 0
     assert main(["report", str(out)]) == 0
     assert (out / "summary.json").exists() and (out / "report.html").exists() and not (out / IN_PROGRESS).exists()
     # a different run into the same folder, killed with SIGKILL in round 2
-    r = subprocess.run([FLEXPL, "run", "digits-star", *B, "--out", str(out), "--quiet"],
-                       env=dict(ENV, FLEXPL_TEST_KILL_AT="2:1"), capture_output=True, text=True, timeout=300)
+    # (a process of its own, forked from a server that imported the package: tests/forkserver.py)
+    r = flexpl_forks.completed(["run", "digits-star", *B, "--out", str(out), "--quiet"],
+                               env={"FLEXPL_TEST_KILL_AT": "2:1"})
     assert r.returncode == -signal.SIGKILL, r.stderr
     digest_b = load_scenario("digits-star", B[3::2], "sl").digest()
     assert config_digest(out) == digest_b  # the new run's config ...

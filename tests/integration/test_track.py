@@ -39,7 +39,6 @@ if not os.environ.get("FLEXPL_REQUIRE_TRACK"):  # make test sets it: there a mis
 from mlflow.tracking import MlflowClient  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 pytestmark = pytest.mark.slow
 
 
@@ -309,16 +308,16 @@ def test_per_round_node_energy_and_link_bytes(tracked: tuple[str, Path, Path]) -
                 assert hist == [(int(r["round"]), float(r[mlflow_col])) for r in mine]
 
 
-def test_killed_and_resumed_run_is_tracked_once(tmp_path: Path) -> None:
+def test_killed_and_resumed_run_is_tracked_once(tmp_path: Path, flexpl_forks) -> None:
     """kill -9 in round 2 (after round 1's checkpoint), then --resume with the same --track: one tracked run,
     every round once, and the per-round files hold every round once. (TensorBoard only: MLflow's
     continuing of a run tracked again is test_tracking_again_continues_the_same_runs.)"""
     out, tb = tmp_path / "run", tmp_path / "tb"
     track = ["--track", f"tensorboard:{tb}"]
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "FLEXPL_TEST_KILL_AT": "2:1"}
-    p = subprocess.run([sys.executable, "-m", "flexpl.cli", "run", "digits-star", "--set", "training.rounds=2",
-                        "--set", "training.max_steps_per_round=2", "--out", str(out), "--quiet", *track],
-                       capture_output=True, text=True, env=env, timeout=600)
+    # a process of its own, forked from a server that imported the package (tests/forkserver.py)
+    p = flexpl_forks.completed(["run", "digits-star", "--set", "training.rounds=2", "--set",
+                                "training.max_steps_per_round=2", "--out", str(out), "--quiet", *track],
+                               timeout=600, env={"FLEXPL_TEST_KILL_AT": "2:1"})
     assert p.returncode == -signal.SIGKILL, p.stderr
     assert not (out / "summary.json").exists() and [r["round"] for r in _rounds(out)] == ["1"]
     _cli("run", "--resume", str(out), "--quiet", *track)

@@ -162,27 +162,20 @@ def test_planner_predicts_fpl_group_exactly_behind_two_edges():
 
 
 @pytest.mark.slow
-def test_fpl_group_killed_and_resumed_is_bit_identical(tmp_path):
+def test_fpl_group_killed_and_resumed_is_bit_identical(tmp_path, flexpl_forks):
     """The group heads' averages are part of the checkpoint: a resumed fpl-group run ends as one never stopped."""
     import json
-    import os
     import signal
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    flexpl = str(Path(sys.executable).parent / "flexpl")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # each run a process of its own (one torch thread), forked from a server that imported the package
     sets = ["--set", "training.rounds=3", "--set", "training.max_steps_per_round=4", "--strategy", "fpl-group"]
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    r = subprocess.run([flexpl, "run", "digits-star", *sets, "--out", str(ref), "--quiet"], env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = flexpl_forks.completed(["run", "digits-star", *sets, "--out", str(ref), "--quiet"])
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([flexpl, "run", "digits-star", *sets, "--out", str(cut), "--quiet"],
-                       env=dict(env, FLEXPL_TEST_KILL_AT="3:2"), capture_output=True, text=True, timeout=300)
+    r = flexpl_forks.completed(["run", "digits-star", *sets, "--out", str(cut), "--quiet"],
+                               env={"FLEXPL_TEST_KILL_AT": "3:2"})
     assert r.returncode == -signal.SIGKILL
-    r = subprocess.run([flexpl, "run", "--resume", str(cut), "--quiet"], env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = flexpl_forks.completed(["run", "--resume", str(cut), "--quiet"])
     assert r.returncode == 0, r.stderr
     assert (cut / "rounds.csv").read_text() == (ref / "rounds.csv").read_text()
     a, b = (json.loads((d / "summary.json").read_text()) for d in (ref, cut))

@@ -151,6 +151,10 @@ def main(args: argparse.Namespace) -> int:
     out = write_plans(out, scn, rows, planner.skipped,
                       by_label[best["plan"]], best, args.objective, targets or None,
                       lambda r: all(c.holds(r) for c in (MEMORY_FITS, *constraints)))
+    if pilots is not None:  # every pilot's curve, to refit or plot
+        from flexpl.io.results import write_csv
+
+        write_csv(out / "pilots.csv", pilots.rows(), ["learning_class", "plan", "seed", "round", "accuracy"])
     picture = drawn()
     front = [r for r in rows if r["pareto"]]
     n_feasible = sum(r["feasible"] for r in rows)

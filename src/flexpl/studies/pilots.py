@@ -54,6 +54,13 @@ class Pilots:
     seed: int = 0
     rungs: list[tuple[int, int]] = field(default_factory=list)  # (rounds, classes trained)
 
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per class and pilot round, for ``pilots.csv``: ``learning_class``, ``plan`` (the class's
+        representative), ``seed``, ``round``, ``accuracy``; the classes in the order they were piloted."""
+        return [{"learning_class": c, "plan": self.representative.get(c, ""), "seed": self.seed, "round": r,
+                 "accuracy": a}
+                for c, acc in self.accuracy.items() for r, a in enumerate(acc, start=1)]
+
 
 class _Stop(Exception):
     pass

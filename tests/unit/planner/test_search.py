@@ -221,3 +221,8 @@ def test_plan_searches_the_bill_to_the_pilots_round_and_targets_the_found_plans(
     for r in found:  # the found plans have their class's to-target columns: the bill through round 1
         assert r["round_to_target"] == "1" and r["reaches_0.95"] == "True"
         assert float(r["device_energy_j_to_target"]) == float(r["device_energy_j_to_target_0.9"]) > 0
+    # pilots.csv: every class's curve, a row per round, with its representative and the seed
+    curves = list(csv.DictReader((out / "pilots.csv").open()))
+    classes = {r["learning_class"] for r in rows if not r["family"].endswith("-search")}
+    assert {c["learning_class"] for c in curves} == classes and len(curves) == 2 * len(classes)
+    assert {(c["round"], c["accuracy"], c["seed"]) for c in curves} == {("1", "0.95", "0"), ("2", "0.96", "0")}

@@ -6,7 +6,8 @@ the saturating curve ``a - b * exp(-c * r)`` (least squares in ``a, b`` for each
 ``r <= max_rounds`` whose fitted accuracy reaches the target, or the first pilot round that
 measured it. The interval is the 10th to 90th percentile of the same prediction refitted on
 200 parametric bootstrap replicates (the fit plus Gaussian noise of the residuals' standard
-deviation, at least 0.01, or 0.05 from fewer than four rounds; a fixed seed), so it widens when the pilot is short or noisy.
+deviation, ``sqrt(SSE / (n - p))`` with ``p`` the fit's parameters, at least 0.01, or 0.05 from fewer
+than four rounds; a fixed seed), so it widens when the pilot is short or noisy.
 """
 
 from __future__ import annotations
@@ -71,6 +72,20 @@ def fit_curve(acc: Sequence[float]) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: a - b * np.exp(-c * np.asarray(x, dtype=float))
 
 
+def residual_sd(acc: Sequence[float], f: Callable[[np.ndarray], np.ndarray] | None = None) -> float:
+    """The pilot's noise around its fit ``f`` (default :func:`fit_curve`): ``sqrt(SSE / (n - p))``, with ``p`` the
+    fit's parameters (3 for the saturating curve, 2 for the log curve), the unbiased estimate; 0 when the fit
+    has no residual degree of freedom (two points). Dividing by ``n`` instead would call a 4-round pilot that
+    the 3-parameter curve nearly interpolates almost noiseless, and its interval far too narrow."""
+    y = np.asarray(acc, dtype=float)
+    f = f or fit_curve(y)
+    dof = len(y) - (3 if len(y) >= 4 else 2)
+    if dof <= 0:
+        return 0.0
+    sse = float(np.sum((f(np.arange(1, len(y) + 1)) - y) ** 2))
+    return math.sqrt(sse / dof)
+
+
 def _first_round(f: Callable[[np.ndarray], np.ndarray], target: float, max_rounds: int) -> int | None:
     hit = np.nonzero(f(np.arange(1, max_rounds + 1)) >= target)[0]
     return int(hit[0]) + 1 if len(hit) else None
@@ -83,7 +98,7 @@ def predict_reach(acc: Sequence[float], target: float, max_rounds: int, seed: in
     measured = next((i + 1 for i, v in enumerate(y) if v >= target), None)
     point = measured or _first_round(f, target, max_rounds)
     r = np.arange(1, len(y) + 1)
-    sd = max(float(np.sqrt(np.mean((f(r) - y) ** 2))), NOISE_FLOOR if len(y) >= 4 else SHORT_NOISE_FLOOR)
+    sd = max(residual_sd(y, f), NOISE_FLOOR if len(y) >= 4 else SHORT_NOISE_FLOOR)
     rng = np.random.default_rng(seed)
     sims = []
     for _ in range(boot):

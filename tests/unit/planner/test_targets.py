@@ -18,6 +18,7 @@ from flexpl.planner.curves import (
     cost_to_round,
     fit_curve,
     predict_reach,
+    residual_sd,
     target_columns,
 )
 from flexpl.planner.recommend import add_targets
@@ -50,6 +51,23 @@ def test_noise_widens_the_interval():
     noisy = predict_reach(_saturating(6, noise=0.03), 0.85, 60)
     assert noisy.round > 6  # no pilot round measured the target: both are predictions
     assert (noisy.hi or 61) - (noisy.lo or 0) > clean.hi - clean.lo
+
+
+def test_the_bootstrap_noise_counts_the_fits_degrees_of_freedom():
+    """Four pilot rounds and a three-parameter curve leave one degree of freedom: the noise is sqrt(SSE / 1),
+    twice the root mean square residual; a flat-ended pilot then keeps the target in its interval (a pilot of
+    the edge-fmnist study, alpha = 0.1, that measured 0.7305 in round 4 reached 0.75 in round 6)."""
+    y = [0.5155, 0.6535, 0.728, 0.7305]
+    f = fit_curve(y)
+    rms = float(np.sqrt(np.mean((f(np.arange(1, 5)) - np.asarray(y)) ** 2)))
+    assert residual_sd(y) == pytest.approx(2 * rms, rel=1e-9) and rms > 0
+    assert residual_sd([0.5, 0.6]) == 0.0
+    three = [0.5, 0.62, 0.66]
+    g = fit_curve(three)
+    sse = float(np.sum((g(np.arange(1, 4)) - np.asarray(three)) ** 2))
+    assert residual_sd(three) == pytest.approx(math.sqrt(sse / 1))
+    reach = predict_reach(y, 0.75, 20)
+    assert reach.lo is not None and reach.lo <= 6 and (reach.hi is None or reach.hi >= 6)
 
 
 def test_a_target_above_the_plateau_is_not_reached():

@@ -183,8 +183,9 @@ def target_columns(row: dict, reach: Reach, suffix: str = "") -> dict[str, objec
     round, and through the interval's bounds (a fractional round counts whole: ``ceil``).
 
     A plan that does not reach the target within its rounds (none predicted, or one beyond its bill's
-    last round) gets ``reaches = False`` and infinite costs; a bound beyond the last round is None and
-    its costs infinite.
+    last round) gets ``reaches = False`` and infinite costs, but keeps the interval's early bound where the
+    bootstrap puts one within its rounds (``- [5, -]``: predicted not to reach, yet 10 % of the refits reach
+    it by round 5); a bound beyond the last round is None and its costs infinite.
     """
     bill: CumulativeBill = row[CUMULATIVE]
 
@@ -192,7 +193,7 @@ def target_columns(row: dict, reach: Reach, suffix: str = "") -> dict[str, objec
         return r if r is not None and math.ceil(r) <= bill.rounds else None
 
     rnd = within(reach.round)
-    lo, hi = (within(reach.lo), within(reach.hi)) if rnd is not None else (None, None)
+    lo, hi = within(reach.lo), (within(reach.hi) if rnd is not None else None)
     out: dict[str, object] = {f"reaches{suffix}": rnd is not None, f"round_to_target{suffix}": rnd,
                               f"round_to_target_lo{suffix}": lo, f"round_to_target_hi{suffix}": hi}
     for per_round, col in TO_TARGET.items():

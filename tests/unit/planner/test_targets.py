@@ -91,6 +91,11 @@ def test_to_target_columns_of_uniform_rounds_are_the_round_times_the_per_round_b
     assert cols["sim_time_s_to_target_hi"] == 4.0 * reach.hi
     never = target_columns(row, predict_reach(_saturating(8), 0.99, 40))
     assert never["reaches"] is False and math.isinf(never["energy_j_to_target"])
+    # predicted not to reach, yet the interval's early bound is within the rounds: it is kept with its bill
+    maybe = target_columns(row, Reach(0.75, None, 5, None, 40))
+    assert maybe["reaches"] is False and maybe["round_to_target"] is None and maybe["round_to_target_hi"] is None
+    assert maybe["round_to_target_lo"] == 5 and maybe["bytes_to_target_lo"] == 5000
+    assert math.isinf(maybe["bytes_to_target"]) and math.isinf(maybe["bytes_to_target_hi"])
 
 
 def _rows():
@@ -218,7 +223,9 @@ def test_a_round_beyond_the_scenarios_rounds_is_not_reached():
     for reach in (slow, Reach(0.85, 4, 2, 6, 6)):  # none predicted, or one past the bill's 3 rounds
         cols = target_columns(bill_row, reach)
         assert cols["reaches"] is False and cols["round_to_target"] is None
-        assert math.isinf(cols["bytes_to_target"]) and math.isinf(cols["device_energy_j_to_target_lo"])
+        assert math.isinf(cols["bytes_to_target"]) and math.isinf(cols["device_energy_j_to_target_hi"])
+    # the early bound (round 2) is within the bill's rounds: kept, with its bill
+    assert target_columns(bill_row, Reach(0.85, 4, 2, 6, 6))["device_energy_j_to_target_lo"] == 2.0
     cols = target_columns(bill_row, Reach(0.85, 3, 2, 5, 6))  # reached at 3; the interval's top is beyond
     assert cols["reaches"] is True and cols["bytes_to_target"] == 30 and cols["bytes_to_target_lo"] == 20
     assert cols["round_to_target_hi"] is None and math.isinf(cols["bytes_to_target_hi"])

@@ -1,0 +1,108 @@
+"""Channels-last against the default (contiguous) memory format on this CPU, per convolutional model.
+
+One SGD step (forward, cross-entropy, backward, update) on a batch of ``--batch`` images and one
+evaluation forward on ``--eval-batch`` images, for each model: the zoo's ``cnn`` and ``lenet5`` on
+Fashion-MNIST's 1x28x28 and ``resnet18`` (full width) on the 3x32x32 fallback. Both formats are timed
+alternately in the same process (medians of ``--repeats``, after a warm-up), on ``--threads`` torch
+threads, and the ratio contiguous / channels-last is printed (above 1: channels-last is faster).
+
+FlexPL trains in the default format: this script is how to check, on a given machine and model,
+whether channels-last would pay (issue 26 quotes 1.14x on the CNN step of another machine).
+
+    python benchmarks/channels_last.py [--threads 1] [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from flexpl.models import build_model
+
+CASES = [("cnn", (1, 28, 28)), ("lenet5", (1, 28, 28)), ("resnet18", (3, 32, 32))]
+
+
+def _timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _bench(name: str, shape: tuple[int, ...], batch: int, eval_batch: int, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    base = build_model(name, shape, 10, seed=0)
+    out: dict[str, float] = {}
+    models = {}
+    for fmt in ("contiguous", "channels_last"):
+        m = build_model(name, shape, 10, seed=0)
+        m.load_state_dict(base.state_dict())
+        if fmt == "channels_last":
+            m = m.to(memory_format=torch.channels_last)
+        models[fmt] = (m, torch.optim.SGD(m.parameters(), lr=0.01))
+    x = torch.randn(batch, *shape)
+    y = torch.randint(0, 10, (batch,))
+    xe = torch.randn(eval_batch, *shape)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step(fmt: str):
+        m, opt = models[fmt]
+        xb = x.contiguous(memory_format=torch.channels_last) if fmt == "channels_last" else x
+
+        def run() -> None:
+            opt.zero_grad(set_to_none=True)
+            loss_fn(m(xb), y).backward()
+            opt.step()
+        return run
+
+    def evaluate(fmt: str):
+        m, _ = models[fmt]
+        xb = xe.contiguous(memory_format=torch.channels_last) if fmt == "channels_last" else xe
+
+        def run() -> None:
+            with torch.no_grad():
+                m(xb)
+        return run
+
+    for fmt in models:  # warm-up: oneDNN primitives and allocator
+        step(fmt)()
+        evaluate(fmt)()
+    # alternate the formats so that a load change hits both alike
+    for what, make in (("step", step), ("eval", evaluate)):
+        t = {fmt: [] for fmt in models}
+        for _ in range(repeats):
+            for fmt in models:
+                t[fmt].append(_timed(make(fmt), 1))
+        for fmt in models:
+            out[f"{what}_{fmt}"] = statistics.median(t[fmt])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--eval-batch", type=int, default=256)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{args.threads} thread(s), batch {args.batch} (step) and {args.eval_batch} (eval), "
+          f"median of {args.repeats}")
+    print(f"{'model':<10} {'step ms (contig)':>17} {'step ms (CL)':>13} {'ratio':>6} "
+          f"{'eval ms (contig)':>17} {'eval ms (CL)':>13} {'ratio':>6}")
+    for name, shape in CASES:
+        r = _bench(name, shape, args.batch, args.eval_batch, args.repeats)
+        sc, sl = r["step_contiguous"] * 1e3, r["step_channels_last"] * 1e3
+        ec, el = r["eval_contiguous"] * 1e3, r["eval_channels_last"] * 1e3
+        print(f"{name:<10} {sc:>17.2f} {sl:>13.2f} {sc / sl:>6.2f} {ec:>17.2f} {el:>13.2f} {ec / el:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -3,16 +3,18 @@
 The device only decides where tensors live and run; the bill (FLOPs, bytes, clock, energy)
 is read from shapes and never depends on it. ``bf16`` runs each stage's forward under
 ``torch.autocast`` and casts what leaves a stage back to fp32, so weights and activations
-travel (and are billed) at fp32 width.
+travel (and are billed) at fp32 width. Evaluation may run convolutional paths in channels-last memory
+format (``engine.eval_memory_format``): the same arithmetic in another layout, to float round-off.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
+from torch import nn
 
 from flexpl.errors import UserError
 
@@ -66,6 +68,35 @@ def compute(device: torch.device, precision: str) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def eval_channels_last(spec: str, device: torch.device) -> bool:
+    """Whether evaluation runs convolutional paths in channels-last memory format: ``engine.eval_memory_format``
+    (``auto``: on the CPU, where oneDNN's channels-last convolutions measured faster; see
+    benchmarks/channels_last.py)."""
+    return spec == "channels_last" or (spec == "auto" and device.type == "cpu")
+
+
+@contextlib.contextmanager
+def channels_last(modules: Iterable[nn.Module]) -> Iterator[bool]:
+    """For the duration, the 4-D weights of ``modules`` in channels-last memory format (yields whether any
+    has a 2-D convolution; without one nothing changes). The same values in another layout, and the original
+    tensors are put back after, so training never sees it (call outside ``torch.inference_mode``)."""
+    mods = list(modules)
+    if not any(isinstance(x, nn.Conv2d) for m in mods for x in m.modules()):
+        yield False
+        return
+    swapped = []
+    for m in mods:
+        for p in m.parameters():
+            if p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last):
+                swapped.append((p, p.data))
+                p.data = p.data.contiguous(memory_format=torch.channels_last)
+    try:
+        yield True
+    finally:
+        for p, data in swapped:
+            p.data = data
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from flexpl.errors import UserError
-from flexpl.sim.device import compute, to_device
+from flexpl.sim.device import channels_last, compute, eval_channels_last, to_device
 
 # test samples per evaluation batch (see [Note: shared evaluation] and benchmarks/eval_chunk.py)
 EVAL_CHUNK = 256
@@ -55,13 +55,26 @@ class Evaluation:
         for m in mods:
             m.eval()
         try:
+            spec = getattr(self, "eval_memory_format", "auto")
+            if x.dim() == 4 and eval_channels_last(spec, getattr(self, "device", torch.device("cpu"))):
+                try:
+                    with channels_last(mods) as on:
+                        return self._evaluate(x, y, node_weights, chunk, on)
+                except RuntimeError as exc:
+                    if "view" not in str(exc):
+                        raise
+                    if spec == "channels_last":
+                        raise UserError("engine.eval_memory_format: the model reshapes an activation with .view(), "
+                                        "which channels-last memory format does not allow; use .reshape() or "
+                                        "engine.eval_memory_format=contiguous") from None
+                    self.eval_memory_format = "contiguous"  # auto: this model evaluates contiguous from now on
             return self._evaluate(x, y, node_weights, chunk)
         finally:
             for m, mode in zip(mods, modes):
                 m.train(mode)
 
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor, node_weights: dict[str, float],
-                  chunk: int) -> dict[str, float]:
+                  chunk: int, cl: bool = False) -> dict[str, float]:
         layout = self.layout
         nodes = list(node_weights)
         shared = self.shared_path()
@@ -85,6 +98,8 @@ class Evaluation:
         with torch.inference_mode(), compute(dev, precision):
             for i in range(0, x.shape[0], chunk):
                 xb = to_device(x[i:i + chunk], dev)  # each test batch moved once, shared by every path
+                if cl:  # the weights are channels-last too (Evaluation.evaluate)
+                    xb = xb.contiguous(memory_format=torch.channels_last)
                 if self.features:
                     logits["joint"].append(self._forward_features(xb))
                     continue

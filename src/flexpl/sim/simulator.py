@@ -230,6 +230,7 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
     if choice.mode == "ray" and not (ray_pool.supported(engine) or ray_pool.grouped(scn, engine)):
         raise ray_pool.unsupported(scn, plan)
     engine.device, engine.precision = dev, scn.training.precision
+    engine.eval_memory_format = scn.engine.eval_memory_format  # flexpl.sim.evaluate: evaluation's layout
     configure(engine, scn)  # training.loss and training.aggregator (flexpl.sim.plugins)
     val = None
     if scn.data.validation_fraction > 0:  # evaluated like the test set, full images on every path

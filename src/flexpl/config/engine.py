@@ -62,8 +62,8 @@ class EngineCfg(_Strict):
     # auto: CUDA when there is one, else the CPU. The bill does not depend on it.
     device: str = "auto"
     # evaluation's memory format (flexpl.sim.device.eval_channels_last): auto is channels-last for
-    # convolutional paths on the CPU (benchmarks/channels_last.py: the CNN's evaluation 1.4x, ResNet-18's
-    # 1.4x on an AVX2 2-core machine), else contiguous. Training always runs contiguous.
+    # convolutional paths on the CPU (benchmarks/channels_last.py: the CNN's evaluation 1.75x, ResNet-18's
+    # 1.24x on an idle AVX2 2-core machine), else contiguous. Training always runs contiguous.
     eval_memory_format: Literal["auto", "contiguous", "channels_last"] = "auto"
     # ray (flexpl.sim.exec.ray_pool): the cluster to join (auto, HOST:PORT or ray://HOST:PORT);
     # None: a local Ray started for the run and stopped after it

@@ -56,7 +56,7 @@ class Evaluation:
             m.eval()
         try:
             spec = getattr(self, "eval_memory_format", "auto")
-            if x.dim() == 4 and eval_channels_last(spec, getattr(self, "device", torch.device("cpu"))):
+            if len(x.shape) == 4 and eval_channels_last(spec, getattr(self, "device", torch.device("cpu"))):
                 try:
                     with channels_last(mods) as on:
                         return self._evaluate(x, y, node_weights, chunk, on)

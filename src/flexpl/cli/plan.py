@@ -154,7 +154,7 @@ def main(args: argparse.Namespace) -> int:
     if pilots is not None:  # every pilot's curve, to refit or plot
         from flexpl.io.results import write_csv
 
-        write_csv(out / "pilots.csv", pilots.rows(), ["learning_class", "plan", "seed", "round", "accuracy"])
+        write_csv(out / "pilots.csv", pilots.rows(), list(pilots.COLUMNS))
     picture = drawn()
     front = [r for r in rows if r["pareto"]]
     n_feasible = sum(r["feasible"] for r in rows)

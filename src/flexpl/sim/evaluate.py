@@ -19,6 +19,8 @@ EVAL_CHUNK = 256
 class Evaluation:
     """Test accuracy and loss per path, worst path and ensemble (``self`` is the Engine)."""
 
+    eval_memory_format: str = "auto"  # engine.eval_memory_format (set by flexpl.sim.simulator.setup)
+
     def eval_module(self, s: int, ridx: int) -> nn.Module:
         """The weights a test sample meets at stage ``s`` on replica ``ridx``'s path."""
         st = self.plan.stages[s]
@@ -55,7 +57,7 @@ class Evaluation:
         for m in mods:
             m.eval()
         try:
-            spec = getattr(self, "eval_memory_format", "auto")
+            spec = self.eval_memory_format
             if len(x.shape) == 4 and eval_channels_last(spec, getattr(self, "device", torch.device("cpu"))):
                 try:
                     with channels_last(mods) as on:

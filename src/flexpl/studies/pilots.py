@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from flexpl.errors import UserError
 from flexpl.planner.candidates import Candidate, candidate_data
@@ -53,6 +53,8 @@ class Pilots:
     wall_s: float = 0.0
     seed: int = 0
     rungs: list[tuple[int, int]] = field(default_factory=list)  # (rounds, classes trained)
+
+    COLUMNS: ClassVar[tuple[str, ...]] = ("learning_class", "plan", "seed", "round", "accuracy")  # pilots.csv
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per class and pilot round, for ``pilots.csv``: ``learning_class``, ``plan`` (the class's

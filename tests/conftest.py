@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import re
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -28,6 +29,18 @@ torch.set_num_threads(1)
 # tokens then refused the cluster's calls ("Missing authorization header"), and the cluster dropped
 # that driver's actors (the ray executor's tests failed after test_ray.py's, never alone).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+# A line Ray's log monitor forwards to a connected driver: "(pid=gcs_server) ...", "(raylet) ...",
+# "(MyActor pid=123) ...", optionally in colour. Ray's background thread prints them to sys.stderr at
+# any moment, so they are not the flexpl command's output that a test reads.
+RAY_FORWARDED = re.compile(r"^(\x1b\[[0-9;]*m)?\((pid=|raylet|gcs_server|autoscaler|[A-Za-z_.]+ pid=)")
+
+
+def flexpl_err(capsys: Any) -> str:
+    """What the command under test wrote to stderr, without lines Ray forwarded from its own processes."""
+    err = capsys.readouterr().err
+    return "\n".join(line for line in err.splitlines() if not RAY_FORWARDED.match(line)).strip()
 
 
 @contextlib.contextmanager

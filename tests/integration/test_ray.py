@@ -26,7 +26,7 @@ from flexpl.errors import UserError
 from flexpl.studies import ray_tasks as ray_exec
 from flexpl.studies import sweep
 from flexpl.studies.validate_plans import validate
-from tests.conftest import digits_star
+from tests.conftest import digits_star, flexpl_err
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY and not os.environ.get("FLEXPL_REQUIRE_RAY"),
@@ -115,7 +115,7 @@ def local_ray():
     """One local Ray with 2 CPUs for the tests below (flexpl uses a Ray already started, and leaves it)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # (no Ray log lines in capsys)
     yield ray
     ray.shutdown()
 
@@ -286,14 +286,14 @@ def test_ctrl_c_cancels_only_on_a_ray_we_do_not_shut_down(owned, monkeypatch):
 def test_ray_missing_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as where it is not installed
     assert cli.main(["sweep", "digits-star", *GRID, "--ray", "--out", str(tmp_path / "sw"), "--quiet"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = flexpl_err(capsys)
     assert len(err.splitlines()) == 1 and "--ray" in err and "flexpl[ray]" in err
     assert not (tmp_path / "sw").exists()  # said before any work
     assert cli.main(["plan", "digits-star", "--validate", "1", "--ray", "--out", str(tmp_path / "p")]) == 2
-    err = capsys.readouterr().err.strip()
+    err = flexpl_err(capsys)
     assert len(err.splitlines()) == 1 and "flexpl[ray]" in err
     assert cli.main(["compare", "digits-star", "--ray", "--out", str(tmp_path / "c"), "--quiet"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = flexpl_err(capsys)
     assert len(err.splitlines()) == 1 and "flexpl[ray]" in err
     assert not (tmp_path / "c").exists()
 
@@ -308,7 +308,7 @@ def test_ray_missing_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys)
 ])
 def test_bad_ray_options_are_one_line_errors(argv, fragment, tmp_path, capsys):
     assert cli.main([*argv, "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.strip()
+    err = flexpl_err(capsys)
     assert len(err.splitlines()) == 1 and fragment in err, err
     assert not (tmp_path / "o").exists()
 
@@ -323,11 +323,11 @@ def test_unreachable_address_is_a_one_line_error_not_minutes_of_retries(tmp_path
         port = s.getsockname()[1]
     assert cli.main(["sweep", "digits-star", *GRID, "--ray", f"127.0.0.1:{port}", "--out", str(tmp_path / "o"),
                      "--quiet"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = flexpl_err(capsys)
     assert len(err.splitlines()) == 1 and f"--ray 127.0.0.1:{port}: cannot reach" in err
     assert cli.main(["compare", "digits-star", "--ray", f"127.0.0.1:{port}", "--out", str(tmp_path / "c"),
                      "--quiet"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = flexpl_err(capsys)
     assert len(err.splitlines()) == 1 and f"--ray 127.0.0.1:{port}: cannot reach" in err
     assert not (tmp_path / "c").exists()
 

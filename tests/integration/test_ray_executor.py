@@ -32,7 +32,7 @@ from flexpl import cli
 from flexpl.errors import UserError
 from flexpl.sim.exec.ray_pool import deal, peak_rss_bytes
 from flexpl.sim.simulator import run, setup
-from tests.conftest import digits_edges, digits_star
+from tests.conftest import digits_edges, digits_star, flexpl_err
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY and not os.environ.get("FLEXPL_REQUIRE_RAY"),
@@ -145,7 +145,10 @@ def cluster() -> Iterator[str]:
                                  "--runtime-env-agent-port", str(rt2), "--resources", '{"second": 1}', *common],
                                 env))
         os.environ["RAY_AUTH_MODE"] = "disabled"
-        ray.init(address=address, include_dashboard=False, logging_level="ERROR")
+        # log_to_driver=False: the cluster's own log lines ("(pid=gcs_server) ... metrics agent") would be
+        # printed to this process's stderr by a background thread at any time, into whichever test's
+        # capsys is then reading (CI saw one land inside a one-line-error test)
+        ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         _wait_nodes(ray, 2, procs)
         yield address
     finally:
@@ -253,13 +256,13 @@ def test_deal_longest_first_to_the_least_loaded() -> None:
 def test_ray_missing_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as where it is not installed
     assert cli.main(["run", "digits-star", "--ray", "--out", str(tmp_path / "o"), "--quiet"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = flexpl_err(capsys)
     assert len(err.splitlines()) == 1 and "flexpl[ray]" in err
     assert not (tmp_path / "o").exists()  # said before any work
     # the scenario's engine.executor=ray alone: the same line when the run would start the actors
     assert cli.main(["run", "digits-star", "--set", "engine.executor=ray", "--set", "training.rounds=1",
                      "--out", str(tmp_path / "p"), "--quiet"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = flexpl_err(capsys)
     assert len(err.splitlines()) == 1 and "flexpl[ray]" in err
 
 
@@ -269,7 +272,7 @@ def test_unreachable_address_is_one_line(tmp_path: Path, capsys) -> None:
     (port,) = _free_ports(1)  # a port nothing listens on
     assert cli.main(["run", "digits-star", "--ray", f"127.0.0.1:{port}", "--out", str(tmp_path / "o"),
                      "--quiet"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = flexpl_err(capsys)
     assert len(err.splitlines()) == 1 and f"--ray 127.0.0.1:{port}: cannot reach" in err
     assert not (tmp_path / "o").exists()
 
@@ -286,7 +289,7 @@ def test_unreachable_address_is_one_line(tmp_path: Path, capsys) -> None:
 ])
 def test_bad_ray_executor_input_is_one_line(argv: list[str], fragment: str, tmp_path: Path, capsys) -> None:
     assert cli.main([*argv, "--out", str(tmp_path / "o"), "--quiet"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = flexpl_err(capsys)
     assert len(err.splitlines()) == 1 and fragment in err, err
 
 

@@ -186,6 +186,8 @@ def _run(strategy: str, mode: str, extra: list[str] | None = None, scenario: Any
     ("sfl", digits_star, []),
     # FPL with one trunk per edge: each edge's group on one actor, its fronts kept there [Note: Ray groups]
     ("fpl", digits_edges, ["training.rounds=3", "training.optimizer.name=adam", "training.optimizer.lr=0.01"]),
+    # per-device cuts: the weak devices' second front block computed (and kept) at their edge
+    ("fpl-devcut", digits_edges, ["plan.cut=2"]),
 ])
 def test_ray_executor_on_two_nodes_equals_sequential(cluster: str, strategy: str, scenario: Any,
                                                      extra: list[str]) -> None:

@@ -24,8 +24,8 @@ is grouped by actor instead of client by client, so weights agree with ``sequent
 float round-off (bitwise with one actor) [Note: mode equivalence].
 
 [Note: Ray groups] FPL plans with per-edge trunks (``fpl`` behind several edge servers,
-``fpl-sync``, ``fpl-group``; see :func:`grouped`) do not split by client: a trunk trains on
-the stacked activations of its edge's devices every step. They split by *group* instead:
+``fpl-sync``, ``fpl-group``, and their per-device cuts ``-devcut``/``-ecut``; see :func:`grouped`) do
+not split by client: a trunk trains on the stacked activations of its edge's devices every step. They split by *group* instead:
 the data nodes that share a replica in some stage (:func:`groups`: one edge with its
 devices), which exchange no tensors with other groups within a round. The groups are dealt
 to the actors once per run (:func:`deal` by samples x FLOPs per sample) and stay there, so
@@ -134,8 +134,10 @@ def grouped(scn: Scenario, eng: Engine) -> bool:
 
     if scn.failures.active or make_aggregator(scn.training.aggregator).proximal:
         return False
-    if not all((st.replication == "per_node" and st.host == "own" and not st.hosts)
-               or st.replication == "per_group" for st in plan.stages):
+    # a piece of a device's front hosted at its trunk's host (per-device cuts, ``Stage.hosts``) is still that
+    # device's own replica: it moves the piece's compute in the trace, not its weights across groups
+    if not all((st.replication == "per_node" and st.host == "own") or st.replication == "per_group"
+               for st in plan.stages):
         return False
     if not any(st.replication == "per_group" for st in plan.stages):
         return False
@@ -152,9 +154,9 @@ def unsupported(scn: Scenario, plan: Plan) -> UserError:
     return UserError(f"engine.executor=ray: the {plan.name} plan (strategy {scn.strategy}) is not supported yet; "
                      "ray runs plans whose clients train independently every round from the averaged weights "
                      "(FedAvg fl, SplitFed sfl; FedAvg aggregator, optimizers reset on sync) and FPL with "
-                     "per-edge trunks (fpl, fpl-sync, fpl-group behind 2 or more edge servers: every stage per "
-                     "device or per edge, averaged per round or never), with no failures, no FedProx, no "
-                     f"batch norm; use engine.executor={OTHER_EXECUTORS}")
+                     "per-edge trunks (fpl, fpl-sync, fpl-group and their -devcut/-ecut per-device cuts behind 2 "
+                     "or more edge servers: every stage per device or per edge, averaged per round or never), "
+                     f"with no failures, no FedProx, no batch norm; use engine.executor={OTHER_EXECUTORS}")
 
 
 def replica_state(eng: Engine, s: int, r: int) -> dict[str, Any]:

@@ -203,6 +203,10 @@ def test_groups_are_the_nodes_that_share_a_replica() -> None:
     # optimizer state kept across rounds (Adam, trunks averaged every 2 rounds), half the clients a round
     ("fpl", ["training.optimizer.name=adam", "training.optimizer.lr=0.01", "training.clients_per_round=0.5",
              "plan.trunk_sync_every=2", "training.rounds=3"]),
+    # per-device cuts: a weak device's second front block hosted at its edge (Stage.hosts), never averaged
+    ("fpl-devcut", ["plan.cut=2"]),
+    # cuts by each device's energy, every piece of the front averaged at the cloud
+    ("fpl-sync-ecut", ["plan.cut=2"]),
 ])
 def test_the_pool_runs_fpl_edges_by_group_equal_to_sequential(strategy: str, extra: list[str],
                                                               monkeypatch) -> None:

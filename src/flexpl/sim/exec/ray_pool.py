@@ -253,7 +253,9 @@ class RayWorker:
         eng = self.eng
         self.load(synced)
         eng.lr_now.fill_(lr)
-        batches = {n: [torch.from_numpy(i) for i in idx] for n, idx in nodes.items()}
+        # copied: Ray hands an actor read-only arrays (zero-copy from its object store), which
+        # torch.from_numpy warns about in every actor
+        batches = {n: [torch.tensor(i) for i in idx] for n, idx in nodes.items()}
         eng.expect_round({n: sum(len(b) for b in bs) for n, bs in batches.items()})
         loss_sum, n_sum, _ = train_round(eng, self.by_name, batches, [], rnd)
         eng.recorder.take()  # the parent records the trace

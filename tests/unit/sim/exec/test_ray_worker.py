@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,6 +85,19 @@ def test_one_worker_sums_bitwise_as_the_sequential_engine() -> None:
     assert os.getpid() == worker.ready()
 
 
+def _as_ray_delivers(value: Any) -> Any:
+    """``value`` as an actor receives it: NumPy arrays read-only (Ray maps them from its object store)."""
+    if isinstance(value, np.ndarray):
+        out = value.copy()
+        out.flags.writeable = False
+        return out
+    if isinstance(value, dict):
+        return {k: _as_ray_delivers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_ray_delivers(v) for v in value)
+    return value
+
+
 class _FakeRay:
     """Enough of the ``ray`` module for ``RayPool``: actors are objects in this process, refs are values."""
 
@@ -99,7 +113,8 @@ class _FakeRay:
 
             def __getattr__(self, name: str) -> Any:
                 method = getattr(self.obj, name)
-                return type("Method", (), {"remote": staticmethod(method)})()
+                return type("Method", (), {"remote": staticmethod(
+                    lambda *a, **k: method(*_as_ray_delivers(a), **_as_ray_delivers(k)))})()
 
         class Cls:
             def options(self, **kw: Any) -> Cls:
@@ -196,6 +211,8 @@ def test_groups_are_the_nodes_that_share_a_replica() -> None:
 
 
 @pytest.mark.equivalence
+# an actor gets its batches' index arrays read-only: using them must not warn (once per actor, in its log)
+@pytest.mark.filterwarnings("error:The given NumPy array is not writable")
 @pytest.mark.parametrize("strategy,extra", [
     ("fpl", []),
     ("fpl-sync", ["training.aggregator.kind=fedadam"]),  # (the server's moments stay in this process)

@@ -32,6 +32,18 @@ class Evaluation:
             return self.replicas[s][self.layout.serves[s][self.relay_holder]].module
         return self.replicas[s][ridx].module
 
+    def path_key(self, s: int, ridx: int) -> tuple[Any, ...]:
+        """What :meth:`eval_module` returns at stage ``s`` for replica ``ridx``, named the same in every process
+        set up from the scenario (a Ray actor's paths are merged by it: ``RayPool.evaluate``)."""
+        st = self.plan.stages[s]
+        if self.layout.grouped(s):
+            return ("group", s, self.layout.agg_of[s][ridx])
+        if st.sync.kind == "fedavg":
+            return ("global", s)
+        if st.sync.kind == "relay" and self.relay_holder is not None:
+            return ("relay", s)
+        return ("replica", s, ridx)
+
     def shared_path(self) -> tuple[nn.Module, ...] | None:
         """The modules every data node's path meets, when they are the same for all (every stage averaged by
         FedAvg at one aggregator: each meets the global copies); None otherwise. Saves a pass over 10,000 nodes."""
@@ -42,12 +54,15 @@ class Evaluation:
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, node_weights: dict[str, float],
-                 chunk: int = EVAL_CHUNK) -> dict[str, float]:
+                 chunk: int = EVAL_CHUNK, part: bool = False) -> dict[str, Any]:
         """Test accuracy and loss of every data node's path; weighted mean, worst path and ensemble.
 
         Modules run in eval mode (batch norm uses its running statistics and does not update
-        them on test data; dropout is off) and go back to training mode afterwards.
+        them on test data; dropout is off) and go back to training mode afterwards. ``part``: the
+        per-node figures of these nodes instead, for a Ray actor evaluating its share of the paths
+        (:meth:`_evaluate_part`).
         """
+        run = self._evaluate_part if part else self._evaluate
         # the modules a test sample can meet, each once (many replicas share one: a global copy, a working model)
         shared = self.shared_path()
         mods = list({id(m): m for m in shared}.values()) if shared is not None else \
@@ -61,7 +76,7 @@ class Evaluation:
             if len(x.shape) == 4 and eval_channels_last(spec, getattr(self, "device", torch.device("cpu"))):
                 try:
                     with channels_last(mods) as on:
-                        return self._evaluate(x, y, node_weights, chunk, on)
+                        return run(x, y, node_weights, chunk, on)
                 except RuntimeError as exc:
                     if "view" not in str(exc):
                         raise
@@ -70,7 +85,7 @@ class Evaluation:
                                         "which channels-last memory format does not allow; use .reshape() or "
                                         "engine.eval_memory_format=contiguous") from None
                     self.eval_memory_format = "contiguous"  # auto: this model evaluates contiguous from now on
-            return self._evaluate(x, y, node_weights, chunk)
+            return run(x, y, node_weights, chunk)
         finally:
             for m, mode in zip(mods, modes):
                 m.train(mode)
@@ -94,20 +109,8 @@ class Evaluation:
                 key = tuple(id(m) for m in mods)
                 paths.setdefault(key, mods)
                 node_path[n] = key
-        dev, precision = getattr(self, "device", torch.device("cpu")), getattr(self, "precision", "fp32")
-        y = to_device(y, dev)
-        logits = {k: [] for k in paths}
-        with torch.inference_mode(), compute(dev, precision):
-            for i in range(0, x.shape[0], chunk):
-                xb = to_device(x[i:i + chunk], dev)  # each test batch moved once, shared by every path
-                if cl:  # the weights are channels-last too (Evaluation.evaluate)
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                if self.features:
-                    logits["joint"].append(self._forward_features(xb))
-                    continue
-                for k, out in forward_paths(paths, xb).items():
-                    logits[k].append(out)
-        logits = {k: torch.cat(v).float() for k, v in logits.items()}
+        y = to_device(y, getattr(self, "device", torch.device("cpu")))
+        logits = self._path_logits(paths, x, chunk, cl)
         acc = {k: float((v.argmax(1) == y).float().mean()) for k, v in logits.items()}
         loss = {k: float(self.loss_fn(v, y)) for k, v in logits.items()}
         total = sum(node_weights.values())
@@ -123,6 +126,43 @@ class Evaluation:
             "accuracy_ensemble": float((ens.argmax(1) == y).float().mean()),
             "paths": len(paths),
         }
+
+    def _path_logits(self, paths: dict[Any, Any], x: torch.Tensor, chunk: int, cl: bool) -> dict[Any, torch.Tensor]:
+        """Every path's logits (fp32) on the whole of ``x``, chunk by chunk, each chunk moved to the device once."""
+        dev, precision = getattr(self, "device", torch.device("cpu")), getattr(self, "precision", "fp32")
+        logits: dict[Any, list[torch.Tensor]] = {k: [] for k in paths}
+        with torch.inference_mode(), compute(dev, precision):
+            for i in range(0, x.shape[0], chunk):
+                xb = to_device(x[i:i + chunk], dev)  # each test batch moved once, shared by every path
+                if cl:  # the weights are channels-last too (Evaluation.evaluate)
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                if self.features:
+                    logits["joint"].append(self._forward_features(xb))
+                    continue
+                for k, out in forward_paths(paths, xb).items():
+                    logits[k].append(out)
+        return {k: torch.cat(v).float() for k, v in logits.items()}
+
+    def _evaluate_part(self, x: torch.Tensor, y: torch.Tensor, node_weights: dict[str, float],
+                       chunk: int, cl: bool = False) -> dict[str, Any]:
+        """A share of the data nodes evaluated (a Ray actor's: ``RayPool.evaluate`` merges the shares):
+        ``nodes`` maps each to its path's (accuracy, loss), ``paths`` names the distinct paths
+        (:meth:`path_key`), ``logits_sum`` is the sum over these nodes of their paths' logits (on the CPU)."""
+        layout = self.layout
+        paths: dict[tuple[Any, ...], tuple[nn.Module, ...]] = {}
+        node_path: dict[str, tuple[Any, ...]] = {}
+        for n in node_weights:  # as _evaluate, keyed by name rather than by object
+            pairs = [(self.eval_module(s, layout.serves[s][n]), self.path_key(s, layout.serves[s][n]))
+                     for s in range(len(self.plan.stages))]
+            pairs = [(m, k) for m, k in pairs if not is_identity(m)]
+            key = tuple(k for _, k in pairs)
+            paths.setdefault(key, tuple(m for m, _ in pairs))
+            node_path[n] = key
+        y = to_device(y, getattr(self, "device", torch.device("cpu")))
+        logits = self._path_logits(paths, x, chunk, cl)
+        metric = {k: (float((v.argmax(1) == y).float().mean()), float(self.loss_fn(v, y))) for k, v in logits.items()}
+        return {"nodes": {n: metric[node_path[n]] for n in node_weights}, "paths": list(paths),
+                "logits_sum": torch.stack([logits[node_path[n]] for n in node_weights]).sum(0).cpu()}
 
     def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
         j = self.junction_stage or 1

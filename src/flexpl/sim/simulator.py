@@ -255,6 +255,12 @@ def _participants(engine: Engine, s: int, selected: list[str]) -> list[ReplicaSt
     return participants(engine, s, selected)
 
 
+def _evaluate_on(eng: Engine, pool: ray_pool.RayPool | None, which: str, x: torch.Tensor, y: torch.Tensor,
+                 weights: dict[str, float]) -> dict[str, Any]:
+    """The ``which`` set ("test" or "val", ``x`` and ``y`` here) evaluated here, or by ``pool``'s actors."""
+    return pool.evaluate(eng, which, weights, y) if pool is not None else eng.evaluate(x, y, weights)
+
+
 def train_round(eng: Engine, by_name: dict[str, NodeData], plan_batches: dict[str, list[torch.Tensor]],
                 fed_step: list[int], rnd: int = 0,
                 log: list[tuple[list[str], int]] | None = None) -> tuple[float, int, dict[str, int]]:
@@ -490,17 +496,21 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
         if keep_traces:
             traces.append((trace, starts, ends))
         if rnd % tr.eval_every == 0 or rnd == tr.rounds:
-            if isinstance(st.pool, ray_pool.RayPool):  # the fronts the actors train [Note: Ray groups]
-                st.pool.pull(eng)
+            # [Note: Ray evaluation] FPL's groups are evaluated by the actors that train them, side by side
+            pool = st.pool if isinstance(st.pool, ray_pool.RayPool) and st.pool.groups is not None else None
+            if pool is not None and evaluate:  # a custom evaluation reads this process's fronts [Note: Ray groups]
+                pool.pull(eng)
+                pool = None
+
             n_eval = 0  # samples evaluated: billed apart from training (costs.include_eval adds it)
             if evaluate:
                 ev = evaluate(st)
                 n_eval = len(st.data.test_y) if ev else 0
             else:
-                ev = eng.evaluate(st.data.test_x, st.data.test_y, weights) if tr.eval_test else {}
+                ev = _evaluate_on(eng, pool, "test", st.data.test_x, st.data.test_y, weights) if tr.eval_test else {}
                 n_eval = len(st.data.test_y) if tr.eval_test else 0
                 if st.val is not None:  # the held-out training samples (data.validation_fraction)
-                    val = eng.evaluate(st.val[0], st.val[1], weights)
+                    val = _evaluate_on(eng, pool, "val", st.val[0], st.val[1], weights)
                     ev.update({"val_accuracy": val["accuracy"], "val_loss": val["loss"]})
                     n_eval += len(st.val[1])
             if n_eval:

@@ -39,9 +39,20 @@ one). The actors send back the trained averaged replicas; the parent loads them 
 averages them in the round-end upload exactly as ``sequential`` does, so the weights agree
 to float round-off (bitwise where torch is deterministic); only the training loss is summed
 per actor. The parent fetches the never-averaged fronts (weights and optimizer state) from
-the actors only when it needs them: before evaluating (accuracy per device path), before a
-checkpoint, and at the end of the run. A resumed run pushes the checkpoint's fronts to the
-actors when they start.
+the actors only when it needs them: before a checkpoint, at the end of the run, and before a
+custom evaluation (``run(evaluate=...)``). A resumed run pushes the checkpoint's fronts to
+the actors when they start.
+
+[Note: Ray evaluation] The groups' paths (each device's front and its group's trunk) are
+evaluated by the actors that train them, side by side: the parent puts the averaged weights
+as it holds them after the round's upload (``ray.put`` once), each actor loads them and
+evaluates its own nodes' paths on its own copy of the test set (or validation split), and
+returns per node its path's accuracy and loss, the names of its distinct paths and the sum
+of its nodes' logits. The parent merges them as ``Engine.evaluate`` computes the figures:
+the weighted mean and the worst path per node in the same order, the ensemble from the
+summed logits, the paths counted by name (``Evaluation.path_key``). A path's logits are the
+same arithmetic as in the parent (one torch thread in an actor), so accuracies agree to
+float round-off; no front travels for an evaluation.
 """
 
 from __future__ import annotations
@@ -191,6 +202,8 @@ class RayWorker:
         st = setup(scn, ray_worker=True)
         self.eng = st.engine
         self.by_name = {nd.name: nd for nd in st.nodes}
+        # the test set and the validation split, as the parent has them (same scenario, same seed)
+        self.eval_sets = {"test": (st.data.test_x, st.data.test_y), **({"val": st.val} if st.val is not None else {})}
 
     def ready(self) -> int:
         """This actor's process id (the parent waits for every actor's set-up with it)."""
@@ -260,6 +273,18 @@ class RayWorker:
         loss_sum, n_sum, _ = train_round(eng, self.by_name, batches, [], rnd)
         eng.recorder.take()  # the parent records the trace
         return self.states(list(synced)), float(loss_sum), int(n_sum)
+
+
+    def evaluate_part(self, which: str, shared: Mapping[tuple[Any, ...], Mapping[str, torch.Tensor]],
+                      node_weights: dict[str, float]) -> dict[str, Any]:
+        """Evaluate the paths of ``node_weights``' nodes (this actor's) on the ``which`` set ("test" or "val"),
+        after loading the averaged weights ``shared`` (``RayPool.evaluate``); ``Evaluation._evaluate_part``."""
+        eng = self.eng
+        with torch.no_grad():
+            for key, state in shared.items():
+                (eng.global_[key[1]] if key[0] == "global" else eng.group_global[(key[1], key[2])]).load_state_dict(state)
+        x, y = self.eval_sets[which]
+        return eng.evaluate(x, y, node_weights, part=True)
 
 
 def peak_rss_bytes() -> int:
@@ -388,6 +413,41 @@ class RayPool:
             for (s, r), state in part.items():
                 load_replica(eng, s, r, state)
         self.stale = False
+
+    def evaluate(self, eng: Engine, which: str, node_weights: dict[str, float], y: torch.Tensor) -> dict[str, Any]:
+        """[Note: Ray evaluation] The groups' paths evaluated side by side, each by the actor that trains them:
+        every actor gets the averaged weights as this process holds them after the round's upload (one
+        ``ray.put``) and evaluates its nodes' paths on its own copy of the ``which`` set ("test", "val"); the
+        never-averaged fronts are not fetched. The figures are merged as ``Engine.evaluate`` computes them
+        (per node in ``node_weights``' order; the ensemble from the actors' logit sums, ``y`` the labels)."""
+        if self.groups is None:
+            raise RuntimeError("RayPool.evaluate: only plans run by group evaluate in the actors")
+        shared = self.ray.put({**{("global", s): m.state_dict() for s, m in eng.global_.items()},
+                               **{("group", s, agg): m.state_dict() for (s, agg), m in eng.group_global.items()}})
+        jobs = []
+        for w, actor in enumerate(self.actors):
+            mine = {n: v for n, v in node_weights.items() if self.owner.get(n) == w}
+            if mine:
+                jobs.append((w, actor.evaluate_part.remote(which, shared, mine)))
+        per: dict[str, tuple[float, float]] = {}
+        keys: set[tuple[Any, ...]] = set()
+        ens: torch.Tensor | None = None
+        for w, ref in jobs:
+            part = self._get(ref, w, "evaluating its paths")
+            per.update(part["nodes"])
+            keys.update(tuple(k) for k in part["paths"])
+            ens = part["logits_sum"] if ens is None else ens + part["logits_sum"]
+        missing = [n for n in node_weights if n not in per]
+        if missing or ens is None:
+            raise RuntimeError(f"RayPool.evaluate: no actor evaluated {missing[:3]}")
+        total = sum(node_weights.values())
+        return {
+            "accuracy": sum(per[n][0] * v for n, v in node_weights.items()) / total,
+            "loss": sum(per[n][1] * v for n, v in node_weights.items()) / total,
+            "accuracy_min": min(per[n][0] for n in node_weights),
+            "accuracy_ensemble": float(((ens / len(node_weights)).argmax(1) == y.cpu()).float().mean()),
+            "paths": len(keys),
+        }
 
     def _train_groups(self, eng: Engine, plan_batches: dict[str, list[torch.Tensor]],
                       walk: Callable[..., tuple[float, int, dict[str, int]]], rnd: int,

@@ -222,15 +222,21 @@ def test_groups_are_the_nodes_that_share_a_replica() -> None:
              "plan.trunk_sync_every=2", "training.rounds=3"]),
     # per-device cuts: a weak device's second front block hosted at its edge (Stage.hosts), never averaged
     ("fpl-devcut", ["plan.cut=2"]),
-    # cuts by each device's energy, every piece of the front averaged at the cloud
-    ("fpl-sync-ecut", ["plan.cut=2"]),
+    # cuts by each device's energy, every piece of the front averaged at the cloud; a validation split
+    ("fpl-sync-ecut", ["plan.cut=2", "data.validation_fraction=0.2"]),
 ])
 def test_the_pool_runs_fpl_edges_by_group_equal_to_sequential(strategy: str, extra: list[str],
                                                               monkeypatch) -> None:
     """FPL with one trunk per edge, each edge's group on one of 2 actors faked in this process: the
     sequential trace; every replica (fronts that are never averaged included) and the accuracy to
-    round-off. The fronts live in the actor owning their edge; the parent fetches them to evaluate."""
+    round-off. The fronts live in the actor owning their edge, which also evaluates their paths
+    [Note: Ray evaluation]: the parent fetches them only at the end of the run."""
     fake = _fake_session(monkeypatch)
+    calls = {"states": 0, "evaluate_part": 0, "train_groups": 0}
+    for name in calls:
+        real = getattr(RayWorker, name)
+        monkeypatch.setattr(RayWorker, name, lambda self, *a, _real=real, _name=name, **k: (
+            calls.__setitem__(_name, calls[_name] + 1), _real(self, *a, **k))[1])
     out = {}
     for mode in ("sequential", "ray"):
         scn = digits_edges([f"strategy={strategy}", f"engine.executor={mode}", "training.rounds=2"] + extra)
@@ -250,8 +256,14 @@ def test_the_pool_runs_fpl_edges_by_group_equal_to_sequential(strategy: str, ext
     for s, want in ref_g.items():
         for k, t in want.items():
             torch.testing.assert_close(got_g[s][k], t, rtol=1e-5, atol=1e-6)
-    assert [r["accuracy"] for r in got.rounds] == pytest.approx([r["accuracy"] for r in ref.rounds], abs=1e-6)
+    for k in ("accuracy", "loss", "accuracy_min", "accuracy_ensemble", "val_accuracy"):
+        assert [r.get(k, 0.0) for r in got.rounds] == pytest.approx([r.get(k, 0.0) for r in ref.rounds], abs=1e-6), k
     assert [r["train_loss"] for r in got.rounds] == pytest.approx([r["train_loss"] for r in ref.rounds], rel=1e-5)
+    # every round evaluated by both actors; the fronts fetched once (the run's end), not before each evaluation
+    rounds = len(got.rounds)
+    assert calls["evaluate_part"] == 2 * rounds * (2 if "data.validation_fraction=0.2" in extra else 1)
+    # (each train_groups sends its trained trunks back with states; the rest are the parent's fetches)
+    assert calls["states"] - calls["train_groups"] == 2  # the fronts of both actors, once
     # each edge's devices trained in one actor only: the other actor's copies of their fronts never moved
     owned = [["dev0", "dev1"], ["dev2", "dev3"]]
     for w, obj in enumerate(fake.objs):

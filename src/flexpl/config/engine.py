@@ -63,8 +63,13 @@ class EngineCfg(_Strict):
     device: str = "auto"
     # evaluation's memory format (flexpl.sim.device.eval_channels_last): auto is channels-last for
     # convolutional paths on the CPU (benchmarks/channels_last.py: the CNN's evaluation 1.75x, ResNet-18's
-    # 1.24x on an idle AVX2 2-core machine), else contiguous. Training always runs contiguous.
+    # 1.24x on an idle AVX2 2-core machine), else contiguous.
     eval_memory_format: Literal["auto", "contiguous", "channels_last"] = "auto"
+    # training's memory format (flexpl.sim.device.train_channels_last): channels_last keeps every
+    # convolution weight (replicas, arena rows, working models, global copies) in channels-last, so the
+    # convolutions run channels-last; weights agree with contiguous to float round-off, the bill is the
+    # same. Opt-in: a training step measured 1.12x (the CNN), 1.28x (LeNet-5), 1.02x (ResNet-18).
+    train_memory_format: Literal["contiguous", "channels_last"] = "contiguous"
     # ray (flexpl.sim.exec.ray_pool): the cluster to join (auto, HOST:PORT or ray://HOST:PORT);
     # None: a local Ray started for the run and stopped after it
     ray_address: str | None = None

@@ -77,6 +77,33 @@ def eval_channels_last(spec: str, device: torch.device) -> bool:
     return spec == "channels_last" or (spec == "auto" and device.type == "cpu")
 
 
+def train_channels_last(model: nn.Module, input_shape: tuple[int, ...]) -> bool:
+    """Put ``model``'s 4-D weights in channels-last memory format for training (``engine.train_memory_format:
+    channels_last``), so that every replica, arena row and global copy made from it keeps that layout and
+    its convolutions run channels-last. True if it has a 2-D convolution (else nothing changes).
+
+    A copy first runs a forward and backward pass on two zero samples in eval mode (no batch-norm
+    statistics or random numbers used): a model that ``.view()``s a convolution's output, which a
+    channels-last tensor does not allow, is a one-line ``UserError`` here rather than a traceback later.
+    """
+    import copy
+
+    if not any(isinstance(x, nn.Conv2d) for x in model.modules()):
+        return False
+    model.to(memory_format=torch.channels_last)
+    probe = copy.deepcopy(model).eval()
+    dev = next((p.device for p in probe.parameters()), torch.device("cpu"))
+    try:
+        probe(torch.zeros((2, *input_shape), device=dev)).float().sum().backward()
+    except RuntimeError as exc:
+        if "view" not in str(exc):
+            raise
+        raise UserError("engine.train_memory_format: the model reshapes an activation with .view(), which "
+                        "channels-last memory format does not allow; use .reshape() or "
+                        "engine.train_memory_format=contiguous") from None
+    return True
+
+
 @contextlib.contextmanager
 def channels_last(modules: Iterable[nn.Module]) -> Iterator[bool]:
     """For the duration, the 4-D weights of ``modules`` in channels-last memory format (yields whether any

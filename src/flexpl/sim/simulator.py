@@ -45,7 +45,7 @@ from flexpl.plan.layout import build_plan, place
 from flexpl.plan.program import end_blocks, start_blocks, step_blocks, uploads_after, walk
 from flexpl.plan.spec import Plan
 from flexpl.sim import checkpoint, failures
-from flexpl.sim.device import check_precision, resolve_device
+from flexpl.sim.device import check_precision, resolve_device, train_channels_last
 from flexpl.sim.engine import Engine
 from flexpl.sim.evaluate import extract_patch, patch_input
 from flexpl.sim.exec import policy, processes, ray_pool
@@ -219,6 +219,12 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         choice, fit = policy.Choice("sequential", "distributed backend or shape-only walk"), False
         dev = torch.device("cpu")
     full = full.to(dev)  # every replica, working model and global copy is a copy of it, on its device
+    if scn.engine.train_memory_format == "channels_last":  # ... in channels-last layout too (flexpl.sim.device)
+        if not (is_local is None and transport_factory is SimTransport) or plan.junction != "batch":
+            raise UserError("engine.train_memory_format: channels_last is for the simulator's plans with a batch "
+                            "junction (not the distributed backend, shape-only walks or plan.junction=features); "
+                            "use engine.train_memory_format=contiguous")
+        train_channels_last(full, tuple(data.input_shape))
     # [Note: vectorized working models] working-model plans train K clients at a time on one stacked arena
     stacked_work = choice.mode == "vectorized" and fit
     engine = Engine(layout, full, scn.training.optimizer, transport_factory(recorder), recorder, grid, is_local,

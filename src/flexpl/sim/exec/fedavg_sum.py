@@ -42,7 +42,9 @@ class FedAvgSum:
 
     def __init__(self, like: State, shared: bool = False, max_pending: int | None = None) -> None:
         """``like``: a state dict of the stage (shapes and dtypes, floating tensors only)."""
-        self.acc: dict[str, torch.Tensor] = {k: torch.zeros_like(v) for k, v in like.items()}
+        # contiguous whatever the weights' layout (channels-last ones too): the sums are read flat
+        self.acc: dict[str, torch.Tensor] = {k: torch.zeros(v.shape, dtype=v.dtype, device=v.device)
+                                             for k, v in like.items()}
         self.ctl = torch.zeros(2, dtype=torch.int64)  # [next position to add, next client to claim]
         self.cond = None
         if shared:

@@ -50,6 +50,19 @@ def alias(base: torch.Tensor, index: int | slice) -> torch.Tensor:
     return out
 
 
+def stack_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(rows)``, each row keeping its layout: 4-D rows in channels-last memory format
+    (``engine.train_memory_format``) stay channels-last, so replicas' convolutions run channels-last."""
+    first = rows[0]
+    if first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous():
+        o, i, h, w = first.shape
+        out = torch.empty((len(rows), o, h, w, i), dtype=first.dtype, device=first.device).permute(0, 1, 4, 2, 3)
+        for r, t in enumerate(rows):
+            out[r].copy_(t)
+        return out
+    return torch.stack(list(rows))
+
+
 def rows_slice(rows: Sequence[int]) -> slice | None:
     """``rows`` as a slice when they are ascending and contiguous, else None."""
     if rows and all(b == a + 1 for a, b in zip(rows, rows[1:])):
@@ -66,7 +79,7 @@ class Arena:
         self.opt_cfg = opt_cfg
         n_rep = len(modules)
         named = [dict(m.named_parameters()) for m in modules]
-        self.params: dict[str, torch.Tensor] = {n: torch.stack([d[n].detach() for d in named]) for n in self.names}
+        self.params: dict[str, torch.Tensor] = {n: stack_rows([d[n].detach() for d in named]) for n in self.names}
         kinds = []
         if opt_cfg.name == "adam":
             kinds = ["exp_avg", "exp_avg_sq"]

@@ -68,7 +68,8 @@ class EngineCfg(_Strict):
     # training's memory format (flexpl.sim.device.train_channels_last): channels_last keeps every
     # convolution weight (replicas, arena rows, working models, global copies) in channels-last, so the
     # convolutions run channels-last; weights agree with contiguous to float round-off, the bill is the
-    # same. Opt-in: a training step measured 1.12x (the CNN), 1.28x (LeNet-5), 1.02x (ResNet-18).
+    # same. Opt-in: a training step measured 1.12x (the CNN), 1.28x (LeNet-5), 1.02x (ResNet-18); edge-fmnist's
+    # fl and fpl rounds (12k samples, processes) 1.12x each (benchmarks/channels_last.py --runs, load ~1.5).
     train_memory_format: Literal["contiguous", "channels_last"] = "contiguous"
     # ray (flexpl.sim.exec.ray_pool): the cluster to join (auto, HOST:PORT or ray://HOST:PORT);
     # None: a local Ray started for the run and stopped after it

@@ -54,13 +54,23 @@ def stack_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
     """``torch.stack(rows)``, each row keeping its layout: 4-D rows in channels-last memory format
     (``engine.train_memory_format``) stay channels-last, so replicas' convolutions run channels-last."""
     first = rows[0]
-    if first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous():
+    # the strides a channels-last conversion gives, which differ from the default ones even where the bytes
+    # are the same (one input channel): torch picks a convolution's layout from them
+    if first.dim() == 4 and first.stride() == _channels_last_strides(first.shape) != _contiguous_strides(first.shape):
         o, i, h, w = first.shape
         out = torch.empty((len(rows), o, h, w, i), dtype=first.dtype, device=first.device).permute(0, 1, 4, 2, 3)
         for r, t in enumerate(rows):
             out[r].copy_(t)
         return out
     return torch.stack(list(rows))
+
+
+def _contiguous_strides(shape: torch.Size) -> tuple[int, ...]:
+    return torch.empty(shape, device="meta").stride()
+
+
+def _channels_last_strides(shape: torch.Size) -> tuple[int, ...]:
+    return torch.empty(shape, device="meta", memory_format=torch.channels_last).stride()
 
 
 def rows_slice(rows: Sequence[int]) -> slice | None:

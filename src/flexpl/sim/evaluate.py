@@ -92,27 +92,19 @@ class Evaluation:
 
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor, node_weights: dict[str, float],
                   chunk: int, cl: bool = False) -> dict[str, float]:
-        layout = self.layout
         nodes = list(node_weights)
         shared = self.shared_path()
         if self.features:
             paths = {"joint": None}
             node_path = dict.fromkeys(nodes, "joint")
-        elif shared is not None and nodes:  # one path for all: as the loop below finds it
+        elif shared is not None and nodes:  # one path for all: as _node_paths finds it
             key = tuple(id(m) for m in shared)
             paths, node_path = {key: shared}, dict.fromkeys(nodes, key)
         else:
-            paths, node_path = {}, {}
-            for n in nodes:  # a stage without blocks (an empty front, cut 0) is the identity: left out
-                mods = tuple(m for m in (self.eval_module(s, layout.serves[s][n]) for s in range(len(self.plan.stages)))
-                             if not is_identity(m))
-                key = tuple(id(m) for m in mods)
-                paths.setdefault(key, mods)
-                node_path[n] = key
+            paths, node_path = self._node_paths(nodes, named=False)
         y = to_device(y, getattr(self, "device", torch.device("cpu")))
         logits = self._path_logits(paths, x, chunk, cl)
-        acc = {k: float((v.argmax(1) == y).float().mean()) for k, v in logits.items()}
-        loss = {k: float(self.loss_fn(v, y)) for k, v in logits.items()}
+        acc, loss = self._path_metrics(logits, y)
         total = sum(node_weights.values())
         if len(paths) == 1:  # every node on one path: the same mean over a broadcast view, not N copies
             only = next(iter(logits.values()))
@@ -126,6 +118,31 @@ class Evaluation:
             "accuracy_ensemble": float((ens.argmax(1) == y).float().mean()),
             "paths": len(paths),
         }
+
+    def _node_paths(self, nodes: list[str], named: bool) -> tuple[dict[tuple[Any, ...], tuple[nn.Module, ...]],
+                                                                    dict[str, tuple[Any, ...]]]:
+        """The distinct paths of ``nodes`` (their modules, stage by stage) and each node's path key: the modules'
+        ids, or with ``named`` their :meth:`path_key` names (the same in every process). A stage without blocks
+        (an empty front, cut 0) is the identity: left out."""
+        layout = self.layout
+        paths: dict[tuple[Any, ...], tuple[nn.Module, ...]] = {}
+        node_path: dict[str, tuple[Any, ...]] = {}
+        for n in nodes:
+            mods, key = [], []
+            for s in range(len(self.plan.stages)):
+                m = self.eval_module(s, layout.serves[s][n])
+                if not is_identity(m):
+                    mods.append(m)
+                    key.append(self.path_key(s, layout.serves[s][n]) if named else id(m))
+            paths.setdefault(tuple(key), tuple(mods))
+            node_path[n] = tuple(key)
+        return paths, node_path
+
+    def _path_metrics(self, logits: dict[Any, torch.Tensor], y: torch.Tensor
+                      ) -> tuple[dict[Any, float], dict[Any, float]]:
+        """Each path's accuracy and loss on the labels ``y``."""
+        return ({k: float((v.argmax(1) == y).float().mean()) for k, v in logits.items()},
+                {k: float(self.loss_fn(v, y)) for k, v in logits.items()})
 
     def _path_logits(self, paths: dict[Any, Any], x: torch.Tensor, chunk: int, cl: bool) -> dict[Any, torch.Tensor]:
         """Every path's logits (fp32) on the whole of ``x``, chunk by chunk, each chunk moved to the device once."""
@@ -148,20 +165,11 @@ class Evaluation:
         """A share of the data nodes evaluated (a Ray actor's: ``RayPool.evaluate`` merges the shares):
         ``nodes`` maps each to its path's (accuracy, loss), ``paths`` names the distinct paths
         (:meth:`path_key`), ``logits_sum`` is the sum over these nodes of their paths' logits (on the CPU)."""
-        layout = self.layout
-        paths: dict[tuple[Any, ...], tuple[nn.Module, ...]] = {}
-        node_path: dict[str, tuple[Any, ...]] = {}
-        for n in node_weights:  # as _evaluate, keyed by name rather than by object
-            pairs = [(self.eval_module(s, layout.serves[s][n]), self.path_key(s, layout.serves[s][n]))
-                     for s in range(len(self.plan.stages))]
-            pairs = [(m, k) for m, k in pairs if not is_identity(m)]
-            key = tuple(k for _, k in pairs)
-            paths.setdefault(key, tuple(m for m, _ in pairs))
-            node_path[n] = key
+        paths, node_path = self._node_paths(list(node_weights), named=True)  # as _evaluate, keyed by name
         y = to_device(y, getattr(self, "device", torch.device("cpu")))
         logits = self._path_logits(paths, x, chunk, cl)
-        metric = {k: (float((v.argmax(1) == y).float().mean()), float(self.loss_fn(v, y))) for k, v in logits.items()}
-        return {"nodes": {n: metric[node_path[n]] for n in node_weights}, "paths": list(paths),
+        acc, loss = self._path_metrics(logits, y)
+        return {"nodes": {n: (acc[node_path[n]], loss[node_path[n]]) for n in node_weights}, "paths": list(paths),
                 "logits_sum": torch.stack([logits[node_path[n]] for n in node_weights]).sum(0).cpu()}
 
     def _forward_features(self, x: torch.Tensor) -> torch.Tensor:

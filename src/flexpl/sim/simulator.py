@@ -193,7 +193,8 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
     layout = place(plan, topo, data_nodes)
     recorder = Recorder(topo)
     fwd = 0.0
-    if is_local is None and transport_factory is SimTransport:
+    simulated = is_local is None and transport_factory is SimTransport  # (not the dist backend, not a shape walk)
+    if simulated:
         stages = [full.blocks[full.block_names[st.start]] if st.end - st.start == 1 else
                   torch.nn.Sequential(*[full.blocks[b] for b in full.block_names[st.start:st.end]])
                   for st in plan.stages]
@@ -220,7 +221,7 @@ def setup(scn: Scenario, transport_factory: Callable[[Recorder], Any] = SimTrans
         dev = torch.device("cpu")
     full = full.to(dev)  # every replica, working model and global copy is a copy of it, on its device
     if scn.engine.train_memory_format == "channels_last":  # ... in channels-last layout too (flexpl.sim.device)
-        if not (is_local is None and transport_factory is SimTransport) or plan.junction != "batch":
+        if not simulated or plan.junction != "batch":
             raise UserError("engine.train_memory_format: channels_last is for the simulator's plans with a batch "
                             "junction (not the distributed backend, shape-only walks or plan.junction=features); "
                             "use engine.train_memory_format=contiguous")
@@ -507,7 +508,6 @@ def _rounds(st: Setup, first: int, totals: Totals, rows: list[dict[str, Any]], e
             if pool is not None and evaluate:  # a custom evaluation reads this process's fronts [Note: Ray groups]
                 pool.pull(eng)
                 pool = None
-
             n_eval = 0  # samples evaluated: billed apart from training (costs.include_eval adds it)
             if evaluate:
                 ev = evaluate(st)

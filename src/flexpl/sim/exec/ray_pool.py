@@ -274,7 +274,6 @@ class RayWorker:
         eng.recorder.take()  # the parent records the trace
         return self.states(list(synced)), float(loss_sum), int(n_sum)
 
-
     def evaluate_part(self, which: str, shared: Mapping[tuple[Any, ...], Mapping[str, torch.Tensor]],
                       node_weights: dict[str, float]) -> dict[str, Any]:
         """Evaluate the paths of ``node_weights``' nodes (this actor's) on the ``which`` set ("test" or "val"),

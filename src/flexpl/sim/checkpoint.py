@@ -107,22 +107,38 @@ def load_engine_state(eng: Engine, state: dict[str, Any]) -> None:
         eng.group_global[(int(s), agg)].load_state_dict(sd)
         eng.group_ev[(int(s), agg)] = None
     eng.relay_holder = state["relay_holder"]
-    eng.aggregator.load_state_dict(state.get("aggregator", {}))
-    eng.anchors = {(int(k.split("/")[0]), int(k.split("/")[1])): sd for k, sd in state.get("anchors", {}).items()}
+    dev = eng.device  # (the file is read onto the CPU: a checkpoint taken on a GPU resumes anywhere)
+    eng.aggregator.load_state_dict(moved(state.get("aggregator", {}), dev))
+    eng.anchors = {(int(k.split("/")[0]), int(k.split("/")[1])): moved(sd, dev)
+                   for k, sd in state.get("anchors", {}).items()}
     eng.stream_ready = {}
     eng.absorb_optimizer_state()
 
 
-def snapshot(obj: Any) -> Any:
-    """A copy of nested dicts, lists and tuples whose tensors are cloned (other leaves are shared: immutable)."""
+def moved(obj: Any, device: torch.device) -> Any:
+    """Nested dicts, lists and tuples with their tensors on ``device`` (the same tensors where they are)."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
+        return obj.to(device)
     if isinstance(obj, dict):
-        return {k: snapshot(v) for k, v in obj.items()}
+        return {k: moved(v, device) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [snapshot(v) for v in obj]
+        return [moved(v, device) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(snapshot(v) for v in obj)
+        return tuple(moved(v, device) for v in obj)
+    return obj
+
+
+def snapshot(obj: Any, cpu: bool = False) -> Any:
+    """A copy of nested dicts, lists and tuples whose tensors are cloned (other leaves are shared: immutable);
+    with ``cpu``, cloned onto the CPU (what another process, which may have no GPU, can load)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True) if cpu else obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: snapshot(v, cpu) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [snapshot(v, cpu) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(snapshot(v, cpu) for v in obj)
     return obj
 
 
@@ -250,7 +266,7 @@ def load(path: Path, scenario_sha256: str) -> dict[str, Any]:
         raise UserError(f"--resume: no checkpoint in '{path.parent}' (expected {path.name}); "
                         "start the run without --resume")
     try:
-        blob = torch.load(path, weights_only=True)
+        blob = torch.load(path, weights_only=True, map_location="cpu")  # loaded into modules on their device
     except Exception as exc:  # truncated or foreign files fail in many ways inside torch
         raise UserError(f"--resume: checkpoint '{path}' is corrupted or not a FlexPL checkpoint "
                         f"({type(exc).__name__}); delete it and rerun from the start") from None

@@ -131,3 +131,18 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     if t.device == device or t.is_meta:
         return t
     return t.to(device, non_blocking=t.is_pinned())
+
+
+def take(src: torch.Tensor, rows: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """``src[rows]`` (rows along dimension 0) on ``device`` (None: where ``src`` is).
+
+    From the CPU to CUDA the rows are gathered straight into pinned (page-locked) host memory and
+    copied asynchronously, as a ``DataLoader`` with ``pin_memory=True`` does but without its second
+    copy; torch's pinned-memory cache keeps the buffer until the copy has finished.
+    """
+    if device is None or device.type != "cuda" or src.device.type != "cpu":
+        return to_device(src[rows], device) if device is not None else src[rows]
+    rows = rows.to(torch.int64)
+    out = torch.empty((int(rows.shape[0]), *src.shape[1:]), dtype=src.dtype, pin_memory=True)
+    torch.index_select(src, 0, rows, out=out)
+    return out.to(device, non_blocking=True)

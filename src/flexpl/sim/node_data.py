@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from flexpl.sim.device import take
+
 
 class NodeData:
     """Training samples held by one data node (already tensorized).
@@ -64,16 +66,18 @@ class NodeData:
         y = self.y  # its labels stay its own
         self._x, self._index, self._rows, self._y = value, None, None, y
 
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Samples and labels at positions ``idx`` of this node (what ``(x[idx], y[idx])`` gives)."""
+    def batch(self, idx: torch.Tensor, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples and labels at positions ``idx`` of this node (what ``(x[idx], y[idx])`` gives), on ``device``
+        (None: where they are; to CUDA through pinned memory, :func:`flexpl.sim.device.take`)."""
         if getattr(self._x, "is_meta", False):  # shapes only: made directly (indexing a meta tensor runs a slow Python kernel)
             n = (int(idx.shape[0]),)
             return (torch.empty(n + tuple(self._x.shape[1:]), dtype=self._x.dtype, device="meta"),
                     torch.empty(n + tuple(self.y.shape[1:]), dtype=self.y.dtype, device="meta"))
         if self.index is None:
-            return self._x[idx], self.y[idx]
+            return take(self._x, idx, device), take(self.y, idx, device)
         rows = self.index[idx]
-        return self._x[rows], (self.y[idx] if self._y is not None else self._rows[1][rows])
+        return take(self._x, rows, device), (take(self.y, idx, device) if self._y is not None
+                                             else take(self._rows[1], rows, device))
 
     def meta(self) -> NodeData:
         """The same node on the meta device (shapes only)."""

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from flexpl.io import injected_faults as faults
 from flexpl.sim import checkpoint
-from flexpl.sim.device import to_device
 
 if TYPE_CHECKING:
     import torch
@@ -78,8 +77,8 @@ class TensorRunner:
         data = {}
         for n, t in batch:
             idx = self.plan_batches[n][t]
-            xb, yb = self.by_name[n].batch(idx)  # read from the whole training set: no copy of the node's rows
-            data[n] = (to_device(xb, self.eng.device), to_device(yb, self.eng.device))  # once per batch
+            # read from the whole training set (no copy of the node's rows), moved once per batch
+            data[n] = self.by_name[n].batch(idx, self.eng.device)
             self.seen[n] += len(idx)
         ls, ns = self.last_step = self.eng.train_step(data)
         if self.log is not None:

@@ -171,11 +171,13 @@ def unsupported(scn: Scenario, plan: Plan) -> UserError:
 
 
 def replica_state(eng: Engine, s: int, r: int) -> dict[str, Any]:
-    """A copy of replica ``r`` of stage ``s``: its weights and its optimizer's state."""
+    """A copy of replica ``r`` of stage ``s`` on the CPU (the parent may have no GPU): its weights and its
+    optimizer's state."""
     from flexpl.sim.checkpoint import snapshot
 
     rep = eng.replicas[s][r]
-    return snapshot({"module": rep.module.state_dict(), "opt": rep.opt.state_dict() if rep.opt is not None else None})
+    return snapshot({"module": rep.module.state_dict(), "opt": rep.opt.state_dict() if rep.opt is not None else None},
+                    cpu=True)
 
 
 def load_replica(eng: Engine, s: int, r: int, state: Mapping[str, Any]) -> None:
@@ -230,7 +232,7 @@ class RayWorker:
             for w in eng.working.values():
                 w.bound = None  # the next step binds this client: the global weights, a fresh optimizer
             nd = self.by_name[name]
-            losses[name] = [eng.train_step({name: nd.batch(torch.tensor(idx))}) for idx in idx_list]
+            losses[name] = [eng.train_step({name: nd.batch(torch.tensor(idx), eng.device)}) for idx in idx_list]
             eng.recorder.take()  # the parent records the trace
             with torch.no_grad():
                 for s, w in eng.working.items():

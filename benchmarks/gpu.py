@@ -1,9 +1,11 @@
 """Seconds per round on whatever device is here: fog-cifar (full-width ResNet-18 on the Fashion-MNIST
 3x32x32 fallback where CIFAR-10 is absent), cnn-100 and mlp-1000, one FedAvg round each, per executor,
-side by side.
+side by side; ``resnet18-100`` (not in the default cases) is the full-width ResNet-18 over cnn-100's
+100 clients. ``benchmarks/gpu_device.sh`` runs them all on a GPU machine.
 
     PYTHONPATH=src python benchmarks/gpu.py [--device auto|cpu|cuda|cuda:N] [--max-train N]
-        [--cases fog-cifar,cnn-100,mlp-1000] [--executors sequential,processes] [--precision fp32|bf16]
+        [--cases fog-cifar,cnn-100,mlp-1000,resnet18-100] [--executors sequential,processes,ray]
+        [--precision fp32|bf16]
 
 
 Prints the device, then per case and executor: seconds for a round (training only: the test
@@ -26,20 +28,27 @@ from flexpl.errors import UserError
 from flexpl.sim.device import resolve_device
 from flexpl.sim.simulator import run, setup
 
-CASES = {  # scenario -> its overrides for one timed round
-    "fog-cifar": ["strategy=fl"],
-    "cnn-100": ["strategy=fl"],
-    "mlp-1000": ["strategy=fl"],
+CASES = {  # case -> its scenario and overrides for one timed round
+    "fog-cifar": ("fog-cifar", ["strategy=fl"]),
+    "cnn-100": ("cnn-100", ["strategy=fl"]),
+    "mlp-1000": ("mlp-1000", ["strategy=fl"]),
+    # the full-width ResNet-18 (CIFAR stem) over cnn-100's 100 clients, on Fashion-MNIST at 3x32x32
+    "resnet18-100": ("cnn-100", ["strategy=fl", "model=resnet18", "data.transform.resize=32",
+                                 "data.transform.channels=3"]),
 }
+DEFAULT_CASES = "fog-cifar,cnn-100,mlp-1000"
 
 
 def one(case: str, executor: str, a: argparse.Namespace) -> str:
     """One round of ``case`` on ``executor``: the printed row."""
-    sets = [*CASES[case], "training.rounds=2", "training.eval_test=false", "training.checkpoint_every=0",
+    scenario, case_sets = CASES[case]
+    if a.offline and scenario == "fog-cifar":  # its data.fallback, without trying the download first
+        case_sets = [*case_sets, "data.dataset=fashion-mnist", "data.transform.resize=32", "data.transform.channels=3"]
+    sets = [*case_sets, "training.rounds=2", "training.eval_test=false", "training.checkpoint_every=0",
             f"data.max_train={a.max_train}", f"engine.executor={executor}", f"engine.device={a.device}",
             f"training.precision={a.precision}"] + ([f"engine.workers={a.workers}"] if executor != "sequential" else [])
     try:
-        scn = load_scenario(case, overrides=sets)
+        scn = load_scenario(scenario, overrides=sets)
         st = setup(scn)
     except UserError as exc:
         return f"{case:10} {executor:10} skipped: {exc}"
@@ -66,11 +75,16 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--max-train", type=int, default=2000, help="training samples in all (default 2000)")
-    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--cases", default=DEFAULT_CASES, help=f"of {', '.join(CASES)} (default {DEFAULT_CASES})")
     ap.add_argument("--executors", default="sequential,processes,ray")
     ap.add_argument("--workers", type=int, default=2, help="processes / Ray actors (default 2)")
+    ap.add_argument("--offline", action="store_true",
+                    help="fog-cifar on its Fashion-MNIST 3x32x32 fallback without trying CIFAR-10's download")
     a = ap.parse_args()
-    dev = resolve_device(a.device)
+    try:
+        dev = resolve_device(a.device)
+    except UserError as exc:
+        raise SystemExit(f"gpu.py: {exc}") from None
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {dev} ({name}); precision {a.precision}; max_train {a.max_train}; torch {torch.__version__}")
     print(f"{'case':10} {'executor':10} {'s/round':>9} {'first':>7} {'samples':>8} {'s/1k samp':>10} {'flops':>14} "

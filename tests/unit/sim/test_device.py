@@ -8,9 +8,11 @@ import torch
 
 from flexpl.cli import main
 from flexpl.errors import UserError
+from flexpl.plan.layout import PRESETS
 from flexpl.sim import device as devmod
+from flexpl.sim import simulator
 from flexpl.sim.simulator import run, setup
-from tests.conftest import digits_star
+from tests.conftest import digits_edges, digits_star
 
 # cost columns of a round: what the bill says, whatever the device or precision
 BILL = ("flops", "bytes", "sim_time_s", "energy_j", "eval_flops", "device_energy_j")
@@ -84,3 +86,19 @@ def test_a_parallel_executor_on_bf16_asked_explicitly_is_refused(monkeypatch: py
     monkeypatch.setattr(devmod, "bf16_supported", lambda device: True)
     with pytest.raises(UserError, match=r"^engine\.executor: vectorized runs fp32 on the CPU only"):
         setup(digits_star(["strategy=fl", "training.precision=bf16", "engine.executor=vectorized"]))
+
+
+@pytest.mark.parametrize("strategy", sorted(PRESETS))
+def test_every_preset_sets_up_on_a_device_other_than_the_cpu(strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The meta device stands in for a GPU: replicas, arenas, working models and averaged copies are built where
+    the model is (before the fix, a stacked replica's row was a CPU tensor over the device's memory, which torch
+    refuses on any other device: every preset with an arena or working model failed on CUDA)."""
+    monkeypatch.setattr(simulator, "resolve_device", lambda spec: torch.device("meta"))
+    make = digits_edges if strategy.startswith("fpl") else digits_star
+    st = setup(make([f"strategy={strategy}", "engine.executor=sequential"]))
+    eng = st.engine
+    assert eng.device.type == "meta"
+    modules = [r.module for reps in eng.replicas for r in reps] + list(eng.global_.values())
+    modules += list(eng.group_global.values()) + [w.module for w in eng.working.values()]
+    assert {p.device.type for m in modules for p in m.parameters()} == {"meta"}
+    assert all(t.device.type == "meta" for a in eng.arenas.values() for t in a.params.values())

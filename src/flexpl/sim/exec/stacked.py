@@ -45,7 +45,7 @@ def alias(base: torch.Tensor, index: int | slice) -> torch.Tensor:
     stacked tensor's version counter and trip autograd's in-place check).
     """
     v = base[index]
-    out = torch.empty(0, dtype=base.dtype)
+    out = torch.empty(0, dtype=base.dtype, device=base.device)  # (set_ needs the storage's device)
     out.set_(base.untyped_storage(), v.storage_offset(), v.shape, v.stride())
     return out
 

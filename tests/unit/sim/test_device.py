@@ -89,16 +89,25 @@ def test_a_parallel_executor_on_bf16_asked_explicitly_is_refused(monkeypatch: py
 
 
 @pytest.mark.parametrize("strategy", sorted(PRESETS))
-def test_every_preset_sets_up_on_a_device_other_than_the_cpu(strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_preset_runs_on_a_device_other_than_the_cpu(strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The meta device stands in for a GPU: replicas, arenas, working models and averaged copies are built where
-    the model is (before the fix, a stacked replica's row was a CPU tensor over the device's memory, which torch
-    refuses on any other device: every preset with an arena or working model failed on CUDA)."""
-    monkeypatch.setattr(simulator, "resolve_device", lambda spec: torch.device("meta"))
+    the model is, and a round's steps, syncs and averages run there (before the fix, a stacked replica's row was a
+    CPU tensor over the device's memory, which torch refuses on any other device: every preset with an arena or
+    a working model failed on CUDA). Meta tensors hold no values, so the test set is not evaluated; the bill,
+    read from shapes, is the CPU's."""
     make = digits_edges if strategy.startswith("fpl") else digits_star
-    st = setup(make([f"strategy={strategy}", "engine.executor=sequential"]))
+    sets = [f"strategy={strategy}", "engine.executor=sequential", "training.rounds=2", "training.max_steps_per_round=2",
+            "training.eval_test=false"]
+    cpu = run(make(sets))
+    monkeypatch.setattr(simulator, "resolve_device", lambda spec: torch.device("meta"))
+    scn = make(sets)
+    st = setup(scn)
     eng = st.engine
     assert eng.device.type == "meta"
     modules = [r.module for reps in eng.replicas for r in reps] + list(eng.global_.values())
     modules += list(eng.group_global.values()) + [w.module for w in eng.working.values()]
     assert {p.device.type for m in modules for p in m.parameters()} == {"meta"}
     assert all(t.device.type == "meta" for a in eng.arenas.values() for t in a.params.values())
+    meta = run(scn, st=st)
+    for a, b in zip(cpu.rounds, meta.rounds, strict=True):
+        assert {k: a[k] for k in BILL} == {k: b[k] for k in BILL}

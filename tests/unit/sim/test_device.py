@@ -90,22 +90,17 @@ def test_a_parallel_executor_on_bf16_asked_explicitly_is_refused(monkeypatch: py
         setup(digits_star(["strategy=fl", "training.precision=bf16", "engine.executor=vectorized"]))
 
 
-@pytest.mark.parametrize("strategy", sorted(PRESETS))
-def test_every_preset_runs_on_a_device_other_than_the_cpu(strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The meta device stands in for a GPU: replicas, arenas, working models and averaged copies are built where
-    the model is, and a round's steps, syncs and averages run there (before the fix, a stacked replica's row was a
-    CPU tensor over the device's memory, which torch refuses on any other device: every preset with an arena or
-    a working model failed on CUDA). Meta tensors hold no values, so the test set is not evaluated; the bill,
-    read from shapes, is the CPU's."""
-    make = digits_edges if strategy.startswith("fpl") else digits_star
-    sets = [f"strategy={strategy}", "engine.executor=sequential", "training.rounds=2", "training.max_steps_per_round=2",
-            "data.validation_fraction=0.1"]
-    cpu = run(make(sets))
+def _as_if_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The meta device stands in for a GPU: torch refuses to mix a CPU tensor with another device's memory whatever
+    that device is. Evaluation runs its paths there too; only a figure read off a meta tensor (no value) gives 0."""
     monkeypatch.setattr(simulator, "resolve_device", lambda spec: torch.device("meta"))
-    # evaluation runs its paths there too; only reading a figure off a meta tensor (which holds no value) gives 0
     monkeypatch.setattr(evaluate, "float", lambda v: 0.0 if torch.is_tensor(v) and v.is_meta else builtins.float(v),
                         raising=False)
-    scn = make(sets)
+
+
+def _same_bill_on_meta(scn_cpu, scn, monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = run(scn_cpu)
+    _as_if_on_a_gpu(monkeypatch)
     st = setup(scn)
     eng = st.engine
     assert eng.device.type == "meta"
@@ -117,3 +112,30 @@ def test_every_preset_runs_on_a_device_other_than_the_cpu(strategy: str, monkeyp
     for a, b in zip(cpu.rounds, meta.rounds, strict=True):
         assert {k: a[k] for k in BILL} == {k: b[k] for k in BILL}
         assert b["accuracy"] == 0.0 < a["accuracy"]  # (evaluated there: its figures read as 0)
+
+
+SHORT = ["engine.executor=sequential", "training.rounds=2", "training.max_steps_per_round=2"]
+
+
+@pytest.mark.parametrize("strategy", sorted(PRESETS))
+def test_every_preset_runs_on_a_device_other_than_the_cpu(strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replicas, arenas, working models and averaged copies are built where the model is, and a round's steps,
+    syncs, averages and evaluations (test set, validation split) run there; the bill, read from shapes, is the
+    CPU's. Before the fix, a stacked replica's row was a CPU tensor over the device's memory: every preset with an
+    arena or a working model failed to set up on CUDA."""
+    make = digits_edges if strategy.startswith("fpl") else digits_star
+    sets = [f"strategy={strategy}", *SHORT, "data.validation_fraction=0.1"]
+    _same_bill_on_meta(make(sets), make(sets), monkeypatch)
+
+
+@pytest.mark.parametrize("make,sets", [
+    (digits_star, ["strategy=fl", "failures.dropout=0.3"]),  # rows re-downloaded by index (index_copy_ on a CPU index)
+    (digits_edges, ["strategy=fpl", "failures.host_failure=0.3", "failures.link_outage=0.2"]),
+    (digits_star, ["strategy=fl", "training.aggregator.kind=fedprox", "training.aggregator.mu=0.1"]),
+    (digits_star, ["strategy=fl", "training.aggregator.kind=fedadam"]),
+    (digits_edges, ["strategy=fpl-sync", "training.optimizer.name=adam"]),
+    (digits_edges, ["strategy=fpl", "model={name: resnet18, width: 0.125}", "data.transform={resize: 16}"]),
+], ids=["dropout", "host-failure", "fedprox", "fedadam", "adam", "batch-norm"])
+def test_failures_aggregators_and_batch_norm_run_on_a_device_other_than_the_cpu(
+        make, sets: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    _same_bill_on_meta(make([*sets, *SHORT]), make([*sets, *SHORT]), monkeypatch)

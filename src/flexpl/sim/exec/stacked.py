@@ -113,6 +113,11 @@ class Arena:
     def __len__(self) -> int:
         return next(iter(self.params.values())).shape[0] if self.params else 0
 
+    def _index(self, rows: Sequence[int]) -> torch.Tensor:
+        """``rows`` as an index tensor on the arena's device (``index_copy_`` needs them on one device)."""
+        dev = next(iter(self.params.values())).device if self.params else torch.device("cpu")
+        return torch.as_tensor(list(rows), device=dev)
+
     # ------------------------------------------------------------ optimizer state
 
     def bind(self, r: int, module: nn.Module, opt: torch.optim.Optimizer | None) -> None:
@@ -150,7 +155,7 @@ class Arena:
         if not rows:
             return
         sl = rows_slice(rows)
-        idx = sl if sl is not None else torch.as_tensor(list(rows))
+        idx = sl if sl is not None else self._index(rows)
         for d in self.state.values():
             for t in d.values():
                 t[idx] = 0
@@ -168,7 +173,7 @@ class Arena:
             if sl is not None:
                 t[sl].copy_(src.expand((sl.stop - sl.start,) + tuple(src.shape)))
             else:
-                idx = torch.as_tensor(list(rows))
+                idx = self._index(rows)
                 t.index_copy_(0, idx, src.expand((len(rows),) + tuple(src.shape)).contiguous())
 
     def row_state(self, r: int) -> dict[str, torch.Tensor]:
@@ -180,7 +185,7 @@ class Arena:
         sl = rows_slice(rows)
         if sl is not None:
             return {n: alias(t, sl).requires_grad_() for n, t in self.params.items()}
-        idx = torch.as_tensor(list(rows))
+        idx = self._index(rows)
         return {n: t[idx].requires_grad_() for n, t in self.params.items()}
 
     @torch.no_grad()
@@ -190,7 +195,7 @@ class Arena:
         cfg = self.opt_cfg
         lr = cfg.lr if lr is None else lr
         sl = rows_slice(rows)
-        idx = None if sl is not None else torch.as_tensor(list(rows))
+        idx = None if sl is not None else self._index(rows)
         for n, t in self.params.items():
             p = t[sl] if sl is not None else t[idx]
             g = grads[n]

@@ -53,7 +53,7 @@ def test_training_evaluation_and_batches_run_on_the_gpu() -> None:
 
 def test_a_batch_reaches_the_gpu_through_pinned_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     x, y = torch.randn(50, 3, 4, 4), torch.arange(50) % 10
-    nd = NodeData("dev0", x, y, 0, index=torch.arange(10, 40))
+    nd = NodeData("dev0", x, y[10:40], 0, index=torch.arange(10, 40))  # rows 10-39 of the whole set, its labels
     pinned: list[bool] = []
     real = torch.index_select
 

@@ -134,8 +134,9 @@ def test_every_preset_runs_on_a_device_other_than_the_cpu(strategy: str, monkeyp
     (digits_star, ["strategy=fl", "training.aggregator.kind=fedprox", "training.aggregator.mu=0.1"]),
     (digits_star, ["strategy=fl", "training.aggregator.kind=fedadam"]),
     (digits_edges, ["strategy=fpl-sync", "training.optimizer.name=adam"]),
+    (digits_star, ["strategy=sfl", "training.optimizer.name=adam", "failures.dropout=0.4"]),  # rows reset by index
     (digits_edges, ["strategy=fpl", "model={name: resnet18, width: 0.125}", "data.transform={resize: 16}"]),
-], ids=["dropout", "host-failure", "fedprox", "fedadam", "adam", "batch-norm"])
+], ids=["dropout", "host-failure", "fedprox", "fedadam", "adam", "adam-dropout", "batch-norm"])
 def test_failures_aggregators_and_batch_norm_run_on_a_device_other_than_the_cpu(
         make, sets: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     _same_bill_on_meta(make([*sets, *SHORT]), make([*sets, *SHORT]), monkeypatch)

@@ -159,8 +159,8 @@ class Arena:
         for d in self.state.values():
             for t in d.values():
                 t[idx] = 0
-        if self.steps is not None:
-            self.steps[idx] = 0
+        if self.steps is not None:  # (on the CPU, as torch keeps Adam's step counts)
+            self.steps[sl if sl is not None else torch.as_tensor(list(rows))] = 0
 
     # ------------------------------------------------------------ weights
 

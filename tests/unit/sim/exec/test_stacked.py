@@ -32,3 +32,17 @@ def test_alias_is_a_row_of_the_same_memory_with_its_own_version_counter() -> Non
     row.add_(1.0)
     assert torch.equal(base[1], torch.tensor([5.0, 6.0, 7.0, 8.0]))  # the same memory
     assert row._version != base._version  # ... but autograd sees its changes apart
+
+
+def test_reset_zeroes_the_optimizer_state_of_rows_given_out_of_order() -> None:
+    mods = [nn.Linear(2, 2) for _ in range(4)]
+    arena = Arena(mods, OptimizerCfg(name="adam", lr=0.01))
+    for d in arena.state.values():
+        for t in d.values():
+            t.fill_(1.0)
+    arena.steps.fill_(3.0)
+    arena.reset([3, 1])  # not a slice: an index tensor for the rows, another for Adam's step counts (on the CPU)
+    for d in arena.state.values():
+        for t in d.values():
+            assert t[[1, 3]].eq(0).all() and t[[0, 2]].eq(1).all()
+    assert arena.steps[[1, 3]].eq(0).all() and arena.steps[[0, 2]].eq(3).all()

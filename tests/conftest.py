@@ -107,6 +107,16 @@ def chain_scenario(sets: list[str] | None = None, n_dev: int = 2, **top: Any) ->
 
 
 @pytest.fixture(autouse=True)
+def _cpu_unless_marked_cuda(request, monkeypatch):
+    """On a machine with a GPU, every test not marked ``cuda`` runs as on one without (``engine.device: auto``
+    is the CPU, here and in the processes it starts): the suite compares CPU executors bit for bit, and the
+    tests marked ``cuda`` are the GPU's. Nothing changes where torch sees no GPU."""
+    if request.node.get_closest_marker("cuda") is None and torch.cuda.is_available():
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
     """No test may reach the internet: downloads point at a path that does not exist."""
     try:

@@ -28,6 +28,11 @@ def _scenario(strategy: str, device: str, extra: list[str] | None = None, **top)
     return make([f"strategy={strategy}", f"engine.device={device}", *SETS, *(extra or [])], **top)
 
 
+def test_auto_is_the_gpu_where_there_is_one() -> None:
+    assert devmod.resolve_device("auto").type == "cuda"
+    assert devmod.resolve_device(f"cuda:{torch.cuda.device_count() - 1}").type == "cuda"
+
+
 @pytest.mark.parametrize("strategy", ["fl", "sfl", "fpl", "mp"])
 def test_the_gpu_bills_what_the_cpu_bills_and_learns_the_same(strategy: str) -> None:
     cpu = run(_scenario(strategy, "cpu"))

@@ -27,7 +27,7 @@ def _drop_run_keys(summary: dict) -> dict:
 @pytest.mark.parametrize("strategy", ["fl", "fpl"])
 def test_explicit_cpu_is_bitwise_the_default(strategy: str) -> None:
     sets = [f"strategy={strategy}", "training.rounds=2", "training.max_steps_per_round=4"]
-    default = run(digits_star(sets))
+    default = run(digits_star(sets))  # (auto: the CPU, also on a machine with a GPU; tests/conftest.py)
     cpu = run(digits_star([*sets, "engine.device=cpu"]))
     assert cpu.rounds == default.rounds  # accuracies, losses and the bill, bit for bit
     assert _drop_run_keys(cpu.summary) == _drop_run_keys(default.summary)
@@ -45,7 +45,6 @@ def test_a_bad_device_string_is_one_line_naming_the_field(bad: str) -> None:
         digits_star([f"engine.device={bad}"])
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")
 def test_cuda_without_cuda_is_a_one_line_error_exit_2(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(UserError, match=r"^engine\.device: 'cuda:1' asks for CUDA but .*use engine\.device=cpu"):
         setup(digits_star(["engine.device=cuda:1"]))

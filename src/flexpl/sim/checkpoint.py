@@ -115,31 +115,28 @@ def load_engine_state(eng: Engine, state: dict[str, Any]) -> None:
     eng.absorb_optimizer_state()
 
 
+def tensors_mapped(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """Nested dicts, lists and tuples with ``fn`` applied to their tensors (other leaves are shared: immutable)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: tensors_mapped(v, fn) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [tensors_mapped(v, fn) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(tensors_mapped(v, fn) for v in obj)
+    return obj
+
+
 def moved(obj: Any, device: torch.device) -> Any:
     """Nested dicts, lists and tuples with their tensors on ``device`` (the same tensors where they are)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: moved(v, device) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [moved(v, device) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(moved(v, device) for v in obj)
-    return obj
+    return tensors_mapped(obj, lambda t: t.to(device))
 
 
 def snapshot(obj: Any, cpu: bool = False) -> Any:
     """A copy of nested dicts, lists and tuples whose tensors are cloned (other leaves are shared: immutable);
     with ``cpu``, cloned onto the CPU (what another process, which may have no GPU, can load)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True) if cpu else obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: snapshot(v, cpu) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [snapshot(v, cpu) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(snapshot(v, cpu) for v in obj)
-    return obj
+    return tensors_mapped(obj, (lambda t: t.detach().to("cpu", copy=True)) if cpu else (lambda t: t.detach().clone()))
 
 
 def write_blob(path: Path, blob: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ mixes it in."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -14,6 +15,21 @@ from flexpl.sim.device import channels_last, compute, eval_channels_last, to_dev
 
 # test samples per evaluation batch (see [Note: shared evaluation] and benchmarks/eval_chunk.py)
 EVAL_CHUNK = 256
+
+
+def merged_figures(per_node: Mapping[str, tuple[float, float]], node_weights: Mapping[str, float],
+                   ensemble: torch.Tensor, y: torch.Tensor, paths: int) -> dict[str, Any]:
+    """The evaluation's figures from each node's path (accuracy, loss) and the nodes' mean logits ``ensemble``:
+    the weighted mean accuracy and loss, the worst path, the ensemble's accuracy on ``y``, the distinct paths
+    (``Engine.evaluate``; ``RayPool.evaluate`` merges the actors' shares with it)."""
+    total = sum(node_weights.values())
+    return {
+        "accuracy": sum(per_node[n][0] * w for n, w in node_weights.items()) / total,
+        "loss": sum(per_node[n][1] * w for n, w in node_weights.items()) / total,
+        "accuracy_min": min(per_node[n][0] for n in node_weights),
+        "accuracy_ensemble": float((ensemble.argmax(1) == y).float().mean()),
+        "paths": paths,
+    }
 
 
 class Evaluation:
@@ -105,19 +121,13 @@ class Evaluation:
         y = to_device(y, getattr(self, "device", torch.device("cpu")))
         logits = self._path_logits(paths, x, chunk, cl)
         acc, loss = self._path_metrics(logits, y)
-        total = sum(node_weights.values())
         if len(paths) == 1:  # every node on one path: the same mean over a broadcast view, not N copies
             only = next(iter(logits.values()))
             ens = only.expand((len(nodes),) + tuple(only.shape)).mean(0)
         else:
             ens = torch.stack([logits[node_path[n]] for n in nodes]).mean(0)
-        return {
-            "accuracy": sum(acc[node_path[n]] * w for n, w in node_weights.items()) / total,
-            "loss": sum(loss[node_path[n]] * w for n, w in node_weights.items()) / total,
-            "accuracy_min": min(acc[node_path[n]] for n in nodes),
-            "accuracy_ensemble": float((ens.argmax(1) == y).float().mean()),
-            "paths": len(paths),
-        }
+        return merged_figures({n: (acc[node_path[n]], loss[node_path[n]]) for n in nodes}, node_weights, ens, y,
+                              len(paths))
 
     def _node_paths(self, nodes: list[str], named: bool) -> tuple[dict[tuple[Any, ...], tuple[nn.Module, ...]],
                                                                     dict[str, tuple[Any, ...]]]:

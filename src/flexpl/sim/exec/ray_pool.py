@@ -67,6 +67,7 @@ import numpy as np
 import torch
 
 from flexpl.errors import UserError, WorkerFailure
+from flexpl.sim.evaluate import merged_figures
 from flexpl.sim.exec.processes import _sum_losses
 
 if TYPE_CHECKING:
@@ -441,14 +442,7 @@ class RayPool:
         missing = [n for n in node_weights if n not in per]
         if missing or ens is None:
             raise RuntimeError(f"RayPool.evaluate: no actor evaluated {missing[:3]}")
-        total = sum(node_weights.values())
-        return {
-            "accuracy": sum(per[n][0] * v for n, v in node_weights.items()) / total,
-            "loss": sum(per[n][1] * v for n, v in node_weights.items()) / total,
-            "accuracy_min": min(per[n][0] for n in node_weights),
-            "accuracy_ensemble": float(((ens / len(node_weights)).argmax(1) == y.cpu()).float().mean()),
-            "paths": len(keys),
-        }
+        return merged_figures(per, node_weights, ens / len(node_weights), y.cpu(), len(keys))
 
     def _train_groups(self, eng: Engine, plan_batches: dict[str, list[torch.Tensor]],
                       walk: Callable[..., tuple[float, int, dict[str, int]]], rnd: int,

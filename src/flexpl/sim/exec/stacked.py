@@ -90,6 +90,7 @@ class Arena:
         n_rep = len(modules)
         named = [dict(m.named_parameters()) for m in modules]
         self.params: dict[str, torch.Tensor] = {n: stack_rows([d[n].detach() for d in named]) for n in self.names}
+        self.device = next(iter(self.params.values())).device if self.params else torch.device("cpu")
         kinds = []
         if opt_cfg.name == "adam":
             kinds = ["exp_avg", "exp_avg_sq"]
@@ -115,8 +116,7 @@ class Arena:
 
     def _index(self, rows: Sequence[int]) -> torch.Tensor:
         """``rows`` as an index tensor on the arena's device (``index_copy_`` needs them on one device)."""
-        dev = next(iter(self.params.values())).device if self.params else torch.device("cpu")
-        return torch.as_tensor(list(rows), device=dev)
+        return torch.as_tensor(list(rows), device=self.device)
 
     # ------------------------------------------------------------ optimizer state
 
